@@ -1,0 +1,115 @@
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { buildParts, packageVersion, startToolgate } from "../app";
+import { compileConfig, loadConfig } from "../config";
+import { normalizeError, toolgateError } from "../errors";
+import { validateDecisionRequest } from "../http/validate";
+import { loadBundleFromPath } from "../policy/bundle";
+import { createLogger } from "../util/log";
+
+const HELP = `toolgate — authorization sidecar for AI agents that use tools
+
+Usage:
+  toolgate serve [--config FILE]             run the sidecar (default: embedded support-triage policy)
+  toolgate eval --bundle B --input I [--agent ID] [--entrypoint E]
+                                             decide one request offline (I may be - for stdin);
+                                             prints the same JSON as POST /v1/decisions
+  toolgate version                           print the version
+  toolgate help                              this text
+
+Configuration: docs/configuration.md (file via --config or TOOLGATE_CONFIG; TOOLGATE_* env overrides).`;
+
+type Out = { stdout: (s: string) => void; stderr: (s: string) => void };
+const stdio: Out = {
+  stdout: (s) => process.stdout.write(s),
+  stderr: (s) => process.stderr.write(s),
+};
+
+async function serve(args: string[], out: Out): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: { config: { type: "string", short: "c" } },
+    strict: true,
+  });
+  const config = loadConfig(values.config);
+  const tg = await startToolgate(config);
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    tg.log.info("shutting down", { event: "server.stopping", signal });
+    tg.stop().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        out.stderr(`toolgate: error while stopping: ${normalizeError(e).message}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.once("SIGTERM", () => stop("SIGTERM"));
+  process.once("SIGINT", () => stop("SIGINT"));
+  return await new Promise<number>(() => undefined); // runs until a signal
+}
+
+async function evalCommand(args: string[], out: Out): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      bundle: { type: "string", short: "b" },
+      input: { type: "string", short: "i" },
+      agent: { type: "string" },
+      entrypoint: { type: "string" },
+    },
+    strict: true,
+  });
+  if (!values.bundle || !values.input)
+    throw toolgateError("usage", "eval needs --bundle B and --input I");
+  const env: Record<string, string> = { TOOLGATE_BUNDLE: values.bundle };
+  if (values.agent) env.TOOLGATE_AGENT_ID = values.agent;
+  if (values.entrypoint) env.TOOLGATE_ENTRYPOINT = values.entrypoint;
+  const config = compileConfig({}, { ...env, TOOLGATE_LOG_LEVEL: "error" });
+  const parts = buildParts(config, createLogger("silent"));
+  await parts.bundles.activate(loadBundleFromPath(config.policy.bundle));
+  const text = readFileSync(values.input === "-" ? 0 : values.input, "utf8");
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw toolgateError("malformed_json", `${values.input}: ${(e as Error).message}`);
+  }
+  const decision = parts.decider.decide(validateDecisionRequest(value), text);
+  out.stdout(JSON.stringify(decision, null, 2) + "\n");
+  return 0;
+}
+
+/** Runs the CLI; resolves to the process exit code. */
+export async function main(argv: string[], out: Out = stdio): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    switch (cmd) {
+      case "serve":
+      case undefined:
+        return await serve(rest, out);
+      case "eval":
+        return await evalCommand(rest, out);
+      case "version":
+      case "--version":
+        out.stdout(packageVersion() + "\n");
+        return 0;
+      case "help":
+      case "--help":
+      case "-h":
+        out.stdout(HELP + "\n");
+        return 0;
+      default:
+        throw toolgateError("usage", `unknown command "${cmd}"\n\n${HELP}`);
+    }
+  } catch (e) {
+    const err = normalizeError(
+      e,
+      e instanceof TypeError && /parseArgs|option/i.test(e.message) ? "usage" : "internal_error",
+    );
+    out.stderr(`toolgate: ${err.code}: ${err.message}\n`);
+    return 2;
+  }
+}

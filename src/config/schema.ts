@@ -1,0 +1,114 @@
+/**
+ * The one configuration schema. Each field names its key in the config file,
+ * its environment override, its default and what it means; the validator, the
+ * env loader and docs/configuration.md (kept in step by a test) all read this
+ * table.
+ */
+export type FieldType =
+  | { kind: "string"; pattern?: RegExp; patternHint?: string }
+  | { kind: "enum"; values: readonly string[] }
+  | { kind: "int"; min: number; max: number }
+  | { kind: "bool" }
+  | { kind: "path" }
+  | { kind: "host" };
+
+export interface FieldSpec {
+  key: string;
+  env: string;
+  type: FieldType;
+  default: string | number | boolean | null;
+  doc: string;
+}
+
+export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/;
+
+export const FIELDS: readonly FieldSpec[] = [
+  {
+    key: "agent.id",
+    env: "TOOLGATE_AGENT_ID",
+    type: { kind: "string", pattern: ID_PATTERN, patternHint: "1-128 of A-Z a-z 0-9 . _ : @ -" },
+    default: "support-triage",
+    doc: "The agent this sidecar serves (one sidecar per agent). A request naming another agent is refused.",
+  },
+  {
+    key: "server.agent.host",
+    env: "TOOLGATE_AGENT_HOST",
+    type: { kind: "host" },
+    default: "127.0.0.1",
+    doc: "Listen address of the agent port. Keep it on loopback: the agent runs in the same pod.",
+  },
+  {
+    key: "server.agent.port",
+    env: "TOOLGATE_AGENT_PORT",
+    type: { kind: "int", min: 0, max: 65535 },
+    default: 8181,
+    doc: "Port of the agent-facing API (decisions, AuthZEN, OPA Data API, health). 0 picks a free port.",
+  },
+  {
+    key: "server.limits.body_bytes",
+    env: "TOOLGATE_LIMIT_BODY_BYTES",
+    type: { kind: "int", min: 1024, max: 64 * 1024 * 1024 },
+    default: 1024 * 1024,
+    doc: "Largest request body accepted, in bytes; larger bodies get 413 body_too_large.",
+  },
+  {
+    key: "server.limits.max_depth",
+    env: "TOOLGATE_LIMIT_MAX_DEPTH",
+    type: { kind: "int", min: 4, max: 512 },
+    default: 32,
+    doc: "Deepest JSON nesting accepted in a request body; deeper bodies get 400 nesting_too_deep.",
+  },
+  {
+    key: "server.limits.max_evaluations",
+    env: "TOOLGATE_LIMIT_MAX_EVALUATIONS",
+    type: { kind: "int", min: 1, max: 10000 },
+    default: 256,
+    doc: "Most items accepted in one AuthZEN /access/v1/evaluations request.",
+  },
+  {
+    key: "server.request_timeout_ms",
+    env: "TOOLGATE_REQUEST_TIMEOUT_MS",
+    type: { kind: "int", min: 100, max: 600000 },
+    default: 10000,
+    doc: "A request whose body has not arrived in full by then is answered 408 and closed.",
+  },
+  {
+    key: "policy.bundle",
+    env: "TOOLGATE_BUNDLE",
+    type: { kind: "path" },
+    default: null,
+    doc: "Path of the policy bundle (.tar.gz built by `opa build -t wasm`, or a directory). Default: the embedded support-triage bundle.",
+  },
+  {
+    key: "policy.entrypoint",
+    env: "TOOLGATE_ENTRYPOINT",
+    type: {
+      kind: "string",
+      pattern: /^[A-Za-z0-9_]+(\/[A-Za-z0-9_]+)*$/,
+      patternHint: "a wasm entrypoint such as toolgate/decision",
+    },
+    default: "toolgate/decision",
+    doc: "The wasm entrypoint that returns toolgate's decision document (see docs/policy-contract.md).",
+  },
+  {
+    key: "identity.mode",
+    env: "TOOLGATE_IDENTITY_MODE",
+    type: { kind: "enum", values: ["trusted"] },
+    default: "trusted",
+    doc: "How the subject is established. `trusted`: the caller's subject.id is taken as given (development; loopback only, warned at start).",
+  },
+  {
+    key: "approvals.request_ttl_seconds",
+    env: "TOOLGATE_APPROVAL_REQUEST_TTL_SECONDS",
+    type: { kind: "int", min: 10, max: 7 * 24 * 3600 },
+    default: 900,
+    doc: "How long a needs_approval answer may be turned into an access request (its `expires_at`).",
+  },
+  {
+    key: "log.level",
+    env: "TOOLGATE_LOG_LEVEL",
+    type: { kind: "enum", values: ["error", "warn", "info", "debug", "silent"] },
+    default: "info",
+    doc: "Least severity written to the log (stderr, JSON lines).",
+  },
+];

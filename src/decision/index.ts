@@ -1,0 +1,97 @@
+import { randomUUID } from "node:crypto";
+import { isToolgateError, normalizeError, toolgateError, type ToolgateError } from "../errors";
+import type { Identity } from "../identity";
+import type { PolicyEngine } from "../policy/engine";
+import { checkPolicyOutput } from "./output";
+import type { Decision, DecisionRequest, PolicyOutput } from "./types";
+
+export type * from "./types";
+export { checkPolicyOutput, KNOWN_OBLIGATIONS } from "./output";
+
+/** Where the active policy comes from; the bundle manager implements it. */
+export interface PolicySource {
+  active(): PolicyEngine | undefined;
+}
+
+export interface DeciderOptions {
+  policy: PolicySource;
+  identity: Identity;
+  /** Seconds a needs_approval answer stays requestable (access_request.expires_at). */
+  requestTtlSeconds: number;
+  now?: () => number;
+  newId?: () => string;
+}
+
+/** Reason codes toolgate itself puts on a deny when the policy cannot answer. */
+export const FAIL_CLOSED_REASONS = {
+  evaluation_error: "policy evaluation failed; denied (fail closed)",
+  policy_output_invalid: "the policy returned a malformed decision; denied (fail closed)",
+  unknown_obligation:
+    "the policy asked for an obligation toolgate cannot honour; denied (fail closed)",
+} as const;
+
+/**
+ * The one decision path every face calls: identity → policy → checked
+ * Decision. Synchronous: the wasm evaluation is synchronous and nothing on
+ * this path waits on I/O.
+ */
+export class Decider {
+  private readonly opts: DeciderOptions;
+  private readonly now: () => number;
+  private readonly newId: () => string;
+
+  constructor(opts: DeciderOptions) {
+    this.opts = opts;
+    this.now = opts.now ?? Date.now;
+    this.newId = opts.newId ?? randomUUID;
+  }
+
+  /**
+   * Decides one request. `requestJson`, when given, must be the JSON text of
+   * `req` (the faces pass the body they parsed, which saves a stringify).
+   * Throws ToolgateError only for request problems (`agent_mismatch`) and for
+   * `policy_unavailable`; every policy failure is a deny.
+   */
+  decide(req: DecisionRequest, requestJson?: string): Decision {
+    const nowMs = this.now();
+    const nowNs = nowMs * 1e6;
+    const verified = this.opts.identity.verify(req, nowNs);
+    const engine = this.opts.policy.active();
+    if (engine === undefined) throw toolgateError("policy_unavailable");
+    const input = `{"request":${requestJson ?? JSON.stringify(req)},"verified":${JSON.stringify(verified)}}`;
+    let out: PolicyOutput | ToolgateError;
+    try {
+      out = checkPolicyOutput(engine.evaluateJson(input, nowNs));
+    } catch (e) {
+      out = isToolgateError(e) ? e : normalizeError(e, "policy_evaluation_failed");
+    }
+    const decision: Decision = {
+      decision_id: this.newId(),
+      outcome: "deny",
+      reasons: [],
+      obligations: [],
+      policy: { bundle: engine.info.bundle, revision: engine.info.revision },
+      evaluated_at: new Date(nowMs).toISOString(),
+    };
+    if (isToolgateError(out)) {
+      const code =
+        out.code === "policy_output_invalid" || out.code === "unknown_obligation"
+          ? out.code
+          : "evaluation_error";
+      decision.reasons = [{ code, message: `${FAIL_CLOSED_REASONS[code]}: ${out.message}` }];
+      return decision;
+    }
+    decision.outcome = out.outcome;
+    decision.reasons = out.reasons;
+    decision.obligations = out.obligations;
+    if (out.tool !== undefined) decision.tool = out.tool;
+    if (out.approval !== undefined) {
+      decision.approval = out.approval;
+      decision.access_request = {
+        evaluation_id: decision.decision_id,
+        expires_at: new Date(nowMs + this.opts.requestTtlSeconds * 1000).toISOString(),
+      };
+    }
+    return decision;
+  }
+}

@@ -1,0 +1,103 @@
+import { toolgateError, type ToolgateError } from "../errors";
+import type { ApprovalRequirement, Obligation, PolicyOutput, Reason, ToolInfo } from "./types";
+
+/** Obligation types toolgate knows how to honour; any other fails closed (deny). */
+export const KNOWN_OBLIGATIONS: ReadonlySet<string> = new Set(["redact"]);
+
+const OUTCOMES = new Set(["allow", "deny", "needs_approval"]);
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+function bad(msg: string): ToolgateError {
+  return toolgateError("policy_output_invalid", `policy output: ${msg}`);
+}
+
+function isStringArray(v: unknown): v is string[] {
+  return Array.isArray(v) && v.every((x) => typeof x === "string");
+}
+
+/**
+ * Checks what the policy returned against the contract in
+ * docs/policy-contract.md. Returns the typed output, or an error that the
+ * caller turns into a deny: malformed output never becomes an allow.
+ */
+export function checkPolicyOutput(value: unknown): PolicyOutput | ToolgateError {
+  if (value === undefined) return bad("the entrypoint is undefined for this input");
+  if (!isObject(value)) return bad("must be an object");
+  const { outcome, reasons, obligations, approval, tool } = value;
+  if (typeof outcome !== "string" || !OUTCOMES.has(outcome)) {
+    return bad(`outcome must be allow, deny or needs_approval, got ${JSON.stringify(outcome)}`);
+  }
+  if (
+    !Array.isArray(reasons) ||
+    !reasons.every(
+      (r) => isObject(r) && typeof r.code === "string" && typeof r.message === "string",
+    )
+  ) {
+    return bad("reasons must be an array of {code, message} strings");
+  }
+  const obl = obligations ?? [];
+  if (
+    !Array.isArray(obl) ||
+    !obl.every(
+      (o) =>
+        isObject(o) &&
+        typeof o.id === "string" &&
+        typeof o.type === "string" &&
+        (o.properties === undefined || isObject(o.properties)),
+    )
+  ) {
+    return bad("obligations must be an array of {id, type, properties?}");
+  }
+  for (const o of obl as Obligation[]) {
+    if (!KNOWN_OBLIGATIONS.has(o.type)) {
+      return toolgateError(
+        "unknown_obligation",
+        `policy output: obligation type "${o.type}" (id "${o.id}") is unknown to toolgate`,
+      );
+    }
+  }
+  const out: PolicyOutput = {
+    outcome: outcome as PolicyOutput["outcome"],
+    reasons: (reasons as Reason[]).map((r) => ({ code: r.code, message: r.message })),
+    obligations: (obl as Obligation[]).map((o) =>
+      o.properties === undefined
+        ? { id: o.id, type: o.type }
+        : { id: o.id, type: o.type, properties: o.properties },
+    ),
+  };
+  if (outcome === "needs_approval") {
+    if (
+      !isObject(approval) ||
+      !isStringArray(approval.approver_roles) ||
+      approval.approver_roles.length === 0 ||
+      typeof approval.single_use !== "boolean" ||
+      typeof approval.ttl_seconds !== "number" ||
+      !(approval.ttl_seconds > 0) ||
+      !isStringArray(approval.exclude ?? [])
+    ) {
+      return bad(
+        "needs_approval requires approval {approver_roles: [..1+], single_use, ttl_seconds > 0, exclude?}",
+      );
+    }
+    out.approval = {
+      approver_roles: approval.approver_roles,
+      single_use: approval.single_use,
+      ttl_seconds: approval.ttl_seconds,
+      exclude: (approval.exclude as string[] | undefined) ?? [],
+    } satisfies ApprovalRequirement;
+  }
+  if (outcome !== "allow" && out.reasons.length === 0) {
+    return bad(`a ${outcome} must carry at least one reason`);
+  }
+  if (isObject(tool) && typeof tool.name === "string") {
+    out.tool = {
+      name: tool.name,
+      class: typeof tool.class === "string" ? tool.class : null,
+      stage: typeof tool.stage === "string" ? tool.stage : null,
+    } satisfies ToolInfo;
+  }
+  return out;
+}

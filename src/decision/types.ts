@@ -1,0 +1,74 @@
+/** AuthZEN's information model, as toolgate receives it on every face. */
+export interface Entity {
+  type: string;
+  id: string;
+  properties?: Record<string, unknown>;
+}
+
+export interface Action {
+  name: string;
+  properties?: Record<string, unknown>;
+}
+
+export interface DecisionRequest {
+  subject: Entity;
+  action: Action;
+  resource: Entity;
+  context?: Record<string, unknown>;
+}
+
+export type Outcome = "allow" | "deny" | "needs_approval";
+
+export interface Reason {
+  code: string;
+  message: string;
+}
+
+export interface Obligation {
+  id: string;
+  type: string;
+  properties?: Record<string, unknown>;
+}
+
+/** What the policy requires of an approval (docs/policy-contract.md). */
+export interface ApprovalRequirement {
+  approver_roles: string[];
+  single_use: boolean;
+  ttl_seconds: number;
+  exclude: string[];
+}
+
+export interface ToolInfo {
+  name: string;
+  class: string | null;
+  stage: string | null;
+}
+
+/** The policy's answer, checked (see ./output.ts). */
+export interface PolicyOutput {
+  outcome: Outcome;
+  reasons: Reason[];
+  obligations: Obligation[];
+  approval?: ApprovalRequirement;
+  tool?: ToolInfo;
+}
+
+/** Who toolgate itself established the caller to be, and the agent it serves. */
+export interface VerifiedFacts {
+  agent: { id: string };
+  subject: { id: string; method: "trusted" | "jwt"; claims?: Record<string, unknown> };
+  time_ns: number;
+}
+
+/** A finished decision: what every face shapes its response from and audit records. */
+export interface Decision {
+  decision_id: string;
+  outcome: Outcome;
+  reasons: Reason[];
+  obligations: Obligation[];
+  approval?: ApprovalRequirement;
+  access_request?: { evaluation_id: string; expires_at: string };
+  tool?: ToolInfo;
+  policy: { bundle: string; revision: string };
+  evaluated_at: string;
+}

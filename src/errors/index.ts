@@ -1,0 +1,101 @@
+/**
+ * The one registry of toolgate's error codes. Every error toolgate raises or
+ * returns carries one of these codes; HTTP faces render it as
+ * `{ "code": ..., "message": ... }` with the status below. The test
+ * `test/unit/errors.test.ts` keeps this table, the code base and
+ * `docs/errors.md` in step.
+ */
+export const ERRORS = {
+  // -- request errors (client mistakes: always 4xx) --------------------------
+  unsupported_content_type: { status: 400, message: "Content-Type must be application/json" },
+  malformed_json: { status: 400, message: "the request body is not valid JSON" },
+  body_too_large: { status: 413, message: "the request body exceeds the size limit" },
+  nesting_too_deep: { status: 400, message: "the request body nests deeper than the limit" },
+  forbidden_key: { status: 400, message: "the request body contains a forbidden key" },
+  invalid_request: { status: 400, message: "the request does not match the schema" },
+  agent_mismatch: {
+    status: 403,
+    message: "the request names an agent other than the one this sidecar serves",
+  },
+  not_found: { status: 404, message: "no such route" },
+  method_not_allowed: { status: 405, message: "method not allowed on this route" },
+  // -- policy availability / evaluation --------------------------------------
+  policy_unavailable: {
+    status: 503,
+    message: "no policy bundle is active; every decision is deny",
+  },
+  policy_evaluation_failed: { status: 500, message: "policy evaluation failed" },
+  policy_output_invalid: { status: 500, message: "the policy returned a malformed decision" },
+  unknown_obligation: {
+    status: 500,
+    message: "the policy returned an obligation toolgate does not know",
+  },
+  // -- bundles ----------------------------------------------------------------
+  bundle_not_found: { status: 500, message: "the bundle file or directory does not exist" },
+  bundle_unreadable: { status: 500, message: "the bundle archive cannot be read" },
+  bundle_too_large: { status: 500, message: "the bundle exceeds the size limit" },
+  manifest_invalid: { status: 500, message: "the bundle manifest is invalid" },
+  bundle_data_invalid: { status: 500, message: "a data file in the bundle is invalid" },
+  entrypoint_missing: {
+    status: 500,
+    message: "the bundle does not provide the required wasm entrypoint",
+  },
+  wasm_invalid: { status: 500, message: "the bundle's policy.wasm cannot be instantiated" },
+  // -- configuration and CLI --------------------------------------------------
+  config_invalid: { status: 500, message: "the configuration is invalid" },
+  config_unreadable: { status: 500, message: "the configuration file cannot be read" },
+  usage: { status: 400, message: "invalid command-line usage" },
+  internal_error: { status: 500, message: "internal error" },
+} as const satisfies Record<string, { status: number; message: string }>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export class ToolgateError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message?: string, details?: Record<string, unknown>) {
+    super(message ?? ERRORS[code].message);
+    this.name = "ToolgateError";
+    this.code = code;
+    this.status = ERRORS[code].status;
+    this.details = details;
+  }
+
+  toJSON(): { code: ErrorCode; message: string } {
+    return { code: this.code, message: this.message };
+  }
+}
+
+/** Creates a coded error; the message defaults to the registry's. */
+export function toolgateError(
+  code: ErrorCode,
+  message?: string,
+  details?: Record<string, unknown>,
+): ToolgateError {
+  return new ToolgateError(code, message, details);
+}
+
+export function isToolgateError(e: unknown): e is ToolgateError {
+  return e instanceof ToolgateError;
+}
+
+/**
+ * Turns anything thrown into a ToolgateError. opa-wasm throws plain strings
+ * (and sometimes `{message}` objects); those become `fallback` with the thrown
+ * text as message.
+ */
+export function normalizeError(e: unknown, fallback: ErrorCode = "internal_error"): ToolgateError {
+  if (e instanceof ToolgateError) return e;
+  if (typeof e === "string") return new ToolgateError(fallback, e);
+  if (e instanceof Error) return new ToolgateError(fallback, e.message);
+  if (
+    e !== null &&
+    typeof e === "object" &&
+    typeof (e as { message?: unknown }).message === "string"
+  ) {
+    return new ToolgateError(fallback, (e as { message: string }).message);
+  }
+  return new ToolgateError(fallback, `${fallback}: ${String(e)}`);
+}

@@ -1,0 +1,199 @@
+import { randomUUID } from "node:crypto";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import express, { type Request, type Response } from "express";
+import type { BundleManager } from "../bundles";
+import type { CompiledConfig } from "../config";
+import type { Decider } from "../decision";
+import { toolgateError, type ToolgateError } from "../errors";
+import type { Logger } from "../util/log";
+import { readJson, type ParsedBody } from "./body";
+import { authzenConfiguration, authzenEvaluation, authzenEvaluations } from "./faces/authzen";
+import { nativeDecision } from "./faces/native";
+import { opaData, toOpaError } from "./faces/opa";
+import { sendError, sendJson } from "./respond";
+
+export interface AgentServerDeps {
+  config: CompiledConfig;
+  decider: Decider;
+  bundles: BundleManager;
+  log: Logger;
+  startedAt: Date;
+  version: string;
+}
+
+const REQUEST_ID = /^[\x21-\x7e]{1,200}$/;
+
+/** Echoes a sane X-Request-ID, or issues one, on every response. */
+function requestId(req: IncomingMessage, res: ServerResponse): string {
+  const given = req.headers["x-request-id"];
+  const id = typeof given === "string" && REQUEST_ID.test(given) ? given : randomUUID();
+  res.setHeader("X-Request-ID", id);
+  return id;
+}
+
+type Handler = (req: Request, res: Response, body: ParsedBody | undefined) => unknown;
+
+function hasBody(req: IncomingMessage): boolean {
+  const len = req.headers["content-length"];
+  return req.headers["transfer-encoding"] !== undefined || (len !== undefined && len !== "0");
+}
+
+/**
+ * The agent-facing app: decisions (native, AuthZEN, OPA Data API), health and
+ * status. It has no route that approves, administers or loads policy.
+ */
+export function createAgentApp(deps: AgentServerDeps): express.Express {
+  const { config, decider, bundles, log } = deps;
+  const limits = config.server.limits;
+  const app = express();
+  app.disable("x-powered-by");
+  app.disable("etag");
+  app.set("query parser", false);
+
+  app.use((req, res, next) => {
+    requestId(req, res);
+    next();
+  });
+
+  const post =
+    (render: (err: ToolgateError) => unknown, handler: Handler, bodyOptional = false) =>
+    async (req: Request, res: Response): Promise<void> => {
+      try {
+        const body = bodyOptional && !hasBody(req) ? undefined : await readJson(req, limits);
+        sendJson(res, 200, handler(req, res, body));
+      } catch (e) {
+        const err = sendError(res, e, render);
+        if (err.status >= 500 && err.code !== "policy_unavailable") {
+          log.error("request failed", {
+            event: "http.error",
+            path: req.path,
+            code: err.code,
+            error: err.message,
+          });
+        }
+      }
+    };
+  const plain = (err: ToolgateError): unknown => err.toJSON();
+  const notAllowed = (allow: string) => (_req: Request, res: Response) => {
+    sendError(res, toolgateError("method_not_allowed", `use ${allow} on this route`), plain);
+  };
+
+  // --- native ---------------------------------------------------------------
+  app.post(
+    "/v1/decisions",
+    post(plain, (_q, _s, body) => nativeDecision(decider, body as ParsedBody)),
+  );
+  app.all("/v1/decisions", notAllowed("POST"));
+
+  // --- AuthZEN 1.0 ----------------------------------------------------------
+  app.post(
+    "/access/v1/evaluation",
+    post(plain, (_q, _s, body) => authzenEvaluation(decider, body as ParsedBody)),
+  );
+  app.all("/access/v1/evaluation", notAllowed("POST"));
+  app.post(
+    "/access/v1/evaluations",
+    post(plain, (_q, _s, body) =>
+      authzenEvaluations(decider, body as ParsedBody, limits.maxEvaluations),
+    ),
+  );
+  app.all("/access/v1/evaluations", notAllowed("POST"));
+  app.get("/.well-known/authzen-configuration", (req, res) => {
+    const host = req.headers.host;
+    const base =
+      typeof host === "string" && /^[A-Za-z0-9.[\]:-]{1,255}$/.test(host)
+        ? `http://${host}`
+        : `http://${config.server.agent.host}:${config.server.agent.port}`;
+    sendJson(res, 200, authzenConfiguration(base));
+  });
+
+  // --- OPA Data API ---------------------------------------------------------
+  const opaRender = (err: ToolgateError): unknown => toOpaError(err);
+  const opaHandler: Handler = (req, _res, body) => {
+    const splat = (req.params as { path?: string[] | string }).path;
+    const path = Array.isArray(splat) ? splat.join("/") : (splat ?? "");
+    return opaData(decider, config.policy.entrypoint, path, body);
+  };
+  app.post("/v1/data", post(opaRender, opaHandler, true));
+  app.post("/v1/data/*path", post(opaRender, opaHandler, true));
+  app.all(["/v1/data", "/v1/data/*path"], (_req, res) => {
+    sendError(res, toolgateError("method_not_allowed", "use POST on the Data API"), opaRender);
+  });
+
+  // --- health and status ----------------------------------------------------
+  app.get("/health/live", (_req, res) => sendJson(res, 200, { status: "ok" }));
+  app.get("/health/ready", (_req, res) => {
+    const st = bundles.status();
+    if (bundles.ready())
+      sendJson(res, 200, { status: "ok", bundle: st.name, revision: st.revision });
+    else
+      sendJson(res, 503, {
+        status: "not_ready",
+        reason: st.last_error?.message ?? "no policy bundle is active",
+      });
+  });
+  app.get("/v1/status", (_req, res) => {
+    sendJson(res, 200, {
+      version: deps.version,
+      agent: { id: config.agent.id },
+      ready: bundles.ready(),
+      started_at: deps.startedAt.toISOString(),
+      identity: { mode: config.identity.mode },
+      bundles: [bundles.status()],
+    });
+  });
+
+  app.use((req, res) => {
+    sendError(
+      res,
+      toolgateError("not_found", `no route ${req.method} ${req.path} on the agent port`),
+      plain,
+    );
+  });
+  // express's own errors (e.g. a malformed URI) end here; never a stack trace
+  app.use((e: unknown, req: Request, res: Response, _next: express.NextFunction) => {
+    const status = (e as { status?: number }).status;
+    const err =
+      typeof status === "number" && status >= 400 && status < 500
+        ? toolgateError("invalid_request", (e as Error).message)
+        : e;
+    const sent = sendError(res, err, plain);
+    if (sent.status >= 500)
+      log.error("request failed", { event: "http.error", path: req.path, error: sent.message });
+  });
+  return app;
+}
+
+export interface RunningServer {
+  server: Server;
+  url: string;
+  close(): Promise<void>;
+}
+
+/** Starts the agent port. Resolves once it listens. */
+export function startAgentServer(deps: AgentServerDeps): Promise<RunningServer> {
+  const app = createAgentApp(deps);
+  const server = createServer(app);
+  server.requestTimeout = deps.config.server.requestTimeoutMs;
+  server.headersTimeout = Math.min(deps.config.server.requestTimeoutMs, 60_000);
+  server.keepAliveTimeout = 5_000;
+  const { host, port } = deps.config.server.agent;
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      const addr = server.address() as AddressInfo;
+      const h = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
+      resolve({
+        server,
+        url: `http://${h}:${addr.port}`,
+        close: () =>
+          new Promise<void>((res) => {
+            server.close(() => res());
+            server.closeAllConnections();
+          }),
+      });
+    });
+  });
+}

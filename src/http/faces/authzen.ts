@@ -1,0 +1,131 @@
+import type { Decider, Decision, DecisionRequest } from "../../decision";
+import { isToolgateError, toolgateError, type ToolgateError } from "../../errors";
+import type { ParsedBody } from "../body";
+import { validateDecisionRequest } from "../validate";
+
+/** AuthZEN 1.0 decision object. */
+export interface AuthzenDecision {
+  decision: boolean;
+  context?: Record<string, unknown>;
+}
+
+export const EVALUATIONS_SEMANTICS = [
+  "execute_all",
+  "deny_on_first_deny",
+  "permit_on_first_permit",
+] as const;
+type Semantic = (typeof EVALUATIONS_SEMANTICS)[number];
+
+/** Shapes a toolgate Decision as an AuthZEN decision (needs_approval → the approval profile's requestable denial). */
+export function toAuthzen(d: Decision): AuthzenDecision {
+  const context: Record<string, unknown> = { decision_id: d.decision_id };
+  if (d.outcome === "allow") {
+    if (d.obligations.length > 0) context.obligations = d.obligations;
+    return { decision: true, context };
+  }
+  context.reason =
+    d.outcome === "needs_approval" ? "approval_required" : (d.reasons[0]?.code ?? "denied");
+  context.reasons = d.reasons;
+  if (d.outcome === "needs_approval" && d.access_request !== undefined) {
+    context.evaluation_id = d.access_request.evaluation_id;
+    context.evaluated_at = d.evaluated_at;
+    context.access_request = { expires_at: d.access_request.expires_at };
+    if (d.approval !== undefined) context.approval_requirement = d.approval;
+  }
+  return { decision: false, context };
+}
+
+/** POST /access/v1/evaluation */
+export function authzenEvaluation(decider: Decider, body: ParsedBody): AuthzenDecision {
+  const req = validateDecisionRequest(body.value);
+  return toAuthzen(decider.decide(req, body.text));
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+function itemError(err: ToolgateError): AuthzenDecision {
+  return {
+    decision: false,
+    context: { error: { status: err.status, code: err.code, message: err.message } },
+  };
+}
+
+/**
+ * POST /access/v1/evaluations. Top-level subject/action/resource/context are
+ * defaults; an item's member replaces the default whole. An empty or absent
+ * list behaves as a single evaluation. A bad item is a `false` decision with
+ * `context.error`; policy unavailability fails the whole request.
+ */
+export function authzenEvaluations(
+  decider: Decider,
+  body: ParsedBody,
+  maxEvaluations: number,
+): AuthzenDecision | { evaluations: AuthzenDecision[] } {
+  const top = body.value;
+  if (!isObject(top)) throw toolgateError("invalid_request", "the body must be a JSON object");
+  const { evaluations, options } = top;
+  if (options !== undefined && !isObject(options))
+    throw toolgateError("invalid_request", "options must be an object");
+  const semantic = (options?.evaluations_semantic ?? "execute_all") as Semantic;
+  if (!EVALUATIONS_SEMANTICS.includes(semantic)) {
+    throw toolgateError(
+      "invalid_request",
+      `options/evaluations_semantic must be one of ${EVALUATIONS_SEMANTICS.join(", ")}, got ${JSON.stringify(semantic)}`,
+    );
+  }
+  if (evaluations !== undefined && !Array.isArray(evaluations)) {
+    throw toolgateError("invalid_request", "evaluations must be an array");
+  }
+  if (evaluations === undefined || evaluations.length === 0) {
+    const single = {
+      subject: top.subject,
+      action: top.action,
+      resource: top.resource,
+      context: top.context,
+    };
+    if (single.context === undefined) delete single.context;
+    return toAuthzen(decider.decide(validateDecisionRequest(single)));
+  }
+  if (evaluations.length > maxEvaluations) {
+    throw toolgateError(
+      "invalid_request",
+      `evaluations has ${evaluations.length} items; the limit is ${maxEvaluations}`,
+    );
+  }
+  const results: AuthzenDecision[] = [];
+  for (let i = 0; i < evaluations.length; i++) {
+    const item: unknown = evaluations[i];
+    let result: AuthzenDecision;
+    if (!isObject(item)) {
+      result = itemError(toolgateError("invalid_request", `evaluations/${i} must be an object`));
+    } else {
+      const merged: Record<string, unknown> = {};
+      for (const k of ["subject", "action", "resource", "context"] as const) {
+        const v = k in item ? item[k] : top[k];
+        if (v !== undefined) merged[k] = v;
+      }
+      try {
+        const req: DecisionRequest = validateDecisionRequest(merged, `evaluations/${i}`);
+        result = toAuthzen(decider.decide(req));
+      } catch (e) {
+        if (isToolgateError(e) && e.status < 500) result = itemError(e);
+        else throw e;
+      }
+    }
+    results.push(result);
+    if (semantic === "deny_on_first_deny" && !result.decision) break;
+    if (semantic === "permit_on_first_permit" && result.decision) break;
+  }
+  return { evaluations: results };
+}
+
+/** GET /.well-known/authzen-configuration */
+export function authzenConfiguration(baseUrl: string): Record<string, unknown> {
+  return {
+    policy_decision_point: baseUrl,
+    access_evaluation_endpoint: `${baseUrl}/access/v1/evaluation`,
+    access_evaluations_endpoint: `${baseUrl}/access/v1/evaluations`,
+  };
+}

@@ -1,0 +1,66 @@
+import { toolgateError } from "../errors";
+import type { DecisionRequest, VerifiedFacts } from "../decision/types";
+
+export interface IdentityOptions {
+  /** The agent this sidecar serves: configuration, never a request field. */
+  agentId: string;
+  mode: "trusted";
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+/**
+ * Establishes who is asking, from what toolgate can vouch for itself.
+ *
+ * The agent is anchored to configuration: a request that names an agent
+ * (`context.agent.id`, `context.agent_id`, or the actor `subject.properties.act.sub`)
+ * other than the configured one is refused with `agent_mismatch`; it never
+ * overrides the configured identity.
+ *
+ * Subject: in `trusted` mode (development, loopback only) the caller's
+ * `subject.id` is taken as given and marked `method: "trusted"`, so a policy
+ * can tell.
+ */
+export class Identity {
+  private readonly opts: IdentityOptions;
+
+  constructor(opts: IdentityOptions) {
+    this.opts = opts;
+  }
+
+  get agentId(): string {
+    return this.opts.agentId;
+  }
+
+  /** Throws `agent_mismatch` when the request names another agent. */
+  anchorAgent(req: DecisionRequest): void {
+    const named: Array<[string, unknown]> = [];
+    const ctx = req.context;
+    if (isObject(ctx)) {
+      if (isObject(ctx.agent) && "id" in ctx.agent) named.push(["context.agent.id", ctx.agent.id]);
+      if ("agent_id" in ctx) named.push(["context.agent_id", ctx.agent_id]);
+    }
+    const act = req.subject.properties?.act;
+    if (isObject(act) && "sub" in act) named.push(["subject.properties.act.sub", act.sub]);
+    for (const [where, value] of named) {
+      if (value !== this.opts.agentId) {
+        throw toolgateError(
+          "agent_mismatch",
+          `${where} is ${JSON.stringify(value)}, but this sidecar serves agent "${this.opts.agentId}"`,
+        );
+      }
+    }
+  }
+
+  /** The verified facts handed to the policy as `input.verified`. */
+  verify(req: DecisionRequest, nowNs: number): VerifiedFacts {
+    this.anchorAgent(req);
+    return {
+      agent: { id: this.opts.agentId },
+      subject: { id: req.subject.id, method: this.opts.mode },
+      time_ns: nowNs,
+    };
+  }
+}

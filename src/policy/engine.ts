@@ -1,0 +1,182 @@
+import { readFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { loadPolicy, type LoadedPolicy } from "@open-policy-agent/opa-wasm";
+import { normalizeError, toolgateError } from "../errors";
+import type { Bundle } from "./bundle";
+
+/**
+ * Builtins toolgate implements on top of what opa-wasm provides. Rego's
+ * capabilities file (rego/capabilities.json) lists exactly opa-wasm's set plus
+ * these, so a policy needing anything else fails at `opa build`.
+ */
+export const TOOLGATE_BUILTINS = ["time.now_ns"] as const;
+
+let supported: Set<string> | undefined;
+/** Every builtin name a bundle may need at run time. */
+export function supportedBuiltins(): Set<string> {
+  if (supported === undefined) {
+    const pkgDir = dirname(dirname(require.resolve("@open-policy-agent/opa-wasm")));
+    const caps = JSON.parse(readFileSync(join(pkgDir, "capabilities.json"), "utf8")) as {
+      builtins: Array<{ name: string }>;
+    };
+    supported = new Set([...caps.builtins.map((b) => b.name), ...TOOLGATE_BUILTINS]);
+  }
+  return supported;
+}
+
+export interface EngineOptions {
+  /** The wasm entrypoint toolgate asks for a decision, e.g. "toolgate/decision". */
+  entrypoint: string;
+  /** Clock for time.now_ns, in nanoseconds since the epoch. */
+  nowNs?: () => number;
+  /** Upper bound on wasm memory, in 64 KiB pages. */
+  maxMemoryPages?: number;
+}
+
+export interface PolicyInfo {
+  bundle: string;
+  revision: string;
+  source: string;
+}
+
+const encoder = new TextEncoder();
+
+interface WasmExports {
+  builtins(): number;
+  opa_json_dump(addr: number): number;
+}
+
+function readCString(mem: WebAssembly.Memory, addr: number): string {
+  const bytes = new Uint8Array(mem.buffer);
+  let end = addr;
+  while (bytes[end] !== 0 && end < bytes.length) end++;
+  return Buffer.from(bytes.subarray(addr, end)).toString("utf8");
+}
+
+/**
+ * One instantiated policy: a bundle's wasm module with the bundle's data set.
+ * Knows nothing of HTTP, identity or storage: JSON in, JSON value out.
+ */
+export class PolicyEngine {
+  readonly info: PolicyInfo;
+  readonly entrypoint: string;
+  private readonly policy: LoadedPolicy;
+  private readonly nowNs: () => number;
+  private evalNowNs = 0;
+
+  private constructor(
+    info: PolicyInfo,
+    entrypoint: string,
+    policy: LoadedPolicy,
+    nowNs: () => number,
+  ) {
+    this.info = info;
+    this.entrypoint = entrypoint;
+    this.policy = policy;
+    this.nowNs = nowNs;
+  }
+
+  /** Instantiates a bundle's wasm for `entrypoint`, sets its data and checks its builtins. */
+  static async create(bundle: Bundle, opts: EngineOptions): Promise<PolicyEngine> {
+    const entry = bundle.manifest.wasm.find((w) => w.entrypoint === opts.entrypoint);
+    if (entry === undefined) {
+      throw toolgateError(
+        "entrypoint_missing",
+        `bundle ${bundle.name} has no wasm entrypoint "${opts.entrypoint}" in its manifest (has: ${
+          bundle.manifest.wasm.map((w) => w.entrypoint).join(", ") || "none"
+        })`,
+      );
+    }
+    const wasm = bundle.files.get(entry.module) as Buffer;
+    const nowNs = opts.nowNs ?? (() => Date.now() * 1e6);
+    // The builtin must read the per-evaluation time, so it closes over a holder
+    // that the engine fills in before each evaluation.
+    const holder: { engine?: PolicyEngine } = {};
+    let policy: LoadedPolicy;
+    try {
+      policy = await loadPolicy(
+        new Uint8Array(wasm),
+        { initial: 5, maximum: opts.maxMemoryPages ?? 2048 },
+        {
+          "time.now_ns": () => holder.engine?.evalNowNs ?? nowNs(),
+        },
+      );
+    } catch (e) {
+      throw toolgateError("wasm_invalid", `bundle ${bundle.name}: ${normalizeError(e).message}`);
+    }
+    const entrypoints = policy.entrypoints as Record<string, number>;
+    if (!Object.prototype.hasOwnProperty.call(entrypoints, opts.entrypoint)) {
+      throw toolgateError(
+        "entrypoint_missing",
+        `bundle ${bundle.name}: policy.wasm does not export entrypoint "${opts.entrypoint}"`,
+      );
+    }
+    // Refuse at load time a module that would need a builtin nobody implements.
+    const instance = (policy.wasmInstance as WebAssembly.Instance)
+      .exports as unknown as WasmExports;
+    const needed = Object.keys(
+      JSON.parse(readCString(policy.mem, instance.opa_json_dump(instance.builtins()))) as Record<
+        string,
+        number
+      >,
+    );
+    const missing = needed.filter((b) => !supportedBuiltins().has(b));
+    if (missing.length > 0) {
+      throw toolgateError(
+        "wasm_invalid",
+        `bundle ${bundle.name} needs builtins toolgate does not implement: ${missing.join(", ")}`,
+      );
+    }
+    try {
+      policy.setData(bundle.data);
+    } catch (e) {
+      throw toolgateError(
+        "wasm_invalid",
+        `bundle ${bundle.name}: cannot set data: ${normalizeError(e).message}`,
+      );
+    }
+    const engine = new PolicyEngine(
+      { bundle: bundle.name, revision: bundle.manifest.revision, source: bundle.source },
+      opts.entrypoint,
+      policy,
+      nowNs,
+    );
+    holder.engine = engine;
+    return engine;
+  }
+
+  /**
+   * Evaluates the entrypoint on an input given as JSON text. Returns the
+   * entrypoint's value, or undefined when the policy leaves it undefined.
+   * Throws a `policy_evaluation_failed` ToolgateError on any failure.
+   *
+   * The input is handed to opa-wasm as bytes: that skips a stringify/parse
+   * round trip and sidesteps opa-wasm treating falsy inputs (false, 0, "",
+   * null) as "no input".
+   */
+  evaluateJson(
+    inputJson: string,
+    nowNs: number = this.nowNs(),
+    entrypoint: string = this.entrypoint,
+  ): unknown {
+    this.evalNowNs = nowNs;
+    let rs: unknown;
+    try {
+      rs = this.policy.evaluate(encoder.encode(inputJson).buffer, entrypoint);
+    } catch (e) {
+      throw normalizeError(e, "policy_evaluation_failed");
+    }
+    if (!Array.isArray(rs) || rs.length === 0) return undefined;
+    if (rs.length > 1) {
+      throw toolgateError("policy_evaluation_failed", "entrypoint produced more than one result");
+    }
+    const first: unknown = rs[0];
+    if (first === null || typeof first !== "object" || !("result" in first)) return undefined;
+    return (first).result;
+  }
+
+  /** The entrypoints the wasm module exports. */
+  get entrypoints(): string[] {
+    return Object.keys(this.policy.entrypoints as Record<string, number>);
+  }
+}
