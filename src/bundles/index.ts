@@ -48,10 +48,17 @@ export class BundleManager {
 
   /** Loads the configured bundle once. Never throws: failures are status. */
   async start(): Promise<void> {
+    let bundle: Bundle;
     try {
-      await this.activate(loadBundleFromPath(this.opts.path));
+      bundle = loadBundleFromPath(this.opts.path);
+    } catch (e) {
+      this.fail(e);
+      return;
+    }
+    try {
+      await this.activate(bundle);
     } catch {
-      // recorded by activate()/fail(); the sidecar stays not-ready
+      // activate() recorded it; the sidecar stays not ready (fail closed)
     }
   }
 

@@ -172,7 +172,7 @@ export class PolicyEngine {
     }
     const first: unknown = rs[0];
     if (first === null || typeof first !== "object" || !("result" in first)) return undefined;
-    return (first).result;
+    return first.result;
   }
 
   /** The entrypoints the wasm module exports. */

@@ -1,0 +1,132 @@
+/**
+ * The CLI as a user runs it: the built bin/toolgate.js in a child process
+ * (the test command builds dist/ first).
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { tempDir } from "../helpers/opa";
+import { http, postJson, refRequest } from "../helpers/toolgate";
+
+const root = join(__dirname, "..", "..");
+const bin = join(root, "bin", "toolgate.js");
+
+function run(args: string[], env: Record<string, string> = {}) {
+  return spawnSync(process.execPath, [bin, ...args], {
+    cwd: root,
+    encoding: "utf8",
+    env: { ...process.env, ...env },
+    timeout: 20_000,
+  });
+}
+
+describe("toolgate eval", () => {
+  test("decides offline with the same JSON as POST /v1/decisions", () => {
+    const dir = tempDir();
+    const input = join(dir, "refund.json");
+    writeFileSync(
+      input,
+      JSON.stringify(refRequest({ tool: "refunds.issue", args: { amount: 120 } })),
+    );
+    const r = run(["eval", "--bundle", "bundles/support-triage.tar.gz", "--input", input]);
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    const d = JSON.parse(r.stdout) as Record<string, unknown>;
+    expect(d).toMatchObject({
+      outcome: "needs_approval",
+      reasons: [{ code: "approval_required" }],
+      approval: { approver_roles: ["support_manager"], single_use: true },
+      policy: { bundle: "support-triage" },
+    });
+    expect(Object.keys(d).sort()).toEqual(
+      [
+        "access_request",
+        "approval",
+        "decision_id",
+        "evaluated_at",
+        "obligations",
+        "outcome",
+        "policy",
+        "reasons",
+        "tool",
+      ].sort(),
+    );
+  });
+
+  test("reads stdin with --input -", () => {
+    const r = spawnSync(
+      process.execPath,
+      [bin, "eval", "-b", "bundles/support-triage.tar.gz", "-i", "-"],
+      {
+        cwd: root,
+        encoding: "utf8",
+        input: JSON.stringify(refRequest({ tool: "records.delete" })),
+      },
+    );
+    expect(r.status).toBe(0);
+    expect((JSON.parse(r.stdout) as { outcome: string }).outcome).toBe("deny");
+  });
+
+  test.each([
+    [["eval"], "usage"],
+    [["eval", "--bundle", "nope.tar.gz", "--input", "x.json"], "bundle_not_found"],
+    [["frobnicate"], "usage"],
+    [["eval", "--bogus"], "usage"],
+  ])("toolgate %j exits 2 with %s", (args, code) => {
+    const r = run(args);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain(`toolgate: ${code}:`);
+  });
+
+  test("an invalid request file is refused with the schema's words", () => {
+    const dir = tempDir();
+    const input = join(dir, "bad.json");
+    writeFileSync(input, JSON.stringify({ subject: { type: "user", id: 7 } }));
+    const r = run(["eval", "--bundle", "bundles/support-triage.tar.gz", "--input", input]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain("invalid_request");
+  });
+});
+
+describe("toolgate serve", () => {
+  test("starts with the embedded policy, answers, and exits 0 on SIGTERM", async () => {
+    const child = spawn(process.execPath, [bin, "serve"], {
+      cwd: root,
+      env: { ...process.env, TOOLGATE_AGENT_PORT: "0" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stderr = "";
+    const url = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`no listening line; stderr: ${stderr}`)),
+        15_000,
+      );
+      child.stderr.on("data", (c: Buffer) => {
+        stderr += c.toString();
+        const m = /"agent_port":"(http:\/\/[^"]+)"/.exec(stderr);
+        if (m?.[1]) {
+          clearTimeout(timer);
+          resolve(m[1]);
+        }
+      });
+      child.on("exit", (code) => reject(new Error(`exited ${code}: ${stderr}`)));
+    });
+    try {
+      expect(stderr).toContain('"event":"identity.trusted_mode"');
+      expect((await http(url, "GET", "/health/ready")).status).toBe(200);
+      const d = await postJson(url, "/v1/decisions", refRequest({ tool: "tickets.read" }));
+      expect((d.json as { outcome: string }).outcome).toBe("allow");
+    } finally {
+      const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+      child.kill("SIGTERM");
+      expect(await exited).toBe(0);
+    }
+  });
+
+  test("a bad config stops start-up with the key and the fix", () => {
+    const r = run(["serve"], { TOOLGATE_AGENT_PORT: "eighty" });
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain("config_invalid");
+    expect(r.stderr).toContain("TOOLGATE_AGENT_PORT must be an integer from 0 to 65535");
+  });
+});

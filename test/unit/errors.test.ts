@@ -1,0 +1,68 @@
+import { readFileSync, readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { ERRORS, normalizeError, ToolgateError } from "../../src/errors";
+
+const root = join(__dirname, "..", "..");
+
+function sources(dir: string): string[] {
+  return readdirSync(dir).flatMap((name) => {
+    const p = join(dir, name);
+    return statSync(p).isDirectory() ? sources(p) : p.endsWith(".ts") ? [p] : [];
+  });
+}
+
+describe("the error registry", () => {
+  const doc = readFileSync(join(root, "docs", "errors.md"), "utf8");
+
+  test.each(Object.keys(ERRORS))("%s is documented in docs/errors.md", (code) => {
+    expect(doc).toMatch(new RegExp(`^\\| \`${code}\` +\\|`, "m"));
+  });
+
+  test("docs/errors.md lists no code the registry lacks", () => {
+    const documented = [...doc.matchAll(/^\| `([a-z_]+)` +\|/gm)].map((m) => m[1]);
+    expect(documented.sort()).toEqual(Object.keys(ERRORS).sort());
+  });
+
+  test("every code the source raises is in the registry", () => {
+    const used = new Set<string>();
+    for (const file of sources(join(root, "src"))) {
+      for (const m of readFileSync(file, "utf8").matchAll(/toolgateError\(\s*"([a-z_]+)"/g))
+        used.add(m[1] as string);
+    }
+    expect(used.size).toBeGreaterThan(10);
+    for (const code of used) expect(Object.keys(ERRORS)).toContain(code);
+  });
+
+  test("statuses are HTTP error statuses", () => {
+    for (const { status } of Object.values(ERRORS)) {
+      expect(status).toBeGreaterThanOrEqual(400);
+      expect(status).toBeLessThan(600);
+    }
+  });
+});
+
+describe("normalizeError", () => {
+  test("opa-wasm's thrown strings become coded errors", () => {
+    const e = normalizeError("var assignment conflict", "policy_evaluation_failed");
+    expect(e).toBeInstanceOf(ToolgateError);
+    expect(e.code).toBe("policy_evaluation_failed");
+    expect(e.message).toBe("var assignment conflict");
+    expect(e.status).toBe(500);
+  });
+  test("{message} objects and Errors keep their message", () => {
+    expect(normalizeError({ message: "not implemented: built-in function 3: x" }).message).toMatch(
+      /not implemented/,
+    );
+    expect(normalizeError(new RangeError("grow failed"), "policy_evaluation_failed").code).toBe(
+      "policy_evaluation_failed",
+    );
+  });
+  test("a ToolgateError passes through unchanged", () => {
+    const e = new ToolgateError("malformed_json");
+    expect(normalizeError(e)).toBe(e);
+    expect(e.toJSON()).toEqual({ code: "malformed_json", message: ERRORS.malformed_json.message });
+  });
+  test("anything else is internal_error", () => {
+    expect(normalizeError(42).code).toBe("internal_error");
+  });
+});
