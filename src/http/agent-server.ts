@@ -75,9 +75,12 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
       }
     };
   const plain = (err: ToolgateError): unknown => err.toJSON();
-  const notAllowed = (allow: string) => (_req: Request, res: Response) => {
-    sendError(res, toolgateError("method_not_allowed", `use ${allow} on this route`), plain);
-  };
+  const notAllowed =
+    (allow: string, render: (err: ToolgateError) => unknown = plain) =>
+    (_req: Request, res: Response) => {
+      res.setHeader("Allow", allow);
+      sendError(res, toolgateError("method_not_allowed", `use ${allow} on this route`), render);
+    };
 
   // --- native ---------------------------------------------------------------
   app.post(
@@ -117,11 +120,10 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
   };
   app.post("/v1/data", post(opaRender, opaHandler, true));
   app.post("/v1/data/*path", post(opaRender, opaHandler, true));
-  app.all(["/v1/data", "/v1/data/*path"], (_req, res) => {
-    sendError(res, toolgateError("method_not_allowed", "use POST on the Data API"), opaRender);
-  });
+  app.all(["/v1/data", "/v1/data/*path"], notAllowed("POST", opaRender));
 
   // --- health and status ----------------------------------------------------
+  app.all("/.well-known/authzen-configuration", notAllowed("GET"));
   app.get("/health/live", (_req, res) => sendJson(res, 200, { status: "ok" }));
   app.get("/health/ready", (_req, res) => {
     const st = bundles.status();
@@ -158,7 +160,7 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
       typeof status === "number" && status >= 400 && status < 500
         ? toolgateError("invalid_request", (e as Error).message)
         : e;
-    const sent = sendError(res, err, plain);
+    const sent = sendError(res, err, req.path.startsWith("/v1/data") ? opaRender : plain);
     if (sent.status >= 500)
       log.error("request failed", { event: "http.error", path: req.path, error: sent.message });
   });
@@ -178,6 +180,24 @@ export function startAgentServer(deps: AgentServerDeps): Promise<RunningServer> 
   server.requestTimeout = deps.config.server.requestTimeoutMs;
   server.headersTimeout = Math.min(deps.config.server.requestTimeoutMs, 60_000);
   server.keepAliveTimeout = 5_000;
+  server.on("clientError", (err: NodeJS.ErrnoException, socket) => {
+    // Malformed HTTP never reaches express: answer it in the same JSON shape.
+    if (!socket.writable) return socket.destroy();
+    const [status, text, code] =
+      err.code === "HPE_HEADER_OVERFLOW"
+        ? [431, "Request Header Fields Too Large", "invalid_request"]
+        : err.code === "ERR_HTTP_REQUEST_TIMEOUT"
+          ? [408, "Request Timeout", "invalid_request"]
+          : [400, "Bad Request", "invalid_request"];
+    const body = JSON.stringify({
+      code,
+      message: `malformed HTTP request: ${err.code ?? err.message}`,
+    });
+    socket.end(
+      `HTTP/1.1 ${status} ${text}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+        `X-Request-ID: ${randomUUID()}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  });
   const { host, port } = deps.config.server.agent;
   return new Promise((resolve, reject) => {
     server.once("error", reject);

@@ -63,6 +63,10 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
  */
 export function checkShape(value: unknown, maxDepth: number): void {
   const walk = (v: unknown, depth: number, path: string): void => {
+    if (typeof v === "string") {
+      if (!isWellFormed(v)) throw lonelySurrogate(path);
+      return;
+    }
     if (v === null || typeof v !== "object") return;
     if (depth > maxDepth) {
       throw toolgateError(
@@ -75,6 +79,7 @@ export function checkShape(value: unknown, maxDepth: number): void {
       return;
     }
     for (const key of Object.keys(v)) {
+      if (!isWellFormed(key)) throw lonelySurrogate(path);
       if (FORBIDDEN_KEYS.has(key)) {
         throw toolgateError("forbidden_key", `the key "${key}" is not allowed (at ${path || "/"})`);
       }
@@ -82,6 +87,16 @@ export function checkShape(value: unknown, maxDepth: number): void {
     }
   };
   walk(value, 1, "");
+}
+
+const isWellFormed = (s: string): boolean =>
+  (s as unknown as { isWellFormed(): boolean }).isWellFormed();
+
+function lonelySurrogate(path: string) {
+  return toolgateError(
+    "invalid_request",
+    `a string contains a lone UTF-16 surrogate, which is not Unicode (I-JSON, RFC 7493) (at ${path || "/"})`,
+  );
 }
 
 export interface ParsedBody {

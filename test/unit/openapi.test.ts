@@ -1,0 +1,86 @@
+/**
+ * The published contract stays true: the OpenAPI document parses, references
+ * the schema file the server validates with, and describes responses the
+ * server actually sends.
+ */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import Ajv2020 from "ajv/dist/2020";
+import addFormats from "ajv-formats";
+import { parse } from "yaml";
+import type { Toolgate } from "../../src/app";
+import { postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+
+const root = join(__dirname, "..", "..");
+const doc = parse(readFileSync(join(root, "docs", "openapi.yaml"), "utf8")) as {
+  paths: Record<
+    string,
+    Record<string, { requestBody?: { content: Record<string, { schema: { $ref?: string } }> } }>
+  >;
+  components: { schemas: Record<string, unknown> };
+};
+
+describe("docs/openapi.yaml", () => {
+  test("covers every agent-port route", () => {
+    expect(Object.keys(doc.paths).sort()).toEqual(
+      [
+        "/v1/decisions",
+        "/access/v1/evaluation",
+        "/access/v1/evaluations",
+        "/.well-known/authzen-configuration",
+        "/v1/data/{path}",
+        "/health/live",
+        "/health/ready",
+        "/v1/status",
+      ].sort(),
+    );
+  });
+
+  test("decision requests reference the schema the server validates with", () => {
+    for (const p of ["/v1/decisions", "/access/v1/evaluation"]) {
+      expect(doc.paths[p]?.post?.requestBody?.content["application/json"]?.schema.$ref).toBe(
+        "../schemas/decision-request.schema.json",
+      );
+    }
+  });
+
+  describe("responses match the documented schemas", () => {
+    let tg: Toolgate;
+    const ajv = new Ajv2020({ strict: false });
+    addFormats(ajv);
+    for (const [name, schema] of Object.entries(doc.components.schemas)) {
+      ajv.addSchema(schema as object, `#/components/schemas/${name}`);
+    }
+    const check = (name: string, value: unknown): void => {
+      const v = ajv.getSchema(`#/components/schemas/${name}`);
+      if (!v) throw new Error(`no schema ${name}`);
+      const ok = v(value);
+      expect(v.errors ?? []).toEqual([]);
+      expect(ok).toBe(true);
+    };
+    beforeAll(async () => {
+      tg = await startTestToolgate();
+    });
+    afterAll(async () => {
+      await tg.stop();
+    });
+
+    test.each([
+      ["allow", refRequest({ tool: "accounts.summary.read" })],
+      ["deny", refRequest({ tool: "billing.update" })],
+      ["needs_approval", refRequest({ tool: "refunds.issue", args: { amount: 120 } })],
+    ])("native %s", async (outcome, req) => {
+      const res = await postJson(tg.agentServer.url, "/v1/decisions", req);
+      expect((res.json as { outcome: string }).outcome).toBe(outcome);
+      check("Decision", res.json);
+      const az = await postJson(tg.agentServer.url, "/access/v1/evaluation", req);
+      check("AuthzenDecision", az.json);
+    });
+
+    test("errors", async () => {
+      const res = await postJson(tg.agentServer.url, "/v1/decisions", { subject: 1 });
+      expect(res.status).toBe(400);
+      check("Error", res.json);
+    });
+  });
+});
