@@ -2,6 +2,9 @@
 # Builds the pinned Go tools toolgate needs for policy authoring and tests,
 # once, into the git-ignored .tools/bin. Prints the path of the requested tool.
 #   scripts/tools.sh opa      -> path to the pinned opa CLI
+#   scripts/tools.sh jaeger   -> path to the pinned Jaeger (all-in-one, v2) for e2e tests
+# Pins: `go install module@version` where the module allows it; otherwise a
+# tools module under tools/<name>/ (go.mod + go.sum, `tool` directive).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="$root/.tools/bin"
@@ -9,16 +12,28 @@ mkdir -p "$bin"
 
 declare -A MODULE=(
   [opa]="github.com/open-policy-agent/opa@v1.22.4"
+  [jaeger]="tools/jaeger:github.com/jaegertracing/jaeger/cmd/jaeger"
 )
 
 tool="${1:?usage: scripts/tools.sh <tool>}"
-mod="${MODULE[$tool]:-}"
-[ -n "$mod" ] || { echo "tools.sh: unknown tool '$tool'" >&2; exit 2; }
-version="${mod##*@}"
+spec="${MODULE[$tool]:-}"
+[ -n "$spec" ] || { echo "tools.sh: unknown tool '$tool'" >&2; exit 2; }
 stamp="$bin/.$tool.version"
-if [ ! -x "$bin/$tool" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$mod" ]; then
-  echo "tools.sh: building $mod into .tools/bin (first run only)" >&2
-  GOBIN="$bin" GOFLAGS="-trimpath" CGO_ENABLED=0 go install "$mod" >&2
-  echo "$mod" > "$stamp"
+if [[ "$spec" == tools/* ]]; then
+  dir="${spec%%:*}"
+  pkg="${spec#*:}"
+  want="$spec $(sha256sum "$root/$dir/go.mod" | cut -c1-16)"
+else
+  want="$spec"
+fi
+if [ ! -x "$bin/$tool" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  command -v go >/dev/null || { echo "tools.sh: Go is needed to build $tool (see README)" >&2; exit 1; }
+  echo "tools.sh: building $tool into .tools/bin (first run only; may take minutes)" >&2
+  if [[ "$spec" == tools/* ]]; then
+    (cd "$root/$dir" && CGO_ENABLED=0 go build -trimpath -o "$bin/$tool" "$pkg") >&2
+  else
+    GOBIN="$bin" CGO_ENABLED=0 go install -trimpath "$spec" >&2
+  fi
+  echo "$want" > "$stamp"
 fi
 echo "$bin/$tool"

@@ -1,9 +1,14 @@
+import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
+import type { SpanExporter } from "@opentelemetry/sdk-trace";
+import { Auditor, Tracing } from "./audit";
+import { Redactor } from "./audit/redact";
+import { AuditTrail } from "./audit/trail";
 import { join } from "node:path";
 import { BundleManager } from "./bundles";
 import type { CompiledConfig } from "./config";
 import { checkPolicyOutput, Decider } from "./decision";
-import { isToolgateError } from "./errors";
+import { isToolgateError, toolgateError } from "./errors";
 import { startAgentServer, type RunningServer } from "./http/agent-server";
 import { Identity } from "./identity";
 import type { PolicyEngine } from "./policy/engine";
@@ -52,12 +57,91 @@ export interface Parts {
   bundles: BundleManager;
   identity: Identity;
   decider: Decider;
+  auditor: Auditor | undefined;
+}
+
+export interface BuildOptions {
+  /** Where OTEL_* settings come from (default process.env). */
+  env?: Record<string, string | undefined>;
+  /** Replaces the OTLP exporter (tests: an in-memory exporter). */
+  spanExporter?: SpanExporter;
+  /** Build without audit (the offline `toolgate eval`). */
+  audit?: boolean;
+}
+
+function hmacKey(config: CompiledConfig, log: Logger): { key: Buffer; keyId: string } {
+  const k = config.audit.hmacKey;
+  let key: Buffer;
+  if (k.source === "env") key = Buffer.from(k.value ?? "", "utf8");
+  else if (k.source === "file") {
+    try {
+      key = readFileSync(k.file ?? "");
+    } catch (e) {
+      throw toolgateError(
+        "config_invalid",
+        `audit.hmac_key_file: cannot read ${k.file}: ${(e as Error).message}`,
+      );
+    }
+    if (key.length < 16) {
+      throw toolgateError(
+        "config_invalid",
+        `audit.hmac_key_file: ${k.file} holds ${key.length} bytes; at least 16 are needed`,
+      );
+    }
+  } else {
+    key = randomBytes(32);
+    log.warn(
+      "no audit.hmac_key_file configured: keyed hashes use a random per-process key and correlate only within this run",
+      {
+        event: "audit.random_hmac_key",
+      },
+    );
+  }
+  // The key id names the key without revealing it.
+  const keyId = createHash("sha256")
+    .update("toolgate-key-id")
+    .update(key)
+    .digest("base64url")
+    .slice(0, 8);
+  return { key, keyId };
+}
+
+function buildAuditor(config: CompiledConfig, log: Logger, opts: BuildOptions): Auditor {
+  const { key, keyId } = hmacKey(config, log);
+  const redactor = new Redactor({ hmacKey: key, keyId, mode: config.audit.redaction });
+  const tracing = new Tracing({
+    env: opts.env ?? process.env,
+    log,
+    serviceVersion: packageVersion(),
+    ...(opts.spanExporter ? { exporter: opts.spanExporter } : {}),
+    maxQueueSize: config.tracing.maxQueueSize,
+    scheduledDelayMs: config.tracing.scheduledDelayMs,
+  });
+  const trail = config.audit.trail.enabled
+    ? AuditTrail.open({
+        dir: config.audit.trail.dir,
+        maxFileBytes: config.audit.trail.maxFileBytes,
+        flushIntervalMs: 50,
+        fsyncIntervalMs: 1000,
+        onError: (e) =>
+          log.error("audit trail write failed", { event: "audit.trail_error", error: e.message }),
+      })
+    : undefined;
+  return new Auditor({
+    tracing,
+    log,
+    redactor,
+    trail,
+    agentId: config.agent.id,
+    logDecisions: config.audit.logDecisions,
+  });
 }
 
 /** The composition root: builds every module from the config; nothing global. */
 export function buildParts(
   config: CompiledConfig,
   log: Logger = createLogger(config.log.level),
+  opts: BuildOptions = {},
 ): Parts {
   const bundles = new BundleManager({
     path: config.policy.bundle,
@@ -66,12 +150,14 @@ export function buildParts(
     smokeTest: (engine) => smokeTest(engine, config.agent.id, log),
   });
   const identity = new Identity({ agentId: config.agent.id, mode: config.identity.mode });
+  const auditor = opts.audit === false ? undefined : buildAuditor(config, log, opts);
   const decider = new Decider({
     policy: bundles,
     identity,
     requestTtlSeconds: config.approvals.requestTtlSeconds,
+    ...(auditor ? { sink: auditor } : {}),
   });
-  return { config, log, bundles, identity, decider };
+  return { config, log, bundles, identity, decider, auditor };
 }
 
 export interface Toolgate extends Parts {
@@ -80,8 +166,12 @@ export interface Toolgate extends Parts {
 }
 
 /** Builds everything, loads the bundle and starts the agent port. */
-export async function startToolgate(config: CompiledConfig, log?: Logger): Promise<Toolgate> {
-  const parts = buildParts(config, log);
+export async function startToolgate(
+  config: CompiledConfig,
+  log?: Logger,
+  opts: BuildOptions = {},
+): Promise<Toolgate> {
+  const parts = buildParts(config, log, opts);
   if (config.identity.mode === "trusted") {
     parts.log.warn(
       "identity.mode is trusted: subject ids are taken as the caller sends them (development only)",
@@ -94,6 +184,7 @@ export async function startToolgate(config: CompiledConfig, log?: Logger): Promi
   const agentServer = await startAgentServer({
     config,
     decider: parts.decider,
+    ...(parts.auditor ? { auditor: parts.auditor } : {}),
     bundles: parts.bundles,
     log: parts.log,
     startedAt: new Date(),
@@ -111,6 +202,8 @@ export async function startToolgate(config: CompiledConfig, log?: Logger): Promi
     async stop() {
       await agentServer.close();
       parts.bundles.stop();
+      // flush pending spans and trail records before the process may exit
+      await parts.auditor?.close();
     },
   };
 }

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { buildParts, packageVersion, startToolgate } from "../app";
+import { auditVerifyCommand } from "./audit";
 import { compileConfig, loadConfig } from "../config";
 import { normalizeError, toolgateError } from "../errors";
 import { validateDecisionRequest } from "../http/validate";
@@ -14,6 +15,8 @@ Usage:
   toolgate eval --bundle B --input I [--agent ID] [--entrypoint E]
                                              decide one request offline (I may be - for stdin);
                                              prints the same JSON as POST /v1/decisions
+  toolgate audit verify <file-or-dir…> [--json] [--allow-partial-start]
+                                             check the local audit trail's hash chain
   toolgate version                           print the version
   toolgate help                              this text
 
@@ -68,7 +71,7 @@ async function evalCommand(args: string[], out: Out): Promise<number> {
   if (values.agent) env.TOOLGATE_AGENT_ID = values.agent;
   if (values.entrypoint) env.TOOLGATE_ENTRYPOINT = values.entrypoint;
   const config = compileConfig({}, { ...env, TOOLGATE_LOG_LEVEL: "error" });
-  const parts = buildParts(config, createLogger("silent"));
+  const parts = buildParts(config, createLogger("silent"), { audit: false });
   await parts.bundles.activate(loadBundleFromPath(config.policy.bundle));
   const text = readFileSync(values.input === "-" ? 0 : values.input, "utf8");
   let value: unknown;
@@ -92,6 +95,8 @@ export async function main(argv: string[], out: Out = stdio): Promise<number> {
         return await serve(rest, out);
       case "eval":
         return await evalCommand(rest, out);
+      case "audit":
+        return auditVerifyCommand(rest, out);
       case "version":
       case "--version":
         out.stdout(packageVersion() + "\n");

@@ -22,6 +22,14 @@ export interface CompiledConfig {
   policy: { bundle: string; embedded: boolean; entrypoint: string };
   identity: { mode: "trusted" };
   approvals: { requestTtlSeconds: number };
+  state: { dir: string };
+  audit: {
+    trail: { enabled: boolean; dir: string; maxFileBytes: number };
+    redaction: "hash" | "erase";
+    hmacKey: { source: "file" | "env" | "random"; file: string | null; value: string | null };
+    logDecisions: boolean;
+  };
+  tracing: { maxQueueSize: number; scheduledDelayMs: number };
   log: { level: "error" | "warn" | "info" | "debug" | "silent" };
   /** Where the config came from, for the start-up banner. */
   origin: { file: string | null; env: string[] };
@@ -97,7 +105,7 @@ function describe(spec: FieldSpec): string {
 /** Checks one value; returns the typed value or an error text. */
 function check(spec: FieldSpec, v: unknown, fromEnv: boolean): { ok: Value } | { err: string } {
   const t = spec.type;
-  const got = JSON.stringify(v);
+  const got = spec.secret ? "(a value not shown: it is secret)" : JSON.stringify(v);
   switch (t.kind) {
     case "int": {
       const n = fromEnv && typeof v === "string" && /^-?\d+$/.test(v.trim()) ? Number(v) : v;
@@ -197,6 +205,10 @@ export function compileConfig(
   }
   const bundle = get<string | null>("policy.bundle");
   const baseDir = opts.file ? dirname(opts.file) : process.cwd();
+  const stateDir = resolve(baseDir, get<string>("state.dir"));
+  const trailDir = get<string | null>("audit.trail.dir");
+  const keyFile = get<string | null>("audit.hmac_key_file");
+  const keyValue = get<string | null>("audit.hmac_key");
   return {
     agent: { id: get("agent.id") },
     server: {
@@ -215,6 +227,26 @@ export function compileConfig(
     },
     identity: { mode: get("identity.mode") },
     approvals: { requestTtlSeconds: get("approvals.request_ttl_seconds") },
+    state: { dir: stateDir },
+    audit: {
+      trail: {
+        enabled: get("audit.trail.enabled"),
+        dir: trailDir === null ? resolve(stateDir, "audit") : resolve(baseDir, trailDir),
+        maxFileBytes: get("audit.trail.max_file_bytes"),
+      },
+      redaction: get("audit.redaction"),
+      hmacKey:
+        keyValue !== null
+          ? { source: "env", file: null, value: keyValue }
+          : keyFile !== null
+            ? { source: "file", file: resolve(baseDir, keyFile), value: null }
+            : { source: "random", file: null, value: null },
+      logDecisions: get("audit.log_decisions"),
+    },
+    tracing: {
+      maxQueueSize: get("tracing.max_queue_size"),
+      scheduledDelayMs: get("tracing.scheduled_delay_ms"),
+    },
     log: { level: get("log.level") },
     origin: { file: opts.file ?? null, env: envUsed },
   };

@@ -18,6 +18,8 @@ export interface FieldSpec {
   type: FieldType;
   default: string | number | boolean | null;
   doc: string;
+  /** Never echoed in messages or logs. */
+  secret?: boolean;
 }
 
 export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/;
@@ -103,6 +105,77 @@ export const FIELDS: readonly FieldSpec[] = [
     type: { kind: "int", min: 10, max: 7 * 24 * 3600 },
     default: 900,
     doc: "How long a needs_approval answer may be turned into an access request (its `expires_at`).",
+  },
+  {
+    key: "state.dir",
+    env: "TOOLGATE_STATE_DIR",
+    type: { kind: "path" },
+    default: ".toolgate",
+    doc: "Directory for toolgate's own state (the audit trail by default). Relative to the config file, or the working directory.",
+  },
+  {
+    key: "audit.trail.enabled",
+    env: "TOOLGATE_AUDIT_TRAIL_ENABLED",
+    type: { kind: "bool" },
+    default: true,
+    doc: "Write the tamper-evident local audit trail (JSON Lines, hash-chained). See docs/audit.md.",
+  },
+  {
+    key: "audit.trail.dir",
+    env: "TOOLGATE_AUDIT_TRAIL_DIR",
+    type: { kind: "path" },
+    default: null,
+    doc: "Directory of the audit trail files. Default: `<state.dir>/audit`.",
+  },
+  {
+    key: "audit.trail.max_file_bytes",
+    env: "TOOLGATE_AUDIT_TRAIL_MAX_FILE_BYTES",
+    type: { kind: "int", min: 4096, max: 1024 * 1024 * 1024 },
+    default: 64 * 1024 * 1024,
+    doc: "Rotate the trail file when it would exceed this size; the hash chain continues in the next file.",
+  },
+  {
+    key: "audit.redaction",
+    env: "TOOLGATE_AUDIT_REDACTION",
+    type: { kind: "enum", values: ["hash", "erase"] },
+    default: "hash",
+    doc: "What default redaction does to a secret: `hash` (keyed HMAC-SHA256, correlatable) or `erase`.",
+  },
+  {
+    key: "audit.hmac_key_file",
+    env: "TOOLGATE_AUDIT_HMAC_KEY_FILE",
+    type: { kind: "path" },
+    default: null,
+    doc: "File holding the key for keyed hashing (at least 16 bytes). Without it (and without TOOLGATE_AUDIT_HMAC_KEY) a random key is made per process, so hashes correlate only within one run.",
+  },
+  {
+    key: "audit.hmac_key",
+    env: "TOOLGATE_AUDIT_HMAC_KEY",
+    type: { kind: "string", pattern: /^.{16,}$/s, patternHint: "at least 16 characters" },
+    default: null,
+    doc: "The keyed-hashing key itself (prefer the file, or a Secret-mounted env var). Never logged.",
+    secret: true,
+  },
+  {
+    key: "audit.log_decisions",
+    env: "TOOLGATE_AUDIT_LOG_DECISIONS",
+    type: { kind: "bool" },
+    default: true,
+    doc: "Write one JSON log line per decision and per action report (stdout, level info).",
+  },
+  {
+    key: "tracing.max_queue_size",
+    env: "TOOLGATE_TRACING_MAX_QUEUE_SIZE",
+    type: { kind: "int", min: 16, max: 1_000_000 },
+    default: 8192,
+    doc: "Spans waiting for export; beyond this they are dropped and counted (decisions never wait for the collector). Other tracing settings are the standard OTEL_* variables.",
+  },
+  {
+    key: "tracing.scheduled_delay_ms",
+    env: "TOOLGATE_TRACING_SCHEDULED_DELAY_MS",
+    type: { kind: "int", min: 10, max: 60_000 },
+    default: 500,
+    doc: "How often queued spans are exported.",
   },
   {
     key: "log.level",

@@ -3,7 +3,14 @@ import { isToolgateError, normalizeError, toolgateError, type ToolgateError } fr
 import type { Identity } from "../identity";
 import type { PolicyEngine } from "../policy/engine";
 import { checkPolicyOutput } from "./output";
-import type { Decision, DecisionRequest, PolicyOutput } from "./types";
+import type {
+  Decision,
+  DecisionMeta,
+  DecisionRequest,
+  DecisionSink,
+  PolicyOutput,
+  VerifiedFacts,
+} from "./types";
 
 export type * from "./types";
 export { checkPolicyOutput, KNOWN_OBLIGATIONS } from "./output";
@@ -20,6 +27,8 @@ export interface DeciderOptions {
   requestTtlSeconds: number;
   now?: () => number;
   newId?: () => string;
+  /** Audit: receives every decision and refusal. */
+  sink?: DecisionSink;
 }
 
 /** Reason codes toolgate itself puts on a deny when the policy cannot answer. */
@@ -52,12 +61,23 @@ export class Decider {
    * Throws ToolgateError only for request problems (`agent_mismatch`) and for
    * `policy_unavailable`; every policy failure is a deny.
    */
-  decide(req: DecisionRequest, requestJson?: string): Decision {
+  decide(
+    req: DecisionRequest,
+    requestJson?: string,
+    meta: DecisionMeta = { face: "native" },
+  ): Decision {
     const nowMs = this.now();
     const nowNs = nowMs * 1e6;
-    const verified = this.opts.identity.verify(req, nowNs);
-    const engine = this.opts.policy.active();
-    if (engine === undefined) throw toolgateError("policy_unavailable");
+    let verified: VerifiedFacts | undefined;
+    try {
+      verified = this.opts.identity.verify(req, nowNs);
+      if (this.opts.policy.active() === undefined) throw toolgateError("policy_unavailable");
+    } catch (e) {
+      const err = normalizeError(e);
+      this.opts.sink?.refused(err, req, meta);
+      throw err;
+    }
+    const engine = this.opts.policy.active() as PolicyEngine;
     const input = `{"request":${requestJson ?? JSON.stringify(req)},"verified":${JSON.stringify(verified)}}`;
     let out: PolicyOutput | ToolgateError;
     try {
@@ -79,6 +99,7 @@ export class Decider {
           ? out.code
           : "evaluation_error";
       decision.reasons = [{ code, message: `${FAIL_CLOSED_REASONS[code]}: ${out.message}` }];
+      this.opts.sink?.decided(decision, req, verified, meta, undefined);
       return decision;
     }
     decision.outcome = out.outcome;
@@ -92,6 +113,7 @@ export class Decider {
         expires_at: new Date(nowMs + this.opts.requestTtlSeconds * 1000).toISOString(),
       };
     }
+    this.opts.sink?.decided(decision, req, verified, meta, out.mask);
     return decision;
   }
 }

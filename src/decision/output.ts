@@ -1,3 +1,4 @@
+import { Redactor } from "../audit/redact";
 import { toolgateError, type ToolgateError } from "../errors";
 import type { ApprovalRequirement, Obligation, PolicyOutput, Reason, ToolInfo } from "./types";
 
@@ -26,7 +27,7 @@ function isStringArray(v: unknown): v is string[] {
 export function checkPolicyOutput(value: unknown): PolicyOutput | ToolgateError {
   if (value === undefined) return bad("the entrypoint is undefined for this input");
   if (!isObject(value)) return bad("must be an object");
-  const { outcome, reasons, obligations, approval, tool } = value;
+  const { outcome, reasons, obligations, approval, tool, mask } = value;
   if (typeof outcome !== "string" || !OUTCOMES.has(outcome)) {
     return bad(`outcome must be allow, deny or needs_approval, got ${JSON.stringify(outcome)}`);
   }
@@ -91,6 +92,11 @@ export function checkPolicyOutput(value: unknown): PolicyOutput | ToolgateError 
   }
   if (outcome !== "allow" && out.reasons.length === 0) {
     return bad(`a ${outcome} must carry at least one reason`);
+  }
+  if (mask !== undefined) {
+    const ops = Redactor.validateMask(mask);
+    if (typeof ops === "string") return bad(`mask: ${ops}`);
+    if (ops.length > 0) out.mask = ops;
   }
   if (isObject(tool) && typeof tool.name === "string") {
     out.tool = {

@@ -51,6 +51,8 @@ export interface PolicyOutput {
   obligations: Obligation[];
   approval?: ApprovalRequirement;
   tool?: ToolInfo;
+  /** Audit mask ops from the policy (validated; never sent to the client). */
+  mask?: unknown[];
 }
 
 /** Who toolgate itself established the caller to be, and the agent it serves. */
@@ -71,4 +73,36 @@ export interface Decision {
   tool?: ToolInfo;
   policy: { bundle: string; revision: string };
   evaluated_at: string;
+}
+
+/** Which API a decision came through. */
+export type Face = "native" | "authzen" | "opa" | "cli";
+
+/**
+ * Where a decision request came from, for audit. `trace` is opaque to the
+ * decision path (the audit module puts the caller's trace context there).
+ */
+export interface DecisionMeta {
+  face: Face;
+  requestId?: string;
+  /** performance.timeOrigin + performance.now() when the request arrived, in ms. */
+  startTimeMs?: number;
+  trace?: unknown;
+  http?: { method: string; path: string };
+}
+
+/** Receives every finished decision and every refusal (audit implements it). */
+export interface DecisionSink {
+  decided(
+    decision: Decision,
+    request: DecisionRequest,
+    verified: VerifiedFacts | undefined,
+    meta: DecisionMeta,
+    mask: readonly unknown[] | undefined,
+  ): void;
+  refused(
+    error: { code: string; message: string; status: number },
+    request: DecisionRequest,
+    meta: DecisionMeta,
+  ): void;
 }

@@ -18,6 +18,19 @@ export const ERRORS = {
     message: "the request names an agent other than the one this sidecar serves",
   },
   not_found: { status: 404, message: "no such route" },
+  action_unknown_decision: {
+    status: 409,
+    message: "the action report names no recent decision of this sidecar",
+  },
+  action_not_allowed: {
+    status: 409,
+    message: "the action report names a decision that was not allow",
+  },
+  action_already_reported: { status: 409, message: "the decision's action was already reported" },
+  action_tool_mismatch: {
+    status: 409,
+    message: "the action report names another tool than the one decided",
+  },
   method_not_allowed: { status: 405, message: "method not allowed on this route" },
   // -- policy availability / evaluation --------------------------------------
   policy_unavailable: {
@@ -41,6 +54,21 @@ export const ERRORS = {
     message: "the bundle does not provide the required wasm entrypoint",
   },
   wasm_invalid: { status: 500, message: "the bundle's policy.wasm cannot be instantiated" },
+  // -- local audit trail -------------------------------------------------------
+  audit_write_failed: {
+    status: 500,
+    message: "writing the audit trail failed; records are kept in memory and retried",
+  },
+  audit_backlog_overflow: {
+    status: 500,
+    message: "more audit records wait to be written than the buffer limit; none are dropped",
+  },
+  audit_record_invalid: { status: 500, message: "an audit record is not plain JSON" },
+  audit_trail_closed: { status: 500, message: "the audit trail is closed" },
+  audit_trail_unreadable: {
+    status: 500,
+    message: "the audit trail directory or file cannot be read or created",
+  },
   // -- configuration and CLI --------------------------------------------------
   config_invalid: { status: 500, message: "the configuration is invalid" },
   config_unreadable: { status: 500, message: "the configuration file cannot be read" },

@@ -4,7 +4,9 @@ import type { AddressInfo } from "node:net";
 import express, { type Request, type Response } from "express";
 import type { BundleManager } from "../bundles";
 import type { CompiledConfig } from "../config";
-import type { Decider } from "../decision";
+import { recordAction, type ActionReport } from "../audit/actions";
+import type { Auditor } from "../audit";
+import type { Decider, DecisionMeta, Face } from "../decision";
 import { toolgateError, type ToolgateError } from "../errors";
 import type { Logger } from "../util/log";
 import { readJson, type ParsedBody } from "./body";
@@ -12,10 +14,12 @@ import { authzenConfiguration, authzenEvaluation, authzenEvaluations } from "./f
 import { nativeDecision } from "./faces/native";
 import { opaData, toOpaError } from "./faces/opa";
 import { sendError, sendJson } from "./respond";
+import { validateAgainst } from "./validate";
 
 export interface AgentServerDeps {
   config: CompiledConfig;
   decider: Decider;
+  auditor?: Auditor;
   bundles: BundleManager;
   log: Logger;
   startedAt: Date;
@@ -32,7 +36,12 @@ function requestId(req: IncomingMessage, res: ServerResponse): string {
   return id;
 }
 
-type Handler = (req: Request, res: Response, body: ParsedBody | undefined) => unknown;
+type Handler = (
+  req: Request,
+  res: Response,
+  body: ParsedBody | undefined,
+  meta: DecisionMeta,
+) => unknown;
 
 function hasBody(req: IncomingMessage): boolean {
   const len = req.headers["content-length"];
@@ -44,7 +53,7 @@ function hasBody(req: IncomingMessage): boolean {
  * status. It has no route that approves, administers or loads policy.
  */
 export function createAgentApp(deps: AgentServerDeps): express.Express {
-  const { config, decider, bundles, log } = deps;
+  const { config, decider, bundles, log, auditor } = deps;
   const limits = config.server.limits;
   const app = express();
   app.disable("x-powered-by");
@@ -57,11 +66,19 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
   });
 
   const post =
-    (render: (err: ToolgateError) => unknown, handler: Handler, bodyOptional = false) =>
+    (face: Face, render: (err: ToolgateError) => unknown, handler: Handler, bodyOptional = false) =>
     async (req: Request, res: Response): Promise<void> => {
+      const meta: DecisionMeta = {
+        face,
+        startTimeMs: performance.timeOrigin + performance.now(),
+        requestId: res.getHeader("X-Request-ID") as string,
+        http: { method: req.method, path: req.path },
+        trace: auditor?.traceMeta(req.headers),
+      };
       try {
         const body = bodyOptional && !hasBody(req) ? undefined : await readJson(req, limits);
-        sendJson(res, 200, handler(req, res, body));
+        const result = handler(req, res, body, meta);
+        sendJson(res, 200, result);
       } catch (e) {
         const err = sendError(res, e, render);
         if (err.status >= 500 && err.code !== "policy_unavailable") {
@@ -75,6 +92,15 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
       }
     };
   const plain = (err: ToolgateError): unknown => err.toJSON();
+  const batchSpan = auditor
+    ? (meta: DecisionMeta) => {
+        const span = auditor.startRequestSpan(
+          meta,
+          `${meta.http?.method ?? "POST"} ${meta.http?.path ?? ""}`,
+        );
+        return () => span.end();
+      }
+    : undefined;
   const notAllowed =
     (allow: string, render: (err: ToolgateError) => unknown = plain) =>
     (_req: Request, res: Response) => {
@@ -85,20 +111,24 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
   // --- native ---------------------------------------------------------------
   app.post(
     "/v1/decisions",
-    post(plain, (_q, _s, body) => nativeDecision(decider, body as ParsedBody)),
+    post("native", plain, (_q, _s, body, meta) =>
+      nativeDecision(decider, body as ParsedBody, meta),
+    ),
   );
   app.all("/v1/decisions", notAllowed("POST"));
 
   // --- AuthZEN 1.0 ----------------------------------------------------------
   app.post(
     "/access/v1/evaluation",
-    post(plain, (_q, _s, body) => authzenEvaluation(decider, body as ParsedBody)),
+    post("authzen", plain, (_q, _s, body, meta) =>
+      authzenEvaluation(decider, body as ParsedBody, meta),
+    ),
   );
   app.all("/access/v1/evaluation", notAllowed("POST"));
   app.post(
     "/access/v1/evaluations",
-    post(plain, (_q, _s, body) =>
-      authzenEvaluations(decider, body as ParsedBody, limits.maxEvaluations),
+    post("authzen", plain, (_q, _s, body, meta) =>
+      authzenEvaluations(decider, body as ParsedBody, limits.maxEvaluations, meta, batchSpan),
     ),
   );
   app.all("/access/v1/evaluations", notAllowed("POST"));
@@ -113,14 +143,29 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
 
   // --- OPA Data API ---------------------------------------------------------
   const opaRender = (err: ToolgateError): unknown => toOpaError(err);
-  const opaHandler: Handler = (req, _res, body) => {
+  const opaHandler: Handler = (req, _res, body, meta) => {
     const splat = (req.params as { path?: string[] | string }).path;
     const path = Array.isArray(splat) ? splat.join("/") : (splat ?? "");
-    return opaData(decider, config.policy.entrypoint, path, body);
+    return opaData(decider, config.policy.entrypoint, path, body, meta);
   };
-  app.post("/v1/data", post(opaRender, opaHandler, true));
-  app.post("/v1/data/*path", post(opaRender, opaHandler, true));
+  app.post("/v1/data", post("opa", opaRender, opaHandler, true));
+  app.post("/v1/data/*path", post("opa", opaRender, opaHandler, true));
   app.all(["/v1/data", "/v1/data/*path"], notAllowed("POST", opaRender));
+
+  // --- action reports -------------------------------------------------------
+  app.post(
+    "/v1/actions",
+    post("native", plain, (_q, _s, body, meta) => {
+      const report = validateAgainst<ActionReport>(
+        "action-report.schema.json",
+        (body as ParsedBody).value,
+      );
+      if (auditor === undefined)
+        throw toolgateError("not_found", "audit is off: no action reports");
+      return recordAction(auditor, report, meta);
+    }),
+  );
+  app.all("/v1/actions", notAllowed("POST"));
 
   // --- health and status ----------------------------------------------------
   app.all("/.well-known/authzen-configuration", notAllowed("GET"));

@@ -17,8 +17,6 @@ export function sendJson(
   res.end(payload);
 }
 
-export type Face = "native" | "authzen" | "opa" | "system";
-
 /** Renders an error as `{code, message}` (the OPA face maps codes, see faces/opa.ts). */
 export function sendError(
   res: ServerResponse,

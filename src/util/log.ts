@@ -1,35 +1,55 @@
+import type { Writable } from "node:stream";
+import winston from "winston";
+
 /**
- * A minimal structured logger: one JSON object per line on stderr.
+ * Structured logging: one JSON object per line (winston), on stdout by
+ * default. Operational events and audit records share the stream; every line
+ * has `time`, `level`, `msg` and an `event` name.
  */
 export type LogLevel = "error" | "warn" | "info" | "debug" | "silent";
-
-const RANK: Record<LogLevel, number> = { silent: 0, error: 1, warn: 2, info: 3, debug: 4 };
 
 export interface Logger {
   error(msg: string, fields?: Record<string, unknown>): void;
   warn(msg: string, fields?: Record<string, unknown>): void;
   info(msg: string, fields?: Record<string, unknown>): void;
   debug(msg: string, fields?: Record<string, unknown>): void;
+  /** Resolves when everything logged so far has been handed to the stream. */
+  flush(): Promise<void>;
 }
 
-export function createLogger(
-  level: LogLevel,
-  write: (line: string) => void = (l) => process.stderr.write(l + "\n"),
-): Logger {
-  const max = RANK[level];
-  const emit = (
-    lvl: Exclude<LogLevel, "silent">,
-    msg: string,
-    fields?: Record<string, unknown>,
-  ): void => {
-    if (RANK[lvl] > max) return;
-    write(JSON.stringify({ time: new Date().toISOString(), level: lvl, msg, ...fields }));
-  };
+export function createLogger(level: LogLevel, stream: Writable = process.stdout): Logger {
+  const transport = new winston.transports.Stream({ stream });
+  const w = winston.createLogger({
+    level: level === "silent" ? "error" : level,
+    silent: level === "silent",
+    format: winston.format.combine(
+      winston.format((info) => {
+        // publish `msg` (winston calls it `message`) and an ISO `time`
+        const rec = info as Record<string, unknown>;
+        rec.time = new Date().toISOString();
+        rec.msg = rec.message;
+        delete rec.message;
+        return info;
+      })(),
+      winston.format.json(),
+    ),
+    transports: [transport],
+  });
+  const emit =
+    (lvl: Exclude<LogLevel, "silent">) =>
+    (msg: string, fields?: Record<string, unknown>): void => {
+      w.log(lvl, msg, fields);
+    };
   return {
-    error: (m, f) => emit("error", m, f),
-    warn: (m, f) => emit("warn", m, f),
-    info: (m, f) => emit("info", m, f),
-    debug: (m, f) => emit("debug", m, f),
+    error: emit("error"),
+    warn: emit("warn"),
+    info: emit("info"),
+    debug: emit("debug"),
+    flush: () =>
+      new Promise<void>((resolve) => {
+        if (stream.writableLength === 0) return resolve();
+        stream.once("drain", () => resolve());
+      }),
   };
 }
 

@@ -6,6 +6,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../helpers/opa";
+import { startOtlpReceiver } from "../helpers/otlp";
 import { http, postJson, refRequest } from "../helpers/toolgate";
 
 const root = join(__dirname, "..", "..");
@@ -92,27 +93,33 @@ describe("toolgate serve", () => {
   test("starts with the embedded policy, answers, and exits 0 on SIGTERM", async () => {
     const child = spawn(process.execPath, [bin, "serve"], {
       cwd: root,
-      env: { ...process.env, TOOLGATE_AGENT_PORT: "0" },
+      env: {
+        ...process.env,
+        TOOLGATE_AGENT_PORT: "0",
+        TOOLGATE_STATE_DIR: tempDir(),
+        OTEL_SDK_DISABLED: "true",
+      },
       stdio: ["ignore", "pipe", "pipe"],
     });
-    let stderr = "";
+    let stdout = "";
     const url = await new Promise<string>((resolve, reject) => {
       const timer = setTimeout(
-        () => reject(new Error(`no listening line; stderr: ${stderr}`)),
+        () => reject(new Error(`no listening line; stdout: ${stdout}`)),
         15_000,
       );
-      child.stderr.on("data", (c: Buffer) => {
-        stderr += c.toString();
-        const m = /"agent_port":"(http:\/\/[^"]+)"/.exec(stderr);
+      child.stderr.resume();
+      child.stdout.on("data", (c: Buffer) => {
+        stdout += c.toString();
+        const m = /"agent_port":"(http:\/\/[^"]+)"/.exec(stdout);
         if (m?.[1]) {
           clearTimeout(timer);
           resolve(m[1]);
         }
       });
-      child.on("exit", (code) => reject(new Error(`exited ${code}: ${stderr}`)));
+      child.on("exit", (code) => reject(new Error(`exited ${code}: ${stdout}`)));
     });
     try {
-      expect(stderr).toContain('"event":"identity.trusted_mode"');
+      expect(stdout).toContain('"event":"identity.trusted_mode"');
       expect((await http(url, "GET", "/health/ready")).status).toBe(200);
       const d = await postJson(url, "/v1/decisions", refRequest({ tool: "tickets.read" }));
       expect((d.json as { outcome: string }).outcome).toBe("allow");
@@ -120,6 +127,46 @@ describe("toolgate serve", () => {
       const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
       child.kill("SIGTERM");
       expect(await exited).toBe(0);
+    }
+  });
+
+  test("SIGTERM flushes pending spans to the collector before exit", async () => {
+    const receiver = await startOtlpReceiver();
+    const child = spawn(process.execPath, [bin, "serve"], {
+      cwd: root,
+      env: {
+        ...process.env,
+        TOOLGATE_AGENT_PORT: "0",
+        TOOLGATE_STATE_DIR: tempDir(),
+        // spans would wait a minute for export: only the shutdown flush can deliver them
+        TOOLGATE_TRACING_SCHEDULED_DELAY_MS: "60000",
+        OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
+        OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+        OTEL_SDK_DISABLED: "false",
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    try {
+      let stdout = "";
+      const url = await new Promise<string>((resolve, reject) => {
+        child.stderr.resume();
+        child.stdout.on("data", (c: Buffer) => {
+          stdout += c.toString();
+          const m = /"agent_port":"(http:\/\/[^"]+)"/.exec(stdout);
+          if (m?.[1]) resolve(m[1]);
+        });
+        child.on("exit", (code) => reject(new Error(`exited ${code}: ${stdout}`)));
+      });
+      const res = await postJson(url, "/v1/decisions", refRequest({ tool: "replies.draft" }));
+      expect(res.status).toBe(200);
+      expect(receiver.spans()).toHaveLength(0);
+      const exited = new Promise<number | null>((resolve) => child.on("exit", resolve));
+      child.kill("SIGTERM");
+      expect(await exited).toBe(0);
+      expect(receiver.spans().map((s) => s.name)).toEqual(["authorize replies.draft"]);
+    } finally {
+      child.kill("SIGKILL");
+      await receiver.close();
     }
   });
 

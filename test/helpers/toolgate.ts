@@ -1,15 +1,42 @@
 import { request as httpRequest } from "node:http";
-import { startToolgate, type Toolgate } from "../../src/app";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { SpanExporter } from "@opentelemetry/sdk-trace";
+import { startToolgate, type BuildOptions, type Toolgate } from "../../src/app";
 import { compileConfig } from "../../src/config";
-import { silentLogger } from "../../src/util/log";
+import { silentLogger, type Logger } from "../../src/util/log";
 
-/** Starts a real toolgate on a free loopback port with the given TOOLGATE_* env. */
-export async function startTestToolgate(env: Record<string, string> = {}): Promise<Toolgate> {
+export interface TestOptions {
+  /** OTEL_* variables; default: tracing off unless a span exporter is given. */
+  otelEnv?: Record<string, string>;
+  spanExporter?: SpanExporter;
+  log?: Logger;
+}
+
+/**
+ * Starts a real toolgate on a free loopback port with the given TOOLGATE_* env,
+ * its state (audit trail) in a fresh temp directory.
+ */
+export async function startTestToolgate(
+  env: Record<string, string> = {},
+  opts: TestOptions = {},
+): Promise<Toolgate> {
   const config = compileConfig(
     {},
-    { TOOLGATE_AGENT_PORT: "0", TOOLGATE_LOG_LEVEL: "silent", ...env },
+    {
+      TOOLGATE_AGENT_PORT: "0",
+      TOOLGATE_LOG_LEVEL: "silent",
+      TOOLGATE_STATE_DIR: mkdtempSync(join(tmpdir(), "toolgate-state-")),
+      TOOLGATE_AUDIT_HMAC_KEY: "test-key-0123456789abcdef",
+      ...env,
+    },
   );
-  return startToolgate(config, silentLogger);
+  const build: BuildOptions = {
+    env: opts.otelEnv ?? (opts.spanExporter ? {} : { OTEL_SDK_DISABLED: "true" }),
+  };
+  if (opts.spanExporter) build.spanExporter = opts.spanExporter;
+  return startToolgate(config, opts.log ?? silentLogger, build);
 }
 
 export interface HttpResult {

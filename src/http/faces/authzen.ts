@@ -1,4 +1,4 @@
-import type { Decider, Decision, DecisionRequest } from "../../decision";
+import type { Decider, Decision, DecisionMeta, DecisionRequest } from "../../decision";
 import { isToolgateError, toolgateError, type ToolgateError } from "../../errors";
 import type { ParsedBody } from "../body";
 import { validateDecisionRequest } from "../validate";
@@ -36,9 +36,13 @@ export function toAuthzen(d: Decision): AuthzenDecision {
 }
 
 /** POST /access/v1/evaluation */
-export function authzenEvaluation(decider: Decider, body: ParsedBody): AuthzenDecision {
+export function authzenEvaluation(
+  decider: Decider,
+  body: ParsedBody,
+  meta: DecisionMeta,
+): AuthzenDecision {
   const req = validateDecisionRequest(body.value);
-  return toAuthzen(decider.decide(req, body.text));
+  return toAuthzen(decider.decide(req, body.text, meta));
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -62,6 +66,9 @@ export function authzenEvaluations(
   decider: Decider,
   body: ParsedBody,
   maxEvaluations: number,
+  meta: DecisionMeta,
+  /** Opens a span for the whole batch (audit); returns its closer. */
+  batchSpan?: (meta: DecisionMeta) => () => void,
 ): AuthzenDecision | { evaluations: AuthzenDecision[] } {
   const top = body.value;
   if (!isObject(top)) throw toolgateError("invalid_request", "the body must be a JSON object");
@@ -86,7 +93,7 @@ export function authzenEvaluations(
       context: top.context,
     };
     if (single.context === undefined) delete single.context;
-    return toAuthzen(decider.decide(validateDecisionRequest(single)));
+    return toAuthzen(decider.decide(validateDecisionRequest(single), undefined, meta));
   }
   if (evaluations.length > maxEvaluations) {
     throw toolgateError(
@@ -95,30 +102,43 @@ export function authzenEvaluations(
     );
   }
   const results: AuthzenDecision[] = [];
-  for (let i = 0; i < evaluations.length; i++) {
-    const item: unknown = evaluations[i];
-    let result: AuthzenDecision;
-    if (!isObject(item)) {
-      result = itemError(toolgateError("invalid_request", `evaluations/${i} must be an object`));
-    } else {
-      const merged: Record<string, unknown> = {};
-      for (const k of ["subject", "action", "resource", "context"] as const) {
-        const v = k in item ? item[k] : top[k];
-        if (v !== undefined) merged[k] = v;
-      }
-      try {
-        const req: DecisionRequest = validateDecisionRequest(merged, `evaluations/${i}`);
-        result = toAuthzen(decider.decide(req));
-      } catch (e) {
-        if (isToolgateError(e) && e.status < 500) result = itemError(e);
-        else throw e;
-      }
+  const endBatch = batchSpan?.(meta);
+  try {
+    for (let i = 0; i < evaluations.length; i++) {
+      const result = evaluateItem(decider, top, evaluations[i], i, meta);
+      results.push(result);
+      if (semantic === "deny_on_first_deny" && !result.decision) break;
+      if (semantic === "permit_on_first_permit" && result.decision) break;
     }
-    results.push(result);
-    if (semantic === "deny_on_first_deny" && !result.decision) break;
-    if (semantic === "permit_on_first_permit" && result.decision) break;
+  } finally {
+    endBatch?.();
   }
   return { evaluations: results };
+}
+
+/** One batch item: defaults merged (an item's member replaces the default whole), then decided. */
+function evaluateItem(
+  decider: Decider,
+  top: Record<string, unknown>,
+  item: unknown,
+  i: number,
+  meta: DecisionMeta,
+): AuthzenDecision {
+  if (!isObject(item)) {
+    return itemError(toolgateError("invalid_request", `evaluations/${i} must be an object`));
+  }
+  const merged: Record<string, unknown> = {};
+  for (const k of ["subject", "action", "resource", "context"] as const) {
+    const v = k in item ? item[k] : top[k];
+    if (v !== undefined) merged[k] = v;
+  }
+  try {
+    const req: DecisionRequest = validateDecisionRequest(merged, `evaluations/${i}`);
+    return toAuthzen(decider.decide(req, undefined, meta));
+  } catch (e) {
+    if (isToolgateError(e) && e.status < 500) return itemError(e);
+    throw e;
+  }
 }
 
 /** GET /.well-known/authzen-configuration */

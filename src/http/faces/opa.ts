@@ -1,4 +1,4 @@
-import type { Decider } from "../../decision";
+import type { Decider, DecisionMeta } from "../../decision";
 import { toolgateError, type ToolgateError } from "../../errors";
 import type { ParsedBody } from "../body";
 import { validateDecisionRequest } from "../validate";
@@ -35,6 +35,7 @@ export function opaData(
   entrypoint: string,
   path: string,
   body: ParsedBody | undefined,
+  meta: DecisionMeta,
 ): { result?: unknown; decision_id?: string } {
   const normalized = path.replace(/^\/+|\/+$/g, "");
   const allowPath = entrypoint.split("/").slice(0, -1).concat("allow").join("/");
@@ -53,7 +54,7 @@ export function opaData(
     );
   }
   const req = validateDecisionRequest(envelope.input, "input");
-  const d = decider.decide(req);
+  const d = decider.decide(req, undefined, meta);
   if (normalized === allowPath)
     return { result: d.outcome === "allow", decision_id: d.decision_id };
   const { decision_id, ...rest } = d;

@@ -1,0 +1,445 @@
+import {
+  SpanKind,
+  SpanStatusCode,
+  trace,
+  type Attributes,
+  type Context,
+  type Span,
+} from "@opentelemetry/api";
+import type {
+  Decision,
+  DecisionMeta,
+  DecisionRequest,
+  DecisionSink,
+  VerifiedFacts,
+} from "../decision/types";
+import type { Logger } from "../util/log";
+import type { MaskOp, Redactor } from "./redact";
+import type { AuditTrail } from "./trail";
+import type { Tracing } from "./tracing";
+
+export { Tracing } from "./tracing";
+
+/** What audit keeps of an allowed decision, so an action report can be checked and linked. */
+export interface LedgerEntry {
+  decisionId: string;
+  outcome: Decision["outcome"];
+  tool: string | undefined;
+  subjectId: string;
+  agentId: string;
+  callId: string | undefined;
+  obligations: Decision["obligations"];
+  spanContext: ReturnType<Span["spanContext"]> | undefined;
+  reported: boolean;
+  at: number;
+}
+
+/**
+ * Recent decisions by id, bounded in size and age (oldest evicted first): what
+ * POST /v1/actions checks a report against. In memory only.
+ */
+export class DecisionLedger {
+  private readonly map = new Map<string, LedgerEntry>();
+  constructor(
+    private readonly maxEntries = 100_000,
+    private readonly maxAgeMs = 60 * 60 * 1000,
+  ) {}
+
+  add(e: LedgerEntry): void {
+    this.map.set(e.decisionId, e);
+    if (this.map.size > this.maxEntries) {
+      const oldest = this.map.keys().next().value;
+      if (oldest !== undefined) this.map.delete(oldest);
+    }
+  }
+
+  get(id: string, now = Date.now()): LedgerEntry | undefined {
+    const e = this.map.get(id);
+    if (e !== undefined && now - e.at > this.maxAgeMs) {
+      this.map.delete(id);
+      return undefined;
+    }
+    return e;
+  }
+
+  get size(): number {
+    return this.map.size;
+  }
+}
+
+export interface AuditorOptions {
+  tracing: Tracing;
+  log: Logger;
+  redactor: Redactor;
+  trail: AuditTrail | undefined;
+  agentId: string;
+  ledger?: DecisionLedger;
+  /** Write a log line per decision (default true). */
+  logDecisions?: boolean;
+}
+
+/** The redacted, flattened account of one decision, shared by span, log and trail. */
+export interface DecisionRecord {
+  decision_id: string;
+  time: string;
+  face: string;
+  request_id: string | undefined;
+  trace_id: string | undefined;
+  span_id: string | undefined;
+  agent_id: string;
+  subject: { type: string; id: string; method: string | undefined };
+  tool: { name: string; class: string | null; stage: string | null; call_id: string | undefined };
+  resource: { type: string; id: string };
+  job: { id: unknown; purpose: unknown; customer_id: unknown };
+  arguments: unknown;
+  context: unknown;
+  outcome: string;
+  reasons: Decision["reasons"];
+  obligations: Decision["obligations"];
+  approval: Decision["approval"] | undefined;
+  access_request: Decision["access_request"] | undefined;
+  policy: Decision["policy"];
+  duration_us: number | undefined;
+}
+
+function nowMs(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+function json(v: unknown): string {
+  return v === undefined ? "" : JSON.stringify(v);
+}
+
+/** The caller's trace context and, for batches, the request span to parent items. */
+export interface TraceMeta {
+  parent: Context;
+  requestSpan?: Span;
+}
+
+/**
+ * Audit: every decision and refusal becomes one span, one log line and one
+ * trail record, all built from one redacted record. Never throws into the
+ * decision path and never changes a decision.
+ */
+export class Auditor implements DecisionSink {
+  readonly ledger: DecisionLedger;
+  private readonly logDecisions: boolean;
+
+  constructor(private readonly opts: AuditorOptions) {
+    this.ledger = opts.ledger ?? new DecisionLedger();
+    this.logDecisions = opts.logDecisions ?? true;
+  }
+
+  get tracing(): Tracing {
+    return this.opts.tracing;
+  }
+
+  /** Builds the trace part of DecisionMeta from request headers. */
+  traceMeta(headers: Record<string, string | string[] | undefined>): TraceMeta {
+    return { parent: this.opts.tracing.extract(headers) };
+  }
+
+  /** A SERVER span for a request that carries several decisions (AuthZEN batch). */
+  startRequestSpan(meta: DecisionMeta, name: string): Span {
+    const t = meta.trace as TraceMeta | undefined;
+    const span = this.opts.tracing.startSpan(
+      name,
+      {
+        kind: SpanKind.SERVER,
+        startTime: meta.startTimeMs,
+        attributes: this.httpAttributes(meta),
+      },
+      t?.parent ?? this.opts.tracing.extract({}),
+    );
+    if (t !== undefined) t.requestSpan = span;
+    return span;
+  }
+
+  private httpAttributes(meta: DecisionMeta): Attributes {
+    const a: Attributes = { "toolgate.face": meta.face };
+    if (meta.http) {
+      a["http.request.method"] = meta.http.method;
+      a["url.path"] = meta.http.path;
+    }
+    if (meta.requestId !== undefined) a["toolgate.request_id"] = meta.requestId;
+    return a;
+  }
+
+  private spanFor(name: string, meta: DecisionMeta, attributes: Attributes): Span {
+    const t = meta.trace as TraceMeta | undefined;
+    if (t?.requestSpan !== undefined) {
+      return this.opts.tracing.startSpan(
+        name,
+        { kind: SpanKind.INTERNAL, startTime: meta.startTimeMs, attributes },
+        trace.setSpan(t.parent, t.requestSpan),
+      );
+    }
+    return this.opts.tracing.startSpan(
+      name,
+      {
+        kind: meta.http ? SpanKind.SERVER : SpanKind.INTERNAL,
+        startTime: meta.startTimeMs,
+        attributes: { ...this.httpAttributes(meta), ...attributes },
+      },
+      t?.parent ?? this.opts.tracing.extract({}),
+    );
+  }
+
+  decided(
+    d: Decision,
+    req: DecisionRequest,
+    verified: VerifiedFacts | undefined,
+    meta: DecisionMeta,
+    mask: readonly unknown[] | undefined,
+  ): void {
+    try {
+      const redacted = this.opts.redactor.redact(req, mask as readonly MaskOp[] | undefined);
+      const args = redacted.action.properties?.arguments;
+      const callId =
+        typeof req.action.properties?.call_id === "string"
+          ? req.action.properties.call_id
+          : undefined;
+      const job = isObject(redacted.context?.job) ? redacted.context.job : {};
+      const toolName = d.tool?.name ?? req.action.name;
+      const attrs: Attributes = {
+        "gen_ai.tool.name": toolName,
+        "gen_ai.agent.id": this.opts.agentId,
+        "toolgate.decision.id": d.decision_id,
+        "toolgate.decision.outcome": d.outcome,
+        "toolgate.decision.reasons": d.reasons.map((r) => r.code),
+        "toolgate.decision.reason_messages": d.reasons.map((r) => r.message),
+        "toolgate.policy.bundle": d.policy.bundle,
+        "toolgate.policy.revision": d.policy.revision,
+        "toolgate.subject.type": redacted.subject.type,
+        "toolgate.subject.id": redacted.subject.id,
+        "toolgate.resource.type": redacted.resource.type,
+        "toolgate.resource.id": redacted.resource.id,
+      };
+      if (callId !== undefined) attrs["gen_ai.tool.call.id"] = callId;
+      if (verified) attrs["toolgate.subject.method"] = verified.subject.method;
+      if (d.tool?.class) attrs["toolgate.tool.class"] = d.tool.class;
+      if (d.tool?.stage) attrs["toolgate.tool.stage"] = d.tool.stage;
+      if (typeof job.id === "string") attrs["toolgate.job.id"] = job.id;
+      if (typeof job.purpose === "string") attrs["toolgate.job.purpose"] = job.purpose;
+      if (typeof job.customer_id === "string") attrs["toolgate.job.customer_id"] = job.customer_id;
+      if (args !== undefined) attrs["toolgate.tool.arguments"] = json(args);
+      if (redacted.context !== undefined)
+        attrs["toolgate.request.context"] = json(redacted.context);
+      if (d.obligations.length > 0) attrs["toolgate.decision.obligations"] = json(d.obligations);
+      if (d.approval) {
+        attrs["toolgate.approval.required_roles"] = d.approval.approver_roles;
+        attrs["toolgate.approval.single_use"] = d.approval.single_use;
+        attrs["toolgate.approval.ttl_seconds"] = d.approval.ttl_seconds;
+      }
+      if (d.access_request) {
+        attrs["toolgate.access_request.evaluation_id"] = d.access_request.evaluation_id;
+        attrs["toolgate.access_request.expires_at"] = d.access_request.expires_at;
+      }
+      const span = this.spanFor(`authorize ${toolName}`, meta, attrs);
+      const sc = span.spanContext();
+      const record: DecisionRecord = {
+        decision_id: d.decision_id,
+        time: d.evaluated_at,
+        face: meta.face,
+        request_id: meta.requestId,
+        trace_id: sc.traceId,
+        span_id: sc.spanId,
+        agent_id: this.opts.agentId,
+        subject: {
+          type: redacted.subject.type,
+          id: redacted.subject.id,
+          method: verified?.subject.method,
+        },
+        tool: {
+          name: toolName,
+          class: d.tool?.class ?? null,
+          stage: d.tool?.stage ?? null,
+          call_id: callId,
+        },
+        resource: { type: redacted.resource.type, id: redacted.resource.id },
+        job: { id: job.id, purpose: job.purpose, customer_id: job.customer_id },
+        arguments: args,
+        context: redacted.context,
+        outcome: d.outcome,
+        reasons: d.reasons,
+        obligations: d.obligations,
+        approval: d.approval,
+        access_request: d.access_request,
+        policy: d.policy,
+        duration_us:
+          meta.startTimeMs === undefined
+            ? undefined
+            : Math.round((nowMs() - meta.startTimeMs) * 1000),
+      };
+      const trailed = this.appendTrail("decision", record as unknown as Record<string, unknown>);
+      if (trailed) span.setAttribute("toolgate.audit.trail_seq", trailed.seq);
+      if (d.outcome !== "allow") span.setStatus({ code: SpanStatusCode.UNSET });
+      span.end();
+      if (this.logDecisions) {
+        this.opts.log.info("decision", { event: "decision", ...record, trail_seq: trailed?.seq });
+      }
+      this.ledger.add({
+        decisionId: d.decision_id,
+        outcome: d.outcome,
+        tool: d.tool?.name ?? req.action.name,
+        subjectId: req.subject.id,
+        agentId: this.opts.agentId,
+        callId,
+        obligations: d.obligations,
+        spanContext: sc,
+        reported: false,
+        at: Date.now(),
+      });
+    } catch (e) {
+      this.opts.log.error("audit failed for a decision", {
+        event: "audit.error",
+        decision_id: d.decision_id,
+        error: (e as Error).message,
+      });
+    }
+  }
+
+  refused(
+    err: { code: string; message: string; status: number },
+    req: DecisionRequest,
+    meta: DecisionMeta,
+  ): void {
+    try {
+      const redacted = this.opts.redactor.redact(req);
+      const attrs: Attributes = {
+        "gen_ai.tool.name": req.action.name,
+        "gen_ai.agent.id": this.opts.agentId,
+        "toolgate.decision.outcome": "refused",
+        "toolgate.error.code": err.code,
+        "toolgate.subject.id": redacted.subject.id,
+        "error.type": err.code,
+      };
+      const span = this.spanFor(`authorize ${req.action.name}`, meta, attrs);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
+      const sc = span.spanContext();
+      span.end();
+      const record = {
+        error: { code: err.code, message: err.message, status: err.status },
+        face: meta.face,
+        request_id: meta.requestId,
+        trace_id: sc.traceId,
+        span_id: sc.spanId,
+        agent_id: this.opts.agentId,
+        subject: redacted.subject,
+        tool: req.action.name,
+        resource: redacted.resource,
+        context: redacted.context,
+      };
+      const trailed = this.appendTrail("refusal", record);
+      const level = err.code === "agent_mismatch" ? "warn" : "error";
+      this.opts.log[level]("decision refused", {
+        event: "decision.refused",
+        ...record,
+        trail_seq: trailed?.seq,
+      });
+    } catch (e) {
+      this.opts.log.error("audit failed for a refusal", {
+        event: "audit.error",
+        error: (e as Error).message,
+      });
+    }
+  }
+
+  /** A security event: a span, a log line with its own event name, and a trail record. */
+  securityEvent(
+    event: string,
+    message: string,
+    fields: Record<string, unknown>,
+    meta: DecisionMeta,
+  ): void {
+    try {
+      const redacted = this.opts.redactor.redact(fields);
+      const span = this.spanFor(`toolgate.security ${event}`, meta, {
+        "gen_ai.agent.id": this.opts.agentId,
+        "toolgate.security.event": event,
+        "toolgate.security.details": json(redacted),
+      });
+      span.setStatus({ code: SpanStatusCode.ERROR, message });
+      const sc = span.spanContext();
+      span.end();
+      const record = {
+        event,
+        message,
+        ...redacted,
+        trace_id: sc.traceId,
+        span_id: sc.spanId,
+        request_id: meta.requestId,
+      };
+      const trailed = this.appendTrail("security", record);
+      this.opts.log.warn(message, {
+        ...record,
+        event: `security.${event}`,
+        trail_seq: trailed?.seq,
+      });
+    } catch (e) {
+      this.opts.log.error("audit failed for a security event", {
+        event: "audit.error",
+        error: (e as Error).message,
+      });
+    }
+  }
+
+  /** Appends to the trail; a trail failure is logged, never thrown. */
+  appendTrail(
+    kind: string,
+    record: Record<string, unknown>,
+  ): { seq: number; hash: string } | undefined {
+    if (this.opts.trail === undefined) return undefined;
+    try {
+      return this.opts.trail.append(kind, record);
+    } catch (e) {
+      this.opts.log.error("audit trail append failed", {
+        event: "audit.trail_error",
+        error: (e as Error).message,
+      });
+      return undefined;
+    }
+  }
+
+  logAction(record: Record<string, unknown>, trailSeq: number | undefined): void {
+    this.opts.log.info("action", { event: "action", ...record, trail_seq: trailSeq });
+  }
+
+  /** Redacts with the shared redactor (for action reports, approvals, ...). */
+  redact<T>(value: T, mask?: readonly MaskOp[]): T {
+    return this.opts.redactor.redact(value, mask);
+  }
+
+  spanForAction(
+    name: string,
+    meta: DecisionMeta,
+    attributes: Attributes,
+    links: Span["spanContext"] extends () => infer C ? C[] : never,
+  ): Span {
+    const t = meta.trace as TraceMeta | undefined;
+    return this.opts.tracing.startSpan(
+      name,
+      {
+        kind: SpanKind.INTERNAL,
+        startTime: meta.startTimeMs,
+        attributes: { ...this.httpAttributes(meta), ...attributes },
+        links: links.map((context) => ({ context })),
+      },
+      t?.parent ?? this.opts.tracing.extract({}),
+    );
+  }
+
+  async flush(): Promise<void> {
+    await Promise.all([this.opts.tracing.flush(), this.opts.trail?.flush()]);
+  }
+
+  async close(): Promise<void> {
+    await this.opts.tracing.shutdown();
+    await this.opts.trail?.close();
+    await this.opts.log.flush();
+  }
+}

@@ -1,0 +1,321 @@
+import {
+  context as otelContext,
+  ROOT_CONTEXT,
+  trace,
+  type Context,
+  type Span,
+  type SpanOptions,
+  type Tracer,
+} from "@opentelemetry/api";
+import { ExportResultCode, W3CTraceContextPropagator } from "@opentelemetry/core";
+import { OTLPTraceExporter as OTLPHttpJsonExporter } from "@opentelemetry/exporter-trace-otlp-http";
+import { OTLPTraceExporter as OTLPHttpProtoExporter } from "@opentelemetry/exporter-trace-otlp-proto";
+import { defaultResource, resourceFromAttributes } from "@opentelemetry/resources";
+import {
+  AlwaysOffSampler,
+  AlwaysOnSampler,
+  ParentBasedSampler,
+  TraceIdRatioBasedSampler,
+  TracerProvider,
+  type ReadableSpan,
+  type Sampler,
+  type SpanExporter,
+  type SpanProcessor,
+} from "@opentelemetry/sdk-trace";
+import { toolgateError } from "../errors";
+import type { Logger } from "../util/log";
+
+type Env = Record<string, string | undefined>;
+
+export interface TracingOptions {
+  env: Env;
+  log: Logger;
+  serviceVersion: string;
+  /** Overrides the OTLP exporter (tests pass an InMemorySpanExporter). */
+  exporter?: SpanExporter;
+  /** Bound on spans waiting for export; beyond it spans are dropped and counted. */
+  maxQueueSize?: number;
+  /** How often queued spans are exported, in ms. */
+  scheduledDelayMs?: number;
+  maxExportBatchSize?: number;
+}
+
+export interface TracingStats {
+  enabled: boolean;
+  queued: number;
+  exported: number;
+  dropped: number;
+  exportFailures: number;
+  endpoint: string | null;
+}
+
+/** The OTel spec's OTEL_TRACES_SAMPLER values. */
+export function samplerFromEnv(env: Env): Sampler {
+  const name = (env.OTEL_TRACES_SAMPLER ?? "parentbased_always_on").trim().toLowerCase();
+  const argRaw = env.OTEL_TRACES_SAMPLER_ARG;
+  const ratio = (): number => {
+    const r = argRaw === undefined || argRaw.trim() === "" ? 1 : Number(argRaw);
+    if (!Number.isFinite(r) || r < 0 || r > 1) {
+      throw toolgateError(
+        "config_invalid",
+        `OTEL_TRACES_SAMPLER_ARG must be a number from 0 to 1, got "${argRaw}"`,
+      );
+    }
+    return r;
+  };
+  switch (name) {
+    case "always_on":
+      return new AlwaysOnSampler();
+    case "always_off":
+      return new AlwaysOffSampler();
+    case "traceidratio":
+      return new TraceIdRatioBasedSampler(ratio());
+    case "parentbased_always_on":
+      return new ParentBasedSampler({ root: new AlwaysOnSampler() });
+    case "parentbased_always_off":
+      return new ParentBasedSampler({ root: new AlwaysOffSampler() });
+    case "parentbased_traceidratio":
+      return new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(ratio()) });
+    default:
+      throw toolgateError(
+        "config_invalid",
+        `OTEL_TRACES_SAMPLER "${name}" is not supported. Fix: use always_on, always_off, traceidratio or parentbased_*`,
+      );
+  }
+}
+
+/** Picks the OTLP/HTTP exporter for OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL; it reads its endpoint from the env itself. */
+export function exporterFromEnv(env: Env): { exporter: SpanExporter; endpoint: string } {
+  const protocol = (
+    env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ??
+    env.OTEL_EXPORTER_OTLP_PROTOCOL ??
+    "http/protobuf"
+  ).trim();
+  const endpoint =
+    env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ??
+    `${(env.OTEL_EXPORTER_OTLP_ENDPOINT ?? "http://localhost:4318").replace(/\/+$/, "")}/v1/traces`;
+  if (protocol === "http/json")
+    return { exporter: new OTLPHttpJsonExporter({ url: endpoint }), endpoint };
+  if (protocol === "http/protobuf")
+    return { exporter: new OTLPHttpProtoExporter({ url: endpoint }), endpoint };
+  throw toolgateError(
+    "config_invalid",
+    `OTEL_EXPORTER_OTLP_PROTOCOL "${protocol}" is not supported. Fix: use http/protobuf (default) or http/json`,
+  );
+}
+
+/**
+ * A batching span processor with a hard bound: when the queue is full a span is
+ * dropped and counted, never blocking a decision. One export runs at a time; a
+ * failed export counts its spans as dropped.
+ */
+export class BoundedBatchProcessor implements SpanProcessor {
+  private queue: ReadableSpan[] = [];
+  private inFlight: Promise<void> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+  exported = 0;
+  dropped = 0;
+  exportFailures = 0;
+
+  constructor(
+    private readonly exporter: SpanExporter,
+    private readonly opts: {
+      maxQueueSize: number;
+      scheduledDelayMs: number;
+      maxExportBatchSize: number;
+    },
+    private readonly onDrop: (count: number, why: string) => void,
+  ) {}
+
+  onStart(): void {}
+
+  onEnd(span: ReadableSpan): void {
+    if (this.closed || (span.spanContext().traceFlags & 1) === 0) return;
+    if (this.queue.length >= this.opts.maxQueueSize) {
+      this.dropped++;
+      this.onDrop(1, "queue_full");
+      return;
+    }
+    this.queue.push(span);
+    if (this.timer === undefined) {
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        void this.exportSome();
+      }, this.opts.scheduledDelayMs);
+      this.timer.unref();
+    }
+  }
+
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  private exportSome(): Promise<void> {
+    if (this.inFlight !== undefined || this.queue.length === 0)
+      return this.inFlight ?? Promise.resolve();
+    const batch = this.queue.splice(0, this.opts.maxExportBatchSize);
+    this.inFlight = new Promise<void>((resolve) => {
+      try {
+        this.exporter.export(batch, (result) => {
+          if (result.code === ExportResultCode.SUCCESS) this.exported += batch.length;
+          else {
+            this.exportFailures++;
+            this.dropped += batch.length;
+            this.onDrop(batch.length, `export_failed: ${result.error?.message ?? "unknown"}`);
+          }
+          resolve();
+        });
+      } catch (e) {
+        this.exportFailures++;
+        this.dropped += batch.length;
+        this.onDrop(batch.length, `export_failed: ${(e as Error).message}`);
+        resolve();
+      }
+    }).finally(() => {
+      this.inFlight = undefined;
+      if (this.queue.length > 0 && this.timer === undefined && !this.closed) {
+        this.timer = setTimeout(() => {
+          this.timer = undefined;
+          void this.exportSome();
+        }, 0);
+        this.timer.unref();
+      }
+    });
+    return this.inFlight;
+  }
+
+  async forceFlush(): Promise<void> {
+    while (this.inFlight !== undefined || this.queue.length > 0) {
+      await (this.inFlight ?? this.exportSome());
+    }
+  }
+
+  /** Flushes what it can within `timeoutMs` (a stuck collector must not hold up exit), then stops. */
+  async shutdown(timeoutMs = 5000): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<"timeout">((resolve) => {
+      timer = setTimeout(() => resolve("timeout"), timeoutMs);
+    });
+    const outcome = await Promise.race([
+      this.forceFlush().then(() => "flushed" as const),
+      deadline,
+    ]);
+    clearTimeout(timer);
+    this.closed = true;
+    if (outcome === "timeout" && this.queue.length > 0) {
+      this.dropped += this.queue.length;
+      this.onDrop(this.queue.length, "shutdown_timeout");
+      this.queue = [];
+    }
+    await Promise.race([this.exporter.shutdown(), new Promise((r) => setTimeout(r, 1000).unref())]);
+  }
+}
+
+const propagator = new W3CTraceContextPropagator();
+const headerGetter = {
+  get: (carrier: Record<string, string | string[] | undefined>, key: string) => carrier[key],
+  keys: (carrier: Record<string, string | string[] | undefined>) => Object.keys(carrier),
+};
+
+/**
+ * toolgate's tracing: its own TracerProvider (no process-global registration,
+ * so several sidecars can share a process in tests), configured by the standard
+ * OTEL_* variables: OTEL_SDK_DISABLED, OTEL_SERVICE_NAME,
+ * OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG),
+ * OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT / _PROTOCOL / _HEADERS / _TIMEOUT.
+ */
+export class Tracing {
+  readonly enabled: boolean;
+  readonly tracer: Tracer;
+  private readonly provider: TracerProvider | undefined;
+  private readonly processor: BoundedBatchProcessor | undefined;
+  private readonly endpoint: string | null;
+
+  constructor(opts: TracingOptions) {
+    const disabled = (opts.env.OTEL_SDK_DISABLED ?? "").trim().toLowerCase() === "true";
+    this.enabled = !disabled;
+    if (disabled) {
+      this.tracer = trace.getTracer("toolgate-disabled"); // the API's no-op tracer: no provider registered
+      this.endpoint = null;
+      return;
+    }
+    const { exporter, endpoint } = opts.exporter
+      ? { exporter: opts.exporter, endpoint: "(in-process exporter)" }
+      : exporterFromEnv(opts.env);
+    this.endpoint = endpoint;
+    let lastReport = 0;
+    let unreported = 0;
+    this.processor = new BoundedBatchProcessor(
+      exporter,
+      {
+        maxQueueSize: opts.maxQueueSize ?? 8192,
+        scheduledDelayMs: opts.scheduledDelayMs ?? 500,
+        maxExportBatchSize: opts.maxExportBatchSize ?? 512,
+      },
+      (count, why) => {
+        // Counted always; logged at most every 10 s so a dead collector cannot flood the log.
+        unreported += count;
+        const now = Date.now();
+        if (now - lastReport >= 10_000) {
+          opts.log.warn("spans dropped", {
+            event: "audit.spans_dropped",
+            count: unreported,
+            total_dropped: this.processor?.dropped,
+            reason: why,
+            endpoint,
+          });
+          lastReport = now;
+          unreported = 0;
+        }
+      },
+    );
+    const resource = defaultResource().merge(
+      resourceFromAttributes({
+        "service.name": opts.env.OTEL_SERVICE_NAME ?? "toolgate",
+        "service.version": opts.serviceVersion,
+      }),
+    );
+    this.provider = new TracerProvider({
+      resource,
+      sampler: samplerFromEnv(opts.env),
+      spanProcessors: [this.processor],
+    });
+    this.tracer = this.provider.getTracer("toolgate", opts.serviceVersion);
+  }
+
+  /** The parent context a W3C traceparent header names, or the root. */
+  extract(headers: Record<string, string | string[] | undefined>): Context {
+    if (headers.traceparent === undefined) return ROOT_CONTEXT;
+    return propagator.extract(ROOT_CONTEXT, headers, headerGetter);
+  }
+
+  startSpan(name: string, options: SpanOptions, parent: Context): Span {
+    return this.tracer.startSpan(name, options, parent);
+  }
+
+  /** A context whose active span is `span` (to parent children or link). */
+  contextWith(span: Span, parent: Context = otelContext.active()): Context {
+    return trace.setSpan(parent, span);
+  }
+
+  stats(): TracingStats {
+    return {
+      enabled: this.enabled,
+      queued: this.processor?.queued ?? 0,
+      exported: this.processor?.exported ?? 0,
+      dropped: this.processor?.dropped ?? 0,
+      exportFailures: this.processor?.exportFailures ?? 0,
+      endpoint: this.endpoint,
+    };
+  }
+
+  async flush(): Promise<void> {
+    await this.processor?.forceFlush();
+  }
+
+  async shutdown(): Promise<void> {
+    await this.provider?.shutdown();
+  }
+}

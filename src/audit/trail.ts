@@ -1,0 +1,888 @@
+/**
+ * The local audit trail: a tamper-evident, append-only JSON Lines file set.
+ *
+ * Every record is one line
+ *
+ *   {"seq":n,"time":"ISO","kind":"decision","prev":"<hex>","record":{...},"hash":"<hex>"}
+ *
+ * where `hash` is SHA-256 over the canonical JSON (keys sorted recursively)
+ * of the line without `hash`, and `prev` is the previous record's hash (64
+ * zeros for the first record). seq and the chain continue across files
+ * (`trail-000001.jsonl`, `trail-000002.jsonl`, ...). See docs/audit-trail.md
+ * for the format and for what the chain can and cannot prove.
+ *
+ * `append` is on the decision path: it serialises, hashes and buffers in
+ * memory and never does I/O. A single writer (timer-driven, unref'd) writes
+ * buffered lines in order with one write in flight at a time, rotates files
+ * and fsyncs. Write errors are counted and reported through `onError`, never
+ * thrown into `append`; records are kept and retried, never dropped.
+ */
+import { createHash } from "node:crypto";
+import {
+  close as fsClose,
+  closeSync,
+  fstat,
+  fstatSync,
+  fsync,
+  ftruncate,
+  mkdirSync,
+  open as fsOpen,
+  openSync,
+  readFileSync,
+  readSync,
+  readdirSync,
+  statSync,
+  write as fsWrite,
+} from "node:fs";
+import { basename, join } from "node:path";
+import { toolgateError } from "../errors";
+
+export const GENESIS_HASH = "0".repeat(64);
+/** Pending lines above this are kept (never dropped) but reported once per episode. */
+export const MAX_PENDING_LINES = 100_000;
+/** The kind of the marker record written when `open` skips a damaged tail. */
+export const RECOVERED_KIND = "trail.recovered";
+
+export const TRAIL_DEFAULTS = {
+  maxFileBytes: 64 * 1024 * 1024,
+  flushIntervalMs: 50,
+  fsyncIntervalMs: 1000,
+} as const;
+
+export interface TrailOptions {
+  /** Directory of the trail; created if missing. One writer per directory. */
+  dir: string;
+  /** Rotate when the current file would exceed this (default 64 MiB). */
+  maxFileBytes?: number;
+  /** Buffered lines are written at least this often (default 50 ms). */
+  flushIntervalMs?: number;
+  /** fsync at least this often (default 1000 ms); also on rotation and close. */
+  fsyncIntervalMs?: number;
+  /** Write errors: counted, reported here, never thrown into the decision path. */
+  onError?: (e: Error) => void;
+}
+
+export interface TrailStats {
+  /** Records appended by this instance. */
+  appended: number;
+  /** Of those, lines handed to the OS and not known to be lost. */
+  written: number;
+  /** Failed write / open / fsync attempts (each is reported through onError). */
+  writeErrors: number;
+  /** Lines buffered in memory, not yet written. */
+  pending: number;
+  /** Hash of the newest appended record: anchor it elsewhere (spans, logs). */
+  lastHash: string;
+  /** The file being written (or to be written next). */
+  file: string;
+}
+
+export type BreakReason =
+  "hash_mismatch" | "prev_mismatch" | "seq_gap" | "malformed" | "truncated" | "chain_start";
+
+export interface VerifyResult {
+  ok: boolean;
+  /** Records verified (up to the first break). */
+  records: number;
+  files: number;
+  firstBreak?: { file: string; line: number; seq?: number; reason: BreakReason; message: string };
+  /** Hash of the last record verified. */
+  lastHash?: string;
+  /**
+   * Torn (unterminated) last lines that a later file skipped over while
+   * continuing the chain unbroken: the signature of a crash mid-write that
+   * `AuditTrail.open` recovered from. Informational; not a break.
+   */
+  recovered?: { file: string; line: number; message: string }[];
+}
+
+export interface VerifyOptions {
+  /** Accept a first record whose seq is not 1 / prev is not genesis (old files deleted). */
+  allowPartialStart?: boolean;
+}
+
+// -- canonical JSON -----------------------------------------------------------
+
+const MAX_DEPTH = 200;
+
+function invalid(message: string): Error {
+  return toolgateError("audit_record_invalid", message);
+}
+
+function canon(value: unknown, depth: number): string {
+  if (depth > MAX_DEPTH)
+    throw invalid(`audit record nests deeper than ${MAX_DEPTH} (or is cyclic)`);
+  if (value === null) return "null";
+  switch (typeof value) {
+    case "string":
+      return JSON.stringify(value);
+    case "number":
+      return Number.isFinite(value) ? JSON.stringify(value) : "null";
+    case "boolean":
+      return value ? "true" : "false";
+    case "object":
+      break;
+    default:
+      throw invalid(`audit records must be plain JSON; found a ${typeof value}`);
+  }
+  const toJSON = (value as { toJSON?: unknown }).toJSON;
+  if (typeof toJSON === "function") return canon((toJSON as () => unknown).call(value), depth + 1);
+  if (Array.isArray(value)) {
+    let out = "[";
+    for (let i = 0; i < value.length; i++) {
+      const item: unknown = value[i];
+      if (i > 0) out += ",";
+      out += skippable(item) ? "null" : canon(item, depth + 1);
+    }
+    return out + "]";
+  }
+  const obj = value as Record<string, unknown>;
+  const keys = Object.keys(obj).sort();
+  let out = "{";
+  let first = true;
+  for (const key of keys) {
+    const item = obj[key];
+    if (skippable(item)) continue;
+    if (!first) out += ",";
+    first = false;
+    out += JSON.stringify(key) + ":" + canon(item, depth + 1);
+  }
+  return out + "}";
+}
+
+function skippable(v: unknown): boolean {
+  return v === undefined || typeof v === "function" || typeof v === "symbol";
+}
+
+/**
+ * Deterministic JSON: object keys sorted (UTF-16 code unit order)
+ * recursively, no whitespace, JSON.stringify's rules otherwise (undefined
+ * members skipped, non-finite numbers as null, toJSON honoured). BigInt and
+ * cycles are refused with `audit_record_invalid`.
+ */
+export function canonicalJson(value: unknown): string {
+  return canon(value, 0);
+}
+
+function sha256Hex(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
+}
+
+/** The canonical body (the line without `hash`, keys sorted) that is hashed. */
+function hashBody(
+  seq: number,
+  time: string,
+  kindJson: string,
+  prev: string,
+  recJson: string,
+): string {
+  return `{"kind":${kindJson},"prev":"${prev}","record":${recJson},"seq":${seq},"time":${JSON.stringify(time)}}`;
+}
+
+// -- files ----------------------------------------------------------------------
+
+const FILE_RE = /^trail-(\d{6,})\.jsonl$/;
+
+export function trailFileName(index: number): string {
+  return `trail-${String(index).padStart(6, "0")}.jsonl`;
+}
+
+function fileIndexOf(name: string): number | undefined {
+  const m = FILE_RE.exec(name);
+  return m?.[1] === undefined ? undefined : Number(m[1]);
+}
+
+/** The trail files of `dir`, oldest first (by number, not by name). */
+export function listTrailFiles(dir: string): string[] {
+  return readdirSync(dir)
+    .flatMap((name) => {
+      const index = fileIndexOf(name);
+      return index === undefined ? [] : [{ name, index }];
+    })
+    .sort((a, b) => a.index - b.index)
+    .map((f) => join(dir, f.name));
+}
+
+interface ParsedLine {
+  seq: number;
+  prev: string;
+  hash: string;
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+const MEMBERS = new Set(["seq", "time", "kind", "prev", "record", "hash"]);
+
+/** Parses and checks one line; returns a record, or why it is bad. */
+function checkLine(
+  text: string,
+):
+  | { ok: true; rec: ParsedLine }
+  | { ok: false; reason: "malformed" | "hash_mismatch"; message: string; seq?: number } {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    return { ok: false, reason: "malformed", message: `not JSON: ${(e as Error).message}` };
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value))
+    return { ok: false, reason: "malformed", message: "not a JSON object" };
+  const o = value as Record<string, unknown>;
+  const extra = Object.keys(o).find((k) => !MEMBERS.has(k));
+  if (extra !== undefined)
+    return { ok: false, reason: "malformed", message: `unexpected member "${extra}"` };
+  const { seq, time, kind, prev, record, hash } = o;
+  if (typeof seq !== "number" || !Number.isSafeInteger(seq) || seq < 1)
+    return { ok: false, reason: "malformed", message: "seq is not a positive integer" };
+  const bad = (message: string) => ({
+    ok: false as const,
+    reason: "malformed" as const,
+    message,
+    seq,
+  });
+  if (typeof time !== "string") return bad("time is not a string");
+  if (typeof kind !== "string" || kind === "") return bad("kind is not a non-empty string");
+  if (typeof prev !== "string" || !HEX64.test(prev)) return bad("prev is not 64 hex digits");
+  if (typeof hash !== "string" || !HEX64.test(hash)) return bad("hash is not 64 hex digits");
+  if (record === null || typeof record !== "object" || Array.isArray(record))
+    return bad("record is not a JSON object");
+  const computed = sha256Hex(
+    hashBody(seq, time, JSON.stringify(kind), prev, canonicalJson(record)),
+  );
+  if (computed !== hash)
+    return {
+      ok: false,
+      reason: "hash_mismatch",
+      message: `record content does not match its hash (stored ${hash.slice(0, 12)}…, computed ${computed.slice(0, 12)}…)`,
+      seq,
+    };
+  return { ok: true, rec: { seq, prev, hash } };
+}
+
+interface TailScan {
+  /** The last complete line that checks out, if any. */
+  last?: ParsedLine;
+  /** Bytes after that line (a torn or corrupt tail); 0 when the file ends cleanly. */
+  discardedBytes: number;
+  size: number;
+}
+
+/** Finds the last good record of a file, reading backwards from the end. */
+function scanTail(path: string): TailScan {
+  const fd = openSync(path, "r");
+  try {
+    const size = fstatSync(fd).size;
+    if (size === 0) return { discardedBytes: 0, size };
+    for (let window = 64 * 1024; ; window *= 4) {
+      const start = Math.max(0, size - window);
+      const buf = Buffer.alloc(size - start);
+      let got = 0;
+      while (got < buf.length) {
+        const n = readSync(fd, buf, got, buf.length - got, start + got);
+        if (n === 0) break;
+        got += n;
+      }
+      // complete lines end with \n; walk them from the last one backwards
+      let end = buf.lastIndexOf(0x0a);
+      while (end >= 0) {
+        const prevNl = end === 0 ? -1 : buf.lastIndexOf(0x0a, end - 1);
+        if (prevNl < 0 && start > 0) break; // this line may begin before the window
+        const checked = checkLine(buf.toString("utf8", prevNl + 1, end));
+        if (checked.ok)
+          return { last: checked.rec, discardedBytes: size - (start + end + 1), size };
+        end = prevNl;
+      }
+      if (start === 0) return { discardedBytes: size, size };
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+// -- the writer -------------------------------------------------------------------
+
+/** Largest batch handed to one write call. */
+const BATCH_BYTES = 1024 * 1024;
+const MAX_RETRY_DELAY_MS = 1000;
+
+function p<T>(fn: (cb: (err: NodeJS.ErrnoException | null, v: T) => void) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => fn((err, v) => (err ? reject(err) : resolve(v))));
+}
+
+function positiveInt(name: string, v: number | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (!Number.isSafeInteger(v) || v <= 0)
+    throw toolgateError("config_invalid", `audit trail: ${name} must be a positive integer`);
+  return v;
+}
+
+interface Waiter {
+  target: number;
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+
+export class AuditTrail {
+  private readonly dir: string;
+  private readonly maxFileBytes: number;
+  private readonly flushIntervalMs: number;
+  private readonly fsyncIntervalMs: number;
+  private readonly onError: ((e: Error) => void) | undefined;
+
+  /** seq and hash of the newest appended record (the chain head in memory). */
+  private seq: number;
+  private head: string;
+  /** seq of the newest line handed to the OS. */
+  private writtenSeq: number;
+  private pending: string[] = [];
+  /** Lines written to the current file since its last successful fsync. */
+  private unconfirmed: string[] = [];
+
+  private fd: number | undefined;
+  private fileIndex: number;
+  private fileBytes: number;
+  private dirty = false;
+  private syncWanted = false;
+  private lastSyncAt = Date.now();
+
+  private running: Promise<void> | undefined;
+  private waiters: Waiter[] = [];
+  private flushTimer: NodeJS.Timeout | undefined;
+  private syncTimer: NodeJS.Timeout | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryDelay = 0;
+  private lastRunFailed = false;
+  private overflowing = false;
+  private closed = false;
+  private closing: Promise<void> | undefined;
+
+  private appended = 0;
+  private written = 0;
+  private writeErrors = 0;
+
+  private constructor(
+    opts: TrailOptions,
+    state: { seq: number; head: string; fd: number; fileIndex: number; fileBytes: number },
+  ) {
+    this.dir = opts.dir;
+    this.maxFileBytes = positiveInt("maxFileBytes", opts.maxFileBytes, TRAIL_DEFAULTS.maxFileBytes);
+    this.flushIntervalMs = positiveInt(
+      "flushIntervalMs",
+      opts.flushIntervalMs,
+      TRAIL_DEFAULTS.flushIntervalMs,
+    );
+    this.fsyncIntervalMs = positiveInt(
+      "fsyncIntervalMs",
+      opts.fsyncIntervalMs,
+      TRAIL_DEFAULTS.fsyncIntervalMs,
+    );
+    this.onError = opts.onError;
+    this.seq = state.seq;
+    this.head = state.head;
+    this.writtenSeq = state.seq;
+    this.fd = state.fd;
+    this.fileIndex = state.fileIndex;
+    this.fileBytes = state.fileBytes;
+  }
+
+  /**
+   * Opens (creating if needed) the trail in `opts.dir` and resumes its chain
+   * from the last good record on disk. If the newest file ends in a torn or
+   * corrupt tail, writing continues in a new file whose first record is a
+   * `trail.recovered` marker chained to the last good record. Synchronous:
+   * meant for start-up. Throws `audit_trail_unreadable` if the directory or
+   * its files cannot be read or created.
+   */
+  static open(opts: TrailOptions): AuditTrail {
+    // validate options before touching the disk
+    positiveInt("maxFileBytes", opts.maxFileBytes, 1);
+    positiveInt("flushIntervalMs", opts.flushIntervalMs, 1);
+    positiveInt("fsyncIntervalMs", opts.fsyncIntervalMs, 1);
+    let files: string[];
+    try {
+      mkdirSync(opts.dir, { recursive: true });
+      files = listTrailFiles(opts.dir);
+    } catch (e) {
+      throw toolgateError(
+        "audit_trail_unreadable",
+        `audit trail directory ${opts.dir}: ${(e as Error).message}`,
+      );
+    }
+    let last: ParsedLine | undefined;
+    const damaged: { file: string; discardedBytes: number }[] = [];
+    let newestSize = 0;
+    try {
+      for (let i = files.length - 1; i >= 0 && last === undefined; i--) {
+        const file = files[i] as string;
+        const scan = scanTail(file);
+        if (i === files.length - 1) newestSize = scan.size;
+        if (scan.discardedBytes > 0)
+          damaged.push({ file: basename(file), discardedBytes: scan.discardedBytes });
+        last = scan.last;
+      }
+    } catch (e) {
+      throw toolgateError("audit_trail_unreadable", `audit trail: ${(e as Error).message}`);
+    }
+    const newest = files[files.length - 1];
+    const newestIndex = newest === undefined ? 0 : (fileIndexOf(basename(newest)) ?? 0);
+    const resume = newest !== undefined && damaged.length === 0;
+    const fileIndex = resume ? newestIndex : newestIndex + 1;
+    const path = join(opts.dir, trailFileName(fileIndex));
+    let fd: number;
+    try {
+      fd = openSync(path, resume ? "a" : "wx");
+    } catch (e) {
+      throw toolgateError(
+        "audit_trail_unreadable",
+        `audit trail file ${path}: ${(e as Error).message}`,
+      );
+    }
+    const trail = new AuditTrail(opts, {
+      seq: last?.seq ?? 0,
+      head: last?.hash ?? GENESIS_HASH,
+      fd,
+      fileIndex,
+      fileBytes: resume ? newestSize : 0,
+    });
+    for (const d of damaged) {
+      trail.append(RECOVERED_KIND, {
+        file: d.file,
+        discarded_bytes: d.discardedBytes,
+        last_good_seq: last?.seq ?? 0,
+        message:
+          "a torn or corrupt tail was skipped; the chain continues from the last good record",
+      });
+    }
+    return trail;
+  }
+
+  /**
+   * Appends a record in memory and returns its seq and hash. No I/O: the
+   * line is written by the background writer. Throws only for caller errors
+   * (`audit_record_invalid`: not plain JSON; `audit_trail_closed`).
+   */
+  append(kind: string, record: Record<string, unknown>): { seq: number; hash: string } {
+    if (this.closed) throw toolgateError("audit_trail_closed");
+    if (typeof kind !== "string" || kind === "")
+      throw invalid("audit kind must be a non-empty string");
+    if (record === null || typeof record !== "object" || Array.isArray(record))
+      throw invalid("an audit record must be a JSON object");
+    const recJson = canonicalJson(record);
+    const seq = this.seq + 1;
+    const time = new Date().toISOString();
+    const kindJson = JSON.stringify(kind);
+    const prev = this.head;
+    const hash = sha256Hex(hashBody(seq, time, kindJson, prev, recJson));
+    this.pending.push(
+      `{"seq":${seq},"time":"${time}","kind":${kindJson},"prev":"${prev}","record":${recJson},"hash":"${hash}"}\n`,
+    );
+    this.seq = seq;
+    this.head = hash;
+    this.appended++;
+    if (this.pending.length > MAX_PENDING_LINES && !this.overflowing) {
+      this.overflowing = true;
+      this.report(
+        toolgateError(
+          "audit_backlog_overflow",
+          `audit trail: more than ${MAX_PENDING_LINES} records wait to be written; they are kept in memory`,
+        ),
+      );
+    }
+    this.schedule();
+    return { seq, hash };
+  }
+
+  /** Writes everything appended before the call; rejects if a write fails. */
+  flush(): Promise<void> {
+    const target = this.seq;
+    if (this.writtenSeq >= target && this.pending.length === 0) return Promise.resolve();
+    const done = new Promise<void>((resolve, reject) => {
+      this.waiters.push({ target, resolve, reject });
+    });
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    void this.pump();
+    return done;
+  }
+
+  /**
+   * Flushes, fsyncs and closes; further appends throw. Safe to call again
+   * (returns the same promise). Rejects with `audit_write_failed` if records
+   * could not be written.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  stats(): TrailStats {
+    return {
+      appended: this.appended,
+      written: this.written,
+      writeErrors: this.writeErrors,
+      pending: this.pending.length,
+      lastHash: this.head,
+      file: join(this.dir, trailFileName(this.fileIndex)),
+    };
+  }
+
+  // -- internals ----------------------------------------------------------------
+
+  private report(e: Error): void {
+    try {
+      this.onError?.(e);
+    } catch {
+      // a faulty error handler must not break the writer or the caller
+    }
+  }
+
+  private schedule(): void {
+    if (this.flushTimer || this.running || this.retryTimer || this.closing) return;
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = undefined;
+      void this.pump();
+    }, this.flushIntervalMs);
+    this.flushTimer.unref();
+  }
+
+  private pump(): Promise<void> {
+    if (!this.running) {
+      if (this.retryTimer) clearTimeout(this.retryTimer);
+      this.retryTimer = undefined;
+      this.running = this.run().finally(() => {
+        this.running = undefined;
+        if (this.waiters.length > 0) void this.pump();
+        else if (this.pending.length > 0) this.schedule();
+        else if (this.dirty && !this.syncTimer && !this.closing) {
+          const wait = Math.max(0, this.lastSyncAt + this.fsyncIntervalMs - Date.now());
+          this.syncTimer = setTimeout(() => {
+            this.syncTimer = undefined;
+            this.syncWanted = true;
+            void this.pump();
+          }, wait);
+          this.syncTimer.unref();
+        }
+      });
+    }
+    return this.running;
+  }
+
+  /** The writer loop: one operation in flight at a time. Never rejects. */
+  private async run(): Promise<void> {
+    this.lastRunFailed = false;
+    try {
+      while (this.pending.length > 0 || (this.dirty && this.syncWanted)) {
+        if (this.pending.length > 0) await this.writeBatch();
+        if (this.dirty && (this.syncWanted || Date.now() - this.lastSyncAt >= this.fsyncIntervalMs))
+          await this.sync();
+      }
+      this.retryDelay = 0;
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  private async writeBatch(): Promise<void> {
+    if (this.fd === undefined) await this.openNext();
+    const fd = this.fd as number;
+    let count = 0;
+    let bytes = 0;
+    let rotate = false;
+    for (; count < this.pending.length; count++) {
+      const b = Buffer.byteLength(this.pending[count] as string);
+      if (this.fileBytes + bytes > 0 && this.fileBytes + bytes + b > this.maxFileBytes) {
+        rotate = true;
+        break;
+      }
+      bytes += b;
+      if (bytes >= BATCH_BYTES) {
+        count++;
+        break;
+      }
+    }
+    if (count > 0) {
+      const lines = this.pending.slice(0, count);
+      const buf = Buffer.from(lines.join(""), "utf8");
+      let off = 0;
+      try {
+        while (off < buf.length) {
+          off += await p<number>((cb) => fsWrite(fd, buf, off, buf.length - off, null, cb));
+        }
+      } catch (e) {
+        // the file may now end in a partial line: cut it back if we can, and
+        // continue in a fresh file either way (the verifier accepts a torn
+        // tail that a later file continues past).
+        await this.abandonFile(this.fileBytes);
+        throw e;
+      }
+      this.pending.splice(0, count);
+      for (const line of lines) this.unconfirmed.push(line);
+      this.fileBytes += bytes;
+      this.writtenSeq += count;
+      this.written += count;
+      this.dirty = true;
+      if (this.overflowing && this.pending.length <= MAX_PENDING_LINES) this.overflowing = false;
+      this.settleWaiters();
+    }
+    if (rotate) {
+      await this.sync();
+      const old = this.fd;
+      this.fd = undefined;
+      if (old !== undefined)
+        await p<void>((cb) => fsClose(old, (err) => cb(err ?? null, undefined)));
+    }
+  }
+
+  private async openNext(): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      const index = this.fileIndex + 1;
+      const path = join(this.dir, trailFileName(index));
+      try {
+        this.fd = await p<number>((cb) => fsOpen(path, "wx", cb));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === "EEXIST" && attempt < 1000) {
+          this.fileIndex = index; // never write into a file this writer did not create or resume
+          continue;
+        }
+        throw e;
+      }
+      this.fileIndex = index;
+      this.fileBytes = 0;
+      await this.syncDir();
+      return;
+    }
+  }
+
+  /** Makes a new file's directory entry durable (best effort where unsupported). */
+  private async syncDir(): Promise<void> {
+    let dfd: number | undefined;
+    try {
+      dfd = await p<number>((cb) => fsOpen(this.dir, "r", cb));
+      const d = dfd;
+      await p<void>((cb) => fsync(d, (err) => cb(err ?? null, undefined)));
+    } catch {
+      // some platforms cannot fsync a directory; the file's own fsync still applies
+    } finally {
+      if (dfd !== undefined) {
+        const d = dfd;
+        await p<void>((cb) => fsClose(d, () => cb(null, undefined)));
+      }
+    }
+  }
+
+  /**
+   * fsyncs the current file and confirms it is still linked. If it was
+   * removed while open (its lines went nowhere durable), those lines are
+   * re-queued for a new file and the error is reported.
+   */
+  private async sync(): Promise<void> {
+    const fd = this.fd;
+    if (fd === undefined || !this.dirty) {
+      this.syncWanted = false;
+      return;
+    }
+    await p<void>((cb) => fsync(fd, (err) => cb(err ?? null, undefined)));
+    const st = await p<{ nlink: number }>((cb) => fstat(fd, cb));
+    if (st.nlink === 0) {
+      const lost = this.unconfirmed.length;
+      this.pending = this.unconfirmed.concat(this.pending);
+      this.writtenSeq -= lost;
+      this.written -= lost;
+      this.unconfirmed = [];
+      this.dirty = false;
+      this.fd = undefined;
+      await p<void>((cb) => fsClose(fd, () => cb(null, undefined)));
+      throw new Error(
+        `${trailFileName(this.fileIndex)} was removed while open; ${lost} records re-queued for a new file`,
+      );
+    }
+    this.unconfirmed = [];
+    this.dirty = false;
+    this.syncWanted = false;
+    this.lastSyncAt = Date.now();
+  }
+
+  private async abandonFile(confirmedBytes: number): Promise<void> {
+    const fd = this.fd;
+    this.fd = undefined;
+    if (fd === undefined) return;
+    await p<void>((cb) => ftruncate(fd, confirmedBytes, () => cb(null, undefined)));
+    if (this.dirty) await p<void>((cb) => fsync(fd, () => cb(null, undefined)));
+    this.unconfirmed = [];
+    this.dirty = false;
+    await p<void>((cb) => fsClose(fd, () => cb(null, undefined)));
+  }
+
+  private settleWaiters(): void {
+    if (this.waiters.length === 0) return;
+    const still: Waiter[] = [];
+    for (const w of this.waiters) {
+      if (w.target <= this.writtenSeq) w.resolve();
+      else still.push(w);
+    }
+    this.waiters = still;
+  }
+
+  private fail(e: unknown): void {
+    this.lastRunFailed = true;
+    this.writeErrors++;
+    const err = toolgateError(
+      "audit_write_failed",
+      `audit trail write failed (${this.pending.length} records kept, will retry): ${
+        e instanceof Error ? e.message : String(e)
+      }`,
+    );
+    this.report(err);
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w.reject(err);
+    if (this.closing) return;
+    this.retryDelay = Math.min(
+      MAX_RETRY_DELAY_MS,
+      Math.max(this.flushIntervalMs, this.retryDelay * 2),
+    );
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      void this.pump();
+    }, this.retryDelay);
+    this.retryTimer.unref();
+  }
+
+  private async doClose(): Promise<void> {
+    this.closed = true;
+    for (const t of [this.flushTimer, this.syncTimer, this.retryTimer]) if (t) clearTimeout(t);
+    this.flushTimer = this.syncTimer = this.retryTimer = undefined;
+    if (this.running) await this.running;
+    this.syncWanted = true;
+    await this.pump();
+    const failed = this.lastRunFailed;
+    const lost = this.pending.length;
+    const fd = this.fd;
+    this.fd = undefined;
+    if (fd !== undefined) await p<void>((cb) => fsClose(fd, () => cb(null, undefined)));
+    if (failed || lost > 0)
+      throw toolgateError(
+        "audit_write_failed",
+        `audit trail closed with ${lost} records unwritten (see the reported write errors)`,
+      );
+  }
+}
+
+// -- verification -------------------------------------------------------------------
+
+function expandPaths(paths: string[]): string[] {
+  const out: string[] = [];
+  for (const path of paths) {
+    let isDir: boolean;
+    try {
+      isDir = statSync(path).isDirectory();
+    } catch (e) {
+      throw toolgateError("audit_trail_unreadable", `${path}: ${(e as Error).message}`);
+    }
+    if (!isDir) out.push(path);
+    else {
+      const files = listTrailFiles(path);
+      if (files.length === 0)
+        throw toolgateError("audit_trail_unreadable", `${path}: no trail-*.jsonl files`);
+      out.push(...files);
+    }
+  }
+  return out;
+}
+
+/**
+ * Verifies a trail: `files` in order (a directory expands to its
+ * trail-*.jsonl files by number). Reports the first break. A torn last line
+ * (no terminating newline) is accepted only when a later file continues the
+ * chain from the record before it (crash recovery); at the end of the trail
+ * it is a `truncated` break. Records deleted cleanly from the end of the
+ * newest file cannot be detected here: compare `lastHash` with an
+ * externally anchored hash.
+ */
+export function verifyTrail(files: string[], opts: VerifyOptions = {}): VerifyResult {
+  const paths = expandPaths(files);
+  let records = 0;
+  let lastHash: string | undefined;
+  let expectSeq: number | undefined;
+  let torn: { file: string; line: number } | undefined;
+  const recovered: { file: string; line: number; message: string }[] = [];
+
+  const result = (brk?: VerifyResult["firstBreak"]): VerifyResult => {
+    const r: VerifyResult = { ok: brk === undefined, records, files: paths.length };
+    if (brk) r.firstBreak = brk;
+    if (lastHash !== undefined) r.lastHash = lastHash;
+    if (recovered.length > 0) r.recovered = recovered;
+    return r;
+  };
+
+  for (const file of paths) {
+    let buf: Buffer;
+    try {
+      buf = readFileSync(file);
+    } catch (e) {
+      throw toolgateError("audit_trail_unreadable", `${file}: ${(e as Error).message}`);
+    }
+    let start = 0;
+    let line = 0;
+    while (start < buf.length) {
+      line++;
+      const nl = buf.indexOf(0x0a, start);
+      if (nl < 0) {
+        torn = { file, line };
+        break;
+      }
+      const text = buf.toString("utf8", start, nl);
+      start = nl + 1;
+      const checked = checkLine(text);
+      if (!checked.ok) {
+        const brk: NonNullable<VerifyResult["firstBreak"]> = {
+          file,
+          line,
+          reason: checked.reason,
+          message: checked.message,
+        };
+        if (checked.seq !== undefined) brk.seq = checked.seq;
+        return result(brk);
+      }
+      const { seq, prev, hash } = checked.rec;
+      const at = (reason: BreakReason, message: string) =>
+        result({ file, line, seq, reason, message });
+      if (expectSeq === undefined) {
+        if (!opts.allowPartialStart && (seq !== 1 || prev !== GENESIS_HASH))
+          return at(
+            "chain_start",
+            `the trail starts at seq ${seq}${prev === GENESIS_HASH ? "" : " with a non-genesis prev"}, not at seq 1 with the genesis prev: earlier records or files are missing (use allowPartialStart for a retained suffix)`,
+          );
+      } else {
+        if (seq !== expectSeq)
+          return at(
+            "seq_gap",
+            `expected seq ${expectSeq}, found ${seq}: records are missing or out of order`,
+          );
+        if (prev !== lastHash)
+          return at(
+            "prev_mismatch",
+            `prev does not match the hash of record ${expectSeq - 1}: a record was removed, replaced or reordered`,
+          );
+      }
+      if (torn) {
+        recovered.push({
+          ...torn,
+          message: `torn last line skipped; the chain continues unbroken at ${basename(file)}:${line} (seq ${seq})`,
+        });
+        torn = undefined;
+      }
+      records++;
+      lastHash = hash;
+      expectSeq = seq + 1;
+    }
+  }
+  if (torn)
+    return result({
+      ...torn,
+      ...(expectSeq === undefined ? {} : { seq: expectSeq }),
+      reason: "truncated",
+      message:
+        "the last line is incomplete (no terminating newline): a torn write or a truncated file",
+    });
+  return result();
+}
