@@ -17,6 +17,16 @@ export const ERRORS = {
     status: 403,
     message: "the request names an agent other than the one this sidecar serves",
   },
+  unauthenticated: { status: 401, message: "a valid bearer token is required" },
+  forbidden: { status: 403, message: "the caller lacks the role this needs" },
+  invalid_denial_binding: {
+    status: 400,
+    message: "the access request differs from the evaluation it cites",
+  },
+  subject_mismatch: {
+    status: 403,
+    message: "subject.id does not match the verified token's subject",
+  },
   not_found: { status: 404, message: "no such route" },
   action_unknown_decision: {
     status: 409,
@@ -74,6 +84,23 @@ export const ERRORS = {
   config_unreadable: { status: 500, message: "the configuration file cannot be read" },
   usage: { status: 400, message: "invalid command-line usage" },
   internal_error: { status: 500, message: "internal error" },
+  // -- approvals (AuthZEN Access Request and Approval profile) ----------------
+  approval_not_found: { status: 404, message: "no such approval task or evaluation" },
+  approval_not_pending: { status: 409, message: "the approval task is no longer pending" },
+  approval_not_approved: { status: 409, message: "the approval task is not approved" },
+  approval_expired: { status: 410, message: "the approval task or its evaluation has expired" },
+  idempotency_conflict: {
+    status: 409,
+    message: "the Idempotency-Key was already used for another request",
+  },
+  approval_store_unavailable: {
+    status: 503,
+    message: "the approval store cannot be opened, read or written",
+  },
+  json_not_canonicalizable: {
+    status: 400,
+    message: "a value cannot be canonicalized (RFC 8785 JCS)",
+  },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -1,0 +1,3 @@
+export * from "./jcs";
+export * from "./binding";
+export * from "./store";

@@ -1,0 +1,439 @@
+import type { Decision, DecisionRequest, VerifiedFacts } from "../decision/types";
+import { toolgateError } from "../errors";
+import type { Principal } from "../identity/jwt";
+import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "./binding";
+import type { ApprovalStore, ApprovalTask, EvaluationRecord } from "./store";
+
+/** What toolgate hands the policy as `input.verified.approval`. */
+export interface VerifiedApproval {
+  id: string;
+  state: "approved";
+  approver: { id: string; roles: string[] };
+  single_use: boolean;
+  expires_at_ns: number;
+}
+
+/** The result of checking a `context.approval` a request carries. */
+export type ApprovalCheck =
+  | { kind: "none" }
+  | { kind: "verified"; approval: VerifiedApproval; taskId: string; singleUse: boolean }
+  /** The request is denied outright (toolgate reason). */
+  | {
+      kind: "deny";
+      code: "approval_used" | "approval_denied" | "approval_revoked";
+      message: string;
+    }
+  /** Expired: denied, with a fresh access request. */
+  | { kind: "expired"; message: string }
+  /** The approval does not apply to this request: decided as if absent, with a reason. */
+  | {
+      kind: "ignored";
+      code: "approval_mismatch" | "approval_pending" | "approval_unknown" | "approval_not_usable";
+      message: string;
+    };
+
+export type ApprovalEventName =
+  "requested" | "approved" | "denied" | "expired" | "cancelled" | "used" | "refused" | "revoked";
+
+/** Audit receives every approval event. */
+export interface ApprovalEvents {
+  approvalEvent(event: ApprovalEventName, fields: Record<string, unknown>): void;
+}
+
+export interface ApprovalServiceOptions {
+  store: ApprovalStore;
+  agentId: string;
+  /** Redacts the request kept for approvers to read. */
+  redact: <T>(v: T) => T;
+  events?: ApprovalEvents;
+  /** How long an approver has to decide a submitted request. */
+  taskTtlSeconds?: number;
+  onPending?: (view: Record<string, unknown>) => void;
+  now?: () => number;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
+
+/**
+ * The approval flow of the AuthZEN Access Request and Approval profile, on top
+ * of the durable store: needs_approval evaluations are recorded, the agent
+ * submits an access request bound to one of them, an eligible human decides on
+ * the control port, and a re-evaluation carrying `context.approval` is checked
+ * (approved, unexpired, unrevoked, bound to this exact request, unused when
+ * single-use) before the policy sees it.
+ */
+export class ApprovalService {
+  private readonly now: () => number;
+  private readonly members = DEFAULT_BINDING_CONTEXT_MEMBERS;
+
+  constructor(private readonly opts: ApprovalServiceOptions) {
+    this.now = opts.now ?? Date.now;
+  }
+
+  hash(req: { subject: unknown; action: unknown; resource: unknown; context?: unknown }): string {
+    return bindingHash(req, this.members);
+  }
+
+  /** Records a needs_approval decision so that an access request can cite it. */
+  recordNeedsApproval(d: Decision, req: DecisionRequest, verified: VerifiedFacts): void {
+    // needs_approval, or a deny that offers a fresh request (approval_expired)
+    if (d.approval === undefined || d.access_request === undefined) return;
+    this.opts.store.recordEvaluation({
+      evaluationId: d.access_request.evaluation_id,
+      decisionId: d.decision_id,
+      bindingHash: this.hash(req),
+      bindingContextMembers: [...this.members],
+      redactedRequest: this.opts.redact(req),
+      requirement: { ...d.approval },
+      reasons: d.reasons.map((r) => r.code),
+      initiator: verified.subject.id,
+      agentId: verified.agent.id,
+      tool: req.action.name,
+      policyRevision: d.policy.revision,
+      createdAt: Date.parse(d.evaluated_at),
+      expiresAt: Date.parse(d.access_request.expires_at),
+    });
+  }
+
+  /** Checks the approval a request presents in `context.approval`. */
+  check(req: DecisionRequest, nowMs: number = this.now()): ApprovalCheck {
+    const presented = req.context?.approval;
+    if (presented === undefined) return { kind: "none" };
+    const id = isObject(presented) ? presented.id : undefined;
+    if (typeof id !== "string") {
+      return { kind: "ignored", code: "approval_unknown", message: "context.approval has no id" };
+    }
+    this.expire(nowMs);
+    const task = this.opts.store.getTask(id);
+    const evaluation = task ? this.opts.store.getEvaluation(task.evaluationId) : undefined;
+    if (task === undefined || evaluation === undefined || task.agentId !== this.opts.agentId) {
+      return {
+        kind: "ignored",
+        code: "approval_unknown",
+        message: `no approval ${id} on this sidecar`,
+      };
+    }
+    if (this.hash(req) !== evaluation.bindingHash) {
+      return {
+        kind: "ignored",
+        code: "approval_mismatch",
+        message: `approval ${id} is bound to another request (subject, tool, arguments, resource or job differ)`,
+      };
+    }
+    switch (task.status) {
+      case "pending":
+        return {
+          kind: "ignored",
+          code: "approval_pending",
+          message: `approval ${id} is still pending`,
+        };
+      case "denied":
+        return {
+          kind: "deny",
+          code: "approval_denied",
+          message: `approval ${id} was denied by ${task.decidedBy ?? "an approver"}`,
+        };
+      case "expired":
+        return { kind: "expired", message: `approval request ${id} expired before it was decided` };
+      case "cancelled":
+      case "failed":
+        return {
+          kind: "ignored",
+          code: "approval_not_usable",
+          message: `approval ${id} is ${task.status}`,
+        };
+      case "approved":
+        break;
+    }
+    if (task.revokedAt !== null) {
+      return {
+        kind: "deny",
+        code: "approval_revoked",
+        message: `approval ${id} was revoked by ${task.revokedBy ?? "an admin"}`,
+      };
+    }
+    const singleUse = evaluation.requirement.single_use;
+    if (singleUse && task.usedAt !== null) {
+      return {
+        kind: "deny",
+        code: "approval_used",
+        message: `approval ${id} was already used (single use)`,
+      };
+    }
+    if (task.approvedUntil === null || task.approvedUntil <= nowMs) {
+      return { kind: "expired", message: `approval ${id} expired at ${iso(task.approvedUntil)}` };
+    }
+    return {
+      kind: "verified",
+      taskId: task.id,
+      singleUse,
+      approval: {
+        id: task.id,
+        state: "approved",
+        approver: { id: task.decidedBy ?? "", roles: task.decidedByRoles ?? [] },
+        single_use: singleUse,
+        expires_at_ns: task.approvedUntil * 1e6,
+      },
+    };
+  }
+
+  /** Marks a single-use approval used by this decision; false if another decision won. */
+  consume(taskId: string, decisionId: string, nowMs: number = this.now()): boolean {
+    const r = this.opts.store.consume(taskId, decisionId, nowMs);
+    if (r.consumed)
+      this.opts.events?.approvalEvent(
+        "used",
+        this.eventFields(r.task, { used_by_decision_id: decisionId }),
+      );
+    return r.consumed;
+  }
+
+  /** Records an approval use for a multi-use approval (audit only). */
+  used(taskId: string, decisionId: string): void {
+    const task = this.opts.store.getTask(taskId);
+    if (task)
+      this.opts.events?.approvalEvent("used", this.eventFields(task, { decision_id: decisionId }));
+  }
+
+  /** POST /access/v1/requests: the agent asks for approval of a recorded needs_approval evaluation. */
+  submit(
+    body: Record<string, unknown>,
+    idempotencyKey: string | undefined,
+    baseUrl: string,
+  ): { created: boolean; view: Record<string, unknown> } {
+    const denial = body.denial;
+    if (!isObject(denial) || typeof denial.evaluation_id !== "string") {
+      throw toolgateError(
+        "invalid_request",
+        "denial.evaluation_id is required: the needs_approval answer this request follows",
+      );
+    }
+    const now = this.now();
+    const evaluation = this.opts.store.getEvaluation(denial.evaluation_id);
+    if (evaluation === undefined || evaluation.agentId !== this.opts.agentId) {
+      throw toolgateError(
+        "approval_not_found",
+        `no requestable evaluation ${denial.evaluation_id}`,
+      );
+    }
+    if (evaluation.expiresAt <= now) {
+      throw toolgateError(
+        "approval_expired",
+        `evaluation ${denial.evaluation_id} is no longer requestable (expired ${iso(evaluation.expiresAt)})`,
+      );
+    }
+    if (this.hash(body as Parameters<ApprovalService["hash"]>[0]) !== evaluation.bindingHash) {
+      throw toolgateError(
+        "invalid_denial_binding",
+        "the request differs from the evaluation it cites (subject, action, resource or job)",
+      );
+    }
+    const { task, created } = this.opts.store.createTask({
+      evaluationId: evaluation.evaluationId,
+      idempotencyKey: idempotencyKey ?? null,
+      agentId: this.opts.agentId,
+      expiresAt: now + (this.opts.taskTtlSeconds ?? 3600) * 1000,
+      now,
+    });
+    const view = this.view(task, baseUrl, evaluation);
+    if (created) {
+      this.opts.events?.approvalEvent("requested", this.eventFields(task));
+      this.opts.onPending?.(this.approverView(task, evaluation));
+    }
+    return { created, view };
+  }
+
+  /** GET /access/v1/requests/{id} */
+  get(taskId: string, baseUrl: string): Record<string, unknown> {
+    this.expire();
+    const task = this.task(taskId);
+    return this.view(task, baseUrl, this.opts.store.getEvaluation(task.evaluationId));
+  }
+
+  /** The agent cancels its own pending request. */
+  cancel(taskId: string, baseUrl: string): Record<string, unknown> {
+    const task = this.opts.store.cancel(this.task(taskId).id, this.opts.agentId, this.now());
+    this.opts.events?.approvalEvent("cancelled", this.eventFields(task));
+    return this.view(task, baseUrl, this.opts.store.getEvaluation(task.evaluationId));
+  }
+
+  /** What approvers see (control port): tasks they may decide, with redacted context. */
+  list(
+    principal: Principal,
+    status: string | undefined,
+    isAdmin: boolean,
+    limit = 100,
+  ): Array<Record<string, unknown>> {
+    this.expire();
+    const tasks = this.opts.store.listTasks({
+      ...(status ? { status: status as ApprovalTask["status"] } : {}),
+      limit,
+    });
+    const out: Array<Record<string, unknown>> = [];
+    for (const t of tasks) {
+      const e = this.opts.store.getEvaluation(t.evaluationId);
+      if (e === undefined) continue;
+      if (!isAdmin && this.ineligible(principal, e) !== undefined) continue;
+      out.push(this.approverView(t, e));
+    }
+    return out;
+  }
+
+  detail(taskId: string): Record<string, unknown> {
+    const t = this.task(taskId);
+    const e = this.opts.store.getEvaluation(t.evaluationId);
+    return e ? this.approverView(t, e) : { id: t.id, status: t.status };
+  }
+
+  /** Why `principal` may not decide evaluation `e`, or undefined if eligible. */
+  ineligible(principal: Principal, e: EvaluationRecord): string | undefined {
+    if (principal.id === e.initiator) return "the approver is the initiator";
+    if (principal.id === this.opts.agentId || principal.id === e.agentId)
+      return "the approver is the agent";
+    if (e.requirement.exclude.includes(principal.id)) return "the policy excludes this approver";
+    if (!principal.roles.some((r) => e.requirement.approver_roles.includes(r))) {
+      return `the approver holds none of the roles ${e.requirement.approver_roles.join(", ")}`;
+    }
+    return undefined;
+  }
+
+  /** POST /v1/approvals/{id}/approve|deny on the control port. */
+  decide(
+    taskId: string,
+    principal: Principal,
+    approve: boolean,
+    comment: string | undefined,
+  ): Record<string, unknown> {
+    this.expire();
+    const task = this.task(taskId);
+    const e = this.opts.store.getEvaluation(task.evaluationId);
+    if (e === undefined)
+      throw toolgateError("approval_not_found", `approval ${taskId} has no evaluation`);
+    const why = this.ineligible(principal, e);
+    if (why !== undefined) {
+      this.opts.events?.approvalEvent(
+        "refused",
+        this.eventFields(task, {
+          approver: principal.id,
+          approver_roles: principal.roles,
+          why,
+          wanted: approve ? "approve" : "deny",
+        }),
+      );
+      throw toolgateError("forbidden", `not eligible to decide ${taskId}: ${why}`);
+    }
+    const now = this.now();
+    const decided = this.opts.store.decide(task.id, {
+      approve,
+      by: principal.id,
+      roles: principal.roles,
+      comment: comment ?? null,
+      approvedUntil: approve ? now + e.requirement.ttl_seconds * 1000 : null,
+      now,
+    });
+    this.opts.events?.approvalEvent(
+      approve ? "approved" : "denied",
+      this.eventFields(decided, { comment }),
+    );
+    return this.approverView(decided, e);
+  }
+
+  /** Admin: revoke an approval; no new decision will honour it. */
+  revoke(taskId: string, principal: Principal): Record<string, unknown> {
+    const t = this.opts.store.revoke(this.task(taskId).id, principal.id, this.now());
+    this.opts.events?.approvalEvent("revoked", this.eventFields(t));
+    return this.detail(t.id);
+  }
+
+  /** Moves overdue pending tasks to expired (and audits each). */
+  expire(nowMs: number = this.now()): void {
+    for (const id of this.opts.store.expireDue(nowMs)) {
+      const t = this.opts.store.getTask(id);
+      if (t) this.opts.events?.approvalEvent("expired", this.eventFields(t));
+    }
+  }
+
+  close(): void {
+    this.opts.store.close();
+  }
+
+  private task(taskId: string): ApprovalTask {
+    const t = this.opts.store.getTask(taskId);
+    if (t === undefined || t.agentId !== this.opts.agentId)
+      throw toolgateError("approval_not_found", `no approval ${taskId}`);
+    return t;
+  }
+
+  private eventFields(
+    t: ApprovalTask,
+    extra: Record<string, unknown> = {},
+  ): Record<string, unknown> {
+    const e = this.opts.store.getEvaluation(t.evaluationId);
+    return {
+      approval_id: t.id,
+      status: t.status,
+      evaluation_id: t.evaluationId,
+      decision_id: e?.decisionId,
+      tool: e?.tool,
+      initiator: e?.initiator,
+      approver: t.decidedBy,
+      approver_roles: t.decidedByRoles,
+      approved_until: iso(t.approvedUntil),
+      ...extra,
+    };
+  }
+
+  private view(
+    t: ApprovalTask,
+    baseUrl: string,
+    e: EvaluationRecord | undefined,
+  ): Record<string, unknown> {
+    const task: Record<string, unknown> = {
+      id: t.id,
+      status: t.status,
+      status_endpoint: `${baseUrl}/access/v1/requests/${t.id}`,
+      created_at: iso(t.createdAt),
+      expires_at: iso(t.expiresAt),
+      links: { cancel: `${baseUrl}/access/v1/requests/${t.id}/cancel` },
+    };
+    const out: Record<string, unknown> = { task };
+    if (t.status === "approved" && t.approvedUntil !== null) {
+      out.result = {
+        mode: "reevaluate",
+        approval: {
+          id: t.id,
+          approved_at: iso(t.decidedAt),
+          approved_until: iso(t.approvedUntil),
+          state: e?.bindingHash ?? "",
+        },
+      };
+    }
+    return out;
+  }
+
+  private approverView(t: ApprovalTask, e: EvaluationRecord): Record<string, unknown> {
+    return {
+      id: t.id,
+      status: t.status,
+      created_at: iso(t.createdAt),
+      expires_at: iso(t.expiresAt),
+      initiator: e.initiator,
+      agent: e.agentId,
+      tool: e.tool,
+      request: e.redactedRequest,
+      reasons: e.reasons,
+      requirement: e.requirement,
+      policy_revision: e.policyRevision,
+      decided_by: t.decidedBy,
+      decided_at: iso(t.decidedAt),
+      comment: t.comment,
+      approved_until: iso(t.approvedUntil),
+      used_at: iso(t.usedAt),
+      revoked_at: iso(t.revokedAt),
+    };
+  }
+}

@@ -1,0 +1,808 @@
+/**
+ * Durable approval state on the built-in `node:sqlite` (`DatabaseSync`).
+ *
+ * One file, `<dir>/approvals.db` (created 0600 in a 0700 directory), WAL
+ * journal, `synchronous=FULL` (a decided approval survives power loss),
+ * `busy_timeout` so concurrent connections (another process, a worker) wait
+ * instead of failing, foreign keys on. Every call is synchronous, as
+ * node:sqlite is; every state change is one transaction together with its
+ * `task_events` row.
+ *
+ * What is stored — the database is NOT a copy of the tool arguments:
+ * - `evaluations` keeps, per needs_approval decision, the binding hash (and
+ *   the context-member set it covers) that a re-submission or re-evaluation
+ *   must reproduce, and a *redacted* copy of the request for approvers to
+ *   read. The caller redacts (src/audit/redact) before `recordEvaluation`;
+ *   the store never sees arguments in clear unless the caller passes them.
+ *   Still protect the file like the audit trail: it names users, tools and
+ *   the redacted arguments.
+ * - `tasks` keeps the lifecycle of an access request, `task_events` an
+ *   append-only history of it (for audit and the approver UI).
+ *
+ * Schema versioning: the `schema_migrations` table (version, name,
+ * applied_at) is authoritative; `PRAGMA user_version` mirrors the highest
+ * version for quick inspection with the sqlite3 shell. Migrations run in one
+ * `BEGIN IMMEDIATE` transaction each, so two processes opening the same file
+ * migrate it once. A file migrated by a newer toolgate (unknown version) is
+ * refused rather than guessed at.
+ *
+ * Lifecycle: status `pending → approved | denied | expired | cancelled |
+ * failed`; only `pending` ever changes status (enforced by the UPDATEs'
+ * `WHERE status='pending'` and, as a second line, by triggers). An approved
+ * task may later get `used_at` (single-use consumption, once) and
+ * `revoked_at` (once); neither changes its status, and neither can be unset.
+ *
+ * Errors: coded `ToolgateError`s; any SQLite failure becomes
+ * `approval_store_unavailable` (503) so callers fail closed.
+ * Times are epoch milliseconds (integers).
+ */
+import { randomBytes } from "node:crypto";
+import { chmodSync, closeSync, mkdirSync, openSync } from "node:fs";
+import { join } from "node:path";
+import { DatabaseSync, type SQLInputValue } from "node:sqlite";
+import { isToolgateError, toolgateError } from "../errors";
+
+export const APPROVALS_DB_FILE = "approvals.db";
+export const BUSY_TIMEOUT_MS = 5000;
+
+export const TASK_STATUSES = [
+  "pending",
+  "approved",
+  "denied",
+  "expired",
+  "cancelled",
+  "failed",
+] as const;
+export type TaskStatus = (typeof TASK_STATUSES)[number];
+export const TERMINAL_STATUSES: readonly TaskStatus[] = TASK_STATUSES.filter(
+  (s) => s !== "pending",
+);
+
+/** What the policy required of the approval (from its needs_approval output). */
+export interface ApprovalRequirement {
+  approver_roles: string[];
+  single_use: boolean;
+  ttl_seconds: number;
+  /** Identities that may never approve (the initiator and the agent are always excluded). */
+  exclude: string[];
+  [extra: string]: unknown;
+}
+
+export interface EvaluationInput {
+  evaluationId: string;
+  decisionId: string;
+  bindingHash: string;
+  /** The context members the hash covers (the profile's `binding_context_members`). */
+  bindingContextMembers: string[];
+  /** The request as decided, already redacted for display. Never the clear arguments. */
+  redactedRequest: unknown;
+  requirement: ApprovalRequirement;
+  reasons?: string[];
+  initiator: string;
+  agentId: string;
+  tool: string;
+  policyRevision?: string | null;
+  createdAt: number;
+  expiresAt: number;
+}
+
+export type EvaluationRecord = Required<Omit<EvaluationInput, "policyRevision">> & {
+  policyRevision: string | null;
+};
+
+export interface ApprovalTask {
+  id: string;
+  evaluationId: string;
+  agentId: string;
+  status: TaskStatus;
+  idempotencyKey: string | null;
+  createdAt: number;
+  expiresAt: number;
+  decidedAt: number | null;
+  decidedBy: string | null;
+  decidedByRoles: string[] | null;
+  comment: string | null;
+  approvedUntil: number | null;
+  usedAt: number | null;
+  usedByDecisionId: string | null;
+  revokedAt: number | null;
+  revokedBy: string | null;
+}
+
+export interface TaskEvent {
+  taskId: string;
+  at: number;
+  event: string;
+  actor: string;
+  details: Record<string, unknown>;
+}
+
+export interface CreateTaskInput {
+  evaluationId: string;
+  idempotencyKey?: string | null;
+  agentId: string;
+  expiresAt: number;
+  now?: number;
+}
+
+export interface DecideInput {
+  approve: boolean;
+  by: string;
+  roles: string[];
+  comment?: string | null;
+  /** Required when approving; must lie after `now`. */
+  approvedUntil?: number | null;
+  now?: number;
+}
+
+export type ConsumeResult =
+  | { consumed: true; task: ApprovalTask }
+  | {
+      consumed: false;
+      reason: "not_found" | "not_approved" | "revoked" | "expired" | "used";
+      task: ApprovalTask | undefined;
+    };
+
+interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+const STATUS_CHECK = TASK_STATUSES.map((s) => `'${s}'`).join(", ");
+
+/** Append only: never edit a released migration, add the next one. */
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: "create evaluations, tasks, task_events",
+    sql: `
+CREATE TABLE evaluations (
+  evaluation_id TEXT PRIMARY KEY,
+  decision_id TEXT NOT NULL,
+  binding_hash TEXT NOT NULL,
+  binding_context_members_json TEXT NOT NULL,
+  redacted_request_json TEXT NOT NULL,
+  requirement_json TEXT NOT NULL,
+  reasons_json TEXT NOT NULL,
+  initiator TEXT NOT NULL,
+  agent_id TEXT NOT NULL,
+  tool TEXT NOT NULL,
+  policy_revision TEXT,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE tasks (
+  id TEXT PRIMARY KEY,
+  evaluation_id TEXT NOT NULL REFERENCES evaluations(evaluation_id),
+  agent_id TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN (${STATUS_CHECK})),
+  idempotency_key TEXT,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  decided_at INTEGER,
+  decided_by TEXT,
+  decided_by_roles_json TEXT,
+  comment TEXT,
+  approved_until INTEGER,
+  used_at INTEGER,
+  used_by_decision_id TEXT,
+  revoked_at INTEGER,
+  revoked_by TEXT,
+  UNIQUE (agent_id, idempotency_key)
+) STRICT;
+CREATE INDEX tasks_by_status ON tasks (status, created_at);
+CREATE INDEX tasks_by_evaluation ON tasks (evaluation_id);
+
+CREATE TABLE task_events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  task_id TEXT NOT NULL REFERENCES tasks(id),
+  at INTEGER NOT NULL,
+  event TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  details_json TEXT NOT NULL
+) STRICT;
+CREATE INDEX task_events_by_task ON task_events (task_id, seq);
+
+-- Second line of defence behind the guarded UPDATEs: terminal states never change.
+CREATE TRIGGER tasks_terminal_status BEFORE UPDATE OF status ON tasks
+WHEN OLD.status <> 'pending' AND NEW.status IS NOT OLD.status
+BEGIN SELECT RAISE(ABORT, 'approval task status is terminal'); END;
+CREATE TRIGGER tasks_used_once BEFORE UPDATE OF used_at, used_by_decision_id ON tasks
+WHEN OLD.used_at IS NOT NULL
+  AND (NEW.used_at IS NOT OLD.used_at OR NEW.used_by_decision_id IS NOT OLD.used_by_decision_id)
+BEGIN SELECT RAISE(ABORT, 'approval already used'); END;
+CREATE TRIGGER tasks_revoked_once BEFORE UPDATE OF revoked_at, revoked_by ON tasks
+WHEN OLD.revoked_at IS NOT NULL
+  AND (NEW.revoked_at IS NOT OLD.revoked_at OR NEW.revoked_by IS NOT OLD.revoked_by)
+BEGIN SELECT RAISE(ABORT, 'approval already revoked'); END;
+CREATE TRIGGER task_events_append_only_u BEFORE UPDATE ON task_events
+BEGIN SELECT RAISE(ABORT, 'task_events is append-only'); END;
+CREATE TRIGGER task_events_append_only_d BEFORE DELETE ON task_events
+BEGIN SELECT RAISE(ABORT, 'task_events is append-only'); END;
+`,
+  },
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);
+
+type Row = Record<string, SQLInputValue>;
+
+function str(row: Row, k: string): string {
+  const v = row[k];
+  if (typeof v !== "string") throw new Error(`approvals.db: column ${k} is not text`);
+  return v;
+}
+function strOrNull(row: Row, k: string): string | null {
+  const v = row[k];
+  if (v === null || v === undefined) return null;
+  if (typeof v !== "string") throw new Error(`approvals.db: column ${k} is not text`);
+  return v;
+}
+function num(row: Row, k: string): number {
+  const v = row[k];
+  if (typeof v !== "number") throw new Error(`approvals.db: column ${k} is not an integer`);
+  return v;
+}
+function numOrNull(row: Row, k: string): number | null {
+  const v = row[k];
+  return v === null || v === undefined ? null : Number(v);
+}
+function json<T>(row: Row, k: string): T {
+  return JSON.parse(str(row, k)) as T;
+}
+
+function toTask(row: Row): ApprovalTask {
+  const roles = strOrNull(row, "decided_by_roles_json");
+  return {
+    id: str(row, "id"),
+    evaluationId: str(row, "evaluation_id"),
+    agentId: str(row, "agent_id"),
+    status: str(row, "status") as TaskStatus,
+    idempotencyKey: strOrNull(row, "idempotency_key"),
+    createdAt: num(row, "created_at"),
+    expiresAt: num(row, "expires_at"),
+    decidedAt: numOrNull(row, "decided_at"),
+    decidedBy: strOrNull(row, "decided_by"),
+    decidedByRoles: roles === null ? null : (JSON.parse(roles) as string[]),
+    comment: strOrNull(row, "comment"),
+    approvedUntil: numOrNull(row, "approved_until"),
+    usedAt: numOrNull(row, "used_at"),
+    usedByDecisionId: strOrNull(row, "used_by_decision_id"),
+    revokedAt: numOrNull(row, "revoked_at"),
+    revokedBy: strOrNull(row, "revoked_by"),
+  };
+}
+
+function toEvaluation(row: Row): EvaluationRecord {
+  return {
+    evaluationId: str(row, "evaluation_id"),
+    decisionId: str(row, "decision_id"),
+    bindingHash: str(row, "binding_hash"),
+    bindingContextMembers: json<string[]>(row, "binding_context_members_json"),
+    redactedRequest: json<unknown>(row, "redacted_request_json"),
+    requirement: json<ApprovalRequirement>(row, "requirement_json"),
+    reasons: json<string[]>(row, "reasons_json"),
+    initiator: str(row, "initiator"),
+    agentId: str(row, "agent_id"),
+    tool: str(row, "tool"),
+    policyRevision: strOrNull(row, "policy_revision"),
+    createdAt: num(row, "created_at"),
+    expiresAt: num(row, "expires_at"),
+  };
+}
+
+/** An unguessable task id: `apr_` + 128 random bits, base64url. */
+export function newTaskId(): string {
+  return `apr_${randomBytes(16).toString("base64url")}`;
+}
+
+function checkTime(name: string, v: unknown): number {
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) {
+    throw toolgateError("invalid_request", `${name} must be epoch milliseconds (an integer)`);
+  }
+  return v;
+}
+
+function checkText(name: string, v: unknown, max = 512): string {
+  if (typeof v !== "string" || v === "" || v.length > max) {
+    throw toolgateError("invalid_request", `${name} must be a non-empty string of ≤ ${max} chars`);
+  }
+  return v;
+}
+
+/** Runs `fn`, turning anything that is not already coded into approval_store_unavailable. */
+function guard<T>(what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (isToolgateError(e)) throw e;
+    const msg = e instanceof Error ? e.message : String(e);
+    throw toolgateError("approval_store_unavailable", `approval store: ${what}: ${msg}`);
+  }
+}
+
+export class ApprovalStore {
+  readonly path: string;
+  private readonly db: DatabaseSync;
+  private closed = false;
+  private expireAfterRollback: { taskId: string; now: number } | undefined;
+
+  private constructor(path: string, db: DatabaseSync) {
+    this.path = path;
+    this.db = db;
+  }
+
+  /** Opens (creating and migrating as needed) `<dir>/approvals.db`. */
+  static open(dir: string, options: { busyTimeoutMs?: number } = {}): ApprovalStore {
+    const path = join(dir, APPROVALS_DB_FILE);
+    return guard(`open ${path}`, () => {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      // Create the file owner-only before SQLite does (SQLite gives -wal/-shm the same mode).
+      closeSync(openSync(path, "a", 0o600));
+      chmodSync(path, 0o600);
+      const timeout = options.busyTimeoutMs ?? BUSY_TIMEOUT_MS;
+      const db = new DatabaseSync(path, { enableForeignKeyConstraints: true, timeout });
+      try {
+        db.exec(`PRAGMA busy_timeout = ${Math.trunc(timeout)}`);
+        const mode = db.prepare("PRAGMA journal_mode = WAL").get() as Row | undefined;
+        if (mode?.journal_mode !== "wal") throw new Error("cannot switch to WAL journal mode");
+        db.exec("PRAGMA synchronous = FULL");
+        db.exec("PRAGMA foreign_keys = ON");
+        migrate(db);
+      } catch (e) {
+        db.close();
+        throw e;
+      }
+      return new ApprovalStore(path, db);
+    });
+  }
+
+  /** The applied schema version (the highest row of schema_migrations). */
+  schemaVersion(): number {
+    return this.run("read schema version", () => currentVersion(this.db));
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.db.close();
+  }
+
+  // -- evaluations ------------------------------------------------------------
+
+  /** Records a needs_approval evaluation. Recording the same id twice is refused. */
+  recordEvaluation(e: EvaluationInput): EvaluationRecord {
+    checkText("evaluationId", e.evaluationId);
+    checkText("decisionId", e.decisionId);
+    checkText("bindingHash", e.bindingHash);
+    checkText("initiator", e.initiator);
+    checkText("agentId", e.agentId);
+    checkText("tool", e.tool);
+    checkTime("createdAt", e.createdAt);
+    checkTime("expiresAt", e.expiresAt);
+    return this.run("record evaluation", () => {
+      this.db
+        .prepare(
+          `INSERT INTO evaluations (evaluation_id, decision_id, binding_hash,
+             binding_context_members_json, redacted_request_json, requirement_json, reasons_json,
+             initiator, agent_id, tool, policy_revision, created_at, expires_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          e.evaluationId,
+          e.decisionId,
+          e.bindingHash,
+          JSON.stringify(e.bindingContextMembers),
+          JSON.stringify(e.redactedRequest ?? null),
+          JSON.stringify(e.requirement),
+          JSON.stringify(e.reasons ?? []),
+          e.initiator,
+          e.agentId,
+          e.tool,
+          e.policyRevision ?? null,
+          e.createdAt,
+          e.expiresAt,
+        );
+      return this.mustGetEvaluation(e.evaluationId);
+    });
+  }
+
+  getEvaluation(evaluationId: string): EvaluationRecord | undefined {
+    return this.run("read evaluation", () => {
+      const row = this.db
+        .prepare("SELECT * FROM evaluations WHERE evaluation_id = ?")
+        .get(evaluationId) as Row | undefined;
+      return row && toEvaluation(row);
+    });
+  }
+
+  // -- tasks ------------------------------------------------------------------
+
+  /**
+   * Creates a pending task for a recorded, unexpired evaluation of this agent.
+   * Idempotent: a repeated `idempotencyKey` (per agent) for the same
+   * evaluation returns the task it created (`created: false`); for another
+   * evaluation it throws `idempotency_conflict`. Without a key, a still
+   * pending task of the same agent for the same evaluation is returned
+   * instead of a duplicate.
+   */
+  createTask(input: CreateTaskInput): { task: ApprovalTask; created: boolean } {
+    const now = input.now ?? Date.now();
+    checkText("evaluationId", input.evaluationId);
+    checkText("agentId", input.agentId);
+    checkTime("expiresAt", input.expiresAt);
+    const key = input.idempotencyKey ?? null;
+    if (key !== null) checkText("idempotencyKey", key, 255);
+    return this.tx("create task", () => {
+      const ev = this.getEvaluation(input.evaluationId);
+      if (!ev || ev.agentId !== input.agentId) {
+        throw toolgateError("approval_not_found", "no recorded evaluation with that id");
+      }
+      if (key !== null) {
+        const row = this.db
+          .prepare("SELECT * FROM tasks WHERE agent_id = ? AND idempotency_key = ?")
+          .get(input.agentId, key) as Row | undefined;
+        if (row) {
+          const task = toTask(row);
+          if (task.evaluationId !== input.evaluationId) {
+            throw toolgateError(
+              "idempotency_conflict",
+              "this Idempotency-Key was already used for another evaluation",
+            );
+          }
+          return { task, created: false };
+        }
+      }
+      if (ev.expiresAt <= now) {
+        throw toolgateError("approval_expired", "the evaluation has expired; ask again");
+      }
+      if (key === null) {
+        const row = this.db
+          .prepare(
+            `SELECT * FROM tasks WHERE evaluation_id = ? AND agent_id = ? AND status = 'pending'
+               AND expires_at > ? ORDER BY created_at LIMIT 1`,
+          )
+          .get(input.evaluationId, input.agentId, now) as Row | undefined;
+        if (row) return { task: toTask(row), created: false };
+      }
+      const id = newTaskId();
+      this.db
+        .prepare(
+          `INSERT INTO tasks (id, evaluation_id, agent_id, status, idempotency_key, created_at,
+             expires_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)`,
+        )
+        .run(id, input.evaluationId, input.agentId, key, now, input.expiresAt);
+      this.event(id, now, "requested", input.agentId, { evaluation_id: input.evaluationId });
+      return { task: this.mustGetTask(id), created: true };
+    });
+  }
+
+  getTask(taskId: string): ApprovalTask | undefined {
+    return this.run("read task", () => {
+      const row = this.db.prepare("SELECT * FROM tasks WHERE id = ?").get(taskId) as
+        Row | undefined;
+      return row && toTask(row);
+    });
+  }
+
+  /** Tasks, oldest first; `limit` is clamped to 1..1000. */
+  listTasks(
+    options: { status?: TaskStatus; agentId?: string; limit?: number } = {},
+  ): ApprovalTask[] {
+    const limit = Math.min(1000, Math.max(1, Math.trunc(options.limit ?? 100)));
+    if (options.status !== undefined && !TASK_STATUSES.includes(options.status)) {
+      throw toolgateError("invalid_request", `unknown task status ${String(options.status)}`);
+    }
+    return this.run("list tasks", () => {
+      const where: string[] = [];
+      const args: SQLInputValue[] = [];
+      if (options.status !== undefined) {
+        where.push("status = ?");
+        args.push(options.status);
+      }
+      if (options.agentId !== undefined) {
+        where.push("agent_id = ?");
+        args.push(options.agentId);
+      }
+      const sql = `SELECT * FROM tasks ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
+        ORDER BY created_at, id LIMIT ?`;
+      return (this.db.prepare(sql).all(...args, limit) as Row[]).map(toTask);
+    });
+  }
+
+  /** The task's history, oldest first. */
+  listEvents(taskId: string): TaskEvent[] {
+    return this.run("list task events", () =>
+      (
+        this.db
+          .prepare("SELECT * FROM task_events WHERE task_id = ? ORDER BY seq")
+          .all(taskId) as Row[]
+      ).map((r) => ({
+        taskId: str(r, "task_id"),
+        at: num(r, "at"),
+        event: str(r, "event"),
+        actor: str(r, "actor"),
+        details: json<Record<string, unknown>>(r, "details_json"),
+      })),
+    );
+  }
+
+  /**
+   * Approves or denies a pending task, atomically (`WHERE status='pending'`):
+   * of two concurrent deciders exactly one succeeds, the other gets
+   * `approval_not_pending`. A pending task past its `expires_at` becomes
+   * `expired` and the call throws `approval_expired`. Eligibility (roles,
+   * approver ≠ initiator/agent) is the caller's job.
+   */
+  decide(taskId: string, d: DecideInput): ApprovalTask {
+    const now = d.now ?? Date.now();
+    checkText("by", d.by);
+    if (!Array.isArray(d.roles) || d.roles.some((r) => typeof r !== "string")) {
+      throw toolgateError("invalid_request", "roles must be an array of strings");
+    }
+    const comment = d.comment ?? null;
+    if (comment !== null && (typeof comment !== "string" || comment.length > 4096)) {
+      throw toolgateError("invalid_request", "comment must be a string of ≤ 4096 chars");
+    }
+    let approvedUntil: number | null = null;
+    if (d.approve) {
+      approvedUntil = checkTime("approvedUntil", d.approvedUntil);
+      if (approvedUntil <= now) {
+        throw toolgateError("invalid_request", "approvedUntil must lie in the future");
+      }
+    }
+    return this.tx("decide task", () => {
+      const status: TaskStatus = d.approve ? "approved" : "denied";
+      const res = this.db
+        .prepare(
+          `UPDATE tasks SET status = ?, decided_at = ?, decided_by = ?, decided_by_roles_json = ?,
+             comment = ?, approved_until = ?
+           WHERE id = ? AND status = 'pending' AND expires_at > ?`,
+        )
+        .run(status, now, d.by, JSON.stringify(d.roles), comment, approvedUntil, taskId, now);
+      if (res.changes !== 1) this.explainNotPending(taskId, now);
+      this.event(taskId, now, status, d.by, {
+        roles: d.roles,
+        ...(comment !== null ? { comment } : {}),
+        ...(approvedUntil !== null ? { approved_until: approvedUntil } : {}),
+      });
+      return this.mustGetTask(taskId);
+    });
+  }
+
+  /** The agent withdraws its own pending request. Another agent's task is "not found". */
+  cancel(taskId: string, byAgent: string, now: number = Date.now()): ApprovalTask {
+    return this.tx("cancel task", () => {
+      const res = this.db
+        .prepare(
+          `UPDATE tasks SET status = 'cancelled', decided_at = ?, decided_by = ?
+           WHERE id = ? AND agent_id = ? AND status = 'pending'`,
+        )
+        .run(now, byAgent, taskId, byAgent);
+      if (res.changes !== 1) {
+        const t = this.getTask(taskId);
+        if (!t || t.agentId !== byAgent) throw toolgateError("approval_not_found");
+        throw toolgateError("approval_not_pending", `the task is ${t.status}`);
+      }
+      this.event(taskId, now, "cancelled", byAgent, {});
+      return this.mustGetTask(taskId);
+    });
+  }
+
+  /** Marks a pending task failed (e.g. it could not be processed). */
+  fail(taskId: string, reason: string, actor = "toolgate", now: number = Date.now()): ApprovalTask {
+    return this.tx("fail task", () => {
+      const res = this.db
+        .prepare(
+          `UPDATE tasks SET status = 'failed', decided_at = ?, decided_by = ?, comment = ?
+           WHERE id = ? AND status = 'pending'`,
+        )
+        .run(now, actor, reason, taskId);
+      if (res.changes !== 1) this.explainNotPending(taskId, null);
+      this.event(taskId, now, "failed", actor, { reason });
+      return this.mustGetTask(taskId);
+    });
+  }
+
+  /** Pending tasks whose `expires_at` ≤ now become `expired`. Returns their ids. */
+  expireDue(now: number = Date.now()): string[] {
+    return this.tx("expire tasks", () => {
+      const rows = this.db
+        .prepare(
+          `UPDATE tasks SET status = 'expired', decided_at = ?
+           WHERE status = 'pending' AND expires_at <= ? RETURNING id`,
+        )
+        .all(now, now) as Row[];
+      const ids = rows.map((r) => str(r, "id"));
+      for (const id of ids) this.event(id, now, "expired", "toolgate", {});
+      return ids;
+    });
+  }
+
+  /**
+   * Single-use consumption. One guarded UPDATE:
+   *   `... WHERE id=? AND status='approved' AND used_at IS NULL AND revoked_at IS NULL
+   *        AND approved_until > now`
+   * `consumed: true` only when THIS call changed the row, so of any number of
+   * concurrent consumers (connections, workers, processes) exactly one wins.
+   * Otherwise the reason says why (checked in that order: not_found,
+   * not_approved, revoked, used, expired).
+   */
+  consume(taskId: string, decisionId: string, now: number = Date.now()): ConsumeResult {
+    checkText("decisionId", decisionId);
+    return this.tx("consume approval", () => {
+      const res = this.db
+        .prepare(
+          `UPDATE tasks SET used_at = ?, used_by_decision_id = ?
+           WHERE id = ? AND status = 'approved' AND used_at IS NULL AND revoked_at IS NULL
+             AND approved_until > ?`,
+        )
+        .run(now, decisionId, taskId, now);
+      if (res.changes === 1) {
+        this.event(taskId, now, "used", "toolgate", { decision_id: decisionId });
+        return { consumed: true as const, task: this.mustGetTask(taskId) };
+      }
+      const task = this.getTask(taskId);
+      const reason = !task
+        ? "not_found"
+        : task.status !== "approved"
+          ? "not_approved"
+          : task.revokedAt !== null
+            ? "revoked"
+            : task.usedAt !== null
+              ? "used"
+              : "expired";
+      return { consumed: false as const, reason, task };
+    });
+  }
+
+  /** Revokes an approved, not yet revoked approval (used or not). Status stays `approved`. */
+  revoke(taskId: string, by: string, now: number = Date.now()): ApprovalTask {
+    checkText("by", by);
+    return this.tx("revoke approval", () => {
+      const res = this.db
+        .prepare(
+          `UPDATE tasks SET revoked_at = ?, revoked_by = ?
+           WHERE id = ? AND status = 'approved' AND revoked_at IS NULL`,
+        )
+        .run(now, by, taskId);
+      if (res.changes !== 1) {
+        const t = this.getTask(taskId);
+        if (!t) throw toolgateError("approval_not_found");
+        throw toolgateError(
+          "approval_not_approved",
+          t.revokedAt !== null ? "the approval is already revoked" : `the task is ${t.status}`,
+        );
+      }
+      this.event(taskId, now, "revoked", by, {});
+      return this.mustGetTask(taskId);
+    });
+  }
+
+  // -- internals --------------------------------------------------------------
+
+  /** Throws the right error after a guarded pending-only UPDATE changed nothing. */
+  private explainNotPending(taskId: string, now: number | null): never {
+    const t = this.getTask(taskId);
+    if (!t) throw toolgateError("approval_not_found");
+    if (t.status === "pending" && now !== null && t.expiresAt <= now) {
+      // The throw rolls the transaction back; `tx` then records the expiry on its own.
+      this.expireAfterRollback = { taskId, now };
+      throw toolgateError("approval_expired", "the approval task has expired");
+    }
+    throw toolgateError("approval_not_pending", `the task is ${t.status}`);
+  }
+
+  private event(
+    taskId: string,
+    at: number,
+    event: string,
+    actor: string,
+    details: Record<string, unknown>,
+  ): void {
+    this.db
+      .prepare(
+        "INSERT INTO task_events (task_id, at, event, actor, details_json) VALUES (?, ?, ?, ?, ?)",
+      )
+      .run(taskId, at, event, actor, JSON.stringify(details));
+  }
+
+  private mustGetTask(id: string): ApprovalTask {
+    const t = this.getTask(id);
+    if (!t) throw toolgateError("approval_not_found");
+    return t;
+  }
+
+  private mustGetEvaluation(id: string): EvaluationRecord {
+    const e = this.getEvaluation(id);
+    if (!e) throw toolgateError("approval_not_found");
+    return e;
+  }
+
+  private run<T>(what: string, fn: () => T): T {
+    if (this.closed) throw toolgateError("approval_store_unavailable", "approval store is closed");
+    return guard(what, fn);
+  }
+
+  /**
+   * One `BEGIN IMMEDIATE` transaction (takes the write lock up front, waiting
+   * up to busy_timeout), committed on return, rolled back on throw. A
+   * decision on a task found expired rolls back and then marks it expired.
+   */
+  private tx<T>(what: string, fn: () => T): T {
+    return this.run(what, () => {
+      if (this.db.isTransaction) return fn();
+      this.db.exec("BEGIN IMMEDIATE");
+      try {
+        const out = fn();
+        this.db.exec("COMMIT");
+        return out;
+      } catch (e) {
+        if (this.db.isTransaction) this.db.exec("ROLLBACK");
+        const expire = this.expireAfterRollback;
+        this.expireAfterRollback = undefined;
+        if (expire) this.expireOne(expire.taskId, expire.now);
+        throw e;
+      }
+    });
+  }
+
+  private expireOne(taskId: string, now: number): void {
+    this.db.exec("BEGIN IMMEDIATE");
+    try {
+      const res = this.db
+        .prepare(
+          `UPDATE tasks SET status = 'expired', decided_at = ?
+           WHERE id = ? AND status = 'pending' AND expires_at <= ?`,
+        )
+        .run(now, taskId, now);
+      if (res.changes === 1) this.event(taskId, now, "expired", "toolgate", {});
+      this.db.exec("COMMIT");
+    } catch (e) {
+      if (this.db.isTransaction) this.db.exec("ROLLBACK");
+      throw e;
+    }
+  }
+}
+
+function currentVersion(db: DatabaseSync): number {
+  const row = db.prepare("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations").get() as
+    Row | undefined;
+  return Number(row?.v ?? 0);
+}
+
+function migrate(db: DatabaseSync): void {
+  db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at INTEGER NOT NULL
+  ) STRICT`);
+  for (const m of MIGRATIONS) {
+    db.exec("BEGIN IMMEDIATE");
+    try {
+      const applied = db
+        .prepare("SELECT 1 AS one FROM schema_migrations WHERE version = ?")
+        .get(m.version);
+      if (!applied) {
+        db.exec(m.sql);
+        db.prepare(
+          "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+        ).run(m.version, m.name, Date.now());
+        db.exec(`PRAGMA user_version = ${m.version}`);
+      }
+      db.exec("COMMIT");
+    } catch (e) {
+      if (db.isTransaction) db.exec("ROLLBACK");
+      throw e;
+    }
+  }
+  const v = currentVersion(db);
+  if (v > SCHEMA_VERSION) {
+    throw toolgateError(
+      "approval_store_unavailable",
+      `approvals.db has schema version ${v}; this toolgate knows up to ${SCHEMA_VERSION}`,
+    );
+  }
+}
