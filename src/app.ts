@@ -9,8 +9,12 @@ import { BundleManager } from "./bundles";
 import type { CompiledConfig } from "./config";
 import { checkPolicyOutput, Decider } from "./decision";
 import { isToolgateError, toolgateError } from "./errors";
+import { ApprovalService } from "./approvals/service";
+import { ApprovalStore } from "./approvals/store";
+import { webhookNotifier } from "./approvals/webhook";
 import { startAgentServer, type RunningServer } from "./http/agent-server";
-import { Identity } from "./identity";
+import { startControlServer } from "./http/control-server";
+import { Identity, TokenVerifier } from "./identity";
 import type { PolicyEngine } from "./policy/engine";
 import { createLogger, type Logger } from "./util/log";
 import { packageRoot } from "./util/paths";
@@ -58,6 +62,7 @@ export interface Parts {
   identity: Identity;
   decider: Decider;
   auditor: Auditor | undefined;
+  approvals: ApprovalService | undefined;
 }
 
 export interface BuildOptions {
@@ -67,6 +72,8 @@ export interface BuildOptions {
   spanExporter?: SpanExporter;
   /** Build without audit (the offline `toolgate eval`). */
   audit?: boolean;
+  /** Build without the approval store (the offline `toolgate eval`). */
+  approvals?: boolean;
 }
 
 function hmacKey(config: CompiledConfig, log: Logger): { key: Buffer; keyId: string } {
@@ -138,40 +145,60 @@ function buildAuditor(config: CompiledConfig, log: Logger, opts: BuildOptions): 
 }
 
 /** The composition root: builds every module from the config; nothing global. */
-export function buildParts(
+export async function buildParts(
   config: CompiledConfig,
   log: Logger = createLogger(config.log.level),
   opts: BuildOptions = {},
-): Parts {
+): Promise<Parts> {
   const bundles = new BundleManager({
     path: config.policy.bundle,
     entrypoint: config.policy.entrypoint,
     log,
     smokeTest: (engine) => smokeTest(engine, config.agent.id, log),
   });
-  const identity = new Identity({ agentId: config.agent.id, mode: config.identity.mode });
+  const identity = new Identity({
+    agentId: config.agent.id,
+    mode: config.identity.mode,
+    ...(config.identity.mode === "jwt"
+      ? { verifier: await TokenVerifier.create(config.identity.jwt) }
+      : {}),
+  });
   const auditor = opts.audit === false ? undefined : buildAuditor(config, log, opts);
+  const approvals =
+    opts.approvals === false
+      ? undefined
+      : new ApprovalService({
+          store: ApprovalStore.open(config.state.dir),
+          agentId: config.agent.id,
+          redact: (v) => (auditor ? auditor.redact(v) : v),
+          ...(auditor ? { events: auditor } : {}),
+          ...(config.approvals.webhook
+            ? { onPending: webhookNotifier(config.approvals.webhook, log) }
+            : {}),
+        });
   const decider = new Decider({
     policy: bundles,
     identity,
     requestTtlSeconds: config.approvals.requestTtlSeconds,
     ...(auditor ? { sink: auditor } : {}),
+    ...(approvals ? { approvals } : {}),
   });
-  return { config, log, bundles, identity, decider, auditor };
+  return { config, log, bundles, identity, decider, auditor, approvals };
 }
 
 export interface Toolgate extends Parts {
   agentServer: RunningServer;
+  controlServer: RunningServer | undefined;
   stop(): Promise<void>;
 }
 
-/** Builds everything, loads the bundle and starts the agent port. */
+/** Builds everything, loads the bundle and starts the agent and control ports. */
 export async function startToolgate(
   config: CompiledConfig,
   log?: Logger,
   opts: BuildOptions = {},
 ): Promise<Toolgate> {
-  const parts = buildParts(config, log, opts);
+  const parts = await buildParts(config, log, opts);
   if (config.identity.mode === "trusted") {
     parts.log.warn(
       "identity.mode is trusted: subject ids are taken as the caller sends them (development only)",
@@ -180,30 +207,61 @@ export async function startToolgate(
       },
     );
   }
+  if (
+    (config.identity.mode === "jwt" && config.identity.jwt.dev) ||
+    (config.control.enabled && config.control.jwt.dev)
+  ) {
+    parts.log.warn(
+      "the development signing key is trusted: anyone can mint tokens (development only; see config/dev/README.md)",
+      {
+        event: "identity.dev_keys",
+      },
+    );
+  }
   await parts.bundles.start();
+  const version = packageVersion();
   const agentServer = await startAgentServer({
     config,
     decider: parts.decider,
+    identity: parts.identity,
     ...(parts.auditor ? { auditor: parts.auditor } : {}),
+    ...(parts.approvals ? { approvals: parts.approvals } : {}),
     bundles: parts.bundles,
     log: parts.log,
     startedAt: new Date(),
-    version: packageVersion(),
+    version,
   });
+  const controlServer = config.control.enabled
+    ? await startControlServer({
+        config,
+        verifier: await TokenVerifier.create(config.control.jwt),
+        bundles: parts.bundles,
+        approvals: parts.approvals,
+        auditor: parts.auditor,
+        log: parts.log,
+        version,
+      })
+    : undefined;
+  const expiry = setInterval(() => parts.approvals?.expire(), 5000);
+  expiry.unref();
   parts.log.info("toolgate listening", {
     event: "server.started",
     agent_port: agentServer.url,
+    control_port: controlServer?.url ?? null,
     agent: config.agent.id,
     ready: parts.bundles.ready(),
   });
   return {
     ...parts,
     agentServer,
+    controlServer,
     async stop() {
-      await agentServer.close();
+      clearInterval(expiry);
+      await Promise.all([agentServer.close(), controlServer?.close()]);
       parts.bundles.stop();
       // flush pending spans and trail records before the process may exit
       await parts.auditor?.close();
+      parts.approvals?.close();
     },
   };
 }

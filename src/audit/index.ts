@@ -388,6 +388,63 @@ export class Auditor implements DecisionSink {
     }
   }
 
+  /**
+   * An approval event (requested, approved, denied, expired, cancelled, used,
+   * refused, revoked): a span linked to the decision it answers, a log line
+   * `approval.<event>` with the approver's identity, and a trail record.
+   */
+  approvalEvent(event: string, fields: Record<string, unknown>): void {
+    try {
+      const redacted = this.opts.redactor.redact(fields);
+      const decisionId = typeof fields.decision_id === "string" ? fields.decision_id : undefined;
+      const linked = decisionId ? this.ledger.get(decisionId)?.spanContext : undefined;
+      const attrs: Attributes = {
+        "gen_ai.agent.id": this.opts.agentId,
+        "toolgate.approval.event": event,
+      };
+      const put = (key: string, v: unknown): void => {
+        if (typeof v === "string" || typeof v === "number" || typeof v === "boolean")
+          attrs[key] = v;
+        else if (Array.isArray(v) && v.every((x) => typeof x === "string")) attrs[key] = v;
+      };
+      put("toolgate.approval.id", redacted.approval_id);
+      put("toolgate.approval.status", redacted.status);
+      put("toolgate.approval.evaluation_id", redacted.evaluation_id);
+      put("toolgate.decision.id", redacted.decision_id);
+      put("gen_ai.tool.name", redacted.tool);
+      put("toolgate.approval.initiator", redacted.initiator);
+      put("toolgate.approver.id", redacted.approver);
+      put("toolgate.approver.roles", redacted.approver_roles);
+      put("toolgate.approval.approved_until", redacted.approved_until);
+      put("toolgate.approval.refusal", redacted.why);
+      const span = this.opts.tracing.startSpan(
+        `toolgate.approval ${event}`,
+        { kind: SpanKind.INTERNAL, attributes: attrs, links: linked ? [{ context: linked }] : [] },
+        this.opts.tracing.extract({}),
+      );
+      if (event === "refused")
+        span.setStatus({
+          code: SpanStatusCode.ERROR,
+          message: typeof fields.why === "string" ? fields.why : "refused",
+        });
+      const sc = span.spanContext();
+      span.end();
+      const record = { event, ...redacted, trace_id: sc.traceId, span_id: sc.spanId };
+      const trailed = this.appendTrail("approval", record);
+      const level = event === "refused" ? "warn" : "info";
+      this.opts.log[level](`approval ${event}`, {
+        ...record,
+        event: `approval.${event}`,
+        trail_seq: trailed?.seq,
+      });
+    } catch (e) {
+      this.opts.log.error("audit failed for an approval event", {
+        event: "audit.error",
+        error: (e as Error).message,
+      });
+    }
+  }
+
   /** Appends to the trail; a trail failure is logged, never thrown. */
   appendTrail(
     kind: string,

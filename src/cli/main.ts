@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { buildParts, packageVersion, startToolgate } from "../app";
 import { auditVerifyCommand } from "./audit";
+import { devTokenCommand } from "./dev-token";
 import { compileConfig, loadConfig } from "../config";
 import { normalizeError, toolgateError } from "../errors";
 import { validateDecisionRequest } from "../http/validate";
@@ -17,6 +18,8 @@ Usage:
                                              prints the same JSON as POST /v1/decisions
   toolgate audit verify <file-or-dir…> [--json] [--allow-partial-start]
                                              check the local audit trail's hash chain
+  toolgate dev-token <user> [--roles a,b]    print a DEVELOPMENT token (alice, sam, carol, maria, olga);
+                                             refused unless the config trusts the committed dev key
   toolgate version                           print the version
   toolgate help                              this text
 
@@ -71,7 +74,10 @@ async function evalCommand(args: string[], out: Out): Promise<number> {
   if (values.agent) env.TOOLGATE_AGENT_ID = values.agent;
   if (values.entrypoint) env.TOOLGATE_ENTRYPOINT = values.entrypoint;
   const config = compileConfig({}, { ...env, TOOLGATE_LOG_LEVEL: "error" });
-  const parts = buildParts(config, createLogger("silent"), { audit: false });
+  const parts = await buildParts(config, createLogger("silent"), {
+    audit: false,
+    approvals: false,
+  });
   await parts.bundles.activate(loadBundleFromPath(config.policy.bundle));
   const text = readFileSync(values.input === "-" ? 0 : values.input, "utf8");
   let value: unknown;
@@ -95,6 +101,8 @@ export async function main(argv: string[], out: Out = stdio): Promise<number> {
         return await serve(rest, out);
       case "eval":
         return await evalCommand(rest, out);
+      case "dev-token":
+        return await devTokenCommand(rest, out);
       case "audit":
         return auditVerifyCommand(rest, out);
       case "version":

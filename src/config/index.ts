@@ -3,13 +3,24 @@ import { isIP } from "node:net";
 import { dirname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { toolgateError } from "../errors";
-import { defaultBundlePath } from "../util/paths";
+import { defaultBundlePath, devPublicKeyPath } from "../util/paths";
 import { FIELDS, type FieldSpec } from "./schema";
 
 export { FIELDS } from "./schema";
 
 /** What a config file (or nothing) plus the environment hold: unchecked. */
 export type RawConfig = Record<string, unknown>;
+
+/** How tokens are verified on one port. */
+export interface JwtConfig {
+  issuer: string;
+  audience: string;
+  keys: { kind: "public_key_file" | "jwks_file" | "jwks_url"; value: string };
+  rolesClaim: string;
+  clockSkewSeconds: number;
+  /** True while the keys are the committed development key (config/dev/). */
+  dev: boolean;
+}
 
 /** The validated configuration every module is built from. */
 export interface CompiledConfig {
@@ -20,8 +31,12 @@ export interface CompiledConfig {
     requestTimeoutMs: number;
   };
   policy: { bundle: string; embedded: boolean; entrypoint: string };
-  identity: { mode: "trusted" };
-  approvals: { requestTtlSeconds: number };
+  identity: { mode: "trusted" | "jwt"; jwt: JwtConfig };
+  control: { enabled: boolean; host: string; port: number; jwt: JwtConfig; adminRole: string };
+  approvals: {
+    requestTtlSeconds: number;
+    webhook: { url: string; secret: string } | null;
+  };
   state: { dir: string };
   audit: {
     trail: { enabled: boolean; dir: string; maxFileBytes: number };
@@ -195,6 +210,44 @@ export function compileConfig(
         `Fix: trusted identity is allowed only on loopback; set server.agent.host to 127.0.0.1.`,
     );
   }
+  const baseDirForKeys = opts.file ? dirname(opts.file) : process.cwd();
+  const jwt = (prefix: string): JwtConfig | undefined => {
+    const pk = get<string | null>(`${prefix}.public_key_file`);
+    const jf = get<string | null>(`${prefix}.jwks_file`);
+    const ju = get<string | null>(`${prefix}.jwks_url`);
+    const set = [pk, jf, ju].filter((v) => v !== null);
+    if (set.length > 1) {
+      errors.push(
+        `keys "${prefix}.public_key_file", "${prefix}.jwks_file" and "${prefix}.jwks_url" are exclusive. Fix: set only one.`,
+      );
+      return undefined;
+    }
+    const keys: JwtConfig["keys"] =
+      pk !== null
+        ? { kind: "public_key_file", value: resolve(baseDirForKeys, pk) }
+        : jf !== null
+          ? { kind: "jwks_file", value: resolve(baseDirForKeys, jf) }
+          : ju !== null
+            ? { kind: "jwks_url", value: ju }
+            : { kind: "public_key_file", value: devPublicKeyPath() };
+    return {
+      issuer: get(`${prefix}.issuer`),
+      audience: get(`${prefix}.audience`),
+      keys,
+      rolesClaim: get(`${prefix}.roles_claim`),
+      clockSkewSeconds: get(`${prefix}.clock_skew_seconds`),
+      dev: keys.kind === "public_key_file" && keys.value === devPublicKeyPath(),
+    };
+  };
+  const identityJwt = jwt("identity.jwt");
+  const controlJwt = jwt("control.jwt");
+  const webhookUrl = get<string | null>("approvals.webhook.url");
+  const webhookSecret = get<string | null>("approvals.webhook.secret");
+  if ((webhookUrl === null) !== (webhookSecret === null)) {
+    errors.push(
+      `keys "approvals.webhook.url" and "approvals.webhook.secret" go together. Fix: set both (the secret signs the body) or neither.`,
+    );
+  }
   if (errors.length > 0) {
     throw toolgateError(
       "config_invalid",
@@ -225,8 +278,21 @@ export function compileConfig(
       embedded: bundle === null,
       entrypoint: get("policy.entrypoint"),
     },
-    identity: { mode: get("identity.mode") },
-    approvals: { requestTtlSeconds: get("approvals.request_ttl_seconds") },
+    identity: { mode: get("identity.mode"), jwt: identityJwt as JwtConfig },
+    control: {
+      enabled: get("control.enabled"),
+      host: get("control.host"),
+      port: get("control.port"),
+      jwt: controlJwt as JwtConfig,
+      adminRole: get("control.admin_role"),
+    },
+    approvals: {
+      requestTtlSeconds: get("approvals.request_ttl_seconds"),
+      webhook:
+        webhookUrl !== null && webhookSecret !== null
+          ? { url: webhookUrl, secret: webhookSecret }
+          : null,
+    },
     state: { dir: stateDir },
     audit: {
       trail: {

@@ -24,6 +24,61 @@ export interface FieldSpec {
 
 export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/;
 
+/** The token-verification keys shared by the agent port (jwt mode) and the control port. */
+function jwtFields(prefix: string, envPrefix: string, audience: string, what: string): FieldSpec[] {
+  return [
+    {
+      key: `${prefix}.issuer`,
+      env: `${envPrefix}_ISSUER`,
+      type: { kind: "string", pattern: /^\S{1,512}$/, patternHint: "the expected `iss`" },
+      default: "toolgate-dev",
+      doc: `Expected token issuer (\`iss\`) on ${what}. The default is the development issuer.`,
+    },
+    {
+      key: `${prefix}.audience`,
+      env: `${envPrefix}_AUDIENCE`,
+      type: { kind: "string", pattern: /^\S{1,512}$/, patternHint: "the expected `aud`" },
+      default: audience,
+      doc: `Expected token audience (\`aud\`) on ${what}.`,
+    },
+    {
+      key: `${prefix}.public_key_file`,
+      env: `${envPrefix}_PUBLIC_KEY_FILE`,
+      type: { kind: "path" },
+      default: null,
+      doc: `PEM public key (SPKI) that signs tokens for ${what}. Set one of this, \`jwks_file\` or \`jwks_url\`; with none, the development key in config/dev/ (development only).`,
+    },
+    {
+      key: `${prefix}.jwks_file`,
+      env: `${envPrefix}_JWKS_FILE`,
+      type: { kind: "path" },
+      default: null,
+      doc: `A JWKS file with the keys that sign tokens for ${what}.`,
+    },
+    {
+      key: `${prefix}.jwks_url`,
+      env: `${envPrefix}_JWKS_URL`,
+      type: { kind: "string", pattern: /^https?:\/\/\S+$/, patternHint: "an http(s) URL" },
+      default: null,
+      doc: `A JWKS URL with the keys that sign tokens for ${what} (fetched and cached).`,
+    },
+    {
+      key: `${prefix}.roles_claim`,
+      env: `${envPrefix}_ROLES_CLAIM`,
+      type: { kind: "string", pattern: /^[A-Za-z0-9_:./-]{1,128}$/, patternHint: "a claim name" },
+      default: "roles",
+      doc: `The claim holding the caller's roles (an array of strings) on ${what}.`,
+    },
+    {
+      key: `${prefix}.clock_skew_seconds`,
+      env: `${envPrefix}_CLOCK_SKEW_SECONDS`,
+      type: { kind: "int", min: 0, max: 600 },
+      default: 30,
+      doc: `Clock skew tolerated for \`exp\`/\`nbf\` on ${what}.`,
+    },
+  ];
+}
+
 export const FIELDS: readonly FieldSpec[] = [
   {
     key: "agent.id",
@@ -95,9 +150,59 @@ export const FIELDS: readonly FieldSpec[] = [
   {
     key: "identity.mode",
     env: "TOOLGATE_IDENTITY_MODE",
-    type: { kind: "enum", values: ["trusted"] },
+    type: { kind: "enum", values: ["trusted", "jwt"] },
     default: "trusted",
-    doc: "How the subject is established. `trusted`: the caller's subject.id is taken as given (development; loopback only, warned at start).",
+    doc: "How the subject is established. `jwt`: the user's token in `Authorization: Bearer …`, verified (signature, issuer, audience, expiry); `subject.id` must equal its `sub`. `trusted`: the caller's subject.id is taken as given (development; loopback only, warned at start).",
+  },
+  ...jwtFields(
+    "identity.jwt",
+    "TOOLGATE_IDENTITY_JWT",
+    "toolgate-agent",
+    "the agent port (identity.mode jwt)",
+  ),
+  {
+    key: "control.enabled",
+    env: "TOOLGATE_CONTROL_ENABLED",
+    type: { kind: "bool" },
+    default: true,
+    doc: "Run the control port (approvals, administration). Every route but health needs a verified bearer token.",
+  },
+  {
+    key: "control.host",
+    env: "TOOLGATE_CONTROL_HOST",
+    type: { kind: "host" },
+    default: "127.0.0.1",
+    doc: "Listen address of the control port. Expose it (0.0.0.0 in a pod) only behind a NetworkPolicy.",
+  },
+  {
+    key: "control.port",
+    env: "TOOLGATE_CONTROL_PORT",
+    type: { kind: "int", min: 0, max: 65535 },
+    default: 8182,
+    doc: "Port of the control API. 0 picks a free port.",
+  },
+  ...jwtFields("control.jwt", "TOOLGATE_CONTROL_JWT", "toolgate-control", "the control port"),
+  {
+    key: "control.admin_role",
+    env: "TOOLGATE_CONTROL_ADMIN_ROLE",
+    type: { kind: "string", pattern: ID_PATTERN, patternHint: "a role name" },
+    default: "admin",
+    doc: "The token role that may use administrative routes.",
+  },
+  {
+    key: "approvals.webhook.url",
+    env: "TOOLGATE_APPROVALS_WEBHOOK_URL",
+    type: { kind: "string", pattern: /^https?:\/\/\S+$/, patternHint: "an http(s) URL" },
+    default: null,
+    doc: "If set, every new pending approval task is POSTed here (JSON, HMAC-signed with the secret below; retried with backoff).",
+  },
+  {
+    key: "approvals.webhook.secret",
+    env: "TOOLGATE_APPROVALS_WEBHOOK_SECRET",
+    type: { kind: "string", pattern: /^.{16,}$/s, patternHint: "at least 16 characters" },
+    default: null,
+    doc: "Key for the webhook's `X-Toolgate-Signature: sha256=<hex HMAC of the body>`. Required with the URL. Never logged.",
+    secret: true,
   },
   {
     key: "approvals.request_ttl_seconds",

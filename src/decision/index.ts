@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { isToolgateError, normalizeError, toolgateError, type ToolgateError } from "../errors";
-import type { Identity } from "../identity";
+import type { Identity, Principal } from "../identity";
+import type { ApprovalCheck, ApprovalService } from "../approvals/service";
 import type { PolicyEngine } from "../policy/engine";
 import { checkPolicyOutput } from "./output";
 import type {
@@ -29,6 +30,8 @@ export interface DeciderOptions {
   newId?: () => string;
   /** Audit: receives every decision and refusal. */
   sink?: DecisionSink;
+  /** Approvals: records needs_approval evaluations and checks presented approvals. */
+  approvals?: ApprovalService;
 }
 
 /** Reason codes toolgate itself puts on a deny when the policy cannot answer. */
@@ -70,7 +73,7 @@ export class Decider {
     const nowNs = nowMs * 1e6;
     let verified: VerifiedFacts | undefined;
     try {
-      verified = this.opts.identity.verify(req, nowNs);
+      verified = this.opts.identity.verify(req, nowNs, meta.caller as Principal | undefined);
       if (this.opts.policy.active() === undefined) throw toolgateError("policy_unavailable");
     } catch (e) {
       const err = normalizeError(e);
@@ -78,13 +81,6 @@ export class Decider {
       throw err;
     }
     const engine = this.opts.policy.active() as PolicyEngine;
-    const input = `{"request":${requestJson ?? JSON.stringify(req)},"verified":${JSON.stringify(verified)}}`;
-    let out: PolicyOutput | ToolgateError;
-    try {
-      out = checkPolicyOutput(engine.evaluateJson(input, nowNs));
-    } catch (e) {
-      out = isToolgateError(e) ? e : normalizeError(e, "policy_evaluation_failed");
-    }
     const decision: Decision = {
       decision_id: this.newId(),
       outcome: "deny",
@@ -93,6 +89,20 @@ export class Decider {
       policy: { bundle: engine.info.bundle, revision: engine.info.revision },
       evaluated_at: new Date(nowMs).toISOString(),
     };
+    const check: ApprovalCheck = this.opts.approvals?.check(req, nowMs) ?? { kind: "none" };
+    if (check.kind === "deny") {
+      decision.reasons = [{ code: check.code, message: check.message }];
+      this.opts.sink?.decided(decision, req, verified, meta, undefined);
+      return decision;
+    }
+    if (check.kind === "verified") verified.approval = check.approval;
+    const input = `{"request":${requestJson ?? JSON.stringify(req)},"verified":${JSON.stringify(verified)}}`;
+    let out: PolicyOutput | ToolgateError;
+    try {
+      out = checkPolicyOutput(engine.evaluateJson(input, nowNs));
+    } catch (e) {
+      out = isToolgateError(e) ? e : normalizeError(e, "policy_evaluation_failed");
+    }
     if (isToolgateError(out)) {
       const code =
         out.code === "policy_output_invalid" || out.code === "unknown_obligation"
@@ -113,7 +123,36 @@ export class Decider {
         expires_at: new Date(nowMs + this.opts.requestTtlSeconds * 1000).toISOString(),
       };
     }
+    this.applyApproval(decision, check);
+    if (decision.access_request !== undefined && verified !== undefined) {
+      this.opts.approvals?.recordNeedsApproval(decision, req, verified);
+    }
     this.opts.sink?.decided(decision, req, verified, meta, out.mask);
     return decision;
+  }
+
+  /** How a presented approval changes the policy's answer (see ApprovalService.check). */
+  private applyApproval(d: Decision, check: ApprovalCheck): void {
+    const approvals = this.opts.approvals;
+    if (approvals === undefined || check.kind === "none" || check.kind === "deny") return;
+    if (check.kind === "ignored" && d.outcome === "needs_approval") {
+      d.reasons = [...d.reasons, { code: check.code, message: check.message }];
+    } else if (check.kind === "expired" && d.outcome === "needs_approval") {
+      // denied, but with a fresh access request the agent may submit
+      d.outcome = "deny";
+      d.reasons = [{ code: "approval_expired", message: check.message }, ...d.reasons];
+    } else if (check.kind === "verified" && d.outcome === "allow") {
+      if (!check.singleUse) approvals.used(check.taskId, d.decision_id);
+      else if (!approvals.consume(check.taskId, d.decision_id)) {
+        d.outcome = "deny";
+        d.reasons = [
+          {
+            code: "approval_used",
+            message: `approval ${check.taskId} was already used (single use)`,
+          },
+        ];
+        d.obligations = [];
+      }
+    }
   }
 }

@@ -60,6 +60,14 @@ export interface VerifiedFacts {
   agent: { id: string };
   subject: { id: string; method: "trusted" | "jwt"; claims?: Record<string, unknown> };
   time_ns: number;
+  /** Present only when toolgate verified an approval bound to this exact request. */
+  approval?: {
+    id: string;
+    state: "approved";
+    approver: { id: string; roles: string[] };
+    single_use: boolean;
+    expires_at_ns: number;
+  };
 }
 
 /** A finished decision: what every face shapes its response from and audit records. */
@@ -89,6 +97,8 @@ export interface DecisionMeta {
   startTimeMs?: number;
   trace?: unknown;
   http?: { method: string; path: string };
+  /** The caller's verified token (identity mode jwt). */
+  caller?: { id: string; roles: string[]; method: "jwt"; claims: Record<string, unknown> };
 }
 
 /** Receives every finished decision and every refusal (audit implements it). */

@@ -6,7 +6,9 @@ import type { BundleManager } from "../bundles";
 import type { CompiledConfig } from "../config";
 import { recordAction, type ActionReport } from "../audit/actions";
 import type { Auditor } from "../audit";
+import type { ApprovalService } from "../approvals/service";
 import type { Decider, DecisionMeta, Face } from "../decision";
+import type { Identity } from "../identity";
 import { toolgateError, type ToolgateError } from "../errors";
 import type { Logger } from "../util/log";
 import { readJson, type ParsedBody } from "./body";
@@ -14,11 +16,13 @@ import { authzenConfiguration, authzenEvaluation, authzenEvaluations } from "./f
 import { nativeDecision } from "./faces/native";
 import { opaData, toOpaError } from "./faces/opa";
 import { sendError, sendJson } from "./respond";
-import { validateAgainst } from "./validate";
+import { validateAgainst, validateDecisionRequest } from "./validate";
 
 export interface AgentServerDeps {
   config: CompiledConfig;
   decider: Decider;
+  identity: Identity;
+  approvals?: ApprovalService;
   auditor?: Auditor;
   bundles: BundleManager;
   log: Logger;
@@ -53,7 +57,7 @@ function hasBody(req: IncomingMessage): boolean {
  * status. It has no route that approves, administers or loads policy.
  */
 export function createAgentApp(deps: AgentServerDeps): express.Express {
-  const { config, decider, bundles, log, auditor } = deps;
+  const { config, decider, bundles, log, auditor, identity, approvals } = deps;
   const limits = config.server.limits;
   const app = express();
   app.disable("x-powered-by");
@@ -76,9 +80,11 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
         trace: auditor?.traceMeta(req.headers),
       };
       try {
+        const caller = await identity.authenticate(req.headers);
+        if (caller !== undefined) meta.caller = caller;
         const body = bodyOptional && !hasBody(req) ? undefined : await readJson(req, limits);
         const result = handler(req, res, body, meta);
-        sendJson(res, 200, result);
+        sendJson(res, res.statusCode, result);
       } catch (e) {
         const err = sendError(res, e, render);
         if (err.status >= 500 && err.code !== "policy_unavailable") {
@@ -92,6 +98,12 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
       }
     };
   const plain = (err: ToolgateError): unknown => err.toJSON();
+  const baseUrl = (req: Request): string => {
+    const host = req.headers.host;
+    return typeof host === "string" && /^[A-Za-z0-9.[\]:-]{1,255}$/.test(host)
+      ? `http://${host}`
+      : `http://${config.server.agent.host}:${config.server.agent.port}`;
+  };
   const batchSpan = auditor
     ? (meta: DecisionMeta) => {
         const span = auditor.startRequestSpan(
@@ -120,8 +132,8 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
   // --- AuthZEN 1.0 ----------------------------------------------------------
   app.post(
     "/access/v1/evaluation",
-    post("authzen", plain, (_q, _s, body, meta) =>
-      authzenEvaluation(decider, body as ParsedBody, meta),
+    post("authzen", plain, (q, _s, body, meta) =>
+      authzenEvaluation(decider, body as ParsedBody, meta, baseUrl(q)),
     ),
   );
   app.all("/access/v1/evaluation", notAllowed("POST"));
@@ -133,12 +145,53 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
   );
   app.all("/access/v1/evaluations", notAllowed("POST"));
   app.get("/.well-known/authzen-configuration", (req, res) => {
-    const host = req.headers.host;
-    const base =
-      typeof host === "string" && /^[A-Za-z0-9.[\]:-]{1,255}$/.test(host)
-        ? `http://${host}`
-        : `http://${config.server.agent.host}:${config.server.agent.port}`;
-    sendJson(res, 200, authzenConfiguration(base));
+    const meta = authzenConfiguration(baseUrl(req));
+    if (approvals) meta.access_request_endpoint = `${baseUrl(req)}/access/v1/requests`;
+    sendJson(res, 200, meta);
+  });
+
+  // --- AuthZEN Access Request and Approval profile (the agent's side) --------
+  const needApprovals = (): ApprovalService => {
+    if (approvals === undefined) throw toolgateError("not_found", "approvals are not enabled");
+    return approvals;
+  };
+  app.post(
+    "/access/v1/requests",
+    post("authzen", plain, (q, s, body, meta) => {
+      const value = (body as ParsedBody).value;
+      const req = validateDecisionRequest(value);
+      identity.anchorAgent(req);
+      if (meta.caller !== undefined && meta.caller.id !== req.subject.id) {
+        throw toolgateError(
+          "subject_mismatch",
+          "the access request's subject is not the token's subject",
+        );
+      }
+      const key = q.headers["idempotency-key"];
+      const { created, view } = needApprovals().submit(
+        value as Record<string, unknown>,
+        typeof key === "string" && key.length > 0 && key.length <= 256 ? key : undefined,
+        baseUrl(q),
+      );
+      s.status(created ? 201 : 200);
+      s.setHeader("Location", (view.task as { status_endpoint: string }).status_endpoint);
+      return view;
+    }),
+  );
+  app.all("/access/v1/requests", notAllowed("POST"));
+  app.get("/access/v1/requests/:id", (req, res) => {
+    try {
+      sendJson(res, 200, needApprovals().get(req.params.id, baseUrl(req)));
+    } catch (e) {
+      sendError(res, e, plain);
+    }
+  });
+  app.post("/access/v1/requests/:id/cancel", (req, res) => {
+    try {
+      sendJson(res, 200, needApprovals().cancel(req.params.id, baseUrl(req)));
+    } catch (e) {
+      sendError(res, e, plain);
+    }
   });
 
   // --- OPA Data API ---------------------------------------------------------

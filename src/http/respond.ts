@@ -26,6 +26,7 @@ export function sendError(
   const err = normalizeError(e);
   const headers: Record<string, string> = {};
   if (err.code === "policy_unavailable") headers["Retry-After"] = "1";
+  if (err.code === "unauthenticated") headers["WWW-Authenticate"] = 'Bearer realm="toolgate"';
   if (err.status === 413 || err.status === 400) headers.Connection = "close";
   if (!res.headersSent) sendJson(res, err.status, render(err), headers);
   return err;

@@ -1,10 +1,16 @@
 import { toolgateError } from "../errors";
 import type { DecisionRequest, VerifiedFacts } from "../decision/types";
+import type { TokenVerifier } from "./jwt";
+import { bearerToken, type Principal } from "./jwt";
+
+export { bearerToken, TokenVerifier, type Principal } from "./jwt";
 
 export interface IdentityOptions {
   /** The agent this sidecar serves: configuration, never a request field. */
   agentId: string;
-  mode: "trusted";
+  mode: "trusted" | "jwt";
+  /** Verifies users' tokens in `jwt` mode. */
+  verifier?: TokenVerifier;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -19,19 +25,35 @@ function isObject(v: unknown): v is Record<string, unknown> {
  * other than the configured one is refused with `agent_mismatch`; it never
  * overrides the configured identity.
  *
- * Subject: in `trusted` mode (development, loopback only) the caller's
- * `subject.id` is taken as given and marked `method: "trusted"`, so a policy
- * can tell.
+ * Subject: in `jwt` mode the user's bearer token is verified and `subject.id`
+ * must equal its `sub` (else `subject_mismatch`, before any evaluation); in
+ * `trusted` mode (development, loopback only) the caller's `subject.id` is
+ * taken as given and marked `method: "trusted"`, so a policy can tell.
  */
 export class Identity {
   private readonly opts: IdentityOptions;
 
   constructor(opts: IdentityOptions) {
+    if (opts.mode === "jwt" && opts.verifier === undefined) {
+      throw new Error("Identity: jwt mode needs a TokenVerifier");
+    }
     this.opts = opts;
   }
 
   get agentId(): string {
     return this.opts.agentId;
+  }
+
+  get mode(): "trusted" | "jwt" {
+    return this.opts.mode;
+  }
+
+  /** In jwt mode: verifies the caller's bearer token (async: keys may be remote). */
+  async authenticate(
+    headers: Record<string, string | string[] | undefined>,
+  ): Promise<Principal | undefined> {
+    if (this.opts.mode !== "jwt") return undefined;
+    return (this.opts.verifier as TokenVerifier).verify(bearerToken(headers));
   }
 
   /** Throws `agent_mismatch` when the request names another agent. */
@@ -55,11 +77,30 @@ export class Identity {
   }
 
   /** The verified facts handed to the policy as `input.verified`. */
-  verify(req: DecisionRequest, nowNs: number): VerifiedFacts {
+  verify(req: DecisionRequest, nowNs: number, caller?: Principal): VerifiedFacts {
     this.anchorAgent(req);
+    if (this.opts.mode === "jwt") {
+      if (caller === undefined)
+        throw toolgateError("unauthenticated", "a bearer token is required in identity mode jwt");
+      if (req.subject.id !== caller.id) {
+        throw toolgateError(
+          "subject_mismatch",
+          `subject.id ${JSON.stringify(req.subject.id)} is not the token's subject ${JSON.stringify(caller.id)}`,
+        );
+      }
+      return {
+        agent: { id: this.opts.agentId },
+        subject: {
+          id: caller.id,
+          method: "jwt",
+          claims: { ...caller.claims, roles: caller.roles },
+        },
+        time_ns: nowNs,
+      };
+    }
     return {
       agent: { id: this.opts.agentId },
-      subject: { id: req.subject.id, method: this.opts.mode },
+      subject: { id: req.subject.id, method: "trusted" },
       time_ns: nowNs,
     };
   }

@@ -23,3 +23,12 @@ export function packageRoot(): string {
 export function defaultBundlePath(): string {
   return join(packageRoot(), "bundles", "support-triage.tar.gz");
 }
+
+/** The committed development signing key pair (config/dev/, development only). */
+export function devPublicKeyPath(): string {
+  return join(packageRoot(), "config", "dev", "dev-signing-key.pub.pem");
+}
+
+export function devPrivateKeyPath(): string {
+  return join(packageRoot(), "config", "dev", "dev-signing-key.pem");
+}

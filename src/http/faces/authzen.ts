@@ -16,8 +16,12 @@ export const EVALUATIONS_SEMANTICS = [
 ] as const;
 type Semantic = (typeof EVALUATIONS_SEMANTICS)[number];
 
-/** Shapes a toolgate Decision as an AuthZEN decision (needs_approval → the approval profile's requestable denial). */
-export function toAuthzen(d: Decision): AuthzenDecision {
+/**
+ * Shapes a toolgate Decision as an AuthZEN decision. needs_approval (and a
+ * deny that offers a fresh request, e.g. approval_expired) becomes the Access
+ * Request and Approval profile's requestable denial.
+ */
+export function toAuthzen(d: Decision, baseUrl?: string): AuthzenDecision {
   const context: Record<string, unknown> = { decision_id: d.decision_id };
   if (d.outcome === "allow") {
     if (d.obligations.length > 0) context.obligations = d.obligations;
@@ -26,10 +30,12 @@ export function toAuthzen(d: Decision): AuthzenDecision {
   context.reason =
     d.outcome === "needs_approval" ? "approval_required" : (d.reasons[0]?.code ?? "denied");
   context.reasons = d.reasons;
-  if (d.outcome === "needs_approval" && d.access_request !== undefined) {
+  if (d.access_request !== undefined) {
     context.evaluation_id = d.access_request.evaluation_id;
     context.evaluated_at = d.evaluated_at;
-    context.access_request = { expires_at: d.access_request.expires_at };
+    const ar: Record<string, unknown> = { expires_at: d.access_request.expires_at };
+    if (baseUrl !== undefined) ar.endpoint = `${baseUrl}/access/v1/requests`;
+    context.access_request = ar;
     if (d.approval !== undefined) context.approval_requirement = d.approval;
   }
   return { decision: false, context };
@@ -40,9 +46,10 @@ export function authzenEvaluation(
   decider: Decider,
   body: ParsedBody,
   meta: DecisionMeta,
+  baseUrl?: string,
 ): AuthzenDecision {
   const req = validateDecisionRequest(body.value);
-  return toAuthzen(decider.decide(req, body.text, meta));
+  return toAuthzen(decider.decide(req, body.text, meta), baseUrl);
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {

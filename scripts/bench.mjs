@@ -1,0 +1,782 @@
+#!/usr/bin/env node
+// toolgate's benchmark: toolgate side by side with a real OPA server on this
+// machine, same Rego, same inputs, same load generator (autocannon).
+//
+//   npm run bench                  full run (~4-5 min), writes docs/benchmarks.md
+//   npm run bench -- --quick       smoke run (1 round x 2 s); writes <tmp>/benchmarks.md
+//                                  unless --out is given
+//   options: --no-build (use dist/ as is), --out <file>, --rounds N, --duration S,
+//            --conns 1,16,64, --keep (keep the temp dir), --cpu-prof <dir>
+//            (run the audit-on toolgate under node --cpu-prof, profile in <dir>)
+//
+// What it does, in one run: builds dist/ (tsc), builds a plain Rego bundle
+// from rego/ for OPA, starts a local OTLP/HTTP receiver, OPA (`opa run
+// --server`), toolgate with audit on (spans to the receiver, decision logs to a
+// file, trail on) and toolgate with audit off; checks that all of them give the
+// same outcome and reason codes for every request of the mix; then drives them
+// in alternating order per round at each concurrency; then times in-process
+// evaluation (scripts/bench/inproc.mjs); then writes the report.
+import { spawn, spawnSync } from "node:child_process";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { createRequire } from "node:module";
+import { MIX, policyInput } from "./bench/mix.mjs";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const require = createRequire(import.meta.url);
+const autocannon = require("autocannon");
+const NODE = process.execPath;
+
+// ---- options ----------------------------------------------------------------------
+
+const argv = process.argv.slice(2);
+const flag = (n) => argv.includes(n);
+const opt = (n, d) => {
+  const i = argv.indexOf(n);
+  return i >= 0 && i + 1 < argv.length ? argv[i + 1] : d;
+};
+const QUICK = flag("--quick");
+const ROUNDS = Number(opt("--rounds", QUICK ? 1 : 3));
+const DURATION = Number(opt("--duration", QUICK ? 2 : 5)); // seconds per measured run
+const WARMUP = QUICK ? 1 : 2; // seconds per target and concurrency, unmeasured
+const CONNS = opt("--conns", "1,16,64").split(",").map(Number);
+const AUDIT_CONNS = CONNS[Math.floor(CONNS.length / 2)];
+const INPROC_ITERS = QUICK ? 2000 : 20000;
+const TMP = fs.mkdtempSync(path.join(os.tmpdir(), "toolgate-bench-"));
+const OUT = path.resolve(
+  opt("--out", QUICK ? path.join(TMP, "benchmarks.md") : path.join(ROOT, "docs", "benchmarks.md")),
+);
+const CPU_PROF = opt("--cpu-prof", undefined);
+const TG_PATHS = ["/v1/decisions", "/v1/data/toolgate/decision"];
+const CLK_TCK =
+  Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
+const HMAC_KEY = "bench-key-0123456789abcdef";
+
+const log = (...a) => console.error("bench:", ...a);
+class Fail extends Error {}
+const fail = (m) => {
+  throw new Fail(m);
+};
+
+// ---- child processes ----------------------------------------------------------------
+
+const children = [];
+function cleanup() {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGTERM");
+  if (!flag("--keep")) fs.rmSync(TMP, { recursive: true, force: true });
+}
+process.on("exit", cleanup);
+for (const s of ["SIGINT", "SIGTERM"]) process.on(s, () => process.exit(130));
+
+function run(cmd, args, what, opts = {}) {
+  const r = spawnSync(cmd, args, { cwd: ROOT, encoding: "utf8", maxBuffer: 64 << 20, ...opts });
+  if (r.error) fail(`${what}: ${r.error.message}`);
+  if (r.status !== 0) fail(`${what} failed (exit ${r.status}):\n${r.stderr || r.stdout}`);
+  return r.stdout;
+}
+
+function start(name, cmd, args, env, logFile) {
+  const out = fs.openSync(path.join(TMP, `${logFile ?? name}.log`), "w");
+  const child = spawn(cmd, args, { cwd: ROOT, env, stdio: ["ignore", out, out] });
+  child.benchName = name;
+  children.push(child);
+  child.on("exit", (code, sig) => {
+    if (!child.stopping)
+      log(`${name} exited early (code ${code}, signal ${sig}); see ${TMP}/${logFile ?? name}.log`);
+  });
+  return child;
+}
+
+function stop(child) {
+  child.stopping = true;
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const t = setTimeout(() => child.kill("SIGKILL"), 5000);
+    child.once("exit", () => {
+      clearTimeout(t);
+      resolve();
+    });
+    child.kill("SIGTERM");
+  });
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitReady(url, child, timeoutMs = 30000) {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    if (child.exitCode !== null) fail(`${child.benchName} exited before it was ready (see ${TMP})`);
+    try {
+      const r = await fetch(url);
+      if (r.ok) return;
+    } catch {
+      /* not yet */
+    }
+    await sleep(100);
+  }
+  fail(`${child.benchName} not ready at ${url} after ${timeoutMs} ms`);
+}
+
+// ---- /proc ------------------------------------------------------------------------------
+
+function cpuSeconds(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime + stime
+}
+
+function statusKb(pid, key) {
+  const m = fs
+    .readFileSync(`/proc/${pid}/status`, "utf8")
+    .match(new RegExp(`^${key}:\\s+(\\d+) kB`, "m"));
+  return m ? Number(m[1]) : NaN;
+}
+
+// ---- machine ----------------------------------------------------------------------------
+
+function machine(opaBin) {
+  const cpuinfo = fs.readFileSync("/proc/cpuinfo", "utf8");
+  const model = cpuinfo.match(/^model name\s*:\s*(.*)$/m)?.[1] ?? "unknown";
+  const mem = fs.readFileSync("/proc/meminfo", "utf8").match(/^MemTotal:\s+(\d+) kB/m);
+  const opaVersion =
+    run(opaBin, ["version"], "opa version").match(/^Version:\s*(.*)$/m)?.[1] ?? "?";
+  const acVersion = require("autocannon/package.json").version;
+  return {
+    nproc: os.availableParallelism?.() ?? os.cpus().length,
+    model,
+    memGiB: mem ? (Number(mem[1]) / 1024 / 1024).toFixed(1) : "?",
+    kernel: os.release(),
+    node: process.version,
+    opa: opaVersion,
+    autocannon: acVersion,
+    load: os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(" "),
+  };
+}
+
+// ---- targets ------------------------------------------------------------------------------
+
+const NOW_NS = Date.now() * 1e6;
+
+/** The requests autocannon cycles through, per target. */
+function requestsFor(target) {
+  return MIX.map((m) => ({
+    method: "POST",
+    path: target.path,
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(
+      target.kind === "opa"
+        ? { input: policyInput(m.req, NOW_NS) }
+        : target.path === "/v1/decisions"
+          ? m.req
+          : { input: m.req },
+    ),
+  }));
+}
+
+/** Outcome and sorted reason codes from a response body of any of the three shapes. */
+function outcomeOf(target, json) {
+  const d = target.path === "/v1/decisions" ? json : json?.result;
+  return {
+    outcome: d?.outcome,
+    codes: (d?.reasons ?? [])
+      .map((r) => r.code)
+      .sort()
+      .join(","),
+  };
+}
+
+async function verify(targets) {
+  const rows = [];
+  for (let i = 0; i < MIX.length; i++) {
+    const got = [];
+    for (const t of targets) {
+      const r = requestsFor(t)[i];
+      const res = await fetch(t.base + r.path, {
+        method: "POST",
+        headers: r.headers,
+        body: r.body,
+      });
+      const json = await res.json().catch(() => undefined);
+      if (res.status !== 200)
+        fail(
+          `verify: ${t.label} answered ${res.status} for "${MIX[i].name}": ${JSON.stringify(json)}`,
+        );
+      got.push(outcomeOf(t, json));
+    }
+    const first = got[0];
+    for (let k = 1; k < got.length; k++) {
+      if (got[k].outcome !== first.outcome || got[k].codes !== first.codes) {
+        fail(
+          `verify: "${MIX[i].name}": ${targets[0].label} says ${first.outcome} [${first.codes}], ${targets[k].label} says ${got[k].outcome} [${got[k].codes}]`,
+        );
+      }
+    }
+    if (first.outcome !== MIX[i].outcome || !first.codes.split(",").includes(MIX[i].code)) {
+      fail(
+        `verify: "${MIX[i].name}": all say ${first.outcome} [${first.codes}], the reference table says ${MIX[i].outcome} ${MIX[i].code}`,
+      );
+    }
+    rows.push({ name: MIX[i].name, outcome: first.outcome, codes: first.codes });
+  }
+  return rows;
+}
+
+// ---- load --------------------------------------------------------------------------------
+
+function pct(sorted, p) {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
+}
+
+/** One autocannon run against one target; returns throughput, latency percentiles, CPU and RSS. */
+async function load(target, connections, seconds) {
+  const lat = [];
+  let bad = 0;
+  const cpu0 = cpuSeconds(target.pid);
+  const self0 = process.cpuUsage();
+  const t0 = process.hrtime.bigint();
+  const result = await new Promise((resolve, reject) => {
+    const inst = autocannon(
+      {
+        url: target.base,
+        connections,
+        duration: seconds,
+        requests: requestsFor(target),
+        timeout: 10,
+      },
+      (err, res) => (err ? reject(err) : resolve(res)),
+    );
+    inst.on("response", (_client, status, _bytes, responseTime) => {
+      lat.push(responseTime);
+      if (status !== 200) bad++;
+    });
+  });
+  const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+  const cpu = cpuSeconds(target.pid) - cpu0;
+  const selfCpu = process.cpuUsage(self0);
+  const s = Float64Array.from(lat).sort();
+  const errors = result.errors + result.timeouts + bad;
+  if (errors > 0)
+    fail(
+      `${target.label} c=${connections}: ${result.errors} errors, ${result.timeouts} timeouts, ${bad} non-200 answers`,
+    );
+  return {
+    rps: s.length / wall,
+    n: s.length,
+    p50: pct(s, 50),
+    p99: pct(s, 99),
+    p999: pct(s, 99.9),
+    cpuCores: cpu / wall,
+    cpuUsPerReq: (cpu * 1e6) / s.length,
+    loadgenCores: (selfCpu.user + selfCpu.system) / 1e6 / wall,
+    hwmMB: statusKb(target.pid, "VmHWM") / 1024,
+  };
+}
+
+// ---- statistics ----------------------------------------------------------------------------
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const f = (x, d = 2) => (Number.isFinite(x) ? x.toFixed(d) : "n/a");
+const spread = (xs, d = 2) =>
+  xs.length > 1 ? `${f(Math.min(...xs), d)}–${f(Math.max(...xs), d)}` : f(xs[0], d);
+
+// ---- main ------------------------------------------------------------------------------------
+
+async function main() {
+  const started = Date.now();
+  if (!flag("--no-build")) {
+    log("building dist/ (tsc -p tsconfig.build.json)");
+    run(
+      NODE,
+      [path.join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.build.json"],
+      "tsc",
+    );
+  }
+  const opaBin = run(path.join(ROOT, "scripts", "tools.sh"), ["opa"], "scripts/tools.sh opa")
+    .trim()
+    .split("\n")
+    .pop();
+  const regoBundle = path.join(TMP, "rego-bundle.tar.gz");
+  run(
+    opaBin,
+    [
+      "build",
+      "-b",
+      "rego",
+      "--ignore",
+      "*_test.rego",
+      "--ignore",
+      "capabilities.json",
+      "-o",
+      regoBundle,
+    ],
+    "opa build (rego bundle)",
+  );
+  const wasmBundle = path.join(ROOT, "bundles", "support-triage.tar.gz");
+  const mach = machine(opaBin);
+  log(
+    `machine: ${mach.nproc} cpus, ${mach.model}, node ${mach.node}, opa ${mach.opa}; temp ${TMP}`,
+  );
+
+  // Base environment without inherited OTEL_* / TOOLGATE_* settings.
+  const baseEnv = Object.fromEntries(
+    Object.entries(process.env).filter(
+      ([k]) => !k.startsWith("OTEL_") && !k.startsWith("TOOLGATE_"),
+    ),
+  );
+
+  const receiver = start(
+    "otlp-receiver",
+    NODE,
+    [path.join(ROOT, "scripts", "bench", "otlp-receiver.mjs")],
+    baseEnv,
+  );
+  const receiverPort = await new Promise((resolve, reject) => {
+    const file = path.join(TMP, "otlp-receiver.log");
+    const t0 = Date.now();
+    const poll = () => {
+      const txt = fs.readFileSync(file, "utf8").trim();
+      if (/^\d+$/.test(txt)) resolve(Number(txt));
+      else if (Date.now() - t0 > 10000) reject(new Fail("OTLP receiver did not start"));
+      else setTimeout(poll, 50);
+    };
+    poll();
+  });
+
+  const opaPort = await freePort();
+  const opaProc = start(
+    "opa",
+    opaBin,
+    [
+      "run",
+      "--server",
+      "--addr",
+      `127.0.0.1:${opaPort}`,
+      "--bundle",
+      regoBundle,
+      "--skip-version-check",
+      "--log-level",
+      "error",
+      "--log-level-request",
+      "error",
+    ],
+    baseEnv,
+  );
+
+  async function startToolgate(name, audit) {
+    const port = await freePort();
+    const stateDir = path.join(TMP, `state-${name}`);
+    fs.mkdirSync(stateDir);
+    const env = {
+      ...baseEnv,
+      TOOLGATE_AGENT_PORT: String(port),
+      TOOLGATE_STATE_DIR: stateDir,
+      TOOLGATE_BUNDLE: wasmBundle,
+      TOOLGATE_AUDIT_HMAC_KEY: HMAC_KEY,
+      ...(audit
+        ? {
+            TOOLGATE_LOG_LEVEL: "info",
+            TOOLGATE_AUDIT_TRAIL_ENABLED: "true",
+            TOOLGATE_AUDIT_LOG_DECISIONS: "true",
+            OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiverPort}`,
+            OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
+            OTEL_SERVICE_NAME: "toolgate-bench",
+          }
+        : {
+            TOOLGATE_LOG_LEVEL: "error",
+            OTEL_SDK_DISABLED: "true",
+            TOOLGATE_AUDIT_TRAIL_ENABLED: "false",
+            TOOLGATE_AUDIT_LOG_DECISIONS: "false",
+          }),
+    };
+    const nodeArgs =
+      audit && CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(CPU_PROF)}`] : [];
+    const child = start(
+      name,
+      NODE,
+      [...nodeArgs, path.join(ROOT, "bin", "toolgate.js"), "serve"],
+      env,
+    );
+    return { child, port };
+  }
+  const tgOn = await startToolgate("toolgate-audit-on", true);
+  const tgOff = await startToolgate("toolgate-audit-off", false);
+
+  await waitReady(`http://127.0.0.1:${opaPort}/health?bundles`, opaProc);
+  await waitReady(`http://127.0.0.1:${tgOn.port}/health/ready`, tgOn.child);
+  await waitReady(`http://127.0.0.1:${tgOff.port}/health/ready`, tgOff.child);
+  await sleep(1000);
+  const idleRssMB = statusKb(tgOn.child.pid, "VmRSS") / 1024;
+  const idleRssOffMB = statusKb(tgOff.child.pid, "VmRSS") / 1024;
+  const opaIdleRssMB = statusKb(opaProc.pid, "VmRSS") / 1024;
+  log(
+    `idle RSS: toolgate ${f(idleRssMB, 1)} MB (audit off ${f(idleRssOffMB, 1)} MB), opa ${f(opaIdleRssMB, 1)} MB`,
+  );
+
+  const opa = {
+    kind: "opa",
+    label: "OPA /v1/data/toolgate/decision",
+    path: "/v1/data/toolgate/decision",
+    base: `http://127.0.0.1:${opaPort}`,
+    pid: opaProc.pid,
+  };
+  const tg = TG_PATHS.map((p) => ({
+    kind: "toolgate",
+    label: `toolgate ${p}`,
+    path: p,
+    base: `http://127.0.0.1:${tgOn.port}`,
+    pid: tgOn.child.pid,
+  }));
+  const tgOffTarget = {
+    kind: "toolgate",
+    label: "toolgate /v1/decisions (audit off)",
+    path: "/v1/decisions",
+    base: `http://127.0.0.1:${tgOff.port}`,
+    pid: tgOff.child.pid,
+  };
+
+  log("verifying that OPA and toolgate agree on every request of the mix");
+  const verified = await verify([opa, ...tg, tgOffTarget]);
+
+  // Side by side: per concurrency, warm up each target, then rounds with alternating order.
+  const sideBySide = []; // {conns, round, label, ...metrics}
+  for (const c of CONNS) {
+    for (const t of [opa, ...tg]) await load(t, c, WARMUP);
+    for (let r = 0; r < ROUNDS; r++) {
+      const order = r % 2 === 0 ? [opa, ...tg] : [...tg].reverse().concat([opa]);
+      for (const t of order) {
+        const m = await load(t, c, DURATION);
+        sideBySide.push({
+          conns: c,
+          round: r + 1,
+          label: t.label,
+          path: t.path,
+          kind: t.kind,
+          ...m,
+        });
+        log(
+          `c=${c} round ${r + 1} ${t.label}: ${f(m.rps, 0)} req/s p50 ${f(m.p50, 3)} ms p99 ${f(m.p99, 3)} ms cpu ${f(m.cpuCores)} cores`,
+        );
+      }
+    }
+  }
+
+  // Audit on vs off, /v1/decisions at the middle concurrency.
+  const auditRuns = [];
+  const onT = tg[0];
+  for (const t of [onT, tgOffTarget]) await load(t, AUDIT_CONNS, WARMUP);
+  for (let r = 0; r < ROUNDS; r++) {
+    const order = r % 2 === 0 ? [onT, tgOffTarget] : [tgOffTarget, onT];
+    for (const t of order) {
+      const m = await load(t, AUDIT_CONNS, DURATION);
+      auditRuns.push({ round: r + 1, audit: t === onT ? "on" : "off", ...m });
+      log(
+        `audit ${t === onT ? "on" : "off"} c=${AUDIT_CONNS} round ${r + 1}: ${f(m.rps, 0)} req/s p99 ${f(m.p99, 3)} ms`,
+      );
+    }
+  }
+  const receiverStats = await (await fetch(`http://127.0.0.1:${receiverPort}/stats`)).json();
+  const peak = {
+    opa: statusKb(opaProc.pid, "VmHWM") / 1024,
+    tgOn: statusKb(tgOn.child.pid, "VmHWM") / 1024,
+    tgOff: statusKb(tgOff.child.pid, "VmHWM") / 1024,
+  };
+  const logBytes = fs.statSync(path.join(TMP, "toolgate-audit-on.log")).size;
+  const trailBytes = dirBytes(path.join(TMP, "state-toolgate-audit-on"));
+
+  await Promise.all([stop(tgOn.child), stop(tgOff.child), stop(opaProc), stop(receiver)]);
+
+  log("in-process timings (scripts/bench/inproc.mjs)");
+  let inproc;
+  try {
+    inproc = JSON.parse(
+      run(
+        NODE,
+        [
+          path.join(ROOT, "scripts", "bench", "inproc.mjs"),
+          "--json",
+          "--iterations",
+          String(INPROC_ITERS),
+        ],
+        "inproc",
+      ),
+    );
+  } catch (e) {
+    // Keep the HTTP results: report the in-process part as failed and fail the run at the end.
+    log(e.message);
+    process.exitCode = 1;
+    const nan = { n: 0, p50_us: NaN, p99_us: NaN, p999_us: NaN };
+    inproc = {
+      bundle: "bundles/support-triage.tar.gz",
+      failed: e.message.split("\n")[0],
+      evaluate: { all: nan, per: MIX.map((m) => ({ name: m.name, ...nan })) },
+      decide: { all: nan, per: MIX.map((m) => ({ name: m.name, ...nan })) },
+    };
+  }
+
+  const report = renderReport({
+    mach,
+    verified,
+    sideBySide,
+    auditRuns,
+    inproc,
+    idleRssMB,
+    idleRssOffMB,
+    opaIdleRssMB,
+    peak,
+    receiverStats,
+    logBytes,
+    trailBytes,
+    seconds: (Date.now() - started) / 1000,
+  });
+  fs.mkdirSync(path.dirname(OUT), { recursive: true });
+  fs.writeFileSync(OUT, report);
+  process.stdout.write(report.slice(report.indexOf("## Summary")));
+  log(
+    `wrote ${path.relative(process.cwd(), OUT) || OUT} in ${f((Date.now() - started) / 1000, 0)} s`,
+  );
+}
+
+function dirBytes(dir) {
+  let n = 0;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile()) n += fs.statSync(path.join(e.parentPath ?? e.path, e.name)).size;
+  }
+  return n;
+}
+
+// ---- report ------------------------------------------------------------------------------------
+
+function renderReport(R) {
+  const L = [];
+  const p = (s = "") => L.push(s);
+  const { mach } = R;
+  p("# Benchmarks");
+  p();
+  p("Generated by `npm run bench` (scripts/bench.mjs); this file is replaced on every run.");
+  p(
+    "Rerun: `npm run bench` (about 4-5 minutes; `npm run bench -- --quick` for a 1-round smoke run that writes to a temp file).",
+  );
+  p("The first run may build the pinned OPA CLI (`scripts/tools.sh opa`, needs Go).");
+  p();
+  p(
+    `Run: ${new Date().toISOString()}${QUICK ? " (**quick run**: 1 round, short durations; not for comparison)" : ""}, took ${f(R.seconds, 0)} s.`,
+  );
+  p();
+  p("## Machine");
+  p();
+  p(`- CPUs: ${mach.nproc} × ${mach.model}`);
+  p(`- memory: ${mach.memGiB} GiB; kernel ${mach.kernel}; load average at start ${mach.load}`);
+  p(`- node ${mach.node}; opa ${mach.opa}; autocannon ${mach.autocannon}`);
+  p();
+  p("## Setup");
+  p();
+  p(
+    `- **OPA**: \`opa run --server --addr 127.0.0.1:<port> --bundle <rego-bundle> --skip-version-check --log-level error\`, the bundle built by \`opa build -b rego --ignore '*_test.rego' --ignore capabilities.json\` (plain Rego, no wasm; OPA's decision logs are off by default). Requests: \`POST /v1/data/toolgate/decision\` with \`{"input": {"request": <request>, "verified": {...}}}\`, the input toolgate's policy gets.`,
+  );
+  p(
+    '- **toolgate**: `node bin/toolgate.js serve` from dist/ with bundles/support-triage.tar.gz (wasm). **Audit on**: spans exported over OTLP/HTTP (protobuf) to a local receiver (scripts/bench/otlp-receiver.mjs), decision logs on at level info (stdout to a file), audit trail on. Requests: `POST /v1/decisions` with the request, `POST /v1/data/toolgate/decision` with `{"input": <request>}`.',
+  );
+  p(
+    `- **Load**: autocannon (programmatic, in the bench process, one thread) cycling through a fixed mix of ${MIX.length} reference-table requests per connection; concurrency ${CONNS.join(", ")}; ${WARMUP} s warm-up per target and concurrency; ${ROUNDS} round(s) × ${DURATION} s per target; the order of targets alternates per round so both share machine noise. Latency is measured per response (float ms, all responses). The load generator shares the ${mach.nproc} CPUs with the server under test.`,
+  );
+  p(
+    "- **CPU** is the server's utime+stime from /proc/<pid>/stat over the run (cores busy on average; CPU µs per request). **Peak RSS** is VmHWM from /proc/<pid>/status (over the whole process life).",
+  );
+  p();
+  p(
+    "Before measuring, every request of the mix is sent to OPA and to both toolgate endpoints (and to the audit-off toolgate); the run fails unless all give the same outcome and reason codes, and the reference table's:",
+  );
+  p();
+  p("| request | outcome | reason codes |");
+  p("|---|---|---|");
+  for (const v of R.verified) p(`| ${v.name} | ${v.outcome} | ${v.codes} |`);
+  p();
+
+  p("## Side by side (audit on)");
+  p();
+  p("Median over rounds; [min–max] in brackets.");
+  p();
+  p(
+    "| conns | server / endpoint | req/s | p50 ms | p99 ms | p99.9 ms | CPU cores | CPU µs/req | peak RSS MB |",
+  );
+  p("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+  const groups = new Map();
+  for (const r of R.sideBySide) {
+    const k = `${r.conns}|${r.label}`;
+    if (!groups.has(k)) groups.set(k, []);
+    groups.get(k).push(r);
+  }
+  const mm = (rs, key, d) =>
+    `${f(median(rs.map((r) => r[key])), d)} [${spread(
+      rs.map((r) => r[key]),
+      d,
+    )}]`;
+  for (const [k, rs] of groups) {
+    const [c, label] = k.split("|");
+    p(
+      `| ${c} | ${label} | ${mm(rs, "rps", 0)} | ${mm(rs, "p50", 3)} | ${mm(rs, "p99", 3)} | ${mm(rs, "p999", 3)} | ${mm(rs, "cpuCores", 2)} | ${mm(rs, "cpuUsPerReq", 0)} | ${f(Math.max(...rs.map((r) => r.hwmMB)), 1)} |`,
+    );
+  }
+  p();
+  p(
+    `Load generator CPU (bench process) during these runs: ${spread(R.sideBySide.map((r) => r.loadgenCores))} cores.`,
+  );
+  p();
+
+  p("### Ratios toolgate/OPA per round");
+  p();
+  p("Throughput ratio > 1 and p99 ratio < 1 favour toolgate.");
+  p();
+  p(
+    `| conns | endpoint | ${Array.from({ length: ROUNDS }, (_, i) => `round ${i + 1} req/s`).join(" | ")} | ${Array.from({ length: ROUNDS }, (_, i) => `round ${i + 1} p99`).join(" | ")} | median req/s [spread] | median p99 [spread] |`,
+  );
+  p(`|---:|---|${"---:|".repeat(2 * ROUNDS + 2)}`);
+  const ratios = {}; // path -> conns -> {tp: [], p99: []}
+  for (const c of CONNS) {
+    for (const tp of TG_PATHS) {
+      const rt = [];
+      const rl = [];
+      for (let r = 1; r <= ROUNDS; r++) {
+        const o = R.sideBySide.find((x) => x.conns === c && x.round === r && x.kind === "opa");
+        const t = R.sideBySide.find(
+          (x) => x.conns === c && x.round === r && x.kind === "toolgate" && x.path === tp,
+        );
+        rt.push(t.rps / o.rps);
+        rl.push(t.p99 / o.p99);
+      }
+      (ratios[tp] ??= {})[c] = { tp: rt, p99: rl };
+      p(
+        `| ${c} | ${tp} | ${rt.map((x) => f(x)).join(" | ")} | ${rl.map((x) => f(x)).join(" | ")} | ${f(median(rt))} [${spread(rt)}] | ${f(median(rl))} [${spread(rl)}] |`,
+      );
+    }
+  }
+  p();
+
+  p("## Audit on vs off");
+  p();
+  p(
+    `toolgate \`/v1/decisions\` at ${AUDIT_CONNS} connections, two toolgate processes (audit on as above; audit off: OTEL_SDK_DISABLED=true, TOOLGATE_AUDIT_TRAIL_ENABLED=false, TOOLGATE_AUDIT_LOG_DECISIONS=false, log level error), alternating per round.`,
+  );
+  p();
+  p(
+    "| round | audit on req/s | audit off req/s | cost % | on p99 ms | off p99 ms | on CPU µs/req | off CPU µs/req |",
+  );
+  p("|---:|---:|---:|---:|---:|---:|---:|---:|");
+  const costs = [];
+  for (let r = 1; r <= ROUNDS; r++) {
+    const on = R.auditRuns.find((x) => x.round === r && x.audit === "on");
+    const off = R.auditRuns.find((x) => x.round === r && x.audit === "off");
+    const cost = 100 * (1 - on.rps / off.rps);
+    costs.push(cost);
+    p(
+      `| ${r} | ${f(on.rps, 0)} | ${f(off.rps, 0)} | ${f(cost, 1)} | ${f(on.p99, 3)} | ${f(off.p99, 3)} | ${f(on.cpuUsPerReq, 0)} | ${f(off.cpuUsPerReq, 0)} |`,
+    );
+  }
+  p();
+  p(
+    `Exported to the receiver during the run: ${R.receiverStats.requests} OTLP requests, ${f(R.receiverStats.bytes / 1e6, 1)} MB. Decision log written: ${f(R.logBytes / 1e6, 1)} MB; audit trail: ${f(R.trailBytes / 1e6, 1)} MB.`,
+  );
+  p();
+
+  p("## Memory");
+  p();
+  p(`| process | idle RSS after start MB | peak RSS (VmHWM) MB |`);
+  p("|---|---:|---:|");
+  p(`| toolgate, audit on | ${f(R.idleRssMB, 1)} | ${f(R.peak.tgOn, 1)} |`);
+  p(`| toolgate, audit off | ${f(R.idleRssOffMB, 1)} | ${f(R.peak.tgOff, 1)} |`);
+  p(`| opa | ${f(R.opaIdleRssMB, 1)} | ${f(R.peak.opa, 1)} |`);
+  p();
+
+  p("## In-process evaluation");
+  p();
+  p(
+    `scripts/bench/inproc.mjs: \`PolicyEngine.evaluateJson(inputJson, nowNs)\` on ${R.inproc.bundle} (wasm evaluation: input bytes in, parsed result out), and \`Decider.decide\` built by \`buildParts(config, log, {audit: false})\` (identity, input assembly, evaluation, output check). Timed per call with process.hrtime.bigint() after warm-up, round-robin over the mix, ${R.inproc.evaluate.per[0].n} calls per request kind.`,
+  );
+  p();
+  if (R.inproc.failed) p(`**In-process measurement failed**: ${R.inproc.failed}\n`);
+  p("| request | evaluateJson p50 µs | p99 µs | Decider.decide p50 µs | p99 µs |");
+  p("|---|---:|---:|---:|---:|");
+  p(
+    `| **all** | **${f(R.inproc.evaluate.all.p50_us, 1)}** | ${f(R.inproc.evaluate.all.p99_us, 1)} | **${f(R.inproc.decide.all.p50_us, 1)}** | ${f(R.inproc.decide.all.p99_us, 1)} |`,
+  );
+  for (let i = 0; i < R.inproc.evaluate.per.length; i++) {
+    const e = R.inproc.evaluate.per[i];
+    const d = R.inproc.decide.per[i];
+    p(
+      `| ${e.name} | ${f(e.p50_us, 1)} | ${f(e.p99_us, 1)} | ${f(d.p50_us, 1)} | ${f(d.p99_us, 1)} |`,
+    );
+  }
+  p();
+  p("## Bundle swap under load");
+  p();
+  p("not measured yet: no live bundle reload");
+  p();
+
+  // Summary: the worst concurrency level decides (median over rounds at each level).
+  const met = (ok) => (ok ? "met" : "not met");
+  p("## Summary");
+  p();
+  p(
+    `Ratios: the worst concurrency level of ${CONNS.join("/")} (median over ${ROUNDS} round(s) at each level; the spread is the min–max of the per-round ratios at that level).`,
+  );
+  p();
+  for (const tp of TG_PATHS) {
+    const worst = CONNS.map((c) => ({
+      c,
+      v: median(ratios[tp][c].tp),
+      s: spread(ratios[tp][c].tp),
+    })).sort((a, b) => a.v - b.v)[0];
+    p(
+      `throughput ratio (toolgate/OPA) ${tp}: ${f(worst.v)} — target ≥ 1.0: ${met(worst.v >= 1)} (c=${worst.c}, rounds ${worst.s})  `,
+    );
+  }
+  for (const tp of TG_PATHS) {
+    const worst = CONNS.map((c) => ({
+      c,
+      v: median(ratios[tp][c].p99),
+      s: spread(ratios[tp][c].p99),
+    })).sort((a, b) => b.v - a.v)[0];
+    p(
+      `p99 ratio (toolgate/OPA) ${tp}: ${f(worst.v)} — target ≤ 1.0: ${met(worst.v <= 1)} (c=${worst.c}, rounds ${worst.s})  `,
+    );
+  }
+  const ev = R.inproc.evaluate.all.p50_us;
+  p(
+    `in-process evaluate p50: ${f(ev, 1)} µs — target ≤ 20 µs: ${met(ev <= 20)} (p99 ${f(R.inproc.evaluate.all.p99_us, 1)} µs; Decider.decide p50 ${f(R.inproc.decide.all.p50_us, 1)} µs)  `,
+  );
+  const cost = median(costs);
+  p(
+    `audit cost (throughput, /v1/decisions, c=${AUDIT_CONNS}): ${f(cost, 1)} % — target ≤ 10 %: ${met(cost <= 10)} (rounds ${spread(costs, 1)} %)  `,
+  );
+  p(`idle RSS: ${f(R.idleRssMB, 1)} MB — target ≤ 150 MB: ${met(R.idleRssMB <= 150)}  `);
+  p("bundle swap under load: not measured yet: no live bundle reload");
+  p();
+  return L.join("\n");
+}
+
+main().catch((e) => {
+  console.error(`bench: ${e instanceof Fail ? e.message : e.stack}`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,189 @@
+import { randomUUID } from "node:crypto";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import express, { type NextFunction, type Request, type Response } from "express";
+import type { ApprovalService } from "../approvals/service";
+import type { Auditor } from "../audit";
+import type { BundleManager } from "../bundles";
+import type { CompiledConfig } from "../config";
+import { toolgateError, type ToolgateError } from "../errors";
+import { bearerToken, type Principal, type TokenVerifier } from "../identity";
+import type { Logger } from "../util/log";
+import type { RunningServer } from "./agent-server";
+import { readJson } from "./body";
+import { sendError, sendJson } from "./respond";
+
+export interface ControlServerDeps {
+  config: CompiledConfig;
+  verifier: TokenVerifier;
+  bundles: BundleManager;
+  approvals: ApprovalService | undefined;
+  auditor: Auditor | undefined;
+  log: Logger;
+  version: string;
+}
+
+type Authed = Request & { principal?: Principal };
+
+const STATUSES = new Set(["pending", "approved", "denied", "expired", "cancelled", "failed"]);
+
+/**
+ * The control port: approvals and administration for people, never for the
+ * agent. Every route but health needs a verified bearer token (the control
+ * port's own issuer, audience and keys); each route checks the role it needs.
+ */
+export function createControlApp(deps: ControlServerDeps): express.Express {
+  const { config, verifier, bundles, approvals, log } = deps;
+  const app = express();
+  app.disable("x-powered-by");
+  app.disable("etag");
+  app.set("query parser", "simple");
+  const plain = (err: ToolgateError): unknown => err.toJSON();
+
+  app.use((req, res, next) => {
+    const given = req.headers["x-request-id"];
+    res.setHeader(
+      "X-Request-ID",
+      typeof given === "string" && /^[\x21-\x7e]{1,200}$/.test(given) ? given : randomUUID(),
+    );
+    next();
+  });
+
+  app.get("/health/live", (_req, res) => sendJson(res, 200, { status: "ok" }));
+  app.get("/health/ready", (_req, res) =>
+    sendJson(res, bundles.ready() ? 200 : 503, { status: bundles.ready() ? "ok" : "not_ready" }),
+  );
+
+  // everything below needs a verified token
+  app.use((req: Authed, res: Response, next: NextFunction) => {
+    verifier.verify(bearerToken(req.headers)).then(
+      (p) => {
+        req.principal = p;
+        next();
+      },
+      (e: unknown) => {
+        const err = sendError(res, e, plain);
+        deps.auditor?.securityEvent(
+          "control_unauthenticated",
+          "a control-port call without a valid token",
+          { path: req.path, method: req.method, error: err.message },
+          { face: "native", http: { method: req.method, path: req.path } },
+        );
+      },
+    );
+  });
+
+  const principal = (req: Authed): Principal => req.principal as Principal;
+  const isAdmin = (p: Principal): boolean => p.roles.includes(config.control.adminRole);
+  const need = (): ApprovalService => {
+    if (approvals === undefined) throw toolgateError("not_found", "approvals are not enabled");
+    return approvals;
+  };
+  const route =
+    (fn: (req: Authed, res: Response) => unknown) =>
+    async (req: Authed, res: Response): Promise<void> => {
+      try {
+        sendJson(res, 200, await fn(req, res));
+      } catch (e) {
+        const err = sendError(res, e, plain);
+        if (err.status >= 500)
+          log.error("control request failed", {
+            event: "http.error",
+            path: req.path,
+            error: err.message,
+          });
+      }
+    };
+
+  app.get(
+    "/v1/status",
+    route(() => ({
+      version: deps.version,
+      agent: { id: config.agent.id },
+      ready: bundles.ready(),
+      bundles: [bundles.status()],
+      tracing: deps.auditor?.tracing.stats(),
+    })),
+  );
+
+  app.get(
+    "/v1/approvals",
+    route((req) => {
+      const status = typeof req.query.status === "string" ? req.query.status : undefined;
+      if (status !== undefined && !STATUSES.has(status)) {
+        throw toolgateError("invalid_request", `status must be one of ${[...STATUSES].join(", ")}`);
+      }
+      const limitRaw = typeof req.query.limit === "string" ? Number(req.query.limit) : 100;
+      const limit = Number.isInteger(limitRaw) && limitRaw > 0 && limitRaw <= 1000 ? limitRaw : 100;
+      const p = principal(req);
+      return { approvals: need().list(p, status, isAdmin(p), limit) };
+    }),
+  );
+  app.get(
+    "/v1/approvals/:id",
+    route((req) => need().detail(String(req.params.id))),
+  );
+  const decide = (approve: boolean) =>
+    route(async (req) => {
+      let comment: string | undefined;
+      if (req.headers["content-length"] !== undefined && req.headers["content-length"] !== "0") {
+        const body = await readJson(req, { bodyBytes: 64 * 1024, maxDepth: 8 });
+        const c = (body.value as { comment?: unknown } | null)?.comment;
+        if (c !== undefined && (typeof c !== "string" || c.length > 2000)) {
+          throw toolgateError(
+            "invalid_request",
+            "comment must be a string of at most 2000 characters",
+          );
+        }
+        comment = c;
+      }
+      return need().decide(String(req.params.id), principal(req), approve, comment);
+    });
+  app.post("/v1/approvals/:id/approve", decide(true));
+  app.post("/v1/approvals/:id/deny", decide(false));
+  app.post(
+    "/v1/approvals/:id/revoke",
+    route((req) => {
+      const p = principal(req);
+      if (!isAdmin(p))
+        throw toolgateError("forbidden", `revoking needs the ${config.control.adminRole} role`);
+      return need().revoke(String(req.params.id), p);
+    }),
+  );
+
+  app.use((req, res) => {
+    sendError(
+      res,
+      toolgateError("not_found", `no route ${req.method} ${req.path} on the control port`),
+      plain,
+    );
+  });
+  app.use((e: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    sendError(res, e, plain);
+  });
+  return app;
+}
+
+export function startControlServer(deps: ControlServerDeps): Promise<RunningServer> {
+  const server = createServer(createControlApp(deps));
+  server.requestTimeout = 10_000;
+  server.headersTimeout = 10_000;
+  const { host, port } = deps.config.control;
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      const addr = server.address() as AddressInfo;
+      const h = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
+      resolve({
+        server,
+        url: `http://${h}:${addr.port}`,
+        close: () =>
+          new Promise<void>((res) => {
+            server.close(() => res());
+            server.closeAllConnections();
+          }),
+      });
+    });
+  });
+}

@@ -1,0 +1,173 @@
+import { readFileSync } from "node:fs";
+import {
+  createLocalJWKSet,
+  createRemoteJWKSet,
+  errors as joseErrors,
+  importSPKI,
+  jwtVerify,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+  type CryptoKey,
+} from "jose";
+import type { JwtConfig } from "../config";
+import { toolgateError } from "../errors";
+
+/** Someone toolgate verified: a token's subject and roles. */
+export interface Principal {
+  id: string;
+  roles: string[];
+  method: "jwt";
+  /** The token's claims that matter to policy and audit (never the token itself). */
+  claims: {
+    iss: string | undefined;
+    sub: string;
+    aud: string | string[] | undefined;
+    exp: number | undefined;
+  };
+}
+
+const ALGORITHMS = [
+  "ES256",
+  "ES384",
+  "ES512",
+  "RS256",
+  "RS384",
+  "RS512",
+  "PS256",
+  "PS384",
+  "PS512",
+  "EdDSA",
+];
+
+/** The bearer token of an Authorization header, if any. */
+export function bearerToken(
+  headers: Record<string, string | string[] | undefined>,
+): string | undefined {
+  const h = headers.authorization;
+  if (typeof h !== "string") return undefined;
+  const m = /^Bearer[ ]+([A-Za-z0-9._~+/-]+=*)\s*$/i.exec(h);
+  return m?.[1];
+}
+
+/**
+ * Verifies bearer tokens for one port: signature against configured keys (a
+ * PEM public key, a JWKS file or a JWKS URL), issuer, audience, expiry (with
+ * the configured skew). Verified tokens are cached until they expire, so a
+ * repeated token costs a map lookup.
+ */
+export class TokenVerifier {
+  private readonly cache = new Map<string, { principal: Principal; expMs: number }>();
+
+  private constructor(
+    private readonly cfg: JwtConfig,
+    private readonly key: CryptoKey | JWTVerifyGetKey,
+  ) {}
+
+  static async create(cfg: JwtConfig): Promise<TokenVerifier> {
+    let key: CryptoKey | JWTVerifyGetKey;
+    try {
+      if (cfg.keys.kind === "jwks_url") {
+        key = createRemoteJWKSet(new URL(cfg.keys.value), {
+          timeoutDuration: 5000,
+          cooldownDuration: 30_000,
+        });
+      } else if (cfg.keys.kind === "jwks_file") {
+        key = createLocalJWKSet(
+          JSON.parse(readFileSync(cfg.keys.value, "utf8")) as Parameters<
+            typeof createLocalJWKSet
+          >[0],
+        );
+      } else {
+        const pem = readFileSync(cfg.keys.value, "utf8");
+        const alg = /BEGIN PUBLIC KEY/.test(pem) ? await guessAlg(pem) : "ES256";
+        key = await importSPKI(pem, alg);
+      }
+    } catch (e) {
+      throw toolgateError(
+        "config_invalid",
+        `cannot load token keys from ${cfg.keys.kind} ${cfg.keys.value}: ${(e as Error).message}`,
+      );
+    }
+    return new TokenVerifier(cfg, key);
+  }
+
+  get dev(): boolean {
+    return this.cfg.dev;
+  }
+
+  /** Verifies a token; throws `unauthenticated` (never echoing the token). */
+  async verify(token: string | undefined): Promise<Principal> {
+    if (token === undefined)
+      throw toolgateError(
+        "unauthenticated",
+        "a bearer token is required (Authorization: Bearer <token>)",
+      );
+    const now = Date.now();
+    const hit = this.cache.get(token);
+    if (hit !== undefined) {
+      if (hit.expMs + this.cfg.clockSkewSeconds * 1000 > now) return hit.principal;
+      this.cache.delete(token);
+    }
+    let payload: JWTPayload;
+    try {
+      const opts = {
+        issuer: this.cfg.issuer,
+        audience: this.cfg.audience,
+        clockTolerance: this.cfg.clockSkewSeconds,
+        algorithms: ALGORITHMS,
+        requiredClaims: ["exp", "sub"],
+      };
+      payload =
+        typeof this.key === "function"
+          ? (await jwtVerify(token, this.key, opts)).payload
+          : (await jwtVerify(token, this.key, opts)).payload;
+    } catch (e) {
+      throw toolgateError(
+        "unauthenticated",
+        `the bearer token was refused: ${describeJoseError(e)}`,
+      );
+    }
+    const sub = payload.sub as string;
+    const rawRoles = payload[this.cfg.rolesClaim];
+    const roles = Array.isArray(rawRoles)
+      ? rawRoles.filter((r): r is string => typeof r === "string")
+      : [];
+    const principal: Principal = {
+      id: sub,
+      roles,
+      method: "jwt",
+      claims: { iss: payload.iss, sub, aud: payload.aud, exp: payload.exp },
+    };
+    const expMs = (payload.exp ?? 0) * 1000;
+    this.cache.set(token, { principal, expMs });
+    if (this.cache.size > 10_000) {
+      const oldest = this.cache.keys().next().value;
+      if (oldest !== undefined) this.cache.delete(oldest);
+    }
+    return principal;
+  }
+}
+
+async function guessAlg(pem: string): Promise<string> {
+  const { createPublicKey } = await import("node:crypto");
+  const k = createPublicKey(pem);
+  if (k.asymmetricKeyType === "ec") {
+    const curve = k.asymmetricKeyDetails?.namedCurve;
+    return curve === "secp384r1" ? "ES384" : curve === "secp521r1" ? "ES512" : "ES256";
+  }
+  if (k.asymmetricKeyType === "ed25519") return "EdDSA";
+  if (k.asymmetricKeyType === "rsa-pss") return "PS256";
+  return "RS256";
+}
+
+function describeJoseError(e: unknown): string {
+  if (e instanceof joseErrors.JWTExpired) return "expired";
+  if (e instanceof joseErrors.JWTClaimValidationFailed)
+    return `claim ${e.claim} is not acceptable (${e.reason})`;
+  if (e instanceof joseErrors.JWSSignatureVerificationFailed) return "bad signature";
+  if (e instanceof joseErrors.JWKSNoMatchingKey) return "no matching key";
+  if (e instanceof joseErrors.JOSEAlgNotAllowed) return "algorithm not allowed";
+  if (e instanceof joseErrors.JWSInvalid || e instanceof joseErrors.JWTInvalid)
+    return "malformed token";
+  return e instanceof Error ? e.message : "invalid token";
+}
