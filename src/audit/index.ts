@@ -11,6 +11,7 @@ import type {
   DecisionMeta,
   DecisionRequest,
   DecisionSink,
+  GrantInfo,
   VerifiedFacts,
 } from "../decision/types";
 import type { Logger } from "../util/log";
@@ -100,6 +101,8 @@ export interface DecisionRecord {
   access_request: Decision["access_request"] | undefined;
   policy: Decision["policy"];
   duration_us: number | undefined;
+  /** The allow's grant: its id, audience and expiry (never the token). */
+  grant?: GrantInfo | undefined;
 }
 
 function nowMs(): number {
@@ -195,6 +198,7 @@ export class Auditor implements DecisionSink {
     verified: VerifiedFacts | undefined,
     meta: DecisionMeta,
     mask: readonly unknown[] | undefined,
+    grant?: GrantInfo,
   ): void {
     try {
       const redacted = this.opts.redactor.redact(req, mask as readonly MaskOp[] | undefined);
@@ -211,7 +215,6 @@ export class Auditor implements DecisionSink {
         "toolgate.decision.id": d.decision_id,
         "toolgate.decision.outcome": d.outcome,
         "toolgate.decision.reasons": d.reasons.map((r) => r.code),
-        "toolgate.decision.reason_messages": d.reasons.map((r) => r.message),
         "toolgate.policy.bundle": d.policy.bundle,
         "toolgate.policy.revision": d.policy.revision,
         "toolgate.subject.type": redacted.subject.type,
@@ -238,6 +241,11 @@ export class Auditor implements DecisionSink {
       if (d.access_request) {
         attrs["toolgate.access_request.evaluation_id"] = d.access_request.evaluation_id;
         attrs["toolgate.access_request.expires_at"] = d.access_request.expires_at;
+      }
+      if (grant !== undefined) {
+        attrs["toolgate.grant.jti"] = grant.jti;
+        attrs["toolgate.grant.audience"] = grant.aud;
+        attrs["toolgate.grant.expires_at"] = grant.exp;
       }
       const span = this.spanFor(`authorize ${toolName}`, meta, attrs);
       const sc = span.spanContext();
@@ -274,14 +282,14 @@ export class Auditor implements DecisionSink {
           meta.startTimeMs === undefined
             ? undefined
             : Math.round((nowMs() - meta.startTimeMs) * 1000),
+        grant: grant === undefined ? undefined : { jti: grant.jti, aud: grant.aud, exp: grant.exp },
       };
-      const trailed = this.appendTrail("decision", record as unknown as Record<string, unknown>);
+      // Serialised once: the trail stores this text as is, the log line embeds it.
+      const recordJson = JSON.stringify(record);
+      const trailed = this.appendTrailJson("decision", recordJson);
       if (trailed) span.setAttribute("toolgate.audit.trail_seq", trailed.seq);
-      if (d.outcome !== "allow") span.setStatus({ code: SpanStatusCode.UNSET });
       span.end();
-      if (this.logDecisions) {
-        this.opts.log.info("decision", { event: "decision", ...record, trail_seq: trailed?.seq });
-      }
+      if (this.logDecisions) this.logRecord("decision", recordJson, trailed?.seq);
       this.ledger.add({
         decisionId: d.decision_id,
         outcome: d.outcome,
@@ -445,6 +453,33 @@ export class Auditor implements DecisionSink {
     }
   }
 
+  /** Appends a record serialised by the caller; a trail failure is logged, never thrown. */
+  private appendTrailJson(
+    kind: string,
+    recordJson: string,
+  ): { seq: number; hash: string } | undefined {
+    if (this.opts.trail === undefined) return undefined;
+    try {
+      return this.opts.trail.appendJson(kind, recordJson);
+    } catch (e) {
+      this.opts.log.error("audit trail append failed", {
+        event: "audit.trail_error",
+        error: (e as Error).message,
+      });
+      return undefined;
+    }
+  }
+
+  /**
+   * One JSON log line for a record already serialised: written straight to
+   * the log stream (winston's per-line format pipeline cost more than the
+   * decision itself), in the same shape as every other line.
+   */
+  private logRecord(event: string, recordJson: string, trailSeq: number | undefined): void {
+    const head = `{"level":"info","msg":"${event}","event":"${event}"${trailSeq === undefined ? "" : `,"trail_seq":${trailSeq}`}`;
+    this.opts.log.line(recordJson === "{}" ? `${head}}` : `${head},${recordJson.slice(1)}`, "info");
+  }
+
   /** Appends to the trail; a trail failure is logged, never thrown. */
   appendTrail(
     kind: string,
@@ -463,7 +498,12 @@ export class Auditor implements DecisionSink {
   }
 
   logAction(record: Record<string, unknown>, trailSeq: number | undefined): void {
-    this.opts.log.info("action", { event: "action", ...record, trail_seq: trailSeq });
+    if (this.logDecisions)
+      this.logRecord(
+        "action",
+        JSON.stringify({ time: new Date().toISOString(), ...record }),
+        trailSeq,
+      );
   }
 
   /** Redacts with the shared redactor (for action reports, approvals, ...). */

@@ -5,9 +5,10 @@
  *
  *   {"seq":n,"time":"ISO","kind":"decision","prev":"<hex>","record":{...},"hash":"<hex>"}
  *
- * where `hash` is SHA-256 over the canonical JSON (keys sorted recursively)
- * of the line without `hash`, and `prev` is the previous record's hash (64
- * zeros for the first record). seq and the chain continue across files
+ * where `hash` is SHA-256 over the line's own bytes up to (not including)
+ * `,"hash":` — the record exactly as written — and `prev` is the previous
+ * record's hash (64 zeros for the first record). Any edit to a line, even
+ * whitespace, breaks its hash. seq and the chain continue across files
  * (`trail-000001.jsonl`, `trail-000002.jsonl`, ...). See docs/audit-trail.md
  * for the format and for what the chain can and cannot prove.
  *
@@ -168,16 +169,19 @@ function sha256Hex(text: string): string {
   return createHash("sha256").update(text).digest("hex");
 }
 
-/** The canonical body (the line without `hash`, keys sorted) that is hashed. */
-function hashBody(
+/** The part of a line that is hashed: everything before `,"hash":`. */
+function lineBody(
   seq: number,
   time: string,
   kindJson: string,
   prev: string,
   recJson: string,
 ): string {
-  return `{"kind":${kindJson},"prev":"${prev}","record":${recJson},"seq":${seq},"time":${JSON.stringify(time)}}`;
+  return `{"seq":${seq},"time":${JSON.stringify(time)},"kind":${kindJson},"prev":"${prev}","record":${recJson}`;
 }
+
+/** `,"hash":"<64 hex>"}` closes every line. */
+const HASH_SUFFIX_LENGTH = ',"hash":"'.length + 64 + '"}'.length;
 
 // -- files ----------------------------------------------------------------------
 
@@ -245,9 +249,13 @@ function checkLine(
   if (typeof hash !== "string" || !HEX64.test(hash)) return bad("hash is not 64 hex digits");
   if (record === null || typeof record !== "object" || Array.isArray(record))
     return bad("record is not a JSON object");
-  const computed = sha256Hex(
-    hashBody(seq, time, JSON.stringify(kind), prev, canonicalJson(record)),
-  );
+  // The line must be exactly the body as written plus the hash suffix.
+  const bodyText = text.slice(0, text.length - HASH_SUFFIX_LENGTH);
+  const prefix = lineBody(seq, time, JSON.stringify(kind), prev, "");
+  if (!bodyText.startsWith(prefix) || text.slice(bodyText.length) !== `,"hash":"${hash}"}`) {
+    return bad("the line is not in toolgate's trail layout");
+  }
+  const computed = sha256Hex(bodyText);
   if (computed !== hash)
     return {
       ok: false,
@@ -466,15 +474,28 @@ export class AuditTrail {
       throw invalid("audit kind must be a non-empty string");
     if (record === null || typeof record !== "object" || Array.isArray(record))
       throw invalid("an audit record must be a JSON object");
-    const recJson = canonicalJson(record);
+    return this.appendJson(kind, canonicalJson(record));
+  }
+
+  /**
+   * Like append, for a record already serialised as a JSON object text (the
+   * auditor serialises each record once for the trail and the log line). The
+   * text is written as is and hashed as written.
+   */
+  appendJson(kind: string, recJson: string): { seq: number; hash: string } {
+    if (this.closed) throw toolgateError("audit_trail_closed");
+    if (typeof kind !== "string" || kind === "")
+      throw invalid("audit kind must be a non-empty string");
+    if (recJson.charCodeAt(0) !== 0x7b || recJson.includes("\n")) {
+      throw invalid("an audit record must be one JSON object on one line");
+    }
     const seq = this.seq + 1;
     const time = new Date().toISOString();
     const kindJson = JSON.stringify(kind);
     const prev = this.head;
-    const hash = sha256Hex(hashBody(seq, time, kindJson, prev, recJson));
-    this.pending.push(
-      `{"seq":${seq},"time":"${time}","kind":${kindJson},"prev":"${prev}","record":${recJson},"hash":"${hash}"}\n`,
-    );
+    const body = lineBody(seq, time, kindJson, prev, recJson);
+    const hash = sha256Hex(body);
+    this.pending.push(`${body},"hash":"${hash}"}\n`);
     this.seq = seq;
     this.head = hash;
     this.appended++;

@@ -13,9 +13,16 @@ export interface Logger {
   warn(msg: string, fields?: Record<string, unknown>): void;
   info(msg: string, fields?: Record<string, unknown>): void;
   debug(msg: string, fields?: Record<string, unknown>): void;
+  /**
+   * Writes one pre-serialised JSON object line at `level` (if enabled),
+   * bypassing the format pipeline: for high-volume audit records.
+   */
+  line(json: string, level: Exclude<LogLevel, "silent">): void;
   /** Resolves when everything logged so far has been handed to the stream. */
   flush(): Promise<void>;
 }
+
+const RANK: Record<Exclude<LogLevel, "silent">, number> = { error: 1, warn: 2, info: 3, debug: 4 };
 
 export function createLogger(level: LogLevel, stream: Writable = process.stdout): Logger {
   const transport = new winston.transports.Stream({ stream });
@@ -40,7 +47,11 @@ export function createLogger(level: LogLevel, stream: Writable = process.stdout)
     (msg: string, fields?: Record<string, unknown>): void => {
       w.log(lvl, msg, fields);
     };
+  const max = level === "silent" ? 0 : RANK[level];
   return {
+    line: (json, lvl) => {
+      if (RANK[lvl] <= max) stream.write(json + "\n");
+    },
     error: emit("error"),
     warn: emit("warn"),
     info: emit("info"),

@@ -190,6 +190,17 @@ describe("engine", () => {
     expect(engine.info).toEqual({ bundle: "echo", revision: "fixture-1", source: path });
     expect(engine.entrypoints).toEqual(["toolgate/decision"]);
   });
+  test("an input beyond the wasm memory bound is an evaluation error, not a crash", async () => {
+    const engine = await PolicyEngine.create(loadBundleFromPath(defaultBundlePath()), {
+      entrypoint: "toolgate/decision",
+      maxMemoryPages: 40,
+    });
+    const big = JSON.stringify({ request: { pad: "x".repeat(4 * 1024 * 1024) } });
+    expect(code(() => engine.evaluateJson(big))).toBe("policy_evaluation_failed");
+    // and the engine still answers afterwards
+    expect(engine.evaluateJson(JSON.stringify({ request: {} }))).toMatchObject({ outcome: "deny" });
+  });
+
   test("malformed input JSON never becomes an allow", async () => {
     const engine = await PolicyEngine.create(loadBundleFromPath(defaultBundlePath()), {
       entrypoint: "toolgate/decision",
