@@ -1,0 +1,437 @@
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import {
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { basename, join, relative, resolve, sep } from "node:path";
+import { parseArgs } from "node:util";
+import { buildParts } from "../app";
+import { verifyTrail, listTrailFiles } from "../audit/trail";
+import { canonicalize } from "../approvals/jcs";
+import { compileConfig } from "../config";
+import type { Decision, DecisionRequest } from "../decision/types";
+import { toolgateError } from "../errors";
+import { validateDecisionRequest } from "../http/validate";
+import { loadBundleFromPath } from "../policy/bundle";
+import { createLogger } from "../util/log";
+import { packageRoot } from "../util/paths";
+
+type Out = { stdout(s: string): void; stderr(s: string): void };
+
+/** The opa CLI: $TOOLGATE_OPA, `opa` on PATH, or the repo's pinned build (.tools/bin, scripts/tools.sh). */
+export function findOpa(): string {
+  const env = process.env.TOOLGATE_OPA;
+  if (env) return env;
+  const onPath = spawnSync("opa", ["version"], { stdio: "ignore" });
+  if (onPath.status === 0) return "opa";
+  const pinned = join(packageRoot(), ".tools", "bin", "opa");
+  if (existsSync(pinned)) return pinned;
+  const script = join(packageRoot(), "scripts", "tools.sh");
+  if (existsSync(script)) {
+    const r = spawnSync("bash", [script, "opa"], { encoding: "utf8" });
+    if (r.status === 0) return r.stdout.trim();
+  }
+  throw toolgateError(
+    "usage",
+    "this command needs the opa CLI: put it on PATH or set TOOLGATE_OPA (in the repo, Go builds the pinned one)",
+  );
+}
+
+function opa(args: string[], capture = true): { status: number; stdout: string; stderr: string } {
+  const r = spawnSync(findOpa(), args, {
+    encoding: "utf8",
+    maxBuffer: 256 * 1024 * 1024,
+    stdio: capture ? "pipe" : "inherit",
+  });
+  return { status: r.status ?? 1, stdout: r.stdout ?? "", stderr: r.stderr ?? "" };
+}
+
+function sources(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string): void => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.name.endsWith("_test.rego")) continue;
+      else if (e.name.endsWith(".rego") || e.name === "data.json" || e.name === ".manifest")
+        out.push(p);
+    }
+  };
+  walk(dir);
+  return out.sort();
+}
+
+/** Same sources → same revision (JSON hashed canonically, so formatting does not count). */
+export function contentRevision(dir: string): string {
+  const h = createHash("sha256");
+  for (const file of sources(dir)) {
+    // paths as scripts/policy.mjs names them (relative to the directory above DIR), so
+    // the repo's rego/ gets the same revision either way
+    const rel = relative(resolve(dir, ".."), file).split(sep).join("/");
+    const raw = readFileSync(file, "utf8");
+    h.update(`${rel}\0${file.endsWith(".rego") ? raw : canonicalize(JSON.parse(raw))}\0`);
+  }
+  return h.digest("hex").slice(0, 16);
+}
+
+/** `toolgate policy build [DIR] [-o OUT] [--entrypoint E] [--capabilities F] [--revision R]` */
+export function policyBuild(args: string[], out: Out): number {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      output: { type: "string", short: "o" },
+      entrypoint: { type: "string", short: "e", default: "toolgate/decision" },
+      capabilities: { type: "string" },
+      revision: { type: "string" },
+      json: { type: "boolean" },
+    },
+  });
+  const dir = resolve(positionals[0] ?? "rego");
+  if (!existsSync(dir) || !statSync(dir).isDirectory())
+    throw toolgateError("usage", `${dir} is not a directory of Rego sources`);
+  const caps =
+    values.capabilities ??
+    (existsSync(join(dir, "capabilities.json")) ? join(dir, "capabilities.json") : undefined);
+  const output = resolve(values.output ?? "bundle.tar.gz");
+  const revision = values.revision ?? contentRevision(dir);
+  const r = opa([
+    "build",
+    "--bundle",
+    "--target",
+    "wasm",
+    "--entrypoint",
+    values.entrypoint,
+    ...(caps ? ["--capabilities", caps] : []),
+    "--revision",
+    revision,
+    "--ignore",
+    "*_test.rego",
+    "--ignore",
+    "capabilities.json",
+    "--output",
+    output,
+    dir,
+  ]);
+  if (r.status !== 0) {
+    out.stderr(r.stdout + r.stderr);
+    throw toolgateError(
+      "usage",
+      `opa build failed${caps ? " (a builtin outside the capabilities file fails here on purpose)" : ""}`,
+    );
+  }
+  const bundle = loadBundleFromPath(output);
+  const result = {
+    bundle: output,
+    revision,
+    files: bundle.files.size,
+    entrypoints: bundle.manifest.wasm.map((w) => w.entrypoint),
+    capabilities: caps ?? null,
+  };
+  out.stdout(
+    values.json
+      ? JSON.stringify(result) + "\n"
+      : `built ${output} (revision ${revision}, ${result.files} files)\n`,
+  );
+  return 0;
+}
+
+/** `toolgate policy test [DIR] [--coverage-min N]`: opa fmt --list, opa check --strict, opa test --coverage. */
+export function policyTest(args: string[], out: Out): number {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { "coverage-min": { type: "string", default: "90" }, json: { type: "boolean" } },
+  });
+  const dir = resolve(positionals[0] ?? "rego");
+  const caps = existsSync(join(dir, "capabilities.json"))
+    ? ["--capabilities", join(dir, "capabilities.json")]
+    : [];
+  const fmt = opa(["fmt", "--list", dir]);
+  const unformatted = fmt.stdout.split("\n").filter(Boolean);
+  const check = opa(["check", "--strict", ...caps, "--ignore", "capabilities.json", dir]);
+  const test = opa([
+    "test",
+    "--coverage",
+    "--format",
+    "json",
+    "--ignore",
+    "capabilities.json",
+    dir,
+  ]);
+  let coverage = 0;
+  let failures: string[] = [];
+  try {
+    const report = JSON.parse(test.stdout) as {
+      coverage?: number;
+      files?: Record<string, unknown>;
+    };
+    coverage = report.coverage ?? 0;
+  } catch {
+    failures = ["opa test did not produce a coverage report"];
+  }
+  if (test.status !== 0) {
+    const run = opa(["test", "--ignore", "capabilities.json", dir]);
+    failures.push(run.stdout.trim() || run.stderr.trim());
+  }
+  const min = Number(values["coverage-min"]);
+  const ok = unformatted.length === 0 && check.status === 0 && test.status === 0 && coverage >= min;
+  const result = {
+    ok,
+    unformatted,
+    check: check.status === 0 ? "ok" : check.stderr.trim(),
+    coverage,
+    coverage_min: min,
+    failures,
+  };
+  if (values.json) out.stdout(JSON.stringify(result) + "\n");
+  else {
+    out.stdout(
+      `fmt: ${unformatted.length === 0 ? "ok" : `unformatted: ${unformatted.join(", ")}`}\n`,
+    );
+    out.stdout(`check --strict: ${result.check}\n`);
+    out.stdout(
+      `test: ${test.status === 0 ? "pass" : "FAIL"}${failures.length ? "\n" + failures.join("\n") : ""}\n`,
+    );
+    out.stdout(`coverage: ${coverage.toFixed(2)} % (minimum ${min} %)\n`);
+  }
+  return ok ? 0 : 1;
+}
+
+async function offlineDecider(bundlePath: string, agent: string | undefined, nowMs?: () => number) {
+  const env: Record<string, string> = {
+    TOOLGATE_BUNDLE: bundlePath,
+    TOOLGATE_STATE_DIR: mkdtempSync(join(tmpdir(), "toolgate-cli-")),
+  };
+  if (agent) env.TOOLGATE_AGENT_ID = agent;
+  const config = compileConfig({}, env);
+  const parts = await buildParts(config, createLogger("silent"), {
+    audit: false,
+    approvals: false,
+    grants: false,
+    ...(nowMs ? { now: nowMs } : {}),
+  });
+  await parts.bundles.activate(loadBundleFromPath(config.policy.bundle));
+  return parts;
+}
+
+/**
+ * `toolgate explain --bundle B --input I [--rego DIR] [--agent A] [--json]`:
+ * the decision and its reasons, and — with the Rego sources — the rule-level
+ * trace of `opa eval --explain` on the same input toolgate gives the policy.
+ */
+export async function explainCommand(args: string[], out: Out): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      bundle: { type: "string", short: "b" },
+      input: { type: "string", short: "i" },
+      rego: { type: "string" },
+      agent: { type: "string" },
+      explain: { type: "string", default: "fails" },
+      json: { type: "boolean" },
+    },
+  });
+  if (!values.input || (!values.bundle && !values.rego))
+    throw toolgateError("usage", "explain needs --input I and --bundle B (and/or --rego DIR)");
+  const text = readFileSync(values.input === "-" ? 0 : values.input, "utf8");
+  const req = validateDecisionRequest(JSON.parse(text));
+  let decision: Decision | undefined;
+  if (values.bundle)
+    decision = (await offlineDecider(values.bundle, values.agent)).decider.decide(req, text, {
+      face: "cli",
+    });
+  let trace: string | undefined;
+  if (values.rego) {
+    const dir = mkdtempSync(join(tmpdir(), "toolgate-explain-"));
+    const inputFile = join(dir, "input.json");
+    const agentId = values.agent ?? "support-triage";
+    writeFileSync(
+      inputFile,
+      JSON.stringify({
+        request: req,
+        verified: {
+          agent: { id: agentId },
+          subject: { id: req.subject.id, method: "trusted" },
+          time_ns: Date.now() * 1e6,
+        },
+      }),
+    );
+    const mode = ["notes", "fails", "full", "debug"].includes(values.explain)
+      ? values.explain
+      : "notes";
+    const r = opa([
+      "eval",
+      "--format",
+      "pretty",
+      `--explain=${mode}`,
+      "--ignore",
+      "*_test.rego",
+      "--ignore",
+      "capabilities.json",
+      "-d",
+      values.rego,
+      "-i",
+      inputFile,
+      "data.toolgate.decision",
+    ]);
+    trace = r.status === 0 ? r.stdout : r.stderr;
+  }
+  if (values.json) out.stdout(JSON.stringify({ decision, trace }, null, 2) + "\n");
+  else {
+    if (decision) {
+      out.stdout(
+        `outcome: ${decision.outcome}  (bundle ${decision.policy.bundle}, revision ${decision.policy.revision})\n`,
+      );
+      for (const r of decision.reasons) out.stdout(`  ${r.code}: ${r.message}\n`);
+      if (decision.approval) out.stdout(`  approval: ${JSON.stringify(decision.approval)}\n`);
+      if (decision.obligations.length)
+        out.stdout(`  obligations: ${JSON.stringify(decision.obligations)}\n`);
+    }
+    if (trace !== undefined)
+      out.stdout(`\nrule trace (opa eval --explain=${values.explain}):\n${trace}`);
+  }
+  return 0;
+}
+
+const REDACTION = /^(hmac-sha256:|\[REDACTED\]|\[TOO DEEP\]|\[CIRCULAR\])|…\[\+\d+ chars\]$/;
+
+function redactedPaths(v: unknown, path: string, acc: string[]): string[] {
+  if (typeof v === "string") {
+    if (REDACTION.test(v) || v.includes("hmac-sha256:")) acc.push(path || "/");
+  } else if (Array.isArray(v)) v.forEach((x, i) => redactedPaths(x, `${path}/${i}`, acc));
+  else if (v !== null && typeof v === "object")
+    for (const [k, x] of Object.entries(v)) redactedPaths(x, `${path}/${k}`, acc);
+  return acc;
+}
+
+/**
+ * `toolgate replay --audit <trail files or dir…> --bundle <candidate> [--json]`:
+ * re-decides every recorded decision with a candidate bundle (at the recorded
+ * time) and lists those that would change. Recorded arguments are redacted
+ * where audit redacted them; such fields are named per record, because the
+ * candidate saw the redacted value, not the original.
+ */
+export async function replayCommand(args: string[], out: Out): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      audit: { type: "string", multiple: true },
+      bundle: { type: "string", short: "b" },
+      agent: { type: "string" },
+      json: { type: "boolean" },
+      "allow-partial-start": { type: "boolean" },
+    },
+  });
+  const trails = [...(values.audit ?? []), ...positionals];
+  if (trails.length === 0 || !values.bundle)
+    throw toolgateError("usage", "replay needs --audit <trail…> and --bundle <candidate>");
+  const files = trails.flatMap((t) => (statSync(t).isDirectory() ? listTrailFiles(t) : [t]));
+  const integrity = verifyTrail(files, {
+    allowPartialStart: values["allow-partial-start"] ?? false,
+  });
+  if (!integrity.ok)
+    out.stderr(
+      `warning: the trail's chain is broken (${integrity.firstBreak?.reason} at ${integrity.firstBreak?.file}:${integrity.firstBreak?.line}); replaying what is readable\n`,
+    );
+  let clock = Date.now();
+  const parts = await offlineDecider(values.bundle, values.agent, () => clock);
+  const changes: Array<Record<string, unknown>> = [];
+  let total = 0;
+  let withRedactions = 0;
+  for (const file of files) {
+    for (const line of readFileSync(file, "utf8").split("\n")) {
+      if (!line.startsWith("{")) continue;
+      let rec: { kind?: string; record?: Record<string, unknown> };
+      try {
+        rec = JSON.parse(line) as typeof rec;
+      } catch {
+        continue;
+      }
+      if (rec.kind !== "decision" || rec.record === undefined) continue;
+      const r = rec.record as {
+        decision_id: string;
+        time: string;
+        subject: { type: string; id: string };
+        tool: { name: string; call_id?: string };
+        resource: { type: string; id: string };
+        arguments?: Record<string, unknown>;
+        context?: Record<string, unknown>;
+        outcome: string;
+        reasons: Array<{ code: string }>;
+        policy: { revision: string };
+      };
+      total++;
+      if (total % 1000 === 0) out.stderr(`replayed ${total} decisions…\n`);
+      const request: DecisionRequest = {
+        subject: { type: r.subject.type, id: r.subject.id },
+        action: {
+          name: r.tool.name,
+          ...(r.arguments !== undefined ? { properties: { arguments: r.arguments } } : {}),
+        },
+        resource: r.resource,
+        ...(r.context !== undefined ? { context: r.context } : {}),
+      };
+      const redacted = redactedPaths({ arguments: r.arguments, context: r.context }, "", []);
+      if (redacted.length) withRedactions++;
+      clock = Date.parse(r.time) || Date.now();
+      let now: Decision;
+      try {
+        now = parts.decider.decide(request, undefined, { face: "cli" });
+      } catch (e) {
+        changes.push({
+          decision_id: r.decision_id,
+          tool: r.tool.name,
+          recorded: r.outcome,
+          candidate: "error",
+          error: (e as Error).message,
+          redacted_fields: redacted,
+        });
+        continue;
+      }
+      const before = r.reasons.map((x) => x.code).join(",");
+      const after = now.reasons.map((x) => x.code).join(",");
+      if (now.outcome !== r.outcome || before !== after) {
+        changes.push({
+          decision_id: r.decision_id,
+          time: r.time,
+          tool: r.tool.name,
+          subject: r.subject.id,
+          recorded: { outcome: r.outcome, reasons: before, revision: r.policy.revision },
+          candidate: { outcome: now.outcome, reasons: after, revision: now.policy.revision },
+          redacted_fields: redacted,
+        });
+      }
+    }
+  }
+  const summary = {
+    trail_ok: integrity.ok,
+    decisions: total,
+    changed: changes.length,
+    with_redacted_fields: withRedactions,
+    candidate: basename(values.bundle),
+  };
+  if (values.json) out.stdout(JSON.stringify({ summary, changes }, null, 2) + "\n");
+  else {
+    out.stdout(
+      `replayed ${total} decisions against ${summary.candidate}: ${changes.length} would change` +
+        `${withRedactions ? ` (${withRedactions} had redacted fields: the candidate saw the redacted values)` : ""}\n`,
+    );
+    for (const c of changes) {
+      const rec = c.recorded as { outcome: string; reasons: string } | string;
+      const cand = c.candidate as { outcome: string; reasons: string } | string;
+      out.stdout(
+        `  ${String(c.decision_id)} ${String(c.tool)}: ${typeof rec === "string" ? rec : `${rec.outcome} [${rec.reasons}]`} → ${typeof cand === "string" ? cand : `${cand.outcome} [${cand.reasons}]`}` +
+          `${(c.redacted_fields as string[]).length ? `  (redacted: ${(c.redacted_fields as string[]).join(", ")})` : ""}\n`,
+      );
+    }
+  }
+  return 0;
+}
