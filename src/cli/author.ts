@@ -265,7 +265,7 @@ export async function explainCommand(args: string[], out: Out): Promise<number> 
     );
     const mode = ["notes", "fails", "full", "debug"].includes(values.explain)
       ? values.explain
-      : "notes";
+      : "fails";
     const r = opa([
       "eval",
       "--format",
