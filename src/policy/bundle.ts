@@ -178,6 +178,27 @@ export function bundleNameOf(path: string): string {
   return basename(path).replace(/\.tar\.gz$|\.tgz$/, "");
 }
 
+/** Reads the files of a bundle (.tar.gz file or directory), by bundle path, unchecked. */
+export function readBundleFiles(
+  path: string,
+  limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS,
+): Map<string, Buffer> {
+  let st;
+  try {
+    st = statSync(path);
+  } catch {
+    throw toolgateError("bundle_not_found", `bundle not found: ${path}`);
+  }
+  if (st.isDirectory()) return readDirectory(path);
+  if (st.size > limits.maxBytes) {
+    throw toolgateError(
+      "bundle_too_large",
+      `bundle ${path} is ${st.size} bytes; the limit is ${limits.maxBytes}`,
+    );
+  }
+  return readTarGz(readFileSync(path), limits);
+}
+
 /** Reads a bundle from a .tar.gz file or a directory. */
 export function loadBundleFromPath(
   path: string,
