@@ -130,7 +130,7 @@ deny_reasons contains reason("tool_disabled", concat("", ["tool ", q(tool_name),
 	not tool_stage
 }
 
-deny_reasons contains reason("stage_shadow", concat("", ["tool ", q(tool_name), " is in shadow stage: decisions are recorded, calls are not made"])) if {
+deny_reasons contains reason("shadow_mode", concat("", ["tool ", q(tool_name), " is in shadow stage: the decision the next stage would make is recorded, the call is not made"])) if {
 	tool_stage == "shadow"
 }
 

@@ -11,7 +11,10 @@ package toolgate
 import rego.v1
 
 # The decision document (see docs/policy-contract.md).
-decision := object.union(
+decision := object.union(core_decision, shadow_part)
+
+# The answer without the shadow member.
+core_decision := object.union(
 	{
 		"outcome": outcome,
 		"reasons": reasons,
@@ -19,6 +22,21 @@ decision := object.union(
 	},
 	object.union(tool_part, approval_part),
 )
+
+# Stage shadow: the decision the tool's next stage (draft_only, or the tool's
+# `shadow_as`) would have made, for the record. toolgate records it and never
+# returns it: the agent is told deny (shadow_mode).
+shadow_part := {"shadow": {"outcome": d.outcome, "reasons": d.reasons}} if {
+	tool_stage == "shadow"
+	d := core_decision with data.toolgate.deployment.tools as shadow_tools
+} else := {}
+
+shadow_target := s if {
+	s := tool.shadow_as
+	s in {"draft_only", "supervised", "autonomous"}
+} else := "draft_only"
+
+shadow_tools := object.union(conf_tools, {tool_name: object.union(tool, {"stage": shadow_target})})
 
 outcome := "deny" if {
 	count(deny_reasons) > 0

@@ -339,7 +339,32 @@ test_unknown_agent if {
 
 test_stage_shadow if {
 	tools := with_tool("refunds.issue", {"class": "execute", "stage": "shadow"})
-	codes(decide(req("alice", "refunds.issue", {"amount": 1}))) == {"stage_shadow"} with data.toolgate.deployment.tools as tools
+	d := decide(req("alice", "refunds.issue", {"amount": 1})) with data.toolgate.deployment.tools as tools
+	codes(d) == {"shadow_mode"}
+	d.outcome == "deny"
+
+	# what draft_only (the next stage) would have answered: an execute tool may not act
+	d.shadow.outcome == "deny"
+	codes(d.shadow) == {"stage_draft_only"}
+}
+
+test_stage_shadow_of_a_draft_tool_records_allow if {
+	tools := with_tool("replies.draft", {"class": "draft", "stage": "shadow"})
+	d := decide(req("alice", "replies.draft", {})) with data.toolgate.deployment.tools as tools
+	codes(d) == {"shadow_mode"}
+	d.shadow.outcome == "allow"
+}
+
+test_stage_shadow_as_supervised if {
+	tools := with_tool("refunds.issue", {"class": "execute", "stage": "shadow", "shadow_as": "supervised"})
+	d := decide(req("alice", "refunds.issue", {"amount": 1})) with data.toolgate.deployment.tools as tools
+	codes(d) == {"shadow_mode"}
+	d.shadow.outcome == "needs_approval"
+}
+
+test_no_shadow_member_outside_shadow_stage if {
+	d := decide(req("alice", "refunds.issue", {"amount": 1}))
+	not d.shadow
 }
 
 test_stage_draft_only if {

@@ -1,0 +1,317 @@
+/**
+ * Durable containment state on the built-in `node:sqlite` (`DatabaseSync`):
+ * kill switches and confirmed budget consumption.
+ *
+ * One file, `<dir>/containment.db` (created 0600 in a 0700 directory), WAL
+ * journal, `synchronous=FULL` (a switch that was acknowledged survives power
+ * loss), `busy_timeout`. Every call is synchronous; every change is one
+ * transaction. The same approach as src/approvals/store.ts: versioned
+ * migrations in `schema_migrations` (mirrored in `PRAGMA user_version`), one
+ * `BEGIN IMMEDIATE` per migration, an unknown (newer) version refused.
+ *
+ * - `killswitches`: one row per switch, never deleted: DELETE on the API sets
+ *   `deleted_at`/`deleted_by` once (guarded UPDATE plus a trigger), so the
+ *   table is also the history of who stopped what, when and why.
+ * - `budget_events`: append-only, one row per confirmed action that counts
+ *   against a budget (`decision_id` unique: a report is counted once).
+ *
+ * Errors: any SQLite failure becomes `containment_store_unavailable` (503).
+ * Times are epoch milliseconds.
+ */
+import { randomBytes } from "node:crypto";
+import { chmodSync, closeSync, mkdirSync, openSync } from "node:fs";
+import { join } from "node:path";
+import { DatabaseSync, type SQLInputValue } from "node:sqlite";
+import { isToolgateError, toolgateError } from "../errors";
+
+export const CONTAINMENT_DB_FILE = "containment.db";
+const BUSY_TIMEOUT_MS = 5000;
+
+/** What a switch stops; an absent member matches anything, an empty scope everything. */
+export interface SwitchScope {
+  agent?: string;
+  tool?: string;
+  subject?: string;
+  job?: string;
+}
+
+export const SCOPE_KEYS = ["agent", "tool", "subject", "job"] as const;
+
+export interface KillSwitch {
+  id: string;
+  scope: SwitchScope;
+  reason: string;
+  created_by: string;
+  created_at: string;
+  expires_at: string | null;
+  deleted_at?: string | null;
+  deleted_by?: string | null;
+}
+
+/** A switch as held in memory (times as epoch ms for the decision path). */
+export interface SwitchRow {
+  id: string;
+  scope: SwitchScope;
+  reason: string;
+  createdBy: string;
+  createdAt: number;
+  expiresAt: number | null;
+  deletedAt: number | null;
+  deletedBy: string | null;
+}
+
+export interface BudgetEvent {
+  key: string;
+  at: number;
+  amount: number;
+}
+
+interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+/** Append only: never edit a released migration, add the next one. */
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: "create killswitches, budget_events",
+    sql: `
+CREATE TABLE killswitches (
+  id TEXT PRIMARY KEY,
+  scope_json TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  created_by TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER,
+  deleted_at INTEGER,
+  deleted_by TEXT
+) STRICT;
+CREATE INDEX killswitches_active ON killswitches (deleted_at, expires_at);
+CREATE TRIGGER killswitches_deleted_once BEFORE UPDATE ON killswitches
+WHEN OLD.deleted_at IS NOT NULL
+BEGIN SELECT RAISE(ABORT, 'kill switch already deleted'); END;
+CREATE TRIGGER killswitches_immutable BEFORE UPDATE OF id, scope_json, reason, created_by, created_at, expires_at ON killswitches
+BEGIN SELECT RAISE(ABORT, 'a kill switch is immutable; delete it and create another'); END;
+
+CREATE TABLE budget_events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  budget_key TEXT NOT NULL,
+  decision_id TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  amount REAL NOT NULL,
+  UNIQUE (budget_key, decision_id)
+) STRICT;
+CREATE INDEX budget_events_by_key ON budget_events (budget_key, at);
+CREATE TRIGGER budget_events_append_only_u BEFORE UPDATE ON budget_events
+BEGIN SELECT RAISE(ABORT, 'budget_events is append-only'); END;
+`,
+  },
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);
+
+type Row = Record<string, SQLInputValue>;
+
+function guard<T>(what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (isToolgateError(e)) throw e;
+    const msg = e instanceof Error ? e.message : String(e);
+    throw toolgateError("containment_store_unavailable", `containment store: ${what}: ${msg}`);
+  }
+}
+
+function currentVersion(db: DatabaseSync): number {
+  const row = db.prepare("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations").get() as
+    Row | undefined;
+  return Number(row?.v ?? 0);
+}
+
+function migrate(db: DatabaseSync): void {
+  db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at INTEGER NOT NULL
+  ) STRICT`);
+  for (const m of MIGRATIONS) {
+    db.exec("BEGIN IMMEDIATE");
+    try {
+      const applied = db
+        .prepare("SELECT 1 AS one FROM schema_migrations WHERE version = ?")
+        .get(m.version);
+      if (!applied) {
+        db.exec(m.sql);
+        db.prepare(
+          "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+        ).run(m.version, m.name, Date.now());
+        db.exec(`PRAGMA user_version = ${m.version}`);
+      }
+      db.exec("COMMIT");
+    } catch (e) {
+      if (db.isTransaction) db.exec("ROLLBACK");
+      throw e;
+    }
+  }
+  const v = currentVersion(db);
+  if (v > SCHEMA_VERSION) {
+    throw toolgateError(
+      "containment_store_unavailable",
+      `containment.db has schema version ${v}; this toolgate knows up to ${SCHEMA_VERSION}`,
+    );
+  }
+}
+
+function text(r: Row, k: string): string {
+  const v = r[k];
+  if (typeof v !== "string") throw new Error(`containment.db: column ${k} is not text`);
+  return v;
+}
+
+function toSwitch(r: Row): SwitchRow {
+  const n = (k: string): number | null =>
+    r[k] === null || r[k] === undefined ? null : Number(r[k]);
+  return {
+    id: text(r, "id"),
+    scope: JSON.parse(text(r, "scope_json")) as SwitchScope,
+    reason: text(r, "reason"),
+    createdBy: text(r, "created_by"),
+    createdAt: Number(r.created_at),
+    expiresAt: n("expires_at"),
+    deletedAt: n("deleted_at"),
+    deletedBy: r.deleted_by === null || r.deleted_by === undefined ? null : text(r, "deleted_by"),
+  };
+}
+
+/** An unguessable switch id: `ks_` + 96 random bits. */
+export function newSwitchId(): string {
+  return `ks_${randomBytes(12).toString("base64url")}`;
+}
+
+export class ContainmentStore {
+  readonly path: string;
+  private readonly db: DatabaseSync;
+  private closed = false;
+
+  private constructor(path: string, db: DatabaseSync) {
+    this.path = path;
+    this.db = db;
+  }
+
+  /** Opens (creating and migrating as needed) `<dir>/containment.db`. */
+  static open(dir: string): ContainmentStore {
+    const path = join(dir, CONTAINMENT_DB_FILE);
+    return guard(`open ${path}`, () => {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      closeSync(openSync(path, "a", 0o600));
+      chmodSync(path, 0o600);
+      const db = new DatabaseSync(path, { timeout: BUSY_TIMEOUT_MS });
+      try {
+        db.exec(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
+        const mode = db.prepare("PRAGMA journal_mode = WAL").get() as Row | undefined;
+        if (mode?.journal_mode !== "wal") throw new Error("cannot switch to WAL journal mode");
+        db.exec("PRAGMA synchronous = FULL");
+        migrate(db);
+      } catch (e) {
+        db.close();
+        throw e;
+      }
+      return new ContainmentStore(path, db);
+    });
+  }
+
+  schemaVersion(): number {
+    return this.run("read schema version", () => currentVersion(this.db));
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.db.close();
+  }
+
+  insertSwitch(s: SwitchRow): void {
+    this.run("create kill switch", () => {
+      this.db
+        .prepare(
+          `INSERT INTO killswitches (id, scope_json, reason, created_by, created_at, expires_at)
+           VALUES (?, ?, ?, ?, ?, ?)`,
+        )
+        .run(s.id, JSON.stringify(s.scope), s.reason, s.createdBy, s.createdAt, s.expiresAt);
+    });
+  }
+
+  /** Marks a switch deleted, once (guarded). Returns the row, or undefined if unknown/deleted. */
+  deleteSwitch(id: string, by: string, now: number): SwitchRow | undefined {
+    return this.run("delete kill switch", () => {
+      const res = this.db
+        .prepare(
+          "UPDATE killswitches SET deleted_at = ?, deleted_by = ? WHERE id = ? AND deleted_at IS NULL",
+        )
+        .run(now, by, id);
+      if (res.changes !== 1) return undefined;
+      const row = this.db.prepare("SELECT * FROM killswitches WHERE id = ?").get(id) as Row;
+      return toSwitch(row);
+    });
+  }
+
+  /** Switches not deleted and not expired at `now`, oldest first. */
+  activeSwitches(now: number): SwitchRow[] {
+    return this.run("list kill switches", () =>
+      (
+        this.db
+          .prepare(
+            `SELECT * FROM killswitches WHERE deleted_at IS NULL
+               AND (expires_at IS NULL OR expires_at > ?) ORDER BY created_at, id`,
+          )
+          .all(now) as Row[]
+      ).map(toSwitch),
+    );
+  }
+
+  /** Every switch ever set (history), newest first; `limit` clamped to 1..1000. */
+  allSwitches(limit = 100): SwitchRow[] {
+    const n = Number.isFinite(limit) ? Math.min(1000, Math.max(1, Math.trunc(limit))) : 100;
+    return this.run("list kill switches", () =>
+      (
+        this.db
+          .prepare("SELECT * FROM killswitches ORDER BY created_at DESC, id LIMIT ?")
+          .all(n) as Row[]
+      ).map(toSwitch),
+    );
+  }
+
+  /** Records one confirmed consumption; false when this decision was already counted. */
+  addBudgetEvent(key: string, decisionId: string, at: number, amount: number): boolean {
+    return this.run("record budget consumption", () => {
+      const res = this.db
+        .prepare(
+          `INSERT OR IGNORE INTO budget_events (budget_key, decision_id, at, amount)
+           VALUES (?, ?, ?, ?)`,
+        )
+        .run(key, decisionId, at, amount);
+      return res.changes === 1;
+    });
+  }
+
+  /** Budget events at or after `since`, oldest first (loaded at start). */
+  budgetEventsSince(since: number): BudgetEvent[] {
+    return this.run("read budget events", () =>
+      (
+        this.db
+          .prepare(
+            "SELECT budget_key, at, amount FROM budget_events WHERE at >= ? ORDER BY at, seq",
+          )
+          .all(since) as Row[]
+      ).map((r) => ({ key: text(r, "budget_key"), at: Number(r.at), amount: Number(r.amount) })),
+    );
+  }
+
+  private run<T>(what: string, fn: () => T): T {
+    if (this.closed)
+      throw toolgateError("containment_store_unavailable", "containment store is closed");
+    return guard(what, fn);
+  }
+}
