@@ -3,6 +3,9 @@
 # once, into the git-ignored .tools/bin. Prints the path of the requested tool.
 #   scripts/tools.sh opa      -> path to the pinned opa CLI
 #   scripts/tools.sh jaeger   -> path to the pinned Jaeger (all-in-one, v2) for e2e tests
+#   scripts/tools.sh registry -> path to a pinned OCI registry (go-containerregistry) for the OCI bundle test
+#   scripts/tools.sh helm     -> path to the pinned helm CLI (chart lint/template tests)
+#   scripts/tools.sh k8s-validate -> the offline manifest validator in tools/k8s-validate
 # Pins: `go install module@version` where the module allows it; otherwise a
 # tools module under tools/<name>/ (go.mod + go.sum, `tool` directive).
 set -euo pipefail
@@ -13,6 +16,9 @@ mkdir -p "$bin"
 declare -A MODULE=(
   [opa]="github.com/open-policy-agent/opa@v1.22.4"
   [jaeger]="tools/jaeger:github.com/jaegertracing/jaeger/cmd/jaeger"
+  [registry]="github.com/google/go-containerregistry/cmd/registry@v0.22.1"
+  [helm]="helm.sh/helm/v3/cmd/helm@v3.22.0"
+  [k8s-validate]="tools/k8s-validate:."
 )
 
 tool="${1:?usage: scripts/tools.sh <tool>}"
@@ -23,6 +29,10 @@ if [[ "$spec" == tools/* ]]; then
   dir="${spec%%:*}"
   pkg="${spec#*:}"
   want="$spec $(sha256sum "$root/$dir/go.mod" | cut -c1-16)"
+  # A tools module with its own Go source is rebuilt when that source changes.
+  if compgen -G "$root/$dir/*.go" >/dev/null; then
+    want="$want $(cat "$root/$dir"/*.go | sha256sum | cut -c1-16)"
+  fi
 else
   want="$spec"
 fi

@@ -5,16 +5,21 @@ import { Auditor, Tracing } from "./audit";
 import { Redactor } from "./audit/redact";
 import { AuditTrail } from "./audit/trail";
 import { join } from "node:path";
-import { BundleManager } from "./bundles";
+import { BundleManager, sourceFromConfig, verificationFromConfig } from "./bundles";
 import type { CompiledConfig } from "./config";
-import { checkPolicyOutput, Decider } from "./decision";
+import { checkPolicyOutput, Decider, type PolicySource } from "./decision";
+import { compileLimits, Containment, ContainmentStore } from "./containment";
+import { loadBundleFromPath } from "./policy/bundle";
+import { PolicyEngine as Engine } from "./policy/engine";
 import { isToolgateError, toolgateError } from "./errors";
 import { ApprovalService } from "./approvals/service";
 import { ApprovalStore } from "./approvals/store";
 import { webhookNotifier } from "./approvals/webhook";
 import { startAgentServer, type RunningServer } from "./http/agent-server";
+import { GrantIssuer } from "./grants";
 import { startControlServer } from "./http/control-server";
 import { Identity, TokenVerifier } from "./identity";
+import { meteredSink, Metrics } from "./metrics";
 import type { PolicyEngine } from "./policy/engine";
 import { createLogger, type Logger } from "./util/log";
 import { packageRoot } from "./util/paths";
@@ -45,6 +50,7 @@ export function smokeTest(engine: PolicyEngine, agentId: string, log?: Logger): 
   });
   const out = checkPolicyOutput(engine.evaluateJson(input, nowNs));
   if (isToolgateError(out)) throw out;
+  compileLimits(engine.data); // malformed containment limits refuse the bundle
   if (out.outcome !== "deny") {
     log?.warn("bundle does not deny an unknown tool for an unknown subject", {
       event: "bundle.smoke_warning",
@@ -63,6 +69,11 @@ export interface Parts {
   decider: Decider;
   auditor: Auditor | undefined;
   approvals: ApprovalService | undefined;
+  /** Signs grants onto allows and publishes their keys (undefined: grants off). */
+  grants: GrantIssuer | undefined;
+  metrics: Metrics;
+  /** Kill switches, rates and budgets (undefined: built without state, e.g. `toolgate eval`). */
+  containment: Containment | undefined;
 }
 
 export interface BuildOptions {
@@ -74,6 +85,38 @@ export interface BuildOptions {
   audit?: boolean;
   /** Build without the approval store (the offline `toolgate eval`). */
   approvals?: boolean;
+  /** The decision clock (replay decides at each record's time). */
+  now?: () => number;
+  /** Build without grants even if enabled (the offline `toolgate eval`). */
+  grants?: boolean;
+  /** Build without containment (kill switches, limits); also off whenever audit is off (offline tools). */
+  containment?: boolean;
+}
+
+/** Loads the candidate bundle (policy.candidate.bundle); a failure is logged, never fatal. */
+async function candidateSource(
+  config: CompiledConfig,
+  log: Logger,
+): Promise<PolicySource | undefined> {
+  if (config.policy.candidate === null) return undefined;
+  try {
+    const engine = await Engine.create(loadBundleFromPath(config.policy.candidate), {
+      entrypoint: config.policy.entrypoint,
+    });
+    log.info("candidate policy loaded: evaluated beside the active one, for the record only", {
+      event: "candidate.loaded",
+      bundle: engine.info.bundle,
+      revision: engine.info.revision,
+    });
+    return { active: () => engine };
+  } catch (e) {
+    log.error("candidate policy not loaded", {
+      event: "candidate.load_failed",
+      path: config.policy.candidate,
+      error: (e as Error).message,
+    });
+    return undefined;
+  }
 }
 
 function hmacKey(config: CompiledConfig, log: Logger): { key: Buffer; keyId: string } {
@@ -144,18 +187,55 @@ function buildAuditor(config: CompiledConfig, log: Logger, opts: BuildOptions): 
   });
 }
 
+/** Gauges read at scrape time from the modules that own the state. */
+function registerGauges(
+  metrics: Metrics,
+  bundles: BundleManager,
+  approvals: ApprovalService | undefined,
+  auditor: Auditor | undefined,
+): void {
+  metrics.addGauge({
+    name: "toolgate_bundle_active",
+    help: "1 for the active bundle and revision; no sample while none is active.",
+    read: () => {
+      const st = bundles.status();
+      return bundles.ready()
+        ? [{ labels: { bundle: st.name, revision: st.revision ?? "" }, value: 1 }]
+        : [];
+    },
+  });
+  metrics.addGauge({
+    name: "toolgate_ready",
+    help: "1 while a bundle is active (the sidecar answers decisions), else 0.",
+    read: () => [{ value: bundles.ready() ? 1 : 0 }],
+  });
+  if (approvals) {
+    metrics.addGauge({
+      name: "toolgate_approvals_pending",
+      help: "Approval tasks waiting for a decision.",
+      read: () => [{ value: approvals.pendingCount() }],
+    });
+  }
+  if (auditor) {
+    metrics.addGauge({
+      name: "toolgate_spans_dropped",
+      help: "Spans dropped since start (queue full, export failed or shutdown timeout). A counter's value, exposed as a gauge read from the exporter.",
+      read: () => [{ value: auditor.tracing.stats().dropped }],
+    });
+    metrics.addGauge({
+      name: "toolgate_audit_trail_write_errors",
+      help: "Audit trail write errors since start.",
+      read: () => [{ value: auditor.trailStats()?.writeErrors ?? 0 }],
+    });
+  }
+}
+
 /** The composition root: builds every module from the config; nothing global. */
 export async function buildParts(
   config: CompiledConfig,
   log: Logger = createLogger(config.log.level),
   opts: BuildOptions = {},
 ): Promise<Parts> {
-  const bundles = new BundleManager({
-    path: config.policy.bundle,
-    entrypoint: config.policy.entrypoint,
-    log,
-    smokeTest: (engine) => smokeTest(engine, config.agent.id, log),
-  });
   const identity = new Identity({
     agentId: config.agent.id,
     mode: config.identity.mode,
@@ -164,6 +244,18 @@ export async function buildParts(
       : {}),
   });
   const auditor = opts.audit === false ? undefined : buildAuditor(config, log, opts);
+  const metrics = new Metrics();
+  const verification = verificationFromConfig(config.policy.signing);
+  const bundles = new BundleManager({
+    path: config.policy.bundle,
+    entrypoint: config.policy.entrypoint,
+    log,
+    smokeTest: (engine) => smokeTest(engine, config.agent.id, log),
+    source: sourceFromConfig(config.policy),
+    ...(verification ? { verification } : {}),
+    persistDir: config.policy.persistDir,
+    ...(auditor ? { tracing: auditor.tracing } : {}),
+  });
   const approvals =
     opts.approvals === false
       ? undefined
@@ -171,19 +263,67 @@ export async function buildParts(
           store: ApprovalStore.open(config.state.dir),
           agentId: config.agent.id,
           redact: (v) => (auditor ? auditor.redact(v) : v),
-          ...(auditor ? { events: auditor } : {}),
+          events: {
+            approvalEvent: (event, fields) => {
+              metrics.approvals.inc({ event });
+              auditor?.approvalEvent(event, fields);
+            },
+          },
           ...(config.approvals.webhook
             ? { onPending: webhookNotifier(config.approvals.webhook, log) }
             : {}),
         });
+  const grants =
+    config.grants.enabled && opts.grants !== false
+      ? new GrantIssuer(config.grants, config.agent.id, log)
+      : undefined;
+  const containment =
+    opts.containment === false || opts.audit === false
+      ? undefined
+      : new Containment({
+          store: ContainmentStore.open(config.state.dir),
+          agentId: config.agent.id,
+          ...(opts.now ? { now: opts.now } : {}),
+          events: {
+            containmentEvent: (event, fields) => {
+              auditor?.containmentEvent(event, fields);
+              if (auditor === undefined)
+                log.warn(`containment ${event}`, { event: `containment.${event}`, ...fields });
+            },
+          },
+        });
+  const candidate = await candidateSource(config, log);
   const decider = new Decider({
     policy: bundles,
     identity,
     requestTtlSeconds: config.approvals.requestTtlSeconds,
-    ...(auditor ? { sink: auditor } : {}),
+    sink: meteredSink(metrics, auditor),
+    ...(opts.now ? { now: opts.now } : {}),
     ...(approvals ? { approvals } : {}),
+    ...(grants ? { grants } : {}),
+    ...(containment ? { containment } : {}),
+    ...(candidate ? { candidate } : {}),
   });
-  return { config, log, bundles, identity, decider, auditor, approvals };
+  registerGauges(metrics, bundles, approvals, auditor);
+  if (containment) {
+    metrics.addGauge({
+      name: "toolgate_killswitches_active",
+      help: "Kill switches in force (not deleted, not expired).",
+      read: () => [{ value: containment.activeCount() }],
+    });
+  }
+  return {
+    config,
+    log,
+    bundles,
+    identity,
+    decider,
+    auditor,
+    approvals,
+    grants,
+    metrics,
+    containment,
+  };
 }
 
 export interface Toolgate extends Parts {
@@ -226,6 +366,7 @@ export async function startToolgate(
     identity: parts.identity,
     ...(parts.auditor ? { auditor: parts.auditor } : {}),
     ...(parts.approvals ? { approvals: parts.approvals } : {}),
+    ...(parts.containment ? { containment: parts.containment } : {}),
     bundles: parts.bundles,
     log: parts.log,
     startedAt: new Date(),
@@ -240,6 +381,9 @@ export async function startToolgate(
         auditor: parts.auditor,
         log: parts.log,
         version,
+        grants: parts.grants,
+        metrics: parts.metrics,
+        containment: parts.containment,
       })
     : undefined;
   const expiry = setInterval(() => parts.approvals?.expire(), 5000);
@@ -262,6 +406,7 @@ export async function startToolgate(
       // flush pending spans and trail records before the process may exit
       await parts.auditor?.close();
       parts.approvals?.close();
+      parts.containment?.close();
     },
   };
 }

@@ -361,6 +361,11 @@ export class ApprovalService {
     this.opts.store.close();
   }
 
+  pendingCount(): number {
+    return this.opts.store.listTasks({ status: "pending", agentId: this.opts.agentId, limit: 1000 })
+      .length;
+  }
+
   private task(taskId: string): ApprovalTask {
     const t = this.opts.store.getTask(taskId);
     if (t === undefined || t.agentId !== this.opts.agentId)

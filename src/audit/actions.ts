@@ -49,6 +49,8 @@ export function recordAction(
   auditor: Auditor,
   report: ActionReport,
   meta: DecisionMeta,
+  /** Told once the report is accepted (containment counts budgets on status ok). */
+  onReported?: (decisionId: string, status: ActionReport["status"]) => void,
 ): Record<string, unknown> {
   const entry = auditor.ledger.get(report.decision_id);
   const refuse = (
@@ -151,5 +153,7 @@ export function recordAction(
   };
   const trailed = auditor.appendTrail("action", record);
   auditor.logAction(record, trailed?.seq);
+  // after the record is written: a store failure (503) never loses the action's audit
+  onReported?.(e.decisionId, report.status);
   return { recorded: true, decision_id: e.decisionId, trace_id: sc.traceId, span_id: sc.spanId };
 }

@@ -9,6 +9,7 @@ import {
 import type {
   Decision,
   DecisionMeta,
+  DecisionNotes,
   DecisionRequest,
   DecisionSink,
   GrantInfo,
@@ -103,6 +104,14 @@ export interface DecisionRecord {
   duration_us: number | undefined;
   /** The allow's grant: its id, audience and expiry (never the token). */
   grant?: GrantInfo | undefined;
+  /** rate_limited / budget_exceeded: seconds until a retry may succeed. */
+  retry_after?: number | undefined;
+  /** The kill switch that denied the decision. */
+  killswitch_id?: string | undefined;
+  /** Stage shadow: what the next stage would have answered (never returned to the agent). */
+  shadow?: DecisionNotes["shadow"];
+  /** The candidate policy's answer (policy.candidate.bundle). */
+  candidate?: DecisionNotes["candidate"];
 }
 
 function nowMs(): number {
@@ -199,6 +208,7 @@ export class Auditor implements DecisionSink {
     meta: DecisionMeta,
     mask: readonly unknown[] | undefined,
     grant?: GrantInfo,
+    notes?: DecisionNotes,
   ): void {
     try {
       const redacted = this.opts.redactor.redact(req, mask as readonly MaskOp[] | undefined);
@@ -247,6 +257,17 @@ export class Auditor implements DecisionSink {
         attrs["toolgate.grant.audience"] = grant.aud;
         attrs["toolgate.grant.expires_at"] = grant.exp;
       }
+      if (d.retry_after !== undefined) attrs["toolgate.decision.retry_after"] = d.retry_after;
+      if (notes?.killswitch_id !== undefined) attrs["toolgate.killswitch.id"] = notes.killswitch_id;
+      if (notes?.shadow !== undefined) {
+        attrs["toolgate.shadow.outcome"] = notes.shadow.outcome;
+        attrs["toolgate.shadow.reasons"] = notes.shadow.reasons.map((r) => r.code);
+      }
+      if (notes?.candidate !== undefined) {
+        attrs["toolgate.candidate.outcome"] = notes.candidate.outcome;
+        attrs["toolgate.candidate.diverged"] = notes.candidate.diverged;
+        attrs["toolgate.candidate.revision"] = notes.candidate.revision;
+      }
       const span = this.spanFor(`authorize ${toolName}`, meta, attrs);
       const sc = span.spanContext();
       const record: DecisionRecord = {
@@ -283,6 +304,10 @@ export class Auditor implements DecisionSink {
             ? undefined
             : Math.round((nowMs() - meta.startTimeMs) * 1000),
         grant: grant === undefined ? undefined : { jti: grant.jti, aud: grant.aud, exp: grant.exp },
+        retry_after: d.retry_after,
+        killswitch_id: notes?.killswitch_id,
+        shadow: notes?.shadow,
+        candidate: notes?.candidate,
       };
       // Serialised once: the trail stores this text as is, the log line embeds it.
       const recordJson = JSON.stringify(record);
@@ -290,6 +315,18 @@ export class Auditor implements DecisionSink {
       if (trailed) span.setAttribute("toolgate.audit.trail_seq", trailed.seq);
       span.end();
       if (this.logDecisions) this.logRecord("decision", recordJson, trailed?.seq);
+      if (notes?.candidate?.diverged === true) {
+        this.opts.log.info("the candidate policy answered differently", {
+          event: "candidate.divergence",
+          decision_id: d.decision_id,
+          tool: toolName,
+          outcome: d.outcome,
+          candidate_outcome: notes.candidate.outcome,
+          candidate_reasons: notes.candidate.reasons,
+          candidate_revision: notes.candidate.revision,
+          trail_seq: trailed?.seq,
+        });
+      }
       this.ledger.add({
         decisionId: d.decision_id,
         outcome: d.outcome,
@@ -453,6 +490,43 @@ export class Auditor implements DecisionSink {
     }
   }
 
+  /**
+   * A containment change (kill switch created or deleted): a span, a log line
+   * `containment.<event>` naming who, and a trail record.
+   */
+  containmentEvent(event: string, fields: Record<string, unknown>): void {
+    try {
+      const redacted = this.opts.redactor.redact(fields);
+      const attrs: Attributes = {
+        "gen_ai.agent.id": this.opts.agentId,
+        "toolgate.containment.event": event,
+        "toolgate.containment.details": json(redacted),
+      };
+      if (typeof fields.actor === "string") attrs["toolgate.actor.id"] = fields.actor;
+      const ks = fields.killswitch as { id?: unknown } | undefined;
+      if (typeof ks?.id === "string") attrs["toolgate.killswitch.id"] = ks.id;
+      const span = this.opts.tracing.startSpan(
+        `toolgate.containment ${event}`,
+        { kind: SpanKind.INTERNAL, attributes: attrs },
+        this.opts.tracing.extract({}),
+      );
+      const sc = span.spanContext();
+      span.end();
+      const record = { event, ...redacted, trace_id: sc.traceId, span_id: sc.spanId };
+      const trailed = this.appendTrail("containment", record);
+      this.opts.log.warn(`containment ${event}`, {
+        ...record,
+        event: `containment.${event}`,
+        trail_seq: trailed?.seq,
+      });
+    } catch (e) {
+      this.opts.log.error("audit failed for a containment event", {
+        event: "audit.error",
+        error: (e as Error).message,
+      });
+    }
+  }
+
   /** Appends a record serialised by the caller; a trail failure is logged, never thrown. */
   private appendTrailJson(
     kind: string,
@@ -504,6 +578,10 @@ export class Auditor implements DecisionSink {
         JSON.stringify({ time: new Date().toISOString(), ...record }),
         trailSeq,
       );
+  }
+
+  trailStats(): ReturnType<AuditTrail["stats"]> | undefined {
+    return this.opts.trail?.stats();
   }
 
   /** Redacts with the shared redactor (for action reports, approvals, ...). */

@@ -3,6 +3,9 @@ import { parseArgs } from "node:util";
 import { buildParts, packageVersion, startToolgate } from "../app";
 import { auditVerifyCommand } from "./audit";
 import { devTokenCommand } from "./dev-token";
+import { REPORT_HELP, reportCommand } from "./report";
+import { explainCommand, policyBuild, policyTest, replayCommand } from "./author";
+import { POLICY_HELP, policyCommand } from "./policy";
 import { compileConfig, loadConfig } from "../config";
 import { normalizeError, toolgateError } from "../errors";
 import { validateDecisionRequest } from "../http/validate";
@@ -20,6 +23,19 @@ Usage:
                                              check the local audit trail's hash chain
   toolgate dev-token <user> [--roles a,b]    print a DEVELOPMENT token (alice, sam, carol, maria, olga);
                                              refused unless the config trusts the committed dev key
+  toolgate policy build [DIR] [-o OUT] [--entrypoint E] [--capabilities F] [--revision R] [--json]
+                                             opa build -t wasm with the runtime's capabilities and a
+                                             content-derived revision (needs the opa CLI)
+  toolgate policy test [DIR] [--coverage-min 90] [--json]
+                                             opa fmt --list, opa check --strict, opa test --coverage
+${POLICY_HELP}
+${REPORT_HELP}
+  toolgate explain --input I (--bundle B | --rego DIR) [--explain fails|full|notes] [--json]
+                                             why a decision came out as it did: reasons, and the
+                                             rule-level trace of opa eval --explain over the sources
+  toolgate replay --audit <trail…> --bundle B [--json]
+                                             re-decide recorded decisions with a candidate bundle and
+                                             list those that would change (naming redacted fields)
   toolgate version                           print the version
   toolgate help                              this text
 
@@ -77,6 +93,7 @@ async function evalCommand(args: string[], out: Out): Promise<number> {
   const parts = await buildParts(config, createLogger("silent"), {
     audit: false,
     approvals: false,
+    grants: false,
   });
   await parts.bundles.activate(loadBundleFromPath(config.policy.bundle));
   const text = readFileSync(values.input === "-" ? 0 : values.input, "utf8");
@@ -103,6 +120,16 @@ export async function main(argv: string[], out: Out = stdio): Promise<number> {
         return await evalCommand(rest, out);
       case "dev-token":
         return await devTokenCommand(rest, out);
+      case "policy":
+        if (rest[0] === "build") return policyBuild(rest.slice(1), out);
+        if (rest[0] === "test") return policyTest(rest.slice(1), out);
+        return await policyCommand(rest, out);
+      case "explain":
+        return await explainCommand(rest, out);
+      case "replay":
+        return await replayCommand(rest, out);
+      case "report":
+        return reportCommand(rest, out);
       case "audit":
         return auditVerifyCommand(rest, out);
       case "version":

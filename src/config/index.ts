@@ -30,9 +30,43 @@ export interface CompiledConfig {
     limits: { bodyBytes: number; maxDepth: number; maxEvaluations: number };
     requestTimeoutMs: number;
   };
-  policy: { bundle: string; embedded: boolean; entrypoint: string };
+  policy: {
+    bundle: string;
+    embedded: boolean;
+    entrypoint: string;
+    source: "file" | "http" | "oci";
+    fileWatchIntervalMs: number;
+    http: {
+      url: string | null;
+      minDelaySeconds: number;
+      maxDelaySeconds: number;
+      bearerTokenFile: string | null;
+      caFile: string | null;
+      maxBytes: number;
+      timeoutMs: number;
+    };
+    oci: { reference: string | null; plainHttp: boolean };
+    persistDir: string;
+    /** A candidate bundle evaluated beside the active one, for the record only (null: none). */
+    candidate: string | null;
+    /** Null: signature verification off (a signed bundle is then refused, as OPA does). */
+    signing: {
+      keysFile: string | null;
+      publicKeyFile: string | null;
+      keyId: string | null;
+      algorithm: string;
+      scope: string | null;
+    } | null;
+  };
   identity: { mode: "trusted" | "jwt"; jwt: JwtConfig };
-  control: { enabled: boolean; host: string; port: number; jwt: JwtConfig; adminRole: string };
+  control: {
+    enabled: boolean;
+    host: string;
+    port: number;
+    jwt: JwtConfig;
+    adminRole: string;
+    metricsAuth: boolean;
+  };
   approvals: {
     requestTtlSeconds: number;
     webhook: { url: string; secret: string } | null;
@@ -45,6 +79,23 @@ export interface CompiledConfig {
     logDecisions: boolean;
   };
   tracing: { maxQueueSize: number; scheduledDelayMs: number };
+  grants: {
+    enabled: boolean;
+    issuer: string | null;
+    ttlSeconds: number;
+    /** Every configured key (published); at most one `active` (signs). Empty: an ephemeral key. */
+    keys: Array<{
+      kid: string | null;
+      privateKeyFile: string | null;
+      publicKeyFile: string | null;
+      active: boolean;
+      alg: "ES256" | "ES384" | "RS256" | "PS256" | "EdDSA" | null;
+      /** The config key it came from, for messages. */
+      where: string;
+    }>;
+    tools: Record<string, { audience?: string; ttlSeconds?: number; singleUse?: boolean }>;
+    jwksPath: string;
+  };
   log: { level: "error" | "warn" | "info" | "debug" | "silent" };
   /** Where the config came from, for the start-up banner. */
   origin: { file: string | null; env: string[] };
@@ -61,8 +112,12 @@ function getPath(obj: RawConfig, key: string): unknown {
   return node;
 }
 
+/** Keys whose value is a structured list or mapping: their members are not config keys. */
+const STRUCTURED = new Set(FIELDS.filter((f) => f.type.kind === "map").map((f) => f.key));
+
 function leafKeys(obj: unknown, prefix = ""): string[] {
-  if (obj === null || typeof obj !== "object" || Array.isArray(obj)) return [prefix];
+  if (obj === null || typeof obj !== "object" || Array.isArray(obj) || STRUCTURED.has(prefix))
+    return [prefix];
   const out: string[] = [];
   for (const [k, v] of Object.entries(obj as Record<string, unknown>)) {
     out.push(...leafKeys(v, prefix ? `${prefix}.${k}` : k));
@@ -114,6 +169,9 @@ function describe(spec: FieldSpec): string {
       return "a file or directory path";
     case "string":
       return t.patternHint ? `a string (${t.patternHint})` : "a string";
+    case "list":
+    case "map":
+      return t.hint;
   }
 }
 
@@ -155,6 +213,22 @@ function check(spec: FieldSpec, v: unknown, fromEnv: boolean): { ok: Value } | {
         return { err: `must be ${describe(spec)}, got ${got}` };
       }
       return { ok: v };
+    case "list":
+    case "map": {
+      let parsed: unknown = v;
+      if (fromEnv && typeof v === "string") {
+        try {
+          parsed = JSON.parse(v);
+        } catch {
+          return { err: `must be JSON (${describe(spec)}), got ${got}` };
+        }
+      }
+      const isList = Array.isArray(parsed);
+      const isMap = parsed !== null && typeof parsed === "object" && !isList;
+      if (t.kind === "list" ? !isList : !isMap)
+        return { err: `must be ${describe(spec)}, got ${got}` };
+      return { ok: parsed as Value };
+    }
   }
 }
 
@@ -241,11 +315,45 @@ export function compileConfig(
   };
   const identityJwt = jwt("identity.jwt");
   const controlJwt = jwt("control.jwt");
+  const grants = compileGrants(get, errors, baseDirForKeys);
   const webhookUrl = get<string | null>("approvals.webhook.url");
   const webhookSecret = get<string | null>("approvals.webhook.secret");
   if ((webhookUrl === null) !== (webhookSecret === null)) {
     errors.push(
       `keys "approvals.webhook.url" and "approvals.webhook.secret" go together. Fix: set both (the secret signs the body) or neither.`,
+    );
+  }
+  const policySource = get<"file" | "http" | "oci">("policy.source");
+  if (policySource === "http" && get<string | null>("policy.http.url") === null) {
+    errors.push(
+      `key "policy.source" is "http" but "policy.http.url" is not set. Fix: set the bundle URL.`,
+    );
+  }
+  if (policySource === "oci" && get<string | null>("policy.oci.reference") === null) {
+    errors.push(
+      `key "policy.source" is "oci" but "policy.oci.reference" is not set. Fix: set registry/repository:tag.`,
+    );
+  }
+  if (get<number>("policy.http.min_delay_seconds") > get<number>("policy.http.max_delay_seconds")) {
+    errors.push(
+      `key "policy.http.min_delay_seconds" exceeds "policy.http.max_delay_seconds". Fix: make min ≤ max.`,
+    );
+  }
+  const signKeys = get<string | null>("policy.signing.keys_file");
+  const signPub = get<string | null>("policy.signing.public_key_file");
+  if (signKeys !== null && signPub !== null) {
+    errors.push(
+      `keys "policy.signing.keys_file" and "policy.signing.public_key_file" are exclusive. Fix: set only one.`,
+    );
+  }
+  if (
+    signKeys === null &&
+    signPub === null &&
+    (get<string | null>("policy.signing.key_id") !== null ||
+      get<string | null>("policy.signing.scope") !== null)
+  ) {
+    errors.push(
+      `"policy.signing.key_id"/"policy.signing.scope" need a key. Fix: set "policy.signing.keys_file" or "policy.signing.public_key_file".`,
     );
   }
   if (errors.length > 0) {
@@ -262,6 +370,10 @@ export function compileConfig(
   const trailDir = get<string | null>("audit.trail.dir");
   const keyFile = get<string | null>("audit.hmac_key_file");
   const keyValue = get<string | null>("audit.hmac_key");
+  const resolveOpt = (key: string): string | null => {
+    const v = get<string | null>(key);
+    return v === null ? null : resolve(baseDir, v);
+  };
   return {
     agent: { id: get("agent.id") },
     server: {
@@ -277,6 +389,30 @@ export function compileConfig(
       bundle: bundle === null ? defaultBundlePath() : resolve(baseDir, bundle),
       embedded: bundle === null,
       entrypoint: get("policy.entrypoint"),
+      source: policySource,
+      fileWatchIntervalMs: get("policy.file.watch_interval_ms"),
+      http: {
+        url: get("policy.http.url"),
+        minDelaySeconds: get("policy.http.min_delay_seconds"),
+        maxDelaySeconds: get("policy.http.max_delay_seconds"),
+        bearerTokenFile: resolveOpt("policy.http.bearer_token_file"),
+        caFile: resolveOpt("policy.http.ca_file"),
+        maxBytes: get("policy.http.max_bytes"),
+        timeoutMs: get("policy.http.timeout_ms"),
+      },
+      oci: { reference: get("policy.oci.reference"), plainHttp: get("policy.oci.plain_http") },
+      persistDir: resolveOpt("policy.persist_dir") ?? resolve(stateDir, "bundles"),
+      candidate: resolveOpt("policy.candidate.bundle"),
+      signing:
+        signKeys === null && signPub === null
+          ? null
+          : {
+              keysFile: resolveOpt("policy.signing.keys_file"),
+              publicKeyFile: resolveOpt("policy.signing.public_key_file"),
+              keyId: get("policy.signing.key_id"),
+              algorithm: get("policy.signing.algorithm"),
+              scope: get("policy.signing.scope"),
+            },
     },
     identity: { mode: get("identity.mode"), jwt: identityJwt as JwtConfig },
     control: {
@@ -285,6 +421,7 @@ export function compileConfig(
       port: get("control.port"),
       jwt: controlJwt as JwtConfig,
       adminRole: get("control.admin_role"),
+      metricsAuth: get("control.metrics_auth"),
     },
     approvals: {
       requestTtlSeconds: get("approvals.request_ttl_seconds"),
@@ -313,8 +450,118 @@ export function compileConfig(
       maxQueueSize: get("tracing.max_queue_size"),
       scheduledDelayMs: get("tracing.scheduled_delay_ms"),
     },
+    grants: grants as CompiledConfig["grants"],
     log: { level: get("log.level") },
     origin: { file: opts.file ?? null, env: envUsed },
+  };
+}
+
+const GRANT_ALGS = new Set(["ES256", "ES384", "RS256", "PS256", "EdDSA"]);
+const KID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** The grants block: keys (shorthand or rotation list) and per-tool settings, checked. */
+function compileGrants(
+  get: <T extends Value>(key: string) => T,
+  errors: string[],
+  baseDir: string,
+): CompiledConfig["grants"] | undefined {
+  const n = errors.length;
+  const isObj = (v: unknown): v is Record<string, unknown> =>
+    v !== null && typeof v === "object" && !Array.isArray(v);
+  const keys: CompiledConfig["grants"]["keys"] = [];
+  const file = get<string | null>("grants.private_key_file");
+  const list = get<Value>("grants.keys") as unknown as unknown[] | null;
+  if (file !== null && list !== null) {
+    errors.push(
+      `keys "grants.private_key_file" and "grants.keys" are exclusive. Fix: list the key in grants.keys with active: true.`,
+    );
+  } else if (file !== null) {
+    keys.push({
+      kid: get<string | null>("grants.key_id"),
+      privateKeyFile: resolve(baseDir, file),
+      publicKeyFile: null,
+      active: true,
+      alg: null,
+      where: "grants.private_key_file",
+    });
+  } else if (list !== null) {
+    list.forEach((k, i) => {
+      const where = `grants.keys[${i}]`;
+      const fix = `Fix: each entry is {kid, private_key_file | public_key_file, active?, alg?}.`;
+      if (!isObj(k)) return errors.push(`key "${where}" must be a mapping. ${fix}`);
+      const extra = Object.keys(k).find(
+        (m) => !["kid", "private_key_file", "public_key_file", "active", "alg"].includes(m),
+      );
+      if (extra !== undefined) errors.push(`key "${where}.${extra}" is unknown. ${fix}`);
+      const priv = k.private_key_file;
+      const pub = k.public_key_file;
+      if (
+        (priv === undefined) === (pub === undefined) ||
+        ![priv, pub].some((p) => typeof p === "string" && p !== "")
+      )
+        errors.push(
+          `key "${where}" needs exactly one of private_key_file, public_key_file. ${fix}`,
+        );
+      if (typeof k.kid !== "string" || !KID.test(k.kid))
+        errors.push(`key "${where}.kid" must be a kid (1-128 of A-Z a-z 0-9 . _ : -). ${fix}`);
+      if (k.active !== undefined && typeof k.active !== "boolean")
+        errors.push(`key "${where}.active" must be true or false. ${fix}`);
+      if (k.active === true && priv === undefined)
+        errors.push(`key "${where}" is active but has no private_key_file. ${fix}`);
+      if (k.alg !== undefined && !GRANT_ALGS.has(k.alg as string))
+        errors.push(`key "${where}.alg" must be one of ${[...GRANT_ALGS].join(", ")}. ${fix}`);
+      keys.push({
+        kid: typeof k.kid === "string" ? k.kid : null,
+        privateKeyFile: typeof priv === "string" ? resolve(baseDir, priv) : null,
+        publicKeyFile: typeof pub === "string" ? resolve(baseDir, pub) : null,
+        active: k.active === true,
+        alg: (k.alg as CompiledConfig["grants"]["keys"][number]["alg"] | undefined) ?? null,
+        where,
+      });
+    });
+    if (keys.filter((k) => k.active).length !== 1)
+      errors.push(`key "grants.keys" must have exactly one entry with active: true (it signs).`);
+  }
+  const tools: CompiledConfig["grants"]["tools"] = {};
+  const rawTools = get<Value>("grants.tools") as unknown as Record<string, unknown> | null;
+  for (const [name, t] of Object.entries(rawTools ?? {})) {
+    const where = `grants.tools[${JSON.stringify(name)}]`;
+    const fix = `Fix: {audience?: string, ttl_seconds?: 1-3600, single_use?: bool}.`;
+    if (!isObj(t)) {
+      errors.push(`key "${where}" must be a mapping. ${fix}`);
+      continue;
+    }
+    const extra = Object.keys(t).find(
+      (m) => !["audience", "ttl_seconds", "single_use"].includes(m),
+    );
+    if (extra !== undefined) errors.push(`key "${where}.${extra}" is unknown. ${fix}`);
+    const s: CompiledConfig["grants"]["tools"][string] = {};
+    if (t.audience !== undefined) {
+      if (typeof t.audience !== "string" || !/^\S{1,512}$/.test(t.audience))
+        errors.push(`key "${where}.audience" must be a non-empty string. ${fix}`);
+      else s.audience = t.audience;
+    }
+    if (t.ttl_seconds !== undefined) {
+      const v = t.ttl_seconds;
+      if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > 3600)
+        errors.push(`key "${where}.ttl_seconds" must be an integer from 1 to 3600. ${fix}`);
+      else s.ttlSeconds = v;
+    }
+    if (t.single_use !== undefined) {
+      if (typeof t.single_use !== "boolean")
+        errors.push(`key "${where}.single_use" must be true or false. ${fix}`);
+      else s.singleUse = t.single_use;
+    }
+    tools[name] = s;
+  }
+  if (errors.length > n) return undefined;
+  return {
+    enabled: get("grants.enabled"),
+    issuer: get("grants.issuer"),
+    ttlSeconds: get("grants.ttl_seconds"),
+    keys,
+    tools,
+    jwksPath: get("grants.jwks_path"),
   };
 }
 

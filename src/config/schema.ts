@@ -10,7 +10,9 @@ export type FieldType =
   | { kind: "int"; min: number; max: number }
   | { kind: "bool" }
   | { kind: "path" }
-  | { kind: "host" };
+  | { kind: "host" }
+  /** Structured value (YAML list/mapping; env: JSON text), checked when the config is compiled. */
+  | { kind: "list" | "map"; hint: string };
 
 export interface FieldSpec {
   key: string;
@@ -147,6 +149,155 @@ export const FIELDS: readonly FieldSpec[] = [
     default: "toolgate/decision",
     doc: "The wasm entrypoint that returns toolgate's decision document (see docs/policy-contract.md).",
   },
+  // -- containment: candidate policy in shadow (docs/containment.md)
+  {
+    key: "policy.candidate.bundle",
+    env: "TOOLGATE_CANDIDATE_BUNDLE",
+    type: { kind: "path" },
+    default: null,
+    doc: "A second bundle (file or directory) evaluated beside the active one on every decision, for the record only: its answer goes to the span (`toolgate.candidate.outcome`), the trail and, when it differs, a `candidate.divergence` log line and `toolgate_candidate_divergences_total`. Never changes an answer. Loaded once at start; a bundle that fails to load is logged and skipped.",
+  },
+  // -- live policy: bundle sources, polling, signatures, last-known-good (docs/live-policy.md)
+  {
+    key: "policy.source",
+    env: "TOOLGATE_POLICY_SOURCE",
+    type: { kind: "enum", values: ["file", "http", "oci"] },
+    default: "file",
+    doc: "Where the bundle comes from: `file` (`policy.bundle`, reloaded when it changes), `http` (`policy.http.url`, polled) or `oci` (`policy.oci.reference`, polled).",
+  },
+  {
+    key: "policy.file.watch_interval_ms",
+    env: "TOOLGATE_POLICY_FILE_WATCH_INTERVAL_MS",
+    type: { kind: "int", min: 0, max: 3_600_000 },
+    default: 1000,
+    doc: "How often a `file` bundle is checked for changes (size, mtime); a change is reloaded once it has been stable for 250 ms. 0: never reload. The embedded bundle is not watched.",
+  },
+  {
+    key: "policy.http.url",
+    env: "TOOLGATE_POLICY_HTTP_URL",
+    type: { kind: "string", pattern: /^https?:\/\/\S+$/, patternHint: "an http(s) URL" },
+    default: null,
+    doc: "The bundle's URL (`policy.source: http`), polled with `If-None-Match`. Credentials belong in `policy.http.bearer_token_file`, not in the URL.",
+  },
+  {
+    key: "policy.oci.reference",
+    env: "TOOLGATE_POLICY_OCI_REFERENCE",
+    type: {
+      kind: "string",
+      pattern:
+        /^[A-Za-z0-9.-]+(:\d+)?\/[a-z0-9._/-]+(:[A-Za-z0-9_.-]{1,128}|@sha256:[a-f0-9]{64})$/,
+      patternHint: "registry/repository:tag or registry/repository@sha256:…",
+    },
+    default: null,
+    doc: "The bundle's OCI reference (`policy.source: oci`): an image whose layer of media type `application/vnd.oci.image.layer.v1.tar+gzip` is the bundle, as OPA's OCI downloader reads it.",
+  },
+  {
+    key: "policy.oci.plain_http",
+    env: "TOOLGATE_POLICY_OCI_PLAIN_HTTP",
+    type: { kind: "bool" },
+    default: false,
+    doc: "Talk to the OCI registry over plain HTTP (a loopback or test registry only).",
+  },
+  {
+    key: "policy.http.min_delay_seconds",
+    env: "TOOLGATE_POLICY_HTTP_MIN_DELAY_SECONDS",
+    type: { kind: "int", min: 1, max: 86400 },
+    default: 60,
+    doc: "Polling (http and oci): the next poll waits a random delay between the min and the max (OPA's `polling.min_delay_seconds`).",
+  },
+  {
+    key: "policy.http.max_delay_seconds",
+    env: "TOOLGATE_POLICY_HTTP_MAX_DELAY_SECONDS",
+    type: { kind: "int", min: 1, max: 86400 },
+    default: 120,
+    doc: "Polling (http and oci): the upper bound of the random delay, and of the exponential backoff (with jitter) after failures.",
+  },
+  {
+    key: "policy.http.bearer_token_file",
+    env: "TOOLGATE_POLICY_HTTP_BEARER_TOKEN_FILE",
+    type: { kind: "path" },
+    default: null,
+    doc: "File holding a token sent as `Authorization: Bearer …` to the bundle server or registry; re-read on every poll (rotation). Never logged.",
+  },
+  {
+    key: "policy.http.ca_file",
+    env: "TOOLGATE_POLICY_HTTP_CA_FILE",
+    type: { kind: "path" },
+    default: null,
+    doc: "PEM CA certificate(s) trusted for the bundle server's TLS certificate (instead of the system's). TLS is always verified.",
+  },
+  {
+    key: "policy.http.max_bytes",
+    env: "TOOLGATE_POLICY_HTTP_MAX_BYTES",
+    type: { kind: "int", min: 1024, max: 1024 * 1024 * 1024 },
+    default: 32 * 1024 * 1024,
+    doc: "Largest bundle download accepted, in bytes; the download is aborted past it (`bundle_too_large`).",
+  },
+  {
+    key: "policy.http.timeout_ms",
+    env: "TOOLGATE_POLICY_HTTP_TIMEOUT_MS",
+    type: { kind: "int", min: 100, max: 600_000 },
+    default: 10_000,
+    doc: "A bundle request (headers and body) that takes longer is aborted and counted as a failure.",
+  },
+  {
+    key: "policy.persist_dir",
+    env: "TOOLGATE_POLICY_PERSIST_DIR",
+    type: { kind: "path" },
+    default: null,
+    doc: "Where the last activated http/oci bundle is kept (written atomically) to be activated at boot when the source is unreachable. Default: `<state.dir>/bundles`.",
+  },
+  {
+    key: "policy.signing.keys_file",
+    env: "TOOLGATE_POLICY_SIGNING_KEYS_FILE",
+    type: { kind: "path" },
+    default: null,
+    doc: 'JSON map of verification keys, as OPA\'s `keys`: `{"<key id>": {"algorithm": "RS256", "key": "<PEM public key or HMAC secret>", "scope": "…"}}`. Setting it (or `public_key_file`) turns signature verification on: unsigned bundles are refused.',
+  },
+  {
+    key: "policy.signing.public_key_file",
+    env: "TOOLGATE_POLICY_SIGNING_PUBLIC_KEY_FILE",
+    type: { kind: "path" },
+    default: null,
+    doc: "One verification key: a PEM public key (RS*, PS*, ES*) or a file holding the HMAC secret (HS*), known as `policy.signing.key_id`. Exclusive with `keys_file`.",
+  },
+  {
+    key: "policy.signing.key_id",
+    env: "TOOLGATE_POLICY_SIGNING_KEY_ID",
+    type: { kind: "string", pattern: /^\S{1,256}$/, patternHint: "a key id" },
+    default: null,
+    doc: "The key that must verify every bundle (OPA's `signing.keyid`). Unset: the token's `kid` header (then its `keyid` claim) picks a key from `keys_file`; with `public_key_file` the id is `default`.",
+  },
+  {
+    key: "policy.signing.algorithm",
+    env: "TOOLGATE_POLICY_SIGNING_ALGORITHM",
+    type: {
+      kind: "enum",
+      values: [
+        "RS256",
+        "RS384",
+        "RS512",
+        "PS256",
+        "PS384",
+        "PS512",
+        "ES256",
+        "ES384",
+        "ES512",
+        "HS256",
+        "HS384",
+        "HS512",
+      ],
+    },
+    default: "RS256",
+    doc: "Algorithm of `policy.signing.public_key_file` (a `keys_file` names one per key).",
+  },
+  {
+    key: "policy.signing.scope",
+    env: "TOOLGATE_POLICY_SIGNING_SCOPE",
+    type: { kind: "string", pattern: /^.{1,256}$/, patternHint: "a scope" },
+    default: null,
+    doc: "The `scope` claim a bundle's signature must carry (OPA's `signing.scope`); unset: the key's scope, else none.",
+  },
   {
     key: "identity.mode",
     env: "TOOLGATE_IDENTITY_MODE",
@@ -183,6 +334,13 @@ export const FIELDS: readonly FieldSpec[] = [
   },
   ...jwtFields("control.jwt", "TOOLGATE_CONTROL_JWT", "toolgate-control", "the control port"),
   {
+    key: "control.metrics_auth",
+    env: "TOOLGATE_CONTROL_METRICS_AUTH",
+    type: { kind: "bool" },
+    default: false,
+    doc: "Require a verified control-port token for `GET /metrics` (metrics hold no secrets, so the default is open).",
+  },
+  {
     key: "control.admin_role",
     env: "TOOLGATE_CONTROL_ADMIN_ROLE",
     type: { kind: "string", pattern: ID_PATTERN, patternHint: "a role name" },
@@ -210,6 +368,66 @@ export const FIELDS: readonly FieldSpec[] = [
     type: { kind: "int", min: 10, max: 7 * 24 * 3600 },
     default: 900,
     doc: "How long a needs_approval answer may be turned into an access request (its `expires_at`).",
+  },
+  // -- grants: the credential every allow carries (docs/grants.md) -------------
+  {
+    key: "grants.enabled",
+    env: "TOOLGATE_GRANTS_ENABLED",
+    type: { kind: "bool" },
+    default: true,
+    doc: "Put a short-lived, request-bound grant (compact JWS) on every allow, for the tool backend to verify (docs/grants.md).",
+  },
+  {
+    key: "grants.issuer",
+    env: "TOOLGATE_GRANTS_ISSUER",
+    type: { kind: "string", pattern: /^\S{1,512}$/, patternHint: "the grants' `iss`" },
+    default: null,
+    doc: "The grants' issuer (`iss`). Default: `toolgate:<agent.id>`.",
+  },
+  {
+    key: "grants.ttl_seconds",
+    env: "TOOLGATE_GRANTS_TTL_SECONDS",
+    type: { kind: "int", min: 1, max: 3600 },
+    default: 60,
+    doc: "Lifetime of a grant (`exp - iat`) unless `grants.tools` sets one for the tool.",
+  },
+  {
+    key: "grants.private_key_file",
+    env: "TOOLGATE_GRANTS_PRIVATE_KEY_FILE",
+    type: { kind: "path" },
+    default: null,
+    doc: "PEM private key (PKCS#8/SEC1) that signs grants: EC P-256 → ES256 (recommended), P-384 → ES384, RSA → RS256, Ed25519 → EdDSA. With neither this nor `grants.keys`, a key is generated at start (warned; backends must refetch the JWKS after a restart).",
+  },
+  {
+    key: "grants.key_id",
+    env: "TOOLGATE_GRANTS_KEY_ID",
+    type: { kind: "string", pattern: /^[A-Za-z0-9._:-]{1,128}$/, patternHint: "a kid" },
+    default: null,
+    doc: "The `kid` of `grants.private_key_file`. Default: its RFC 7638 thumbprint.",
+  },
+  {
+    key: "grants.keys",
+    env: "TOOLGATE_GRANTS_KEYS",
+    type: {
+      kind: "list",
+      hint: "a list of {kid, private_key_file | public_key_file, active?, alg?}",
+    },
+    default: null,
+    doc: "Key rotation (instead of `grants.private_key_file`): every key is published in the JWKS; exactly one entry with a private key is `active: true` and signs. `alg` may pick PS256 for an RSA key. Env: JSON.",
+  },
+  {
+    key: "grants.tools",
+    env: "TOOLGATE_GRANTS_TOOLS",
+    type: { kind: "map", hint: "a mapping tool name → {audience?, ttl_seconds?, single_use?}" },
+    default: null,
+    doc: "Per tool: the grant's `aud` (default `tool:<tool name>`), lifetime and single use (default: true for execute and admin tools). Env: JSON.",
+  },
+  {
+    key: "grants.jwks_path",
+    env: "TOOLGATE_GRANTS_JWKS_PATH",
+    type: { kind: "string", pattern: /^\/[A-Za-z0-9._~/-]{0,200}$/, patternHint: "a URL path" },
+    default: "/.well-known/jwks.json",
+    doc: "Where the control port serves the grant keys (JWKS; public, no token needed).",
   },
   {
     key: "state.dir",

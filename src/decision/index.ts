@@ -2,13 +2,17 @@ import { randomUUID } from "node:crypto";
 import { isToolgateError, normalizeError, toolgateError, type ToolgateError } from "../errors";
 import type { Identity, Principal } from "../identity";
 import type { ApprovalCheck, ApprovalService } from "../approvals/service";
+import type { GrantMinter } from "../grants";
+import type { Containment, ContainmentDeny } from "../containment";
 import type { PolicyEngine } from "../policy/engine";
 import { checkPolicyOutput } from "./output";
 import type {
   Decision,
   DecisionMeta,
+  DecisionNotes,
   DecisionRequest,
   DecisionSink,
+  GrantInfo,
   PolicyOutput,
   VerifiedFacts,
 } from "./types";
@@ -32,6 +36,12 @@ export interface DeciderOptions {
   sink?: DecisionSink;
   /** Approvals: records needs_approval evaluations and checks presented approvals. */
   approvals?: ApprovalService;
+  /** Grants: signs a request-bound credential onto every allow. */
+  grants?: GrantMinter;
+  /** Containment: kill switches, rates and budgets, enforced before evaluation. */
+  containment?: Containment;
+  /** A candidate policy evaluated beside the active one, for the record only. */
+  candidate?: PolicySource;
 }
 
 /** Reason codes toolgate itself puts on a deny when the policy cannot answer. */
@@ -89,6 +99,29 @@ export class Decider {
       policy: { bundle: engine.info.bundle, revision: engine.info.revision },
       evaluated_at: new Date(nowMs).toISOString(),
     };
+    // Containment first: a kill switch or limit denies whatever the bundle says.
+    const containment = this.opts.containment;
+    if (containment !== undefined) {
+      let held: (Omit<ContainmentDeny, "code"> & { code: string }) | undefined;
+      try {
+        held = containment.check(req, verified, engine, nowMs);
+      } catch (e) {
+        // malformed limits in the bundle's data: fail closed
+        held = {
+          code: "evaluation_error",
+          message: `${FAIL_CLOSED_REASONS.evaluation_error}: ${normalizeError(e).message}`,
+        };
+      }
+      if (held !== undefined) {
+        decision.reasons = [{ code: held.code, message: held.message }];
+        if (held.retry_after !== undefined) decision.retry_after = held.retry_after;
+        const notes: DecisionNotes | undefined =
+          held.killswitch_id === undefined ? undefined : { killswitch_id: held.killswitch_id };
+        this.opts.sink?.decided(decision, req, verified, meta, undefined, undefined, notes);
+        return decision;
+      }
+      verified.containment = containment.view(nowMs);
+    }
     const check: ApprovalCheck = this.opts.approvals?.check(req, nowMs) ?? { kind: "none" };
     if (check.kind === "deny") {
       decision.reasons = [{ code: check.code, message: check.message }];
@@ -112,6 +145,8 @@ export class Decider {
       this.opts.sink?.decided(decision, req, verified, meta, undefined);
       return decision;
     }
+    const notes = this.candidate(input, nowNs, out);
+    if (notes !== undefined && out.shadow !== undefined) notes.shadow = out.shadow;
     decision.outcome = out.outcome;
     decision.reasons = out.reasons;
     decision.obligations = out.obligations;
@@ -124,11 +159,68 @@ export class Decider {
       };
     }
     this.applyApproval(decision, check);
+    const grant = this.grant(decision, req, verified, nowMs);
     if (decision.access_request !== undefined && verified !== undefined) {
       this.opts.approvals?.recordNeedsApproval(decision, req, verified);
     }
-    this.opts.sink?.decided(decision, req, verified, meta, out.mask);
+    if (decision.outcome === "allow")
+      containment?.allowed(decision.decision_id, req, verified, engine);
+    this.opts.sink?.decided(decision, req, verified, meta, out.mask, grant, notes);
     return decision;
+  }
+
+  /**
+   * Signs the grant of an allow (last, after approvals may have turned it
+   * into a deny: a deny never carries a grant). A signing failure denies.
+   */
+  private grant(
+    d: Decision,
+    req: DecisionRequest,
+    verified: VerifiedFacts,
+    nowMs: number,
+  ): GrantInfo | undefined {
+    if (d.outcome !== "allow" || this.opts.grants === undefined) return undefined;
+    try {
+      const g = this.opts.grants.issue(d, req, verified, nowMs);
+      d.grant = g.token;
+      return g.info;
+    } catch (e) {
+      d.outcome = "deny";
+      d.reasons = [
+        {
+          code: "grant_failed",
+          message: `signing the grant failed; denied (fail closed): ${normalizeError(e).message}`,
+        },
+      ];
+      d.obligations = [];
+      return undefined;
+    }
+  }
+
+  /**
+   * Evaluates the candidate policy (if any) on the same input; its answer is
+   * recorded beside the decision, never returned. Always returns a notes
+   * object when a shadow or a candidate is to be recorded.
+   */
+  private candidate(input: string, nowNs: number, out: PolicyOutput): DecisionNotes | undefined {
+    const cand = this.opts.candidate?.active();
+    if (cand === undefined) return out.shadow === undefined ? undefined : {};
+    let c: PolicyOutput | ToolgateError;
+    try {
+      c = checkPolicyOutput(cand.evaluateJson(input, nowNs));
+    } catch (e) {
+      c = normalizeError(e, "policy_evaluation_failed");
+    }
+    const outcome = isToolgateError(c) ? "error" : c.outcome;
+    return {
+      candidate: {
+        bundle: cand.info.bundle,
+        revision: cand.info.revision,
+        outcome,
+        reasons: isToolgateError(c) ? [c.code] : c.reasons.map((r) => r.code),
+        diverged: outcome !== out.outcome,
+      },
+    };
   }
 
   /** How a presented approval changes the policy's answer (see ApprovalService.check). */

@@ -3,7 +3,7 @@ import { toolgateError, type ToolgateError } from "../errors";
 import type { ApprovalRequirement, Obligation, PolicyOutput, Reason, ToolInfo } from "./types";
 
 /** Obligation types toolgate knows how to honour; any other fails closed (deny). */
-export const KNOWN_OBLIGATIONS: ReadonlySet<string> = new Set(["redact"]);
+export const KNOWN_OBLIGATIONS: ReadonlySet<string> = new Set(["redact", "grant_scope"]);
 
 const OUTCOMES = new Set(["allow", "deny", "needs_approval"]);
 
@@ -20,6 +20,20 @@ function isStringArray(v: unknown): v is string[] {
 }
 
 /**
+ * A `grant_scope` obligation narrows the allow's grant (docs/grants.md):
+ * `max_amount` (a number ≥ 0), `record_ids` (strings). Other keys pass here
+ * and are embedded; the backend's verifier fails closed on keys it lacks.
+ */
+function checkGrantScope(p: Record<string, unknown> | undefined): string | undefined {
+  if (p === undefined || Object.keys(p).length === 0) return "properties must name a scope";
+  if (p.max_amount !== undefined && !(typeof p.max_amount === "number" && p.max_amount >= 0))
+    return "max_amount must be a number ≥ 0";
+  if (p.record_ids !== undefined && !isStringArray(p.record_ids))
+    return "record_ids must be an array of strings";
+  return undefined;
+}
+
+/**
  * Checks what the policy returned against the contract in
  * docs/policy-contract.md. Returns the typed output, or an error that the
  * caller turns into a deny: malformed output never becomes an allow.
@@ -27,7 +41,7 @@ function isStringArray(v: unknown): v is string[] {
 export function checkPolicyOutput(value: unknown): PolicyOutput | ToolgateError {
   if (value === undefined) return bad("the entrypoint is undefined for this input");
   if (!isObject(value)) return bad("must be an object");
-  const { outcome, reasons, obligations, approval, tool, mask } = value;
+  const { outcome, reasons, obligations, approval, tool, mask, shadow } = value;
   if (typeof outcome !== "string" || !OUTCOMES.has(outcome)) {
     return bad(`outcome must be allow, deny or needs_approval, got ${JSON.stringify(outcome)}`);
   }
@@ -58,6 +72,10 @@ export function checkPolicyOutput(value: unknown): PolicyOutput | ToolgateError 
         "unknown_obligation",
         `policy output: obligation type "${o.type}" (id "${o.id}") is unknown to toolgate`,
       );
+    }
+    if (o.type === "grant_scope") {
+      const why = checkGrantScope(o.properties);
+      if (why !== undefined) return bad(`grant_scope obligation "${o.id}": ${why}`);
     }
   }
   const out: PolicyOutput = {
@@ -97,6 +115,23 @@ export function checkPolicyOutput(value: unknown): PolicyOutput | ToolgateError 
     const ops = Redactor.validateMask(mask);
     if (typeof ops === "string") return bad(`mask: ${ops}`);
     if (ops.length > 0) out.mask = ops;
+  }
+  if (shadow !== undefined) {
+    if (
+      !isObject(shadow) ||
+      typeof shadow.outcome !== "string" ||
+      !OUTCOMES.has(shadow.outcome) ||
+      !Array.isArray(shadow.reasons) ||
+      !shadow.reasons.every(
+        (r) => isObject(r) && typeof r.code === "string" && typeof r.message === "string",
+      )
+    ) {
+      return bad("shadow must be {outcome: allow|deny|needs_approval, reasons: [{code, message}]}");
+    }
+    out.shadow = {
+      outcome: shadow.outcome as PolicyOutput["outcome"],
+      reasons: (shadow.reasons as Reason[]).map((r) => ({ code: r.code, message: r.message })),
+    };
   }
   if (isObject(tool) && typeof tool.name === "string") {
     out.tool = {

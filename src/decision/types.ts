@@ -53,6 +53,30 @@ export interface PolicyOutput {
   tool?: ToolInfo;
   /** Audit mask ops from the policy (validated; never sent to the client). */
   mask?: unknown[];
+  /** Stage shadow: what the next stage would have answered (recorded, never returned). */
+  shadow?: ShadowOutcome;
+}
+
+/** A decision that was computed for the record only (shadow stage, candidate policy). */
+export interface ShadowOutcome {
+  outcome: Outcome;
+  reasons: Reason[];
+}
+
+/** What audit records beside a decision without returning it to the caller. */
+export interface DecisionNotes {
+  /** Stage shadow: the decision the next stage would have made. */
+  shadow?: ShadowOutcome;
+  /** The candidate policy's answer (policy.candidate.bundle), or "error". */
+  candidate?: {
+    bundle: string;
+    revision: string;
+    outcome: Outcome | "error";
+    reasons: string[];
+    diverged: boolean;
+  };
+  /** The kill switch that denied this decision. */
+  killswitch_id?: string;
 }
 
 /** Who toolgate itself established the caller to be, and the agent it serves. */
@@ -60,6 +84,14 @@ export interface VerifiedFacts {
   agent: { id: string };
   subject: { id: string; method: "trusted" | "jwt"; claims?: Record<string, unknown> };
   time_ns: number;
+  /** Kill switches in force (toolgate enforces them before evaluation; docs/containment.md). */
+  containment?: {
+    killswitches: Array<{
+      id: string;
+      scope: { agent?: string; tool?: string; subject?: string; job?: string };
+      reason: string;
+    }>;
+  };
   /** Present only when toolgate verified an approval bound to this exact request. */
   approval?: {
     id: string;
@@ -81,6 +113,18 @@ export interface Decision {
   tool?: ToolInfo;
   policy: { bundle: string; revision: string };
   evaluated_at: string;
+  /** On rate_limited / budget_exceeded: seconds after which the call may succeed. */
+  retry_after?: number;
+  /** On allow (grants enabled): the grant, a compact JWS for the tool backend (docs/grants.md). */
+  grant?: string;
+}
+
+/** What audit records of a grant: never the token itself. */
+export interface GrantInfo {
+  jti: string;
+  aud: string;
+  /** Epoch seconds. */
+  exp: number;
 }
 
 /** Which API a decision came through. */
@@ -109,6 +153,8 @@ export interface DecisionSink {
     verified: VerifiedFacts | undefined,
     meta: DecisionMeta,
     mask: readonly unknown[] | undefined,
+    grant?: GrantInfo,
+    notes?: DecisionNotes,
   ): void;
   refused(
     error: { code: string; message: string; status: number },

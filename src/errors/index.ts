@@ -64,6 +64,39 @@ export const ERRORS = {
     message: "the bundle does not provide the required wasm entrypoint",
   },
   wasm_invalid: { status: 500, message: "the bundle's policy.wasm cannot be instantiated" },
+  bundle_download_failed: {
+    status: 502,
+    message: "the bundle could not be downloaded (network error, timeout or an HTTP error status)",
+  },
+  bundle_unsigned: {
+    status: 500,
+    message: "the bundle has no .signatures.json but signature verification is configured",
+  },
+  bundle_signature_invalid: {
+    status: 500,
+    message: "the bundle's signature is malformed or does not verify with the configured key",
+  },
+  bundle_key_unknown: {
+    status: 500,
+    message:
+      "no configured verification key matches the bundle's signature (or none is configured)",
+  },
+  bundle_scope_mismatch: {
+    status: 500,
+    message: "the bundle's signature carries another scope than the configured one",
+  },
+  bundle_files_mismatch: {
+    status: 500,
+    message: "the bundle's files are not exactly the files its signature lists",
+  },
+  bundle_digest_mismatch: {
+    status: 500,
+    message: "a bundle file's digest differs from the one its signature lists",
+  },
+  bundle_persist_failed: {
+    status: 500,
+    message: "the last-known-good bundle could not be written to or read from disk",
+  },
   // -- local audit trail -------------------------------------------------------
   audit_write_failed: {
     status: 500,
@@ -100,6 +133,31 @@ export const ERRORS = {
   json_not_canonicalizable: {
     status: 400,
     message: "a value cannot be canonicalized (RFC 8785 JCS)",
+  },
+  // -- grants (raised by the backend verifier, toolgate/verify) --------------
+  grant_malformed: { status: 401, message: "the grant is missing or not a well-formed grant JWS" },
+  grant_signature_invalid: { status: 401, message: "the grant's signature does not verify" },
+  grant_key_unknown: { status: 401, message: "the grant names a key the JWKS does not hold" },
+  grant_keys_unavailable: { status: 503, message: "the grant keys (JWKS) cannot be fetched" },
+  grant_expired: { status: 401, message: "the grant has expired" },
+  grant_not_yet_valid: { status: 401, message: "the grant is not valid yet" },
+  grant_audience_mismatch: { status: 403, message: "the grant is for another tool backend" },
+  grant_issuer_mismatch: { status: 401, message: "the grant comes from another issuer" },
+  grant_binding_mismatch: {
+    status: 403,
+    message: "the request differs from the one the grant authorizes",
+  },
+  grant_replayed: { status: 409, message: "the single-use grant was already used" },
+  grant_scope_violation: { status: 403, message: "the request exceeds the grant's scope" },
+  // -- containment (kill switches, rate limits, budgets) ----------------------
+  killswitch_not_found: { status: 404, message: "no such active kill switch" },
+  containment_store_unavailable: {
+    status: 503,
+    message: "the containment store cannot be opened, read or written",
+  },
+  limits_invalid: {
+    status: 500,
+    message: "the bundle's data.toolgate.deployment.limits is malformed",
   },
 } as const satisfies Record<string, { status: number; message: string }>;
 

@@ -7,6 +7,7 @@ import type { CompiledConfig } from "../config";
 import { recordAction, type ActionReport } from "../audit/actions";
 import type { Auditor } from "../audit";
 import type { ApprovalService } from "../approvals/service";
+import type { Containment } from "../containment";
 import type { Decider, DecisionMeta, Face } from "../decision";
 import type { Identity } from "../identity";
 import { toolgateError, type ToolgateError } from "../errors";
@@ -24,6 +25,8 @@ export interface AgentServerDeps {
   identity: Identity;
   approvals?: ApprovalService;
   auditor?: Auditor;
+  /** Counts budget consumption when an action report confirms the action. */
+  containment?: Containment;
   bundles: BundleManager;
   log: Logger;
   startedAt: Date;
@@ -215,7 +218,16 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
       );
       if (auditor === undefined)
         throw toolgateError("not_found", "audit is off: no action reports");
-      return recordAction(auditor, report, meta);
+      const containment = deps.containment;
+      return recordAction(
+        auditor,
+        report,
+        meta,
+        containment === undefined
+          ? undefined
+          : (id, status) =>
+              status === "ok" ? containment.confirmed(id) : containment.discarded(id),
+      );
     }),
   );
   app.all("/v1/actions", notAllowed("POST"));
@@ -226,7 +238,12 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
   app.get("/health/ready", (_req, res) => {
     const st = bundles.status();
     if (bundles.ready())
-      sendJson(res, 200, { status: "ok", bundle: st.name, revision: st.revision });
+      sendJson(res, 200, {
+        status: "ok",
+        bundle: st.name,
+        revision: st.revision,
+        origin: st.origin,
+      });
     else
       sendJson(res, 503, {
         status: "not_ready",

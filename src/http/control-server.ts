@@ -5,9 +5,11 @@ import express, { type NextFunction, type Request, type Response } from "express
 import type { ApprovalService } from "../approvals/service";
 import type { Auditor } from "../audit";
 import type { BundleManager } from "../bundles";
+import type { Containment } from "../containment";
 import type { CompiledConfig } from "../config";
 import { toolgateError, type ToolgateError } from "../errors";
 import { bearerToken, type Principal, type TokenVerifier } from "../identity";
+import type { Metrics } from "../metrics";
 import type { Logger } from "../util/log";
 import type { RunningServer } from "./agent-server";
 import { readJson } from "./body";
@@ -21,6 +23,11 @@ export interface ControlServerDeps {
   auditor: Auditor | undefined;
   log: Logger;
   version: string;
+  metrics?: Metrics;
+  /** Kill switches (POST/GET/DELETE /v1/killswitches, admin role). */
+  containment?: Containment | undefined;
+  /** Grants: the public keys tool backends verify grants with (public, no token). */
+  grants?: { jwksJson(): string } | undefined;
 }
 
 type Authed = Request & { principal?: Principal };
@@ -53,6 +60,30 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
   app.get("/health/ready", (_req, res) =>
     sendJson(res, bundles.ready() ? 200 : 503, { status: bundles.ready() ? "ok" : "not_ready" }),
   );
+
+  const grants = deps.grants;
+  if (grants !== undefined) {
+    app.get(config.grants.jwksPath, (_req, res) => {
+      res.statusCode = 200;
+      res.setHeader("Content-Type", "application/jwk-set+json");
+      res.setHeader("Cache-Control", "public, max-age=60");
+      res.end(grants.jwksJson());
+    });
+  }
+
+  const metricsRoute = (_req: Request, res: Response): void => {
+    if (deps.metrics === undefined) {
+      sendError(res, toolgateError("not_found", "metrics are off"), plain);
+      return;
+    }
+    const text = deps.metrics.render();
+    res.statusCode = 200;
+    res.setHeader("Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+    res.setHeader("Cache-Control", "no-store");
+    res.end(text);
+  };
+  // Metrics hold no secrets: open by default, behind the token if configured.
+  if (!config.control.metricsAuth) app.get("/metrics", metricsRoute);
 
   // everything below needs a verified token
   app.use((req: Authed, res: Response, next: NextFunction) => {
@@ -95,6 +126,7 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
       }
     };
 
+  if (config.control.metricsAuth) app.get("/metrics", metricsRoute);
   app.get(
     "/v1/status",
     route(() => ({
@@ -150,6 +182,42 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
       return need().revoke(String(req.params.id), p);
     }),
   );
+
+  // --- kill switches (admin) ------------------------------------------------
+  const containment = deps.containment;
+  if (containment !== undefined) {
+    const admin = (req: Authed): Principal => {
+      const p = principal(req);
+      if (!isAdmin(p))
+        throw toolgateError("forbidden", `kill switches need the ${config.control.adminRole} role`);
+      return p;
+    };
+    app.post("/v1/killswitches", async (req: Authed, res: Response) => {
+      try {
+        const p = admin(req);
+        const body = await readJson(req, { bodyBytes: 64 * 1024, maxDepth: 8 });
+        // committed and in force before the response is written
+        sendJson(res, 201, containment.createSwitch(body.value, p.id));
+      } catch (e) {
+        sendError(res, e, plain);
+      }
+    });
+    app.get(
+      "/v1/killswitches",
+      route((req) => {
+        admin(req);
+        if (req.query.history === "true") {
+          const limitRaw = typeof req.query.limit === "string" ? Number(req.query.limit) : 100;
+          return { killswitches: containment.switchHistory(limitRaw) };
+        }
+        return { killswitches: containment.listSwitches() };
+      }),
+    );
+    app.delete(
+      "/v1/killswitches/:id",
+      route((req) => containment.deleteSwitch(String(req.params.id), admin(req).id)),
+    );
+  }
 
   app.use((req, res) => {
     sendError(

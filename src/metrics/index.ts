@@ -102,6 +102,10 @@ export class Metrics {
     "toolgate_bundle_events_total",
     "Bundle activations and rejections (result=activated|rejected, code for rejections).",
   );
+  readonly candidateDivergences = new Counter(
+    "toolgate_candidate_divergences_total",
+    "Decisions where the candidate policy (policy.candidate.bundle) answered a different outcome than the active one, by tool, outcome and candidate outcome.",
+  );
   private readonly gauges: GaugeSource[] = [];
 
   addGauge(g: GaugeSource): void {
@@ -115,7 +119,8 @@ export class Metrics {
       this.evaluationErrors.render() +
       this.latency.render() +
       this.approvals.render() +
-      this.bundleEvents.render();
+      this.bundleEvents.render() +
+      this.candidateDivergences.render();
     for (const g of this.gauges) {
       out += `# HELP ${g.name} ${g.help}\n# TYPE ${g.name} gauge\n`;
       for (const s of g.read()) out += `${g.name}${labelText(s.labels ?? {})} ${s.value}\n`;
@@ -129,7 +134,7 @@ const FAIL_CLOSED = new Set(["evaluation_error", "policy_output_invalid", "unkno
 /** Counts decisions and refusals, then hands them on (to audit). */
 export function meteredSink(metrics: Metrics, next: DecisionSink | undefined): DecisionSink {
   return {
-    decided(d: Decision, req: DecisionRequest, verified, meta: DecisionMeta, mask) {
+    decided(d: Decision, req: DecisionRequest, verified, meta: DecisionMeta, mask, grant, notes) {
       const tool = d.tool !== undefined && d.tool.class !== null ? d.tool.name : "unknown";
       const reason = d.reasons[0]?.code ?? "";
       metrics.decisions.inc({ outcome: d.outcome, tool, reason });
@@ -139,7 +144,14 @@ export function meteredSink(metrics: Metrics, next: DecisionSink | undefined): D
           (performance.timeOrigin + performance.now() - meta.startTimeMs) / 1000,
         );
       }
-      next?.decided(d, req, verified, meta, mask);
+      if (notes?.candidate?.diverged === true) {
+        metrics.candidateDivergences.inc({
+          tool,
+          outcome: d.outcome,
+          candidate: notes.candidate.outcome,
+        });
+      }
+      next?.decided(d, req, verified, meta, mask, grant, notes);
     },
     refused(err, req, meta) {
       metrics.refusals.inc({ code: err.code });

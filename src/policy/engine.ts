@@ -78,6 +78,8 @@ function readCString(mem: WebAssembly.Memory, addr: number): string {
 export class PolicyEngine {
   readonly info: PolicyInfo;
   readonly entrypoint: string;
+  /** The bundle's data document (read-only; e.g. containment reads `toolgate.deployment.limits`). */
+  readonly data: unknown;
   private readonly policy: LoadedPolicy;
   private readonly nowNs: () => number;
   private evalNowNs = 0;
@@ -89,7 +91,9 @@ export class PolicyEngine {
     entrypoint: string,
     policy: LoadedPolicy,
     nowNs: () => number,
+    data: unknown = undefined,
   ) {
+    this.data = data;
     this.info = info;
     this.entrypoint = entrypoint;
     this.policy = policy;
@@ -160,6 +164,7 @@ export class PolicyEngine {
       opts.entrypoint,
       policy,
       nowNs,
+      bundle.data,
     );
     holder.engine = engine;
     const internals = policy as unknown as PolicyInternals;

@@ -25,11 +25,13 @@ export function toAuthzen(d: Decision, baseUrl?: string): AuthzenDecision {
   const context: Record<string, unknown> = { decision_id: d.decision_id };
   if (d.outcome === "allow") {
     if (d.obligations.length > 0) context.obligations = d.obligations;
+    if (d.grant !== undefined) context.grant = d.grant;
     return { decision: true, context };
   }
   context.reason =
     d.outcome === "needs_approval" ? "approval_required" : (d.reasons[0]?.code ?? "denied");
   context.reasons = d.reasons;
+  if (d.retry_after !== undefined) context.retry_after = d.retry_after;
   if (d.access_request !== undefined) {
     context.evaluation_id = d.access_request.evaluation_id;
     context.evaluated_at = d.evaluated_at;
