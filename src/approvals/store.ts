@@ -37,9 +37,10 @@
  * Times are epoch milliseconds (integers).
  */
 import { randomBytes } from "node:crypto";
-import { chmodSync, closeSync, mkdirSync, openSync } from "node:fs";
 import { join } from "node:path";
-import { DatabaseSync, type SQLInputValue } from "node:sqlite";
+import type { DatabaseSync } from "node:sqlite";
+import { type SQLInputValue } from "node:sqlite";
+import { currentVersion, openDatabase, type Migration } from "../util/sqlite";
 import { isToolgateError, toolgateError } from "../errors";
 
 export const APPROVALS_DB_FILE = "approvals.db";
@@ -142,12 +143,6 @@ export type ConsumeResult =
       reason: "not_found" | "not_approved" | "revoked" | "expired" | "used";
       task: ApprovalTask | undefined;
     };
-
-interface Migration {
-  version: number;
-  name: string;
-  sql: string;
-}
 
 const STATUS_CHECK = TASK_STATUSES.map((s) => `'${s}'`).join(", ");
 
@@ -338,23 +333,17 @@ export class ApprovalStore {
   static open(dir: string, options: { busyTimeoutMs?: number } = {}): ApprovalStore {
     const path = join(dir, APPROVALS_DB_FILE);
     return guard(`open ${path}`, () => {
-      mkdirSync(dir, { recursive: true, mode: 0o700 });
-      // Create the file owner-only before SQLite does (SQLite gives -wal/-shm the same mode).
-      closeSync(openSync(path, "a", 0o600));
-      chmodSync(path, 0o600);
-      const timeout = options.busyTimeoutMs ?? BUSY_TIMEOUT_MS;
-      const db = new DatabaseSync(path, { enableForeignKeyConstraints: true, timeout });
-      try {
-        db.exec(`PRAGMA busy_timeout = ${Math.trunc(timeout)}`);
-        const mode = db.prepare("PRAGMA journal_mode = WAL").get() as Row | undefined;
-        if (mode?.journal_mode !== "wal") throw new Error("cannot switch to WAL journal mode");
-        db.exec("PRAGMA synchronous = FULL");
-        db.exec("PRAGMA foreign_keys = ON");
-        migrate(db);
-      } catch (e) {
-        db.close();
-        throw e;
-      }
+      const { db } = openDatabase({
+        dir,
+        file: APPROVALS_DB_FILE,
+        busyTimeoutMs: options.busyTimeoutMs ?? BUSY_TIMEOUT_MS,
+        migrations: MIGRATIONS,
+        tooNew: (v, known) =>
+          toolgateError(
+            "approval_store_unavailable",
+            `approvals.db has schema version ${v}; this toolgate knows up to ${known}`,
+          ),
+      });
       return new ApprovalStore(path, db);
     });
   }
@@ -764,45 +753,5 @@ export class ApprovalStore {
       if (this.db.isTransaction) this.db.exec("ROLLBACK");
       throw e;
     }
-  }
-}
-
-function currentVersion(db: DatabaseSync): number {
-  const row = db.prepare("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations").get() as
-    Row | undefined;
-  return Number(row?.v ?? 0);
-}
-
-function migrate(db: DatabaseSync): void {
-  db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
-    version INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    applied_at INTEGER NOT NULL
-  ) STRICT`);
-  for (const m of MIGRATIONS) {
-    db.exec("BEGIN IMMEDIATE");
-    try {
-      const applied = db
-        .prepare("SELECT 1 AS one FROM schema_migrations WHERE version = ?")
-        .get(m.version);
-      if (!applied) {
-        db.exec(m.sql);
-        db.prepare(
-          "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-        ).run(m.version, m.name, Date.now());
-        db.exec(`PRAGMA user_version = ${m.version}`);
-      }
-      db.exec("COMMIT");
-    } catch (e) {
-      if (db.isTransaction) db.exec("ROLLBACK");
-      throw e;
-    }
-  }
-  const v = currentVersion(db);
-  if (v > SCHEMA_VERSION) {
-    throw toolgateError(
-      "approval_store_unavailable",
-      `approvals.db has schema version ${v}; this toolgate knows up to ${SCHEMA_VERSION}`,
-    );
   }
 }

@@ -19,9 +19,10 @@
  * Times are epoch milliseconds.
  */
 import { randomBytes } from "node:crypto";
-import { chmodSync, closeSync, mkdirSync, openSync } from "node:fs";
 import { join } from "node:path";
-import { DatabaseSync, type SQLInputValue } from "node:sqlite";
+import type { DatabaseSync } from "node:sqlite";
+import { type SQLInputValue } from "node:sqlite";
+import { currentVersion, openDatabase, type Migration } from "../util/sqlite";
 import { isToolgateError, toolgateError } from "../errors";
 
 export const CONTAINMENT_DB_FILE = "containment.db";
@@ -64,12 +65,6 @@ export interface BudgetEvent {
   key: string;
   at: number;
   amount: number;
-}
-
-interface Migration {
-  version: number;
-  name: string;
-  sql: string;
 }
 
 /** Append only: never edit a released migration, add the next one. */
@@ -124,46 +119,6 @@ function guard<T>(what: string, fn: () => T): T {
   }
 }
 
-function currentVersion(db: DatabaseSync): number {
-  const row = db.prepare("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations").get() as
-    Row | undefined;
-  return Number(row?.v ?? 0);
-}
-
-function migrate(db: DatabaseSync): void {
-  db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
-    version INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    applied_at INTEGER NOT NULL
-  ) STRICT`);
-  for (const m of MIGRATIONS) {
-    db.exec("BEGIN IMMEDIATE");
-    try {
-      const applied = db
-        .prepare("SELECT 1 AS one FROM schema_migrations WHERE version = ?")
-        .get(m.version);
-      if (!applied) {
-        db.exec(m.sql);
-        db.prepare(
-          "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-        ).run(m.version, m.name, Date.now());
-        db.exec(`PRAGMA user_version = ${m.version}`);
-      }
-      db.exec("COMMIT");
-    } catch (e) {
-      if (db.isTransaction) db.exec("ROLLBACK");
-      throw e;
-    }
-  }
-  const v = currentVersion(db);
-  if (v > SCHEMA_VERSION) {
-    throw toolgateError(
-      "containment_store_unavailable",
-      `containment.db has schema version ${v}; this toolgate knows up to ${SCHEMA_VERSION}`,
-    );
-  }
-}
-
 function text(r: Row, k: string): string {
   const v = r[k];
   if (typeof v !== "string") throw new Error(`containment.db: column ${k} is not text`);
@@ -204,20 +159,17 @@ export class ContainmentStore {
   static open(dir: string): ContainmentStore {
     const path = join(dir, CONTAINMENT_DB_FILE);
     return guard(`open ${path}`, () => {
-      mkdirSync(dir, { recursive: true, mode: 0o700 });
-      closeSync(openSync(path, "a", 0o600));
-      chmodSync(path, 0o600);
-      const db = new DatabaseSync(path, { timeout: BUSY_TIMEOUT_MS });
-      try {
-        db.exec(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
-        const mode = db.prepare("PRAGMA journal_mode = WAL").get() as Row | undefined;
-        if (mode?.journal_mode !== "wal") throw new Error("cannot switch to WAL journal mode");
-        db.exec("PRAGMA synchronous = FULL");
-        migrate(db);
-      } catch (e) {
-        db.close();
-        throw e;
-      }
+      const { db } = openDatabase({
+        dir,
+        file: CONTAINMENT_DB_FILE,
+        busyTimeoutMs: BUSY_TIMEOUT_MS,
+        migrations: MIGRATIONS,
+        tooNew: (v, known) =>
+          toolgateError(
+            "containment_store_unavailable",
+            `containment.db has schema version ${v}; this toolgate knows up to ${known}`,
+          ),
+      });
       return new ContainmentStore(path, db);
     });
   }

@@ -1,6 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import express, { type Request, type Response } from "express";
 import type { BundleManager } from "../bundles";
 import type { CompiledConfig } from "../config";
@@ -16,6 +15,7 @@ import { readJson, type ParsedBody } from "./body";
 import { authzenConfiguration, authzenEvaluation, authzenEvaluations } from "./faces/authzen";
 import { nativeDecision } from "./faces/native";
 import { opaData, toOpaError } from "./faces/opa";
+import { listen, type RunningServer } from "./listen";
 import { sendError, sendJson } from "./respond";
 import { validateAgainst, validateDecisionRequest } from "./validate";
 
@@ -282,11 +282,7 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
   return app;
 }
 
-export interface RunningServer {
-  server: Server;
-  url: string;
-  close(): Promise<void>;
-}
+export type { RunningServer } from "./listen";
 
 /** Starts the agent port. Resolves once it listens. */
 export function startAgentServer(deps: AgentServerDeps): Promise<RunningServer> {
@@ -314,21 +310,5 @@ export function startAgentServer(deps: AgentServerDeps): Promise<RunningServer> 
     );
   });
   const { host, port } = deps.config.server.agent;
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, host, () => {
-      server.off("error", reject);
-      const addr = server.address() as AddressInfo;
-      const h = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
-      resolve({
-        server,
-        url: `http://${h}:${addr.port}`,
-        close: () =>
-          new Promise<void>((res) => {
-            server.close(() => res());
-            server.closeAllConnections();
-          }),
-      });
-    });
-  });
+  return listen(server, host, port);
 }

@@ -1,6 +1,5 @@
 import { randomUUID } from "node:crypto";
 import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
 import express, { type NextFunction, type Request, type Response } from "express";
 import type { ApprovalService } from "../approvals/service";
 import type { Auditor } from "../audit";
@@ -11,7 +10,7 @@ import { toolgateError, type ToolgateError } from "../errors";
 import { bearerToken, type Principal, type TokenVerifier } from "../identity";
 import type { Metrics } from "../metrics";
 import type { Logger } from "../util/log";
-import type { RunningServer } from "./agent-server";
+import { listen, type RunningServer } from "./listen";
 import { readJson } from "./body";
 import { sendError, sendJson } from "./respond";
 
@@ -237,21 +236,5 @@ export function startControlServer(deps: ControlServerDeps): Promise<RunningServ
   server.requestTimeout = 10_000;
   server.headersTimeout = 10_000;
   const { host, port } = deps.config.control;
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, host, () => {
-      server.off("error", reject);
-      const addr = server.address() as AddressInfo;
-      const h = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
-      resolve({
-        server,
-        url: `http://${h}:${addr.port}`,
-        close: () =>
-          new Promise<void>((res) => {
-            server.close(() => res());
-            server.closeAllConnections();
-          }),
-      });
-    });
-  });
+  return listen(server, host, port);
 }

@@ -1,0 +1,92 @@
+import { chmodSync, closeSync, mkdirSync, openSync } from "node:fs";
+import { join } from "node:path";
+import { DatabaseSync } from "node:sqlite";
+
+/** One schema change; released migrations are never edited, only appended. */
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+type Row = Record<string, unknown>;
+
+/** The applied schema version (the highest row of schema_migrations). */
+export function currentVersion(db: DatabaseSync): number {
+  const row = db.prepare("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations").get() as
+    Row | undefined;
+  return Number(row?.v ?? 0);
+}
+
+/**
+ * Applies what is missing of `migrations`, each in its own BEGIN IMMEDIATE (so
+ * two processes opening at once migrate once), mirrored in user_version. A
+ * database newer than the code is refused: `tooNew` builds that error.
+ */
+function migrate(
+  db: DatabaseSync,
+  migrations: readonly Migration[],
+  tooNew: (v: number, known: number) => Error,
+): void {
+  db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at INTEGER NOT NULL
+  ) STRICT`);
+  for (const m of migrations) {
+    db.exec("BEGIN IMMEDIATE");
+    try {
+      const applied = db
+        .prepare("SELECT 1 AS one FROM schema_migrations WHERE version = ?")
+        .get(m.version);
+      if (!applied) {
+        db.exec(m.sql);
+        db.prepare(
+          "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+        ).run(m.version, m.name, Date.now());
+        db.exec(`PRAGMA user_version = ${m.version}`);
+      }
+      db.exec("COMMIT");
+    } catch (e) {
+      if (db.isTransaction) db.exec("ROLLBACK");
+      throw e;
+    }
+  }
+  const known = migrations.reduce((v, m) => Math.max(v, m.version), 0);
+  const v = currentVersion(db);
+  if (v > known) throw tooNew(v, known);
+}
+
+/**
+ * Opens (creating owner-only, 0600 in a 0700 directory) `<dir>/<file>` with
+ * toolgate's settings — WAL, synchronous=FULL (an acknowledged write survives
+ * power loss), busy_timeout so concurrent connections wait instead of
+ * failing, foreign keys on — and migrates it.
+ */
+export function openDatabase(opts: {
+  dir: string;
+  file: string;
+  busyTimeoutMs: number;
+  migrations: readonly Migration[];
+  tooNew: (version: number, known: number) => Error;
+}): { path: string; db: DatabaseSync } {
+  const path = join(opts.dir, opts.file);
+  mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
+  // Create the file owner-only before SQLite does (SQLite gives -wal/-shm the same mode).
+  closeSync(openSync(path, "a", 0o600));
+  chmodSync(path, 0o600);
+  const timeout = Math.trunc(opts.busyTimeoutMs);
+  const db = new DatabaseSync(path, { enableForeignKeyConstraints: true, timeout });
+  try {
+    db.exec(`PRAGMA busy_timeout = ${timeout}`);
+    const mode = db.prepare("PRAGMA journal_mode = WAL").get() as Row | undefined;
+    if (mode?.journal_mode !== "wal") throw new Error("cannot switch to WAL journal mode");
+    db.exec("PRAGMA synchronous = FULL");
+    db.exec("PRAGMA foreign_keys = ON");
+    migrate(db, opts.migrations, opts.tooNew);
+  } catch (e) {
+    db.close();
+    throw e;
+  }
+  return { path, db };
+}
