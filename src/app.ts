@@ -255,6 +255,7 @@ export async function buildParts(
     ...(verification ? { verification } : {}),
     persistDir: config.policy.persistDir,
     ...(auditor ? { tracing: auditor.tracing } : {}),
+    onEvent: (result, code) => metrics.bundleEvents.inc(code ? { result, code } : { result }),
   });
   const approvals =
     opts.approvals === false

@@ -63,6 +63,8 @@ export interface BundleManagerOptions {
   persistDir?: string;
   /** A span per activation and rejection, when audit is on. */
   tracing?: Tracing;
+  /** Told of every activation and rejection (metrics). */
+  onEvent?: (result: "activated" | "rejected", code?: string) => void;
 }
 
 /** Builds the verification config from `policy.signing`; undefined when verification is off. */
@@ -273,6 +275,7 @@ export class BundleManager {
       origin,
     };
     this.opts.log.info("bundle activated", { event: "bundle.activated", ...fields });
+    this.opts.onEvent?.("activated");
     this.span("toolgate.bundle activate", {
       "toolgate.bundle.name": fields.bundle,
       "toolgate.bundle.revision": fields.revision,
@@ -286,6 +289,7 @@ export class BundleManager {
     const err = normalizeError(e);
     if (this.engine === undefined) this.state = "ERROR";
     this.lastError = { code: err.code, message: err.message, at: new Date().toISOString() };
+    this.opts.onEvent?.("rejected", err.code);
     this.opts.log.error("bundle rejected", {
       event: "bundle.rejected",
       code: err.code,

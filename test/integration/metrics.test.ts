@@ -74,6 +74,7 @@ test("decisions, refusals, approvals and readiness are counted", async () => {
     expect(sample(m, "toolgate_approval_events_total", { event: "requested" })).toBe(1);
     expect(sample(m, "toolgate_approvals_pending")).toBe(1);
     expect(sample(m, "toolgate_ready")).toBe(1);
+    expect(sample(m, "toolgate_bundle_events_total", { result: "activated" })).toBe(1);
     expect(m).toMatch(
       /^toolgate_bundle_active\{bundle="support-triage",revision="[0-9a-f]{16}"\} 1$/m,
     );
