@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { CompactSign, compactVerify, decodeProtectedHeader } from "jose";
 import { normalizeError, toolgateError } from "../errors";
 import { bundleFileDigest } from "./hash";
+import { SIGNING_ALGORITHMS, type SigningAlgorithm } from "./algorithms";
 
 /**
  * Bundle signatures as `opa sign` writes them and OPA verifies them
@@ -15,21 +16,7 @@ import { bundleFileDigest } from "./hash";
 
 export const SIGNATURES_FILE = "/.signatures.json";
 
-export const SIGNING_ALGORITHMS = [
-  "RS256",
-  "RS384",
-  "RS512",
-  "PS256",
-  "PS384",
-  "PS512",
-  "ES256",
-  "ES384",
-  "ES512",
-  "HS256",
-  "HS384",
-  "HS512",
-] as const;
-export type SigningAlgorithm = (typeof SIGNING_ALGORITHMS)[number];
+export { SIGNING_ALGORITHMS, type SigningAlgorithm } from "./algorithms";
 
 export function isSigningAlgorithm(a: string): a is SigningAlgorithm {
   return (SIGNING_ALGORITHMS as readonly string[]).includes(a);

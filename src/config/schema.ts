@@ -4,6 +4,8 @@
  * env loader and docs/configuration.md (kept in step by a test) all read this
  * table.
  */
+import { SIGNING_ALGORITHMS } from "../bundles/algorithms";
+
 export type FieldType =
   | { kind: "string"; pattern?: RegExp; patternHint?: string }
   | { kind: "enum"; values: readonly string[] }
@@ -273,20 +275,7 @@ export const FIELDS: readonly FieldSpec[] = [
     env: "TOOLGATE_POLICY_SIGNING_ALGORITHM",
     type: {
       kind: "enum",
-      values: [
-        "RS256",
-        "RS384",
-        "RS512",
-        "PS256",
-        "PS384",
-        "PS512",
-        "ES256",
-        "ES384",
-        "ES512",
-        "HS256",
-        "HS384",
-        "HS512",
-      ],
+      values: SIGNING_ALGORITHMS,
     },
     default: "RS256",
     doc: "Algorithm of `policy.signing.public_key_file` (a `keys_file` names one per key).",
