@@ -135,7 +135,13 @@ exporters:
 
   afterAll(async () => {
     await tg?.stop();
-    jaeger?.kill("SIGTERM");
+    if (jaeger && jaeger.exitCode === null) {
+      const exited = new Promise<void>((r) => jaeger.once("exit", () => r()));
+      jaeger.kill("SIGTERM");
+      const timer = setTimeout(() => jaeger.kill("SIGKILL"), 5000);
+      await exited;
+      clearTimeout(timer);
+    }
   });
 
   async function trace(traceId: string, wantSpans: number): Promise<JaegerSpan[]> {
