@@ -609,7 +609,7 @@ export class Auditor implements DecisionSink {
   }
 
   async flush(): Promise<void> {
-    await Promise.all([this.opts.tracing.flush(), this.opts.trail?.flush()]);
+    await Promise.all([this.opts.tracing.flush(), this.opts.trail?.flush(), this.opts.log.flush()]);
   }
 
   async close(): Promise<void> {

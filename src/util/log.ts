@@ -48,9 +48,19 @@ export function createLogger(level: LogLevel, stream: Writable = process.stdout)
       w.log(lvl, msg, fields);
     };
   const max = level === "silent" ? 0 : RANK[level];
+  let pending: string[] = [];
+  const writePending = (): void => {
+    if (pending.length === 0) return;
+    const text = pending.join("\n") + "\n";
+    pending = [];
+    stream.write(text);
+  };
   return {
     line: (json, lvl) => {
-      if (RANK[lvl] <= max) stream.write(json + "\n");
+      if (RANK[lvl] > max) return;
+      // Batched: one write per event-loop turn instead of one per decision.
+      pending.push(json);
+      if (pending.length === 1) setImmediate(writePending);
     },
     error: emit("error"),
     warn: emit("warn"),
@@ -58,6 +68,7 @@ export function createLogger(level: LogLevel, stream: Writable = process.stdout)
     debug: emit("debug"),
     flush: () =>
       new Promise<void>((resolve) => {
+        writePending();
         if (stream.writableLength === 0) return resolve();
         stream.once("drain", () => resolve());
       }),
