@@ -315,6 +315,20 @@ export function compileConfig(
   };
   const identityJwt = jwt("identity.jwt");
   const controlJwt = jwt("control.jwt");
+  // The development key is public: never trust it on a port others can reach.
+  const controlHost = get<string>("control.host");
+  if (get<boolean>("control.enabled") && controlJwt?.dev === true && !isLoopback(controlHost)) {
+    errors.push(
+      `key "control.host" is ${JSON.stringify(controlHost)} but the control port trusts the committed development key. ` +
+        `Fix: set control.jwt.public_key_file, control.jwt.jwks_file or control.jwt.jwks_url to your issuer's keys, or keep control.host on 127.0.0.1.`,
+    );
+  }
+  if (get<string>("identity.mode") === "jwt" && identityJwt?.dev === true && !isLoopback(host)) {
+    errors.push(
+      `key "server.agent.host" is ${JSON.stringify(host)} but identity.mode jwt trusts the committed development key. ` +
+        `Fix: set identity.jwt.public_key_file, identity.jwt.jwks_file or identity.jwt.jwks_url, or keep server.agent.host on 127.0.0.1.`,
+    );
+  }
   const grants = compileGrants(get, errors, baseDirForKeys);
   const webhookUrl = get<string | null>("approvals.webhook.url");
   const webhookSecret = get<string | null>("approvals.webhook.secret");

@@ -67,6 +67,23 @@ describe("config", () => {
     expect(e.message).toContain('"identity.mode" is "trusted"');
   });
 
+  test("the public development key is never trusted off loopback", () => {
+    const e = configError(() => compileConfig({ control: { host: "0.0.0.0" } }, {}));
+    expect(e.message).toContain("trusts the committed development key");
+    expect(e.message).toContain("control.jwt.public_key_file");
+    const a = configError(() =>
+      compileConfig({ identity: { mode: "jwt" }, server: { agent: { host: "0.0.0.0" } } }, {}),
+    );
+    expect(a.message).toContain("identity.mode jwt trusts the committed development key");
+    // with real keys configured, exposing the control port is allowed
+    expect(
+      compileConfig(
+        { control: { host: "0.0.0.0", jwt: { jwks_url: "https://idp.example.com/jwks" } } },
+        {},
+      ).control.host,
+    ).toBe("0.0.0.0");
+  });
+
   test("agent ids are checked", () => {
     expect(configError(() => compileConfig({ agent: { id: "has space" } }, {})).message).toContain(
       'key "agent.id"',
