@@ -40,8 +40,8 @@ import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import type { DatabaseSync } from "node:sqlite";
 import { type SQLInputValue } from "node:sqlite";
-import { currentVersion, openDatabase, type Migration } from "../util/sqlite";
-import { isToolgateError, toolgateError } from "../errors";
+import { currentVersion, openDatabase, storeGuard, type Migration } from "../util/sqlite";
+import { toolgateError } from "../errors";
 
 export const APPROVALS_DB_FILE = "approvals.db";
 export const BUSY_TIMEOUT_MS = 5000;
@@ -308,15 +308,7 @@ function checkText(name: string, v: unknown, max = 512): string {
 }
 
 /** Runs `fn`, turning anything that is not already coded into approval_store_unavailable. */
-function guard<T>(what: string, fn: () => T): T {
-  try {
-    return fn();
-  } catch (e) {
-    if (isToolgateError(e)) throw e;
-    const msg = e instanceof Error ? e.message : String(e);
-    throw toolgateError("approval_store_unavailable", `approval store: ${what}: ${msg}`);
-  }
-}
+const guard = storeGuard("approval_store_unavailable", "approval store");
 
 export class ApprovalStore {
   readonly path: string;

@@ -22,8 +22,8 @@ import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import type { DatabaseSync } from "node:sqlite";
 import { type SQLInputValue } from "node:sqlite";
-import { currentVersion, openDatabase, type Migration } from "../util/sqlite";
-import { isToolgateError, toolgateError } from "../errors";
+import { currentVersion, openDatabase, storeGuard, type Migration } from "../util/sqlite";
+import { toolgateError } from "../errors";
 
 export const CONTAINMENT_DB_FILE = "containment.db";
 const BUSY_TIMEOUT_MS = 5000;
@@ -109,15 +109,7 @@ export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version)
 
 type Row = Record<string, SQLInputValue>;
 
-function guard<T>(what: string, fn: () => T): T {
-  try {
-    return fn();
-  } catch (e) {
-    if (isToolgateError(e)) throw e;
-    const msg = e instanceof Error ? e.message : String(e);
-    throw toolgateError("containment_store_unavailable", `containment store: ${what}: ${msg}`);
-  }
-}
+const guard = storeGuard("containment_store_unavailable", "containment store");
 
 function text(r: Row, k: string): string {
   const v = r[k];

@@ -1,6 +1,7 @@
 import { chmodSync, closeSync, mkdirSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
+import { isToolgateError, toolgateError, type ErrorCode } from "../errors";
 
 /** One schema change; released migrations are never edited, only appended. */
 export interface Migration {
@@ -89,4 +90,20 @@ export function openDatabase(opts: {
     throw e;
   }
   return { path, db };
+}
+
+/**
+ * Wraps store calls so that any SQLite failure becomes one coded error (the
+ * caller then fails closed); coded errors pass through.
+ */
+export function storeGuard(code: ErrorCode, label: string): <T>(what: string, fn: () => T) => T {
+  return <T>(what: string, fn: () => T): T => {
+    try {
+      return fn();
+    } catch (e) {
+      if (isToolgateError(e)) throw e;
+      const msg = e instanceof Error ? e.message : String(e);
+      throw toolgateError(code, `${label}: ${what}: ${msg}`);
+    }
+  };
 }
