@@ -3,6 +3,7 @@ import { readdirSync, readFileSync, statSync } from "node:fs";
 import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { join } from "node:path";
+import type { CompiledConfig } from "../config";
 import { normalizeError, toolgateError } from "../errors";
 import { bundleNameOf, readBundleFiles } from "../policy/bundle";
 import { readTarGz } from "../policy/tar";
@@ -53,14 +54,8 @@ export function backoffMs(failures: number, maxMs: number, random: () => number 
   return Math.round(base * (0.8 + 0.4 * random()));
 }
 
-export interface HttpOptions {
-  minDelaySeconds: number;
-  maxDelaySeconds: number;
-  bearerTokenFile: string | null;
-  caFile: string | null;
-  maxBytes: number;
-  timeoutMs: number;
-}
+/** The polling, auth, TLS and limit settings of `policy.http` (shared by the HTTP and OCI sources). */
+export type HttpOptions = Omit<CompiledConfig["policy"]["http"], "url">;
 
 interface Response {
   status: number;

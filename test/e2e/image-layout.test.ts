@@ -9,11 +9,11 @@
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, posix } from "node:path";
 import { execForm, parseCopy, parseDockerfile, parseEnv, type Stage } from "../helpers/dockerfile";
 import { http } from "../helpers/toolgate";
+import { freePort } from "../helpers/net";
 
 const root = join(__dirname, "..", "..");
 const dockerfile = parseDockerfile(join(root, "Dockerfile"));
@@ -99,17 +99,6 @@ function command(dir: string): string[] {
   return argv.map((a, i) => {
     if (i === 0 && a === "node") return process.execPath;
     return a.startsWith(WORKDIR + "/") ? join(dir, a.slice(WORKDIR.length + 1)) : a;
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === "object" && a ? a.port : 0));
-    });
   });
 }
 

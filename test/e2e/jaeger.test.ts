@@ -6,21 +6,13 @@
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { writeFileSync } from "node:fs";
-import { createServer, type AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { Toolgate } from "../../src/app";
 import { tempDir } from "../helpers/opa";
 import { postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { freePort } from "../helpers/net";
 
 const root = join(__dirname, "..", "..");
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
-  const port = (srv.address() as AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 interface OtlpAttr {
   key: string;

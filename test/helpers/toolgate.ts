@@ -1,4 +1,5 @@
 import { request as httpRequest } from "node:http";
+import { collect, type HttpResult } from "./net";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -39,12 +40,7 @@ export async function startTestToolgate(
   return startToolgate(config, opts.log ?? silentLogger, build);
 }
 
-export interface HttpResult {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-  json: unknown;
-}
+export type { HttpResult } from "./net";
 
 /**
  * A raw HTTP call over loopback: sends exactly the bytes and headers given
@@ -68,21 +64,7 @@ export function http(
           ...headers,
         },
       },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () => {
-          const text = Buffer.concat(chunks).toString("utf8");
-          let json: unknown;
-          try {
-            json = text === "" ? undefined : JSON.parse(text);
-          } catch {
-            json = undefined;
-          }
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json });
-        });
-        res.on("error", reject);
-      },
+      (res) => collect(res, resolve, reject),
     );
     req.on("error", reject);
     if (body !== undefined) req.write(body);

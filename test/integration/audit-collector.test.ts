@@ -3,20 +3,11 @@
  * still succeed, the local trail still holds every one, and dropped spans are
  * counted and logged.
  */
-import { createServer } from "node:net";
-import type { AddressInfo } from "node:net";
 import { verifyTrail } from "../../src/audit/trail";
 import { captureLogger } from "../helpers/capture";
 import { startOtlpReceiver } from "../helpers/otlp";
 import { postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
-
-async function closedPort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
-  const port = (srv.address() as AddressInfo).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
+import { freePort } from "../helpers/net";
 
 async function burst(base: string, n: number): Promise<number[]> {
   const statuses: number[] = [];
@@ -42,7 +33,7 @@ test.each([
   "collector %s: decisions succeed, the trail is complete, drops are counted",
   async (_name, mode) => {
     const stuck = mode === "hang" ? await startOtlpReceiver("hang") : undefined;
-    const endpoint = stuck?.url ?? `http://127.0.0.1:${await closedPort()}`;
+    const endpoint = stuck?.url ?? `http://127.0.0.1:${await freePort()}`;
     const logs = captureLogger();
     const tg = await startTestToolgate(
       { TOOLGATE_TRACING_MAX_QUEUE_SIZE: "32", TOOLGATE_TRACING_SCHEDULED_DELAY_MS: "10" },

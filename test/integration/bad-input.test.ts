@@ -13,6 +13,7 @@ import {
   startTestToolgate,
   type HttpResult,
 } from "../helpers/toolgate";
+import { collect } from "../helpers/net";
 
 const MiB = 1024 * 1024;
 const AGENT = "support-triage";
@@ -98,19 +99,7 @@ function sendChunked(
       { method: "POST", headers: { ...headers, "transfer-encoding": "chunked" } },
       (res) => {
         answered = true;
-        const got: Buffer[] = [];
-        res.on("data", (c: Buffer) => got.push(c));
-        res.on("end", () => {
-          const text = Buffer.concat(got).toString("utf8");
-          let json: unknown;
-          try {
-            json = text === "" ? undefined : JSON.parse(text);
-          } catch {
-            json = undefined;
-          }
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json });
-        });
-        res.on("error", reject);
+        collect(res, resolve, reject);
       },
     );
     req.on("error", (e) => {

@@ -7,7 +7,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Toolgate } from "../../src/app";
@@ -24,6 +23,7 @@ import {
 import { tempDir } from "../helpers/opa";
 import { bearer, token } from "../helpers/tokens";
 import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { freePort } from "../helpers/net";
 
 jest.setTimeout(120_000);
 
@@ -383,16 +383,6 @@ test("file source: a changed file is reloaded; a broken one is refused and the a
 });
 
 // ---- OCI: a real registry (go-containerregistry's, pinned in scripts/tools.sh) ----
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function pushBlob(base: string, repo: string, body: Buffer): Promise<string> {
   const digest = "sha256:" + createHash("sha256").update(body).digest("hex");
