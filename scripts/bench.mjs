@@ -7,15 +7,20 @@
 //                                  unless --out is given
 //   options: --no-build (use dist/ as is), --out <file>, --rounds N, --duration S,
 //            --conns 1,16,64, --keep (keep the temp dir), --cpu-prof <dir>
-//            (run the audit-on toolgate under node --cpu-prof, profile in <dir>)
+//            (run the audit-on toolgate under node --cpu-prof, profile in <dir>),
+//            --swap-duration S (seconds per bundle-swap run; 10, quick 5),
+//            --swap-interval MS (between swaps; 1000), --only-swap (only the bundle swap
+//            section, printed to stdout; no report written)
 //
 // What it does, in one run: builds dist/ (tsc), builds a plain Rego bundle
 // from rego/ for OPA, starts a local OTLP/HTTP receiver, OPA (`opa run
 // --server`), toolgate with audit on (spans to the receiver, decision logs to a
 // file, trail on) and toolgate with audit off; checks that all of them give the
 // same outcome and reason codes for every request of the mix; then drives them
-// in alternating order per round at each concurrency; then times in-process
-// evaluation (scripts/bench/inproc.mjs); then writes the report.
+// in alternating order per round at each concurrency; then swaps bundle
+// revisions under load in a toolgate whose policy is a watched file
+// (scripts/bench/swap.mjs); then times in-process evaluation
+// (scripts/bench/inproc.mjs); then writes the report.
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
@@ -24,6 +29,14 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
 import { MIX, policyInput } from "./bench/mix.mjs";
+import {
+  makeRevisions,
+  renderSwap,
+  swapLoad,
+  swapOk,
+  swapSummary,
+  swapTotals,
+} from "./bench/swap.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const require = createRequire(import.meta.url);
@@ -54,6 +67,12 @@ const TG_PATHS = ["/v1/decisions", "/v1/data/toolgate/decision"];
 const CLK_TCK =
   Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
 const HMAC_KEY = "bench-key-0123456789abcdef";
+const ONLY_SWAP = flag("--only-swap");
+const SWAP_DURATION = Number(opt("--swap-duration", QUICK ? 5 : 10)); // seconds per swap run
+const SWAP_INTERVAL_MS = Number(opt("--swap-interval", 1000));
+const SWAP_MARGIN_MS = 1500; // no swap later than this before the end of a run
+const SWAP_WATCH_MS = 100; // TOOLGATE_POLICY_FILE_WATCH_INTERVAL_MS of the swap target
+const SWAP_CONNS = 16;
 
 const log = (...a) => console.error("bench:", ...a);
 class Fail extends Error {}
@@ -364,6 +383,56 @@ async function main() {
     poll();
   });
 
+  async function startToolgate(name, audit, extraEnv = {}) {
+    const port = await freePort();
+    const stateDir = path.join(TMP, `state-${name}`);
+    fs.mkdirSync(stateDir);
+    const env = {
+      ...baseEnv,
+      TOOLGATE_AGENT_PORT: String(port),
+      // a free control port each: with the default (8182) the second toolgate to start fails
+      // to listen (EADDRINUSE) and keeps serving decisions half-started
+      TOOLGATE_CONTROL_PORT: "0",
+      TOOLGATE_STATE_DIR: stateDir,
+      TOOLGATE_BUNDLE: wasmBundle,
+      TOOLGATE_AUDIT_HMAC_KEY: HMAC_KEY,
+      ...(audit
+        ? {
+            TOOLGATE_LOG_LEVEL: "info",
+            TOOLGATE_AUDIT_TRAIL_ENABLED: "true",
+            TOOLGATE_AUDIT_LOG_DECISIONS: "true",
+            OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiverPort}`,
+            OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
+            OTEL_SERVICE_NAME: "toolgate-bench",
+          }
+        : {
+            TOOLGATE_LOG_LEVEL: "error",
+            OTEL_SDK_DISABLED: "true",
+            TOOLGATE_AUDIT_TRAIL_ENABLED: "false",
+            TOOLGATE_AUDIT_LOG_DECISIONS: "false",
+          }),
+      ...extraEnv,
+    };
+    const nodeArgs =
+      audit && CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(CPU_PROF)}`] : [];
+    const child = start(
+      name,
+      NODE,
+      [...nodeArgs, path.join(ROOT, "bin", "toolgate.js"), "serve"],
+      env,
+    );
+    return { child, port };
+  }
+  if (ONLY_SWAP) {
+    const S = await measureSwap(startToolgate, wasmBundle);
+    await stop(receiver);
+    process.stdout.write(
+      ["## Bundle swap under load", "", ...renderSwap(S), "", swapSummary(S), ""].join("\n"),
+    );
+    if (S.failed || !swapOk(S)) process.exitCode = 1;
+    return;
+  }
+
   const opaPort = await freePort();
   const opaProc = start(
     "opa",
@@ -384,42 +453,6 @@ async function main() {
     baseEnv,
   );
 
-  async function startToolgate(name, audit) {
-    const port = await freePort();
-    const stateDir = path.join(TMP, `state-${name}`);
-    fs.mkdirSync(stateDir);
-    const env = {
-      ...baseEnv,
-      TOOLGATE_AGENT_PORT: String(port),
-      TOOLGATE_STATE_DIR: stateDir,
-      TOOLGATE_BUNDLE: wasmBundle,
-      TOOLGATE_AUDIT_HMAC_KEY: HMAC_KEY,
-      ...(audit
-        ? {
-            TOOLGATE_LOG_LEVEL: "info",
-            TOOLGATE_AUDIT_TRAIL_ENABLED: "true",
-            TOOLGATE_AUDIT_LOG_DECISIONS: "true",
-            OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiverPort}`,
-            OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
-            OTEL_SERVICE_NAME: "toolgate-bench",
-          }
-        : {
-            TOOLGATE_LOG_LEVEL: "error",
-            OTEL_SDK_DISABLED: "true",
-            TOOLGATE_AUDIT_TRAIL_ENABLED: "false",
-            TOOLGATE_AUDIT_LOG_DECISIONS: "false",
-          }),
-    };
-    const nodeArgs =
-      audit && CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(CPU_PROF)}`] : [];
-    const child = start(
-      name,
-      NODE,
-      [...nodeArgs, path.join(ROOT, "bin", "toolgate.js"), "serve"],
-      env,
-    );
-    return { child, port };
-  }
   const tgOn = await startToolgate("toolgate-audit-on", true);
   const tgOff = await startToolgate("toolgate-audit-off", false);
 
@@ -505,7 +538,12 @@ async function main() {
   const logBytes = fs.statSync(path.join(TMP, "toolgate-audit-on.log")).size;
   const trailBytes = dirBytes(path.join(TMP, "state-toolgate-audit-on"));
 
-  await Promise.all([stop(tgOn.child), stop(tgOff.child), stop(opaProc), stop(receiver)]);
+  await Promise.all([stop(tgOn.child), stop(tgOff.child), stop(opaProc)]);
+
+  // Bundle swap under load: its own toolgate (audit on, spans to the same receiver), the others stopped.
+  const swap = await measureSwap(startToolgate, wasmBundle);
+  if (swap.failed || !swapOk(swap)) process.exitCode = 1;
+  await stop(receiver);
 
   log("in-process timings (scripts/bench/inproc.mjs)");
   let inproc;
@@ -548,6 +586,7 @@ async function main() {
     receiverStats,
     logBytes,
     trailBytes,
+    swap,
     seconds: (Date.now() - started) / 1000,
   });
   fs.mkdirSync(path.dirname(OUT), { recursive: true });
@@ -556,6 +595,118 @@ async function main() {
   log(
     `wrote ${path.relative(process.cwd(), OUT) || OUT} in ${f((Date.now() - started) / 1000, 0)} s`,
   );
+}
+
+/**
+ * Bundle swap under load: a toolgate (audit on) whose policy is a watched file,
+ * driven at SWAP_CONNS with the mix; rounds alternate a run with revisions
+ * renamed over the file every SWAP_INTERVAL_MS and a run without. Never throws:
+ * a failure is returned as {failed} so the rest of the report is kept.
+ */
+async function measureSwap(startToolgate, wasmBundle) {
+  const maxSwaps = Math.max(
+    0,
+    Math.floor((SWAP_DURATION * 1000 - SWAP_MARGIN_MS) / SWAP_INTERVAL_MS),
+  );
+  const base = {
+    conns: SWAP_CONNS,
+    seconds: SWAP_DURATION,
+    rounds: ROUNDS,
+    intervalMs: SWAP_INTERVAL_MS,
+    marginMs: SWAP_MARGIN_MS,
+    watchMs: SWAP_WATCH_MS,
+    warmup: WARMUP,
+  };
+  let tg;
+  try {
+    const dir = path.join(TMP, "swap");
+    fs.mkdirSync(dir);
+    const prep = makeRevisions(ROOT, wasmBundle, dir, 1 + ROUNDS * maxSwaps, "bench-swap");
+    const target = path.join(dir, "support-triage.tar.gz");
+    fs.copyFileSync(prep.revisions[0].file, target);
+    const queue = prep.revisions.slice(1);
+    tg = await startToolgate("toolgate-swap", true, {
+      TOOLGATE_POLICY_SOURCE: "file",
+      TOOLGATE_BUNDLE: target,
+      TOOLGATE_POLICY_FILE_WATCH_INTERVAL_MS: String(SWAP_WATCH_MS),
+    });
+    const tgBase = `http://127.0.0.1:${tg.port}`;
+    await waitReady(`${tgBase}/health/ready`, tg.child);
+    const t = {
+      kind: "toolgate",
+      label: "toolgate /v1/decisions (swap target)",
+      path: "/v1/decisions",
+      base: tgBase,
+      pid: tg.child.pid,
+    };
+    log(`bundle swap: verifying the swap target (revision ${prep.revisions[0].revision})`);
+    const expected = await verify([t]);
+    const requests = requestsFor(t).map((r, i) => ({
+      ...r,
+      name: MIX[i].name,
+      expected: { outcome: expected[i].outcome, codes: expected[i].codes },
+    }));
+    const known = new Set(prep.revisions.map((r) => r.revision));
+    const opts = {
+      base: tgBase,
+      statusUrl: `${tgBase}/v1/status`,
+      requests,
+      connections: SWAP_CONNS,
+      known,
+      target,
+      intervalMs: SWAP_INTERVAL_MS,
+      marginMs: SWAP_MARGIN_MS,
+      cpu: () => cpuSeconds(tg.child.pid),
+    };
+    await swapLoad({ ...opts, seconds: WARMUP });
+    const runs = [];
+    for (let r = 0; r < ROUNDS; r++) {
+      for (const swapping of r % 2 === 0 ? [false, true] : [true, false]) {
+        const m = await swapLoad({
+          ...opts,
+          seconds: SWAP_DURATION,
+          swaps: swapping ? queue : undefined,
+        });
+        runs.push({ round: r + 1, swapping, ...m });
+        const seen = m.swaps.filter((s) => s.firstDecisionMs !== undefined).length;
+        log(
+          `bundle swap round ${r + 1} ${swapping ? `swaps ${m.swaps.length} (seen ${seen})` : "no swap"}: ${f(m.rps, 0)} req/s p99 ${f(m.p99, 3)} ms p99.9 ${f(m.p999, 3)} ms, failed ${m.failed}, wrong ${m.wrong}`,
+        );
+      }
+    }
+    await stop(tg.child);
+    tg = undefined;
+    // cross-check with toolgate's own log: one bundle.activated per revision, no bundle.rejected
+    const events = spawnSync(
+      "grep",
+      ["-F", '"event":"bundle.', path.join(TMP, "toolgate-swap.log")],
+      {
+        encoding: "utf8",
+        maxBuffer: 16 << 20,
+      },
+    ).stdout;
+    const count = (ev) => events.split("\n").filter((l) => l.includes(`"event":"${ev}"`)).length;
+    const S = {
+      ...base,
+      logActivated: count("bundle.activated"),
+      logRejected: count("bundle.rejected"),
+      prepared: prep.revisions.length,
+      baseRevision: prep.baseRevision,
+      dataChanged: prep.dataChanged,
+      runs,
+    };
+    const tot = swapTotals(S);
+    if (!swapOk(S))
+      log(
+        `bundle swap: NOT clean: ${tot.swaps} swaps, ${tot.seen} seen, ${tot.failed} failed, ${tot.wrong} wrong, ${tot.unknownRev} unknown revisions, ${tot.rejected} rejections`,
+      );
+    return S;
+  } catch (e) {
+    log(`bundle swap: ${e instanceof Fail ? e.message : e.stack}`);
+    return { ...base, failed: String(e.message).split("\n")[0] };
+  } finally {
+    if (tg) await stop(tg.child);
+  }
 }
 
 function dirBytes(dir) {
@@ -731,7 +882,7 @@ function renderReport(R) {
   p();
   p("## Bundle swap under load");
   p();
-  p("not measured yet: no live bundle reload");
+  for (const line of renderSwap(R.swap)) p(line);
   p();
 
   // Summary: the worst concurrency level decides (median over rounds at each level).
@@ -771,7 +922,7 @@ function renderReport(R) {
     `audit cost (throughput, /v1/decisions, c=${AUDIT_CONNS}): ${f(cost, 1)} % — target ≤ 10 %: ${met(cost <= 10)} (rounds ${spread(costs, 1)} %)  `,
   );
   p(`idle RSS: ${f(R.idleRssMB, 1)} MB — target ≤ 150 MB: ${met(R.idleRssMB <= 150)}  `);
-  p("bundle swap under load: not measured yet: no live bundle reload");
+  p(swapSummary(R.swap));
   p();
   return L.join("\n");
 }
