@@ -8,6 +8,23 @@
  * node:sqlite is; every state change is one transaction together with its
  * `task_events` row.
  *
+ * Durability: two connections to that file. Tasks, decisions, consumption,
+ * revocation and events go through the main one, `synchronous=FULL` (each
+ * commit fsyncs the WAL). `recordEvaluation` alone — run synchronously on the
+ * decision path for every needs_approval answer — uses a second connection
+ * with `synchronous=NORMAL`: its commit is not fsynced (an fsync per
+ * needs_approval decision blocked the event loop for ~0.3–1 ms). In WAL mode
+ * that never corrupts the file; the cost is that evaluations recorded since
+ * the last fsync (the last FULL commit or WAL checkpoint) may be lost on power
+ * loss or an OS crash (not on a process crash). That fails closed: the
+ * agent's follow-up access request gets `approval_not_found` ("no recorded
+ * evaluation") and it asks again. A task never outlives its evaluation: the
+ * task's FULL commit is appended to the WAL after the evaluation's frames and
+ * its fsync covers them (WAL recovery keeps only an unbroken prefix of
+ * commits). The WAL auto-checkpoint, when the evaluation connection runs it,
+ * fsyncs the WAL it has accumulated (a rarer, longer pause: ~10–20 ms every
+ * few hundred evaluations on the benchmark disk).
+ *
  * What is stored — the database is NOT a copy of the tool arguments:
  * - `evaluations` keeps, per needs_approval decision, the binding hash (and
  *   the context-member set it covers) that a re-submission or re-evaluation
@@ -39,8 +56,15 @@
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import type { DatabaseSync } from "node:sqlite";
-import { type SQLInputValue } from "node:sqlite";
-import { currentVersion, openDatabase, storeGuard, type Migration } from "../util/sqlite";
+import { type SQLInputValue, type StatementSync } from "node:sqlite";
+import {
+  currentVersion,
+  openConnection,
+  openDatabase,
+  storeGuard,
+  synchronousOf,
+  type Migration,
+} from "../util/sqlite";
 import { toolgateError } from "../errors";
 
 export const APPROVALS_DB_FILE = "approvals.db";
@@ -312,23 +336,36 @@ const guard = storeGuard("approval_store_unavailable", "approval store");
 
 export class ApprovalStore {
   readonly path: string;
+  /** synchronous=FULL: everything but evaluations (see "Durability" above). */
   private readonly db: DatabaseSync;
+  /** synchronous=NORMAL: only the evaluations INSERT. */
+  private readonly evalDb: DatabaseSync;
+  private readonly insertEvaluation: StatementSync;
   private closed = false;
   private expireAfterRollback: { taskId: string; now: number } | undefined;
 
-  private constructor(path: string, db: DatabaseSync) {
+  private constructor(path: string, db: DatabaseSync, evalDb: DatabaseSync) {
     this.path = path;
     this.db = db;
+    this.evalDb = evalDb;
+    this.insertEvaluation = evalDb.prepare(
+      `INSERT INTO evaluations (evaluation_id, decision_id, binding_hash,
+         binding_context_members_json, redacted_request_json, requirement_json, reasons_json,
+         initiator, agent_id, tool, policy_revision, created_at, expires_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+       RETURNING *`,
+    );
   }
 
   /** Opens (creating and migrating as needed) `<dir>/approvals.db`. */
   static open(dir: string, options: { busyTimeoutMs?: number } = {}): ApprovalStore {
     const path = join(dir, APPROVALS_DB_FILE);
+    const busyTimeoutMs = options.busyTimeoutMs ?? BUSY_TIMEOUT_MS;
     return guard(`open ${path}`, () => {
       const { db } = openDatabase({
         dir,
         file: APPROVALS_DB_FILE,
-        busyTimeoutMs: options.busyTimeoutMs ?? BUSY_TIMEOUT_MS,
+        busyTimeoutMs,
         migrations: MIGRATIONS,
         tooNew: (v, known) =>
           toolgateError(
@@ -336,7 +373,15 @@ export class ApprovalStore {
             `approvals.db has schema version ${v}; this toolgate knows up to ${known}`,
           ),
       });
-      return new ApprovalStore(path, db);
+      let evalDb: DatabaseSync | undefined;
+      try {
+        evalDb = openConnection({ path, busyTimeoutMs, synchronous: "NORMAL" });
+        return new ApprovalStore(path, db, evalDb);
+      } catch (e) {
+        evalDb?.close();
+        db.close();
+        throw e;
+      }
     });
   }
 
@@ -345,15 +390,34 @@ export class ApprovalStore {
     return this.run("read schema version", () => currentVersion(this.db));
   }
 
+  /** `PRAGMA synchronous` of each connection: `{ main: "FULL", evaluations: "NORMAL" }`. */
+  synchronousModes(): { main: string; evaluations: string } {
+    return this.run("read synchronous", () => ({
+      main: synchronousOf(this.db),
+      evaluations: synchronousOf(this.evalDb),
+    }));
+  }
+
+  /** Closes both connections (the main one last: it checkpoints the WAL with FULL). */
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.db.close();
+    try {
+      this.evalDb.close();
+    } finally {
+      this.db.close();
+    }
   }
 
   // -- evaluations ------------------------------------------------------------
 
-  /** Records a needs_approval evaluation. Recording the same id twice is refused. */
+  /**
+   * Records a needs_approval evaluation. Recording the same id twice is
+   * refused (the coded 503, as any SQLite failure). Committed on the
+   * synchronous=NORMAL connection (no fsync; see "Durability" above); the
+   * record returned is the row as stored (`RETURNING *`), and every connection,
+   * the main one `createTask` reads with included, sees it once this returns.
+   */
   recordEvaluation(e: EvaluationInput): EvaluationRecord {
     checkText("evaluationId", e.evaluationId);
     checkText("decisionId", e.decisionId);
@@ -364,29 +428,26 @@ export class ApprovalStore {
     checkTime("createdAt", e.createdAt);
     checkTime("expiresAt", e.expiresAt);
     return this.run("record evaluation", () => {
-      this.db
-        .prepare(
-          `INSERT INTO evaluations (evaluation_id, decision_id, binding_hash,
-             binding_context_members_json, redacted_request_json, requirement_json, reasons_json,
-             initiator, agent_id, tool, policy_revision, created_at, expires_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-        )
-        .run(
-          e.evaluationId,
-          e.decisionId,
-          e.bindingHash,
-          JSON.stringify(e.bindingContextMembers),
-          JSON.stringify(e.redactedRequest ?? null),
-          JSON.stringify(e.requirement),
-          JSON.stringify(e.reasons ?? []),
-          e.initiator,
-          e.agentId,
-          e.tool,
-          e.policyRevision ?? null,
-          e.createdAt,
-          e.expiresAt,
-        );
-      return this.mustGetEvaluation(e.evaluationId);
+      // Autocommit, stepped to completion by all(): committed (visible to every
+      // connection) when it returns. RETURNING is the read-back: the row as stored.
+      const rows = this.insertEvaluation.all(
+        e.evaluationId,
+        e.decisionId,
+        e.bindingHash,
+        JSON.stringify(e.bindingContextMembers),
+        JSON.stringify(e.redactedRequest ?? null),
+        JSON.stringify(e.requirement),
+        JSON.stringify(e.reasons ?? []),
+        e.initiator,
+        e.agentId,
+        e.tool,
+        e.policyRevision ?? null,
+        e.createdAt,
+        e.expiresAt,
+      ) as Row[];
+      const row = rows[0];
+      if (rows.length !== 1 || !row) throw toolgateError("approval_not_found");
+      return toEvaluation(row);
     });
   }
 
@@ -694,12 +755,6 @@ export class ApprovalStore {
     const t = this.getTask(id);
     if (!t) throw toolgateError("approval_not_found");
     return t;
-  }
-
-  private mustGetEvaluation(id: string): EvaluationRecord {
-    const e = this.getEvaluation(id);
-    if (!e) throw toolgateError("approval_not_found");
-    return e;
   }
 
   private run<T>(what: string, fn: () => T): T {

@@ -58,6 +58,30 @@ function migrate(
   if (v > known) throw tooNew(v, known);
 }
 
+/** `PRAGMA synchronous` levels toolgate uses (both are safe from corruption in WAL mode). */
+export type Synchronous = "FULL" | "NORMAL";
+
+/**
+ * Opens a connection to an existing file with toolgate's settings: WAL
+ * (required: `synchronous=NORMAL` is only corruption-free in WAL mode),
+ * `synchronous`, busy_timeout, foreign keys on. Closes it again on failure.
+ */
+function connect(path: string, busyTimeoutMs: number, synchronous: Synchronous): DatabaseSync {
+  const timeout = Math.trunc(busyTimeoutMs);
+  const db = new DatabaseSync(path, { enableForeignKeyConstraints: true, timeout });
+  try {
+    db.exec(`PRAGMA busy_timeout = ${timeout}`);
+    const mode = db.prepare("PRAGMA journal_mode = WAL").get() as Row | undefined;
+    if (mode?.journal_mode !== "wal") throw new Error("cannot switch to WAL journal mode");
+    db.exec(`PRAGMA synchronous = ${synchronous}`);
+    db.exec("PRAGMA foreign_keys = ON");
+  } catch (e) {
+    db.close();
+    throw e;
+  }
+  return db;
+}
+
 /**
  * Opens (creating owner-only, 0600 in a 0700 directory) `<dir>/<file>` with
  * toolgate's settings — WAL, synchronous=FULL (an acknowledged write survives
@@ -76,20 +100,39 @@ export function openDatabase(opts: {
   // Create the file owner-only before SQLite does (SQLite gives -wal/-shm the same mode).
   closeSync(openSync(path, "a", 0o600));
   chmodSync(path, 0o600);
-  const timeout = Math.trunc(opts.busyTimeoutMs);
-  const db = new DatabaseSync(path, { enableForeignKeyConstraints: true, timeout });
+  const db = connect(path, opts.busyTimeoutMs, "FULL");
   try {
-    db.exec(`PRAGMA busy_timeout = ${timeout}`);
-    const mode = db.prepare("PRAGMA journal_mode = WAL").get() as Row | undefined;
-    if (mode?.journal_mode !== "wal") throw new Error("cannot switch to WAL journal mode");
-    db.exec("PRAGMA synchronous = FULL");
-    db.exec("PRAGMA foreign_keys = ON");
     migrate(db, opts.migrations, opts.tooNew);
   } catch (e) {
     db.close();
     throw e;
   }
   return { path, db };
+}
+
+/**
+ * One more connection to a file `openDatabase` has already created and
+ * migrated (call it after that one: this does not migrate, and a file it had
+ * to create would not be owner-only), with the same settings but the given
+ * `synchronous`. `NORMAL` (in WAL mode) commits without fsync: such a
+ * commit may be lost on power loss or an OS crash (never on a process crash),
+ * but the file is never corrupted, and the next FULL commit on any connection
+ * fsyncs the WAL — earlier NORMAL frames included — so a durable commit never
+ * depends on a lost one. Use it only for writes whose loss is harmless.
+ */
+export function openConnection(opts: {
+  path: string;
+  busyTimeoutMs: number;
+  synchronous: Synchronous;
+}): DatabaseSync {
+  return connect(opts.path, opts.busyTimeoutMs, opts.synchronous);
+}
+
+/** The connection's `PRAGMA synchronous`, by name. */
+export function synchronousOf(db: DatabaseSync): string {
+  const row = db.prepare("PRAGMA synchronous").get() as Row | undefined;
+  const names = ["OFF", "NORMAL", "FULL", "EXTRA"];
+  return names[Number(row?.synchronous)] ?? String(row?.synchronous);
 }
 
 /**

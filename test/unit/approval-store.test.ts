@@ -4,7 +4,7 @@
  * single-use consumption raced across connections and worker threads,
  * revocation, persistence across reopen, and failing closed.
  */
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
@@ -213,6 +213,24 @@ describe("evaluations", () => {
     expect(code(() => store.recordEvaluation(evaluation("")))).toBe("invalid_request");
     expect(code(() => store.recordEvaluation(evaluation("e", { expiresAt: 1.5 })))).toBe(
       "invalid_request",
+    );
+  });
+
+  test("the same id twice is refused (503, fail closed); the next record still works", () => {
+    const store = open(tmp());
+    const first = store.recordEvaluation(evaluation("ev1"));
+    expect(code(() => store.recordEvaluation(evaluation("ev1", { tool: "other" })))).toBe(
+      "approval_store_unavailable",
+    );
+    expect(store.getEvaluation("ev1")).toEqual(first);
+    expect(store.recordEvaluation(evaluation("ev2")).evaluationId).toBe("ev2");
+  });
+
+  test("a closed store refuses to record", () => {
+    const store = open(tmp());
+    store.close();
+    expect(code(() => store.recordEvaluation(evaluation("ev1")))).toBe(
+      "approval_store_unavailable",
     );
   });
 });
@@ -668,6 +686,53 @@ describe("single-use consumption and revocation", () => {
 });
 
 describe("durability", () => {
+  test("evaluations commit on a synchronous=NORMAL connection; everything else stays FULL", () => {
+    const dir = tmp();
+    const store = open(dir);
+    expect(store.synchronousModes()).toEqual({ main: "FULL", evaluations: "NORMAL" });
+    store.close();
+    expect(open(dir).synchronousModes()).toEqual({ main: "FULL", evaluations: "NORMAL" });
+  });
+
+  test("a recorded evaluation is visible at once to other connections and survives reopen", () => {
+    const dir = tmp();
+    const store = open(dir);
+    const rec = store.recordEvaluation(evaluation("ev1"));
+    // Another store (its own connections) sees the commit without any close.
+    const other = open(dir);
+    expect(other.getEvaluation("ev1")).toEqual(rec);
+    expect(
+      other.createTask({
+        evaluationId: "ev1",
+        agentId: "support-triage",
+        expiresAt: T0 + 10 * MIN,
+        now: T0,
+      }).created,
+    ).toBe(true);
+    other.close();
+    store.close();
+
+    const raw = new DatabaseSync(join(dir, APPROVALS_DB_FILE));
+    expect(raw.prepare("SELECT evaluation_id FROM evaluations").all()).toEqual([
+      { evaluation_id: "ev1" },
+    ]);
+    raw.close();
+    const reopened = open(dir);
+    expect(reopened.getEvaluation("ev1")).toEqual(rec);
+    expect(reopened.listTasks({ agentId: "support-triage" })).toHaveLength(1);
+  });
+
+  test("close() closes both connections (the last one out checkpoints and removes the WAL)", () => {
+    const dir = tmp();
+    const store = open(dir);
+    store.recordEvaluation(evaluation("ev1"));
+    const wal = join(dir, `${APPROVALS_DB_FILE}-wal`);
+    expect(existsSync(wal)).toBe(true);
+    store.close();
+    expect(existsSync(wal)).toBe(false);
+    expect(statSync(join(dir, APPROVALS_DB_FILE)).mode & 0o777).toBe(0o600);
+  });
+
   test("write, close, reopen, read: tasks, decisions, consumption and events survive", () => {
     const { store, dir, task } = withPending();
     approve(store, task.id);
