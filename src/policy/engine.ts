@@ -179,9 +179,11 @@ export class PolicyEngine {
    * entrypoint's value, or undefined when the policy leaves it undefined.
    * Throws a `policy_evaluation_failed` ToolgateError on any failure.
    *
-   * The input is handed to opa-wasm as bytes: that skips a stringify/parse
-   * round trip and sidesteps opa-wasm treating falsy inputs (false, 0, "",
-   * null) as "no input".
+   * The input is handed over as bytes: that skips a stringify/parse round
+   * trip and sidesteps opa-wasm treating falsy inputs (false, 0, "", null) as
+   * "no input". For the engine's own entrypoint on a module with ABI 1.2's
+   * opa_eval, the bytes are written straight into wasm memory (evaluateFast);
+   * otherwise they go through opa-wasm's evaluate().
    */
   evaluateJson(
     inputJson: string,
@@ -191,7 +193,10 @@ export class PolicyEngine {
     this.evalNowNs = nowNs;
     let rs: unknown;
     try {
-      rs = this.policy.evaluate(encoder.encode(inputJson).buffer, entrypoint);
+      rs =
+        this.fastEntrypoint !== undefined && entrypoint === this.entrypoint
+          ? this.evaluateFast(inputJson, this.fastEntrypoint)
+          : this.policy.evaluate(encoder.encode(inputJson).buffer, entrypoint);
     } catch (e) {
       throw normalizeError(e, "policy_evaluation_failed");
     }
