@@ -8,13 +8,14 @@ package toolgate
 import rego.v1
 
 default_ttl_seconds := t if {
-	t := conf_approval_defaults.ttl_seconds
+	t := approval_defaults.ttl_seconds
 	is_number(t)
 } else := 900
 
-single_use_classes := string_set(conf_approval_defaults.single_use_classes) if {
-	is_array(conf_approval_defaults.single_use_classes)
-} else := {"execute", "admin"}
+single_use_classes := cs if {
+	cs := approval_defaults.single_use_classes
+	is_array(cs)
+} else := ["execute", "admin"]
 
 # One normalised requirement from a rule object (roles, ttl, single use).
 requirement(id, rule, message) := {
@@ -26,9 +27,9 @@ requirement(id, rule, message) := {
 }
 
 # No approver roles anywhere: the requirement is unsatisfiable (deny), never skipped.
-rule_roles(rule) := string_set(rule.approver_roles) if is_array(rule.approver_roles)
+rule_roles(rule) := {s | some s in rule.approver_roles; is_string(s)} if is_array(rule.approver_roles)
 
-else := string_set(object.get(conf_approval_defaults, "approver_roles", []))
+else := {s | rs := approval_defaults.approver_roles; is_array(rs); some s in rs; is_string(s)}
 
 rule_ttl(rule) := rule.ttl_seconds if is_number(rule.ttl_seconds)
 
@@ -41,25 +42,36 @@ else := tool_class in single_use_classes
 # Stage supervised: every call needs an approval.
 approval_requirements contains requirement("stage_supervised", rule, msg) if {
 	tool_stage == "supervised"
-	rule := as_object(object.get(tool_rule, "supervision", conf_approval_defaults))
-	msg := concat("", ["tool ", q(tool_name), " is in supervised stage: every call needs an approval"])
+	rule := supervision
+	msg := concat("", ["tool '", tool_name, "' is in supervised stage: every call needs an approval"])
 }
 
-approval_rules := [r | some r in as_array(tool_rule.approvals); is_object(r)]
+supervision := s if {
+	s := tool_rule.supervision
+	is_object(s)
+} else := {} if {
+	_ = tool_rule.supervision
+} else := approval_defaults
 
 # An approval rule without a condition always applies.
 approval_requirements contains requirement(rule_id(rule), rule, msg) if {
-	some rule in approval_rules
+	rules := tool_rule.approvals
+	is_array(rules)
+	some rule in rules
+	is_object(rule)
 	not has_key(rule, "when")
-	msg := concat("", ["tool ", q(tool_name), " always needs an approval (rule ", q(rule_id(rule)), ")"])
+	msg := concat("", ["tool '", tool_name, "' always needs an approval (rule '", rule_id(rule), "')"])
 }
 
 approval_requirements contains requirement(rule_id(rule), rule, msg) if {
-	some rule in approval_rules
+	rules := tool_rule.approvals
+	is_array(rules)
+	some rule in rules
+	is_object(rule)
 	condition_holds(rule.when)
 	msg := concat("", [
-		"argument ", q(rule.when.argument), " ", condition_text(rule.when),
-		" needs an approval (rule ", q(rule_id(rule)), ")",
+		"argument '", rule.when.argument, "' ", condition_text(rule.when),
+		" needs an approval (rule '", rule_id(rule), "')",
 	])
 }
 
@@ -67,14 +79,21 @@ rule_id(rule) := rule.id if is_string(rule.id)
 
 else := "approval"
 
-comparisons := {"gt", "gte", "lt", "lte"}
+comparison("gt")
+
+comparison("gte")
+
+comparison("lt")
+
+comparison("lte")
 
 # A condition is {argument, gt|gte|lt|lte: number}; all given comparisons must hold.
 condition_holds(w) if {
 	v := args[w.argument]
 	is_number(v)
-	some op in comparisons
-	is_number(w[op])
+	some op, bound in w
+	comparison(op)
+	is_number(bound)
 	not condition_fails(w, v)
 }
 
@@ -105,25 +124,29 @@ condition_text(w) := concat(" and ", [t |
 ])
 
 # A condition that cannot be evaluated fails closed.
-deny_reasons contains reason("invalid_arguments", concat("", ["argument ", q(a), " must be a number"])) if {
-	some rule in approval_rules
+deny_reasons contains {"code": "invalid_arguments", "message": concat("", ["argument '", a, "' must be a number"])} if {
+	rules := tool_rule.approvals
+	is_array(rules)
+	some rule in rules
 	a := rule.when.argument
 	not number_argument(a)
 }
 
-deny_reasons contains reason("invalid_configuration", concat("", ["approval rule ", q(rule_id(rule)), " has no valid condition"])) if {
-	some rule in approval_rules
+deny_reasons contains {"code": "invalid_configuration", "message": concat("", ["approval rule '", rule_id(rule), "' has no valid condition"])} if {
+	rules := tool_rule.approvals
+	is_array(rules)
+	some rule in rules
+	is_object(rule)
 	has_key(rule, "when")
 	not valid_condition(rule.when)
 }
 
 valid_condition(w) if {
 	is_string(w.argument)
-	some op in comparisons
-	is_number(w[op])
+	some op, bound in w
+	comparison(op)
+	is_number(bound)
 }
-
-approval_needed if count(approval_requirements) > 0
 
 # Combined requirement: the approver must satisfy every applicable rule.
 required_roles := intersection({r.approver_roles | some r in approval_requirements})
@@ -135,18 +158,22 @@ required_single_use if {
 	r.single_use == true
 }
 
-approval_exclude := [subject_id, agent_id]
-
-deny_reasons contains reason("approval_unsatisfiable", "no approver role satisfies every approval rule that applies") if {
-	approval_needed
+deny_reasons contains {"code": "approval_unsatisfiable", "message": "no approver role satisfies every approval rule that applies"} if {
+	count(approval_requirements) > 0
 	count(required_roles) == 0
 }
 
 # --- the approval toolgate verified for this exact request ---------------------
 
-approval := as_object(ver.approval)
+approval := a if {
+	a := input.verified.approval
+	is_object(a)
+}
 
-approver := as_object(approval.approver)
+approver := a if {
+	a := approval.approver
+	is_object(a)
+} else := {}
 
 approval_problems contains "approval is not in state approved" if not approval.state == "approved"
 
@@ -155,15 +182,21 @@ approval_problems contains "approver holds none of the required roles" if {
 }
 
 approver_has_role if {
-	some role in as_array(approver.roles)
+	rs := approver.roles
+	is_array(rs)
+	some role in rs
 	role in required_roles
 }
 
 approval_problems contains "approver has no id" if not approver_has_id
 
-approver_has_id if non_empty_string(approver.id)
+approver_has_id if {
+	id := approver.id
+	is_string(id)
+	id != ""
+}
 
-approval_problems contains "approver may not be the initiator or the agent" if approver.id in approval_exclude
+approval_problems contains "approver may not be the initiator or the agent" if approver.id in [subject_id, agent_id]
 
 approval_problems contains "approval has expired" if not unexpired
 
@@ -177,9 +210,7 @@ approval_problems contains "a single-use approval is required" if {
 	not approval.single_use == true
 }
 
-approval_present if is_object(ver.approval)
-
 approval_valid if {
-	approval_present
+	approval
 	count(approval_problems) == 0
 }

@@ -3,141 +3,166 @@
 # the outcome deny. The checks read only data.toolgate.deployment, the
 # verified part of the input, and the request's tool, arguments, resource
 # and job; never caller-asserted subject properties.
+# Each rule body starts with the condition that is cheapest to find false on
+# an allowed request, and builds its message only when it fires.
 package toolgate
 
 import rego.v1
-
-reason(code, message) := {"code": code, "message": message}
-
-q(s) := concat("", ["'", s, "'"])
 
 num(x) := json.marshal(x)
 
 # --- request shape -------------------------------------------------------------
 
-deny_reasons contains reason("unknown_tool", "request names no tool: action.name must be a non-empty string") if {
+deny_reasons contains {"code": "unknown_tool", "message": "request names no tool: action.name must be a non-empty string"} if {
 	not tool_name
 }
 
-deny_reasons contains reason("unknown_tool", concat("", ["tool ", q(tool_name), " is not in the tool registry"])) if {
-	tool_name
+deny_reasons contains {"code": "unknown_tool", "message": concat("", ["tool '", tool_name, "' is not in the tool registry"])} if {
 	not tool
+	tool_name
 }
 
-deny_reasons contains reason("unknown_tool", concat("", ["tool ", q(tool_name), " has no valid permission class in the tool registry"])) if {
-	tool
+deny_reasons contains {"code": "unknown_tool", "message": concat("", ["tool '", tool_name, "' has no valid permission class in the tool registry"])} if {
 	not tool_class
+	tool
 }
 
-deny_reasons contains reason("missing_job", "context.job with non-empty string purpose and customer_id is required") if {
+deny_reasons contains {"code": "missing_job", "message": "context.job with non-empty string purpose and customer_id is required"} if {
 	not job
 }
 
 # --- agent ---------------------------------------------------------------------
 
-deny_reasons contains reason("unknown_agent", "the sidecar's agent is not known to this deployment") if {
+deny_reasons contains {"code": "unknown_agent", "message": "the sidecar's agent is not known to this deployment"} if {
 	not agent
 }
 
-deny_reasons contains reason("agent_disabled", concat("", ["agent ", q(agent_id), " is disabled"])) if {
+deny_reasons contains {"code": "agent_disabled", "message": concat("", ["agent '", agent_id, "' is disabled"])} if {
+	not agent.enabled == true
 	agent
-	object.get(agent, "enabled", false) != true
 }
 
 # --- subject -------------------------------------------------------------------
 
-deny_reasons contains reason("unknown_subject", "the verified subject is not a known user of this deployment") if {
+deny_reasons contains {"code": "unknown_subject", "message": "the verified subject is not a known user of this deployment"} if {
 	not user
 }
 
 # The caller may name the subject, but it must be the verified one.
-deny_reasons contains reason("subject_mismatch", "request.subject.id differs from the verified subject") if {
-	rid := object.get(req_subject, "id", null)
-	rid != null
+deny_reasons contains {"code": "subject_mismatch", "message": "request.subject.id differs from the verified subject"} if {
+	rid := input.request.subject.id
 	rid != subject_id
+	rid != null
 }
 
-deny_reasons contains reason("role_not_permitted", msg) if {
-	user
+deny_reasons contains {"code": "role_not_permitted", "message": msg} if {
 	tool
-	not role_permits_tool
+	user
+	not roles_permit(user, tool_name)
 	msg := concat("", [
-		"subject ", q(subject_id), " (roles: ", concat(", ", sort(user_roles)), ") may not request ", q(tool_name),
+		"subject '", subject_id, "' (roles: ", concat(", ", sort(user_roles)), ") may not request '", tool_name, "'",
 	])
 }
 
-role_permits_tool if {
-	some role in user_roles
-	tool_name in as_array(as_object(conf_roles[role]).tools)
+roles_permit(u, name) if {
+	rs := u.roles
+	is_array(rs)
+	some role in rs
+	is_string(role)
+	ts := data.toolgate.deployment.roles[role].tools
+	is_array(ts)
+	name in ts
 }
 
 # --- grants and purposes -----------------------------------------------------------
 
-purpose := job.purpose
+excluded_for_purpose if excluded(job.purpose, tool_name)
 
-excluded_for_purpose if tool_name in as_array(as_object(conf_purposes[purpose]).excluded_tools)
-
-agent_has_purpose if {
-	some g in agent_grants
-	g.purpose == purpose
+excluded(p, name) if {
+	ts := data.toolgate.deployment.purposes[p].excluded_tools
+	is_array(ts)
+	name in ts
 }
 
-granted_for_purpose if {
-	some g in agent_grants
-	g.purpose == purpose
-	tool_name in as_array(g.tools)
+has_purpose(a, p) if {
+	gs := a.grants
+	is_array(gs)
+	some g in gs
+	g.purpose == p
 }
 
-granted_any_purpose if {
-	some g in agent_grants
-	tool_name in as_array(g.tools)
+granted_for(a, p, name) if {
+	gs := a.grants
+	is_array(gs)
+	some g in gs
+	g.purpose == p
+	ts := g.tools
+	is_array(ts)
+	name in ts
 }
 
-deny_reasons contains reason("purpose_not_permitted", concat("", ["tool ", q(tool_name), " is never part of a ", q(purpose), " job"])) if {
+granted_any(a, name) if {
+	gs := a.grants
+	is_array(gs)
+	some g in gs
+	ts := g.tools
+	is_array(ts)
+	name in ts
+}
+
+deny_reasons contains {"code": "purpose_not_permitted", "message": concat("", ["tool '", tool_name, "' is never part of a '", job.purpose, "' job"])} if {
 	tool
-	excluded_for_purpose
+	excluded(job.purpose, tool_name)
 }
 
-deny_reasons contains reason("purpose_not_permitted", concat("", ["agent ", q(agent_id), " holds no grant for job purpose ", q(purpose)])) if {
+deny_reasons contains {"code": "purpose_not_permitted", "message": concat("", ["agent '", agent_id, "' holds no grant for job purpose '", job.purpose, "'"])} if {
 	agent
 	job
-	not agent_has_purpose
+	not has_purpose(agent, job.purpose)
 }
 
-deny_reasons contains reason("purpose_not_permitted", concat("", ["tool ", q(tool_name), " is not granted for job purpose ", q(purpose)])) if {
+deny_reasons contains {"code": "purpose_not_permitted", "message": concat("", ["tool '", tool_name, "' is not granted for job purpose '", job.purpose, "'"])} if {
 	tool
-	agent_has_purpose
-	granted_any_purpose
-	not granted_for_purpose
+	agent
+	job
+	not granted_for(agent, job.purpose, tool_name)
+	has_purpose(agent, job.purpose)
+	granted_any(agent, tool_name)
 	not excluded_for_purpose
 }
 
-deny_reasons contains reason("not_granted", concat("", ["tool ", q(tool_name), " is not granted to agent ", q(agent_id)])) if {
+deny_reasons contains {"code": "not_granted", "message": concat("", ["tool '", tool_name, "' is not granted to agent '", agent_id, "'"])} if {
 	tool
 	agent
-	not granted_any_purpose
+	not granted_any(agent, tool_name)
 	not excluded_for_purpose
 }
 
 # --- rollout stage -------------------------------------------------------------
 
-deny_reasons contains reason("tool_disabled", concat("", ["tool ", q(tool_name), " is disabled"])) if {
+deny_reasons contains {"code": "tool_disabled", "message": concat("", ["tool '", tool_name, "' is disabled"])} if {
 	tool_stage == "disabled"
 }
 
-deny_reasons contains reason("tool_disabled", concat("", ["tool ", q(tool_name), " has no valid rollout stage"])) if {
-	tool
-	not tool_stage
-}
-
-deny_reasons contains reason("shadow_mode", concat("", ["tool ", q(tool_name), " is in shadow stage: the decision the next stage would make is recorded, the call is not made"])) if {
+deny_reasons contains {"code": "shadow_mode", "message": concat("", ["tool '", tool_name, "' is in shadow stage: the decision the next stage would make is recorded, the call is not made"])} if {
 	tool_stage == "shadow"
 }
 
-deny_reasons contains reason("stage_draft_only", concat("", ["tool ", q(tool_name), " is in draft_only stage: the agent may draft, not act"])) if {
+deny_reasons contains {"code": "stage_draft_only", "message": concat("", ["tool '", tool_name, "' is in draft_only stage: the agent may draft, not act"])} if {
 	tool_stage == "draft_only"
-	tool_class in {"approve", "execute", "admin"}
+	acting_class(tool_class)
 }
+
+deny_reasons contains {"code": "tool_disabled", "message": concat("", ["tool '", tool_name, "' has no valid rollout stage"])} if {
+	not tool_stage
+	tool
+}
+
+acting_class("approve")
+
+acting_class("execute")
+
+acting_class("admin")
 
 # --- data boundary -------------------------------------------------------------
 
@@ -145,53 +170,60 @@ boundary := b if {
 	b := tool_rule.data_boundary
 	is_string(b)
 } else := b if {
-	b := conf_boundary["default"]
+	b := data.toolgate.deployment.data_boundary["default"]
 	is_string(b)
 } else := "job_customer"
 
-customer_resource_types := string_set(conf_boundary.customer_resource_types) if {
-	is_array(conf_boundary.customer_resource_types)
-} else := {"customer"}
+customer_resource_types(_) := ts if {
+	ts := data.toolgate.deployment.data_boundary.customer_resource_types
+	is_array(ts)
+} else := ["customer"]
 
 # Which customer the resource belongs to (caller-described resource).
-resource_customer := req_resource.id if {
-	req_resource.type in customer_resource_types
-} else := as_object(req_resource.properties).customer_id
+resource_customer(_) := id if {
+	t := input.request.resource.type
+	is_string(t)
+	t in customer_resource_types(0)
+	id := input.request.resource.id
+} else := input.request.resource.properties.customer_id
 
-in_scope if {
-	non_empty_string(resource_customer)
-	resource_customer == job.customer_id
-}
+# c is the job's customer_id, a non-empty string.
+in_scope(c) if resource_customer(0) == c
 
 # Any value other than "none" is treated as "job_customer" (fail closed).
-deny_reasons contains reason("out_of_scope", concat("", ["resource does not belong to the job's customer ", q(job.customer_id)])) if {
+deny_reasons contains {"code": "out_of_scope", "message": concat("", ["resource does not belong to the job's customer '", job.customer_id, "'"])} if {
 	job
+	not in_scope(job.customer_id)
 	boundary != "none"
-	not in_scope
 }
 
 # --- arguments -----------------------------------------------------------------
 
-deny_reasons contains reason("invalid_arguments", "action.properties.arguments must be an object") if {
-	not is_object(args_raw)
+deny_reasons contains {"code": "invalid_arguments", "message": "action.properties.arguments must be an object"} if {
+	a := input.request.action.properties.arguments
+	not is_object(a)
 }
 
-arg_schema := as_object(tool_rule.arguments)
-
-deny_reasons contains reason("invalid_arguments", concat("", ["argument ", q(name), " is required"])) if {
-	some name, spec in arg_schema
-	as_object(spec).required == true
+deny_reasons contains {"code": "invalid_arguments", "message": concat("", ["argument '", name, "' is required"])} if {
+	schema := tool_rule.arguments
+	is_object(schema)
+	some name, spec in schema
+	spec.required == true
 	not has_key(args, name)
 }
 
-deny_reasons contains reason("invalid_arguments", concat("", ["argument ", q(name), " must be of type ", spec.type])) if {
-	some name, spec in arg_schema
+deny_reasons contains {"code": "invalid_arguments", "message": concat("", ["argument '", name, "' must be of type ", spec.type])} if {
+	schema := tool_rule.arguments
+	is_object(schema)
+	some name, spec in schema
 	is_string(spec.type)
 	not type_ok(spec.type, args[name])
 }
 
-deny_reasons contains reason("invalid_arguments", concat("", ["argument ", q(name), " must be at least ", num(spec.minimum)])) if {
-	some name, spec in arg_schema
+deny_reasons contains {"code": "invalid_arguments", "message": concat("", ["argument '", name, "' must be at least ", num(spec.minimum)])} if {
+	schema := tool_rule.arguments
+	is_object(schema)
+	some name, spec in schema
 	is_number(spec.minimum)
 	v := args[name]
 	is_number(v)
@@ -213,25 +245,35 @@ type_ok("array", v) if is_array(v)
 
 # --- limits (thresholds beyond which the tool is never allowed) ----------------------
 
-limits := [l | some l in as_array(tool_rule.limits); is_object(l); is_string(l.argument)]
-
-deny_reasons contains reason("invalid_arguments", concat("", ["argument ", q(l.argument), " must be a number"])) if {
-	some l in limits
-	not number_argument(l.argument)
+deny_reasons contains {"code": "invalid_arguments", "message": concat("", ["argument '", a, "' must be a number"])} if {
+	ls := tool_rule.limits
+	is_array(ls)
+	some l in ls
+	a := l.argument
+	is_string(a)
+	not number_argument(a)
 }
 
-deny_reasons contains reason("limit_exceeded", concat("", ["argument ", q(l.argument), " exceeds the limit of ", num(l.max)])) if {
-	some l in limits
+deny_reasons contains {"code": "limit_exceeded", "message": concat("", ["argument '", a, "' exceeds the limit of ", num(l.max)])} if {
+	ls := tool_rule.limits
+	is_array(ls)
+	some l in ls
+	a := l.argument
+	is_string(a)
 	is_number(l.max)
-	v := args[l.argument]
+	v := args[a]
 	is_number(v)
 	v > l.max
 }
 
-deny_reasons contains reason("limit_exceeded", concat("", ["argument ", q(l.argument), " is below the minimum of ", num(l.min)])) if {
-	some l in limits
+deny_reasons contains {"code": "limit_exceeded", "message": concat("", ["argument '", a, "' is below the minimum of ", num(l.min)])} if {
+	ls := tool_rule.limits
+	is_array(ls)
+	some l in ls
+	a := l.argument
+	is_string(a)
 	is_number(l.min)
-	v := args[l.argument]
+	v := args[a]
 	is_number(v)
 	v < l.min
 }

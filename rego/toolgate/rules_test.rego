@@ -174,3 +174,28 @@ test_agent_without_enabled_flag_is_disabled if {
 	d := data.toolgate.decision with input as inp({}) with data.toolgate.deployment as deployment
 	codes(d) == {"agent_disabled"}
 }
+
+test_draft_only_stage_blocks_approve_and_admin_classes if {
+	approve := object.union(dep({}, "draft_only"), {"tools": {"t.act": {"class": "approve", "stage": "draft_only"}}})
+	codes(data.toolgate.decision) == {"stage_draft_only"} with input as inp({}) with data.toolgate.deployment as approve
+	admin := object.union(dep({}, "draft_only"), {"tools": {"t.act": {"class": "admin", "stage": "draft_only"}}})
+	codes(data.toolgate.decision) == {"stage_draft_only"} with input as inp({}) with data.toolgate.deployment as admin
+}
+
+test_supervision_that_is_not_an_object_is_unsatisfiable if {
+	codes(decide({}, {"supervision": "x"}, "supervised")) == {"approval_unsatisfiable"}
+}
+
+test_approval_without_approver if {
+	rule := {"approvals": [{"id": "always", "approver_roles": ["boss"]}]}
+	approval := {"id": "ap", "state": "approved", "single_use": true, "expires_at_ns": 11}
+	i := object.union(inp({}), {"verified": {"approval": approval}})
+	d := data.toolgate.decision with input as i with data.toolgate.deployment as dep(rule, "autonomous")
+	d.outcome == "needs_approval"
+	codes(d) == {"approval_required", "approval_invalid"}
+}
+
+test_boundary_defaults_to_job_customer if {
+	i := object.union(inp({}), {"request": {"resource": {"properties": {"customer_id": "c2"}}}})
+	codes(data.toolgate.decision) == {"out_of_scope"} with input as i with data.toolgate.deployment as dep({}, "autonomous")
+}
