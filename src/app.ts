@@ -1,7 +1,8 @@
 import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { SpanExporter } from "@opentelemetry/sdk-trace";
-import { Auditor, Tracing } from "./audit";
+import { Auditor, Tracing, type AuditService } from "./audit";
+import { AuditClient } from "./audit/client";
 import { Redactor } from "./audit/redact";
 import { AuditTrail } from "./audit/trail";
 import { join } from "node:path";
@@ -67,7 +68,7 @@ export interface Parts {
   bundles: BundleManager;
   identity: Identity;
   decider: Decider;
-  auditor: Auditor | undefined;
+  auditor: AuditService | undefined;
   approvals: ApprovalService | undefined;
   /** Signs grants onto allows and publishes their keys (undefined: grants off). */
   grants: GrantIssuer | undefined;
@@ -156,11 +157,48 @@ function hmacKey(config: CompiledConfig, log: Logger): { key: Buffer; keyId: str
   return { key, keyId };
 }
 
-function buildAuditor(config: CompiledConfig, log: Logger, opts: BuildOptions): Auditor {
+/** The OTEL_* variables (what the audit worker's tracing reads). */
+function otelEnv(env: Record<string, string | undefined>): Record<string, string | undefined> {
+  return Object.fromEntries(Object.entries(env).filter(([k]) => k.startsWith("OTEL_")));
+}
+
+/**
+ * Audit on a worker thread (AuditClient), unless audit.worker is false or the
+ * caller hands in an in-process span exporter (tests), which cannot cross
+ * threads: then an Auditor on this thread.
+ */
+async function buildAuditor(
+  config: CompiledConfig,
+  log: Logger,
+  opts: BuildOptions,
+): Promise<AuditService> {
   const { key, keyId } = hmacKey(config, log);
   const redactor = new Redactor({ hmacKey: key, keyId, mode: config.audit.redaction });
+  const env = opts.env ?? process.env;
+  if (config.audit.worker && opts.spanExporter === undefined) {
+    return AuditClient.start({
+      log,
+      redactor,
+      data: {
+        env: otelEnv(env),
+        serviceVersion: packageVersion(),
+        logLevel: log.level, // the worker writes through `log`, at its level
+        agentId: config.agent.id,
+        logDecisions: config.audit.logDecisions,
+        redaction: { key: new Uint8Array(key), keyId, mode: config.audit.redaction },
+        trail: config.audit.trail.enabled
+          ? { dir: config.audit.trail.dir, maxFileBytes: config.audit.trail.maxFileBytes }
+          : null,
+        tracing: {
+          maxQueueSize: config.tracing.maxQueueSize,
+          scheduledDelayMs: config.tracing.scheduledDelayMs,
+        },
+        statsIntervalMs: 250,
+      },
+    });
+  }
   const tracing = new Tracing({
-    env: opts.env ?? process.env,
+    env,
     log,
     serviceVersion: packageVersion(),
     ...(opts.spanExporter ? { exporter: opts.spanExporter } : {}),
@@ -192,7 +230,7 @@ function registerGauges(
   metrics: Metrics,
   bundles: BundleManager,
   approvals: ApprovalService | undefined,
-  auditor: Auditor | undefined,
+  auditor: AuditService | undefined,
 ): void {
   metrics.addGauge({
     name: "toolgate_bundle_active",
@@ -220,7 +258,7 @@ function registerGauges(
     metrics.addGauge({
       name: "toolgate_spans_dropped",
       help: "Spans dropped since start (queue full, export failed or shutdown timeout). A counter's value, exposed as a gauge read from the exporter.",
-      read: () => [{ value: auditor.tracing.stats().dropped }],
+      read: () => [{ value: auditor.tracingStats().dropped }],
     });
     metrics.addGauge({
       name: "toolgate_audit_trail_write_errors",
@@ -243,7 +281,23 @@ export async function buildParts(
       ? { verifier: await TokenVerifier.create(config.identity.jwt) }
       : {}),
   });
-  const auditor = opts.audit === false ? undefined : buildAuditor(config, log, opts);
+  const auditor = opts.audit === false ? undefined : await buildAuditor(config, log, opts);
+  try {
+    return await assemble(config, log, opts, identity, auditor);
+  } catch (e) {
+    // a worker thread must not outlive a failed start
+    await auditor?.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+async function assemble(
+  config: CompiledConfig,
+  log: Logger,
+  opts: BuildOptions,
+  identity: Identity,
+  auditor: AuditService | undefined,
+): Promise<Parts> {
   const metrics = new Metrics();
   const verification = verificationFromConfig(config.policy.signing);
   const bundles = new BundleManager({
@@ -254,7 +308,7 @@ export async function buildParts(
     source: sourceFromConfig(config.policy),
     ...(verification ? { verification } : {}),
     persistDir: config.policy.persistDir,
-    ...(auditor ? { tracing: auditor.tracing } : {}),
+    ...(auditor ? { spans: auditor } : {}),
     onEvent: (result, code) => metrics.bundleEvents.inc(code ? { result, code } : { result }),
   });
   const approvals =
@@ -359,55 +413,67 @@ export async function startToolgate(
       },
     );
   }
-  await parts.bundles.start();
   const version = packageVersion();
-  const agentServer = await startAgentServer({
-    config,
-    decider: parts.decider,
-    identity: parts.identity,
-    ...(parts.auditor ? { auditor: parts.auditor } : {}),
-    ...(parts.approvals ? { approvals: parts.approvals } : {}),
-    ...(parts.containment ? { containment: parts.containment } : {}),
-    bundles: parts.bundles,
-    log: parts.log,
-    startedAt: new Date(),
-    version,
-  });
-  const controlServer = config.control.enabled
-    ? await startControlServer({
-        config,
-        verifier: await TokenVerifier.create(config.control.jwt),
-        bundles: parts.bundles,
-        approvals: parts.approvals,
-        auditor: parts.auditor,
-        log: parts.log,
-        version,
-        grants: parts.grants,
-        metrics: parts.metrics,
-        containment: parts.containment,
-      })
-    : undefined;
+  let agentServer: RunningServer | undefined;
+  let controlServer: RunningServer | undefined;
+  const release = async (): Promise<void> => {
+    await Promise.all([agentServer?.close(), controlServer?.close()]);
+    parts.bundles.stop();
+    // flush pending spans and trail records before the process may exit
+    await parts.auditor?.close();
+    parts.approvals?.close();
+    parts.containment?.close();
+  };
+  try {
+    await parts.bundles.start();
+    agentServer = await startAgentServer({
+      config,
+      decider: parts.decider,
+      identity: parts.identity,
+      ...(parts.auditor ? { auditor: parts.auditor } : {}),
+      ...(parts.approvals ? { approvals: parts.approvals } : {}),
+      ...(parts.containment ? { containment: parts.containment } : {}),
+      bundles: parts.bundles,
+      log: parts.log,
+      startedAt: new Date(),
+      version,
+    });
+    controlServer = config.control.enabled
+      ? await startControlServer({
+          config,
+          verifier: await TokenVerifier.create(config.control.jwt),
+          bundles: parts.bundles,
+          approvals: parts.approvals,
+          auditor: parts.auditor,
+          log: parts.log,
+          version,
+          grants: parts.grants,
+          metrics: parts.metrics,
+          containment: parts.containment,
+        })
+      : undefined;
+  } catch (e) {
+    // nothing that started may keep the process alive after a failed start
+    await release().catch(() => undefined);
+    throw e;
+  }
+  const started = agentServer;
   const expiry = setInterval(() => parts.approvals?.expire(), 5000);
   expiry.unref();
   parts.log.info("toolgate listening", {
     event: "server.started",
-    agent_port: agentServer.url,
+    agent_port: started.url,
     control_port: controlServer?.url ?? null,
     agent: config.agent.id,
     ready: parts.bundles.ready(),
   });
   return {
     ...parts,
-    agentServer,
+    agentServer: started,
     controlServer,
     async stop() {
       clearInterval(expiry);
-      await Promise.all([agentServer.close(), controlServer?.close()]);
-      parts.bundles.stop();
-      // flush pending spans and trail records before the process may exit
-      await parts.auditor?.close();
-      parts.approvals?.close();
-      parts.containment?.close();
+      await release();
     },
   };
 }

@@ -1,7 +1,7 @@
-import { SpanStatusCode, type Attributes } from "@opentelemetry/api";
+import type { Attributes } from "@opentelemetry/api";
 import type { DecisionMeta } from "../decision/types";
 import { toolgateError } from "../errors";
-import type { Auditor } from "./index";
+import type { AuditService } from "./index";
 import type { MaskOp } from "./redact";
 
 /** POST /v1/actions body (schemas/action-report.schema.json). */
@@ -46,7 +46,7 @@ function covered(path: string, fields: Set<string>): boolean {
  * it means an action happened without permission.
  */
 export function recordAction(
-  auditor: Auditor,
+  auditor: AuditService,
   report: ActionReport,
   meta: DecisionMeta,
   /** Told once the report is accepted (containment counts budgets on status ok). */
@@ -124,16 +124,6 @@ export function recordAction(
   if (report.status === "error") attrs["error.type"] = report.error?.type ?? "tool_error";
   const started = report.started_at ? Date.parse(report.started_at) : undefined;
   const ended = report.ended_at ? Date.parse(report.ended_at) : undefined;
-  const span = auditor.spanForAction(
-    `execute_tool ${e.tool ?? ""}`,
-    { ...meta, ...(started !== undefined ? { startTimeMs: started } : {}) },
-    attrs,
-    e.spanContext ? [e.spanContext] : [],
-  );
-  if (report.status === "error")
-    span.setStatus({ code: SpanStatusCode.ERROR, message: error?.message ?? "tool error" });
-  const sc = span.spanContext();
-  span.end(ended);
   const record = {
     decision_id: e.decisionId,
     tool: e.tool,
@@ -146,14 +136,21 @@ export function recordAction(
     ended_at: report.ended_at,
     read: report.read,
     changed,
-    trace_id: sc.traceId,
-    span_id: sc.spanId,
+    trace_id: null as string | null, // filled in by audit, in this place
+    span_id: null as string | null,
     decision_span_id: e.spanContext?.spanId,
     request_id: meta.requestId,
   };
-  const trailed = auditor.appendTrail("action", record);
-  auditor.logAction(record, trailed?.seq);
+  const ids = auditor.action({
+    name: `execute_tool ${e.tool ?? ""}`,
+    meta: { ...meta, ...(started !== undefined ? { startTimeMs: started } : {}) },
+    endTimeMs: ended,
+    attributes: attrs,
+    link: e.spanContext,
+    errorMessage: report.status === "error" ? (error?.message ?? "tool error") : undefined,
+    record,
+  });
   // after the record is written: a store failure (503) never loses the action's audit
   onReported?.(e.decisionId, report.status);
-  return { recorded: true, decision_id: e.decisionId, trace_id: sc.traceId, span_id: sc.spanId };
+  return { recorded: true, decision_id: e.decisionId, trace_id: ids.traceId, span_id: ids.spanId };
 }

@@ -16,11 +16,64 @@ import type {
   VerifiedFacts,
 } from "../decision/types";
 import type { Logger } from "../util/log";
+import type { SpanIds } from "./ids";
 import type { MaskOp, Redactor } from "./redact";
-import type { AuditTrail } from "./trail";
-import type { Tracing } from "./tracing";
+import type { AuditTrail, TrailStats } from "./trail";
+import type { Tracing, TracingStats } from "./tracing";
 
 export { Tracing } from "./tracing";
+export type { SpanIds } from "./ids";
+
+/** A span that spans several decisions (an AuthZEN batch request): ended by the face. */
+export interface RequestSpan {
+  end(): void;
+}
+
+/** What POST /v1/actions records: the execute_tool span and its record. */
+export interface ActionAudit {
+  name: string;
+  /** The report's request meta; startTimeMs is the action's started_at when given. */
+  meta: DecisionMeta;
+  /** The action's ended_at (ms), if given. */
+  endTimeMs: number | undefined;
+  attributes: Attributes;
+  /** The decision span the action links to. */
+  link: ReturnType<Span["spanContext"]> | undefined;
+  /** Set when the tool reported an error: the span's status message. */
+  errorMessage: string | undefined;
+  /** The trail and log record; its trace_id and span_id are filled in. */
+  record: Record<string, unknown> & { trace_id: string | null; span_id: string | null };
+}
+
+/**
+ * Audit as the rest of toolgate sees it. `Auditor` does the work on the
+ * calling thread; `AuditClient` (./client) hands it to an Auditor in a worker
+ * thread so the decision path pays only for a message.
+ */
+export interface AuditService extends DecisionSink {
+  /** Recent decisions, for checking action reports (on the calling thread in both). */
+  readonly ledger: DecisionLedger;
+  traceMeta(headers: Record<string, string | string[] | undefined>): unknown;
+  startRequestSpan(meta: DecisionMeta, name: string): RequestSpan;
+  securityEvent(
+    event: string,
+    message: string,
+    fields: Record<string, unknown>,
+    meta: DecisionMeta,
+  ): void;
+  approvalEvent(event: string, fields: Record<string, unknown>): void;
+  containmentEvent(event: string, fields: Record<string, unknown>): void;
+  /** A span per bundle activation or rejection (BundleManager). */
+  bundleSpan(name: string, attributes: Attributes, error?: string): void;
+  /** Records an action report; returns the ids of its execute_tool span. */
+  action(a: ActionAudit): SpanIds;
+  /** Redacts with the shared redactor (action reports, approval display copies). */
+  redact<T>(value: T, mask?: readonly MaskOp[]): T;
+  tracingStats(): TracingStats;
+  trailStats(): TrailStats | undefined;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
 
 /** What audit keeps of an allowed decision, so an action report can be checked and linked. */
 export interface LedgerEntry {
@@ -34,6 +87,33 @@ export interface LedgerEntry {
   spanContext: ReturnType<Span["spanContext"]> | undefined;
   reported: boolean;
   at: number;
+}
+
+/** The call id an agent gave in action.properties.call_id, if a string. */
+export function callIdOf(req: DecisionRequest): string | undefined {
+  const id = req.action.properties?.call_id;
+  return typeof id === "string" ? id : undefined;
+}
+
+/** The ledger's account of a decision whose span is `spanContext`. */
+export function ledgerEntry(
+  d: Decision,
+  req: DecisionRequest,
+  agentId: string,
+  spanContext: LedgerEntry["spanContext"],
+): LedgerEntry {
+  return {
+    decisionId: d.decision_id,
+    outcome: d.outcome,
+    tool: d.tool?.name ?? req.action.name,
+    subjectId: req.subject.id,
+    agentId,
+    callId: callIdOf(req),
+    obligations: d.obligations,
+    spanContext,
+    reported: false,
+    at: Date.now(),
+  };
 }
 
 /**
@@ -137,7 +217,7 @@ export interface TraceMeta {
  * trail record, all built from one redacted record. Never throws into the
  * decision path and never changes a decision.
  */
-export class Auditor implements DecisionSink {
+export class Auditor implements AuditService {
   readonly ledger: DecisionLedger;
   private readonly logDecisions: boolean;
 
@@ -148,6 +228,10 @@ export class Auditor implements DecisionSink {
 
   get tracing(): Tracing {
     return this.opts.tracing;
+  }
+
+  tracingStats(): TracingStats {
+    return this.opts.tracing.stats();
   }
 
   /** Builds the trace part of DecisionMeta from request headers. */
@@ -213,10 +297,7 @@ export class Auditor implements DecisionSink {
     try {
       const redacted = this.opts.redactor.redact(req, mask as readonly MaskOp[] | undefined);
       const args = redacted.action.properties?.arguments;
-      const callId =
-        typeof req.action.properties?.call_id === "string"
-          ? req.action.properties.call_id
-          : undefined;
+      const callId = callIdOf(req);
       const job = isObject(redacted.context?.job) ? redacted.context.job : {};
       const toolName = d.tool?.name ?? req.action.name;
       const attrs: Attributes = {
@@ -327,18 +408,7 @@ export class Auditor implements DecisionSink {
           trail_seq: trailed?.seq,
         });
       }
-      this.ledger.add({
-        decisionId: d.decision_id,
-        outcome: d.outcome,
-        tool: d.tool?.name ?? req.action.name,
-        subjectId: req.subject.id,
-        agentId: this.opts.agentId,
-        callId,
-        obligations: d.obligations,
-        spanContext: sc,
-        reported: false,
-        at: Date.now(),
-      });
+      this.ledger.add(ledgerEntry(d, req, this.opts.agentId, sc));
     } catch (e) {
       this.opts.log.error("audit failed for a decision", {
         event: "audit.error",
@@ -571,41 +641,56 @@ export class Auditor implements DecisionSink {
     }
   }
 
-  logAction(record: Record<string, unknown>, trailSeq: number | undefined): void {
+  action(a: ActionAudit): SpanIds {
+    const t = a.meta.trace as TraceMeta | undefined;
+    const span = this.opts.tracing.startSpan(
+      a.name,
+      {
+        kind: SpanKind.INTERNAL,
+        startTime: a.meta.startTimeMs,
+        attributes: { ...this.httpAttributes(a.meta), ...a.attributes },
+        links: a.link ? [{ context: a.link }] : [],
+      },
+      t?.parent ?? this.opts.tracing.extract({}),
+    );
+    if (a.errorMessage !== undefined)
+      span.setStatus({ code: SpanStatusCode.ERROR, message: a.errorMessage });
+    const sc = span.spanContext();
+    span.end(a.endTimeMs);
+    const record = a.record;
+    record.trace_id = sc.traceId;
+    record.span_id = sc.spanId;
+    const trailed = this.appendTrail("action", record);
     if (this.logDecisions)
       this.logRecord(
         "action",
         JSON.stringify({ time: new Date().toISOString(), ...record }),
-        trailSeq,
+        trailed?.seq,
       );
+    return { traceId: sc.traceId, spanId: sc.spanId };
   }
 
-  trailStats(): ReturnType<AuditTrail["stats"]> | undefined {
+  bundleSpan(name: string, attributes: Attributes, error?: string): void {
+    try {
+      const span = this.opts.tracing.startSpan(
+        name,
+        { kind: SpanKind.INTERNAL, attributes },
+        this.opts.tracing.extract({}),
+      );
+      if (error !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: error });
+      span.end();
+    } catch {
+      // tracing never gets in the way of policy
+    }
+  }
+
+  trailStats(): TrailStats | undefined {
     return this.opts.trail?.stats();
   }
 
   /** Redacts with the shared redactor (for action reports, approvals, ...). */
   redact<T>(value: T, mask?: readonly MaskOp[]): T {
     return this.opts.redactor.redact(value, mask);
-  }
-
-  spanForAction(
-    name: string,
-    meta: DecisionMeta,
-    attributes: Attributes,
-    links: Span["spanContext"] extends () => infer C ? C[] : never,
-  ): Span {
-    const t = meta.trace as TraceMeta | undefined;
-    return this.opts.tracing.startSpan(
-      name,
-      {
-        kind: SpanKind.INTERNAL,
-        startTime: meta.startTimeMs,
-        attributes: { ...this.httpAttributes(meta), ...attributes },
-        links: links.map((context) => ({ context })),
-      },
-      t?.parent ?? this.opts.tracing.extract({}),
-    );
   }
 
   async flush(): Promise<void> {

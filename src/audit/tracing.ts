@@ -17,6 +17,7 @@ import {
   ParentBasedSampler,
   TraceIdRatioBasedSampler,
   TracerProvider,
+  type IdGenerator,
   type ReadableSpan,
   type Sampler,
   type SpanExporter,
@@ -38,6 +39,8 @@ export interface TracingOptions {
   /** How often queued spans are exported, in ms. */
   scheduledDelayMs?: number;
   maxExportBatchSize?: number;
+  /** Span and trace ids (the audit worker's ForcedIdGenerator); default random. */
+  idGenerator?: IdGenerator;
 }
 
 export interface TracingStats {
@@ -281,6 +284,7 @@ export class Tracing {
       resource,
       sampler: samplerFromEnv(opts.env),
       spanProcessors: [this.processor],
+      ...(opts.idGenerator ? { idGenerator: opts.idGenerator } : {}),
     });
     this.tracer = this.provider.getTracer("toolgate", opts.serviceVersion);
   }

@@ -1,6 +1,5 @@
 import { readFileSync } from "node:fs";
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, type Attributes } from "@opentelemetry/api";
-import type { Tracing } from "../audit/tracing";
+import type { Attributes } from "@opentelemetry/api";
 import type { CompiledConfig } from "../config";
 import { normalizeError, toolgateError, type ErrorCode } from "../errors";
 import type { Logger } from "../util/log";
@@ -62,7 +61,7 @@ export interface BundleManagerOptions {
   /** Directory for the last-known-good copy (sources that deliver archives). */
   persistDir?: string;
   /** A span per activation and rejection, when audit is on. */
-  tracing?: Tracing;
+  spans?: { bundleSpan(name: string, attributes: Attributes, error?: string): void };
   /** Told of every activation and rejection (metrics). */
   onEvent?: (result: "activated" | "rejected", code?: string) => void;
 }
@@ -309,15 +308,7 @@ export class BundleManager {
   }
 
   private span(name: string, attributes: Attributes, error?: string): void {
-    const tracing = this.opts.tracing;
-    if (tracing === undefined) return;
-    try {
-      const span = tracing.startSpan(name, { kind: SpanKind.INTERNAL, attributes }, ROOT_CONTEXT);
-      if (error !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: error });
-      span.end();
-    } catch {
-      // tracing never gets in the way of policy
-    }
+    this.opts.spans?.bundleSpan(name, attributes, error);
   }
 
   active(): PolicyEngine | undefined {

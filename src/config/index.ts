@@ -77,6 +77,8 @@ export interface CompiledConfig {
     redaction: "hash" | "erase";
     hmacKey: { source: "file" | "env" | "random"; file: string | null; value: string | null };
     logDecisions: boolean;
+    /** Audit on a worker thread (AuditClient) instead of the main thread. */
+    worker: boolean;
   };
   tracing: { maxQueueSize: number; scheduledDelayMs: number };
   grants: {
@@ -459,6 +461,7 @@ export function compileConfig(
             ? { source: "file", file: resolve(baseDir, keyFile), value: null }
             : { source: "random", file: null, value: null },
       logDecisions: get("audit.log_decisions"),
+      worker: get("audit.worker"),
     },
     tracing: {
       maxQueueSize: get("tracing.max_queue_size"),

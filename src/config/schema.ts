@@ -476,6 +476,13 @@ export const FIELDS: readonly FieldSpec[] = [
     doc: "Write one JSON log line per decision and per action report (stdout, level info).",
   },
   {
+    key: "audit.worker",
+    env: "TOOLGATE_AUDIT_WORKER",
+    type: { kind: "bool" },
+    default: true,
+    doc: "Do the audit work (redaction, spans and their export, the trail, decision log lines) on a worker thread, off the decision path. false: on the main thread, as an embedding or a one-core budget may prefer.",
+  },
+  {
     key: "tracing.max_queue_size",
     env: "TOOLGATE_TRACING_MAX_QUEUE_SIZE",
     type: { kind: "int", min: 16, max: 1_000_000 },

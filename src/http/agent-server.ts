@@ -4,7 +4,7 @@ import express, { type Request, type Response } from "express";
 import type { BundleManager } from "../bundles";
 import type { CompiledConfig } from "../config";
 import { recordAction, type ActionReport } from "../audit/actions";
-import type { Auditor } from "../audit";
+import type { AuditService } from "../audit";
 import type { ApprovalService } from "../approvals/service";
 import type { Containment } from "../containment";
 import type { Decider, DecisionMeta, Face } from "../decision";
@@ -24,7 +24,7 @@ export interface AgentServerDeps {
   decider: Decider;
   identity: Identity;
   approvals?: ApprovalService;
-  auditor?: Auditor;
+  auditor?: AuditService;
   /** Counts budget consumption when an action report confirms the action. */
   containment?: Containment;
   bundles: BundleManager;

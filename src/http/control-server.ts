@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { createServer } from "node:http";
 import express, { type NextFunction, type Request, type Response } from "express";
 import type { ApprovalService } from "../approvals/service";
-import type { Auditor } from "../audit";
+import type { AuditService } from "../audit";
 import type { BundleManager } from "../bundles";
 import type { Containment } from "../containment";
 import type { CompiledConfig } from "../config";
@@ -19,7 +19,7 @@ export interface ControlServerDeps {
   verifier: TokenVerifier;
   bundles: BundleManager;
   approvals: ApprovalService | undefined;
-  auditor: Auditor | undefined;
+  auditor: AuditService | undefined;
   log: Logger;
   version: string;
   metrics?: Metrics;
@@ -133,7 +133,7 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
       agent: { id: config.agent.id },
       ready: bundles.ready(),
       bundles: [bundles.status()],
-      tracing: deps.auditor?.tracing.stats(),
+      tracing: deps.auditor?.tracingStats(),
     })),
   );
 

@@ -9,6 +9,8 @@ import winston from "winston";
 export type LogLevel = "error" | "warn" | "info" | "debug" | "silent";
 
 export interface Logger {
+  /** The least severity this logger writes. */
+  readonly level: LogLevel;
   error(msg: string, fields?: Record<string, unknown>): void;
   warn(msg: string, fields?: Record<string, unknown>): void;
   info(msg: string, fields?: Record<string, unknown>): void;
@@ -18,6 +20,12 @@ export interface Logger {
    * bypassing the format pipeline: for high-volume audit records.
    */
   line(json: string, level: Exclude<LogLevel, "silent">): void;
+  /**
+   * Writes text that is already whole log lines (newline-terminated JSON,
+   * filtered by level): the audit worker's lines, written by this thread so
+   * that one writer owns the stream.
+   */
+  raw(text: string): void;
   /** Resolves when everything logged so far has been handed to the stream. */
   flush(): Promise<void>;
 }
@@ -56,11 +64,17 @@ export function createLogger(level: LogLevel, stream: Writable = process.stdout)
     stream.write(text);
   };
   return {
+    level,
     line: (json, lvl) => {
       if (RANK[lvl] > max) return;
       // Batched: one write per event-loop turn instead of one per decision.
       pending.push(json);
       if (pending.length === 1) setImmediate(writePending);
+    },
+    raw: (text) => {
+      if (max === 0 || text === "") return;
+      writePending(); // keep the order of lines
+      stream.write(text);
     },
     error: emit("error"),
     warn: emit("warn"),

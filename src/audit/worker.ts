@@ -1,0 +1,213 @@
+/**
+ * The audit worker: an Auditor on its own thread. The main thread's
+ * AuditClient posts what happened (decisions, refusals, events, action
+ * reports); this thread redacts, builds and exports the spans, hashes and
+ * writes the trail and writes the decision log lines, so none of that is on
+ * the decision path. Entry point of a worker_threads Worker; see ./client.
+ */
+import { ROOT_CONTEXT, trace, type Context, type Span, type SpanContext } from "@opentelemetry/api";
+import { TraceState } from "@opentelemetry/core";
+import { Writable } from "node:stream";
+import { parentPort, workerData } from "node:worker_threads";
+import { isToolgateError } from "../errors";
+import { createLogger } from "../util/log";
+import { ForcedIdGenerator } from "./ids";
+import { Auditor, type TraceMeta } from "./index";
+import type {
+  AuditWorkerData,
+  FromWorker,
+  PlainSpanContext,
+  PlainTrace,
+  ToWorker,
+  WireMeta,
+  WorkerStats,
+} from "./protocol";
+import { Redactor } from "./redact";
+import { AuditTrail } from "./trail";
+import { Tracing } from "./tracing";
+import type { DecisionMeta } from "../decision/types";
+
+if (parentPort === null) throw new Error("src/audit/worker is a worker_threads entry point");
+const port = parentPort;
+const data = workerData as AuditWorkerData;
+const send = (m: FromWorker): void => port.postMessage(m);
+
+function spanContextOf(p: PlainSpanContext): SpanContext {
+  const sc: SpanContext = { traceId: p.traceId, spanId: p.spanId, traceFlags: p.traceFlags };
+  if (p.isRemote !== undefined) sc.isRemote = p.isRemote;
+  if (p.traceState !== undefined) sc.traceState = new TraceState(p.traceState);
+  return sc;
+}
+
+function start(): void {
+  // Lines go to the main thread's logger in batches (one message per write).
+  const log = createLogger(
+    data.logLevel,
+    new Writable({
+      decodeStrings: false,
+      write(chunk: string | Buffer, _enc, cb) {
+        send({ t: "log", text: typeof chunk === "string" ? chunk : chunk.toString("utf8") });
+        cb();
+      },
+    }),
+  );
+  const ids = new ForcedIdGenerator();
+  let tracing: Tracing;
+  let trail: AuditTrail | undefined;
+  try {
+    tracing = new Tracing({
+      env: data.env,
+      log,
+      serviceVersion: data.serviceVersion,
+      maxQueueSize: data.tracing.maxQueueSize,
+      scheduledDelayMs: data.tracing.scheduledDelayMs,
+      idGenerator: ids,
+    });
+    trail = data.trail
+      ? AuditTrail.open({
+          dir: data.trail.dir,
+          maxFileBytes: data.trail.maxFileBytes,
+          flushIntervalMs: 50,
+          fsyncIntervalMs: 1000,
+          onError: (e) =>
+            log.error("audit trail write failed", { event: "audit.trail_error", error: e.message }),
+        })
+      : undefined;
+  } catch (e) {
+    const err = e as Error;
+    send({
+      t: "failed",
+      code: isToolgateError(err) ? err.code : "internal_error",
+      message: err.message,
+    });
+    return;
+  }
+  const auditor = new Auditor({
+    tracing,
+    log,
+    redactor: new Redactor({
+      hmacKey: Buffer.from(data.redaction.key),
+      keyId: data.redaction.keyId,
+      mode: data.redaction.mode,
+    }),
+    trail,
+    agentId: data.agentId,
+    logDecisions: data.logDecisions,
+  });
+
+  let handled = 0;
+  const stats = (): WorkerStats => ({
+    tracing: tracing.stats(),
+    trail: trail?.stats(),
+    handled,
+  });
+  /** Request spans of AuthZEN batches, open until the face ends them. */
+  const open = new Map<string, Span>();
+
+  const traceMeta = (t: PlainTrace | undefined): TraceMeta | undefined => {
+    if (t === undefined) return undefined;
+    const parent: Context = t.parent
+      ? trace.setSpanContext(ROOT_CONTEXT, spanContextOf(t.parent))
+      : ROOT_CONTEXT;
+    const requestSpan = t.requestSpan ? open.get(t.requestSpan.spanId) : undefined;
+    return requestSpan ? { parent, requestSpan } : { parent };
+  };
+  const metaOf = (m: WireMeta): DecisionMeta => ({ ...m, trace: traceMeta(m.trace) });
+
+  const handle = (m: ToWorker): void => {
+    switch (m.t) {
+      case "decided":
+        ids.use(m.ids, () =>
+          auditor.decided(m.d, m.req, m.verified, metaOf(m.meta), m.mask, m.grant, m.notes),
+        );
+        return;
+      case "refused":
+        auditor.refused(m.err, m.req, metaOf(m.meta));
+        return;
+      case "security":
+        auditor.securityEvent(m.event, m.message, m.fields, metaOf(m.meta));
+        return;
+      case "approval":
+        auditor.approvalEvent(m.event, m.fields);
+        return;
+      case "containment":
+        auditor.containmentEvent(m.event, m.fields);
+        return;
+      case "bundle":
+        auditor.bundleSpan(m.name, m.attributes, m.error);
+        return;
+      case "action":
+        ids.use(m.ids, () =>
+          auditor.action({
+            ...m.a,
+            meta: metaOf(m.a.meta),
+            link: m.a.link ? spanContextOf(m.a.link) : undefined,
+          }),
+        );
+        return;
+      case "reqspan.start": {
+        const span = ids.use(m.ids, () => auditor.startRequestSpan(metaOf(m.meta), m.name));
+        open.set(m.ids.spanId, span);
+        return;
+      }
+      case "reqspan.end":
+        open.get(m.spanId)?.end();
+        open.delete(m.spanId);
+        return;
+      case "flush":
+        auditor.flush().then(
+          () => send({ t: "flushed", id: m.id, stats: stats() }),
+          (e: unknown) =>
+            send({ t: "flushed", id: m.id, stats: stats(), error: (e as Error).message }),
+        );
+        return;
+      case "close": {
+        clearInterval(timer);
+        for (const span of open.values()) span.end();
+        open.clear();
+        auditor.close().then(
+          () => {
+            send({ t: "closed", id: m.id, stats: stats() });
+            port.close();
+          },
+          (e: unknown) => {
+            const err = e as Error;
+            send({
+              t: "closed",
+              id: m.id,
+              stats: stats(),
+              error: {
+                code: isToolgateError(err) ? err.code : "internal_error",
+                message: err.message,
+              },
+            });
+            port.close();
+          },
+        );
+        return;
+      }
+    }
+  };
+
+  port.on("message", (text: string) => {
+    const batch = JSON.parse(text) as ToWorker[];
+    for (const m of batch) {
+      handled++;
+      try {
+        handle(m);
+      } catch (e) {
+        // the Auditor catches its own failures; this is the last line of defence
+        log.error("audit worker failed to handle a message", {
+          event: "audit.error",
+          kind: m.t,
+          error: (e as Error).message,
+        });
+      }
+    }
+  });
+  const timer = setInterval(() => send({ t: "stats", stats: stats() }), data.statsIntervalMs);
+  timer.unref();
+  send({ t: "ready", tracingEnabled: tracing.enabled, stats: stats() });
+}
+
+start();
