@@ -410,6 +410,8 @@ async function main() {
             OTEL_SDK_DISABLED: "true",
             TOOLGATE_AUDIT_TRAIL_ENABLED: "false",
             TOOLGATE_AUDIT_LOG_DECISIONS: "false",
+            // the least work per decision: no worker thread to hand records to
+            TOOLGATE_AUDIT_WORKER: "false",
           }),
       ...extraEnv,
     };
@@ -747,7 +749,7 @@ function renderReport(R) {
     `- **OPA**: \`opa run --server --addr 127.0.0.1:<port> --bundle <rego-bundle> --skip-version-check --log-level error\`, the bundle built by \`opa build -b rego --ignore '*_test.rego' --ignore capabilities.json\` (plain Rego, no wasm; OPA's decision logs are off by default). Requests: \`POST /v1/data/toolgate/decision\` with \`{"input": {"request": <request>, "verified": {...}}}\`, the input toolgate's policy gets.`,
   );
   p(
-    '- **toolgate**: `node bin/toolgate.js serve` from dist/ with bundles/support-triage.tar.gz (wasm). **Audit on**: spans exported over OTLP/HTTP (protobuf) to a local receiver (scripts/bench/otlp-receiver.mjs), decision logs on at level info (stdout to a file), audit trail on. Requests: `POST /v1/decisions` with the request, `POST /v1/data/toolgate/decision` with `{"input": <request>}`.',
+    '- **toolgate**: `node bin/toolgate.js serve` from dist/ with bundles/support-triage.tar.gz (wasm). **Audit on**: spans exported over OTLP/HTTP (protobuf) to a local receiver (scripts/bench/otlp-receiver.mjs), decision logs on at level info (stdout to a file), audit trail on; the audit work runs on the audit worker thread (`audit.worker`, the default; docs/audit.md). Requests: `POST /v1/decisions` with the request, `POST /v1/data/toolgate/decision` with `{"input": <request>}`.',
   );
   p(
     `- **Load**: autocannon (programmatic, in the bench process, one thread) cycling through a fixed mix of ${MIX.length} reference-table requests per connection; concurrency ${CONNS.join(", ")}; ${WARMUP} s warm-up per target and concurrency; ${ROUNDS} round(s) × ${DURATION} s per target; the order of targets alternates per round so both share machine noise. Latency is measured per response (float ms, all responses). The load generator shares the ${mach.nproc} CPUs with the server under test.`,
@@ -828,7 +830,7 @@ function renderReport(R) {
   p("## Audit on vs off");
   p();
   p(
-    `toolgate \`/v1/decisions\` at ${AUDIT_CONNS} connections, two toolgate processes (audit on as above; audit off: OTEL_SDK_DISABLED=true, TOOLGATE_AUDIT_TRAIL_ENABLED=false, TOOLGATE_AUDIT_LOG_DECISIONS=false, log level error), alternating per round.`,
+    `toolgate \`/v1/decisions\` at ${AUDIT_CONNS} connections, two toolgate processes (audit on as above; audit off: OTEL_SDK_DISABLED=true, TOOLGATE_AUDIT_TRAIL_ENABLED=false, TOOLGATE_AUDIT_LOG_DECISIONS=false, TOOLGATE_AUDIT_WORKER=false, log level error — the least audit work toolgate can do per decision), alternating per round.`,
   );
   p();
   p(
