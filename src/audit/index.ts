@@ -19,7 +19,7 @@ import type { Logger } from "../util/log";
 import type { SpanIds } from "./ids";
 import type { MaskOp, Redactor } from "./redact";
 import type { AuditTrail, TrailStats } from "./trail";
-import type { Tracing, TracingStats } from "./tracing";
+import type { PreparedSpan, Tracing, TracingStats } from "./tracing";
 
 export { Tracing } from "./tracing";
 export type { SpanIds } from "./ids";
@@ -265,6 +265,27 @@ export class Auditor implements AuditService {
     return a;
   }
 
+  /** As spanFor, for the decision span: the light path (Tracing.prepareSpan). */
+  private preparedFor(name: string, meta: DecisionMeta, attributes: Attributes): PreparedSpan {
+    const t = meta.trace as TraceMeta | undefined;
+    if (t?.requestSpan !== undefined) {
+      return this.opts.tracing.prepareSpan(
+        name,
+        SpanKind.INTERNAL,
+        trace.setSpan(t.parent, t.requestSpan),
+        attributes,
+        meta.startTimeMs,
+      );
+    }
+    return this.opts.tracing.prepareSpan(
+      name,
+      meta.http ? SpanKind.SERVER : SpanKind.INTERNAL,
+      t?.parent ?? this.opts.tracing.extract({}),
+      { ...this.httpAttributes(meta), ...attributes },
+      meta.startTimeMs,
+    );
+  }
+
   private spanFor(name: string, meta: DecisionMeta, attributes: Attributes): Span {
     const t = meta.trace as TraceMeta | undefined;
     if (t?.requestSpan !== undefined) {
@@ -349,8 +370,8 @@ export class Auditor implements AuditService {
         attrs["toolgate.candidate.diverged"] = notes.candidate.diverged;
         attrs["toolgate.candidate.revision"] = notes.candidate.revision;
       }
-      const span = this.spanFor(`authorize ${toolName}`, meta, attrs);
-      const sc = span.spanContext();
+      const span = this.preparedFor(`authorize ${toolName}`, meta, attrs);
+      const sc = span.spanContext;
       const record: DecisionRecord = {
         decision_id: d.decision_id,
         time: d.evaluated_at,
@@ -393,8 +414,7 @@ export class Auditor implements AuditService {
       // Serialised once: the trail stores this text as is, the log line embeds it.
       const recordJson = JSON.stringify(record);
       const trailed = this.appendTrailJson("decision", recordJson);
-      if (trailed) span.setAttribute("toolgate.audit.trail_seq", trailed.seq);
-      span.end();
+      span.finish(trailed ? { "toolgate.audit.trail_seq": trailed.seq } : undefined);
       if (this.logDecisions) this.logRecord("decision", recordJson, trailed?.seq);
       if (notes?.candidate?.diverged === true) {
         this.opts.log.info("the candidate policy answered differently", {
