@@ -20,8 +20,19 @@ import {
   W3CTraceContextPropagator,
 } from "@opentelemetry/core";
 import type { Resource } from "@opentelemetry/resources";
+import { encodeTraceRequest } from "./otlp-proto";
 import { OTLPTraceExporter as OTLPHttpJsonExporter } from "@opentelemetry/exporter-trace-otlp-http";
-import { OTLPTraceExporter as OTLPHttpProtoExporter } from "@opentelemetry/exporter-trace-otlp-proto";
+import { OTLPExporterBase } from "@opentelemetry/otlp-exporter-base";
+import {
+  convertLegacyHttpOptions,
+  createOtlpHttpExportDelegate,
+} from "@opentelemetry/otlp-exporter-base/node-http";
+import {
+  ProtobufTraceSerializer,
+  TraceExporterMetricsHelper,
+  type IExportTraceServiceResponse,
+  type ISerializer,
+} from "@opentelemetry/otlp-transformer";
 import { defaultResource, resourceFromAttributes } from "@opentelemetry/resources";
 import {
   AlwaysOffSampler,
@@ -101,6 +112,33 @@ export function samplerFromEnv(env: Env): Sampler {
   }
 }
 
+/** The transformer's protobuf serializer with toolgate's encoder for requests (same bytes, ./otlp-proto). */
+const protobufSerializer: ISerializer<ReadableSpan[], IExportTraceServiceResponse> = {
+  serializeRequest: (spans) => encodeTraceRequest(spans),
+  deserializeResponse: (data) => ProtobufTraceSerializer.deserializeResponse(data),
+};
+
+/**
+ * OTLP/HTTP protobuf, as @opentelemetry/exporter-trace-otlp-proto builds it
+ * (same transport, env settings, retries and compression), with the faster
+ * request encoder.
+ */
+class OTLPHttpProtoExporter extends OTLPExporterBase<ReadableSpan[]> implements SpanExporter {
+  constructor(url: string) {
+    super(
+      createOtlpHttpExportDelegate(
+        convertLegacyHttpOptions({ url }, "TRACES", "v1/traces", {
+          "Content-Type": "application/x-protobuf",
+        }),
+        protobufSerializer,
+        "otlp_http_span_exporter",
+        TraceExporterMetricsHelper,
+        undefined,
+      ),
+    );
+  }
+}
+
 /** Picks the OTLP/HTTP exporter for OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL; it reads its endpoint from the env itself. */
 export function exporterFromEnv(env: Env): { exporter: SpanExporter; endpoint: string } {
   const protocol = (
@@ -114,7 +152,7 @@ export function exporterFromEnv(env: Env): { exporter: SpanExporter; endpoint: s
   if (protocol === "http/json")
     return { exporter: new OTLPHttpJsonExporter({ url: endpoint }), endpoint };
   if (protocol === "http/protobuf")
-    return { exporter: new OTLPHttpProtoExporter({ url: endpoint }), endpoint };
+    return { exporter: new OTLPHttpProtoExporter(endpoint), endpoint };
   throw toolgateError(
     "config_invalid",
     `OTEL_EXPORTER_OTLP_PROTOCOL "${protocol}" is not supported. Fix: use http/protobuf (default) or http/json`,
