@@ -351,7 +351,13 @@ export class AuditClient implements AuditService {
   }
 
   approvalEvent(event: string, fields: Record<string, unknown>): void {
-    this.post({ t: "approval", event, fields });
+    // the ledger is here, not in the worker: name the decision span the event links to
+    const id = typeof fields.decision_id === "string" ? fields.decision_id : undefined;
+    const sc = id === undefined ? undefined : this.ledger.get(id)?.spanContext;
+    const link = sc
+      ? { traceId: sc.traceId, spanId: sc.spanId, traceFlags: sc.traceFlags }
+      : undefined;
+    this.post({ t: "approval", event, fields, link });
   }
 
   containmentEvent(event: string, fields: Record<string, unknown>): void {

@@ -528,11 +528,16 @@ export class Auditor implements AuditService {
    * refused, revoked): a span linked to the decision it answers, a log line
    * `approval.<event>` with the approver's identity, and a trail record.
    */
-  approvalEvent(event: string, fields: Record<string, unknown>): void {
+  approvalEvent(
+    event: string,
+    fields: Record<string, unknown>,
+    /** The decision's span, when the caller keeps the ledger (the audit worker's client). */
+    link?: LedgerEntry["spanContext"],
+  ): void {
     try {
       const redacted = this.opts.redactor.redact(fields);
       const decisionId = typeof fields.decision_id === "string" ? fields.decision_id : undefined;
-      const linked = decisionId ? this.ledger.get(decisionId)?.spanContext : undefined;
+      const linked = link ?? (decisionId ? this.ledger.get(decisionId)?.spanContext : undefined);
       const attrs: Attributes = {
         "gen_ai.agent.id": this.opts.agentId,
         "toolgate.approval.event": event,

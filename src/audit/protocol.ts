@@ -63,7 +63,13 @@ export type ToWorker =
       fields: Record<string, unknown>;
       meta: WireMeta;
     }
-  | { t: "approval"; event: string; fields: Record<string, unknown> }
+  | {
+      t: "approval";
+      event: string;
+      fields: Record<string, unknown>;
+      /** The decision's span, from the main thread's ledger. */
+      link: PlainSpanContext | undefined;
+    }
   | { t: "containment"; event: string; fields: Record<string, unknown> }
   | { t: "bundle"; name: string; attributes: Attributes; error: string | undefined }
   | {

@@ -12,7 +12,7 @@ import { parentPort, workerData } from "node:worker_threads";
 import { isToolgateError } from "../errors";
 import { createLogger } from "../util/log";
 import { ForcedIdGenerator } from "./ids";
-import { Auditor, type TraceMeta } from "./index";
+import { Auditor, DecisionLedger, type TraceMeta } from "./index";
 import type {
   AuditWorkerData,
   FromWorker,
@@ -93,6 +93,8 @@ function start(): void {
     trail,
     agentId: data.agentId,
     logDecisions: data.logDecisions,
+    // the main thread keeps the ledger (action reports, approval links); none needed here
+    ledger: new DecisionLedger(1),
   });
 
   let handled = 0;
@@ -128,7 +130,7 @@ function start(): void {
         auditor.securityEvent(m.event, m.message, m.fields, metaOf(m.meta));
         return;
       case "approval":
-        auditor.approvalEvent(m.event, m.fields);
+        auditor.approvalEvent(m.event, m.fields, m.link ? spanContextOf(m.link) : undefined);
         return;
       case "containment":
         auditor.containmentEvent(m.event, m.fields);

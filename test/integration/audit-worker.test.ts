@@ -76,6 +76,21 @@ describe.each([
       });
       expect(action.status).toBe(200);
       const actionIds = action.json as { trace_id: string; span_id: string };
+      // needs_approval, then the access request: its approval span links to the decision span
+      const refund = refRequest({ tool: "refunds.issue", args: { amount: 120 } });
+      const pending = await postJson(base, "/v1/decisions", refund);
+      const pendingJson = pending.json as {
+        decision_id: string;
+        access_request?: { evaluation_id: string; expires_at: string };
+      };
+      const asked = await postJson(base, "/access/v1/requests", {
+        ...refund,
+        denial: {
+          evaluation_id: pendingJson.access_request?.evaluation_id,
+          expires_at: pendingJson.access_request?.expires_at,
+        },
+      });
+      expect(asked.status).toBe(201);
       // a report for a decision that does not exist: a security event
       const bogus = await postJson(base, "/v1/actions", {
         decision_id: "no-such-decision",
@@ -107,6 +122,11 @@ describe.each([
       expect(spans.some((s) => s.name === "toolgate.security action_without_permission")).toBe(
         true,
       );
+      const pendingSpan = spans.find(
+        (s) => attr(s, "toolgate.decision.id") === pendingJson.decision_id,
+      );
+      const requested = spans.find((s) => s.name === "toolgate.approval requested");
+      expect(requested?.links?.map((l) => l.spanId)).toEqual([pendingSpan?.spanId]);
 
       // the trail holds the same ids, chained
       const dir = tg.config.audit.trail.dir;
@@ -132,6 +152,8 @@ describe.each([
         "decision",
         "decision",
         "action",
+        "decision",
+        "approval",
         "security",
       ]);
       expect(verifyTrail([dir]).ok).toBe(true);
@@ -140,7 +162,7 @@ describe.each([
       const lines = logs.lines();
       const line = lines.find((l) => l.event === "decision" && l.decision_id === decisionId);
       expect(line).toMatchObject({ span_id: decision?.spanId, trail_seq: 1, level: "info" });
-      expect(lines.filter((l) => l.event === "decision")).toHaveLength(3);
+      expect(lines.filter((l) => l.event === "decision")).toHaveLength(4);
       expect(lines.filter((l) => l.event === "action")).toHaveLength(1);
       expect(lines.some((l) => l.event === "security.action_without_permission")).toBe(true);
     } finally {
