@@ -57,6 +57,10 @@ const DURATION = Number(opt("--duration", QUICK ? 2 : 5)); // seconds per measur
 const WARMUP = QUICK ? 1 : 2; // seconds per target and concurrency, unmeasured
 const CONNS = opt("--conns", "1,16,64").split(",").map(Number);
 const AUDIT_CONNS = CONNS[Math.floor(CONNS.length / 2)];
+// audit on vs off: more, shorter alternating rounds than the side-by-side (the cost is a
+// difference of two noisy throughputs on a shared 2-core machine)
+const AUDIT_ROUNDS = Number(opt("--audit-rounds", QUICK ? 2 : 8));
+const AUDIT_DURATION = Number(opt("--audit-duration", QUICK ? 2 : 3));
 const INPROC_ITERS = QUICK ? 2000 : 20000;
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), "toolgate-bench-"));
 const OUT = path.resolve(
@@ -518,13 +522,25 @@ async function main() {
   }
 
   // Audit on vs off, /v1/decisions at the middle concurrency.
+  // A fresh audit-on process, so that both sides have the same history (started, verified,
+  // warmed up): the side-by-side one has served minutes of load by now.
   const auditRuns = [];
-  const onT = tg[0];
-  for (const t of [onT, tgOffTarget]) await load(t, AUDIT_CONNS, WARMUP);
-  for (let r = 0; r < ROUNDS; r++) {
+  const tgOnFresh = await startToolgate("toolgate-audit-on-fresh", true);
+  await waitReady(`http://127.0.0.1:${tgOnFresh.port}/health/ready`, tgOnFresh.child);
+  const onT = {
+    kind: "toolgate",
+    label: "toolgate /v1/decisions (audit on, fresh)",
+    path: "/v1/decisions",
+    base: `http://127.0.0.1:${tgOnFresh.port}`,
+    pid: tgOnFresh.child.pid,
+  };
+  await verify([onT]);
+  for (let w = 0; w < 2; w++)
+    for (const t of [onT, tgOffTarget]) await load(t, AUDIT_CONNS, WARMUP);
+  for (let r = 0; r < AUDIT_ROUNDS; r++) {
     const order = r % 2 === 0 ? [onT, tgOffTarget] : [tgOffTarget, onT];
     for (const t of order) {
-      const m = await load(t, AUDIT_CONNS, DURATION);
+      const m = await load(t, AUDIT_CONNS, AUDIT_DURATION);
       auditRuns.push({ round: r + 1, audit: t === onT ? "on" : "off", ...m });
       log(
         `audit ${t === onT ? "on" : "off"} c=${AUDIT_CONNS} round ${r + 1}: ${f(m.rps, 0)} req/s p99 ${f(m.p99, 3)} ms`,
@@ -540,7 +556,7 @@ async function main() {
   const logBytes = fs.statSync(path.join(TMP, "toolgate-audit-on.log")).size;
   const trailBytes = dirBytes(path.join(TMP, "state-toolgate-audit-on"));
 
-  await Promise.all([stop(tgOn.child), stop(tgOff.child), stop(opaProc)]);
+  await Promise.all([stop(tgOn.child), stop(tgOff.child), stop(tgOnFresh.child), stop(opaProc)]);
 
   // Bundle swap under load: its own toolgate (audit on, spans to the same receiver), the others stopped.
   const swap = await measureSwap(startToolgate, wasmBundle);
@@ -830,7 +846,7 @@ function renderReport(R) {
   p("## Audit on vs off");
   p();
   p(
-    `toolgate \`/v1/decisions\` at ${AUDIT_CONNS} connections, two toolgate processes (audit on as above; audit off: OTEL_SDK_DISABLED=true, TOOLGATE_AUDIT_TRAIL_ENABLED=false, TOOLGATE_AUDIT_LOG_DECISIONS=false, TOOLGATE_AUDIT_WORKER=false, log level error — the least audit work toolgate can do per decision), alternating per round.`,
+    `toolgate \`/v1/decisions\` at ${AUDIT_CONNS} connections, two toolgate processes with the same history (each started, checked against the mix and warmed up 2 × ${WARMUP} s, alternately): audit on as above, a fresh process started for this section; audit off: OTEL_SDK_DISABLED=true, TOOLGATE_AUDIT_TRAIL_ENABLED=false, TOOLGATE_AUDIT_LOG_DECISIONS=false, TOOLGATE_AUDIT_WORKER=false, log level error — the least audit work toolgate can do per decision. ${AUDIT_ROUNDS} rounds × ${AUDIT_DURATION} s, the order alternating per round; the cost is the median of the per-round costs.`,
   );
   p();
   p(
@@ -838,7 +854,7 @@ function renderReport(R) {
   );
   p("|---:|---:|---:|---:|---:|---:|---:|---:|");
   const costs = [];
-  for (let r = 1; r <= ROUNDS; r++) {
+  for (let r = 1; r <= AUDIT_ROUNDS; r++) {
     const on = R.auditRuns.find((x) => x.round === r && x.audit === "on");
     const off = R.auditRuns.find((x) => x.round === r && x.audit === "off");
     const cost = 100 * (1 - on.rps / off.rps);
