@@ -61,7 +61,8 @@ const AUDIT_CONNS = CONNS[Math.floor(CONNS.length / 2)];
 // difference of two noisy throughputs on a shared 2-core machine)
 const AUDIT_ROUNDS = Number(opt("--audit-rounds", QUICK ? 2 : 8));
 const AUDIT_DURATION = Number(opt("--audit-duration", QUICK ? 2 : 3));
-const INPROC_ITERS = QUICK ? 2000 : 20000;
+const INPROC_ITERS = QUICK ? 2000 : 10000;
+const INPROC_RUNS = Number(opt("--inproc-runs", QUICK ? 1 : 5));
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), "toolgate-bench-"));
 const OUT = path.resolve(
   opt("--out", QUICK ? path.join(TMP, "benchmarks.md") : path.join(ROOT, "docs", "benchmarks.md")),
@@ -414,7 +415,7 @@ async function main() {
             OTEL_SDK_DISABLED: "true",
             TOOLGATE_AUDIT_TRAIL_ENABLED: "false",
             TOOLGATE_AUDIT_LOG_DECISIONS: "false",
-            // the least work per decision: no worker thread to hand records to
+            // every sink off and no audit thread (the Auditor runs on the main thread, idle)
             TOOLGATE_AUDIT_WORKER: "false",
           }),
       ...extraEnv,
@@ -563,21 +564,35 @@ async function main() {
   if (swap.failed || !swapOk(swap)) process.exitCode = 1;
   await stop(receiver);
 
-  log("in-process timings (scripts/bench/inproc.mjs)");
+  // In separate processes, several times: on this VM one process's p50 swings 1.5-2x from the next's.
+  log(`in-process timings (scripts/bench/inproc.mjs, ${INPROC_RUNS} processes)`);
   let inproc;
   try {
-    inproc = JSON.parse(
-      run(
-        NODE,
-        [
-          path.join(ROOT, "scripts", "bench", "inproc.mjs"),
-          "--json",
-          "--iterations",
-          String(INPROC_ITERS),
-        ],
-        "inproc",
-      ),
-    );
+    const runs = [];
+    for (let k = 0; k < INPROC_RUNS; k++) {
+      runs.push(
+        JSON.parse(
+          run(
+            NODE,
+            [
+              path.join(ROOT, "scripts", "bench", "inproc.mjs"),
+              "--json",
+              "--iterations",
+              String(INPROC_ITERS),
+            ],
+            "inproc",
+          ),
+        ),
+      );
+      log(`in-process run ${k + 1}: evaluateJson p50 ${f(runs[k].evaluate.all.p50_us, 1)} µs`);
+    }
+    // the table shows the run with the median evaluate p50; the summary names all of them
+    const byP50 = [...runs].sort((a, b) => a.evaluate.all.p50_us - b.evaluate.all.p50_us);
+    inproc = {
+      ...byP50[Math.floor((byP50.length - 1) / 2)],
+      runsP50: runs.map((x) => x.evaluate.all.p50_us),
+      runsDecideP50: runs.map((x) => x.decide.all.p50_us),
+    };
   } catch (e) {
     // Keep the HTTP results: report the in-process part as failed and fail the run at the end.
     log(e.message);
@@ -588,6 +603,8 @@ async function main() {
       failed: e.message.split("\n")[0],
       evaluate: { all: nan, per: MIX.map((m) => ({ name: m.name, ...nan })) },
       decide: { all: nan, per: MIX.map((m) => ({ name: m.name, ...nan })) },
+      runsP50: [NaN],
+      runsDecideP50: [NaN],
     };
   }
 
@@ -846,7 +863,7 @@ function renderReport(R) {
   p("## Audit on vs off");
   p();
   p(
-    `toolgate \`/v1/decisions\` at ${AUDIT_CONNS} connections, two toolgate processes with the same history (each started, checked against the mix and warmed up 2 × ${WARMUP} s, alternately): audit on as above, a fresh process started for this section; audit off: OTEL_SDK_DISABLED=true, TOOLGATE_AUDIT_TRAIL_ENABLED=false, TOOLGATE_AUDIT_LOG_DECISIONS=false, TOOLGATE_AUDIT_WORKER=false, log level error — the least audit work toolgate can do per decision. ${AUDIT_ROUNDS} rounds × ${AUDIT_DURATION} s, the order alternating per round; the cost is the median of the per-round costs.`,
+    `toolgate \`/v1/decisions\` at ${AUDIT_CONNS} connections, two toolgate processes with the same history (each started, checked against the mix and warmed up 2 × ${WARMUP} s, alternately): audit on as above, a fresh process started for this section; audit off: OTEL_SDK_DISABLED=true, TOOLGATE_AUDIT_TRAIL_ENABLED=false, TOOLGATE_AUDIT_LOG_DECISIONS=false, TOOLGATE_AUDIT_WORKER=false (no audit thread; redaction and the record still run, on the main thread), log level error. ${AUDIT_ROUNDS} rounds × ${AUDIT_DURATION} s, the order alternating per round; the cost is the median of the per-round costs.`,
   );
   p();
   p(
@@ -881,7 +898,7 @@ function renderReport(R) {
   p("## In-process evaluation");
   p();
   p(
-    `scripts/bench/inproc.mjs: \`PolicyEngine.evaluateJson(inputJson, nowNs)\` on ${R.inproc.bundle} (wasm evaluation: input bytes in, parsed result out), and \`Decider.decide\` built by \`buildParts(config, log, {audit: false})\` (identity, input assembly, evaluation, output check). Timed per call with process.hrtime.bigint() after warm-up, round-robin over the mix, ${R.inproc.evaluate.per[0].n} calls per request kind.`,
+    `scripts/bench/inproc.mjs: \`PolicyEngine.evaluateJson(inputJson, nowNs)\` on ${R.inproc.bundle} (wasm evaluation: input bytes in, parsed result out), and \`Decider.decide\` built by \`buildParts(config, log, {audit: false})\` (identity, input assembly, evaluation, output check). Timed per call with process.hrtime.bigint() after warm-up, round-robin over the mix, ${R.inproc.evaluate.per[0].n} calls per request kind. Run in ${R.inproc.runsP50.length} separate processes, one after another: evaluateJson p50 per process ${R.inproc.runsP50.map((x) => f(x, 1)).join(", ")} µs; the table is the process with the median p50.`,
   );
   p();
   if (R.inproc.failed) p(`**In-process measurement failed**: ${R.inproc.failed}\n`);
@@ -931,9 +948,9 @@ function renderReport(R) {
       `p99 ratio (toolgate/OPA) ${tp}: ${f(worst.v)} — target ≤ 1.0: ${met(worst.v <= 1)} (c=${worst.c}, rounds ${worst.s})  `,
     );
   }
-  const ev = R.inproc.evaluate.all.p50_us;
+  const ev = median(R.inproc.runsP50);
   p(
-    `in-process evaluate p50: ${f(ev, 1)} µs — target ≤ 20 µs: ${met(ev <= 20)} (p99 ${f(R.inproc.evaluate.all.p99_us, 1)} µs; Decider.decide p50 ${f(R.inproc.decide.all.p50_us, 1)} µs)  `,
+    `in-process evaluate p50: ${f(ev, 1)} µs — target ≤ 20 µs: ${met(ev <= 20)} (median of ${R.inproc.runsP50.length} processes, ${spread(R.inproc.runsP50, 1)} µs; Decider.decide p50 ${f(median(R.inproc.runsDecideP50), 1)} µs)  `,
   );
   const cost = median(costs);
   p(
