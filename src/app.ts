@@ -261,6 +261,11 @@ function registerGauges(
       read: () => [{ value: auditor.tracingStats().dropped }],
     });
     metrics.addGauge({
+      name: "toolgate_audit_backlog",
+      help: "Audit records handed to the audit worker thread and not yet handled by it (0 with audit.worker false).",
+      read: () => [{ value: auditor.backlog() }],
+    });
+    metrics.addGauge({
       name: "toolgate_audit_trail_write_errors",
       help: "Audit trail write errors since start.",
       read: () => [{ value: auditor.trailStats()?.writeErrors ?? 0 }],

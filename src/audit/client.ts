@@ -187,17 +187,25 @@ export class AuditClient implements AuditService {
           records_maybe_lost: lost,
           restarts: this.restarts,
         });
-        setTimeout(() => {
-          if (this.closing) return;
-          this.spawn().catch((e: unknown) =>
-            this.opts.log.error("the audit worker could not be restarted", {
-              event: "audit.worker_error",
-              error: (e as Error).message,
-            }),
-          );
-        }, RESTART_DELAY_MS).unref();
+        this.restart(1);
       });
     });
+  }
+
+  /** Starts a new worker after a delay, retrying with backoff (1 s, 2 s, ... 30 s) until one runs. */
+  private restart(attempt: number): void {
+    const delay = Math.min(RESTART_DELAY_MS * 2 ** (attempt - 1), 30_000);
+    setTimeout(() => {
+      if (this.closing) return;
+      this.spawn().catch((e: unknown) => {
+        this.opts.log.error("the audit worker could not be restarted; trying again", {
+          event: "audit.worker_error",
+          attempt,
+          error: (e as Error).message,
+        });
+        this.restart(attempt + 1);
+      });
+    }, delay).unref();
   }
 
   private post(m: ToWorker): void {
@@ -383,7 +391,12 @@ export class AuditClient implements AuditService {
 
   // -- state --------------------------------------------------------------------------------
 
-  /** The worker's tracing counters, as of its last report (about once a second, and on flush). */
+  /** Audit messages not yet handled by the worker (as of its last report, every 250 ms). */
+  backlog(): number {
+    return Math.max(0, this.posted - this.stats.handled) + this.queue.length;
+  }
+
+  /** The worker's tracing counters, as of its last report (every 250 ms, and on flush). */
   tracingStats(): TracingStats {
     return this.stats.tracing;
   }

@@ -71,6 +71,8 @@ export interface AuditService extends DecisionSink {
   redact<T>(value: T, mask?: readonly MaskOp[]): T;
   tracingStats(): TracingStats;
   trailStats(): TrailStats | undefined;
+  /** Audit records waiting for another thread (0 when audit runs on the calling thread). */
+  backlog(): number;
   flush(): Promise<void>;
   close(): Promise<void>;
 }
@@ -711,6 +713,10 @@ export class Auditor implements AuditService {
 
   trailStats(): TrailStats | undefined {
     return this.opts.trail?.stats();
+  }
+
+  backlog(): number {
+    return 0;
   }
 
   /** Redacts with the shared redactor (for action reports, approvals, ...). */

@@ -98,6 +98,8 @@ describe.each([
       });
       expect(bogus.status).toBe(409);
       await tg.auditor?.flush();
+      // everything handed over has been handled (the flush reply carries the counters)
+      expect(tg.auditor?.backlog()).toBe(0);
 
       const spans = receiver.spans() as OtlpSpan[];
       // the decision span: a child of the caller's traceparent
