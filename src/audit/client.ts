@@ -8,8 +8,7 @@
  * lines come back in batches and are written by the main thread's logger, so
  * one writer owns the log stream.
  */
-import { ROOT_CONTEXT, trace, type Attributes } from "@opentelemetry/api";
-import { W3CTraceContextPropagator } from "@opentelemetry/core";
+import { trace, type Attributes } from "@opentelemetry/api";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
@@ -43,7 +42,7 @@ import type {
 } from "./protocol";
 import type { MaskOp, Redactor } from "./redact";
 import type { TrailStats } from "./trail";
-import type { TracingStats } from "./tracing";
+import { extractTraceContext, type TracingStats } from "./tracing";
 
 /** Messages kept for a worker that is (re)starting; beyond this they are dropped and counted. */
 const MAX_QUEUED = 100_000;
@@ -53,12 +52,6 @@ const CLOSE_TIMEOUT_MS = 15_000;
 const INVALID_IDS: SpanIds = {
   traceId: "00000000000000000000000000000000",
   spanId: "0000000000000000",
-};
-
-const propagator = new W3CTraceContextPropagator();
-const headerGetter = {
-  get: (carrier: Record<string, string | string[] | undefined>, key: string) => carrier[key],
-  keys: (carrier: Record<string, string | string[] | undefined>) => Object.keys(carrier),
 };
 
 /** The built worker: next to this file in dist/, or dist/ itself when running from src/ (ts-jest). */
@@ -280,7 +273,7 @@ export class AuditClient implements AuditService {
 
   traceMeta(headers: Record<string, string | string[] | undefined>): PlainTrace {
     if (headers.traceparent === undefined) return {};
-    const sc = trace.getSpanContext(propagator.extract(ROOT_CONTEXT, headers, headerGetter));
+    const sc = trace.getSpanContext(extractTraceContext(headers));
     if (sc === undefined || !trace.isSpanContextValid(sc)) return {};
     const parent: PlainSpanContext = {
       traceId: sc.traceId,

@@ -290,6 +290,14 @@ const headerGetter = {
   keys: (carrier: Record<string, string | string[] | undefined>) => Object.keys(carrier),
 };
 
+/** The parent context a W3C traceparent header names, or the root. */
+export function extractTraceContext(
+  headers: Record<string, string | string[] | undefined>,
+): Context {
+  if (headers.traceparent === undefined) return ROOT_CONTEXT;
+  return propagator.extract(ROOT_CONTEXT, headers, headerGetter);
+}
+
 /**
  * toolgate's tracing: its own TracerProvider (no process-global registration,
  * so several sidecars can share a process in tests), configured by the standard
@@ -367,8 +375,7 @@ export class Tracing {
 
   /** The parent context a W3C traceparent header names, or the root. */
   extract(headers: Record<string, string | string[] | undefined>): Context {
-    if (headers.traceparent === undefined) return ROOT_CONTEXT;
-    return propagator.extract(ROOT_CONTEXT, headers, headerGetter);
+    return extractTraceContext(headers);
   }
 
   startSpan(name: string, options: SpanOptions, parent: Context): Span {
