@@ -463,7 +463,18 @@ export async function startToolgate(
     throw e;
   }
   const started = agentServer;
-  const expiry = setInterval(() => parts.approvals?.expire(), 5000);
+  const expiry = setInterval(() => {
+    try {
+      parts.approvals?.expire();
+      parts.approvals?.prune();
+    } catch (e) {
+      // a store failure here must not take the sidecar down; the next tick retries
+      parts.log.error("approval housekeeping failed", {
+        event: "approvals.housekeeping_error",
+        error: (e as Error).message,
+      });
+    }
+  }, 5000);
   expiry.unref();
   parts.log.info("toolgate listening", {
     event: "server.started",

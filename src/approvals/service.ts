@@ -4,6 +4,9 @@ import type { Principal } from "../identity/jwt";
 import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "./binding";
 import type { ApprovalStore, ApprovalTask, EvaluationRecord } from "./store";
 
+/** Expired evaluations nobody asked approval for are kept this long, then pruned. */
+export const EVALUATION_RETENTION_MS = 60 * 60 * 1000;
+
 /** What toolgate hands the policy as `input.verified.approval`. */
 export interface VerifiedApproval {
   id: string;
@@ -355,6 +358,15 @@ export class ApprovalService {
       const t = this.opts.store.getTask(id);
       if (t) this.opts.events?.approvalEvent("expired", this.eventFields(t));
     }
+  }
+
+  /**
+   * Deletes needs_approval evaluations that expired more than an hour ago
+   * and were never asked about (approvals.db would otherwise grow with every
+   * needs_approval answer). Returns how many.
+   */
+  prune(nowMs: number = this.now()): number {
+    return this.opts.store.pruneEvaluations(nowMs - EVALUATION_RETENTION_MS);
   }
 
   close(): void {

@@ -242,6 +242,11 @@ CREATE TRIGGER task_events_append_only_d BEFORE DELETE ON task_events
 BEGIN SELECT RAISE(ABORT, 'task_events is append-only'); END;
 `,
   },
+  {
+    version: 2,
+    name: "index evaluations by expiry (pruning)",
+    sql: `CREATE INDEX evaluations_by_expiry ON evaluations (expires_at);`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);
@@ -661,6 +666,30 @@ export class ApprovalStore {
       for (const id of ids) this.event(id, now, "expired", "toolgate", {});
       return ids;
     });
+  }
+
+  /**
+   * Deletes evaluations that expired before `before` and that no task cites
+   * (a needs_approval answer nobody asked approval for is useless once
+   * expired; its audit record is in the trail). At most `limit` per call, so
+   * a large backlog is cleared over several calls without a long pause.
+   * Returns how many were deleted.
+   */
+  pruneEvaluations(before: number, limit = 1000): number {
+    checkTime("before", before);
+    return this.run("prune evaluations", () =>
+      Number(
+        this.db
+          .prepare(
+            `DELETE FROM evaluations WHERE rowid IN (
+               SELECT e.rowid FROM evaluations e
+               WHERE e.expires_at < ?
+                 AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.evaluation_id = e.evaluation_id)
+               LIMIT ?)`,
+          )
+          .run(before, limit).changes,
+      ),
+    );
   }
 
   /**

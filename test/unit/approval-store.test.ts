@@ -111,14 +111,17 @@ describe("opening, schema and migrations", () => {
     const store = open(dir);
     expect(store.path).toBe(join(dir, APPROVALS_DB_FILE));
     expect(store.schemaVersion()).toBe(SCHEMA_VERSION);
-    expect(SCHEMA_VERSION).toBe(1);
+    expect(SCHEMA_VERSION).toBe(2);
     expect(statSync(store.path).mode & 0o777).toBe(0o600);
     const raw = new DatabaseSync(store.path);
     try {
       expect(raw.prepare("PRAGMA journal_mode").get()).toEqual({ journal_mode: "wal" });
-      expect(raw.prepare("PRAGMA user_version").get()).toEqual({ user_version: 1 });
+      expect(raw.prepare("PRAGMA user_version").get()).toEqual({ user_version: 2 });
       const migrations = raw.prepare("SELECT version, name FROM schema_migrations").all();
-      expect(migrations).toEqual([{ version: 1, name: "create evaluations, tasks, task_events" }]);
+      expect(migrations).toEqual([
+        { version: 1, name: "create evaluations, tasks, task_events" },
+        { version: 2, name: "index evaluations by expiry (pruning)" },
+      ]);
       const tables = raw
         .prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
         .all()
@@ -136,10 +139,12 @@ describe("opening, schema and migrations", () => {
     open(dir).close();
     const a = open(dir);
     const b = open(dir);
-    expect(a.schemaVersion()).toBe(1);
-    expect(b.schemaVersion()).toBe(1);
+    expect(a.schemaVersion()).toBe(SCHEMA_VERSION);
+    expect(b.schemaVersion()).toBe(SCHEMA_VERSION);
     const raw = new DatabaseSync(join(dir, APPROVALS_DB_FILE));
-    expect(raw.prepare("SELECT COUNT(*) AS n FROM schema_migrations").get()).toEqual({ n: 1 });
+    expect(raw.prepare("SELECT COUNT(*) AS n FROM schema_migrations").get()).toEqual({
+      n: SCHEMA_VERSION,
+    });
     raw.close();
   });
 
@@ -760,5 +765,47 @@ describe("durability", () => {
     const reopened = open(dir);
     expect(reopened.consume(task.id, "dec_a", T0 + 2 * MIN).consumed).toBe(true);
     expect(reopened.consume(task.id, "dec_b", T0 + 2 * MIN).consumed).toBe(false);
+  });
+});
+
+describe("pruning evaluations", () => {
+  test("expired evaluations no task cites are deleted, in batches; cited and unexpired ones stay", () => {
+    const { store } = withPending(); // ev1: expires T0 + 15 min, cited by a task
+    for (let i = 0; i < 5; i++)
+      store.recordEvaluation(evaluation(`old${i}`, { expiresAt: T0 + MIN }));
+    store.recordEvaluation(evaluation("fresh", { expiresAt: T0 + 60 * MIN }));
+    // cut-off after the old ones and ev1 expired, before "fresh" does
+    expect(store.pruneEvaluations(T0 + 30 * MIN, 3)).toBe(3);
+    expect(store.pruneEvaluations(T0 + 30 * MIN, 3)).toBe(2);
+    expect(store.pruneEvaluations(T0 + 30 * MIN, 3)).toBe(0);
+    for (let i = 0; i < 5; i++) expect(store.getEvaluation(`old${i}`)).toBeUndefined();
+    expect(store.getEvaluation("ev1")?.evaluationId).toBe("ev1"); // its task still refers to it
+    expect(store.getEvaluation("fresh")?.evaluationId).toBe("fresh");
+  });
+
+  test("a migrated database of schema 1 gets the index and keeps its rows", () => {
+    const dir = tmp();
+    const v1 = open(dir);
+    v1.recordEvaluation(evaluation("kept"));
+    v1.close();
+    // back to schema 1: drop what migration 2 added
+    const raw = new DatabaseSync(join(dir, APPROVALS_DB_FILE));
+    raw.exec("DROP INDEX evaluations_by_expiry; DELETE FROM schema_migrations WHERE version = 2;");
+    raw.exec("PRAGMA user_version = 1");
+    raw.close();
+    const store = open(dir);
+    expect(store.schemaVersion()).toBe(2);
+    expect(store.getEvaluation("kept")?.evaluationId).toBe("kept");
+    const check = new DatabaseSync(join(dir, APPROVALS_DB_FILE));
+    try {
+      const idx = check
+        .prepare(
+          "SELECT name FROM sqlite_master WHERE type='index' AND name='evaluations_by_expiry'",
+        )
+        .all();
+      expect(idx).toHaveLength(1);
+    } finally {
+      check.close();
+    }
   });
 });
