@@ -139,22 +139,18 @@ export class AuditClient implements AuditService {
           case "log":
             this.opts.log.raw(m.text);
             return;
-          case "flushed": {
+          case "flushed":
+          case "closed":
             this.stats = m.stats;
-            const w = this.waiters.get(m.id);
-            this.waiters.delete(m.id);
-            if (m.error === undefined) w?.resolve();
-            else w?.reject(toolgateError("audit_write_failed", m.error));
+            this.settle(
+              m.id,
+              m.error === undefined
+                ? undefined
+                : typeof m.error === "string"
+                  ? toolgateError("audit_write_failed", m.error)
+                  : toolgateError(m.error.code as "audit_write_failed", m.error.message),
+            );
             return;
-          }
-          case "closed": {
-            this.stats = m.stats;
-            const w = this.waiters.get(m.id);
-            this.waiters.delete(m.id);
-            if (m.error === undefined) w?.resolve();
-            else w?.reject(toolgateError(m.error.code as "audit_write_failed", m.error.message));
-            return;
-          }
         }
       });
       worker.on("error", (e: unknown) => {
@@ -257,15 +253,22 @@ export class AuditClient implements AuditService {
     }
   }
 
+  /** Resolves (or rejects with `error`) the flush or close waiting for reply `id`. */
+  private settle(id: number, error: Error | undefined): void {
+    const w = this.waiters.get(id);
+    this.waiters.delete(id);
+    if (error === undefined) w?.resolve();
+    else w?.reject(error);
+  }
+
+  /** Sends what is queued and then `make(id)`; settles when the worker replies to `id`. */
   private request(make: (id: number) => ToWorker): Promise<void> {
+    if (this.worker === undefined)
+      return Promise.reject(toolgateError("audit_write_failed", "the audit worker is not running"));
     const id = this.nextId++;
     const done = new Promise<void>((resolve, reject) => this.waiters.set(id, { resolve, reject }));
     this.queue.push(make(id));
     this.send();
-    if (this.worker === undefined) {
-      this.waiters.delete(id);
-      return Promise.reject(toolgateError("audit_write_failed", "the audit worker is not running"));
-    }
     return done;
   }
 

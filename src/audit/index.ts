@@ -267,44 +267,42 @@ export class Auditor implements AuditService {
     return a;
   }
 
-  /** As spanFor, for the decision span: the light path (Tracing.prepareSpan). */
-  private preparedFor(name: string, meta: DecisionMeta, attributes: Attributes): PreparedSpan {
+  /**
+   * Where a decision's span goes: under the batch's request span (INTERNAL),
+   * or as the request's own span (SERVER, with the HTTP attributes) under the
+   * caller's trace context.
+   */
+  private placement(
+    meta: DecisionMeta,
+    attributes: Attributes,
+  ): { kind: SpanKind; parent: Context; attributes: Attributes } {
     const t = meta.trace as TraceMeta | undefined;
-    if (t?.requestSpan !== undefined) {
-      return this.opts.tracing.prepareSpan(
-        name,
-        SpanKind.INTERNAL,
-        trace.setSpan(t.parent, t.requestSpan),
+    if (t?.requestSpan !== undefined)
+      return {
+        kind: SpanKind.INTERNAL,
+        parent: trace.setSpan(t.parent, t.requestSpan),
         attributes,
-        meta.startTimeMs,
-      );
-    }
-    return this.opts.tracing.prepareSpan(
-      name,
-      meta.http ? SpanKind.SERVER : SpanKind.INTERNAL,
-      t?.parent ?? this.opts.tracing.extract({}),
-      { ...this.httpAttributes(meta), ...attributes },
-      meta.startTimeMs,
-    );
+      };
+    return {
+      kind: meta.http ? SpanKind.SERVER : SpanKind.INTERNAL,
+      parent: t?.parent ?? this.opts.tracing.extract({}),
+      attributes: { ...this.httpAttributes(meta), ...attributes },
+    };
   }
 
+  /** The decision span, on the light path (Tracing.prepareSpan). */
+  private preparedFor(name: string, meta: DecisionMeta, attributes: Attributes): PreparedSpan {
+    const p = this.placement(meta, attributes);
+    return this.opts.tracing.prepareSpan(name, p.kind, p.parent, p.attributes, meta.startTimeMs);
+  }
+
+  /** A refusal's or security event's span, placed as a decision's. */
   private spanFor(name: string, meta: DecisionMeta, attributes: Attributes): Span {
-    const t = meta.trace as TraceMeta | undefined;
-    if (t?.requestSpan !== undefined) {
-      return this.opts.tracing.startSpan(
-        name,
-        { kind: SpanKind.INTERNAL, startTime: meta.startTimeMs, attributes },
-        trace.setSpan(t.parent, t.requestSpan),
-      );
-    }
+    const p = this.placement(meta, attributes);
     return this.opts.tracing.startSpan(
       name,
-      {
-        kind: meta.http ? SpanKind.SERVER : SpanKind.INTERNAL,
-        startTime: meta.startTimeMs,
-        attributes: { ...this.httpAttributes(meta), ...attributes },
-      },
-      t?.parent ?? this.opts.tracing.extract({}),
+      { kind: p.kind, startTime: meta.startTimeMs, attributes: p.attributes },
+      p.parent,
     );
   }
 

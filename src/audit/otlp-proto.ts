@@ -11,7 +11,7 @@
  * results kept on a tape in write order), then one write into a Buffer of
  * exactly that size.
  */
-import type { Attributes, Link, SpanContext } from "@opentelemetry/api";
+import type { Attributes, Link } from "@opentelemetry/api";
 import type { ReadableSpan } from "@opentelemetry/sdk-trace";
 
 type HrTime = [number, number];
@@ -111,8 +111,9 @@ function attributesSize(attrs: Attributes | undefined, t: Tape): number {
   return n;
 }
 
-function flagsOf(ctx: SpanContext): number {
-  return ((ctx.traceFlags & 0xff) | 0x100 | (ctx.isRemote ? 0x200 : 0)) >>> 0;
+/** OTLP span/link flags: the W3C trace flags, "has is-remote" and is-remote (of the parent or link). */
+function flagsOf(traceFlags: number, isRemote: boolean | undefined): number {
+  return ((traceFlags & 0xff) | 0x100 | (isRemote ? 0x200 : 0)) >>> 0;
 }
 
 /** Tape: [Link size, ...its attributes]. */
@@ -343,7 +344,7 @@ class Writer {
       this.attributes(4, l.attributes);
       this.tag(5, 0);
       this.varint(l.droppedAttributesCount ?? 0);
-      this.fixed32(6, flagsOf(l.context));
+      this.fixed32(6, flagsOf(l.context.traceFlags, l.context.isRemote));
     }
     this.tag(14, 0);
     this.varint(span.droppedLinksCount);
@@ -351,9 +352,7 @@ class Writer {
     if (span.status.message) this.string(2, span.status.message);
     this.tag(3, 0);
     this.varint(span.status.code);
-    const flags =
-      ((ctx.traceFlags & 0xff) | 0x100 | (span.parentSpanContext?.isRemote ? 0x200 : 0)) >>> 0;
-    this.fixed32(16, flags);
+    this.fixed32(16, flagsOf(ctx.traceFlags, span.parentSpanContext?.isRemote));
   }
 }
 
