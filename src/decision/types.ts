@@ -84,6 +84,12 @@ export interface VerifiedFacts {
   agent: { id: string };
   subject: { id: string; method: "trusted" | "jwt"; claims?: Record<string, unknown> };
   time_ns: number;
+  /**
+   * The job, when toolgate verified it (identity mode jwt with
+   * identity.jwt.job_claim): it wins over context.job.id for policy and for
+   * job-scoped switches, limits and budgets.
+   */
+  job?: { id: string; method: "jwt" };
   /** Kill switches in force (toolgate enforces them before evaluation; docs/containment.md). */
   containment?: {
     killswitches: Array<{
