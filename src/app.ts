@@ -273,6 +273,14 @@ function registerGauges(
   }
 }
 
+/** Says loudly that a port trusts the committed development key. */
+function devKeyWarning(log: Logger, where: string): void {
+  log.warn(
+    `the development signing key is trusted (${where}): anyone can mint tokens (development only; see config/dev/README.md)`,
+    { event: "identity.dev_keys", keys: where },
+  );
+}
+
 /** The composition root: builds every module from the config; nothing global. */
 export async function buildParts(
   config: CompiledConfig,
@@ -283,7 +291,13 @@ export async function buildParts(
     agentId: config.agent.id,
     mode: config.identity.mode,
     ...(config.identity.mode === "jwt"
-      ? { verifier: await TokenVerifier.create(config.identity.jwt) }
+      ? {
+          verifier: await TokenVerifier.create(config.identity.jwt, {
+            hostKey: "server.agent.host",
+            host: config.server.agent.host,
+            onDevKey: () => devKeyWarning(log, "identity.jwt.jwks_url"),
+          }),
+        }
       : {}),
   });
   const auditor = opts.audit === false ? undefined : await buildAuditor(config, log, opts);
@@ -407,17 +421,7 @@ export async function startToolgate(
       },
     );
   }
-  if (
-    (config.identity.mode === "jwt" && config.identity.jwt.dev) ||
-    (config.control.enabled && config.control.jwt.dev)
-  ) {
-    parts.log.warn(
-      "the development signing key is trusted: anyone can mint tokens (development only; see config/dev/README.md)",
-      {
-        event: "identity.dev_keys",
-      },
-    );
-  }
+  if (parts.identity.devKeyTrusted) devKeyWarning(parts.log, "identity.jwt");
   const version = packageVersion();
   let agentServer: RunningServer | undefined;
   let controlServer: RunningServer | undefined;
@@ -430,6 +434,14 @@ export async function startToolgate(
     parts.containment?.close();
   };
   try {
+    const controlVerifier = config.control.enabled
+      ? await TokenVerifier.create(config.control.jwt, {
+          hostKey: "control.host",
+          host: config.control.host,
+          onDevKey: () => devKeyWarning(parts.log, "control.jwt.jwks_url"),
+        })
+      : undefined;
+    if (controlVerifier?.dev === true) devKeyWarning(parts.log, "control.jwt");
     await parts.bundles.start();
     agentServer = await startAgentServer({
       config,
@@ -443,20 +455,21 @@ export async function startToolgate(
       startedAt: new Date(),
       version,
     });
-    controlServer = config.control.enabled
-      ? await startControlServer({
-          config,
-          verifier: await TokenVerifier.create(config.control.jwt),
-          bundles: parts.bundles,
-          approvals: parts.approvals,
-          auditor: parts.auditor,
-          log: parts.log,
-          version,
-          grants: parts.grants,
-          metrics: parts.metrics,
-          containment: parts.containment,
-        })
-      : undefined;
+    controlServer =
+      controlVerifier !== undefined
+        ? await startControlServer({
+            config,
+            verifier: controlVerifier,
+            bundles: parts.bundles,
+            approvals: parts.approvals,
+            auditor: parts.auditor,
+            log: parts.log,
+            version,
+            grants: parts.grants,
+            metrics: parts.metrics,
+            containment: parts.containment,
+          })
+        : undefined;
   } catch (e) {
     // nothing that started may keep the process alive after a failed start
     await release().catch(() => undefined);

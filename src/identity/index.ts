@@ -44,6 +44,11 @@ export class Identity {
     return this.opts.agentId;
   }
 
+  /** True when identity mode jwt trusts the committed development key. */
+  get devKeyTrusted(): boolean {
+    return this.opts.mode === "jwt" && this.opts.verifier?.dev === true;
+  }
+
   get mode(): "trusted" | "jwt" {
     return this.opts.mode;
   }

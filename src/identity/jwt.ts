@@ -9,8 +9,9 @@ import {
   type JWTVerifyGetKey,
   type CryptoKey,
 } from "jose";
-import type { JwtConfig } from "../config";
+import { isLoopback, type JwtConfig } from "../config";
 import { toolgateError } from "../errors";
+import { isDevKey, jwksHoldsDevKey } from "./devkey";
 
 /** Someone toolgate verified: a token's subject and roles. */
 export interface Principal {
@@ -61,24 +62,50 @@ export class TokenVerifier {
   private constructor(
     private readonly cfg: JwtConfig,
     private readonly key: CryptoKey | JWTVerifyGetKey,
+    private devMaterial: boolean,
   ) {}
 
-  static async create(cfg: JwtConfig): Promise<TokenVerifier> {
+  /**
+   * Loads the keys of one port. `port` names where the port listens: the
+   * committed development key — recognised by its key material, whatever the
+   * file is called — is refused (`config_invalid`) on a port that listens off
+   * loopback, and a JWKS URL that serves it has its tokens refused there.
+   */
+  static async create(
+    cfg: JwtConfig,
+    port: { hostKey: string; host: string; onDevKey?: () => void },
+  ): Promise<TokenVerifier> {
+    const exposed = !isLoopback(port.host);
     let key: CryptoKey | JWTVerifyGetKey;
+    let dev = false;
     try {
       if (cfg.keys.kind === "jwks_url") {
-        key = createRemoteJWKSet(new URL(cfg.keys.value), {
+        const remote = createRemoteJWKSet(new URL(cfg.keys.value), {
           timeoutDuration: 5000,
           cooldownDuration: 30_000,
         });
+        const self: { verifier?: TokenVerifier } = {};
+        const checked: JWTVerifyGetKey = async (header, token) => {
+          const k = await remote(header, token);
+          if (isDevKey(k)) {
+            if (exposed) throw new DevKeyRefused();
+            const verifier = self.verifier;
+            if (verifier !== undefined && !verifier.devMaterial) {
+              verifier.devMaterial = true;
+              port.onDevKey?.();
+            }
+          }
+          return k;
+        };
+        self.verifier = new TokenVerifier(cfg, checked, false);
+        return self.verifier;
       } else if (cfg.keys.kind === "jwks_file") {
-        key = createLocalJWKSet(
-          JSON.parse(readFileSync(cfg.keys.value, "utf8")) as Parameters<
-            typeof createLocalJWKSet
-          >[0],
-        );
+        const doc: unknown = JSON.parse(readFileSync(cfg.keys.value, "utf8"));
+        dev = jwksHoldsDevKey(doc);
+        key = createLocalJWKSet(doc as Parameters<typeof createLocalJWKSet>[0]);
       } else {
         const pem = readFileSync(cfg.keys.value, "utf8");
+        dev = isDevKey(pem);
         const alg = /BEGIN PUBLIC KEY/.test(pem) ? await guessAlg(pem) : "ES256";
         key = await importSPKI(pem, alg);
       }
@@ -88,11 +115,19 @@ export class TokenVerifier {
         `cannot load token keys from ${cfg.keys.kind} ${cfg.keys.value}: ${(e as Error).message}`,
       );
     }
-    return new TokenVerifier(cfg, key);
+    if (dev && exposed) {
+      throw toolgateError(
+        "config_invalid",
+        `key "${port.hostKey}" is ${JSON.stringify(port.host)} but the keys in ${cfg.keys.kind} ${cfg.keys.value} are the committed development key (anyone can mint tokens with it). ` +
+          `Fix: configure your issuer's keys, or keep "${port.hostKey}" on 127.0.0.1.`,
+      );
+    }
+    return new TokenVerifier(cfg, key, dev || cfg.dev);
   }
 
+  /** True when this port trusts the committed development key (by key material). */
   get dev(): boolean {
-    return this.cfg.dev;
+    return this.devMaterial || this.cfg.dev;
   }
 
   /** Verifies a token; throws `unauthenticated` (never echoing the token). */
@@ -160,7 +195,15 @@ async function guessAlg(pem: string): Promise<string> {
   return "RS256";
 }
 
+/** A JWKS URL served the development key to a port reachable off loopback. */
+class DevKeyRefused extends Error {
+  constructor() {
+    super("the token is signed with the committed development key, which is refused off loopback");
+  }
+}
+
 function describeJoseError(e: unknown): string {
+  if (e instanceof DevKeyRefused) return e.message;
   if (e instanceof joseErrors.JWTExpired) return "expired";
   if (e instanceof joseErrors.JWTClaimValidationFailed)
     return `claim ${e.claim} is not acceptable (${e.reason})`;
