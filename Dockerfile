@@ -72,5 +72,8 @@ USER 10001:10001
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
   CMD ["node", "/app/scripts/healthcheck.mjs"]
 
-ENTRYPOINT ["/usr/bin/tini", "--", "node", "/app/bin/toolgate.js"]
+# --disable-proto=delete: no Object.prototype.__proto__ accessor in any realm
+# (main thread and workers), so untrusted JSON cannot replace a prototype
+# through it (defence in depth; docs/security.md).
+ENTRYPOINT ["/usr/bin/tini", "--", "node", "--disable-proto=delete", "/app/bin/toolgate.js"]
 CMD ["serve"]

@@ -69,6 +69,7 @@ import { toolgateError } from "../errors";
 
 export const APPROVALS_DB_FILE = "approvals.db";
 export const BUSY_TIMEOUT_MS = 5000;
+import { parseUntrustedJson } from "../util/guards";
 
 export const TASK_STATUSES = [
   "pending",
@@ -274,7 +275,7 @@ function numOrNull(row: Row, k: string): number | null {
   return v === null || v === undefined ? null : Number(v);
 }
 function json<T>(row: Row, k: string): T {
-  return JSON.parse(str(row, k)) as T;
+  return parseUntrustedJson(str(row, k)) as T;
 }
 
 function toTask(row: Row): ApprovalTask {
@@ -289,7 +290,7 @@ function toTask(row: Row): ApprovalTask {
     expiresAt: num(row, "expires_at"),
     decidedAt: numOrNull(row, "decided_at"),
     decidedBy: strOrNull(row, "decided_by"),
-    decidedByRoles: roles === null ? null : (JSON.parse(roles) as string[]),
+    decidedByRoles: roles === null ? null : (parseUntrustedJson(roles) as string[]),
     comment: strOrNull(row, "comment"),
     approvedUntil: numOrNull(row, "approved_until"),
     usedAt: numOrNull(row, "used_at"),

@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { normalizeError, toolgateError } from "../errors";
+import { parseUntrustedJson } from "../util/guards";
 
 /** What is kept beside the persisted bundle bytes. */
 export interface PersistedMeta {
@@ -86,7 +87,7 @@ export class BundleStore {
       return undefined;
     }
     try {
-      const meta = JSON.parse(metaText) as PersistedMeta;
+      const meta = parseUntrustedJson(metaText) as PersistedMeta;
       const bytes = readFileSync(this.bundlePath);
       if (createHash("sha256").update(bytes).digest("hex") !== meta.sha256) {
         throw new Error("bundle.tar.gz does not match the digest in bundle.json");

@@ -225,9 +225,10 @@ export async function signBundleFiles(
       algorithm: hashAlg,
     });
   }
-  const payload: Record<string, unknown> = { files: infos };
+  let payload: Record<string, unknown> = { files: infos };
   if (opts.claims !== undefined || opts.scope !== undefined) {
-    Object.assign(payload, opts.claims ?? {});
+    // spread, not Object.assign: a claim named __proto__ stays a claim (as opa sign writes it)
+    payload = { ...payload, ...opts.claims };
     if (opts.scope !== undefined) payload.scope = opts.scope;
   } else if (opts.keyId) payload.keyid = opts.keyId;
   const header: Record<string, string> = { alg };

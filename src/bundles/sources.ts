@@ -6,6 +6,7 @@ import { join } from "node:path";
 import type { CompiledConfig } from "../config";
 import { normalizeError, toolgateError } from "../errors";
 import { bundleNameOf, readBundleFiles } from "../policy/bundle";
+import { parseUntrustedJson } from "../util/guards";
 import { readTarGz } from "../policy/tar";
 
 /** What one poll of a source produced. */
@@ -283,9 +284,9 @@ export class OciSource extends RemoteSource implements BundleSource {
     if (this.etag === digest) return { kind: "not_modified" };
     let manifest: { layers?: Array<{ mediaType?: string; digest?: string; size?: number }> };
     try {
-      manifest = JSON.parse(m.body.toString("utf8")) as typeof manifest;
+      manifest = parseUntrustedJson(m.body.toString("utf8")) as typeof manifest;
     } catch (e) {
-      throw toolgateError("bundle_download_failed", `${this.location}: manifest is not JSON: ${normalizeError(e).message}`);
+      throw toolgateError("bundle_download_failed", `${this.location}: manifest is not usable JSON: ${normalizeError(e).message}`);
     }
     const layer = (manifest.layers ?? []).find((l) => l.mediaType === OCI_BUNDLE_LAYER);
     if (layer === undefined || typeof layer.digest !== "string" || !/^sha256:[a-f0-9]{64}$/.test(layer.digest)) {

@@ -3,6 +3,7 @@ import { isIP } from "node:net";
 import { dirname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { toolgateError } from "../errors";
+import { describeForbiddenKey, forbiddenKey, parseUntrustedJson } from "../util/guards";
 import { defaultBundlePath, devPublicKeyPath } from "../util/paths";
 import { FIELDS, type FieldSpec } from "./schema";
 
@@ -220,8 +221,10 @@ function check(spec: FieldSpec, v: unknown, fromEnv: boolean): { ok: Value } | {
       let parsed: unknown = v;
       if (fromEnv && typeof v === "string") {
         try {
-          parsed = JSON.parse(v);
-        } catch {
+          parsed = parseUntrustedJson(v);
+        } catch (e) {
+          if (!(e instanceof SyntaxError))
+            return { err: `must not hold a ${(e as Error).message}` };
           return { err: `must be JSON (${describe(spec)}), got ${got}` };
         }
       }
@@ -617,3 +620,10 @@ export function loadConfig(
   }
   return compileConfig(raw as RawConfig, env, { file: abs });
 }
+  const hit = forbiddenKey(raw);
+  if (hit !== undefined) {
+    throw toolgateError(
+      "config_invalid",
+      `config file ${abs}: ${describeForbiddenKey(hit)}. Fix: remove that key.`,
+    );
+  }

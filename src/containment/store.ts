@@ -46,6 +46,7 @@ export interface KillSwitch {
   created_at: string;
   expires_at: string | null;
   deleted_at?: string | null;
+import { nullProto, parseUntrustedJson } from "../util/guards";
   deleted_by?: string | null;
 }
 
@@ -122,7 +123,7 @@ function toSwitch(r: Row): SwitchRow {
     r[k] === null || r[k] === undefined ? null : Number(r[k]);
   return {
     id: text(r, "id"),
-    scope: JSON.parse(text(r, "scope_json")) as SwitchScope,
+    scope: nullProto(parseUntrustedJson(text(r, "scope_json")) as SwitchScope),
     reason: text(r, "reason"),
     createdBy: text(r, "created_by"),
     createdAt: Number(r.created_at),

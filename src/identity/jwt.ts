@@ -11,6 +11,7 @@ import {
 } from "jose";
 import { isLoopback, type JwtConfig } from "../config";
 import { toolgateError } from "../errors";
+import { parseUntrustedJson } from "../util/guards";
 import { isDevKey, jwksHoldsDevKey } from "./devkey";
 
 /** Someone toolgate verified: a token's subject and roles. */
@@ -100,7 +101,7 @@ export class TokenVerifier {
         self.verifier = new TokenVerifier(cfg, checked, false);
         return self.verifier;
       } else if (cfg.keys.kind === "jwks_file") {
-        const doc: unknown = JSON.parse(readFileSync(cfg.keys.value, "utf8"));
+        const doc: unknown = parseUntrustedJson(readFileSync(cfg.keys.value, "utf8"));
         dev = jwksHoldsDevKey(doc);
         key = createLocalJWKSet(doc as Parameters<typeof createLocalJWKSet>[0]);
       } else {

@@ -2,6 +2,7 @@ import { readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, join, relative, sep } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { toolgateError, normalizeError } from "../errors";
+import { describeForbiddenKey, FORBIDDEN_KEYS, forbiddenKey, hasOwn } from "../util/guards";
 import { DEFAULT_ARCHIVE_LIMITS, normalizeMemberPath, readTarGz, type ArchiveLimits } from "./tar";
 
 export interface WasmEntry {
@@ -48,6 +49,9 @@ function parseManifest(raw: Buffer | undefined): Manifest {
   }
   if (!isPlainObject(m))
     throw toolgateError("manifest_invalid", "/.manifest must be a JSON object");
+  const hit = forbiddenKey(m);
+  if (hit !== undefined)
+    throw toolgateError("manifest_invalid", `/.manifest: ${describeForbiddenKey(hit)}`);
   const revision = m.revision ?? "";
   if (typeof revision !== "string")
     throw toolgateError("manifest_invalid", "/.manifest: revision must be a string");
@@ -85,6 +89,12 @@ function rootCovers(root: string, path: string[]): boolean {
   return r.every((seg, i) => path[i] === seg) || path.every((seg, i) => r[i] === seg);
 }
 
+/**
+ * Merges one data file's value into the data document at `path` (its
+ * directory). The value has been checked for forbidden keys and `path` holds
+ * none, so membership is own-property only (`hasOwn`, never `in`): nothing is
+ * ever read from or written to a prototype.
+ */
 function mergeInto(
   target: Record<string, unknown>,
   path: string[],
@@ -93,7 +103,7 @@ function mergeInto(
 ): void {
   let node = target;
   for (const seg of path) {
-    const next = node[seg];
+    const next = hasOwn(node, seg) ? node[seg] : undefined;
     if (next === undefined) {
       const child: Record<string, unknown> = {};
       node[seg] = child;
@@ -113,7 +123,7 @@ function mergeInto(
     throw toolgateError("bundle_data_invalid", `${file}: data files must hold an object`);
   }
   for (const [k, v] of Object.entries(value)) {
-    if (k in node) {
+    if (hasOwn(node, k)) {
       if (isPlainObject(node[k]) && isPlainObject(v)) {
         mergeInto(node, [k], v, file);
         continue;
@@ -134,6 +144,13 @@ export function parseBundle(files: Map<string, Buffer>, name: string, source: st
   const dataFiles = [...files.keys()].filter((p) => /\/data\.(json|ya?ml)$/.test(p)).sort();
   for (const file of dataFiles) {
     const dir = file.split("/").slice(1, -1);
+    const bad = dir.find((seg) => FORBIDDEN_KEYS.has(seg));
+    if (bad !== undefined) {
+      throw toolgateError(
+        "bundle_data_invalid",
+        `${file}: forbidden key ${JSON.stringify(bad)} in the data path /${dir.join("/")}`,
+      );
+    }
     if (!manifest.roots.some((r) => rootCovers(r, dir))) {
       throw toolgateError(
         "bundle_data_invalid",
@@ -147,6 +164,9 @@ export function parseBundle(files: Map<string, Buffer>, name: string, source: st
     } catch (e) {
       throw toolgateError("bundle_data_invalid", `${file}: ${normalizeError(e).message}`);
     }
+    const hit = forbiddenKey(value);
+    if (hit !== undefined)
+      throw toolgateError("bundle_data_invalid", `${file}: ${describeForbiddenKey(hit)}`);
     mergeInto(data, dir, value, file);
   }
   for (const w of manifest.wasm) {

@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { loadPolicy, type LoadedPolicy } from "@open-policy-agent/opa-wasm";
 import { normalizeError, toolgateError } from "../errors";
+import { describeForbiddenKey, forbiddenKey } from "../util/guards";
 import type { Bundle } from "./bundle";
 
 /**
@@ -85,6 +86,8 @@ export class PolicyEngine {
   private evalNowNs = 0;
   /** The entrypoint's id when the module offers ABI 1.2's opa_eval. */
   private fastEntrypoint: number | undefined;
+  /** Whether the last output text may hold a forbidden key (false: its text names none). */
+  private mayHoldForbiddenKey = true;
 
   private constructor(
     info: PolicyInfo,
@@ -191,6 +194,7 @@ export class PolicyEngine {
     entrypoint: string = this.entrypoint,
   ): unknown {
     this.evalNowNs = nowNs;
+    this.mayHoldForbiddenKey = true;
     let rs: unknown;
     try {
       rs =
@@ -205,8 +209,21 @@ export class PolicyEngine {
       throw toolgateError("policy_evaluation_failed", "entrypoint produced more than one result");
     }
     const first: unknown = rs[0];
-    if (first === null || typeof first !== "object" || !("result" in first)) return undefined;
-    return first.result;
+    if (first === null || typeof first !== "object" || !Object.hasOwn(first, "result"))
+      return undefined;
+    const result = (first as { result: unknown }).result;
+    // The output comes from the bundle: like its data, it may not carry a key
+    // that reaches a prototype (the decision path copies parts of it on).
+    if (this.mayHoldForbiddenKey) {
+      const hit = forbiddenKey(result);
+      if (hit !== undefined) {
+        throw toolgateError(
+          "policy_evaluation_failed",
+          `the policy output holds a ${describeForbiddenKey(hit)}`,
+        );
+      }
+    }
+    return result;
   }
 
   /**
@@ -239,7 +256,14 @@ export class PolicyEngine {
     const end = mem.indexOf(0, ret);
     if (ret === 0 || end < 0)
       throw toolgateError("policy_evaluation_failed", "opa_eval returned no result");
-    return JSON.parse(Buffer.from(mem.buffer, ret, end - ret).toString("utf8"));
+    const text = Buffer.from(mem.buffer, ret, end - ret).toString("utf8");
+    // a key needs its name in the text (or an escape spelling it): skip the walk when none appears
+    this.mayHoldForbiddenKey =
+      text.includes("__proto__") ||
+      text.includes("constructor") ||
+      text.includes("prototype") ||
+      text.includes("\\u");
+    return JSON.parse(text);
   }
 
   /** The entrypoints the wasm module exports. */

@@ -608,7 +608,12 @@ describe("single-use consumption and revocation", () => {
     // Workers run plain JS: transpile the store and the error registry into a temp tree.
     const out = tmp();
     const root = join(__dirname, "..", "..");
-    for (const rel of ["src/approvals/store.ts", "src/errors/index.ts", "src/util/sqlite.ts"]) {
+    for (const rel of [
+      "src/approvals/store.ts",
+      "src/errors/index.ts",
+      "src/util/sqlite.ts",
+      "src/util/guards.ts",
+    ]) {
       const { outputText } = ts.transpileModule(ts.sys.readFile(join(root, rel)) ?? "", {
         compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 },
       });
