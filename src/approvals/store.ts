@@ -66,10 +66,10 @@ import {
   type Migration,
 } from "../util/sqlite";
 import { toolgateError } from "../errors";
+import { parseUntrustedJson } from "../util/guards";
 
 export const APPROVALS_DB_FILE = "approvals.db";
 export const BUSY_TIMEOUT_MS = 5000;
-import { parseUntrustedJson } from "../util/guards";
 
 export const TASK_STATUSES = [
   "pending",

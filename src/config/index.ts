@@ -611,6 +611,13 @@ export function loadConfig(
       `config file ${abs} is not valid YAML/JSON: ${(e as Error).message}`,
     );
   }
+  const hit = forbiddenKey(raw);
+  if (hit !== undefined) {
+    throw toolgateError(
+      "config_invalid",
+      `config file ${abs}: ${describeForbiddenKey(hit)}. Fix: remove that key.`,
+    );
+  }
   if (raw === null || raw === undefined) raw = {};
   if (typeof raw !== "object" || Array.isArray(raw)) {
     throw toolgateError(
@@ -620,10 +627,3 @@ export function loadConfig(
   }
   return compileConfig(raw as RawConfig, env, { file: abs });
 }
-  const hit = forbiddenKey(raw);
-  if (hit !== undefined) {
-    throw toolgateError(
-      "config_invalid",
-      `config file ${abs}: ${describeForbiddenKey(hit)}. Fix: remove that key.`,
-    );
-  }

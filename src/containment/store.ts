@@ -24,6 +24,7 @@ import type { DatabaseSync } from "node:sqlite";
 import { type SQLInputValue } from "node:sqlite";
 import { currentVersion, openDatabase, storeGuard, type Migration } from "../util/sqlite";
 import { toolgateError } from "../errors";
+import { nullProto, parseUntrustedJson } from "../util/guards";
 
 export const CONTAINMENT_DB_FILE = "containment.db";
 const BUSY_TIMEOUT_MS = 5000;
@@ -46,7 +47,6 @@ export interface KillSwitch {
   created_at: string;
   expires_at: string | null;
   deleted_at?: string | null;
-import { nullProto, parseUntrustedJson } from "../util/guards";
   deleted_by?: string | null;
 }
 
