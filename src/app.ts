@@ -335,6 +335,7 @@ async function assemble(
       ? undefined
       : new ApprovalService({
           store: ApprovalStore.open(config.state.dir),
+          requestLimit: config.approvals.requestLimit,
           agentId: config.agent.id,
           redact: (v) => (auditor ? auditor.redact(v) : v),
           events: {

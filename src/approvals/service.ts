@@ -7,6 +7,17 @@ import type { ApprovalStore, ApprovalTask, EvaluationRecord } from "./store";
 /** Expired evaluations nobody asked approval for are kept this long, then pruned. */
 export const EVALUATION_RETENTION_MS = 60 * 60 * 1000;
 
+/** Per initiator: access requests that are not approved, within a sliding window. */
+export const DEFAULT_REQUEST_LIMIT = { max: 20, windowSeconds: 3600 } as const;
+
+/**
+ * Who asks on the agent port: in identity mode `jwt` the verified subject,
+ * who must be the initiator of the evaluation or task named; `null` in
+ * `trusted` mode (development), where nobody is verified and the task id
+ * (128 random bits, returned only to the submitter) is the only key.
+ */
+export type Requester = string | null;
+
 /** What toolgate hands the policy as `input.verified.approval`. */
 export interface VerifiedApproval {
   id: string;
@@ -51,6 +62,8 @@ export interface ApprovalServiceOptions {
   events?: ApprovalEvents;
   /** How long an approver has to decide a submitted request. */
   taskTtlSeconds?: number;
+  /** Per initiator rate limit on access requests (default DEFAULT_REQUEST_LIMIT). */
+  requestLimit?: { max: number; windowSeconds: number };
   onPending?: (view: Record<string, unknown>) => void;
   now?: () => number;
 }
@@ -202,11 +215,18 @@ export class ApprovalService {
       this.opts.events?.approvalEvent("used", this.eventFields(task, { decision_id: decisionId }));
   }
 
-  /** POST /access/v1/requests: the agent asks for approval of a recorded needs_approval evaluation. */
+  /**
+   * POST /access/v1/requests: the agent asks for approval of a recorded
+   * needs_approval evaluation. One evaluation gives at most one request: a
+   * resubmission returns it (`created: false`) while it is pending or
+   * approved, and is refused with `access_request_closed` once it was denied,
+   * cancelled or expired. New requests are rate-limited per initiator.
+   */
   submit(
     body: Record<string, unknown>,
     idempotencyKey: string | undefined,
     baseUrl: string,
+    requester: Requester,
   ): { created: boolean; view: Record<string, unknown> } {
     const denial = body.denial;
     if (!isObject(denial) || typeof denial.evaluation_id !== "string") {
@@ -216,8 +236,13 @@ export class ApprovalService {
       );
     }
     const now = this.now();
+    this.expire(now);
     const evaluation = this.opts.store.getEvaluation(denial.evaluation_id);
-    if (evaluation === undefined || evaluation.agentId !== this.opts.agentId) {
+    if (
+      evaluation === undefined ||
+      evaluation.agentId !== this.opts.agentId ||
+      (requester !== null && evaluation.initiator !== requester)
+    ) {
       throw toolgateError(
         "approval_not_found",
         `no requestable evaluation ${denial.evaluation_id}`,
@@ -235,12 +260,14 @@ export class ApprovalService {
         "the request differs from the evaluation it cites (subject, action, resource or job)",
       );
     }
+    const limit = this.opts.requestLimit ?? DEFAULT_REQUEST_LIMIT;
     const { task, created } = this.opts.store.createTask({
       evaluationId: evaluation.evaluationId,
       idempotencyKey: idempotencyKey ?? null,
       agentId: this.opts.agentId,
       expiresAt: now + (this.opts.taskTtlSeconds ?? 3600) * 1000,
       now,
+      limit: { max: limit.max, windowMs: limit.windowSeconds * 1000 },
     });
     const view = this.view(task, baseUrl, evaluation);
     if (created) {
@@ -250,16 +277,17 @@ export class ApprovalService {
     return { created, view };
   }
 
-  /** GET /access/v1/requests/{id} */
-  get(taskId: string, baseUrl: string): Record<string, unknown> {
+  /** GET /access/v1/requests/{id}: the initiator's (jwt) task; anyone else's is "not found". */
+  get(taskId: string, baseUrl: string, requester: Requester): Record<string, unknown> {
     this.expire();
-    const task = this.task(taskId);
+    const task = this.ownTask(taskId, requester);
     return this.view(task, baseUrl, this.opts.store.getEvaluation(task.evaluationId));
   }
 
-  /** The agent cancels its own pending request. */
-  cancel(taskId: string, baseUrl: string): Record<string, unknown> {
-    const task = this.opts.store.cancel(this.task(taskId).id, this.opts.agentId, this.now());
+  /** The initiator (jwt) cancels her own pending request; anyone else's is "not found". */
+  cancel(taskId: string, baseUrl: string, requester: Requester): Record<string, unknown> {
+    const own = this.ownTask(taskId, requester);
+    const task = this.opts.store.cancel(own.id, this.opts.agentId, this.now());
     this.opts.events?.approvalEvent("cancelled", this.eventFields(task));
     return this.view(task, baseUrl, this.opts.store.getEvaluation(task.evaluationId));
   }
@@ -381,6 +409,20 @@ export class ApprovalService {
   private task(taskId: string): ApprovalTask {
     const t = this.opts.store.getTask(taskId);
     if (t === undefined || t.agentId !== this.opts.agentId)
+      throw toolgateError("approval_not_found", `no approval ${taskId}`);
+    return t;
+  }
+
+  /**
+   * The task, if `requester` may see it: with a verified requester (jwt) only
+   * the evaluation's initiator may. Anyone else gets exactly the answer an
+   * unknown id gets (404), so a task's existence is not disclosed.
+   */
+  private ownTask(taskId: string, requester: Requester): ApprovalTask {
+    const t = this.task(taskId);
+    if (requester === null) return t;
+    const e = this.opts.store.getEvaluation(t.evaluationId);
+    if (e === undefined || e.initiator !== requester)
       throw toolgateError("approval_not_found", `no approval ${taskId}`);
     return t;
   }

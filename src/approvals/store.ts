@@ -48,6 +48,9 @@
  * `WHERE status='pending'` and, as a second line, by triggers). An approved
  * task may later get `used_at` (single-use consumption, once) and
  * `revoked_at` (once); neither changes its status, and neither can be unset.
+ * One evaluation has at most one task, ever (checked in `createTask`'s
+ * transaction and, as a second line, by a trigger): a denied, cancelled or
+ * expired request is not reopened, a new evaluation is needed.
  *
  * Errors: coded `ToolgateError`s; any SQLite failure becomes
  * `approval_store_unavailable` (503) so callers fail closed.
@@ -149,7 +152,22 @@ export interface CreateTaskInput {
   agentId: string;
   expiresAt: number;
   now?: number;
+  /**
+   * Per initiator (the evaluation's verified subject): at most `max` tasks that
+   * are not approved may have been created within the last `windowMs`.
+   */
+  limit?: RequestLimit;
 }
+
+export interface RequestLimit {
+  max: number;
+  windowMs: number;
+}
+
+/** Statuses a per-initiator request limit counts: everything an approver did not approve. */
+export const LIMITED_STATUSES: readonly TaskStatus[] = TASK_STATUSES.filter(
+  (s) => s !== "approved",
+);
 
 export interface DecideInput {
   approve: boolean;
@@ -247,6 +265,17 @@ BEGIN SELECT RAISE(ABORT, 'task_events is append-only'); END;
     version: 2,
     name: "index evaluations by expiry (pruning)",
     sql: `CREATE INDEX evaluations_by_expiry ON evaluations (expires_at);`,
+  },
+  {
+    version: 3,
+    name: "one task per evaluation",
+    // A trigger, not a UNIQUE index: a file written before this version may
+    // already hold two tasks for one evaluation, and must still open.
+    sql: `
+CREATE TRIGGER tasks_one_per_evaluation BEFORE INSERT ON tasks
+WHEN EXISTS (SELECT 1 FROM tasks WHERE evaluation_id = NEW.evaluation_id)
+BEGIN SELECT RAISE(ABORT, 'the evaluation already has an access request'); END;
+`,
   },
 ];
 
@@ -469,12 +498,20 @@ export class ApprovalStore {
   // -- tasks ------------------------------------------------------------------
 
   /**
-   * Creates a pending task for a recorded, unexpired evaluation of this agent.
-   * Idempotent: a repeated `idempotencyKey` (per agent) for the same
-   * evaluation returns the task it created (`created: false`); for another
-   * evaluation it throws `idempotency_conflict`. Without a key, a still
-   * pending task of the same agent for the same evaluation is returned
-   * instead of a duplicate.
+   * Creates the pending task for a recorded, unexpired evaluation of this
+   * agent — at most one per evaluation, ever. In one transaction, in order:
+   * - a repeated `idempotencyKey` (per agent) for the same evaluation returns
+   *   the task it created, whatever its status (`created: false`); for
+   *   another evaluation it throws `idempotency_conflict`;
+   * - if the evaluation already has a task: a pending (not overdue) or
+   *   approved one is returned (`created: false`, whatever the key); a
+   *   denied, cancelled, expired or failed one throws `access_request_closed`
+   *   (a new evaluation is needed);
+   * - an expired evaluation throws `approval_expired`;
+   * - with `limit`: if the evaluation's initiator already has `limit.max`
+   *   tasks that are not approved created within `limit.windowMs`, throws
+   *   `access_request_rate_limited` with `details.retry_after` (seconds until
+   *   one leaves the window).
    */
   createTask(input: CreateTaskInput): { task: ApprovalTask; created: boolean } {
     const now = input.now ?? Date.now();
@@ -503,18 +540,23 @@ export class ApprovalStore {
           return { task, created: false };
         }
       }
+      const existing = this.db
+        .prepare("SELECT * FROM tasks WHERE evaluation_id = ? ORDER BY created_at, id LIMIT 1")
+        .get(input.evaluationId) as Row | undefined;
+      if (existing) {
+        const task = toTask(existing);
+        const status = task.status === "pending" && task.expiresAt <= now ? "expired" : task.status;
+        if (status === "pending" || status === "approved") return { task, created: false };
+        throw toolgateError(
+          "access_request_closed",
+          `evaluation ${input.evaluationId} already had access request ${task.id}, which is ${status}; ` +
+            "one evaluation gives one request: evaluate again to ask anew",
+        );
+      }
       if (ev.expiresAt <= now) {
         throw toolgateError("approval_expired", "the evaluation has expired; ask again");
       }
-      if (key === null) {
-        const row = this.db
-          .prepare(
-            `SELECT * FROM tasks WHERE evaluation_id = ? AND agent_id = ? AND status = 'pending'
-               AND expires_at > ? ORDER BY created_at LIMIT 1`,
-          )
-          .get(input.evaluationId, input.agentId, now) as Row | undefined;
-        if (row) return { task: toTask(row), created: false };
-      }
+      if (input.limit !== undefined) this.checkLimit(ev.initiator, input.limit, now);
       const id = newTaskId();
       this.db
         .prepare(
@@ -754,6 +796,31 @@ export class ApprovalStore {
   }
 
   // -- internals --------------------------------------------------------------
+
+  /** Throws access_request_rate_limited when `initiator` used up `limit` (inside createTask's transaction). */
+  private checkLimit(initiator: string, limit: RequestLimit, now: number): void {
+    if (!Number.isSafeInteger(limit.max) || limit.max < 1 || !Number.isSafeInteger(limit.windowMs))
+      throw toolgateError("invalid_request", "limit must be a positive max and a window in ms");
+    const since = now - limit.windowMs;
+    const statuses = LIMITED_STATUSES.map(() => "?").join(", ");
+    const from = `FROM tasks t JOIN evaluations e ON e.evaluation_id = t.evaluation_id
+      WHERE e.initiator = ? AND t.status IN (${statuses}) AND t.created_at > ?`;
+    const args = [initiator, ...LIMITED_STATUSES, since];
+    const n = Number((this.db.prepare(`SELECT COUNT(*) AS n ${from}`).get(...args) as Row).n);
+    if (n < limit.max) return;
+    // The window frees a place when the (n - max + 1)-th oldest counted task leaves it.
+    const row = this.db
+      .prepare(`SELECT t.created_at AS at ${from} ORDER BY t.created_at LIMIT 1 OFFSET ?`)
+      .get(...args, n - limit.max) as Row | undefined;
+    const freeAt = (row ? num(row, "at") : now) + limit.windowMs;
+    const retryAfter = Math.max(1, Math.ceil((freeAt - now) / 1000));
+    throw toolgateError(
+      "access_request_rate_limited",
+      `${initiator} has ${n} access requests that are not approved within the last ` +
+        `${Math.round(limit.windowMs / 1000)} s (limit ${limit.max}); retry in ${retryAfter} s`,
+      { retry_after: retryAfter },
+    );
+  }
 
   /** Throws the right error after a guarded pending-only UPDATE changed nothing. */
   private explainNotPending(taskId: string, now: number | null): never {

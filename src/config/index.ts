@@ -70,6 +70,8 @@ export interface CompiledConfig {
   };
   approvals: {
     requestTtlSeconds: number;
+    /** Per initiator: at most `max` access requests not approved within `windowSeconds`. */
+    requestLimit: { max: number; windowSeconds: number };
     webhook: { url: string; secret: string } | null;
   };
   state: { dir: string };
@@ -444,6 +446,10 @@ export function compileConfig(
     },
     approvals: {
       requestTtlSeconds: get("approvals.request_ttl_seconds"),
+      requestLimit: {
+        max: get("approvals.request_limit.max"),
+        windowSeconds: get("approvals.request_limit.window_seconds"),
+      },
       webhook:
         webhookUrl !== null && webhookSecret !== null
           ? { url: webhookUrl, secret: webhookSecret }

@@ -358,6 +358,20 @@ export const FIELDS: readonly FieldSpec[] = [
     default: 900,
     doc: "How long a needs_approval answer may be turned into an access request (its `expires_at`).",
   },
+  {
+    key: "approvals.request_limit.max",
+    env: "TOOLGATE_APPROVAL_REQUEST_LIMIT_MAX",
+    type: { kind: "int", min: 1, max: 100_000 },
+    default: 20,
+    doc: "Access requests per initiator that are not approved (pending, denied, cancelled, expired) allowed within `approvals.request_limit.window_seconds`; one more is 429 `access_request_rate_limited`.",
+  },
+  {
+    key: "approvals.request_limit.window_seconds",
+    env: "TOOLGATE_APPROVAL_REQUEST_LIMIT_WINDOW_SECONDS",
+    type: { kind: "int", min: 1, max: 7 * 24 * 3600 },
+    default: 3600,
+    doc: "The sliding window of `approvals.request_limit.max`, in seconds.",
+  },
   // -- grants: the credential every allow carries (docs/grants.md) -------------
   {
     key: "grants.enabled",

@@ -126,6 +126,15 @@ export const ERRORS = {
     status: 409,
     message: "the Idempotency-Key was already used for another request",
   },
+  access_request_closed: {
+    status: 409,
+    message:
+      "the evaluation's access request was denied, cancelled or expired; evaluate again to ask anew",
+  },
+  access_request_rate_limited: {
+    status: 429,
+    message: "this initiator has too many open or refused access requests; retry later",
+  },
   approval_store_unavailable: {
     status: 503,
     message: "the approval store cannot be opened, read or written",

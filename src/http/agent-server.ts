@@ -158,9 +158,32 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
     if (approvals === undefined) throw toolgateError("not_found", "approvals are not enabled");
     return approvals;
   };
+  /**
+   * Who asks, on the access-request routes: in identity mode jwt the verified
+   * token's subject — the initiator, or else the task is "not found"; in
+   * trusted mode (development, loopback only) nobody is verified (null) and
+   * the task id is the only key. See docs/approvals.md.
+   */
+  const requesterOf = (caller: DecisionMeta["caller"]): string | null => {
+    if (identity.mode !== "jwt") return null;
+    if (caller === undefined)
+      throw toolgateError("unauthenticated", "a bearer token is required in identity mode jwt");
+    return caller.id;
+  };
+  const requester = async (req: Request): Promise<string | null> =>
+    requesterOf(await identity.authenticate(req.headers));
+  /** A 429 access_request_rate_limited carries `retry_after` (seconds) in its body too. */
+  const retryAfterOf = (e: unknown): number | undefined => {
+    const v = (e as Partial<ToolgateError> | undefined)?.details?.retry_after;
+    return typeof v === "number" ? v : undefined;
+  };
+  const requestRender = (err: ToolgateError): unknown => {
+    const retryAfter = retryAfterOf(err);
+    return retryAfter === undefined ? err.toJSON() : { ...err.toJSON(), retry_after: retryAfter };
+  };
   app.post(
     "/access/v1/requests",
-    post("authzen", plain, (q, s, body, meta) => {
+    post("authzen", requestRender, (q, s, body, meta) => {
       const value = (body as ParsedBody).value;
       const req = validateDecisionRequest(value);
       identity.anchorAgent(req);
@@ -171,27 +194,38 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
         );
       }
       const key = q.headers["idempotency-key"];
-      const { created, view } = needApprovals().submit(
-        value as Record<string, unknown>,
-        typeof key === "string" && key.length > 0 && key.length <= 256 ? key : undefined,
-        baseUrl(q),
-      );
+      let submitted: ReturnType<ApprovalService["submit"]>;
+      try {
+        submitted = needApprovals().submit(
+          value as Record<string, unknown>,
+          typeof key === "string" && key.length > 0 && key.length <= 255 ? key : undefined,
+          baseUrl(q),
+          requesterOf(meta.caller),
+        );
+      } catch (e) {
+        const retryAfter = retryAfterOf(e);
+        if (retryAfter !== undefined) s.setHeader("Retry-After", String(retryAfter));
+        throw e;
+      }
+      const { created, view } = submitted;
       s.status(created ? 201 : 200);
       s.setHeader("Location", (view.task as { status_endpoint: string }).status_endpoint);
       return view;
     }),
   );
   app.all("/access/v1/requests", notAllowed("POST"));
-  app.get("/access/v1/requests/:id", (req, res) => {
+  app.get("/access/v1/requests/:id", async (req, res) => {
     try {
-      sendJson(res, 200, needApprovals().get(req.params.id, baseUrl(req)));
+      const who = await requester(req);
+      sendJson(res, 200, needApprovals().get(req.params.id, baseUrl(req), who));
     } catch (e) {
       sendError(res, e, plain);
     }
   });
-  app.post("/access/v1/requests/:id/cancel", (req, res) => {
+  app.post("/access/v1/requests/:id/cancel", async (req, res) => {
     try {
-      sendJson(res, 200, needApprovals().cancel(req.params.id, baseUrl(req)));
+      const who = await requester(req);
+      sendJson(res, 200, needApprovals().cancel(req.params.id, baseUrl(req), who));
     } catch (e) {
       sendError(res, e, plain);
     }

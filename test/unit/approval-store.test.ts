@@ -111,16 +111,17 @@ describe("opening, schema and migrations", () => {
     const store = open(dir);
     expect(store.path).toBe(join(dir, APPROVALS_DB_FILE));
     expect(store.schemaVersion()).toBe(SCHEMA_VERSION);
-    expect(SCHEMA_VERSION).toBe(2);
+    expect(SCHEMA_VERSION).toBe(3);
     expect(statSync(store.path).mode & 0o777).toBe(0o600);
     const raw = new DatabaseSync(store.path);
     try {
       expect(raw.prepare("PRAGMA journal_mode").get()).toEqual({ journal_mode: "wal" });
-      expect(raw.prepare("PRAGMA user_version").get()).toEqual({ user_version: 2 });
+      expect(raw.prepare("PRAGMA user_version").get()).toEqual({ user_version: 3 });
       const migrations = raw.prepare("SELECT version, name FROM schema_migrations").all();
       expect(migrations).toEqual([
         { version: 1, name: "create evaluations, tasks, task_events" },
         { version: 2, name: "index evaluations by expiry (pruning)" },
+        { version: 3, name: "one task per evaluation" },
       ]);
       const tables = raw
         .prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
@@ -288,10 +289,9 @@ describe("tasks: creation and idempotency", () => {
     const late = store.createTask({ ...args, idempotencyKey: "k1", now: T0 + 60 * MIN });
     expect(late.created).toBe(false);
     expect(late.task.status).toBe("approved");
-    // Another key for the same evaluation makes another task.
+    // Another key for the same evaluation returns that evaluation's one task (issue #13).
     const other = store.createTask({ ...args, idempotencyKey: "k2" });
-    expect(other.created).toBe(true);
-    expect(other.task.id).not.toBe(first.task.id);
+    expect(other).toEqual({ task: late.task, created: false });
   });
 
   test("keys are per agent", () => {
@@ -315,7 +315,7 @@ describe("tasks: creation and idempotency", () => {
     expect(a.created && b.created).toBe(true);
   });
 
-  test("without a key, a still-pending task for the same evaluation is returned", () => {
+  test("without a key, a still-pending task for the same evaluation is returned; a cancelled one is closed", () => {
     const { store, task } = withPending();
     const again = store.createTask({
       evaluationId: "ev1",
@@ -325,13 +325,17 @@ describe("tasks: creation and idempotency", () => {
     });
     expect(again).toEqual({ task, created: false });
     store.cancel(task.id, "support-triage", T0 + 2);
-    const fresh = store.createTask({
-      evaluationId: "ev1",
-      agentId: "support-triage",
-      expiresAt: T0 + 10 * MIN,
-      now: T0 + 3,
-    });
-    expect(fresh.created).toBe(true);
+    expect(
+      code(() =>
+        store.createTask({
+          evaluationId: "ev1",
+          agentId: "support-triage",
+          expiresAt: T0 + 10 * MIN,
+          now: T0 + 3,
+        }),
+      ),
+    ).toBe("access_request_closed");
+    expect(store.listTasks().length).toBe(1);
   });
 
   test("unknown, another agent's, or expired evaluations cannot get a task", () => {
@@ -793,13 +797,16 @@ describe("pruning evaluations", () => {
     const v1 = open(dir);
     v1.recordEvaluation(evaluation("kept"));
     v1.close();
-    // back to schema 1: drop what migration 2 added
+    // back to schema 1: drop what migrations 2 and 3 added
     const raw = new DatabaseSync(join(dir, APPROVALS_DB_FILE));
-    raw.exec("DROP INDEX evaluations_by_expiry; DELETE FROM schema_migrations WHERE version = 2;");
+    raw.exec(
+      "DROP INDEX evaluations_by_expiry; DROP TRIGGER tasks_one_per_evaluation;" +
+        " DELETE FROM schema_migrations WHERE version >= 2;",
+    );
     raw.exec("PRAGMA user_version = 1");
     raw.close();
     const store = open(dir);
-    expect(store.schemaVersion()).toBe(2);
+    expect(store.schemaVersion()).toBe(SCHEMA_VERSION);
     expect(store.getEvaluation("kept")?.evaluationId).toBe("kept");
     const check = new DatabaseSync(join(dir, APPROVALS_DB_FILE));
     try {

@@ -27,6 +27,9 @@ describe("docs/openapi.yaml", () => {
         "/v1/decisions",
         "/access/v1/evaluation",
         "/access/v1/evaluations",
+        "/access/v1/requests",
+        "/access/v1/requests/{id}",
+        "/access/v1/requests/{id}/cancel",
         "/.well-known/authzen-configuration",
         "/v1/data/{path}",
         "/health/live",
@@ -59,7 +62,7 @@ describe("docs/openapi.yaml", () => {
       expect(ok).toBe(true);
     };
     beforeAll(async () => {
-      tg = await startTestToolgate();
+      tg = await startTestToolgate({ TOOLGATE_APPROVAL_REQUEST_LIMIT_MAX: "1" });
     });
     afterAll(async () => {
       await tg.stop();
@@ -75,6 +78,25 @@ describe("docs/openapi.yaml", () => {
       check("Decision", res.json);
       const az = await postJson(tg.agentServer.url, "/access/v1/evaluation", req);
       check("AuthzenDecision", az.json);
+    });
+
+    test("access requests: the task, and the rate-limit error", async () => {
+      const ask = async (amount: number) => {
+        const req = refRequest({ tool: "refunds.issue", args: { amount } });
+        const d = await postJson(tg.agentServer.url, "/v1/decisions", req);
+        const evaluationId = (d.json as { access_request: { evaluation_id: string } })
+          .access_request.evaluation_id;
+        return postJson(tg.agentServer.url, "/access/v1/requests", {
+          ...req,
+          denial: { evaluation_id: evaluationId },
+        });
+      };
+      const first = await ask(120);
+      expect(first.status).toBe(201);
+      check("AccessRequestTask", first.json);
+      const limited = await ask(121);
+      expect(limited.status).toBe(429);
+      check("RateLimitError", limited.json);
     });
 
     test("errors", async () => {
