@@ -181,9 +181,12 @@ export class BundleManager {
       const got = await this.source.fetch(this.abort.signal);
       this.lastSuccessfulRequest = new Date().toISOString();
       if (got.kind === "not_modified") {
+        // the source still holds what was refused last: that refusal stays
+        // visible (and counted) until a newer bundle activates
+        if (got.current === false) return;
         this.failures = 0;
         if (this.origin === "persisted") this.origin = "source"; // the source confirms the copy
-        this.lastError = null; // as OPA: a successful request clears the error
+        this.lastError = null; // as OPA: the source confirms the active bundle
         return;
       }
       this.lastDownload = this.lastSuccessfulRequest;

@@ -11,7 +11,16 @@ import { readTarGz } from "../policy/tar";
 
 /** What one poll of a source produced. */
 export type Fetched =
-  | { kind: "not_modified" }
+  | {
+      kind: "not_modified";
+      /**
+       * False when what the source still holds is not the active bundle (a
+       * file that was refused, or is still being written): nothing new was
+       * learned, so the last refusal stays visible. Default: true (http/oci
+       * answer "not modified" only for the active bundle's ETag or digest).
+       */
+      current?: boolean;
+    }
   | {
       kind: "bundle";
       files: Map<string, Buffer>;
@@ -317,7 +326,9 @@ export class OciSource extends RemoteSource implements BundleSource {
 export class FileSource implements BundleSource {
   readonly type = "file" as const;
   readonly persist = false;
+  /** The stamp of the last read, and of the last read that was activated. */
   private seen: string | undefined;
+  private active: string | undefined;
 
   constructor(
     readonly location: string,
@@ -344,11 +355,13 @@ export class FileSource implements BundleSource {
 
   async fetch(signal: AbortSignal): Promise<Fetched> {
     const before = this.stamp();
-    if (this.seen !== undefined && before === this.seen) return { kind: "not_modified" };
+    if (this.seen !== undefined && before === this.seen)
+      return { kind: "not_modified", current: before === this.active };
     if (this.seen !== undefined) {
       // debounce: a writer may still be at work; reload once the change holds still
       await new Promise((r) => setTimeout(r, this.debounceMs));
-      if (signal.aborted || this.stamp() !== before) return { kind: "not_modified" };
+      if (signal.aborted || this.stamp() !== before)
+        return { kind: "not_modified", current: false };
     }
     this.seen = before;
     const files = readBundleFiles(this.location);
@@ -359,7 +372,13 @@ export class FileSource implements BundleSource {
     return this.watchIntervalMs > 0 ? this.watchIntervalMs : null;
   }
 
+  /** Called once the last read has been activated. */
+  commit(): void {
+    this.active = this.seen;
+  }
+
   reset(): void {
     this.seen = undefined;
+    this.active = undefined;
   }
 }
