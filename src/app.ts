@@ -290,6 +290,9 @@ export async function buildParts(
   const identity = new Identity({
     agentId: config.agent.id,
     mode: config.identity.mode,
+    ...(config.identity.mode === "jwt" && config.identity.jwt.jobClaim !== null
+      ? { jobClaim: config.identity.jwt.jobClaim }
+      : {}),
     ...(config.identity.mode === "jwt"
       ? {
           verifier: await TokenVerifier.create(config.identity.jwt, {

@@ -27,7 +27,7 @@ deny_reasons contains {"code": "unknown_tool", "message": concat("", ["tool '", 
 	tool
 }
 
-deny_reasons contains {"code": "missing_job", "message": "context.job with non-empty string purpose and customer_id is required"} if {
+deny_reasons contains {"code": "missing_job", "message": "context.job with non-empty string id (no surrounding white space), purpose and customer_id is required"} if {
 	not job
 }
 

@@ -452,6 +452,29 @@ test_job_without_customer if {
 	codes(decide(inp)) == {"missing_job"}
 }
 
+# Job-scoped switches, limits and budgets key on job.id: a job without one
+# (missing, empty, or not a string) is no job.
+test_job_without_id if {
+	base := req("alice", "tickets.read", {})
+	inp := {"request": object.union(object.remove(base.request, ["context"]), {"context": {"job": object.remove(job, ["id"])}}), "verified": base.verified}
+	codes(decide(inp)) == {"missing_job"}
+}
+
+test_job_with_empty_id if {
+	inp := patched("alice", "tickets.read", {}, {"request": {"context": {"job": {"id": ""}}}})
+	codes(decide(inp)) == {"missing_job"}
+}
+
+test_job_with_blank_or_padded_id if {
+	codes(decide(patched("alice", "tickets.read", {}, {"request": {"context": {"job": {"id": " \t "}}}}))) == {"missing_job"}
+	codes(decide(patched("alice", "tickets.read", {}, {"request": {"context": {"job": {"id": "job_1 "}}}}))) == {"missing_job"}
+}
+
+test_job_with_non_string_id if {
+	inp := patched("alice", "refunds.issue", {"amount": 20}, {"request": {"context": {"job": {"id": 1}}}})
+	codes(decide(inp)) == {"missing_job"}
+}
+
 test_amount_not_a_number if {
 	d := decide(req("alice", "refunds.issue", {"amount": "10"}))
 	d.outcome == "deny"

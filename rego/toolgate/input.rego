@@ -32,8 +32,18 @@ args := a if {
 	is_object(a)
 } else := {}
 
+# The job: context.job with a non-empty string id (no surrounding white
+# space, so "job_1 " cannot pass for a fresh job), purpose and customer_id.
+# Without an id, job-scoped kill switches, limits and budgets could be dodged
+# by leaving it out, so a job without one is no job (missing_job). When
+# toolgate verified the job (identity.jwt.job_claim), the request's id equals
+# verified.job.id: toolgate refused the request otherwise.
 job := j if {
 	j := input.request.context.job
+	i := j.id
+	is_string(i)
+	i != ""
+	trim_space(i) == i
 	p := j.purpose
 	is_string(p)
 	p != ""

@@ -21,6 +21,8 @@ export interface JwtConfig {
   clockSkewSeconds: number;
   /** True while the keys are the committed development key (config/dev/). */
   dev: boolean;
+  /** The claim naming the caller's job (identity.jwt.job_claim; the agent port only). */
+  jobClaim: string | null;
 }
 
 /** The validated configuration every module is built from. */
@@ -318,6 +320,7 @@ export function compileConfig(
       rolesClaim: get(`${prefix}.roles_claim`),
       clockSkewSeconds: get(`${prefix}.clock_skew_seconds`),
       dev: keys.kind === "public_key_file" && keys.value === devPublicKeyPath(),
+      jobClaim: prefix === "identity.jwt" ? get<string | null>("identity.jwt.job_claim") : null,
     };
   };
   const identityJwt = jwt("identity.jwt");

@@ -301,6 +301,13 @@ export const FIELDS: readonly FieldSpec[] = [
     "the agent port (identity.mode jwt)",
   ),
   {
+    key: "identity.jwt.job_claim",
+    env: "TOOLGATE_IDENTITY_JWT_JOB_CLAIM",
+    type: { kind: "string", pattern: /^[A-Za-z0-9_:./-]{1,128}$/, patternHint: "a claim name" },
+    default: null,
+    doc: "identity.mode jwt: the token claim naming the job the caller may work on (e.g. `job`). When set, every decision needs a token carrying it, `context.job.id` must equal it (else 403 `job_mismatch`), and the policy sees it as `verified.job.id`: job-scoped kill switches, limits and budgets then hold even against an agent that lies about its job. Unset: the job is as the caller sends it (it scopes only a cooperating agent).",
+  },
+  {
     key: "control.enabled",
     env: "TOOLGATE_CONTROL_ENABLED",
     type: { kind: "bool" },

@@ -27,6 +27,10 @@ export const ERRORS = {
     status: 403,
     message: "subject.id does not match the verified token's subject",
   },
+  job_mismatch: {
+    status: 403,
+    message: "context.job.id does not match the verified token's job claim",
+  },
   not_found: { status: 404, message: "no such route" },
   action_unknown_decision: {
     status: 409,

@@ -11,6 +11,8 @@ export interface IdentityOptions {
   mode: "trusted" | "jwt";
   /** Verifies users' tokens in `jwt` mode. */
   verifier?: TokenVerifier;
+  /** identity.jwt.job_claim (jwt mode): the token claim naming the caller's job. */
+  jobClaim?: string;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -81,6 +83,30 @@ export class Identity {
     }
   }
 
+  /**
+   * identity.jwt.job_claim: the token names the job; the request's
+   * context.job.id must be that job (absent or different: `job_mismatch`).
+   */
+  private verifyJob(req: DecisionRequest, caller: Principal): { id: string; method: "jwt" } {
+    const claim = this.opts.jobClaim as string;
+    if (caller.job === undefined) {
+      throw toolgateError(
+        "job_mismatch",
+        `the bearer token carries no job claim "${claim}" (identity.jwt.job_claim)`,
+      );
+    }
+    const ctx = req.context;
+    const job = isObject(ctx) && Object.hasOwn(ctx, "job") ? ctx.job : undefined;
+    const sent = isObject(job) && Object.hasOwn(job, "id") ? job.id : undefined;
+    if (sent !== caller.job) {
+      throw toolgateError(
+        "job_mismatch",
+        `context.job.id must be the token's job ${JSON.stringify(caller.job)} (claim "${claim}")`,
+      );
+    }
+    return { id: caller.job, method: "jwt" };
+  }
+
   /** The verified facts handed to the policy as `input.verified`. */
   verify(req: DecisionRequest, nowNs: number, caller?: Principal): VerifiedFacts {
     this.anchorAgent(req);
@@ -93,7 +119,7 @@ export class Identity {
           `subject.id ${JSON.stringify(req.subject.id)} is not the token's subject ${JSON.stringify(caller.id)}`,
         );
       }
-      return {
+      const verified: VerifiedFacts = {
         agent: { id: this.opts.agentId },
         subject: {
           id: caller.id,
@@ -102,6 +128,8 @@ export class Identity {
         },
         time_ns: nowNs,
       };
+      if (this.opts.jobClaim !== undefined) verified.job = this.verifyJob(req, caller);
+      return verified;
     }
     return {
       agent: { id: this.opts.agentId },

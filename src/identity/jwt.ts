@@ -19,6 +19,8 @@ export interface Principal {
   id: string;
   roles: string[];
   method: "jwt";
+  /** The token's job claim (identity.jwt.job_claim), when configured and present. */
+  job?: string;
   /** The token's claims that matter to policy and audit (never the token itself). */
   claims: {
     iss: string | undefined;
@@ -174,6 +176,10 @@ export class TokenVerifier {
       method: "jwt",
       claims: { iss: payload.iss, sub, aud: payload.aud, exp: payload.exp },
     };
+    if (this.cfg.jobClaim !== null && Object.hasOwn(payload, this.cfg.jobClaim)) {
+      const job = payload[this.cfg.jobClaim];
+      if (typeof job === "string" && job !== "") principal.job = job;
+    }
     const expMs = (payload.exp ?? 0) * 1000;
     this.cache.set(token, { principal, expMs });
     if (this.cache.size > 10_000) {

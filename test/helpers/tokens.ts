@@ -17,13 +17,15 @@ export interface TokenOptions {
   expiresInSeconds?: number;
   /** Sign with a key toolgate does not trust. */
   forged?: boolean;
+  /** More claims (e.g. a job claim). */
+  claims?: Record<string, unknown>;
 }
 
 /** A real ES256 JWT, signed with the committed development key (or a stranger's). */
 export async function token(sub: string, opts: TokenOptions = {}): Promise<string> {
   const key = await importPKCS8(opts.forged ? otherKeyPem : devKeyPem, "ES256");
   const now = Math.floor(Date.now() / 1000);
-  return new SignJWT({ roles: opts.roles ?? [] })
+  return new SignJWT({ ...opts.claims, roles: opts.roles ?? [] })
     .setProtectedHeader({ alg: "ES256" })
     .setIssuer(opts.issuer ?? "toolgate-dev")
     .setAudience(opts.audience ?? ["toolgate-agent", "toolgate-control"])
