@@ -143,9 +143,52 @@ export async function httpGet(
   if ([301, 302, 303, 307, 308].includes(res.status) && typeof res.headers.location === "string") {
     const left = opts.redirects ?? 3;
     if (left <= 0) throw toolgateError("bundle_download_failed", `${redactUrl(url)}: too many redirects`);
-    return httpGet(new URL(res.headers.location, url).toString(), { ...opts, redirects: left - 1 });
+    const next = redirectTarget(u, res.headers.location, opts.headers);
+    return httpGet(next.url, { ...opts, headers: next.headers, redirects: left - 1 });
   }
   return res;
+}
+
+/** Headers that carry credentials: never sent to another origin. */
+const CREDENTIAL_HEADERS = new Set(["authorization", "proxy-authorization", "cookie"]);
+
+/**
+ * Where a redirect from `from` to `location` goes, and with which headers (as
+ * fetch does): an https URL is never followed to anything but https (a
+ * downgrade would send the request, and take the bundle, in clear text), only
+ * http(s) is followed at all, and credentials are dropped when the origin
+ * (scheme, host, port) changes. The headers returned are carried on to any
+ * further redirect, so a dropped token stays dropped.
+ */
+export function redirectTarget(
+  from: URL,
+  location: string,
+  headers: Record<string, string>,
+): { url: string; headers: Record<string, string> } {
+  let to: URL;
+  try {
+    to = new URL(location, from);
+  } catch {
+    throw toolgateError("bundle_download_failed", `${redactUrl(from.href)}: redirect to an invalid URL`);
+  }
+  if (to.protocol !== "https:" && to.protocol !== "http:") {
+    throw toolgateError(
+      "bundle_download_failed",
+      `${redactUrl(from.href)}: redirect to ${to.protocol} refused (only http and https are followed)`,
+    );
+  }
+  if (from.protocol === "https:" && to.protocol !== "https:") {
+    throw toolgateError(
+      "bundle_download_failed",
+      `${redactUrl(from.href)}: redirect from https to ${redactUrl(to.href)} refused (a downgrade to plain http)`,
+    );
+  }
+  if (to.origin === from.origin) return { url: to.href, headers };
+  const kept: Record<string, string> = {};
+  for (const [k, v] of Object.entries(headers)) {
+    if (!CREDENTIAL_HEADERS.has(k.toLowerCase())) kept[k] = v;
+  }
+  return { url: to.href, headers: kept };
 }
 
 abstract class RemoteSource {
