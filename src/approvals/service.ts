@@ -108,7 +108,9 @@ export class ApprovalService {
       reasons: d.reasons.map((r) => r.code),
       initiator: verified.subject.id,
       agentId: verified.agent.id,
-      tool: req.action.name,
+      // shown to approvers and audited: redacted like the request (the binding hash covers the
+      // clear name); cut to the store's limit, as redaction may lengthen it
+      tool: this.opts.redact(req.action.name).slice(0, 512),
       policyRevision: d.policy.revision,
       createdAt: Date.parse(d.evaluated_at),
       expiresAt: Date.parse(d.access_request.expires_at),

@@ -17,7 +17,7 @@ import type {
 } from "../decision/types";
 import type { Logger } from "../util/log";
 import type { SpanIds } from "./ids";
-import type { MaskOp, Redactor } from "./redact";
+import { SecretsSeen, type MaskOp, type Redactor } from "./redact";
 import type { AuditTrail, TrailStats } from "./trail";
 import type { PreparedSpan, Tracing, TracingStats } from "./tracing";
 
@@ -89,6 +89,12 @@ export interface LedgerEntry {
   spanContext: ReturnType<Span["spanContext"]> | undefined;
   reported: boolean;
   at: number;
+  /** The tool's permission class from the policy (`read`, `execute`, …), if given. */
+  toolClass: string | null;
+  /** The record the decision was about (`resource`). */
+  resource: { type: string; id: string };
+  /** The job's customer (`context.job.customer_id`), if a string. */
+  jobCustomer: string | undefined;
 }
 
 /** The call id an agent gave in action.properties.call_id, if a string. */
@@ -115,7 +121,20 @@ export function ledgerEntry(
     spanContext,
     reported: false,
     at: Date.now(),
+    toolClass: d.tool?.class ?? null,
+    resource: { type: req.resource.type, id: req.resource.id },
+    jobCustomer: jobCustomerOf(req),
   };
+}
+
+/** `context.job.customer_id`, if a non-empty string. */
+function jobCustomerOf(req: DecisionRequest): string | undefined {
+  const job = req.context?.job;
+  const c =
+    job !== null && typeof job === "object"
+      ? (job as Record<string, unknown>).customer_id
+      : undefined;
+  return typeof c === "string" && c !== "" ? c : undefined;
 }
 
 /**
@@ -208,6 +227,59 @@ function json(v: unknown): string {
   return v === undefined ? "" : JSON.stringify(v);
 }
 
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/**
+ * One event's redaction: the one way caller data enters an audit record. The
+ * structured data goes first (the request with the policy's mask, or the
+ * event's fields), then everything else the caller wrote or a policy quoted
+ * from it — reason messages, refusal and error messages, tool names, call ids,
+ * the request path and id — through the same redactor and the same
+ * SecretsSeen, so free text quotes a value as the record shows it. Spans, log
+ * lines and trail records are built from its output only.
+ */
+class Redaction {
+  private readonly seen = new SecretsSeen();
+  constructor(private readonly redactor: Redactor) {}
+
+  /** Structured data (with the policy's mask, for the request). */
+  data<T>(value: T, mask?: readonly MaskOp[]): T {
+    return this.redactor.redact(value, mask, this.seen);
+  }
+
+  /** Free text, cut to the redactor's maximum length like any string. */
+  text(value: string): string {
+    return this.redactor.redact(value, undefined, this.seen);
+  }
+
+  /** Free text kept whole (span names, attributes holding JSON text). */
+  whole(value: string): string {
+    return this.redactor.redactText(value, this.seen);
+  }
+
+  /** The request's caller-chosen parts: its X-Request-ID and path. */
+  meta(meta: DecisionMeta): DecisionMeta {
+    const out = { ...meta };
+    // usually the UUID toolgate drew itself
+    if (meta.requestId !== undefined && !UUID_RE.test(meta.requestId))
+      out.requestId = this.text(meta.requestId);
+    if (meta.http) out.http = { method: meta.http.method, path: this.text(meta.http.path) };
+    return out;
+  }
+
+  /** String and string-array attribute values as free text. */
+  attributes(attributes: Attributes): Attributes {
+    const out: Attributes = {};
+    for (const [k, v] of Object.entries(attributes)) {
+      if (typeof v === "string") out[k] = this.whole(v);
+      else if (Array.isArray(v))
+        out[k] = v.map((x: unknown) => (typeof x === "string" ? this.whole(x) : x));
+      else out[k] = v;
+    }
+    return out;
+  }
+}
+
 /** The caller's trace context and, for batches, the request span to parent items. */
 export interface TraceMeta {
   parent: Context;
@@ -244,12 +316,13 @@ export class Auditor implements AuditService {
   /** A SERVER span for a request that carries several decisions (AuthZEN batch). */
   startRequestSpan(meta: DecisionMeta, name: string): Span {
     const t = meta.trace as TraceMeta | undefined;
+    const red = new Redaction(this.opts.redactor);
     const span = this.opts.tracing.startSpan(
-      name,
+      red.whole(name),
       {
         kind: SpanKind.SERVER,
         startTime: meta.startTimeMs,
-        attributes: this.httpAttributes(meta),
+        attributes: this.httpAttributes(red.meta(meta)),
       },
       t?.parent ?? this.opts.tracing.extract({}),
     );
@@ -316,17 +389,28 @@ export class Auditor implements AuditService {
     notes?: DecisionNotes,
   ): void {
     try {
-      const redacted = this.opts.redactor.redact(req, mask as readonly MaskOp[] | undefined);
+      const red = new Redaction(this.opts.redactor);
+      const redacted = red.data(req, mask as readonly MaskOp[] | undefined);
+      // what the policy answered quotes the caller (reason messages, the tool name)
+      const said = red.data({
+        tool: d.tool,
+        reasons: d.reasons,
+        obligations: d.obligations,
+        approval: d.approval,
+        shadow: notes?.shadow,
+        candidate: notes?.candidate,
+      });
+      meta = red.meta(meta);
       const args = redacted.action.properties?.arguments;
-      const callId = callIdOf(req);
+      const callId = callIdOf(redacted);
       const job = isObject(redacted.context?.job) ? redacted.context.job : {};
-      const toolName = d.tool?.name ?? req.action.name;
+      const toolName = said.tool?.name ?? redacted.action.name;
       const attrs: Attributes = {
         "gen_ai.tool.name": toolName,
         "gen_ai.agent.id": this.opts.agentId,
         "toolgate.decision.id": d.decision_id,
         "toolgate.decision.outcome": d.outcome,
-        "toolgate.decision.reasons": d.reasons.map((r) => r.code),
+        "toolgate.decision.reasons": said.reasons.map((r) => r.code),
         "toolgate.policy.bundle": d.policy.bundle,
         "toolgate.policy.revision": d.policy.revision,
         "toolgate.subject.type": redacted.subject.type,
@@ -336,19 +420,20 @@ export class Auditor implements AuditService {
       };
       if (callId !== undefined) attrs["gen_ai.tool.call.id"] = callId;
       if (verified) attrs["toolgate.subject.method"] = verified.subject.method;
-      if (d.tool?.class) attrs["toolgate.tool.class"] = d.tool.class;
-      if (d.tool?.stage) attrs["toolgate.tool.stage"] = d.tool.stage;
+      if (said.tool?.class) attrs["toolgate.tool.class"] = said.tool.class;
+      if (said.tool?.stage) attrs["toolgate.tool.stage"] = said.tool.stage;
       if (typeof job.id === "string") attrs["toolgate.job.id"] = job.id;
       if (typeof job.purpose === "string") attrs["toolgate.job.purpose"] = job.purpose;
       if (typeof job.customer_id === "string") attrs["toolgate.job.customer_id"] = job.customer_id;
       if (args !== undefined) attrs["toolgate.tool.arguments"] = json(args);
       if (redacted.context !== undefined)
         attrs["toolgate.request.context"] = json(redacted.context);
-      if (d.obligations.length > 0) attrs["toolgate.decision.obligations"] = json(d.obligations);
-      if (d.approval) {
-        attrs["toolgate.approval.required_roles"] = d.approval.approver_roles;
-        attrs["toolgate.approval.single_use"] = d.approval.single_use;
-        attrs["toolgate.approval.ttl_seconds"] = d.approval.ttl_seconds;
+      if (said.obligations.length > 0)
+        attrs["toolgate.decision.obligations"] = json(said.obligations);
+      if (said.approval) {
+        attrs["toolgate.approval.required_roles"] = said.approval.approver_roles;
+        attrs["toolgate.approval.single_use"] = said.approval.single_use;
+        attrs["toolgate.approval.ttl_seconds"] = said.approval.ttl_seconds;
       }
       if (d.access_request) {
         attrs["toolgate.access_request.evaluation_id"] = d.access_request.evaluation_id;
@@ -361,14 +446,14 @@ export class Auditor implements AuditService {
       }
       if (d.retry_after !== undefined) attrs["toolgate.decision.retry_after"] = d.retry_after;
       if (notes?.killswitch_id !== undefined) attrs["toolgate.killswitch.id"] = notes.killswitch_id;
-      if (notes?.shadow !== undefined) {
-        attrs["toolgate.shadow.outcome"] = notes.shadow.outcome;
-        attrs["toolgate.shadow.reasons"] = notes.shadow.reasons.map((r) => r.code);
+      if (said.shadow !== undefined) {
+        attrs["toolgate.shadow.outcome"] = said.shadow.outcome;
+        attrs["toolgate.shadow.reasons"] = said.shadow.reasons.map((r) => r.code);
       }
-      if (notes?.candidate !== undefined) {
-        attrs["toolgate.candidate.outcome"] = notes.candidate.outcome;
-        attrs["toolgate.candidate.diverged"] = notes.candidate.diverged;
-        attrs["toolgate.candidate.revision"] = notes.candidate.revision;
+      if (said.candidate !== undefined) {
+        attrs["toolgate.candidate.outcome"] = said.candidate.outcome;
+        attrs["toolgate.candidate.diverged"] = said.candidate.diverged;
+        attrs["toolgate.candidate.revision"] = said.candidate.revision;
       }
       const span = this.preparedFor(`authorize ${toolName}`, meta, attrs);
       const sc = span.spanContext;
@@ -387,8 +472,8 @@ export class Auditor implements AuditService {
         },
         tool: {
           name: toolName,
-          class: d.tool?.class ?? null,
-          stage: d.tool?.stage ?? null,
+          class: said.tool?.class ?? null,
+          stage: said.tool?.stage ?? null,
           call_id: callId,
         },
         resource: { type: redacted.resource.type, id: redacted.resource.id },
@@ -396,9 +481,9 @@ export class Auditor implements AuditService {
         arguments: args,
         context: redacted.context,
         outcome: d.outcome,
-        reasons: d.reasons,
-        obligations: d.obligations,
-        approval: d.approval,
+        reasons: said.reasons,
+        obligations: said.obligations,
+        approval: said.approval,
         access_request: d.access_request,
         policy: d.policy,
         duration_us:
@@ -408,23 +493,23 @@ export class Auditor implements AuditService {
         grant: grant === undefined ? undefined : { jti: grant.jti, aud: grant.aud, exp: grant.exp },
         retry_after: d.retry_after,
         killswitch_id: notes?.killswitch_id,
-        shadow: notes?.shadow,
-        candidate: notes?.candidate,
+        shadow: said.shadow,
+        candidate: said.candidate,
       };
       // Serialised once: the trail stores this text as is, the log line embeds it.
       const recordJson = JSON.stringify(record);
       const trailed = this.appendTrailJson("decision", recordJson);
       span.finish(trailed ? { "toolgate.audit.trail_seq": trailed.seq } : undefined);
       if (this.logDecisions) this.logRecord("decision", recordJson, trailed?.seq);
-      if (notes?.candidate?.diverged === true) {
+      if (said.candidate?.diverged === true) {
         this.opts.log.info("the candidate policy answered differently", {
           event: "candidate.divergence",
           decision_id: d.decision_id,
           tool: toolName,
           outcome: d.outcome,
-          candidate_outcome: notes.candidate.outcome,
-          candidate_reasons: notes.candidate.reasons,
-          candidate_revision: notes.candidate.revision,
+          candidate_outcome: said.candidate.outcome,
+          candidate_reasons: said.candidate.reasons,
+          candidate_revision: said.candidate.revision,
           trail_seq: trailed?.seq,
         });
       }
@@ -444,28 +529,33 @@ export class Auditor implements AuditService {
     meta: DecisionMeta,
   ): void {
     try {
-      const redacted = this.opts.redactor.redact(req);
+      const red = new Redaction(this.opts.redactor);
+      const redacted = red.data(req);
+      // the message may quote what the caller sent (agent_mismatch echoes the value)
+      const message = red.text(err.message);
+      meta = red.meta(meta);
+      const tool = redacted.action.name;
       const attrs: Attributes = {
-        "gen_ai.tool.name": req.action.name,
+        "gen_ai.tool.name": tool,
         "gen_ai.agent.id": this.opts.agentId,
         "toolgate.decision.outcome": "refused",
         "toolgate.error.code": err.code,
         "toolgate.subject.id": redacted.subject.id,
         "error.type": err.code,
       };
-      const span = this.spanFor(`authorize ${req.action.name}`, meta, attrs);
-      span.setStatus({ code: SpanStatusCode.ERROR, message: err.message });
+      const span = this.spanFor(`authorize ${tool}`, meta, attrs);
+      span.setStatus({ code: SpanStatusCode.ERROR, message });
       const sc = span.spanContext();
       span.end();
       const record = {
-        error: { code: err.code, message: err.message, status: err.status },
+        error: { code: err.code, message, status: err.status },
         face: meta.face,
         request_id: meta.requestId,
         trace_id: sc.traceId,
         span_id: sc.spanId,
         agent_id: this.opts.agentId,
         subject: redacted.subject,
-        tool: req.action.name,
+        tool,
         resource: redacted.resource,
         context: redacted.context,
       };
@@ -492,7 +582,10 @@ export class Auditor implements AuditService {
     meta: DecisionMeta,
   ): void {
     try {
-      const redacted = this.opts.redactor.redact(fields);
+      const red = new Redaction(this.opts.redactor);
+      const redacted = red.data(fields);
+      message = red.text(message);
+      meta = red.meta(meta);
       const span = this.spanFor(`toolgate.security ${event}`, meta, {
         "gen_ai.agent.id": this.opts.agentId,
         "toolgate.security.event": event,
@@ -535,7 +628,7 @@ export class Auditor implements AuditService {
     link?: LedgerEntry["spanContext"],
   ): void {
     try {
-      const redacted = this.opts.redactor.redact(fields);
+      const redacted = new Redaction(this.opts.redactor).data(fields);
       const decisionId = typeof fields.decision_id === "string" ? fields.decision_id : undefined;
       const linked = link ?? (decisionId ? this.ledger.get(decisionId)?.spanContext : undefined);
       const attrs: Attributes = {
@@ -565,7 +658,7 @@ export class Auditor implements AuditService {
       if (event === "refused")
         span.setStatus({
           code: SpanStatusCode.ERROR,
-          message: typeof fields.why === "string" ? fields.why : "refused",
+          message: typeof redacted.why === "string" ? redacted.why : "refused",
         });
       const sc = span.spanContext();
       span.end();
@@ -591,14 +684,14 @@ export class Auditor implements AuditService {
    */
   containmentEvent(event: string, fields: Record<string, unknown>): void {
     try {
-      const redacted = this.opts.redactor.redact(fields);
+      const redacted = new Redaction(this.opts.redactor).data(fields);
       const attrs: Attributes = {
         "gen_ai.agent.id": this.opts.agentId,
         "toolgate.containment.event": event,
         "toolgate.containment.details": json(redacted),
       };
-      if (typeof fields.actor === "string") attrs["toolgate.actor.id"] = fields.actor;
-      const ks = fields.killswitch as { id?: unknown } | undefined;
+      if (typeof redacted.actor === "string") attrs["toolgate.actor.id"] = redacted.actor;
+      const ks = redacted.killswitch as { id?: unknown } | undefined;
       if (typeof ks?.id === "string") attrs["toolgate.killswitch.id"] = ks.id;
       const span = this.opts.tracing.startSpan(
         `toolgate.containment ${event}`,
@@ -668,21 +761,25 @@ export class Auditor implements AuditService {
 
   action(a: ActionAudit): SpanIds {
     const t = a.meta.trace as TraceMeta | undefined;
+    // the report was redacted where it was built; the tool name, call id, record references
+    // and anything else it carries from the caller pass here again (redacting twice is a no-op)
+    const red = new Redaction(this.opts.redactor);
+    const record = red.data(a.record);
+    const meta = red.meta(a.meta);
     const span = this.opts.tracing.startSpan(
-      a.name,
+      red.whole(a.name),
       {
         kind: SpanKind.INTERNAL,
-        startTime: a.meta.startTimeMs,
-        attributes: { ...this.httpAttributes(a.meta), ...a.attributes },
+        startTime: meta.startTimeMs,
+        attributes: { ...this.httpAttributes(meta), ...red.attributes(a.attributes) },
         links: a.link ? [{ context: a.link }] : [],
       },
       t?.parent ?? this.opts.tracing.extract({}),
     );
     if (a.errorMessage !== undefined)
-      span.setStatus({ code: SpanStatusCode.ERROR, message: a.errorMessage });
+      span.setStatus({ code: SpanStatusCode.ERROR, message: red.text(a.errorMessage) });
     const sc = span.spanContext();
     span.end(a.endTimeMs);
-    const record = a.record;
     record.trace_id = sc.traceId;
     record.span_id = sc.spanId;
     const trailed = this.appendTrail("action", record);

@@ -7,6 +7,12 @@
  *     except under paths the mask explicitly `reveal`s,
  *  3. long strings are cut and deep structures are cut off.
  *
+ * Free text that may quote caller values (policy reason messages, refusal
+ * messages, tool names) goes through the same defaults. Passing one
+ * `SecretsSeen` to several calls makes a later call replace, wherever a text
+ * quotes it, every value an earlier call replaced (a value under a secret key,
+ * or one the policy's mask hashed or removed) by that same replacement.
+ *
  * See docs/redaction.md for what the defaults catch and what they miss.
  */
 import { createHash, createHmac, randomBytes } from "node:crypto";
@@ -43,10 +49,21 @@ export function generateHmacKey(): Buffer {
 
 const MAX_MASK_OPS = 1000;
 const MAX_PATH_SEGMENTS = 64;
-/** Strings shorter than this are not scanned for secret shapes (no detected kind is shorter). */
+/**
+ * Strings shorter than this are not scanned for secret shapes (no detected kind is shorter),
+ * except for `key=value` / `key: value` forms, which can be as short as `pw=x`.
+ */
 const MIN_SCAN_LENGTH = 12;
+
+/** Worth scanning: long enough for any kind, or a possible `pw=x` / `pin: 1` (≥ 4 chars). */
+function worthScanning(s: string): boolean {
+  return s.length >= MIN_SCAN_LENGTH || (s.length >= 4 && (s.includes("=") || s.includes(":")));
+}
 const KEY_ID_RE = /^[A-Za-z0-9._-]{1,32}$/;
 const HASH_OUTPUT_RE = /^hmac-sha256:[A-Za-z0-9._-]{1,32}:[A-Za-z0-9_-]{22}$/;
+/** A replacement at the start of a text, followed by punctuation only (`hmac…:…}`). */
+const REPLACED_VALUE_RE =
+  /^(?:(?:Bearer|Basic|Token|Digest|Bot)[ \t]+)?(?:hmac-sha256:[A-Za-z0-9._-]{1,32}:[A-Za-z0-9_-]{22}|\[REDACTED\])[^A-Za-z0-9]*$/;
 
 // ---------------------------------------------------------------------------
 // Secret key names
@@ -58,6 +75,9 @@ const SECRET_WORDS: ReadonlySet<string> = new Set([
   "passwords",
   "passwd",
   "pwd",
+  "pw",
+  "pass",
+  "passkey",
   "passphrase",
   "passcode",
   "secret",
@@ -82,10 +102,14 @@ const SECRET_WORDS: ReadonlySet<string> = new Set([
   "otp",
   "totp",
   "pin",
+  "pincode",
   "cvv",
   "cvv2",
   "cvc",
   "cvc2",
+  "cvn",
+  "csc",
+  "securitycode",
   "ssn",
   "cardnumber",
   "pan",
@@ -116,6 +140,21 @@ const KEY_QUALIFIERS: ReadonlySet<string> = new Set([
 const NUMBER_PAIRS: ReadonlySet<string> = new Set(["card", "cc", "account", "acct", "routing"]);
 const NUMBER_WORDS: ReadonlySet<string> = new Set(["number", "num", "no", "nr"]);
 
+/** `<qualifier> code` pairs: security_code, verification_code, mfa_code …; `code` alone is not secret. */
+const CODE_QUALIFIERS: ReadonlySet<string> = new Set([
+  "security",
+  "verification",
+  "verify",
+  "mfa",
+  "otp",
+  "sms",
+  "access",
+  "pin",
+  "recovery",
+  "backup",
+  "card",
+]);
+
 /** Unambiguous fragments also found inside all-lowercase run-together names ("dbpassword"). */
 const SECRET_FRAGMENTS: readonly string[] = [
   "password",
@@ -132,6 +171,8 @@ const SECRET_FRAGMENTS: readonly string[] = [
   "routingnumber",
   "credential",
   "authorization",
+  "securitycode",
+  "verificationcode",
 ];
 
 /**
@@ -185,6 +226,7 @@ export function isSecretKeyName(key: string): boolean {
       const prev = words[i - 1] as string;
       if ((w === "key" || w === "keys") && KEY_QUALIFIERS.has(prev)) secret = true;
       else if (NUMBER_WORDS.has(w) && NUMBER_PAIRS.has(prev)) secret = true;
+      else if ((w === "code" || w === "codes") && CODE_QUALIFIERS.has(prev)) secret = true;
     }
   }
   if (!secret) {
@@ -278,9 +320,17 @@ const SHAPE_KINDS: readonly Kind[] = [
   "url_password",
 ];
 
-/** Runs of digits with single space/dash separators, at least 13 digits. */
-const CARD_RUN_RE = /(?<![0-9])[0-9]+(?:[ -]?[0-9]+)*(?![0-9])/g;
-const CARD_QUICK_RE = /[0-9](?:[ -]?[0-9]){12}/;
+/**
+ * Runs of digit groups separated by up to three of space, dash, dot, slash, underscore
+ * (fullwidth forms are folded to ASCII first); at least 13 digits.
+ */
+const CARD_RUN_RE = /(?<![0-9])[0-9]+(?:[ \-./_\u00a0]{1,3}[0-9]+)*(?![0-9])/g;
+const CARD_QUICK_RE = /[0-9](?:[ \-./_\u00a0]{0,3}[0-9]){12}/;
+/** Fullwidth digits U+FF10–FF19 and fullwidth separators (same length once folded). */
+const FULLWIDTH_RE = /[\uff10-\uff19\uff0d\uff0e\uff0f\uff3f\u3000]/;
+const FULLWIDTH_ALL_RE = /[\uff10-\uff19\uff0d\uff0e\uff0f\uff3f\u3000]/g;
+/** A digit group that may be part of a card split across array elements. */
+const ARRAY_GROUP_RE = /^[ \-./_]*([0-9]{3,6})[ \-./_]*$/;
 /** UUIDs and hex digests (trace ids, SHAs): digits inside them are not card numbers. */
 const HEX_ID_RE =
   /[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|(?<![0-9A-Za-z])(?=[0-9]*[a-fA-F])[0-9a-fA-F]{32,}(?![0-9A-Za-z])/g;
@@ -319,6 +369,61 @@ export function luhnValid(digits: string): boolean {
 /** `digits` (13–19 of them) is a Luhn-valid card number. */
 function isCardDigits(digits: string): boolean {
   return digits.length >= 13 && digits.length <= 19 && luhnValid(digits);
+}
+
+/** Fullwidth digits and separators as ASCII; every character keeps its offset. */
+function foldFullwidth(text: string): string {
+  if (!FULLWIDTH_RE.test(text)) return text;
+  return text.replace(FULLWIDTH_ALL_RE, (c) => {
+    const code = c.charCodeAt(0);
+    if (code === 0x3000) return " ";
+    return String.fromCharCode(code - 0xfee0);
+  });
+}
+
+/**
+ * Card numbers among consecutive digit groups: each found card as [first group, last group,
+ * its digits]. Groups are tried earliest start first, longest first. `plainJoin(k)` says
+ * whether groups k and k+1 are joined the classic way (one space or one dash), where any
+ * group length goes; other joins (dots, slashes, underscores, several characters, array
+ * elements) need groups of 3–6 digits, as printed cards have, so that lists of prices,
+ * dates and versions are not read as cards.
+ */
+function cardGroups(
+  groups: readonly string[],
+  plainJoin: (k: number) => boolean,
+): Array<[number, number, string]> {
+  const found: Array<[number, number, string]> = [];
+  let i = 0;
+  while (i < groups.length) {
+    // the furthest group reachable from i through acceptable joins, within 19 digits
+    let reach = i;
+    let total = (groups[i] as string).length;
+    while (reach + 1 < groups.length) {
+      const a = (groups[reach] as string).length;
+      const b = (groups[reach + 1] as string).length;
+      if (total + b > 19) break;
+      if (!plainJoin(reach) && (a < 3 || a > 6 || b < 3 || b > 6)) break;
+      total += b;
+      reach++;
+    }
+    let hit = -1;
+    let digits = "";
+    for (let j = reach; j >= i; j--) {
+      let d = "";
+      for (let k = i; k <= j; k++) d += groups[k] as string;
+      if (isCardDigits(d)) {
+        hit = j;
+        digits = d;
+        break;
+      }
+    }
+    if (hit >= 0) {
+      found.push([i, hit, digits]);
+      i = hit + 1;
+    } else i++;
+  }
+  return found;
 }
 
 /** ISO 13616 check: move the first four characters to the end, letters → numbers, mod 97 = 1. */
@@ -386,7 +491,8 @@ function overlaps(spans: readonly Span[], start: number, end: number): boolean {
   return false;
 }
 
-function findCards(text: string, spans: Span[]): void {
+function findCards(raw: string, spans: Span[]): void {
+  const text = foldFullwidth(raw);
   if (!CARD_QUICK_RE.test(text)) return;
   const hexIds: Span[] = [];
   if (text.length >= 32) {
@@ -410,28 +516,21 @@ function findCards(text: string, spans: Span[]): void {
       total += gm[0].length;
     }
     if (total < 13) continue;
-    // try consecutive groups, earliest start first, longest first; a single separator-free
-    // run longer than 19 digits is a long number, not a card
-    let i = 0;
-    while (i < groups.length) {
-      let found = -1;
-      let digits = "";
-      for (let j = groups.length - 1; j >= i; j--) {
-        let d = "";
-        for (let k = i; k <= j; k++) d += (groups[k] as { digits: string }).digits;
-        if (isCardDigits(d)) {
-          found = j;
-          digits = d;
-          break;
-        }
-      }
-      if (found >= 0) {
-        const start = base + (groups[i] as { start: number }).start;
-        const end = base + (groups[found] as { end: number }).end;
-        if (!overlaps(spans, start, end) && !overlaps(hexIds, start, end))
-          spans.push({ start, end, value: digits });
-        i = found + 1;
-      } else i++;
+    const found = cardGroups(
+      groups.map((x) => x.digits),
+      (k) => {
+        const gap = run.slice(
+          (groups[k] as { end: number }).end,
+          (groups[k + 1] as { start: number }).start,
+        );
+        return gap === " " || gap === "-";
+      },
+    );
+    for (const [i, j, digits] of found) {
+      const start = base + (groups[i] as { start: number }).start;
+      const end = base + (groups[j] as { end: number }).end;
+      if (!overlaps(spans, start, end) && !overlaps(hexIds, start, end))
+        spans.push({ start, end, value: digits });
     }
   }
 }
@@ -559,6 +658,66 @@ function canonical(v: unknown, stack: unknown[]): string {
 }
 
 // ---------------------------------------------------------------------------
+// Values replaced once, replaced wherever free text quotes them
+// ---------------------------------------------------------------------------
+
+/** Values shorter than this are not looked for in free text (too many innocent matches). */
+const MIN_QUOTED_LENGTH = 3;
+/** At most this many values are looked for (bounds the search; the first ones are kept). */
+const MAX_SEEN = 256;
+
+/**
+ * The caller values one or more redactions replaced, each with its replacement, so that free
+ * text quoting one of them (a reason message, a refusal message, a tool name) can quote the
+ * replacement instead. Collected by `Redactor.redact(value, mask, seen)` for: values under
+ * secret keys (every string or number inside an object or array hashed as a whole), values
+ * the mask hashed, removed or replaced, and secret shapes found inside strings. Values the
+ * mask reveals are not collected. A quoted value is found as a whole token (not inside a
+ * longer word or number) and also in its JSON-escaped form.
+ */
+export class SecretsSeen {
+  private readonly map = new Map<string, string>();
+  private re: RegExp | undefined;
+
+  get size(): number {
+    return this.map.size;
+  }
+
+  add(clear: string, replacement: string): void {
+    if (clear.length < MIN_QUOTED_LENGTH || clear === replacement || this.map.size >= MAX_SEEN)
+      return;
+    if (clear === REDACTED || HASH_OUTPUT_RE.test(clear) || this.map.has(clear)) return;
+    this.map.set(clear, replacement);
+    const escaped = JSON.stringify(clear).slice(1, -1);
+    if (escaped !== clear) this.map.set(escaped, replacement);
+    this.re = undefined;
+  }
+
+  /** `text` with every whole occurrence of a collected value replaced. */
+  apply(text: string): string {
+    if (this.map.size === 0) return text;
+    if (this.re === undefined) {
+      const alts = [...this.map.keys()]
+        .sort((a, b) => b.length - a.length)
+        .map((k) => k.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&"));
+      this.re = new RegExp(`(?<![A-Za-z0-9])(?:${alts.join("|")})(?![A-Za-z0-9])`, "g");
+    }
+    return text.replace(this.re, (m) => this.map.get(m) ?? m);
+  }
+}
+
+/** Every string and integer inside `v` (a value replaced as a whole), as text. */
+function leaves(v: unknown, out: string[], depth = 0): string[] {
+  if (typeof v === "string") out.push(v);
+  else if (typeof v === "number" && Number.isFinite(v)) out.push(String(v));
+  else if (typeof v === "bigint") out.push(v.toString());
+  else if (v !== null && typeof v === "object" && depth < 32 && !ArrayBuffer.isView(v)) {
+    for (const x of Object.values(v as Record<string, unknown>)) leaves(x, out, depth + 1);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
 // The redactor
 // ---------------------------------------------------------------------------
 
@@ -570,6 +729,8 @@ interface Ctx {
   revealed: boolean;
   active: readonly Active[];
   stack: object[];
+  /** collects what is replaced; quoted values are replaced in strings */
+  seen: SecretsSeen | undefined;
 }
 
 export class Redactor {
@@ -646,13 +807,24 @@ export class Redactor {
     return out;
   }
 
-  /** A new redacted copy of `value`; the input is never mutated. Throws TypeError on an invalid mask. */
-  redact<T>(value: T, mask?: readonly MaskOp[]): T {
+  /**
+   * A new redacted copy of `value`; the input is never mutated. Throws TypeError on an invalid
+   * mask. With `seen`, what this call replaces is added to it, and strings quoting a value
+   * already in it quote its replacement (see SecretsSeen).
+   */
+  redact<T>(value: T, mask?: readonly MaskOp[], seen?: SecretsSeen): T {
     let active: readonly Active[] = NO_ACTIVE;
     if (mask !== undefined && mask.length > 0) {
       active = this.compile(mask).map((c) => ({ c, i: 0 }));
     }
-    const out = this.walk(value, { depth: 0, secret: false, revealed: false, active, stack: [] });
+    const out = this.walk(value, {
+      depth: 0,
+      secret: false,
+      revealed: false,
+      active,
+      stack: [],
+      seen,
+    });
     return (out === REMOVE ? undefined : out) as T;
   }
 
@@ -667,16 +839,23 @@ export class Redactor {
     return r;
   }
 
-  /** Redacts secret shapes inside a string, keeping the rest of the text. */
-  redactText(text: string): string {
-    if (text.length < MIN_SCAN_LENGTH) return text;
+  /**
+   * Redacts secret shapes inside a string, keeping the rest of the text (not cut: `redact` of
+   * a string also cuts it). With `seen`, values in it are replaced first, and what is found
+   * is added to it.
+   */
+  redactText(raw: string, seen?: SecretsSeen): string {
+    const text = seen === undefined ? raw : seen.apply(raw);
+    if (!worthScanning(text)) return text;
     const spans = this.findSecrets(text);
     if (spans.length === 0) return text;
     spans.sort((a, b) => a.start - b.start);
     let out = "";
     let pos = 0;
     for (const s of spans) {
-      out += text.slice(pos, s.start) + this.secretText(s.value);
+      const replacement = this.secretText(s.value);
+      seen?.add(text.slice(s.start, s.end), replacement);
+      out += text.slice(pos, s.start) + replacement;
       pos = s.end;
     }
     return out + text.slice(pos);
@@ -703,16 +882,22 @@ export class Redactor {
   }
 
   /** What a default does to a whole value under a secret key. */
-  private secretValue(v: unknown): unknown {
+  private secretValue(v: unknown, seen: SecretsSeen | undefined): unknown {
     if (v === null || v === undefined) return v;
+    let out: string;
     if (typeof v === "string") {
       if (v === REDACTED || HASH_OUTPUT_RE.test(v)) return v; // already redacted: idempotent
-      if (this.erase) return REDACTED;
-      return this.hash(normalizeSecretString(v));
-    }
-    if (this.erase) return REDACTED;
-    if (typeof v === "number" || typeof v === "bigint") return this.hash(numberDigits(v) ?? v);
-    return this.hash(v);
+      out = this.erase ? REDACTED : this.hash(normalizeSecretString(v));
+    } else if (this.erase) out = REDACTED;
+    else if (typeof v === "number" || typeof v === "bigint") out = this.hash(numberDigits(v) ?? v);
+    else out = this.hash(v);
+    if (seen !== undefined && typeof v !== "boolean") Redactor.collect(seen, v, out);
+    return out;
+  }
+
+  /** Adds every string and number inside `v` (replaced by `replacement`) to `seen`. */
+  private static collect(seen: SecretsSeen, v: unknown, replacement: string): void {
+    for (const leaf of leaves(v, [])) seen.add(leaf, replacement);
   }
 
   private findSecrets(text: string): Span[] {
@@ -747,11 +932,20 @@ export class Redactor {
           SHAPES_RE.lastIndex = m.index + key.length;
           continue;
         }
+        // a value redacted before (`password=hmac-sha256:…`): redacting twice changes nothing
+        if (REPLACED_VALUE_RE.test(val)) continue;
         secret = val;
       }
       const idx = m.indices?.[group > 0 ? group : 13];
       if (idx === undefined) continue;
-      const [start, end] = idx;
+      const start = idx[0];
+      let end = idx[1];
+      if (group < 0 && (secret.startsWith("{") || secret.startsWith("["))) {
+        // a JSON object or array under a secret key: the whole value, to its closing bracket
+        end = closingBracket(text, start);
+        secret = text.slice(start, end);
+        SHAPES_RE.lastIndex = end;
+      }
       if (!overlaps(spans, start, end)) spans.push({ start, end, value: secret });
     }
     findIbans(text, spans);
@@ -770,6 +964,9 @@ export class Redactor {
 
   private truncate(s: string): string {
     if (s.length <= this.maxStringLength) return s;
+    // cut before (redacting twice changes nothing)
+    const done = CUT_SUFFIX_RE.exec(s);
+    if (done !== null && done.index <= this.maxStringLength) return s;
     let cut = this.maxStringLength;
     const c = s.charCodeAt(cut - 1);
     if (c >= 0xd800 && c <= 0xdbff) cut--; // do not split a surrogate pair
@@ -784,6 +981,56 @@ export class Redactor {
       if (seg !== undefined && (seg === "*" || seg === key)) next.push({ c: a.c, i: a.i + 1 });
     }
     return next.length > 0 ? next : NO_ACTIVE;
+  }
+
+  /**
+   * A card number split across consecutive array elements (`["4111", "1111", "1111",
+   * "1111"]`, or numbers): each element of it becomes the card's replacement. Elements are
+   * groups of 3–6 digits (strings, optionally with separators around them, or integers);
+   * `plain[i] === false` marks an element a mask op reached, which is left alone.
+   */
+  private splitCards(out: unknown[], plain: boolean[] | undefined): void {
+    // at least three groups (13 digits of groups of at most 6) before any work
+    let candidates = 0;
+    for (const x of out) {
+      if (
+        typeof x === "number"
+          ? x >= 100 && x < 1_000_000
+          : typeof x === "string" && x.length >= 3 && x.length <= 12
+      )
+        candidates++;
+    }
+    if (candidates < 3) return;
+    const groups: string[] = [];
+    const at: number[] = [];
+    const flush = (): void => {
+      let total = 0;
+      for (const g of groups) total += g.length;
+      if (total >= 13) {
+        for (const [i, j, digits] of cardGroups(groups, () => false)) {
+          const replacement = this.secretText(digits);
+          for (let k = i; k <= j; k++) out[at[k] as number] = replacement;
+        }
+      }
+      groups.length = 0;
+      at.length = 0;
+    };
+    for (let i = 0; i < out.length; i++) {
+      const x = out[i];
+      let digits: string | undefined;
+      if (plain?.[i] !== false) {
+        if (typeof x === "string" && x.length <= 12)
+          digits = ARRAY_GROUP_RE.exec(foldFullwidth(x))?.[1];
+        else if (typeof x === "number" && Number.isSafeInteger(x) && x >= 100 && x < 1_000_000)
+          digits = String(x);
+      }
+      if (digits === undefined) flush();
+      else {
+        groups.push(digits);
+        at.push(i);
+      }
+    }
+    flush();
   }
 
   private walk(v: unknown, ctx: Ctx): unknown {
@@ -804,31 +1051,42 @@ export class Redactor {
         else if (op === "reveal") revealed = true;
       }
       if (terminal !== undefined) {
-        if (terminal.op === "remove") return REMOVE;
-        if (terminal.op === "hash") return v === undefined ? v : this.hash(v);
-        return cloneJson(terminal.value);
+        if (terminal.op === "hash") {
+          if (v === undefined) return v;
+          const h = this.hash(v);
+          if (ctx.seen !== undefined) Redactor.collect(ctx.seen, v, h);
+          return h;
+        }
+        // removed or replaced: free text quoting the value quotes "[REDACTED]"
+        if (ctx.seen !== undefined) Redactor.collect(ctx.seen, v, REDACTED);
+        return terminal.op === "remove" ? REMOVE : cloneJson(terminal.value);
       }
     }
     const secret = ctx.secret && !revealed;
+    const seen = ctx.seen;
 
     if (v === null || v === undefined) return v;
     switch (typeof v) {
       case "string": {
-        if (secret) return this.secretValue(v);
-        const s = revealed ? v : this.redactText(v);
+        if (secret) return this.secretValue(v, seen);
+        const s = revealed ? v : this.redactText(v, seen);
         return this.truncate(s);
       }
       case "number":
       case "bigint": {
-        if (secret) return this.secretValue(v);
+        if (secret) return this.secretValue(v, seen);
         if (!revealed) {
           const digits = numberDigits(v);
-          if (digits !== undefined && isCardDigits(digits)) return this.secretText(digits);
+          if (digits !== undefined && isCardDigits(digits)) {
+            const out = this.secretText(digits);
+            seen?.add(String(v), out);
+            return out;
+          }
         }
         return typeof v === "bigint" ? v.toString() : v;
       }
       case "boolean":
-        return secret ? this.secretValue(v) : v;
+        return secret ? this.secretValue(v, seen) : v;
       case "object":
         break;
       default:
@@ -836,7 +1094,7 @@ export class Redactor {
     }
 
     const obj = v;
-    if (secret && !deeper) return this.secretValue(v);
+    if (secret && !deeper) return this.secretValue(v, seen);
     if (ctx.depth >= this.maxDepth) return TOO_DEEP;
     if (ctx.stack.includes(obj)) return CIRCULAR;
     if (ArrayBuffer.isView(obj)) return `[BINARY ${obj.byteLength} bytes]`;
@@ -857,16 +1115,24 @@ export class Redactor {
     try {
       if (Array.isArray(obj)) {
         const out: unknown[] = [];
+        // elements no mask op reaches, by index in `out`: candidates for split card numbers
+        let plain: boolean[] | undefined;
         for (let i = 0; i < obj.length; i++) {
+          const elementOps = active.length === 0 ? NO_ACTIVE : Redactor.advance(active, String(i));
           const r = this.walk(obj[i] as unknown, {
             depth,
             secret,
             revealed,
-            active: active.length === 0 ? NO_ACTIVE : Redactor.advance(active, String(i)),
+            active: elementOps,
             stack,
+            seen,
           });
-          if (r !== REMOVE) out.push(r);
+          if (r !== REMOVE) {
+            if (elementOps !== NO_ACTIVE) (plain ??= [])[out.length] = false;
+            out.push(r);
+          }
         }
+        if (!revealed && !secret && out.length > 2) this.splitCards(out, plain);
         return out;
       }
       const out: Record<string, unknown> = {};
@@ -879,11 +1145,12 @@ export class Redactor {
           revealed,
           active: Redactor.advance(active, key),
           stack,
+          seen,
         });
         if (r === REMOVE || typeof r === "function" || typeof r === "symbol") continue;
         let outKey = key;
-        if (!revealed && key.length >= MIN_SCAN_LENGTH) {
-          outKey = this.redactText(key);
+        if (!revealed && worthScanning(key)) {
+          outKey = this.redactText(key, seen);
           if (outKey !== key && Object.prototype.hasOwnProperty.call(out, outKey))
             outKey = `${outKey}#${++n}`;
         }
@@ -903,6 +1170,31 @@ export class Redactor {
   }
 }
 
+/** The suffix `truncate` appends. */
+const CUT_SUFFIX_RE = /…\[\+[0-9]+ chars\]$/;
+
+/**
+ * The end (exclusive) of the JSON object or array starting at `start` in `text` (strings and
+ * escapes respected), or the end of the text when it is never closed.
+ */
+function closingBracket(text: string, start: number): number {
+  let depth = 0;
+  let inString = false;
+  for (let i = start; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 92 /* \\ */) i++;
+      else if (c === 34 /* " */) inString = false;
+    } else if (c === 34) inString = true;
+    else if (c === 123 /* { */ || c === 91 /* [ */) depth++;
+    else if (c === 125 /* } */ || c === 93 /* ] */) {
+      depth--;
+      if (depth === 0) return i + 1;
+    }
+  }
+  return text.length;
+}
+
 /** Decimal digits of an integer number (sign dropped), or undefined. */
 function numberDigits(v: number | bigint): string | undefined {
   if (typeof v === "bigint") return (v < 0n ? -v : v).toString();
@@ -913,9 +1205,9 @@ function numberDigits(v: number | bigint): string | undefined {
 
 /** Card numbers and IBANs hash as their compact form so equal values correlate. */
 function normalizeSecretString(s: string): string {
-  const t = s.trim();
-  if (/^[0-9][0-9 -]{11,40}[0-9]$/.test(t)) {
-    const d = t.replace(/[ -]/g, "");
+  const t = foldFullwidth(s).trim();
+  if (/^[0-9][0-9 \-./_\u00a0]{11,60}[0-9]$/.test(t)) {
+    const d = t.replace(/[^0-9]/g, "");
     if (isCardDigits(d)) return d;
   }
   if (/^[A-Za-z]{2}[0-9]{2}[A-Za-z0-9 ]{11,40}$/.test(t)) {

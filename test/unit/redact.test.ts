@@ -6,6 +6,7 @@ import {
   luhnValid,
   Redactor,
   REDACTED,
+  SecretsSeen,
   TOO_DEEP,
   type MaskOp,
 } from "../../src/audit/redact";
@@ -646,5 +647,201 @@ describe("safety and limits", () => {
     expect(ibanValid("DE89370400440532013000")).toBe(true);
     expect(ibanValid("DE89370400440532013001")).toBe(false);
     expect(ibanValid("ZZ89370400440532013000")).toBe(false);
+  });
+});
+
+/**
+ * Issue #13 item 5: caller values quoted in free text (policy reason messages,
+ * refusal messages, tool names) and the shapes the heuristics used to miss.
+ */
+describe("free text quoting caller values", () => {
+  test("short key=value text is scanned (tool names, ids under 12 characters)", () => {
+    for (const t of ["pw=hunter2", "pin=1234", "token=abc", "otp: 123456", "cvv=123"]) {
+      const out = erase.redact({ name: t });
+      expect(out.name).toMatch(new RegExp(`^[a-z]+[=:] ?${REDACTED.replace(/[[\]]/g, "\\$&")}$`));
+      expect(erase.redactText(t)).toBe(out.name);
+    }
+    expect(erase.redactText("a:b")).toBe("a:b");
+    expect(erase.redactText("10:30")).toBe("10:30");
+  });
+
+  test("a policy reason quoting a job value: the key=value part is redacted, the rest kept", () => {
+    const msg = "resource does not belong to the job's customer 'password=hunter2'";
+    expect(r.redactText(msg)).toBe(
+      `resource does not belong to the job's customer 'password=${r.hash("hunter2")}'`,
+    );
+  });
+
+  test("a refusal message quoting a JSON value (agent_mismatch)", () => {
+    const msg = `context.agent_id is {"password":"hunter2"}, but this sidecar serves agent "a1"`;
+    const out = r.redactText(msg);
+    expect(out).not.toContain("hunter2");
+    expect(out).toBe(
+      `context.agent_id is {"password":"${r.hash("hunter2")}"}, but this sidecar serves agent "a1"`,
+    );
+  });
+
+  test("a secret key whose value is a JSON object or array in text: the whole value", () => {
+    const out = erase.redactText(
+      'got {"credentials": {"user": "bob", "pass": "hunter2"}, "secret": ["s1x", "s2y"], "n": 1}',
+    );
+    expect(out).toBe(`got {"credentials": ${REDACTED}, "secret": ${REDACTED}, "n": 1}`);
+    // unbalanced: to the end of the text
+    expect(erase.redactText('x {"password": {"a": "hunter2"')).toBe(`x {"password": ${REDACTED}`);
+  });
+
+  test("redacting twice changes nothing (key=value text, hashes inside text)", () => {
+    const once = r.redactText("login password=hunter2 and token: abcdef then pin=1234");
+    expect(once).not.toContain("hunter2");
+    expect(r.redactText(once)).toBe(once);
+    const obj = r.redact({ note: "password=hunter2", name: "pw=x1" });
+    expect(r.redact(obj)).toEqual(obj);
+  });
+
+  test("values the structured redaction replaced are replaced where free text quotes them", () => {
+    const seen = new SecretsSeen();
+    const req = r.redact(
+      {
+        args: { password: "Tr0ub4dor", pin: 4321, creds: { inner: "n3sted-val" } },
+        context: { job: { customer_id: "cust_private_7" } },
+      },
+      [{ op: "hash", path: "/context/job/customer_id" }],
+      seen,
+    );
+    expect(req.args.password).toBe(r.hash("Tr0ub4dor"));
+    const reasons = r.redact(
+      [
+        { code: "x", message: "customer 'cust_private_7' is not yours; password Tr0ub4dor" },
+        { code: "y", message: "pin 4321 and n3sted-val, not 43210 or xTr0ub4dorx" },
+      ],
+      undefined,
+      seen,
+    );
+    expect(reasons[0]?.message).toBe(
+      `customer '${r.hash("cust_private_7")}' is not yours; password ${r.hash("Tr0ub4dor")}`,
+    );
+    expect(reasons[1]?.message).not.toContain("4321 ");
+    expect(reasons[1]?.message).not.toContain("n3sted-val");
+    expect(reasons[1]?.message).toContain("not 43210 or xTr0ub4dorx"); // whole values only
+    expect(r.redactText("quoted: Tr0ub4dor", seen)).toBe(`quoted: ${r.hash("Tr0ub4dor")}`);
+    // JSON-escaped quotes of a seen value
+    const s2 = new SecretsSeen();
+    erase.redact({ secret: 'a"quote"d' }, undefined, s2);
+    expect(erase.redactText('is {"x":"a\\"quote\\"d"}', s2)).not.toContain("quote");
+  });
+
+  test("a value the policy reveals is not collected (the policy allows it in clear)", () => {
+    const seen = new SecretsSeen();
+    r.redact(
+      { session_token: "visible-by-choice" },
+      [{ op: "reveal", path: "/session_token" }],
+      seen,
+    );
+    expect(r.redactText("token visible-by-choice", seen)).toBe("token visible-by-choice");
+  });
+});
+
+describe("secret key names, widened", () => {
+  test.each([
+    "pw",
+    "user_pw",
+    "pass",
+    "db_pass",
+    "passwd",
+    "secret",
+    "app_secret",
+    "security_code",
+    "securityCode",
+    "card_security_code",
+    "verification_code",
+    "mfa_code",
+    "cvv",
+    "cvc",
+    "cvn",
+    "csc",
+    "pin",
+    "pin_code",
+    "pinCode",
+    "otp",
+    "otp_code",
+    "passkey",
+  ])("%s is secret", (k) => {
+    expect(isSecretKeyName(k)).toBe(true);
+  });
+
+  test.each([
+    "spinner",
+    "opinion",
+    "pinned",
+    "pinyin",
+    "shipping",
+    "passenger",
+    "compass",
+    "bypass",
+    "passage",
+    "pass_count",
+    "topic",
+    "options",
+    "code",
+    "zip_code",
+    "country_code",
+    "promo_code",
+    "security_level",
+    "csv",
+  ])("%s is not secret", (k) => {
+    expect(isSecretKeyName(k)).toBe(false);
+  });
+});
+
+describe("card numbers in more disguises", () => {
+  test.each([
+    ["dots", "4111.1111.1111.1111"],
+    ["slashes", "4111/1111/1111/1111"],
+    ["underscores", "4111_1111_1111_1111"],
+    ["spaced dashes", "4111 - 1111 - 1111 - 1111"],
+    ["double spaces", "4111  1111  1111  1111"],
+    ["fullwidth digits", "４１１１ １１１１ １１１１ １１１１"],
+    ["fullwidth, compact", "４１１１１１１１１１１１１１１１"],
+  ])("%s, alone and inside text, hash as the same card", (_n, card) => {
+    const out = r.redact({ note: card, text: `pay with ${card} today`, card_number: card });
+    const h = r.hash("4111111111111111");
+    expect(out).toEqual({ note: h, text: `pay with ${h} today`, card_number: h });
+  });
+
+  test("digit groups split across array elements", () => {
+    const h = r.hash("4111111111111111");
+    // under a secret key the array is hashed as a whole, as any array there
+    expect(r.redact({ card_number: ["4111", "1111", "1111", "1111"] }).card_number).toMatch(
+      HASH_RE,
+    );
+    const out = r.redact({
+      parts: ["4111", "1111", "1111", "1111"],
+      nums: [4111, 1111, 1111, 1111],
+      amex: ["3782", "822463", "10005"],
+      mixed: ["card", "4111", "1111", "1111", "1111", "thanks"],
+    });
+    expect(out.parts).toEqual([h, h, h, h]);
+    expect(out.nums).toEqual([h, h, h, h]);
+    expect(out.amex).toEqual([
+      r.hash("378282246310005"),
+      r.hash("378282246310005"),
+      r.hash("378282246310005"),
+    ]);
+    expect(out.mixed).toEqual(["card", h, h, h, h, "thanks"]);
+    expect(JSON.stringify(out)).not.toMatch(/"4111"|"1111"|\b1111\b|3782|10005/);
+  });
+
+  test("innocent digits survive: Luhn-invalid splits, short lists, dates, versions", () => {
+    const input = {
+      parts: ["4111", "1111", "1111", "1112"],
+      qty: [1, 2, 3],
+      ids: [1001, 1002],
+      date: "2024.01.15",
+      version: "1.2.3",
+      ip: "192.168.100.200",
+      time: "2024-01-15 10:00:00",
+      ratio: "12/25",
+    };
+    expect(r.redact(input)).toEqual(input);
   });
 });
