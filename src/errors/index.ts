@@ -12,6 +12,10 @@ export const ERRORS = {
   body_too_large: { status: 413, message: "the request body exceeds the size limit" },
   nesting_too_deep: { status: 400, message: "the request body nests deeper than the limit" },
   forbidden_key: { status: 400, message: "the request body contains a forbidden key" },
+  duplicate_key: {
+    status: 400,
+    message: "the request body has an object with the same key twice (I-JSON, RFC 7493)",
+  },
   invalid_request: { status: 400, message: "the request does not match the schema" },
   agent_mismatch: {
     status: 403,

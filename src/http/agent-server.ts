@@ -11,11 +11,11 @@ import type { Decider, DecisionMeta, Face } from "../decision";
 import type { Identity } from "../identity";
 import { toolgateError, type ToolgateError } from "../errors";
 import type { Logger } from "../util/log";
-import { readJson, type ParsedBody } from "./body";
+import { hasBody, readJson, type ParsedBody } from "./body";
 import { authzenConfiguration, authzenEvaluation, authzenEvaluations } from "./faces/authzen";
 import { nativeDecision } from "./faces/native";
 import { opaData, toOpaError } from "./faces/opa";
-import { listen, type RunningServer } from "./listen";
+import { answerClientErrors, listen, type RunningServer } from "./listen";
 import { sendError, sendJson } from "./respond";
 import { validateAgainst, validateDecisionRequest } from "./validate";
 
@@ -49,11 +49,6 @@ type Handler = (
   body: ParsedBody | undefined,
   meta: DecisionMeta,
 ) => unknown;
-
-function hasBody(req: IncomingMessage): boolean {
-  const len = req.headers["content-length"];
-  return req.headers["transfer-encoding"] !== undefined || (len !== undefined && len !== "0");
-}
 
 /**
  * The agent-facing app: decisions (native, AuthZEN, OPA Data API), health and
@@ -325,24 +320,7 @@ export function startAgentServer(deps: AgentServerDeps): Promise<RunningServer> 
   server.requestTimeout = deps.config.server.requestTimeoutMs;
   server.headersTimeout = Math.min(deps.config.server.requestTimeoutMs, 60_000);
   server.keepAliveTimeout = 5_000;
-  server.on("clientError", (err: NodeJS.ErrnoException, socket) => {
-    // Malformed HTTP never reaches express: answer it in the same JSON shape.
-    if (!socket.writable) return socket.destroy();
-    const [status, text, code] =
-      err.code === "HPE_HEADER_OVERFLOW"
-        ? [431, "Request Header Fields Too Large", "invalid_request"]
-        : err.code === "ERR_HTTP_REQUEST_TIMEOUT"
-          ? [408, "Request Timeout", "invalid_request"]
-          : [400, "Bad Request", "invalid_request"];
-    const body = JSON.stringify({
-      code,
-      message: `malformed HTTP request: ${err.code ?? err.message}`,
-    });
-    socket.end(
-      `HTTP/1.1 ${status} ${text}\r\nContent-Type: application/json; charset=utf-8\r\n` +
-        `X-Request-ID: ${randomUUID()}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-    );
-  });
+  answerClientErrors(server);
   const { host, port } = deps.config.server.agent;
   return listen(server, host, port);
 }

@@ -10,8 +10,9 @@ import { toolgateError, type ToolgateError } from "../errors";
 import { bearerToken, type Principal, type TokenVerifier } from "../identity";
 import type { Metrics } from "../metrics";
 import type { Logger } from "../util/log";
-import { listen, type RunningServer } from "./listen";
-import { readJson } from "./body";
+import { answerClientErrors, listen, type RunningServer } from "./listen";
+import { hasBody, readJson } from "./body";
+import { answerWrongMethods } from "./methods";
 import { sendError, sendJson } from "./respond";
 
 export interface ControlServerDeps {
@@ -45,6 +46,8 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
   app.disable("etag");
   app.set("query parser", "simple");
   const plain = (err: ToolgateError): unknown => err.toJSON();
+  /** Bodies here pass the agent port's checks and limits (server.limits). */
+  const bodyLimits = config.server.limits;
 
   app.use((req, res, next) => {
     const given = req.headers["x-request-id"];
@@ -157,8 +160,8 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
   const decide = (approve: boolean) =>
     route(async (req) => {
       let comment: string | undefined;
-      if (req.headers["content-length"] !== undefined && req.headers["content-length"] !== "0") {
-        const body = await readJson(req, { bodyBytes: 64 * 1024, maxDepth: 8 });
+      if (hasBody(req)) {
+        const body = await readJson(req, bodyLimits);
         const c = (body.value as { comment?: unknown } | null)?.comment;
         if (c !== undefined && (typeof c !== "string" || c.length > 2000)) {
           throw toolgateError(
@@ -194,7 +197,7 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
     app.post("/v1/killswitches", async (req: Authed, res: Response) => {
       try {
         const p = admin(req);
-        const body = await readJson(req, { bodyBytes: 64 * 1024, maxDepth: 8 });
+        const body = await readJson(req, bodyLimits);
         // committed and in force before the response is written
         sendJson(res, 201, containment.createSwitch(body.value, p.id));
       } catch (e) {
@@ -218,6 +221,7 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
     );
   }
 
+  answerWrongMethods(app, plain);
   app.use((req, res) => {
     sendError(
       res,
@@ -225,8 +229,20 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
       plain,
     );
   });
-  app.use((e: unknown, _req: Request, res: Response, _next: NextFunction) => {
-    sendError(res, e, plain);
+  // express's own errors (e.g. a malformed percent-encoding in a path) end here
+  app.use((e: unknown, req: Request, res: Response, _next: NextFunction) => {
+    const status = (e as { status?: number }).status;
+    const err =
+      typeof status === "number" && status >= 400 && status < 500
+        ? toolgateError("invalid_request", (e as Error).message)
+        : e;
+    const sent = sendError(res, err, plain);
+    if (sent.status >= 500)
+      log.error("control request failed", {
+        event: "http.error",
+        path: req.path,
+        error: sent.message,
+      });
   });
   return app;
 }
@@ -235,6 +251,7 @@ export function startControlServer(deps: ControlServerDeps): Promise<RunningServ
   const server = createServer(createControlApp(deps));
   server.requestTimeout = 10_000;
   server.headersTimeout = 10_000;
+  answerClientErrors(server);
   const { host, port } = deps.config.control;
   return listen(server, host, port);
 }

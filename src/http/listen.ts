@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 
@@ -25,5 +26,31 @@ export function listen(server: Server, host: string, port: number): Promise<Runn
           }),
       });
     });
+  });
+}
+
+/**
+ * Malformed HTTP (bad framing, oversized headers, a request line that is no
+ * HTTP, a request that takes too long) never reaches express: node would
+ * answer it with a bare status line. Answers it in the ports' JSON shape,
+ * `{code, message}` with an X-Request-ID, and closes the connection.
+ */
+export function answerClientErrors(server: Server): void {
+  server.on("clientError", (err: NodeJS.ErrnoException, socket) => {
+    if (!socket.writable) return socket.destroy();
+    const [status, text, code] =
+      err.code === "HPE_HEADER_OVERFLOW"
+        ? [431, "Request Header Fields Too Large", "invalid_request"]
+        : err.code === "ERR_HTTP_REQUEST_TIMEOUT"
+          ? [408, "Request Timeout", "invalid_request"]
+          : [400, "Bad Request", "invalid_request"];
+    const body = JSON.stringify({
+      code,
+      message: `malformed HTTP request: ${err.code ?? err.message}`,
+    });
+    socket.end(
+      `HTTP/1.1 ${status} ${text}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+        `X-Request-ID: ${randomUUID()}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
   });
 }

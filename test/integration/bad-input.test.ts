@@ -1,7 +1,8 @@
 /**
- * Bad input on the agent port: every client mistake gets a clear 4xx that
- * names the problem (never a crash, a hang or a 5xx), on every face, with an
- * X-Request-ID, and the server keeps answering afterwards.
+ * Bad input on the agent port and the control port: every client mistake gets
+ * a clear 4xx that names the problem (never a crash, a hang or a 5xx), on every
+ * face and route that reads JSON, with an X-Request-ID, and the server keeps
+ * answering afterwards.
  */
 import { request as httpRequest } from "node:http";
 import { connect } from "node:net";
@@ -14,6 +15,7 @@ import {
   type HttpResult,
 } from "../helpers/toolgate";
 import { collect } from "../helpers/net";
+import { bearer, token } from "../helpers/tokens";
 
 const MiB = 1024 * 1024;
 const AGENT = "support-triage";
@@ -22,10 +24,12 @@ const JSON_CT = { "content-type": "application/json" };
 
 let tg: Toolgate;
 let base: string;
+let control: string;
 
 beforeAll(async () => {
-  tg = await startTestToolgate();
+  tg = await startTestToolgate({ TOOLGATE_CONTROL_PORT: "0" });
   base = tg.agentServer.url;
+  control = tg.controlServer?.url ?? "";
 });
 
 afterAll(async () => {
@@ -119,8 +123,8 @@ function sendChunked(
 }
 
 /** Writes raw bytes on a socket and returns everything the server sends back. */
-function rawExchange(data: string): Promise<string> {
-  const u = new URL(base);
+function rawExchange(data: string, to: string = base): Promise<string> {
+  const u = new URL(to);
   return new Promise((resolve, reject) => {
     const socket = connect(Number(u.port), u.hostname, () => socket.write(data));
     let out = "";
@@ -1128,5 +1132,870 @@ describe("AuthZEN evaluations: a bad item is a false decision, not a request err
 
   afterAll(async () => {
     await expectStillServing(FACES[2]);
+  });
+});
+
+// --- duplicate keys (I-JSON, RFC 7493 §2.3) ---------------------------------------
+
+/**
+ * JSON text of `v` with the member `"DUP":"DUP"` replaced by `raw` (one or
+ * more members written as-is: JSON.stringify cannot write a duplicate key).
+ */
+function withRaw(v: unknown, raw: string): string {
+  const text = JSON.stringify(v);
+  if (!text.includes('"DUP":"DUP"')) throw new Error("no DUP placeholder");
+  return text.replace('"DUP":"DUP"', raw);
+}
+
+interface DupCase {
+  name: string;
+  /** The decision request's JSON text. */
+  text: string;
+  key: string;
+  /** Where the key repeats, from the request's top level. */
+  at: string;
+}
+
+const refundArgs = (args: Json): Json => ({
+  ...good(),
+  action: { name: "refunds.issue", properties: { arguments: args } },
+});
+
+const DUP_CASES: DupCase[] = [
+  {
+    name: "the top level (a second subject after the first)",
+    text: withRaw({ ...good(), DUP: "DUP" }, '"subject":{"type":"user","id":"mallory"}'),
+    key: "subject",
+    at: "",
+  },
+  {
+    name: "the refund amount (9000 then 20: the attack in issue #13)",
+    text: withRaw(refundArgs({ amount: 9000, DUP: "DUP" }), '"amount":20'),
+    key: "amount",
+    at: "/action/properties/arguments",
+  },
+  {
+    name: "context.job.customer_id (the data boundary)",
+    text: withRaw(
+      edited((r) => (obj(obj(r.context).job).DUP = "DUP")),
+      '"customer_id":"cust_2"',
+    ),
+    key: "customer_id",
+    at: "/context/job",
+  },
+  {
+    name: "context.agent.id (this agent, then another)",
+    text: withRaw(
+      edited((r) => (obj(r.context).agent = { id: AGENT, DUP: "DUP" })),
+      '"id":"other-agent"',
+    ),
+    key: "id",
+    at: "/context/agent",
+  },
+  {
+    name: "an object inside an array",
+    text: withRaw(
+      {
+        ...good(),
+        resource: {
+          type: "customer",
+          id: "cust_1",
+          properties: { tags: [{ k: 1 }, { k: 1, DUP: "DUP" }] },
+        },
+      },
+      '"k":2',
+    ),
+    key: "k",
+    at: "/resource/properties/tags/1",
+  },
+  {
+    name: "a key and its \\u escape (amount, \\u0061mount)",
+    text: withRaw(refundArgs({ amount: 9000, DUP: "DUP" }), '"\\u0061mount":20'),
+    key: "amount",
+    at: "/action/properties/arguments",
+  },
+  {
+    name: "two different escapes of one key at the top level",
+    text: withRaw(
+      { DUP: "DUP", ...good() },
+      '"\\u0073ubject":{"type":"user","id":"mallory"},"subjec\\u0074":{"type":"user","id":"eve"}',
+    ),
+    key: "subject",
+    at: "",
+  },
+  {
+    name: "a key repeated with the same value",
+    text: withRaw(refundArgs({ amount: 20, DUP: "DUP" }), '"amount":20'),
+    key: "amount",
+    at: "/action/properties/arguments",
+  },
+];
+
+/** The body for `face` with the request written as `text`. */
+const wrapText = (face: Face, text: string): string => (face.opa ? `{"input":${text}}` : text);
+const escapeRe = (s: string): string => s.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+const duplicate = (key: string, at: string): Expected => ({
+  status: 400,
+  code: "duplicate_key",
+  message: new RegExp(`^duplicate key ${escapeRe(JSON.stringify(key))} at ${escapeRe(at || "/")}$`),
+});
+
+const dupTable = FACES.flatMap((face) =>
+  DUP_CASES.map((c, i) => ({ label: `${face.name}: ${c.name}`, face, c, i })),
+);
+
+describe("duplicate keys are refused on every face, naming the key and its path", () => {
+  test.each(dupTable)("$label", async ({ face, c, i }) => {
+    const rid = `dup-${i}-${face.name.replace(/ /g, "-")}`;
+    const r = await http(base, "POST", face.path, wrapText(face, c.text), {
+      ...JSON_CT,
+      "x-request-id": rid,
+    });
+    expectError(r, face.opa, duplicate(c.key, face.opa ? `/input${c.at}` : c.at), rid);
+    await expectStillServing(face);
+  });
+
+  test("AuthZEN evaluations: a duplicate inside an item refuses the whole request", async () => {
+    const text = withRaw(
+      batch([
+        readTickets,
+        {
+          action: {
+            name: "refunds.issue",
+            properties: { arguments: { amount: 9000, DUP: "DUP" } },
+          },
+        },
+      ]),
+      '"amount":20',
+    );
+    const r = await http(base, "POST", EVALS, text, { ...JSON_CT, "x-request-id": "dup-evals" });
+    expectError(
+      r,
+      false,
+      duplicate("amount", "/evaluations/1/action/properties/arguments"),
+      "dup-evals",
+    );
+  });
+
+  test("the same request without the duplicate is decided (the check has no false alarm)", async () => {
+    const r = await http(
+      base,
+      "POST",
+      "/v1/decisions",
+      JSON.stringify(refundArgs({ amount: 20 })),
+      JSON_CT,
+    );
+    expect(r.status).toBe(200);
+    expect(obj(r.json).outcome).toBe("allow");
+  });
+});
+
+// --- the other agent-port routes that read JSON ------------------------------------
+
+interface JsonRoute {
+  name: string;
+  path: string;
+  /** A body of the route's shape with a "DUP":"DUP" member somewhere nested and one at the top. */
+  body: Json;
+  /** Where the nested placeholder is, and a second member for a key there. */
+  nestedAt: string;
+  nestedKey: string;
+  nestedRaw: string;
+  /** A second member for a key the body has at its top level. */
+  topKey: string;
+  topRaw: string;
+}
+
+const OTHER_ROUTES: JsonRoute[] = [
+  {
+    name: "action report",
+    path: "/v1/actions",
+    body: {
+      decision_id: "00000000-0000-4000-8000-000000000000",
+      status: "ok",
+      error: { type: "x", DUP: "DUP" },
+    },
+    nestedAt: "/error",
+    nestedKey: "type",
+    nestedRaw: '"type":"y"',
+    topKey: "status",
+    topRaw: '"status":"error"',
+  },
+  {
+    name: "access request",
+    path: "/access/v1/requests",
+    body: {
+      ...refundArgs({ amount: 120, DUP: "DUP" }),
+      denial: { evaluation_id: "00000000-0000-4000-8000-000000000000" },
+    },
+    nestedAt: "/action/properties/arguments",
+    nestedKey: "amount",
+    nestedRaw: '"amount":20',
+    topKey: "subject",
+    topRaw: '"subject":{"type":"user","id":"mallory"}',
+  },
+];
+
+describe("duplicate and forbidden keys on the agent port's other JSON routes", () => {
+  const rows = OTHER_ROUTES.flatMap((route) => [
+    {
+      label: `${route.name}: a duplicate at the top level`,
+      route,
+      text: JSON.stringify(route.body)
+        .replace('"DUP":"DUP"', '"z":1')
+        .replace(/}$/, `,${route.topRaw}}`),
+      want: duplicate(route.topKey, "/"),
+    },
+    {
+      label: `${route.name}: a duplicate nested`,
+      route,
+      text: withRaw(route.body, route.nestedRaw),
+      want: duplicate(route.nestedKey, route.nestedAt),
+    },
+    ...["__proto__", "constructor", "prototype"].map((key) => ({
+      label: `${route.name}: ${key} nested`,
+      route,
+      text: withRaw(route.body, `${JSON.stringify(key)}:{"polluted":true}`),
+      want: forbidden(key),
+    })),
+  ]);
+
+  test.each(rows.map((r, i) => ({ ...r, i })))("$label", async ({ route, text, want, i }) => {
+    const rid = `other-route-${i}`;
+    const r = await http(base, "POST", route.path, text, { ...JSON_CT, "x-request-id": rid });
+    expectError(r, false, want, rid);
+    await expectStillServing();
+  });
+});
+
+// --- context.job.id missing, empty or blank ----------------------------------------
+
+const JOB_ID_CASES = [
+  { name: "missing", edit: (job: Json) => delete job.id },
+  { name: "empty", edit: (job: Json) => (job.id = "") },
+  { name: "whitespace only", edit: (job: Json) => (job.id = " \t ") },
+];
+const jobTable = FACES.flatMap((face) =>
+  JOB_ID_CASES.map((c) => ({ label: `${face.name}: context.job.id ${c.name}`, face, c })),
+);
+/** The outcome and first reason code on any face (AuthZEN's deny carries its reason in context). */
+function outcomeOn(face: Face, r: HttpResult): { outcome: unknown; reason: unknown } {
+  const body = obj(r.json);
+  if (face.path === "/v1/data/toolgate/allow")
+    return { outcome: body.result ? "allow" : "deny", reason: undefined };
+  if (face.opa) {
+    const d = obj(body.result);
+    return { outcome: d.outcome, reason: (d.reasons as Json[])[0]?.code };
+  }
+  if (!face.path.startsWith("/access"))
+    return { outcome: body.outcome, reason: (body.reasons as Json[])[0]?.code };
+  const ctx = obj(body.context);
+  return { outcome: body.decision === true ? "allow" : "deny", reason: ctx.reason };
+}
+
+describe("context.job.id missing, empty or blank", () => {
+  test.each(jobTable)("$label: decided (200), no error or crash", async ({ face, c }) => {
+    const req = edited((r) => c.edit(obj(obj(r.context).job)));
+    const r = await postJson(base, face.path, face.wrap(req));
+    expect(r.status).toBe(200);
+    expect(["allow", "deny", "needs_approval"]).toContain(outcomeOn(face, r).outcome);
+    await expectStillServing(face);
+  });
+
+  // Issue #13: the reference policy is to deny these with reason `missing_job`
+  // (another change). Un-skip once it has landed.
+  describe.skip("denied with reason missing_job (pending the reference policy change)", () => {
+    test.each(jobTable)("$label", async ({ face, c }) => {
+      const req = edited((r) => c.edit(obj(obj(r.context).job)));
+      const r = await postJson(base, face.path, face.wrap(req));
+      expect(r.status).toBe(200);
+      const got = outcomeOn(face, r);
+      expect(got.outcome).toBe("deny");
+      if (face.path !== "/v1/data/toolgate/allow") expect(got.reason).toBe("missing_job");
+    });
+  });
+});
+
+// --- the control port ----------------------------------------------------------------
+
+/** Tokens for the control port (the development issuer's keys, real ES256). */
+const tokens: Record<"admin" | "approver" | "nobody", string> = {
+  admin: "",
+  approver: "",
+  nobody: "",
+};
+beforeAll(async () => {
+  tokens.admin = await token("olga", { roles: ["admin", "support_manager"] });
+  tokens.approver = await token("maria", { roles: ["support_manager"] });
+  tokens.nobody = await token("nemo");
+});
+const asAdmin = (): Record<string, string> => bearer(tokens.admin);
+
+/** A request whose path is sent exactly as written (no URL normalisation of "..", "%2e"). */
+function httpExact(
+  baseUrl: string,
+  method: string,
+  path: string,
+  body?: string,
+  headers: Record<string, string> = {},
+): Promise<HttpResult> {
+  const u = new URL(baseUrl);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      {
+        host: u.hostname,
+        port: u.port,
+        method,
+        path,
+        headers: {
+          ...(body !== undefined ? { "content-length": String(Buffer.byteLength(body)) } : {}),
+          ...headers,
+        },
+      },
+      (res) => collect(res, resolve, reject),
+    );
+    req.on("error", reject);
+    if (body !== undefined) req.write(body);
+    req.end();
+  });
+}
+
+/** The control port still answers: liveness, and an authenticated status. */
+async function expectControlServing(): Promise<void> {
+  expect((await http(control, "GET", "/health/live")).status).toBe(200);
+  const st = await http(control, "GET", "/v1/status", undefined, asAdmin());
+  expect(st.status).toBe(200);
+  expect(obj(st.json).ready).toBe(true);
+  // no bad body set a kill switch
+  const ks = await http(control, "GET", "/v1/killswitches", undefined, asAdmin());
+  expect(obj(ks.json).killswitches).toEqual([]);
+}
+
+/**
+ * Lifts any kill switch a row set by mistake, so that one failing row does not
+ * fail every row after it (the row itself fails in expectControlServing).
+ */
+afterEach(async () => {
+  if (control === "" || tokens.admin === "") return;
+  const ks = await http(control, "GET", "/v1/killswitches", undefined, asAdmin());
+  for (const s of (obj(ks.json).killswitches ?? []) as Json[])
+    await http(control, "DELETE", `/v1/killswitches/${String(s.id)}`, undefined, asAdmin());
+});
+
+const NO_TASK = "apr_doesnotexist0000000000";
+const BODY_ROUTES = [
+  { name: "approve", path: `/v1/approvals/${NO_TASK}/approve` },
+  { name: "deny", path: `/v1/approvals/${NO_TASK}/deny` },
+  { name: "kill switch", path: "/v1/killswitches" },
+];
+
+const dupKey = (key: string, at: string): Expected => duplicate(key, at);
+const CONTROL_BODY_CASES: RawCase[] = [
+  { name: "malformed JSON", body: "{", headers: JSON_CT, want: malformed() },
+  { name: "truncated after a colon", body: '{"comment":', headers: JSON_CT, want: malformed() },
+  {
+    name: "trailing garbage",
+    body: '{"comment":"ok"} x',
+    headers: JSON_CT,
+    want: malformed(),
+  },
+  { name: "two JSON documents", body: "{}{}", headers: JSON_CT, want: malformed() },
+  {
+    name: "malformed JSON, chunked (no Content-Length)",
+    body: '{"comment":',
+    headers: JSON_CT,
+    chunked: true,
+    want: malformed(),
+  },
+  {
+    name: "Content-Type text/plain",
+    body: '{"comment":"ok"}',
+    headers: { "content-type": "text/plain" },
+    want: badType(/text\/plain/),
+  },
+  {
+    name: "Content-Type form-urlencoded",
+    body: "comment=ok",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    want: badType(/application\/x-www-form-urlencoded/),
+  },
+  {
+    name: "no Content-Type",
+    body: '{"comment":"ok"}',
+    headers: {},
+    want: badType(/Content-Type must be application\/json/),
+  },
+  {
+    name: "no Content-Type, chunked",
+    body: '{"comment":"ok"}',
+    headers: {},
+    chunked: true,
+    want: badType(/Content-Type must be application\/json/),
+  },
+  {
+    name: "body of 1 MiB + 1 byte with Content-Length",
+    body: padded({ comment: "ok" }, MiB + 1),
+    headers: JSON_CT,
+    want: tooLarge,
+  },
+  {
+    name: "body of 2 MiB chunked, no Content-Length",
+    body: Buffer.alloc(2 * MiB, 0x20),
+    headers: JSON_CT,
+    chunked: true,
+    want: tooLarge,
+  },
+  {
+    name: "objects nested 40 levels deep",
+    body: JSON.stringify({ comment: "ok", x: nestObj(40) }),
+    headers: JSON_CT,
+    want: tooDeep,
+  },
+  {
+    name: "200000 nested arrays",
+    body: "[".repeat(200000) + "]".repeat(200000),
+    headers: JSON_CT,
+    want: tooDeep,
+  },
+  {
+    name: "a duplicate key at the top level",
+    body: '{"comment":"ok","reason":"a","comment":"ok too"}',
+    headers: JSON_CT,
+    want: dupKey("comment", "/"),
+  },
+  {
+    name: "a duplicate key nested, escaped",
+    body: '{"reason":"r","scope":{"tool":"refunds.issue","\\u0074ool":"tickets.read"}}',
+    headers: JSON_CT,
+    want: dupKey("tool", "/scope"),
+  },
+  {
+    name: "__proto__ at the top level",
+    body: '{"__proto__":{"roles":["admin"]},"comment":"ok"}',
+    headers: JSON_CT,
+    want: forbidden("__proto__"),
+  },
+  {
+    name: "constructor nested",
+    body: '{"reason":"r","scope":{"constructor":{"prototype":{}}}}',
+    headers: JSON_CT,
+    want: forbidden("constructor"),
+  },
+  {
+    name: "prototype in an array",
+    body: '{"comment":"ok","x":[{"prototype":1}]}',
+    headers: JSON_CT,
+    want: forbidden("prototype"),
+  },
+  {
+    name: "a lone surrogate",
+    body: '{"comment":"\\ud800"}',
+    headers: JSON_CT,
+    want: invalid(/surrogate/),
+  },
+  {
+    name: "comment a number",
+    body: '{"comment":5}',
+    headers: JSON_CT,
+    want: invalid(/comment/),
+  },
+];
+
+const controlBodyTable = BODY_ROUTES.flatMap((route) =>
+  CONTROL_BODY_CASES.map((c, i) => ({ label: `${route.name}: ${c.name}`, route, c, i })),
+);
+
+describe("control port: bad bodies", () => {
+  test.each(controlBodyTable)("$label", async ({ route, c, i }) => {
+    const rid = `ctl-body-${i}-${route.name.replace(/ /g, "-")}`;
+    const headers = { ...c.headers, ...asAdmin(), "x-request-id": rid };
+    const r =
+      c.chunked === true && c.body !== undefined
+        ? await sendChunked(control, route.path, chunksOf(c.body, 64 * 1024), headers)
+        : await http(control, "POST", route.path, c.body, headers);
+    expectError(r, false, c.want, rid);
+    await expectControlServing();
+  });
+
+  test("approve without a body reaches the approval (404 for an unknown one)", async () => {
+    const r = await http(control, "POST", `/v1/approvals/${NO_TASK}/approve`, undefined, asAdmin());
+    expectError(r, false, { status: 404, code: "approval_not_found", message: /./ });
+  });
+
+  test("a body of exactly the configured limit is read", async () => {
+    const r = await http(
+      control,
+      "POST",
+      `/v1/approvals/${NO_TASK}/approve`,
+      padded({ comment: "ok" }, MiB),
+      { ...JSON_CT, ...asAdmin() },
+    );
+    // read and parsed: the request gets as far as the (unknown) approval
+    expectError(r, false, { status: 404, code: "approval_not_found", message: /./ });
+  });
+});
+
+interface ControlCase {
+  name: string;
+  method: string;
+  path: string;
+  body?: string;
+  headers: Record<string, string>;
+  want: Expected;
+  /** The Allow header a 405 must carry. */
+  allow?: RegExp;
+}
+
+const unauth: Expected = { status: 401, code: "unauthenticated", message: /./ };
+const AUTH_ROUTES = [
+  { method: "GET", path: "/v1/status", body: undefined },
+  { method: "GET", path: "/v1/approvals", body: undefined },
+  { method: "POST", path: `/v1/approvals/${NO_TASK}/approve`, body: '{"comment":"ok"}' },
+  // no reason: should the token pass by mistake, nothing is switched off
+  { method: "POST", path: "/v1/killswitches", body: '{"scope":{"tool":"tickets.read"}}' },
+  { method: "DELETE", path: "/v1/killswitches/ks_nope", body: undefined },
+];
+const AUTH_HEADERS: Array<{ name: string; headers: () => Record<string, string> }> = [
+  { name: "no Authorization", headers: () => ({}) },
+  { name: "Authorization empty", headers: () => ({ authorization: "" }) },
+  { name: "Bearer without a token", headers: () => ({ authorization: "Bearer" }) },
+  { name: "Bearer and spaces", headers: () => ({ authorization: "Bearer    " }) },
+  { name: "Basic credentials", headers: () => ({ authorization: "Basic b2xnYTpzZWNyZXQ=" }) },
+  { name: "a token that is no JWT", headers: () => ({ authorization: "Bearer not-a-jwt" }) },
+  { name: "three empty segments", headers: () => ({ authorization: "Bearer .." }) },
+  {
+    name: "a JWT with alg none",
+    headers: () => ({
+      authorization: `Bearer ${Buffer.from('{"alg":"none"}').toString("base64url")}.${Buffer.from(
+        '{"sub":"olga","roles":["admin"],"iss":"toolgate-dev","aud":"toolgate-control"}',
+      ).toString("base64url")}.`,
+    }),
+  },
+  {
+    name: "8000 characters of garbage",
+    headers: () => ({ authorization: `Bearer ${"A".repeat(8000)}` }),
+  },
+  { name: "Latin-1 bytes", headers: () => ({ authorization: "Bearer \u00ff\u00fe\u00e9" }) },
+  {
+    name: "a valid token twice",
+    headers: () => ({ authorization: `Bearer ${tokens.admin} ${tokens.admin}` }),
+  },
+  { name: "the token without Bearer", headers: () => ({ authorization: tokens.admin }) },
+];
+
+describe("control port: missing and garbage Authorization", () => {
+  const rows = AUTH_ROUTES.flatMap((route) =>
+    AUTH_HEADERS.map((h) => ({ label: `${route.method} ${route.path}: ${h.name}`, route, h })),
+  );
+  test.each(rows.map((r, i) => ({ ...r, i })))("$label", async ({ route, h, i }) => {
+    const rid = `ctl-auth-${i}`;
+    const r = await http(control, route.method, route.path, route.body, {
+      ...JSON_CT,
+      ...h.headers(),
+      "x-request-id": rid,
+    });
+    expectError(r, false, unauth, rid);
+    expect(String(r.headers["www-authenticate"])).toMatch(/^Bearer/);
+    await expectControlServing();
+  });
+
+  test.each([
+    { name: "a forged token", make: () => token("olga", { roles: ["admin"], forged: true }) },
+    {
+      name: "an expired token",
+      make: () => token("olga", { roles: ["admin"], expiresInSeconds: -120 }),
+    },
+    {
+      name: "another audience",
+      make: () => token("olga", { roles: ["admin"], audience: "someone-else" }),
+    },
+    { name: "another issuer", make: () => token("olga", { roles: ["admin"], issuer: "evil" }) },
+  ])("$name: 401 on every route", async ({ make }) => {
+    const t = await make();
+    for (const route of AUTH_ROUTES) {
+      const r = await http(control, route.method, route.path, route.body, {
+        ...JSON_CT,
+        ...bearer(t),
+      });
+      expectError(r, false, unauth);
+    }
+    await expectControlServing();
+  });
+
+  test("a token without the role: 403 forbidden, nothing done", async () => {
+    const body = '{"reason":"r","scope":{"tool":"tickets.read"}}';
+    const ks = await http(control, "POST", "/v1/killswitches", body, {
+      ...JSON_CT,
+      ...bearer(tokens.approver),
+    });
+    expectError(ks, false, { status: 403, code: "forbidden", message: /admin/ });
+    const rv = await http(
+      control,
+      "POST",
+      `/v1/approvals/${NO_TASK}/revoke`,
+      undefined,
+      bearer(tokens.nobody),
+    );
+    expectError(rv, false, { status: 403, code: "forbidden", message: /admin/ });
+    await expectControlServing();
+  });
+});
+
+const longId = "a".repeat(4000);
+const noApproval: Expected = { status: 404, code: "approval_not_found", message: /./ };
+const noSwitch: Expected = { status: 404, code: "killswitch_not_found", message: /./ };
+const badPath: Expected = { status: 400, code: "invalid_request", message: /%E0%A4%A/ };
+const noRoute = (m: RegExp): Expected => ({ status: 404, code: "not_found", message: m });
+const ID_CASES: Array<Omit<ControlCase, "headers">> = [
+  {
+    name: "a 4000-character approval id",
+    method: "GET",
+    path: `/v1/approvals/${longId}`,
+    want: noApproval,
+  },
+  {
+    name: "approve a 4000-character id",
+    method: "POST",
+    path: `/v1/approvals/${longId}/approve`,
+    want: noApproval,
+  },
+  {
+    name: "revoke a 4000-character id",
+    method: "POST",
+    path: `/v1/approvals/${longId}/revoke`,
+    want: noApproval,
+  },
+  {
+    name: "delete a 4000-character switch id",
+    method: "DELETE",
+    path: `/v1/killswitches/${longId}`,
+    want: noSwitch,
+  },
+  {
+    name: "a unicode approval id",
+    method: "GET",
+    path: "/v1/approvals/%E2%9C%93%F0%9F%98%80",
+    want: noApproval,
+  },
+  {
+    name: "deny a unicode id",
+    method: "POST",
+    path: "/v1/approvals/%C3%A9t%C3%A9/deny",
+    want: noApproval,
+  },
+  { name: "a NUL in the id", method: "GET", path: "/v1/approvals/apr_%00x", want: noApproval },
+  {
+    name: "delete a switch id with a NUL",
+    method: "DELETE",
+    path: "/v1/killswitches/ks_%00",
+    want: noSwitch,
+  },
+  {
+    name: "an encoded path traversal as the id",
+    method: "GET",
+    path: "/v1/approvals/..%2F..%2Fetc%2Fpasswd",
+    want: noApproval,
+  },
+  {
+    name: "approve an encoded traversal",
+    method: "POST",
+    path: "/v1/approvals/..%2Fkillswitches/approve",
+    want: noApproval,
+  },
+  {
+    name: "delete an encoded traversal",
+    method: "DELETE",
+    path: "/v1/killswitches/..%2F..%2Fapprovals",
+    want: noSwitch,
+  },
+  {
+    name: "a dot-dot segment in the path",
+    method: "GET",
+    path: "/v1/approvals/../../v1/status/x",
+    want: noRoute(/\.\./),
+  },
+  { name: "an encoded dot-dot id", method: "GET", path: "/v1/approvals/%2e%2e", want: noApproval },
+  {
+    name: "SQL in the id",
+    method: "GET",
+    path: "/v1/approvals/x'%20OR%20'1'%3D'1",
+    want: noApproval,
+  },
+  {
+    name: "malformed percent-encoding in an approval id",
+    method: "GET",
+    path: "/v1/approvals/%E0%A4%A",
+    want: badPath,
+  },
+  {
+    name: "malformed percent-encoding before approve",
+    method: "POST",
+    path: "/v1/approvals/%E0%A4%A/approve",
+    want: badPath,
+  },
+  {
+    name: "malformed percent-encoding in a switch id",
+    method: "DELETE",
+    path: "/v1/killswitches/%E0%A4%A",
+    want: badPath,
+  },
+  {
+    name: "a lone percent sign",
+    method: "GET",
+    path: "/v1/approvals/%",
+    want: { ...badPath, message: /%/ },
+  },
+  {
+    name: "an unknown status filter",
+    method: "GET",
+    path: "/v1/approvals?status=__proto__",
+    want: invalid(/status must be one of/),
+  },
+];
+
+describe("control port: bad ids and paths", () => {
+  test.each(ID_CASES.map((c, i) => ({ ...c, i })))("$name", async (c) => {
+    const rid = `ctl-id-${c.i}`;
+    const body = c.method === "POST" ? "" : undefined;
+    const r = await httpExact(control, c.method, c.path, body, {
+      ...asAdmin(),
+      "x-request-id": rid,
+    });
+    expectError(r, false, c.want, rid);
+    await expectControlServing();
+  });
+
+  test("query strings the routes do not expect are no server error", async () => {
+    for (const q of [
+      "/v1/approvals?limit=-1",
+      "/v1/approvals?limit=1e999&status[]=pending",
+      "/v1/approvals?status=pending&status=approved",
+      "/v1/killswitches?history=true&limit=abc",
+      "/v1/killswitches?history=true&limit=-5",
+      "/v1/killswitches?history=true&limit=99999999999",
+      "/v1/killswitches?history[x]=true",
+    ]) {
+      const r = await httpExact(control, "GET", q, undefined, asAdmin());
+      expect([q, r.status < 500, typeof obj(r.json)]).toEqual([q, true, "object"]);
+    }
+    await expectControlServing();
+  });
+});
+
+const METHOD_CASES: Array<Omit<ControlCase, "headers">> = [
+  {
+    name: "GET on approve",
+    method: "GET",
+    path: `/v1/approvals/${NO_TASK}/approve`,
+    want: notAllowed,
+    allow: /^POST$/,
+  },
+  {
+    name: "PUT on deny",
+    method: "PUT",
+    path: `/v1/approvals/${NO_TASK}/deny`,
+    want: notAllowed,
+    allow: /^POST$/,
+  },
+  {
+    name: "DELETE on an approval",
+    method: "DELETE",
+    path: `/v1/approvals/${NO_TASK}`,
+    want: { ...notAllowed, message: /GET/ },
+    allow: /^GET, HEAD$/,
+  },
+  {
+    name: "POST on the approvals list",
+    method: "POST",
+    path: "/v1/approvals",
+    want: { ...notAllowed, message: /GET/ },
+    allow: /^GET, HEAD$/,
+  },
+  {
+    name: "PUT on kill switches",
+    method: "PUT",
+    path: "/v1/killswitches",
+    want: { ...notAllowed, message: /GET, HEAD, POST/ },
+    allow: /^GET, HEAD, POST$/,
+  },
+  {
+    name: "GET on a kill switch",
+    method: "GET",
+    path: "/v1/killswitches/ks_nope",
+    want: { ...notAllowed, message: /DELETE/ },
+    allow: /^DELETE$/,
+  },
+  {
+    name: "PATCH on status",
+    method: "PATCH",
+    path: "/v1/status",
+    want: { ...notAllowed, message: /GET/ },
+    allow: /^GET, HEAD$/,
+  },
+  {
+    name: "POST on liveness",
+    method: "POST",
+    path: "/health/live",
+    want: { ...notAllowed, message: /GET/ },
+    allow: /^GET, HEAD$/,
+  },
+  { name: "an unknown route", method: "GET", path: "/v1/admin", want: noRoute(/\/v1\/admin/) },
+  {
+    name: "the agent's decisions route",
+    method: "POST",
+    path: "/v1/decisions",
+    want: noRoute(/\/v1\/decisions/),
+  },
+];
+
+describe("control port: wrong methods and unknown routes", () => {
+  test.each(METHOD_CASES.map((c, i) => ({ ...c, i })))("$name", async (c) => {
+    const rid = `ctl-method-${c.i}`;
+    const body = c.method === "GET" || c.method === "DELETE" ? undefined : '{"comment":"ok"}';
+    const r = await http(control, c.method, c.path, body, {
+      ...JSON_CT,
+      ...asAdmin(),
+      "x-request-id": rid,
+    });
+    expectError(r, false, c.want, rid);
+    if (c.allow) expect(String(r.headers.allow)).toMatch(c.allow);
+    await expectControlServing();
+  });
+});
+
+describe("control port: malformed HTTP", () => {
+  test.each([
+    {
+      name: "Content-Length together with Transfer-Encoding",
+      status: 400,
+      data:
+        "POST /v1/killswitches HTTP/1.1\r\nHost: x\r\n" +
+        "Content-Type: application/json\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    },
+    {
+      name: "a non-numeric Content-Length",
+      status: 400,
+      data: "POST /v1/killswitches HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    },
+    {
+      name: "headers over the size limit",
+      status: 431,
+      data: `GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${"A".repeat(20_000)}\r\n\r\n`,
+    },
+    {
+      name: "a request line that is no HTTP",
+      status: 400,
+      data: "HELLO\r\n\r\n",
+    },
+  ])("$name: $status with a JSON body", async ({ status, data }) => {
+    const reply = await rawExchange(data, control);
+    const [head = "", payload = ""] = reply.split("\r\n\r\n");
+    expect(head).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
+    expect(head).toMatch(/\r\nX-Request-ID: \S+/i);
+    expect(head).toMatch(/\r\nContent-Type: application\/json/i);
+    const body = obj(JSON.parse(payload));
+    expect(body.code).toBe("invalid_request");
+    expect(String(body.message)).toMatch(/malformed HTTP request/);
+    await expectControlServing();
   });
 });
