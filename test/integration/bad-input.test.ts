@@ -1393,26 +1393,16 @@ function outcomeOn(face: Face, r: HttpResult): { outcome: unknown; reason: unkno
   return { outcome: body.decision === true ? "allow" : "deny", reason: ctx.reason };
 }
 
-describe("context.job.id missing, empty or blank", () => {
-  test.each(jobTable)("$label: decided (200), no error or crash", async ({ face, c }) => {
+describe("context.job.id missing, empty or blank: denied missing_job (#13 item 3)", () => {
+  test.each(jobTable)("$label", async ({ face, c }) => {
     const req = edited((r) => c.edit(obj(obj(r.context).job)));
     const r = await postJson(base, face.path, face.wrap(req));
     expect(r.status).toBe(200);
-    expect(["allow", "deny", "needs_approval"]).toContain(outcomeOn(face, r).outcome);
+    const got = outcomeOn(face, r);
+    expect(got.outcome).toBe("deny");
+    // the OPA allow document is a bare boolean: no reason to check
+    if (face.path !== "/v1/data/toolgate/allow") expect(got.reason).toBe("missing_job");
     await expectStillServing(face);
-  });
-
-  // Issue #13: the reference policy is to deny these with reason `missing_job`
-  // (another change). Un-skip once it has landed.
-  describe.skip("denied with reason missing_job (pending the reference policy change)", () => {
-    test.each(jobTable)("$label", async ({ face, c }) => {
-      const req = edited((r) => c.edit(obj(obj(r.context).job)));
-      const r = await postJson(base, face.path, face.wrap(req));
-      expect(r.status).toBe(200);
-      const got = outcomeOn(face, r);
-      expect(got.outcome).toBe("deny");
-      if (face.path !== "/v1/data/toolgate/allow") expect(got.reason).toBe("missing_job");
-    });
   });
 });
 
