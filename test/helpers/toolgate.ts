@@ -27,6 +27,7 @@ export async function startTestToolgate(
     {},
     {
       TOOLGATE_AGENT_PORT: "0",
+      TOOLGATE_CONTROL_PORT: "0",
       TOOLGATE_LOG_LEVEL: "silent",
       TOOLGATE_STATE_DIR: mkdtempSync(join(tmpdir(), "toolgate-state-")),
       TOOLGATE_AUDIT_HMAC_KEY: "test-key-0123456789abcdef",
