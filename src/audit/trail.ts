@@ -22,21 +22,24 @@ import { createHash } from "node:crypto";
 import {
   close as fsClose,
   closeSync,
+  fchmod,
+  fchmodSync,
   fstat,
   fstatSync,
   fsync,
   ftruncate,
-  mkdirSync,
   open as fsOpen,
   openSync,
   readFileSync,
   readSync,
   readdirSync,
   statSync,
+  unlink,
   write as fsWrite,
 } from "node:fs";
 import { basename, join } from "node:path";
 import { toolgateError } from "../errors";
+import { ensurePrivateDir, PRIVATE_FILE_MODE } from "../util/paths";
 
 export const GENESIS_HASH = "0".repeat(64);
 /** Pending lines above this are kept (never dropped) but reported once per episode. */
@@ -348,6 +351,8 @@ export class AuditTrail {
   private fd: number | undefined;
   private fileIndex: number;
   private fileBytes: number;
+  /** Whether this writer created the current file (and may remove it while it holds nothing). */
+  private created: boolean;
   private dirty = false;
   private syncWanted = false;
   private lastSyncAt = Date.now();
@@ -369,7 +374,14 @@ export class AuditTrail {
 
   private constructor(
     opts: TrailOptions,
-    state: { seq: number; head: string; fd: number; fileIndex: number; fileBytes: number },
+    state: {
+      seq: number;
+      head: string;
+      fd: number;
+      fileIndex: number;
+      fileBytes: number;
+      created: boolean;
+    },
   ) {
     this.dir = opts.dir;
     this.maxFileBytes = positiveInt("maxFileBytes", opts.maxFileBytes, TRAIL_DEFAULTS.maxFileBytes);
@@ -390,6 +402,7 @@ export class AuditTrail {
     this.fd = state.fd;
     this.fileIndex = state.fileIndex;
     this.fileBytes = state.fileBytes;
+    this.created = state.created;
   }
 
   /**
@@ -407,7 +420,7 @@ export class AuditTrail {
     positiveInt("fsyncIntervalMs", opts.fsyncIntervalMs, 1);
     let files: string[];
     try {
-      mkdirSync(opts.dir, { recursive: true });
+      ensurePrivateDir(opts.dir);
       files = listTrailFiles(opts.dir);
     } catch (e) {
       throw toolgateError(
@@ -437,7 +450,8 @@ export class AuditTrail {
     const path = join(opts.dir, trailFileName(fileIndex));
     let fd: number;
     try {
-      fd = openSync(path, resume ? "a" : "wx");
+      fd = openSync(path, resume ? "a" : "wx", PRIVATE_FILE_MODE);
+      fchmodSync(fd, PRIVATE_FILE_MODE); // whatever the umask; also a file an older version left 0644
     } catch (e) {
       throw toolgateError(
         "audit_trail_unreadable",
@@ -450,6 +464,7 @@ export class AuditTrail {
       fd,
       fileIndex,
       fileBytes: resume ? newestSize : 0,
+      created: !resume,
     });
     for (const d of damaged) {
       trail.append(RECOVERED_KIND, {
@@ -658,7 +673,7 @@ export class AuditTrail {
       const index = this.fileIndex + 1;
       const path = join(this.dir, trailFileName(index));
       try {
-        this.fd = await p<number>((cb) => fsOpen(path, "wx", cb));
+        this.fd = await p<number>((cb) => fsOpen(path, "wx", PRIVATE_FILE_MODE, cb));
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === "EEXIST" && attempt < 1000) {
           this.fileIndex = index; // never write into a file this writer did not create or resume
@@ -668,6 +683,9 @@ export class AuditTrail {
       }
       this.fileIndex = index;
       this.fileBytes = 0;
+      this.created = true;
+      const fd = this.fd;
+      await p<void>((cb) => fchmod(fd, PRIVATE_FILE_MODE, (err) => cb(err ?? null, undefined)));
       await this.syncDir();
       return;
     }
@@ -731,6 +749,17 @@ export class AuditTrail {
     this.unconfirmed = [];
     this.dirty = false;
     await p<void>((cb) => fsClose(fd, () => cb(null, undefined)));
+    if (confirmedBytes === 0 && this.created) {
+      // A file this writer created and never got a line into (a full disk
+      // fails every write): remove it, and let the retry create it again
+      // under the same name, instead of leaving one empty file per retry.
+      const path = join(this.dir, trailFileName(this.fileIndex));
+      const removed = await p<boolean>((cb) => unlink(path, (err) => cb(null, !err)));
+      if (removed) {
+        this.fileIndex -= 1;
+        await this.syncDir();
+      }
+    }
   }
 
   private settleWaiters(): void {

@@ -1,8 +1,9 @@
 import { createHash } from "node:crypto";
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
+import { closeSync, fchmodSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { normalizeError, toolgateError } from "../errors";
 import { parseUntrustedJson } from "../util/guards";
+import { ensurePrivateDir, PRIVATE_FILE_MODE } from "../util/paths";
 
 /** What is kept beside the persisted bundle bytes. */
 export interface PersistedMeta {
@@ -16,8 +17,9 @@ export interface PersistedMeta {
 
 function writeAtomic(path: string, data: Buffer | string): void {
   const tmp = `${path}.tmp-${process.pid}`;
-  const fd = openSync(tmp, "w", 0o600);
+  const fd = openSync(tmp, "w", PRIVATE_FILE_MODE);
   try {
+    fchmodSync(fd, PRIVATE_FILE_MODE); // whatever the umask, or a leftover temporary file's mode
     writeSync(fd, typeof data === "string" ? Buffer.from(data) : data);
     fsyncSync(fd);
   } finally {
@@ -49,7 +51,10 @@ function fsyncDir(dir: string): void {
 export class BundleStore {
   readonly dir: string;
 
-  constructor(root: string, source: string) {
+  constructor(
+    private readonly root: string,
+    source: string,
+  ) {
     const key = createHash("sha256").update(source).digest("hex").slice(0, 16);
     this.dir = join(root, key);
   }
@@ -65,7 +70,8 @@ export class BundleStore {
       saved_at: new Date().toISOString(),
     };
     try {
-      mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      ensurePrivateDir(this.root);
+      ensurePrivateDir(this.dir);
       writeAtomic(this.bundlePath, bytes);
       writeAtomic(join(this.dir, "bundle.json"), JSON.stringify(full, null, 2) + "\n");
       fsyncDir(this.dir);

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 
 let root: string | undefined;
@@ -17,6 +17,25 @@ export function packageRoot(): string {
     if (up === dir) throw new Error("toolgate: cannot find the package root from " + __dirname);
     dir = up;
   }
+}
+
+/** The mode of every directory toolgate keeps state in (the state directory, the trail's, persisted bundles'). */
+export const PRIVATE_DIR_MODE = 0o700;
+/** The mode of every file toolgate writes state to (databases and their -wal/-shm, trail files, persisted bundles). */
+export const PRIVATE_FILE_MODE = 0o600;
+
+/**
+ * Creates `dir` (and missing parents) owner-only, and makes it exactly 0700
+ * whatever the umask — also when it already exists, e.g. left 0755 by an
+ * older version. A directory owned by another user (say, a volume root) is
+ * left as it is (chmod would fail): the files in it are still 0600.
+ */
+export function ensurePrivateDir(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: PRIVATE_DIR_MODE });
+  const st = statSync(dir);
+  if ((st.mode & 0o777) === PRIVATE_DIR_MODE) return;
+  if (typeof process.getuid === "function" && st.uid !== process.getuid()) return;
+  chmodSync(dir, PRIVATE_DIR_MODE);
 }
 
 /** The reference bundle embedded in the package. */

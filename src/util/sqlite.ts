@@ -1,7 +1,8 @@
-import { chmodSync, closeSync, mkdirSync, openSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { isToolgateError, toolgateError, type ErrorCode } from "../errors";
+import { ensurePrivateDir, PRIVATE_FILE_MODE } from "./paths";
 
 /** One schema change; released migrations are never edited, only appended. */
 export interface Migration {
@@ -96,10 +97,13 @@ export function openDatabase(opts: {
   tooNew: (version: number, known: number) => Error;
 }): { path: string; db: DatabaseSync } {
   const path = join(opts.dir, opts.file);
-  mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
-  // Create the file owner-only before SQLite does (SQLite gives -wal/-shm the same mode).
-  closeSync(openSync(path, "a", 0o600));
-  chmodSync(path, 0o600);
+  ensurePrivateDir(opts.dir);
+  // Create the file owner-only before SQLite does (SQLite gives -wal/-shm the
+  // same mode); tighten what an older version may have left 0644.
+  closeSync(openSync(path, "a", PRIVATE_FILE_MODE));
+  for (const f of [path, `${path}-wal`, `${path}-shm`, `${path}-journal`]) {
+    if (f === path || existsSync(f)) chmodSync(f, PRIVATE_FILE_MODE);
+  }
   const db = connect(path, opts.busyTimeoutMs, "FULL");
   try {
     migrate(db, opts.migrations, opts.tooNew);

@@ -617,6 +617,7 @@ describe("single-use consumption and revocation", () => {
       "src/errors/index.ts",
       "src/util/sqlite.ts",
       "src/util/guards.ts",
+      "src/util/paths.ts",
     ]) {
       const { outputText } = ts.transpileModule(ts.sys.readFile(join(root, rel)) ?? "", {
         compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 },
