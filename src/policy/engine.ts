@@ -257,12 +257,10 @@ export class PolicyEngine {
     if (ret === 0 || end < 0)
       throw toolgateError("policy_evaluation_failed", "opa_eval returned no result");
     const text = Buffer.from(mem.buffer, ret, end - ret).toString("utf8");
-    // a key needs its name in the text (or an escape spelling it): skip the walk when none appears
+    // a key needs its name in the text (or an escape spelling it): skip the walk
+    // when none appears ("proto" covers __proto__ and prototype); ~0.15 µs
     this.mayHoldForbiddenKey =
-      text.includes("__proto__") ||
-      text.includes("constructor") ||
-      text.includes("prototype") ||
-      text.includes("\\u");
+      text.includes("proto") || text.includes("constructor") || text.includes("\\u");
     return JSON.parse(text);
   }
 
