@@ -359,9 +359,16 @@ async function assemble(
     opts.containment === false || opts.audit === false
       ? undefined
       : new Containment({
-          store: ContainmentStore.open(config.state.dir),
+          store: ContainmentStore.open(config.state.dir, {
+            reservationFsync: config.containment.reservationFsync,
+          }),
           agentId: config.agent.id,
           ...(opts.now ? { now: opts.now } : {}),
+          reservationTtlSeconds: (tool) =>
+            config.containment.reservationTtlSeconds ??
+            (config.grants.tools[tool]?.ttlSeconds ?? config.grants.ttlSeconds) + 300,
+          log,
+          metrics,
           events: {
             containmentEvent: (event, fields) => {
               auditor?.containmentEvent(event, fields);
@@ -454,6 +461,7 @@ export async function startToolgate(
       ...(parts.auditor ? { auditor: parts.auditor } : {}),
       ...(parts.approvals ? { approvals: parts.approvals } : {}),
       ...(parts.containment ? { containment: parts.containment } : {}),
+      metrics: parts.metrics,
       bundles: parts.bundles,
       log: parts.log,
       startedAt: new Date(),

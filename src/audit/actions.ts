@@ -1,7 +1,7 @@
 import type { Attributes } from "@opentelemetry/api";
 import type { DecisionMeta } from "../decision/types";
 import { toolgateError } from "../errors";
-import type { AuditService } from "./index";
+import type { AuditService, LedgerEntry } from "./index";
 import type { MaskOp } from "./redact";
 
 /** POST /v1/actions body (schemas/action-report.schema.json). */
@@ -39,18 +39,128 @@ function covered(path: string, fields: Set<string>): boolean {
   return false;
 }
 
+/** Ways an action report can contradict the decision it cites. */
+export type AnomalyKind =
+  "read_tool_changed" | "changed_outside_boundary" | "read_outside_boundary";
+
+export interface ActionAnomaly {
+  kind: AnomalyKind;
+  resource: { type: string; id: string };
+}
+
+/** What bounds the records a tool may touch, from the active bundle's data. */
+export interface ActionBoundary {
+  /** Resource types that name a customer (`data_boundary.customer_resource_types`). */
+  customerTypes: readonly string[];
+  /** False when the tool's data boundary is `none`: the job's customer does not bound it. */
+  jobCustomer: boolean;
+}
+
+const DEFAULT_BOUNDARY: ActionBoundary = { customerTypes: ["customer"], jobCustomer: true };
+
+const obj = (v: unknown): Record<string, unknown> | undefined =>
+  v !== null && typeof v === "object" && !Array.isArray(v)
+    ? (v as Record<string, unknown>)
+    : undefined;
+
+/**
+ * The boundary the reference policy library enforces at decision time
+ * (rego/toolgate/checks.rego): customer resource types from
+ * `data.toolgate.deployment.data_boundary.customer_resource_types` (default
+ * `["customer"]`); a tool rule's `data_boundary: "none"` (or the deployment
+ * default `none`) lifts the job's customer bound. Read from the active
+ * bundle when the report arrives.
+ */
+export function boundaryFromData(data: unknown, tool: string | undefined): ActionBoundary {
+  const dep = obj(obj(obj(data)?.toolgate)?.deployment);
+  if (dep === undefined) return DEFAULT_BOUNDARY;
+  const db = obj(dep.data_boundary);
+  const types = db?.customer_resource_types;
+  const customerTypes =
+    Array.isArray(types) && types.every((t) => typeof t === "string")
+      ? types
+      : DEFAULT_BOUNDARY.customerTypes;
+  const rules = obj(dep.tool_rules);
+  const rule =
+    tool !== undefined && rules !== undefined && Object.hasOwn(rules, tool)
+      ? obj(rules[tool])
+      : undefined;
+  const mode =
+    typeof rule?.data_boundary === "string"
+      ? rule.data_boundary
+      : typeof db?.default === "string"
+        ? db.default
+        : "job_customer";
+  return { customerTypes, jobCustomer: mode !== "none" };
+}
+
+/**
+ * Compares a report with its decision: a read-class tool that changed
+ * something; a changed or read record outside the decision's resource and
+ * the job's customer. A record is judged when it has the decision resource's
+ * type, or a customer type while the job has a customer; records of other
+ * types (a refund the call created, a ticket under a customer) cannot be
+ * judged from the decision and are not flagged.
+ */
+export function anomaliesOf(
+  e: Pick<LedgerEntry, "toolClass" | "resource" | "jobCustomer">,
+  report: Pick<ActionReport, "read" | "changed">,
+  boundary: ActionBoundary,
+): ActionAnomaly[] {
+  const ref = (r: { type: string; id: string }) => ({ type: r.type, id: r.id });
+  const byCustomer = boundary.jobCustomer && e.jobCustomer !== undefined;
+  const outside = (r: { type: string; id: string }): boolean => {
+    const sameType = r.type === e.resource.type;
+    const customerType = byCustomer && boundary.customerTypes.includes(r.type);
+    if (!sameType && !customerType) return false;
+    if (sameType && r.id === e.resource.id) return false;
+    return !(customerType && r.id === e.jobCustomer);
+  };
+  const changed = (report.changed ?? []).map((c) => c.resource);
+  const out: ActionAnomaly[] = [];
+  if (e.toolClass === "read")
+    for (const r of changed) out.push({ kind: "read_tool_changed", resource: ref(r) });
+  for (const r of changed)
+    if (outside(r)) out.push({ kind: "changed_outside_boundary", resource: ref(r) });
+  for (const r of report.read ?? [])
+    if (outside(r)) out.push({ kind: "read_outside_boundary", resource: ref(r) });
+  return out;
+}
+
+/** What the route plugs into recordAction. */
+export interface ActionHooks {
+  /**
+   * Told once the report is accepted, with whether it lists changes
+   * (containment resolves the decision's budget reservations); returns what
+   * it did, for the response.
+   */
+  onReported?: (
+    decisionId: string,
+    status: ActionReport["status"],
+    changedSomething: boolean,
+  ) => string | undefined;
+  /** The boundary of the decided tool (default: customer types `["customer"]`, job-bound). */
+  boundary?: (tool: string | undefined) => ActionBoundary;
+  /** Counts each anomaly (toolgate_action_anomalies_total{kind}). */
+  onAnomaly?: (kind: AnomalyKind) => void;
+}
+
 /**
  * Records what an allowed tool call did. A report that cannot be matched to an
  * allow — unknown or expired decision, a deny or needs_approval, a second
  * report, another tool — is refused (409) and recorded as a security event:
  * it means an action happened without permission.
+ *
+ * A matched report that contradicts its decision (see anomaliesOf) is
+ * recorded — the action happened — and flagged: `anomalies` in the action
+ * record, its span and the response, one `action_anomaly` security event,
+ * and `hooks.onAnomaly` per anomaly. See docs/audit.md.
  */
 export function recordAction(
   auditor: AuditService,
   report: ActionReport,
   meta: DecisionMeta,
-  /** Told once the report is accepted (containment counts budgets on status ok). */
-  onReported?: (decisionId: string, status: ActionReport["status"]) => void,
+  hooks: ActionHooks = {},
 ): Record<string, unknown> {
   const entry = auditor.ledger.get(report.decision_id);
   const refuse = (
@@ -93,6 +203,7 @@ export function recordAction(
     );
   }
   e.reported = true;
+  const anomalies = anomaliesOf(e, report, hooks.boundary?.(e.tool) ?? DEFAULT_BOUNDARY);
 
   // Changed values: the shared redaction, plus the decision's redact obligations.
   const sensitive = obligationMask(e.obligations);
@@ -122,6 +233,7 @@ export function recordAction(
   if (report.read) attrs["toolgate.action.read"] = JSON.stringify(report.read);
   if (changed.length > 0) attrs["toolgate.action.changed"] = JSON.stringify(changed);
   if (report.status === "error") attrs["error.type"] = report.error?.type ?? "tool_error";
+  if (anomalies.length > 0) attrs["toolgate.action.anomalies"] = JSON.stringify(anomalies);
   const started = report.started_at ? Date.parse(report.started_at) : undefined;
   const ended = report.ended_at ? Date.parse(report.ended_at) : undefined;
   const record = {
@@ -136,6 +248,7 @@ export function recordAction(
     ended_at: report.ended_at,
     read: report.read,
     changed,
+    anomalies,
     trace_id: null as string | null, // filled in by audit, in this place
     span_id: null as string | null,
     decision_span_id: e.spanContext?.spanId,
@@ -150,7 +263,33 @@ export function recordAction(
     errorMessage: report.status === "error" ? (error?.message ?? "tool error") : undefined,
     record,
   });
-  // after the record is written: a store failure (503) never loses the action's audit
-  onReported?.(e.decisionId, report.status);
-  return { recorded: true, decision_id: e.decisionId, trace_id: ids.traceId, span_id: ids.spanId };
+  if (anomalies.length > 0) {
+    auditor.securityEvent(
+      "action_anomaly",
+      "an action report contradicts its decision",
+      {
+        decision_id: e.decisionId,
+        tool: e.tool,
+        tool_class: e.toolClass,
+        decided_resource: e.resource,
+        job_customer: e.jobCustomer,
+        subject_id: e.subjectId,
+        call_id: callId,
+        status: report.status,
+        anomalies,
+      },
+      meta,
+    );
+    for (const a of anomalies) hooks.onAnomaly?.(a.kind);
+  }
+  // after the record is written: a store failure never loses the action's audit
+  const budget = hooks.onReported?.(e.decisionId, report.status, (report.changed?.length ?? 0) > 0);
+  return {
+    recorded: true,
+    decision_id: e.decisionId,
+    trace_id: ids.traceId,
+    span_id: ids.spanId,
+    anomalies,
+    ...(budget !== undefined ? { budget } : {}),
+  };
 }

@@ -77,6 +77,11 @@ export interface CompiledConfig {
     webhook: { url: string; secret: string } | null;
   };
   state: { dir: string };
+  containment: {
+    /** Null: the tool's grant lifetime + 300 s. */
+    reservationTtlSeconds: number | null;
+    reservationFsync: boolean;
+  };
   audit: {
     trail: { enabled: boolean; dir: string; maxFileBytes: number };
     redaction: "hash" | "erase";
@@ -459,6 +464,10 @@ export function compileConfig(
           : null,
     },
     state: { dir: stateDir },
+    containment: {
+      reservationTtlSeconds: get("containment.reservation_ttl_seconds"),
+      reservationFsync: get("containment.reservation_fsync"),
+    },
     audit: {
       trail: {
         enabled: get("audit.trail.enabled"),

@@ -379,6 +379,21 @@ export const FIELDS: readonly FieldSpec[] = [
     default: 3600,
     doc: "The sliding window of `approvals.request_limit.max`, in seconds.",
   },
+  // -- containment: budget reservations (docs/containment.md) ------------------
+  {
+    key: "containment.reservation_ttl_seconds",
+    env: "TOOLGATE_RESERVATION_TTL_SECONDS",
+    type: { kind: "int", min: 1, max: 7 * 24 * 3600 },
+    default: null,
+    doc: "How long a budget reservation (made by each allow of a budgeted tool) waits for the action report of its decision: until then an ok report commits it and an error report releases it; after, it counts as spent, never released. Default: the tool's grant lifetime (`grants.tools`, else `grants.ttl_seconds`) + 300 s.",
+  },
+  {
+    key: "containment.reservation_fsync",
+    env: "TOOLGATE_RESERVATION_FSYNC",
+    type: { kind: "bool" },
+    default: true,
+    doc: "Fsync each budget reservation before its allow is answered (it then survives power loss). False: no fsync (`synchronous=NORMAL`): it survives a crash or restart of toolgate, but a power loss or OS crash may lose the reservations made since the last fsync of containment.db, reopening their budgets.",
+  },
   // -- grants: the credential every allow carries (docs/grants.md) -------------
   {
     key: "grants.enabled",

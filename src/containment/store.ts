@@ -14,6 +14,21 @@
  *   table is also the history of who stopped what, when and why.
  * - `budget_events`: append-only, one row per confirmed action that counts
  *   against a budget (`decision_id` unique: a report is counted once).
+ * - `budget_reservations`: one row per allowed decision and budget it counts
+ *   against, written before the allow leaves toolgate. A report bound to the
+ *   decision deletes it (committed into `budget_events`, or released); a row
+ *   that is never resolved keeps counting: pending until `expires_at`, spent
+ *   at `expires_at` after that. A restart reloads both tables, so it cannot
+ *   reopen a budget.
+ *
+ * Reservations are written on the decision path. By default on the main
+ * connection (`synchronous=FULL`, one fsync per budgeted allow: a reservation
+ * survives power loss like the spend it stands for); with
+ * `containment.reservation_fsync: false` on a second
+ * `synchronous=NORMAL` connection (no fsync: it survives a process crash, and
+ * the next fsynced commit on either connection makes it durable, but a power
+ * loss or OS crash may lose the reservations written since; see
+ * docs/containment.md).
  *
  * Errors: any SQLite failure becomes `containment_store_unavailable` (503).
  * Times are epoch milliseconds.
@@ -22,7 +37,14 @@ import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import type { DatabaseSync } from "node:sqlite";
 import { type SQLInputValue } from "node:sqlite";
-import { currentVersion, openDatabase, storeGuard, type Migration } from "../util/sqlite";
+import {
+  currentVersion,
+  openConnection,
+  openDatabase,
+  storeGuard,
+  synchronousOf,
+  type Migration,
+} from "../util/sqlite";
 import { toolgateError } from "../errors";
 import { nullProto, parseUntrustedJson } from "../util/guards";
 
@@ -48,6 +70,13 @@ export interface KillSwitch {
   expires_at: string | null;
   deleted_at?: string | null;
   deleted_by?: string | null;
+  /**
+   * False while the change is in force in memory but not yet in
+   * containment.db (the store refused it; a background retry writes it).
+   */
+  persisted: boolean;
+  /** With `persisted: false`: why the store refused it. */
+  persist_error?: string;
 }
 
 /** A switch as held in memory (times as epoch ms for the decision path). */
@@ -66,6 +95,17 @@ export interface BudgetEvent {
   key: string;
   at: number;
   amount: number;
+}
+
+/** A budget reservation as stored: one per decision and budget key. */
+export interface Reservation {
+  decisionId: string;
+  key: string;
+  amount: number;
+  /** When the decision reserved it (epoch ms). */
+  at: number;
+  /** Unresolved until then (pending); spent at this time afterwards. */
+  expiresAt: number;
 }
 
 /** Append only: never edit a released migration, add the next one. */
@@ -104,6 +144,23 @@ CREATE TRIGGER budget_events_append_only_u BEFORE UPDATE ON budget_events
 BEGIN SELECT RAISE(ABORT, 'budget_events is append-only'); END;
 `,
   },
+  {
+    version: 2,
+    name: "create budget_reservations",
+    sql: `
+CREATE TABLE budget_reservations (
+  decision_id TEXT NOT NULL,
+  budget_key TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  amount REAL NOT NULL,
+  PRIMARY KEY (decision_id, budget_key)
+) STRICT;
+CREATE INDEX budget_reservations_by_expiry ON budget_reservations (expires_at);
+CREATE TRIGGER budget_reservations_immutable BEFORE UPDATE ON budget_reservations
+BEGIN SELECT RAISE(ABORT, 'a budget reservation is resolved by deleting it'); END;
+`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);
@@ -138,18 +195,29 @@ export function newSwitchId(): string {
   return `ks_${randomBytes(12).toString("base64url")}`;
 }
 
+export interface ContainmentStoreOptions {
+  /**
+   * Fsync each budget reservation (default true). False: reservations go
+   * through a `synchronous=NORMAL` connection (see the header comment).
+   */
+  reservationFsync?: boolean;
+}
+
 export class ContainmentStore {
   readonly path: string;
   private readonly db: DatabaseSync;
+  /** Where reservations are written: `db` itself, or a synchronous=NORMAL connection. */
+  private readonly reserveDb: DatabaseSync;
   private closed = false;
 
-  private constructor(path: string, db: DatabaseSync) {
+  private constructor(path: string, db: DatabaseSync, reserveDb: DatabaseSync) {
     this.path = path;
     this.db = db;
+    this.reserveDb = reserveDb;
   }
 
   /** Opens (creating and migrating as needed) `<dir>/containment.db`. */
-  static open(dir: string): ContainmentStore {
+  static open(dir: string, opts: ContainmentStoreOptions = {}): ContainmentStore {
     const path = join(dir, CONTAINMENT_DB_FILE);
     return guard(`open ${path}`, () => {
       const { db } = openDatabase({
@@ -163,8 +231,24 @@ export class ContainmentStore {
             `containment.db has schema version ${v}; this toolgate knows up to ${known}`,
           ),
       });
-      return new ContainmentStore(path, db);
+      if (opts.reservationFsync !== false) return new ContainmentStore(path, db, db);
+      let normal: DatabaseSync;
+      try {
+        normal = openConnection({ path, busyTimeoutMs: BUSY_TIMEOUT_MS, synchronous: "NORMAL" });
+      } catch (e) {
+        db.close();
+        throw e;
+      }
+      return new ContainmentStore(path, db, normal);
     });
+  }
+
+  /** `PRAGMA synchronous` of the main connection and of the one reservations use. */
+  synchronousModes(): { main: string; reservations: string } {
+    return this.run("read synchronous", () => ({
+      main: synchronousOf(this.db),
+      reservations: synchronousOf(this.reserveDb),
+    }));
   }
 
   schemaVersion(): number {
@@ -174,6 +258,7 @@ export class ContainmentStore {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.reserveDb !== this.db) this.reserveDb.close();
     this.db.close();
   }
 
@@ -251,6 +336,101 @@ export class ContainmentStore {
           )
           .all(since) as Row[]
       ).map((r) => ({ key: text(r, "budget_key"), at: Number(r.at), amount: Number(r.amount) })),
+    );
+  }
+
+  /**
+   * Records the reservations of one allowed decision, all or none (one
+   * transaction on the reservation connection). Throws
+   * `containment_store_unavailable` when they cannot be written.
+   */
+  addReservations(rs: readonly Reservation[]): void {
+    if (rs.length === 0) return;
+    this.run("record budget reservation", () => {
+      const db = this.reserveDb;
+      const stmt = db.prepare(
+        `INSERT INTO budget_reservations (decision_id, budget_key, at, expires_at, amount)
+         VALUES (?, ?, ?, ?, ?)`,
+      );
+      if (rs.length === 1) {
+        const r = rs[0] as Reservation;
+        stmt.run(r.decisionId, r.key, r.at, r.expiresAt, r.amount);
+        return;
+      }
+      db.exec("BEGIN IMMEDIATE");
+      try {
+        for (const r of rs) stmt.run(r.decisionId, r.key, r.at, r.expiresAt, r.amount);
+        db.exec("COMMIT");
+      } catch (e) {
+        if (db.isTransaction) db.exec("ROLLBACK");
+        throw e;
+      }
+    });
+  }
+
+  /**
+   * A report confirmed the decision's action: its reservations become budget
+   * events at `at` and are deleted, in one fsynced transaction. Returns how
+   * many reservations it resolved (0: none left, e.g. already resolved).
+   */
+  commitReservations(decisionId: string, at: number): number {
+    return this.run("commit budget reservation", () => {
+      this.db.exec("BEGIN IMMEDIATE");
+      try {
+        this.db
+          .prepare(
+            `INSERT OR IGNORE INTO budget_events (budget_key, decision_id, at, amount)
+             SELECT budget_key, decision_id, ?, amount FROM budget_reservations WHERE decision_id = ?`,
+          )
+          .run(at, decisionId);
+        const res = this.db
+          .prepare("DELETE FROM budget_reservations WHERE decision_id = ?")
+          .run(decisionId);
+        this.db.exec("COMMIT");
+        return Number(res.changes);
+      } catch (e) {
+        if (this.db.isTransaction) this.db.exec("ROLLBACK");
+        throw e;
+      }
+    });
+  }
+
+  /** A report said the action failed: its reservations are deleted (fsynced). */
+  releaseReservations(decisionId: string): number {
+    return this.run("release budget reservation", () =>
+      Number(
+        this.db.prepare("DELETE FROM budget_reservations WHERE decision_id = ?").run(decisionId)
+          .changes,
+      ),
+    );
+  }
+
+  /** Every stored reservation whose `expires_at` is after `since` (loaded at start). */
+  reservationsSince(since: number): Reservation[] {
+    return this.run("read budget reservations", () =>
+      (
+        this.db
+          .prepare(
+            `SELECT decision_id, budget_key, at, expires_at, amount FROM budget_reservations
+             WHERE expires_at >= ? ORDER BY at, decision_id`,
+          )
+          .all(since) as Row[]
+      ).map((r) => ({
+        decisionId: text(r, "decision_id"),
+        key: text(r, "budget_key"),
+        at: Number(r.at),
+        expiresAt: Number(r.expires_at),
+        amount: Number(r.amount),
+      })),
+    );
+  }
+
+  /** Deletes reservations that expired before `before` (they left every window). */
+  pruneReservations(before: number): number {
+    return this.run("prune budget reservations", () =>
+      Number(
+        this.db.prepare("DELETE FROM budget_reservations WHERE expires_at < ?").run(before).changes,
+      ),
     );
   }
 

@@ -159,14 +159,48 @@ export class Decider {
       };
     }
     this.applyApproval(decision, check);
+    // Budgets: an allow reserves its amount (on disk) before it can carry a grant or be answered.
+    const reserved =
+      decision.outcome === "allow" && containment !== undefined
+        ? this.reserve(containment, decision, req, verified, engine, nowMs)
+        : false;
     const grant = this.grant(decision, req, verified, nowMs);
+    if (reserved && decision.outcome !== "allow") containment?.unreserve(decision.decision_id);
     if (decision.access_request !== undefined && verified !== undefined) {
       this.opts.approvals?.recordNeedsApproval(decision, req, verified);
     }
-    if (decision.outcome === "allow")
-      containment?.allowed(decision.decision_id, req, verified, engine);
     this.opts.sink?.decided(decision, req, verified, meta, out.mask, grant, notes);
     return decision;
+  }
+
+  /**
+   * Reserves an allow's budget amounts (Containment.reserve). A budget that
+   * would be exceeded, or a reservation that cannot be written, turns the
+   * allow into a deny (fail closed). Returns whether anything was reserved.
+   */
+  private reserve(
+    containment: Containment,
+    d: Decision,
+    req: DecisionRequest,
+    verified: VerifiedFacts,
+    engine: PolicyEngine,
+    nowMs: number,
+  ): boolean {
+    let held: ContainmentDeny | undefined;
+    try {
+      held = containment.reserve(d.decision_id, req, verified, engine, nowMs);
+    } catch (e) {
+      held = {
+        code: "budget_unavailable",
+        message: `the budget reservation failed; denied (fail closed): ${normalizeError(e).message}`,
+      };
+    }
+    if (held === undefined) return true;
+    d.outcome = "deny";
+    d.reasons = [{ code: held.code, message: held.message }];
+    if (held.retry_after !== undefined) d.retry_after = held.retry_after;
+    d.obligations = [];
+    return false;
   }
 
   /**

@@ -3,13 +3,14 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import express, { type Request, type Response } from "express";
 import type { BundleManager } from "../bundles";
 import type { CompiledConfig } from "../config";
-import { recordAction, type ActionReport } from "../audit/actions";
+import { boundaryFromData, recordAction, type ActionReport } from "../audit/actions";
 import type { AuditService } from "../audit";
 import type { ApprovalService } from "../approvals/service";
 import type { Containment } from "../containment";
 import type { Decider, DecisionMeta, Face } from "../decision";
 import type { Identity } from "../identity";
 import { toolgateError, type ToolgateError } from "../errors";
+import type { Metrics } from "../metrics";
 import type { Logger } from "../util/log";
 import { hasBody, readJson, type ParsedBody } from "./body";
 import { authzenConfiguration, authzenEvaluation, authzenEvaluations } from "./faces/authzen";
@@ -25,8 +26,10 @@ export interface AgentServerDeps {
   identity: Identity;
   approvals?: ApprovalService;
   auditor?: AuditService;
-  /** Counts budget consumption when an action report confirms the action. */
+  /** Resolves budget reservations when an action report names their decision. */
   containment?: Containment;
+  /** toolgate_action_anomalies_total (action reports that contradict their decision). */
+  metrics?: Metrics;
   bundles: BundleManager;
   log: Logger;
   startedAt: Date;
@@ -248,15 +251,19 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
       if (auditor === undefined)
         throw toolgateError("not_found", "audit is off: no action reports");
       const containment = deps.containment;
-      return recordAction(
-        auditor,
-        report,
-        meta,
-        containment === undefined
-          ? undefined
-          : (id, status) =>
-              status === "ok" ? containment.confirmed(id) : containment.discarded(id),
-      );
+      return recordAction(auditor, report, meta, {
+        // resolves the decision's budget reservations: ok commits, an error that changed nothing releases
+        ...(containment === undefined
+          ? {}
+          : {
+              onReported: (id, status, changed) => {
+                const r = containment.reported(id, status, changed);
+                return r === "none" ? undefined : r;
+              },
+            }),
+        boundary: (tool) => boundaryFromData(bundles.active()?.data, tool),
+        onAnomaly: (kind) => deps.metrics?.actionAnomalies.inc({ kind }),
+      });
     }),
   );
   app.all("/v1/actions", notAllowed("POST"));

@@ -4,7 +4,7 @@ import express, { type NextFunction, type Request, type Response } from "express
 import type { ApprovalService } from "../approvals/service";
 import type { AuditService } from "../audit";
 import type { BundleManager } from "../bundles";
-import type { Containment } from "../containment";
+import type { Containment, KillSwitch } from "../containment";
 import type { CompiledConfig } from "../config";
 import { toolgateError, type ToolgateError } from "../errors";
 import { bearerToken, type Principal, type TokenVerifier } from "../identity";
@@ -194,12 +194,42 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
         throw toolgateError("forbidden", `kill switches need the ${config.control.adminRole} role`);
       return p;
     };
+    /**
+     * A switch change is in force in memory before the response, written or
+     * not: 201/200 when containment.db has it, 202 `persisted: false` when
+     * the store refused it (toolgate retries in the background), reported
+     * loudly — an error line, a security event, the metrics.
+     */
+    const answer = (
+      req: Authed,
+      res: Response,
+      op: "create" | "delete",
+      view: KillSwitch,
+      by: string,
+    ): void => {
+      if (view.persisted) {
+        sendJson(res, op === "create" ? 201 : 200, view);
+        return;
+      }
+      const fields = { op, killswitch: view, actor: by, error: view.persist_error };
+      log.error("kill switch change applies in memory but is not written to containment.db", {
+        event: "containment.killswitch_not_persisted",
+        ...fields,
+      });
+      deps.auditor?.securityEvent(
+        "killswitch_not_persisted",
+        "a kill switch change is in force but not persisted: a restart before the retry succeeds loses it",
+        fields,
+        { face: "native", http: { method: req.method, path: req.path } },
+      );
+      sendJson(res, 202, view);
+    };
     app.post("/v1/killswitches", async (req: Authed, res: Response) => {
       try {
         const p = admin(req);
         const body = await readJson(req, bodyLimits);
-        // committed and in force before the response is written
-        sendJson(res, 201, containment.createSwitch(body.value, p.id));
+        // in force before the response is written; committed, or retried until it is
+        answer(req, res, "create", containment.createSwitch(body.value, p.id), p.id);
       } catch (e) {
         sendError(res, e, plain);
       }
@@ -215,10 +245,20 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
         return { killswitches: containment.listSwitches() };
       }),
     );
-    app.delete(
-      "/v1/killswitches/:id",
-      route((req) => containment.deleteSwitch(String(req.params.id), admin(req).id)),
-    );
+    app.delete("/v1/killswitches/:id", (req: Authed, res: Response) => {
+      try {
+        const p = admin(req);
+        answer(req, res, "delete", containment.deleteSwitch(String(req.params.id), p.id), p.id);
+      } catch (e) {
+        const err = sendError(res, e, plain);
+        if (err.status >= 500)
+          log.error("control request failed", {
+            event: "http.error",
+            path: req.path,
+            error: err.message,
+          });
+      }
+    });
   }
 
   answerWrongMethods(app, plain);

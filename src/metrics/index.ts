@@ -106,6 +106,14 @@ export class Metrics {
     "toolgate_candidate_divergences_total",
     "Decisions where the candidate policy (policy.candidate.bundle) answered a different outcome than the active one, by tool, outcome and candidate outcome.",
   );
+  readonly containmentStoreFailures = new Counter(
+    "toolgate_containment_store_failures_total",
+    "Writes containment.db refused (disk full, read-only, ...), by op: killswitch_create, killswitch_delete (the change applies in memory and is retried), budget_reserve (the allow is denied), budget_commit, budget_release (the reservation keeps counting).",
+  );
+  readonly actionAnomalies = new Counter(
+    "toolgate_action_anomalies_total",
+    "Action reports that contradict their decision (recorded and flagged), by kind: read_tool_changed, changed_outside_boundary, read_outside_boundary.",
+  );
   private readonly gauges: GaugeSource[] = [];
 
   addGauge(g: GaugeSource): void {
@@ -120,7 +128,9 @@ export class Metrics {
       this.latency.render() +
       this.approvals.render() +
       this.bundleEvents.render() +
-      this.candidateDivergences.render();
+      this.candidateDivergences.render() +
+      this.containmentStoreFailures.render() +
+      this.actionAnomalies.render();
     for (const g of this.gauges) {
       out += `# HELP ${g.name} ${g.help}\n# TYPE ${g.name} gauge\n`;
       for (const s of g.read()) out += `${g.name}${labelText(s.labels ?? {})} ${s.value}\n`;

@@ -265,15 +265,16 @@ describe("switch expiry, rates and budgets (controlled clock)", () => {
     expect((await decide(tg, refRequest({ tool: "accounts.summary.read" }))).outcome).toBe("allow");
   });
 
-  test("argument budget: counted on confirmed actions only, exact edge allowed, survives a restart, window slides", async () => {
+  test("argument budget: reserved at the allow, released by an error report, exact edge allowed, survives a restart, window slides", async () => {
     const refund = (amount: number, job = "job_b") =>
       withJob(refRequest({ tool: "refunds.issue", args: { amount } }), job);
     const t0 = now;
-    // 9 × 50 = 450 confirmed; an unreported allow and a failed action count nothing
-    for (let i = 0; i < 9; i++) await report((await decide(tg, refund(50))).decision_id);
+    // 8 × 50 = 400 confirmed; a failed action is released and counts nothing
+    for (let i = 0; i < 8; i++) await report((await decide(tg, refund(50))).decision_id);
+    await report((await decide(tg, refund(50))).decision_id, "error");
+    // an allow not (yet) reported is reserved: it counts (450)
     const unreported = await decide(tg, refund(50));
     expect(unreported.outcome).toBe("allow");
-    await report((await decide(tg, refund(50))).decision_id, "error");
     now += 1000;
     // 450 + 50 = 500: exactly the budget, allowed
     const edge = await decide(tg, refund(50));
@@ -289,9 +290,10 @@ describe("switch expiry, rates and budgets (controlled clock)", () => {
     await tg.stop();
     await start();
     expect(codes(await decide(tg, refund(1)))).toEqual(["budget_exceeded"]);
-    now = t0 + 86_400_000; // the first 9 events leave the window
-    expect((await decide(tg, refund(450))).outcome).toBe("needs_approval"); // budget ok; > 50 needs approval
-    expect(codes(await decide(tg, refund(451)))).toEqual(["budget_exceeded"]);
+    // the first 8 leave the window; the edge and the never-reported reservation still count (100)
+    now = t0 + 86_400_000;
+    expect((await decide(tg, refund(400))).outcome).toBe("needs_approval"); // budget ok; > 50 needs approval
+    expect(codes(await decide(tg, refund(401)))).toEqual(["budget_exceeded"]);
   });
 
   test("count budget: messages per customer per hour ≤ 3", async () => {
