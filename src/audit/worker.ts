@@ -28,6 +28,12 @@ import { Tracing } from "./tracing";
 import type { DecisionMeta } from "../decision/types";
 
 if (parentPort === null) throw new Error("src/audit/worker is a worker_threads entry point");
+// Defence in depth, as bin/toolgate.js does for the main thread (a worker has
+// its own realm): without the Object.prototype.__proto__ accessor, writing a
+// key "__proto__" creates an own property instead of swapping a prototype.
+if (Object.hasOwn(Object.prototype, "__proto__")) {
+  delete (Object.prototype as { __proto__?: unknown }).__proto__;
+}
 const port = parentPort;
 const data = workerData as AuditWorkerData;
 const send = (m: FromWorker): void => port.postMessage(m);

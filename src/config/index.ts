@@ -560,7 +560,8 @@ function compileGrants(
     if (keys.filter((k) => k.active).length !== 1)
       errors.push(`key "grants.keys" must have exactly one entry with active: true (it signs).`);
   }
-  const tools: CompiledConfig["grants"]["tools"] = {};
+  // looked up by the caller's tool name: no prototype to read members from
+  const tools = Object.create(null) as CompiledConfig["grants"]["tools"];
   const rawTools = get<Value>("grants.tools") as unknown as Record<string, unknown> | null;
   for (const [name, t] of Object.entries(rawTools ?? {})) {
     const where = `grants.tools[${JSON.stringify(name)}]`;

@@ -203,7 +203,8 @@ export class GrantIssuer implements GrantMinter {
 
   /** The audience, lifetime and single-use flag of a tool's grants. */
   toolSettings(tool: string, toolClass: string | null | undefined) {
-    const t = this.cfg.tools[tool];
+    // the tool name is the caller's: never read a member of Object.prototype
+    const t = Object.hasOwn(this.cfg.tools, tool) ? this.cfg.tools[tool] : undefined;
     return {
       aud: t?.audience ?? `tool:${tool}`,
       ttl: t?.ttlSeconds ?? this.cfg.ttlSeconds,
@@ -299,9 +300,10 @@ export function scopeOf(obligations: Decision["obligations"]): Record<string, un
   let scope: Record<string, unknown> | undefined;
   for (const o of obligations) {
     if (o.type !== GRANT_SCOPE_OBLIGATION || o.properties === undefined) continue;
-    scope ??= {};
+    // null prototype: the keys are the policy's, and "toString" is no member
+    scope ??= Object.create(null) as Record<string, unknown>;
     for (const [k, v] of Object.entries(o.properties)) {
-      if (!(k in scope)) scope[k] = v;
+      if (!Object.hasOwn(scope, k)) scope[k] = v;
       else if (k === "max_amount" && typeof v === "number" && typeof scope[k] === "number")
         scope[k] = Math.min(scope[k], v);
       else if (k === "record_ids" && Array.isArray(v) && Array.isArray(scope[k]))

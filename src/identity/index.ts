@@ -68,11 +68,13 @@ export class Identity {
     const named: Array<[string, unknown]> = [];
     const ctx = req.context;
     if (isObject(ctx)) {
-      if (isObject(ctx.agent) && "id" in ctx.agent) named.push(["context.agent.id", ctx.agent.id]);
-      if ("agent_id" in ctx) named.push(["context.agent_id", ctx.agent_id]);
+      if (isObject(ctx.agent) && Object.hasOwn(ctx.agent, "id"))
+        named.push(["context.agent.id", ctx.agent.id]);
+      if (Object.hasOwn(ctx, "agent_id")) named.push(["context.agent_id", ctx.agent_id]);
     }
     const act = req.subject.properties?.act;
-    if (isObject(act) && "sub" in act) named.push(["subject.properties.act.sub", act.sub]);
+    if (isObject(act) && Object.hasOwn(act, "sub"))
+      named.push(["subject.properties.act.sub", act.sub]);
     for (const [where, value] of named) {
       if (value !== this.opts.agentId) {
         throw toolgateError(

@@ -295,6 +295,13 @@ describe("the verifier", () => {
     ).toEqual({ max_amount: 20, record_ids: ["b"] });
   });
 
+  test("scopeOf: a policy key named like an Object member is a plain key", () => {
+    const scope = scopeOf([
+      { id: "a", type: "grant_scope", properties: { toString: "x", hasOwnProperty: 1 } },
+    ]);
+    expect(JSON.parse(JSON.stringify(scope))).toEqual({ toString: "x", hasOwnProperty: 1 });
+  });
+
   test("the policy's grant_scope obligation is checked like any output", () => {
     const out = (properties: unknown) =>
       checkPolicyOutput({

@@ -138,7 +138,7 @@ function evaluateItem(
   }
   const merged: Record<string, unknown> = {};
   for (const k of ["subject", "action", "resource", "context"] as const) {
-    const v = k in item ? item[k] : top[k];
+    const v = Object.hasOwn(item, k) ? item[k] : top[k];
     if (v !== undefined) merged[k] = v;
   }
   try {
