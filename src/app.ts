@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import type { SpanExporter } from "@opentelemetry/sdk-trace";
 import { Auditor, Tracing, type AuditService } from "./audit";
 import { AuditClient } from "./audit/client";
-import { Redactor } from "./audit/redact";
+import { Redactor, type MaskOp } from "./audit/redact";
 import { AuditTrail } from "./audit/trail";
 import { join } from "node:path";
 import { BundleManager, sourceFromConfig, verificationFromConfig } from "./bundles";
@@ -340,7 +340,7 @@ async function assemble(
           store: ApprovalStore.open(config.state.dir),
           requestLimit: config.approvals.requestLimit,
           agentId: config.agent.id,
-          redact: (v) => (auditor ? auditor.redact(v) : v),
+          redact: (v, mask) => (auditor ? auditor.redact(v, mask as readonly MaskOp[]) : v),
           events: {
             approvalEvent: (event, fields) => {
               metrics.approvals.inc({ event });

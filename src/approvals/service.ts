@@ -57,8 +57,8 @@ export interface ApprovalEvents {
 export interface ApprovalServiceOptions {
   store: ApprovalStore;
   agentId: string;
-  /** Redacts the request kept for approvers to read. */
-  redact: <T>(v: T) => T;
+  /** Redacts the request kept for approvers to read (with the policy's audit mask, if any). */
+  redact: <T>(v: T, mask?: readonly unknown[]) => T;
   events?: ApprovalEvents;
   /** How long an approver has to decide a submitted request. */
   taskTtlSeconds?: number;
@@ -95,7 +95,13 @@ export class ApprovalService {
   }
 
   /** Records a needs_approval decision so that an access request can cite it. */
-  recordNeedsApproval(d: Decision, req: DecisionRequest, verified: VerifiedFacts): void {
+  recordNeedsApproval(
+    d: Decision,
+    req: DecisionRequest,
+    verified: VerifiedFacts,
+    /** The policy's audit mask: what it hashes or removes in the trail, approvers never see in clear. */
+    mask?: readonly unknown[],
+  ): void {
     // needs_approval, or a deny that offers a fresh request (approval_expired)
     if (d.approval === undefined || d.access_request === undefined) return;
     this.opts.store.recordEvaluation({
@@ -103,7 +109,7 @@ export class ApprovalService {
       decisionId: d.decision_id,
       bindingHash: this.hash(req),
       bindingContextMembers: [...this.members],
-      redactedRequest: this.opts.redact(req),
+      redactedRequest: this.opts.redact(req, mask),
       requirement: { ...d.approval },
       reasons: d.reasons.map((r) => r.code),
       initiator: verified.subject.id,

@@ -167,7 +167,7 @@ export class Decider {
     const grant = this.grant(decision, req, verified, nowMs);
     if (reserved && decision.outcome !== "allow") containment?.unreserve(decision.decision_id);
     if (decision.access_request !== undefined && verified !== undefined) {
-      this.opts.approvals?.recordNeedsApproval(decision, req, verified);
+      this.opts.approvals?.recordNeedsApproval(decision, req, verified, out.mask);
     }
     this.opts.sink?.decided(decision, req, verified, meta, out.mask, grant, notes);
     return decision;

@@ -376,13 +376,8 @@ decision := {
     const text = await sinks(tg, receiver, logs);
     expect(text.trail).toContain("needs_human");
     expect(text.approvals).toContain(d.access_request.evaluation_id);
-    expectHidden(
-      text,
-      { tool: "T00lNameCanary", customer: "cust_Hidd3nByPolicy" },
-      // documented: the approvals store applies the default redaction only, not the policy's
-      // mask (the customer id has no secret shape)
-      { approvals: ["customer"] },
-    );
+    // the approvals store's copy for approvers applies the policy's mask too
+    expectHidden(text, { tool: "T00lNameCanary", customer: "cust_Hidd3nByPolicy" });
     expect(text.trail).toContain("for customer 'hmac-sha256:");
   });
 });
