@@ -188,7 +188,10 @@ export function recordAction(
     );
     throw toolgateError(code, message);
   };
-  if (entry === undefined)
+  // In identity mode jwt only the decision's own subject may report its
+  // action (a report can release a budget reservation); anyone else learns
+  // nothing of the decision: the same answer as an unknown id.
+  if (entry === undefined || (meta.caller !== undefined && meta.caller.id !== entry.subjectId))
     refuse("action_unknown_decision", `no recent decision ${report.decision_id} on this sidecar`);
   const e = entry as NonNullable<typeof entry>;
   if (e.outcome !== "allow") {
