@@ -3,8 +3,8 @@ import { readFileSync } from "node:fs";
 import type { SpanExporter } from "@opentelemetry/sdk-trace";
 import { Auditor, Tracing, type AuditService } from "./audit";
 import { AuditClient } from "./audit/client";
-import { Redactor, type MaskOp } from "./audit/redact";
-import { AuditTrail } from "./audit/trail";
+import { Redactor, type MaskOp } from "./redaction/redact";
+import { AuditTrail } from "./trail/trail";
 import { join } from "node:path";
 import { BundleManager, sourceFromConfig, verificationFromConfig } from "./bundles";
 import type { CompiledConfig } from "./config";
@@ -22,8 +22,8 @@ import { startControlServer } from "./http/control-server";
 import { Identity, TokenVerifier } from "./identity";
 import { meteredSink, Metrics } from "./metrics";
 import type { PolicyEngine } from "./policy/engine";
-import { createLogger, type Logger } from "./util/log";
-import { packageRoot } from "./util/paths";
+import { createLogger, type Logger } from "./shared/log";
+import { packageRoot } from "./shared/paths";
 
 export function packageVersion(): string {
   return (

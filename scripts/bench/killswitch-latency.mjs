@@ -15,8 +15,8 @@ import { parseArgs } from "node:util";
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const require = createRequire(import.meta.url);
 const { startToolgate } = require(path.join(root, "dist/src/app.js"));
-const { compileConfig } = require(path.join(root, "dist/src/config/index.js"));
-const { createLogger } = require(path.join(root, "dist/src/util/log.js"));
+const { compileConfig } = require(path.join(root, "dist/src/config/compile.js"));
+const { createLogger } = require(path.join(root, "dist/src/shared/log.js"));
 const { importPKCS8, SignJWT } = require("jose");
 
 const { values } = parseArgs({

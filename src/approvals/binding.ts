@@ -29,7 +29,7 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { toolgateError } from "../errors";
-import { canonicalize } from "./jcs";
+import { canonicalize } from "../shared/jcs";
 
 /** The context members toolgate binds an approval to unless configured otherwise. */
 export const DEFAULT_BINDING_CONTEXT_MEMBERS: readonly string[] = Object.freeze(["job"]);

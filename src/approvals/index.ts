@@ -1,3 +1,3 @@
-export * from "./jcs";
+export * from "../shared/jcs";
 export * from "./binding";
 export * from "./store";

@@ -1,4 +1,4 @@
-import type { Decision, DecisionRequest, VerifiedFacts } from "../decision/types";
+import type { Decision, DecisionRequest, VerifiedFacts } from "../model/decision";
 import { toolgateError } from "../errors";
 import type { Principal } from "../identity/jwt";
 import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "./binding";

@@ -29,7 +29,7 @@
  * - `evaluations` keeps, per needs_approval decision, the binding hash (and
  *   the context-member set it covers) that a re-submission or re-evaluation
  *   must reproduce, and a *redacted* copy of the request for approvers to
- *   read. The caller redacts (src/audit/redact) before `recordEvaluation`;
+ *   read. The caller redacts (src/redaction) before `recordEvaluation`;
  *   the store never sees arguments in clear unless the caller passes them.
  *   Still protect the file like the audit trail: it names users, tools and
  *   the redacted arguments.
@@ -67,9 +67,9 @@ import {
   storeGuard,
   synchronousOf,
   type Migration,
-} from "../util/sqlite";
+} from "../shared/sqlite";
 import { toolgateError } from "../errors";
-import { parseUntrustedJson } from "../util/guards";
+import { parseUntrustedJson } from "../shared/guards";
 
 export const APPROVALS_DB_FILE = "approvals.db";
 export const BUSY_TIMEOUT_MS = 5000;

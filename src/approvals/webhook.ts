@@ -1,5 +1,5 @@
 import { createHmac } from "node:crypto";
-import type { Logger } from "../util/log";
+import type { Logger } from "../shared/log";
 
 /**
  * Notifies a configured URL of each new pending approval: a JSON POST signed

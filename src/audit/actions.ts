@@ -1,8 +1,8 @@
 import type { Attributes } from "@opentelemetry/api";
-import type { DecisionMeta } from "../decision/types";
+import type { DecisionMeta } from "../model/decision";
 import { toolgateError } from "../errors";
-import type { AuditService, LedgerEntry } from "./index";
-import type { MaskOp } from "./redact";
+import type { AuditService, LedgerEntry } from "./auditor";
+import type { MaskOp } from "../redaction/redact";
 
 /** POST /v1/actions body (schemas/action-report.schema.json). */
 export interface ActionReport {

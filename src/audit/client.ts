@@ -19,18 +19,18 @@ import type {
   DecisionRequest,
   GrantInfo,
   VerifiedFacts,
-} from "../decision/types";
+} from "../model/decision";
 import { toolgateError } from "../errors";
-import type { Logger } from "../util/log";
-import { packageRoot } from "../util/paths";
-import { newSpanId, newTraceId, type SpanIds } from "./ids";
+import type { Logger } from "../shared/log";
+import { packageRoot } from "../shared/paths";
+import { newSpanId, newTraceId, type SpanIds } from "../telemetry/ids";
 import {
   DecisionLedger,
   ledgerEntry,
   type ActionAudit,
   type AuditService,
   type RequestSpan,
-} from "./index";
+} from "./auditor";
 import type {
   AuditWorkerData,
   FromWorker,
@@ -40,9 +40,9 @@ import type {
   WireMeta,
   WorkerStats,
 } from "./protocol";
-import type { MaskOp, Redactor } from "./redact";
-import type { TrailStats } from "./trail";
-import { extractTraceContext, type TracingStats } from "./tracing";
+import type { MaskOp, Redactor } from "../redaction/redact";
+import type { TrailStats } from "../trail/trail";
+import { extractTraceContext, type TracingStats } from "../telemetry/tracing";
 
 /** Messages kept for a worker that is (re)starting; beyond this they are dropped and counted. */
 const MAX_QUEUED = 100_000;

@@ -6,12 +6,12 @@ import type {
   DecisionRequest,
   GrantInfo,
   VerifiedFacts,
-} from "../decision/types";
-import type { LogLevel } from "../util/log";
-import type { SpanIds } from "./ids";
-import type { ActionAudit } from "./index";
-import type { TrailStats } from "./trail";
-import type { TracingStats } from "./tracing";
+} from "../model/decision";
+import type { LogLevel } from "../shared/log";
+import type { SpanIds } from "../telemetry/ids";
+import type { ActionAudit } from "./auditor";
+import type { TrailStats } from "../trail/trail";
+import type { TracingStats } from "../telemetry/tracing";
 
 /**
  * The messages between the main thread's AuditClient and the audit worker

@@ -10,9 +10,9 @@ import { TraceState } from "@opentelemetry/core";
 import { Writable } from "node:stream";
 import { parentPort, workerData } from "node:worker_threads";
 import { isToolgateError } from "../errors";
-import { createLogger } from "../util/log";
-import { ForcedIdGenerator } from "./ids";
-import { Auditor, DecisionLedger, type TraceMeta } from "./index";
+import { createLogger } from "../shared/log";
+import { ForcedIdGenerator } from "../telemetry/ids";
+import { Auditor, DecisionLedger, type TraceMeta } from "./auditor";
 import type {
   AuditWorkerData,
   FromWorker,
@@ -22,10 +22,10 @@ import type {
   WireMeta,
   WorkerStats,
 } from "./protocol";
-import { Redactor } from "./redact";
-import { AuditTrail } from "./trail";
-import { Tracing } from "./tracing";
-import type { DecisionMeta } from "../decision/types";
+import { Redactor } from "../redaction/redact";
+import { AuditTrail } from "../trail/trail";
+import { Tracing } from "../telemetry/tracing";
+import type { DecisionMeta } from "../model/decision";
 
 if (parentPort === null) throw new Error("src/audit/worker is a worker_threads entry point");
 // Defence in depth, as bin/toolgate.js does for the main thread (a worker has

@@ -2,8 +2,8 @@ import { createHash } from "node:crypto";
 import { closeSync, fchmodSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { normalizeError, toolgateError } from "../errors";
-import { parseUntrustedJson } from "../util/guards";
-import { ensurePrivateDir, PRIVATE_FILE_MODE } from "../util/paths";
+import { parseUntrustedJson } from "../shared/guards";
+import { ensurePrivateDir, PRIVATE_FILE_MODE } from "../shared/paths";
 
 /** What is kept beside the persisted bundle bytes. */
 export interface PersistedMeta {

@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import { CompactSign, compactVerify, decodeProtectedHeader } from "jose";
 import { normalizeError, toolgateError } from "../errors";
 import { bundleFileDigest } from "./hash";
-import { SIGNING_ALGORITHMS, type SigningAlgorithm } from "./algorithms";
+import { SIGNING_ALGORITHMS, type SigningAlgorithm } from "../shared/algorithms";
 
 /**
  * Bundle signatures as `opa sign` writes them and OPA verifies them
@@ -16,7 +16,7 @@ import { SIGNING_ALGORITHMS, type SigningAlgorithm } from "./algorithms";
 
 export const SIGNATURES_FILE = "/.signatures.json";
 
-export { SIGNING_ALGORITHMS, type SigningAlgorithm } from "./algorithms";
+export { SIGNING_ALGORITHMS, type SigningAlgorithm } from "../shared/algorithms";
 
 export function isSigningAlgorithm(a: string): a is SigningAlgorithm {
   return (SIGNING_ALGORITHMS as readonly string[]).includes(a);

@@ -6,8 +6,8 @@ import { join } from "node:path";
 import type { CompiledConfig } from "../config";
 import { normalizeError, toolgateError } from "../errors";
 import { bundleNameOf, readBundleFiles } from "../policy/bundle";
-import { parseUntrustedJson } from "../util/guards";
-import { readTarGz } from "../policy/tar";
+import { parseUntrustedJson } from "../shared/guards";
+import { readTarGz } from "../shared/tar";
 
 /** What one poll of a source produced. */
 export type Fetched =

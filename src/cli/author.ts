@@ -12,15 +12,15 @@ import { tmpdir } from "node:os";
 import { basename, join, relative, resolve, sep } from "node:path";
 import { parseArgs } from "node:util";
 import { buildParts } from "../app";
-import { verifyTrail, listTrailFiles } from "../audit/trail";
-import { canonicalize } from "../approvals/jcs";
+import { verifyTrail, listTrailFiles } from "../trail/trail";
+import { canonicalize } from "../shared/jcs";
 import { compileConfig } from "../config";
-import type { Decision, DecisionRequest } from "../decision/types";
+import type { Decision, DecisionRequest } from "../model/decision";
 import { toolgateError } from "../errors";
 import { validateDecisionRequest } from "../http/validate";
 import { loadBundleFromPath } from "../policy/bundle";
-import { createLogger } from "../util/log";
-import { packageRoot } from "../util/paths";
+import { createLogger } from "../shared/log";
+import { packageRoot } from "../shared/paths";
 
 type Out = { stdout(s: string): void; stderr(s: string): void };
 

@@ -4,7 +4,7 @@ import { parseArgs } from "node:util";
 import { importPKCS8, SignJWT } from "jose";
 import { loadConfig } from "../config";
 import { toolgateError } from "../errors";
-import { devPrivateKeyPath } from "../util/paths";
+import { devPrivateKeyPath } from "../shared/paths";
 
 /** The reference deployment's people and their roles (BRIEF.md), for development tokens. */
 export const DEV_USERS: Record<string, string[]> = {

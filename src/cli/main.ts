@@ -10,7 +10,7 @@ import { compileConfig, loadConfig } from "../config";
 import { normalizeError, toolgateError } from "../errors";
 import { validateDecisionRequest } from "../http/validate";
 import { loadBundleFromPath } from "../policy/bundle";
-import { createLogger } from "../util/log";
+import { createLogger } from "../shared/log";
 
 const HELP = `toolgate — authorization sidecar for AI agents that use tools
 

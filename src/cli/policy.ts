@@ -12,7 +12,7 @@ import {
   type SigningAlgorithm,
   type VerificationConfig,
 } from "../bundles/signing";
-import { writeTarGz } from "../bundles/tarball";
+import { writeTarGz } from "../shared/tarball";
 import { normalizeError, toolgateError } from "../errors";
 import { bundleNameOf, parseBundle, readBundleFiles } from "../policy/bundle";
 import { PolicyEngine } from "../policy/engine";

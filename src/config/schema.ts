@@ -4,7 +4,7 @@
  * env loader and docs/configuration.md (kept in step by a test) all read this
  * table.
  */
-import { SIGNING_ALGORITHMS } from "../bundles/algorithms";
+import { SIGNING_ALGORITHMS } from "../shared/algorithms";
 
 export type FieldType =
   | { kind: "string"; pattern?: RegExp; patternHint?: string }

@@ -6,7 +6,7 @@
  * See docs/containment.md.
  */
 import { readFileSync, statSync } from "node:fs";
-import { listTrailFiles, verifyTrail, type VerifyResult } from "../audit/trail";
+import { listTrailFiles, verifyTrail, type VerifyResult } from "../trail/trail";
 import { toolgateError } from "../errors";
 
 export const STAGES = ["disabled", "shadow", "draft_only", "supervised", "autonomous"] as const;

@@ -44,9 +44,9 @@ import {
   storeGuard,
   synchronousOf,
   type Migration,
-} from "../util/sqlite";
+} from "../shared/sqlite";
 import { toolgateError } from "../errors";
-import { nullProto, parseUntrustedJson } from "../util/guards";
+import { nullProto, parseUntrustedJson } from "../shared/guards";
 
 export const CONTAINMENT_DB_FILE = "containment.db";
 const BUSY_TIMEOUT_MS = 5000;

@@ -9,7 +9,7 @@
  *   const claims = await grants.verify(token, request); // throws GrantError
  *
  * This module is its own package entry point and imports nothing of the
- * server: only the binding hash (../approvals/binding, ../approvals/jcs), the
+ * server: only the binding hash (../approvals/binding, ../shared/jcs), the
  * error registry and jose. See docs/grants.md.
  */
 import { compactVerify, createLocalJWKSet, createRemoteJWKSet, errors as jose } from "jose";

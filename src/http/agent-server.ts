@@ -11,7 +11,7 @@ import type { Decider, DecisionMeta, Face } from "../decision";
 import type { Identity } from "../identity";
 import { toolgateError, type ToolgateError } from "../errors";
 import type { Metrics } from "../metrics";
-import type { Logger } from "../util/log";
+import type { Logger } from "../shared/log";
 import { hasBody, readJson, type ParsedBody } from "./body";
 import { authzenConfiguration, authzenEvaluation, authzenEvaluations } from "./faces/authzen";
 import { nativeDecision } from "./faces/native";

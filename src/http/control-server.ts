@@ -9,7 +9,7 @@ import type { CompiledConfig } from "../config";
 import { toolgateError, type ToolgateError } from "../errors";
 import { bearerToken, type Principal, type TokenVerifier } from "../identity";
 import type { Metrics } from "../metrics";
-import type { Logger } from "../util/log";
+import type { Logger } from "../shared/log";
 import { answerClientErrors, listen, type RunningServer } from "./listen";
 import { hasBody, readJson } from "./body";
 import { answerWrongMethods } from "./methods";

@@ -3,8 +3,8 @@ import { join } from "node:path";
 import Ajv2020, { type ErrorObject, type ValidateFunction } from "ajv/dist/2020";
 import addFormats from "ajv-formats";
 import { toolgateError } from "../errors";
-import type { DecisionRequest } from "../decision/types";
-import { packageRoot } from "../util/paths";
+import type { DecisionRequest } from "../model/decision";
+import { packageRoot } from "../shared/paths";
 
 /** A published schema from schemas/. */
 export function loadSchema(name: string): Record<string, unknown> {

@@ -3,7 +3,7 @@ import { createPublicKey, KeyObject, type JsonWebKey } from "node:crypto";
 
 type CryptoKey = webcrypto.CryptoKey;
 import { readFileSync } from "node:fs";
-import { devPublicKeyPath } from "../util/paths";
+import { devPublicKeyPath } from "../shared/paths";
 
 /**
  * The committed development key (config/dev/) is public: anyone can mint

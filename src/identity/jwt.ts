@@ -11,7 +11,7 @@ import {
 } from "jose";
 import { isLoopback, type JwtConfig } from "../config";
 import { toolgateError } from "../errors";
-import { parseUntrustedJson } from "../util/guards";
+import { parseUntrustedJson } from "../shared/guards";
 import { isDevKey, jwksHoldsDevKey } from "./devkey";
 
 /** Someone toolgate verified: a token's subject and roles. */

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { loadPolicy, type LoadedPolicy } from "@open-policy-agent/opa-wasm";
 import { normalizeError, toolgateError } from "../errors";
-import { describeForbiddenKey, forbiddenKey } from "../util/guards";
+import { describeForbiddenKey, forbiddenKey } from "../shared/guards";
 import type { Bundle } from "./bundle";
 
 /**

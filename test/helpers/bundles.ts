@@ -4,8 +4,8 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
-import { writeTarGz } from "../../src/bundles/tarball";
-import { readTarGz } from "../../src/policy/tar";
+import { writeTarGz } from "../../src/shared/tarball";
+import { readTarGz } from "../../src/shared/tar";
 import { buildWasmBundle, opaPath, tempDir } from "./opa";
 
 /** A fixture policy that meets the decision contract, with a data document. */

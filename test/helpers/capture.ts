@@ -1,5 +1,5 @@
 import { Writable } from "node:stream";
-import { createLogger, type Logger } from "../../src/util/log";
+import { createLogger, type Logger } from "../../src/shared/log";
 
 /** A real winston logger writing into memory: each entry one parsed JSON line. */
 export function captureLogger(level: "debug" | "info" = "info"): {

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { startToolgate, type Toolgate } from "../../src/app";
 import { compileConfig } from "../../src/config";
-import { silentLogger, type Logger } from "../../src/util/log";
+import { silentLogger, type Logger } from "../../src/shared/log";
 import { buildWasmBundle, tempDir } from "./opa";
 
 const root = join(__dirname, "..", "..");

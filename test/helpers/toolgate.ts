@@ -6,7 +6,7 @@ import { join } from "node:path";
 import type { SpanExporter } from "@opentelemetry/sdk-trace";
 import { startToolgate, type BuildOptions, type Toolgate } from "../../src/app";
 import { compileConfig } from "../../src/config";
-import { silentLogger, type Logger } from "../../src/util/log";
+import { silentLogger, type Logger } from "../../src/shared/log";
 
 export interface TestOptions {
   /** OTEL_* variables; default: tracing off unless a span exporter is given. */

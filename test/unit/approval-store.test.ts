@@ -615,9 +615,10 @@ describe("single-use consumption and revocation", () => {
     for (const rel of [
       "src/approvals/store.ts",
       "src/errors/index.ts",
-      "src/util/sqlite.ts",
-      "src/util/guards.ts",
-      "src/util/paths.ts",
+      "src/errors/registry.ts",
+      "src/shared/sqlite.ts",
+      "src/shared/guards.ts",
+      "src/shared/paths.ts",
     ]) {
       const { outputText } = ts.transpileModule(ts.sys.readFile(join(root, rel)) ?? "", {
         compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 },

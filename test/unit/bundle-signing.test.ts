@@ -13,9 +13,9 @@ import {
   type VerificationConfig,
 } from "../../src/bundles/signing";
 import { backoffMs } from "../../src/bundles/sources";
-import { writeTarGz } from "../../src/bundles/tarball";
+import { writeTarGz } from "../../src/shared/tarball";
 import { isToolgateError } from "../../src/errors";
-import { readTarGz } from "../../src/policy/tar";
+import { readTarGz } from "../../src/shared/tar";
 import { fixturePolicy, keyPair, opaSign } from "../helpers/bundles";
 import { buildWasmBundle, opaPath, tempDir } from "../helpers/opa";
 

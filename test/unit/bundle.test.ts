@@ -4,8 +4,8 @@ import { gunzipSync, gzipSync } from "node:zlib";
 import { ToolgateError } from "../../src/errors";
 import { loadBundleFromBytes, loadBundleFromPath, parseBundle } from "../../src/policy/bundle";
 import { PolicyEngine } from "../../src/policy/engine";
-import { readTarGz } from "../../src/policy/tar";
-import { defaultBundlePath } from "../../src/util/paths";
+import { readTarGz } from "../../src/shared/tar";
+import { defaultBundlePath } from "../../src/shared/paths";
 import { buildWasmBundle, tempDir } from "../helpers/opa";
 
 interface Entry {

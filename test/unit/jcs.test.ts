@@ -16,7 +16,7 @@ import {
   projectSubject,
   type BindingRequest,
 } from "../../src/approvals/binding";
-import { canonicalize, compareUtf16, MAX_DEPTH } from "../../src/approvals/jcs";
+import { canonicalize, compareUtf16, MAX_DEPTH } from "../../src/shared/jcs";
 import { isToolgateError } from "../../src/errors";
 
 function code(fn: () => unknown): string | undefined {

@@ -9,9 +9,9 @@ import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from "@opentelemetry/ap
 import { TraceState } from "@opentelemetry/core";
 import { ProtobufTraceSerializer } from "@opentelemetry/otlp-transformer";
 import { InMemorySpanExporter, type ReadableSpan } from "@opentelemetry/sdk-trace";
-import { encodeTraceRequest } from "../../src/audit/otlp-proto";
-import { Tracing } from "../../src/audit/tracing";
-import { silentLogger } from "../../src/util/log";
+import { encodeTraceRequest } from "../../src/telemetry/otlp-proto";
+import { Tracing } from "../../src/telemetry/tracing";
+import { silentLogger } from "../../src/shared/log";
 
 async function spansFrom(
   env: Record<string, string>,

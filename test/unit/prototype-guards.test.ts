@@ -14,9 +14,9 @@ import { ToolgateError } from "../../src/errors";
 import { TokenVerifier } from "../../src/identity";
 import { loadBundleFromPath, parseBundle } from "../../src/policy/bundle";
 import { PolicyEngine } from "../../src/policy/engine";
-import { readTarGz } from "../../src/policy/tar";
-import { forbiddenKey, hasOwn, nullProto, parseUntrustedJson } from "../../src/util/guards";
-import { defaultBundlePath } from "../../src/util/paths";
+import { readTarGz } from "../../src/shared/tar";
+import { forbiddenKey, hasOwn, nullProto, parseUntrustedJson } from "../../src/shared/guards";
+import { defaultBundlePath } from "../../src/shared/paths";
 import { buildWasmBundle, tempDir } from "../helpers/opa";
 
 const BUILTIN_KEYS = Reflect.ownKeys(Object.prototype);

@@ -9,7 +9,7 @@ import {
   SecretsSeen,
   TOO_DEEP,
   type MaskOp,
-} from "../../src/audit/redact";
+} from "../../src/redaction/redact";
 
 const KEY = Buffer.from("0123456789abcdef0123456789abcdef");
 const OTHER_KEY = Buffer.from("fedcba9876543210fedcba9876543210");

@@ -5,9 +5,9 @@
  */
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context } from "@opentelemetry/api";
 import { InMemorySpanExporter, type ReadableSpan } from "@opentelemetry/sdk-trace";
-import { ForcedIdGenerator } from "../../src/audit/ids";
-import { Tracing } from "../../src/audit/tracing";
-import { silentLogger } from "../../src/util/log";
+import { ForcedIdGenerator } from "../../src/telemetry/ids";
+import { Tracing } from "../../src/telemetry/tracing";
+import { silentLogger } from "../../src/shared/log";
 
 const TRACE = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT = "00f067aa0ba902b7";

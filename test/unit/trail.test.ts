@@ -24,7 +24,7 @@ import {
   RECOVERED_KIND,
   verifyTrail,
   type TrailOptions,
-} from "../../src/audit/trail";
+} from "../../src/trail/trail";
 import { auditVerifyCommand } from "../../src/cli/audit";
 import { isToolgateError } from "../../src/errors";
 

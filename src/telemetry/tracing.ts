@@ -49,7 +49,7 @@ import {
   type SpanProcessor,
 } from "@opentelemetry/sdk-trace";
 import { toolgateError } from "../errors";
-import type { Logger } from "../util/log";
+import type { Logger } from "../shared/log";
 
 type Env = Record<string, string | undefined>;
 

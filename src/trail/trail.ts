@@ -39,7 +39,7 @@ import {
 } from "node:fs";
 import { basename, join } from "node:path";
 import { toolgateError } from "../errors";
-import { ensurePrivateDir, PRIVATE_FILE_MODE } from "../util/paths";
+import { ensurePrivateDir, PRIVATE_FILE_MODE } from "../shared/paths";
 
 export const GENESIS_HASH = "0".repeat(64);
 /** Pending lines above this are kept (never dropped) but reported once per episode. */

@@ -1,0 +1,284 @@
+import { randomUUID } from "node:crypto";
+import { isToolgateError, normalizeError, toolgateError, type ToolgateError } from "../errors";
+import type { Identity, Principal } from "../identity";
+import type { ApprovalCheck, ApprovalService } from "../approvals/service";
+import type { GrantMinter } from "../grants";
+import type { Containment, ContainmentDeny } from "../containment";
+import type { PolicyEngine } from "../policy/engine";
+import { checkPolicyOutput } from "./output";
+import type {
+  Decision,
+  DecisionMeta,
+  DecisionNotes,
+  DecisionRequest,
+  DecisionSink,
+  GrantInfo,
+  PolicyOutput,
+  VerifiedFacts,
+} from "../model/decision";
+
+export type * from "../model/decision";
+export { checkPolicyOutput, KNOWN_OBLIGATIONS } from "./output";
+
+/** Where the active policy comes from; the bundle manager implements it. */
+export interface PolicySource {
+  active(): PolicyEngine | undefined;
+}
+
+export interface DeciderOptions {
+  policy: PolicySource;
+  identity: Identity;
+  /** Seconds a needs_approval answer stays requestable (access_request.expires_at). */
+  requestTtlSeconds: number;
+  now?: () => number;
+  newId?: () => string;
+  /** Audit: receives every decision and refusal. */
+  sink?: DecisionSink;
+  /** Approvals: records needs_approval evaluations and checks presented approvals. */
+  approvals?: ApprovalService;
+  /** Grants: signs a request-bound credential onto every allow. */
+  grants?: GrantMinter;
+  /** Containment: kill switches, rates and budgets, enforced before evaluation. */
+  containment?: Containment;
+  /** A candidate policy evaluated beside the active one, for the record only. */
+  candidate?: PolicySource;
+}
+
+/** Reason codes toolgate itself puts on a deny when the policy cannot answer. */
+export const FAIL_CLOSED_REASONS = {
+  evaluation_error: "policy evaluation failed; denied (fail closed)",
+  policy_output_invalid: "the policy returned a malformed decision; denied (fail closed)",
+  unknown_obligation:
+    "the policy asked for an obligation toolgate cannot honour; denied (fail closed)",
+} as const;
+
+/**
+ * The one decision path every face calls: identity → policy → checked
+ * Decision. Synchronous: the wasm evaluation is synchronous and nothing on
+ * this path waits on I/O.
+ */
+export class Decider {
+  private readonly opts: DeciderOptions;
+  private readonly now: () => number;
+  private readonly newId: () => string;
+
+  constructor(opts: DeciderOptions) {
+    this.opts = opts;
+    this.now = opts.now ?? Date.now;
+    this.newId = opts.newId ?? randomUUID;
+  }
+
+  /**
+   * Decides one request. `requestJson`, when given, must be the JSON text of
+   * `req` (the faces pass the body they parsed, which saves a stringify).
+   * Throws ToolgateError only for request problems (`agent_mismatch`) and for
+   * `policy_unavailable`; every policy failure is a deny.
+   */
+  decide(
+    req: DecisionRequest,
+    requestJson?: string,
+    meta: DecisionMeta = { face: "native" },
+  ): Decision {
+    const nowMs = this.now();
+    const nowNs = nowMs * 1e6;
+    let verified: VerifiedFacts | undefined;
+    try {
+      verified = this.opts.identity.verify(req, nowNs, meta.caller as Principal | undefined);
+      if (this.opts.policy.active() === undefined) throw toolgateError("policy_unavailable");
+    } catch (e) {
+      const err = normalizeError(e);
+      this.opts.sink?.refused(err, req, meta);
+      throw err;
+    }
+    const engine = this.opts.policy.active() as PolicyEngine;
+    const decision: Decision = {
+      decision_id: this.newId(),
+      outcome: "deny",
+      reasons: [],
+      obligations: [],
+      policy: { bundle: engine.info.bundle, revision: engine.info.revision },
+      evaluated_at: new Date(nowMs).toISOString(),
+    };
+    // Containment first: a kill switch or limit denies whatever the bundle says.
+    const containment = this.opts.containment;
+    if (containment !== undefined) {
+      let held: (Omit<ContainmentDeny, "code"> & { code: string }) | undefined;
+      try {
+        held = containment.check(req, verified, engine, nowMs);
+      } catch (e) {
+        // malformed limits in the bundle's data: fail closed
+        held = {
+          code: "evaluation_error",
+          message: `${FAIL_CLOSED_REASONS.evaluation_error}: ${normalizeError(e).message}`,
+        };
+      }
+      if (held !== undefined) {
+        decision.reasons = [{ code: held.code, message: held.message }];
+        if (held.retry_after !== undefined) decision.retry_after = held.retry_after;
+        const notes: DecisionNotes | undefined =
+          held.killswitch_id === undefined ? undefined : { killswitch_id: held.killswitch_id };
+        this.opts.sink?.decided(decision, req, verified, meta, undefined, undefined, notes);
+        return decision;
+      }
+      verified.containment = containment.view(nowMs);
+    }
+    const check: ApprovalCheck = this.opts.approvals?.check(req, nowMs) ?? { kind: "none" };
+    if (check.kind === "deny") {
+      decision.reasons = [{ code: check.code, message: check.message }];
+      this.opts.sink?.decided(decision, req, verified, meta, undefined);
+      return decision;
+    }
+    if (check.kind === "verified") verified.approval = check.approval;
+    const input = `{"request":${requestJson ?? JSON.stringify(req)},"verified":${JSON.stringify(verified)}}`;
+    let out: PolicyOutput | ToolgateError;
+    try {
+      out = checkPolicyOutput(engine.evaluateJson(input, nowNs));
+    } catch (e) {
+      out = isToolgateError(e) ? e : normalizeError(e, "policy_evaluation_failed");
+    }
+    if (isToolgateError(out)) {
+      const code =
+        out.code === "policy_output_invalid" || out.code === "unknown_obligation"
+          ? out.code
+          : "evaluation_error";
+      decision.reasons = [{ code, message: `${FAIL_CLOSED_REASONS[code]}: ${out.message}` }];
+      this.opts.sink?.decided(decision, req, verified, meta, undefined);
+      return decision;
+    }
+    const notes = this.candidate(input, nowNs, out);
+    if (notes !== undefined && out.shadow !== undefined) notes.shadow = out.shadow;
+    decision.outcome = out.outcome;
+    decision.reasons = out.reasons;
+    decision.obligations = out.obligations;
+    if (out.tool !== undefined) decision.tool = out.tool;
+    if (out.approval !== undefined) {
+      decision.approval = out.approval;
+      decision.access_request = {
+        evaluation_id: decision.decision_id,
+        expires_at: new Date(nowMs + this.opts.requestTtlSeconds * 1000).toISOString(),
+      };
+    }
+    this.applyApproval(decision, check);
+    // Budgets: an allow reserves its amount (on disk) before it can carry a grant or be answered.
+    const reserved =
+      decision.outcome === "allow" && containment !== undefined
+        ? this.reserve(containment, decision, req, verified, engine, nowMs)
+        : false;
+    const grant = this.grant(decision, req, verified, nowMs);
+    if (reserved && decision.outcome !== "allow") containment?.unreserve(decision.decision_id);
+    if (decision.access_request !== undefined && verified !== undefined) {
+      this.opts.approvals?.recordNeedsApproval(decision, req, verified, out.mask);
+    }
+    this.opts.sink?.decided(decision, req, verified, meta, out.mask, grant, notes);
+    return decision;
+  }
+
+  /**
+   * Reserves an allow's budget amounts (Containment.reserve). A budget that
+   * would be exceeded, or a reservation that cannot be written, turns the
+   * allow into a deny (fail closed). Returns whether anything was reserved.
+   */
+  private reserve(
+    containment: Containment,
+    d: Decision,
+    req: DecisionRequest,
+    verified: VerifiedFacts,
+    engine: PolicyEngine,
+    nowMs: number,
+  ): boolean {
+    let held: ContainmentDeny | undefined;
+    try {
+      held = containment.reserve(d.decision_id, req, verified, engine, nowMs);
+    } catch (e) {
+      held = {
+        code: "budget_unavailable",
+        message: `the budget reservation failed; denied (fail closed): ${normalizeError(e).message}`,
+      };
+    }
+    if (held === undefined) return true;
+    d.outcome = "deny";
+    d.reasons = [{ code: held.code, message: held.message }];
+    if (held.retry_after !== undefined) d.retry_after = held.retry_after;
+    d.obligations = [];
+    return false;
+  }
+
+  /**
+   * Signs the grant of an allow (last, after approvals may have turned it
+   * into a deny: a deny never carries a grant). A signing failure denies.
+   */
+  private grant(
+    d: Decision,
+    req: DecisionRequest,
+    verified: VerifiedFacts,
+    nowMs: number,
+  ): GrantInfo | undefined {
+    if (d.outcome !== "allow" || this.opts.grants === undefined) return undefined;
+    try {
+      const g = this.opts.grants.issue(d, req, verified, nowMs);
+      d.grant = g.token;
+      return g.info;
+    } catch (e) {
+      d.outcome = "deny";
+      d.reasons = [
+        {
+          code: "grant_failed",
+          message: `signing the grant failed; denied (fail closed): ${normalizeError(e).message}`,
+        },
+      ];
+      d.obligations = [];
+      return undefined;
+    }
+  }
+
+  /**
+   * Evaluates the candidate policy (if any) on the same input; its answer is
+   * recorded beside the decision, never returned. Always returns a notes
+   * object when a shadow or a candidate is to be recorded.
+   */
+  private candidate(input: string, nowNs: number, out: PolicyOutput): DecisionNotes | undefined {
+    const cand = this.opts.candidate?.active();
+    if (cand === undefined) return out.shadow === undefined ? undefined : {};
+    let c: PolicyOutput | ToolgateError;
+    try {
+      c = checkPolicyOutput(cand.evaluateJson(input, nowNs));
+    } catch (e) {
+      c = normalizeError(e, "policy_evaluation_failed");
+    }
+    const outcome = isToolgateError(c) ? "error" : c.outcome;
+    return {
+      candidate: {
+        bundle: cand.info.bundle,
+        revision: cand.info.revision,
+        outcome,
+        reasons: isToolgateError(c) ? [c.code] : c.reasons.map((r) => r.code),
+        diverged: outcome !== out.outcome,
+      },
+    };
+  }
+
+  /** How a presented approval changes the policy's answer (see ApprovalService.check). */
+  private applyApproval(d: Decision, check: ApprovalCheck): void {
+    const approvals = this.opts.approvals;
+    if (approvals === undefined || check.kind === "none" || check.kind === "deny") return;
+    if (check.kind === "ignored" && d.outcome === "needs_approval") {
+      d.reasons = [...d.reasons, { code: check.code, message: check.message }];
+    } else if (check.kind === "expired" && d.outcome === "needs_approval") {
+      // denied, but with a fresh access request the agent may submit
+      d.outcome = "deny";
+      d.reasons = [{ code: "approval_expired", message: check.message }, ...d.reasons];
+    } else if (check.kind === "verified" && d.outcome === "allow") {
+      if (!check.singleUse) approvals.used(check.taskId, d.decision_id);
+      else if (!approvals.consume(check.taskId, d.decision_id)) {
+        d.outcome = "deny";
+        d.reasons = [
+          {
+            code: "approval_used",
+            message: `approval ${check.taskId} was already used (single use)`,
+          },
+        ];
+        d.obligations = [];
+      }
+    }
+  }
+}
