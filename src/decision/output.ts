@@ -1,6 +1,12 @@
 import { Redactor } from "../redaction/redact";
 import { toolgateError, type ToolgateError } from "../errors";
-import type { ApprovalRequirement, Obligation, PolicyOutput, Reason, ToolInfo } from "../model/decision";
+import type {
+  ApprovalRequirement,
+  Obligation,
+  PolicyOutput,
+  Reason,
+  ToolInfo,
+} from "../model/decision";
 
 /** Obligation types toolgate knows how to honour; any other fails closed (deny). */
 export const KNOWN_OBLIGATIONS: ReadonlySet<string> = new Set(["redact", "grant_scope"]);

@@ -3,7 +3,12 @@ import { basename, join, relative, sep } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { toolgateError, normalizeError } from "../errors";
 import { describeForbiddenKey, FORBIDDEN_KEYS, forbiddenKey, hasOwn } from "../shared/guards";
-import { DEFAULT_ARCHIVE_LIMITS, normalizeMemberPath, readTarGz, type ArchiveLimits } from "../shared/tar";
+import {
+  DEFAULT_ARCHIVE_LIMITS,
+  normalizeMemberPath,
+  readTarGz,
+  type ArchiveLimits,
+} from "../shared/tar";
 
 export interface WasmEntry {
   entrypoint: string;

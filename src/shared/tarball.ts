@@ -35,7 +35,11 @@ function header(name: string, size: number): Buffer {
 export function writeTarGz(files: Map<string, Buffer>): Buffer {
   const blocks: Buffer[] = [];
   for (const [path, body] of files) {
-    blocks.push(header(path, body.length), body, Buffer.alloc((BLOCK - (body.length % BLOCK)) % BLOCK));
+    blocks.push(
+      header(path, body.length),
+      body,
+      Buffer.alloc((BLOCK - (body.length % BLOCK)) % BLOCK),
+    );
   }
   blocks.push(Buffer.alloc(BLOCK * 2));
   return gzipSync(Buffer.concat(blocks));
