@@ -24,6 +24,15 @@ export const FORBIDDEN_KEYS: ReadonlySet<string> = new Set([
   "prototype",
 ]);
 
+/**
+ * Whether `v` is a JSON object: not null, not an array. (Any other object
+ * passes too; values from `JSON.parse` or the yaml parser are only ever
+ * plain objects, arrays and primitives.)
+ */
+export function isObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
 /** Whether `key` is an own property of `obj` (what `key in obj` should have meant). */
 export function hasOwn(obj: object, key: PropertyKey): boolean {
   return Object.prototype.hasOwnProperty.call(obj, key);
