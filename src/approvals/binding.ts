@@ -30,6 +30,7 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { toolgateError } from "../errors";
 import { canonicalize } from "../shared/jcs";
+import { isObject } from "../shared/guards";
 
 /** The context members toolgate binds an approval to unless configured otherwise. */
 export const DEFAULT_BINDING_CONTEXT_MEMBERS: readonly string[] = Object.freeze(["job"]);
@@ -66,10 +67,6 @@ export interface BindingBulkHashInput {
   subject: unknown;
   items: Array<{ resource: unknown; action: unknown }>;
   context: Record<string, unknown>;
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
 /** A null-prototype copy of an object's own enumerable members. */

@@ -3,6 +3,7 @@ import { toolgateError } from "../errors";
 import type { Principal } from "../identity/jwt";
 import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "./binding";
 import type { ApprovalStore, ApprovalTask, EvaluationRecord } from "./store";
+import { isObject } from "../shared/guards";
 
 /** Expired evaluations nobody asked approval for are kept this long, then pruned. */
 export const EVALUATION_RETENTION_MS = 60 * 60 * 1000;
@@ -66,10 +67,6 @@ export interface ApprovalServiceOptions {
   requestLimit?: { max: number; windowSeconds: number };
   onPending?: (view: Record<string, unknown>) => void;
   now?: () => number;
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === "object" && !Array.isArray(v);
 }
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());

@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { CompactSign, compactVerify, decodeProtectedHeader } from "jose";
 import { normalizeError, toolgateError } from "../errors";
 import { bundleFileDigest } from "./hash";
+import { isObject } from "../shared/guards";
 import { SIGNING_ALGORITHMS, type SigningAlgorithm } from "../shared/algorithms";
 
 /**
@@ -110,19 +111,17 @@ export async function verifyBundleSignature(
     throw toolgateError("bundle_signature_invalid", ".signatures.json: the signature is not a JWT");
   }
   let header: { kid?: unknown };
-  let claims: Record<string, unknown>;
+  let claims: unknown;
   try {
     header = decodeProtectedHeader(token);
-    claims = JSON.parse(
-      Buffer.from(token.split(".")[1] as string, "base64url").toString("utf8"),
-    ) as Record<string, unknown>;
+    claims = JSON.parse(Buffer.from(token.split(".")[1] as string, "base64url").toString("utf8"));
   } catch (e) {
     throw toolgateError(
       "bundle_signature_invalid",
       `.signatures.json: undecodable JWT: ${normalizeError(e).message}`,
     );
   }
-  if (claims === null || typeof claims !== "object" || Array.isArray(claims)) {
+  if (!isObject(claims)) {
     throw toolgateError("bundle_signature_invalid", ".signatures.json: JWT payload is not an object");
   }
   // OPA: the configured key id first, then the token's kid, then the deprecated keyid claim.
@@ -257,11 +256,11 @@ export function readKeysFile(path: string): Map<string, VerificationKey> {
       `policy.signing.keys_file: cannot read ${path}: ${normalizeError(e).message}`,
     );
   }
-  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+  if (!isObject(raw)) {
     throw toolgateError("config_invalid", `policy.signing.keys_file: ${path} must hold a JSON object`);
   }
   const keys = new Map<string, VerificationKey>();
-  for (const [id, v] of Object.entries(raw as Record<string, unknown>)) {
+  for (const [id, v] of Object.entries(raw)) {
     const e = v as { algorithm?: unknown; key?: unknown; scope?: unknown } | null;
     const alg = typeof e?.algorithm === "string" ? e.algorithm : "RS256";
     if (e === null || typeof e.key !== "string" || !isSigningAlgorithm(alg)) {

@@ -3,7 +3,7 @@ import { isIP } from "node:net";
 import { dirname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { toolgateError } from "../errors";
-import { describeForbiddenKey, forbiddenKey, parseUntrustedJson } from "../shared/guards";
+import { describeForbiddenKey, forbiddenKey, isObject, parseUntrustedJson } from "../shared/guards";
 import { defaultBundlePath, devPublicKeyPath } from "../shared/paths";
 import { FIELDS, type FieldSpec } from "./schema";
 
@@ -504,8 +504,6 @@ function compileGrants(
   baseDir: string,
 ): CompiledConfig["grants"] | undefined {
   const n = errors.length;
-  const isObj = (v: unknown): v is Record<string, unknown> =>
-    v !== null && typeof v === "object" && !Array.isArray(v);
   const keys: CompiledConfig["grants"]["keys"] = [];
   const file = get<string | null>("grants.private_key_file");
   const list = get<Value>("grants.keys") as unknown as unknown[] | null;
@@ -526,7 +524,7 @@ function compileGrants(
     list.forEach((k, i) => {
       const where = `grants.keys[${i}]`;
       const fix = `Fix: each entry is {kid, private_key_file | public_key_file, active?, alg?}.`;
-      if (!isObj(k)) return errors.push(`key "${where}" must be a mapping. ${fix}`);
+      if (!isObject(k)) return errors.push(`key "${where}" must be a mapping. ${fix}`);
       const extra = Object.keys(k).find(
         (m) => !["kid", "private_key_file", "public_key_file", "active", "alg"].includes(m),
       );
@@ -566,7 +564,7 @@ function compileGrants(
   for (const [name, t] of Object.entries(rawTools ?? {})) {
     const where = `grants.tools[${JSON.stringify(name)}]`;
     const fix = `Fix: {audience?: string, ttl_seconds?: 1-3600, single_use?: bool}.`;
-    if (!isObj(t)) {
+    if (!isObject(t)) {
       errors.push(`key "${where}" must be a mapping. ${fix}`);
       continue;
     }

@@ -30,6 +30,7 @@ import {
   type SwitchRow,
   type SwitchScope,
 } from "./store";
+import { isObject } from "../shared/guards";
 
 export { ContainmentStore } from "./store";
 export type { ContainmentStoreOptions, KillSwitch, SwitchScope } from "./store";
@@ -85,10 +86,6 @@ export const DEFAULT_RESERVATION_TTL_SECONDS = 360;
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 30_000;
 const EMPTY_LIMITS: Limits = { rates: [], budgets: [] };
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === "object" && !Array.isArray(v);
-}
 
 function invalid(msg: string): never {
   throw toolgateError("limits_invalid", `data.toolgate.deployment.limits: ${msg}`);

@@ -8,6 +8,7 @@
 import { readFileSync, statSync } from "node:fs";
 import { listTrailFiles, verifyTrail, type VerifyResult } from "../trail/trail";
 import { toolgateError } from "../errors";
+import { isObject } from "../shared/guards";
 
 export const STAGES = ["disabled", "shadow", "draft_only", "supervised", "autonomous"] as const;
 
@@ -75,10 +76,6 @@ interface Line {
   time: string;
   kind: string;
   record: Record<string, unknown>;
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === "object" && !Array.isArray(v);
 }
 
 /** Thresholds from bundle data (`toolgate.deployment.rollout.thresholds`), over the defaults. */

@@ -20,6 +20,7 @@ import {
   DEFAULT_BINDING_CONTEXT_MEMBERS,
 } from "../approvals/binding";
 import { ToolgateError } from "../errors";
+import { isObject } from "../shared/guards";
 
 /** The JWS `typ` of a toolgate grant (explicit typing, RFC 8725 §3.11). */
 export const GRANT_TYP = "toolgate-grant+jwt";
@@ -148,10 +149,6 @@ export class MemoryJtiStore implements JtiStore {
 
 /** Enforces one scope key; returns a reason string when the request exceeds it. */
 export type ScopeCheck = (value: unknown, request: GrantRequest) => string | undefined;
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === "object" && !Array.isArray(v);
-}
 
 function argumentsOf(request: GrantRequest): Record<string, unknown> | undefined {
   const action = request.action;

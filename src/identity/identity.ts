@@ -2,6 +2,7 @@ import { toolgateError } from "../errors";
 import type { DecisionRequest, VerifiedFacts } from "../model/decision";
 import type { TokenVerifier } from "./jwt";
 import { bearerToken, type Principal } from "./jwt";
+import { isObject } from "../shared/guards";
 
 export { bearerToken, TokenVerifier, type Principal } from "./jwt";
 
@@ -13,10 +14,6 @@ export interface IdentityOptions {
   verifier?: TokenVerifier;
   /** identity.jwt.job_claim (jwt mode): the token claim naming the caller's job. */
   jobClaim?: string;
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === "object" && !Array.isArray(v);
 }
 
 /**

@@ -2,7 +2,13 @@ import { readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, join, relative, sep } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { toolgateError, normalizeError } from "../errors";
-import { describeForbiddenKey, FORBIDDEN_KEYS, forbiddenKey, hasOwn } from "../shared/guards";
+import {
+  describeForbiddenKey,
+  FORBIDDEN_KEYS,
+  forbiddenKey,
+  hasOwn,
+  isObject,
+} from "../shared/guards";
 import {
   DEFAULT_ARCHIVE_LIMITS,
   normalizeMemberPath,
@@ -35,10 +41,6 @@ export interface Bundle {
   files: Map<string, Buffer>;
 }
 
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === "object" && !Array.isArray(v);
-}
-
 function parseManifest(raw: Buffer | undefined): Manifest {
   if (raw === undefined) {
     throw toolgateError(
@@ -52,8 +54,7 @@ function parseManifest(raw: Buffer | undefined): Manifest {
   } catch (e) {
     throw toolgateError("manifest_invalid", `/.manifest is not JSON: ${normalizeError(e).message}`);
   }
-  if (!isPlainObject(m))
-    throw toolgateError("manifest_invalid", "/.manifest must be a JSON object");
+  if (!isObject(m)) throw toolgateError("manifest_invalid", "/.manifest must be a JSON object");
   const hit = forbiddenKey(m);
   if (hit !== undefined)
     throw toolgateError("manifest_invalid", `/.manifest: ${describeForbiddenKey(hit)}`);
@@ -68,7 +69,7 @@ function parseManifest(raw: Buffer | undefined): Manifest {
   if (
     !Array.isArray(wasm) ||
     !wasm.every(
-      (w) => isPlainObject(w) && typeof w.entrypoint === "string" && typeof w.module === "string",
+      (w) => isObject(w) && typeof w.entrypoint === "string" && typeof w.module === "string",
     )
   ) {
     throw toolgateError(
@@ -84,7 +85,7 @@ function parseManifest(raw: Buffer | undefined): Manifest {
       module: normalizeMemberPath(w.module),
     })),
   };
-  if (isPlainObject(m.metadata)) manifest.metadata = m.metadata;
+  if (isObject(m.metadata)) manifest.metadata = m.metadata;
   return manifest;
 }
 
@@ -113,7 +114,7 @@ function mergeInto(
       const child: Record<string, unknown> = {};
       node[seg] = child;
       node = child;
-    } else if (isPlainObject(next)) {
+    } else if (isObject(next)) {
       node = next;
     } else {
       throw toolgateError(
@@ -122,14 +123,14 @@ function mergeInto(
       );
     }
   }
-  if (!isPlainObject(value)) {
+  if (!isObject(value)) {
     if (path.length === 0)
       throw toolgateError("bundle_data_invalid", `${file}: root data must be an object`);
     throw toolgateError("bundle_data_invalid", `${file}: data files must hold an object`);
   }
   for (const [k, v] of Object.entries(value)) {
     if (hasOwn(node, k)) {
-      if (isPlainObject(node[k]) && isPlainObject(v)) {
+      if (isObject(node[k]) && isObject(v)) {
         mergeInto(node, [k], v, file);
         continue;
       }

@@ -16,6 +16,7 @@
  * See docs/redaction.md for what the defaults catch and what they miss.
  */
 import { createHash, createHmac, randomBytes } from "node:crypto";
+import { isObject } from "../shared/guards";
 
 export type MaskOp =
   | { op: "remove"; path: string }
@@ -785,8 +786,8 @@ export class Redactor {
     for (let i = 0; i < mask.length; i++) {
       const o: unknown = mask[i];
       const at = `mask[${i}]`;
-      if (o === null || typeof o !== "object" || Array.isArray(o)) return `${at} must be an object`;
-      const rec = o as Record<string, unknown>;
+      if (!isObject(o)) return `${at} must be an object`;
+      const rec = o;
       const { op, path } = rec;
       if (op !== "remove" && op !== "hash" && op !== "replace" && op !== "reveal")
         return `${at}.op must be one of remove, hash, replace, reveal`;

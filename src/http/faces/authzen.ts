@@ -2,6 +2,7 @@ import type { Decider, Decision, DecisionMeta, DecisionRequest } from "../../dec
 import { isToolgateError, toolgateError, type ToolgateError } from "../../errors";
 import type { ParsedBody } from "../body";
 import { validateDecisionRequest } from "../validate";
+import { isObject } from "../../shared/guards";
 
 /** AuthZEN 1.0 decision object. */
 export interface AuthzenDecision {
@@ -52,10 +53,6 @@ export function authzenEvaluation(
 ): AuthzenDecision {
   const req = validateDecisionRequest(body.value);
   return toAuthzen(decider.decide(req, body.text, meta), baseUrl);
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === "object" && !Array.isArray(v);
 }
 
 function itemError(err: ToolgateError): AuthzenDecision {

@@ -2,6 +2,7 @@ import type { Decider, DecisionMeta } from "../../decision";
 import { toolgateError, type ToolgateError } from "../../errors";
 import type { ParsedBody } from "../body";
 import { validateDecisionRequest } from "../validate";
+import { isObject } from "../../shared/guards";
 
 /** OPA Data API error body: `{code, message, errors?}` with OPA's codes. */
 export function toOpaError(err: ToolgateError): {
@@ -18,10 +19,6 @@ export function toOpaError(err: ToolgateError): {
           ? "invalid_parameter"
           : "internal_error";
   return { code, message: err.message, errors: [{ code: err.code, message: err.message }] };
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === "object" && !Array.isArray(v);
 }
 
 /**
