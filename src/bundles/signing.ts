@@ -4,7 +4,11 @@ import { CompactSign, compactVerify, decodeProtectedHeader } from "jose";
 import { normalizeError, toolgateError } from "../errors";
 import { bundleFileDigest } from "./hash";
 import { isObject } from "../shared/guards";
-import { SIGNING_ALGORITHMS, type SigningAlgorithm } from "../shared/algorithms";
+import {
+  BUNDLE_SIGNING_ALGORITHMS,
+  isOneOf,
+  type BundleSigningAlgorithm,
+} from "../shared/algorithms";
 
 /**
  * Bundle signatures as `opa sign` writes them and OPA verifies them
@@ -17,15 +21,12 @@ import { SIGNING_ALGORITHMS, type SigningAlgorithm } from "../shared/algorithms"
 
 export const SIGNATURES_FILE = "/.signatures.json";
 
-export { SIGNING_ALGORITHMS, type SigningAlgorithm } from "../shared/algorithms";
-
-export function isSigningAlgorithm(a: string): a is SigningAlgorithm {
-  return (SIGNING_ALGORITHMS as readonly string[]).includes(a);
-}
+/** The old name (until bundles/manager.ts imports the shared one). */
+export type { BundleSigningAlgorithm as SigningAlgorithm } from "../shared/algorithms";
 
 /** One verification key, as OPA's `keys` config holds it. */
 export interface VerificationKey {
-  algorithm: SigningAlgorithm;
+  algorithm: BundleSigningAlgorithm;
   /** PEM public key (or certificate) for RS/PS/ES; the shared secret for HS. */
   key: string | Buffer;
   scope?: string;
@@ -54,7 +55,7 @@ function verifyKeyObject(k: VerificationKey): KeyObject {
   return createPublicKey(pem);
 }
 
-function signKeyObject(key: string | Buffer, alg: SigningAlgorithm): KeyObject {
+function signKeyObject(key: string | Buffer, alg: BundleSigningAlgorithm): KeyObject {
   if (alg.startsWith("HS")) return createSecretKey(Buffer.from(key));
   return createPrivateKey(key.toString());
 }
@@ -197,7 +198,7 @@ export async function verifyBundleSignature(
 
 export interface SignOptions {
   key: string | Buffer;
-  algorithm?: SigningAlgorithm;
+  algorithm?: BundleSigningAlgorithm;
   keyId?: string;
   scope?: string;
   /** Extra claims, as `opa sign --claims-file` adds them. */
@@ -263,10 +264,10 @@ export function readKeysFile(path: string): Map<string, VerificationKey> {
   for (const [id, v] of Object.entries(raw)) {
     const e = v as { algorithm?: unknown; key?: unknown; scope?: unknown } | null;
     const alg = typeof e?.algorithm === "string" ? e.algorithm : "RS256";
-    if (e === null || typeof e.key !== "string" || !isSigningAlgorithm(alg)) {
+    if (e === null || typeof e.key !== "string" || !isOneOf(BUNDLE_SIGNING_ALGORITHMS, alg)) {
       throw toolgateError(
         "config_invalid",
-        `policy.signing.keys_file: key "${id}" needs "key" (PEM or HMAC secret) and an "algorithm" among ${SIGNING_ALGORITHMS.join(", ")}`,
+        `policy.signing.keys_file: key "${id}" needs "key" (PEM or HMAC secret) and an "algorithm" among ${BUNDLE_SIGNING_ALGORITHMS.join(", ")}`,
       );
     }
     keys.set(id, {

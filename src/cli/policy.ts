@@ -3,15 +3,17 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { smokeTest } from "../app";
 import {
-  isSigningAlgorithm,
   readKeysFile,
   signBundleFiles,
   SIGNATURES_FILE,
-  SIGNING_ALGORITHMS,
   verifyBundleSignature,
-  type SigningAlgorithm,
   type VerificationConfig,
 } from "../bundles/signing";
+import {
+  BUNDLE_SIGNING_ALGORITHMS,
+  isOneOf,
+  type BundleSigningAlgorithm,
+} from "../shared/algorithms";
 import { writeTarGz } from "../shared/tarball";
 import { normalizeError, toolgateError } from "../errors";
 import { bundleNameOf, parseBundle, readBundleFiles } from "../policy/bundle";
@@ -27,10 +29,10 @@ export const POLICY_HELP = `  toolgate policy sign <bundle> --signing-key KEY [-
                                              verify and load a bundle exactly as the sidecar would; exits 1 with the
                                              error code if the sidecar would refuse it`;
 
-function algorithm(v: string | undefined, flag: string): SigningAlgorithm {
+function algorithm(v: string | undefined, flag: string): BundleSigningAlgorithm {
   const a = v ?? "RS256";
-  if (!isSigningAlgorithm(a)) {
-    throw toolgateError("usage", `${flag} must be one of ${SIGNING_ALGORITHMS.join(", ")}`);
+  if (!isOneOf(BUNDLE_SIGNING_ALGORITHMS, a)) {
+    throw toolgateError("usage", `${flag} must be one of ${BUNDLE_SIGNING_ALGORITHMS.join(", ")}`);
   }
   return a;
 }

@@ -3,6 +3,7 @@ import { isIP } from "node:net";
 import { dirname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { toolgateError } from "../errors";
+import { GRANT_ALGORITHMS, isOneOf, type GrantAlgorithm } from "../shared/algorithms";
 import { describeForbiddenKey, forbiddenKey, isObject, parseUntrustedJson } from "../shared/guards";
 import { defaultBundlePath, devPublicKeyPath } from "../shared/paths";
 import { FIELDS, type FieldSpec } from "./schema";
@@ -101,7 +102,7 @@ export interface CompiledConfig {
       privateKeyFile: string | null;
       publicKeyFile: string | null;
       active: boolean;
-      alg: "ES256" | "ES384" | "RS256" | "PS256" | "EdDSA" | null;
+      alg: GrantAlgorithm | null;
       /** The config key it came from, for messages. */
       where: string;
     }>;
@@ -494,7 +495,6 @@ export function compileConfig(
   };
 }
 
-const GRANT_ALGS = new Set(["ES256", "ES384", "RS256", "PS256", "EdDSA"]);
 const KID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /** The grants block: keys (shorthand or rotation list) and per-tool settings, checked. */
@@ -544,8 +544,8 @@ function compileGrants(
         errors.push(`key "${where}.active" must be true or false. ${fix}`);
       if (k.active === true && priv === undefined)
         errors.push(`key "${where}" is active but has no private_key_file. ${fix}`);
-      if (k.alg !== undefined && !GRANT_ALGS.has(k.alg as string))
-        errors.push(`key "${where}.alg" must be one of ${[...GRANT_ALGS].join(", ")}. ${fix}`);
+      if (k.alg !== undefined && !isOneOf(GRANT_ALGORITHMS, k.alg))
+        errors.push(`key "${where}.alg" must be one of ${GRANT_ALGORITHMS.join(", ")}. ${fix}`);
       keys.push({
         kid: typeof k.kid === "string" ? k.kid : null,
         privateKeyFile: typeof priv === "string" ? resolve(baseDir, priv) : null,

@@ -4,7 +4,7 @@
  * env loader and docs/configuration.md (kept in step by a test) all read this
  * table.
  */
-import { SIGNING_ALGORITHMS } from "../shared/algorithms";
+import { BUNDLE_SIGNING_ALGORITHMS } from "../shared/algorithms";
 
 export type FieldType =
   | { kind: "string"; pattern?: RegExp; patternHint?: string }
@@ -275,7 +275,7 @@ export const FIELDS: readonly FieldSpec[] = [
     env: "TOOLGATE_POLICY_SIGNING_ALGORITHM",
     type: {
       kind: "enum",
-      values: SIGNING_ALGORITHMS,
+      values: BUNDLE_SIGNING_ALGORITHMS,
     },
     default: "RS256",
     doc: "Algorithm of `policy.signing.public_key_file` (a `keys_file` names one per key).",

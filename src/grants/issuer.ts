@@ -24,6 +24,7 @@ import type { Decision, DecisionRequest, GrantInfo, VerifiedFacts } from "../mod
 import { toolgateError } from "../errors";
 import type { Logger } from "../shared/log";
 import { GRANT_TYP, type GrantClaims } from "./verify";
+import type { GrantAlgorithm } from "../shared/algorithms";
 
 export { GRANT_TYP } from "./verify";
 export type { GrantClaims } from "./verify";
@@ -34,12 +35,10 @@ export const GRANT_SCOPE_OBLIGATION = "grant_scope";
 /** Tool classes whose grants are single-use unless configured otherwise. */
 export const SINGLE_USE_CLASSES: ReadonlySet<string> = new Set(["execute", "admin"]);
 
-export type GrantAlg = "ES256" | "ES384" | "RS256" | "PS256" | "EdDSA";
-
 /** A signing key, prepared once. */
 interface SigningKey {
   kid: string;
-  alg: GrantAlg;
+  alg: GrantAlgorithm;
   key: KeyObject;
   /** base64url of the protected header, with a trailing ".". */
   headerB64: string;
@@ -64,10 +63,10 @@ function b64json(v: unknown): string {
   return Buffer.from(JSON.stringify(v), "utf8").toString("base64url");
 }
 
-function algFor(key: KeyObject, wanted: string | null, where: string): GrantAlg {
+function algFor(key: KeyObject, wanted: string | null, where: string): GrantAlgorithm {
   const type = key.asymmetricKeyType;
   const curve = key.asymmetricKeyDetails?.namedCurve;
-  const derived: GrantAlg | undefined =
+  const derived: GrantAlgorithm | undefined =
     type === "ec" && curve === "prime256v1"
       ? "ES256"
       : type === "ec" && curve === "secp384r1"
@@ -186,7 +185,7 @@ export class GrantIssuer implements GrantMinter {
     this.jwksText = JSON.stringify({ keys: published });
   }
 
-  private prepare(key: KeyObject, kid: string, alg: GrantAlg): SigningKey {
+  private prepare(key: KeyObject, kid: string, alg: GrantAlgorithm): SigningKey {
     const header = { alg, typ: GRANT_TYP, kid };
     return { key, kid, alg, headerB64: `${b64json(header)}.` };
   }

@@ -20,19 +20,14 @@ import {
   DEFAULT_BINDING_CONTEXT_MEMBERS,
 } from "../approvals/binding";
 import { ToolgateError } from "../errors";
+import { GRANT_ALGORITHMS as SIGNED_GRANT_ALGORITHMS } from "../shared/algorithms";
 import { isObject } from "../shared/guards";
 
 /** The JWS `typ` of a toolgate grant (explicit typing, RFC 8725 §3.11). */
 export const GRANT_TYP = "toolgate-grant+jwt";
 
-/** Signature algorithms a verifier accepts unless told otherwise. */
-export const GRANT_ALGORITHMS: readonly string[] = Object.freeze([
-  "ES256",
-  "ES384",
-  "RS256",
-  "PS256",
-  "EdDSA",
-]);
+/** Signature algorithms a verifier accepts unless told otherwise (the ones toolgate signs grants with). */
+export const GRANT_ALGORITHMS: readonly string[] = SIGNED_GRANT_ALGORITHMS;
 
 /** Default tolerated clock difference between toolgate and the backend. */
 export const DEFAULT_CLOCK_SKEW_SECONDS = 5;
