@@ -18,7 +18,7 @@ const require = createRequire(import.meta.url);
 const dist = (p) => require(path.join(ROOT, "dist", "src", p));
 const { compileConfig } = dist("config/index.js");
 const { buildParts } = dist("app.js");
-const { silentLogger } = dist("util/log.js");
+const { silentLogger } = dist("shared/log.js");
 const { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } = dist("approvals/binding.js");
 
 const argv = process.argv.slice(2);
@@ -59,9 +59,10 @@ const reqs = [
   refRequest({ tool: "tickets.read" }),
 ];
 const texts = reqs.map((r) => JSON.stringify(r));
+const ctx = { face: "native" };
 for (const [i, r] of reqs.entries()) {
-  const a = off.decider.decide(r, texts[i]);
-  const b = on.decider.decide(r, texts[i]);
+  const a = off.decider.decide(r, ctx, texts[i]).decision;
+  const b = on.decider.decide(r, ctx, texts[i]).decision;
   if (a.outcome !== "allow" || b.outcome !== "allow" || a.grant || !b.grant)
     throw new Error("expected allow without / with a grant");
 }
@@ -91,7 +92,7 @@ function variants(list, iters) {
 }
 
 const issuer = on.grants;
-const sample = on.decider.decide(reqs[0], texts[0]);
+const sample = on.decider.decide(reqs[0], ctx, texts[0]).decision;
 const verified = {
   agent: { id: "support-triage" },
   subject: { id: "alice", method: "trusted" },
@@ -99,8 +100,8 @@ const verified = {
 };
 const results = variants(
   [
-    { name: "decide, grants off", fn: (k) => off.decider.decide(reqs[k & 1], texts[k & 1]) },
-    { name: "decide, grants on", fn: (k) => on.decider.decide(reqs[k & 1], texts[k & 1]) },
+    { name: "decide, grants off", fn: (k) => off.decider.decide(reqs[k & 1], ctx, texts[k & 1]) },
+    { name: "decide, grants on", fn: (k) => on.decider.decide(reqs[k & 1], ctx, texts[k & 1]) },
     {
       name: "bindingHash alone",
       fn: (k) => bindingHash(reqs[k & 1], DEFAULT_BINDING_CONTEXT_MEMBERS),

@@ -67,7 +67,7 @@ const { loadBundleFromPath } = dist("policy/bundle.js");
 const { PolicyEngine } = dist("policy/engine.js");
 const { compileConfig } = dist("config/index.js");
 const { buildParts } = dist("app.js");
-const { silentLogger } = dist("util/log.js");
+const { silentLogger } = dist("shared/log.js");
 
 const nowNs = Date.now() * 1e6;
 const engine = await PolicyEngine.create(loadBundleFromPath(bundlePath), {
@@ -143,15 +143,16 @@ const parts = await buildParts(config, silentLogger, {
 await parts.bundles.start();
 const reqs = MIX.map((m) => m.req);
 const bodies = MIX.map((m) => JSON.stringify(m.req));
+const ctx = { face: "native" };
 for (let i = 0; i < MIX.length; i++) {
-  const d = parts.decider.decide(reqs[i], bodies[i]);
+  const d = parts.decider.decide(reqs[i], ctx, bodies[i]).decision;
   if (d.outcome !== MIX[i].outcome) {
     console.error(`inproc: Decider ${MIX[i].name}: got ${d.outcome}, want ${MIX[i].outcome}`);
     process.exit(1);
   }
 }
 const decide = timeMix(
-  (i) => parts.decider.decide(reqs[i], bodies[i]),
+  (i) => parts.decider.decide(reqs[i], ctx, bodies[i]),
   Math.max(1000, Math.floor(iterations / 2)),
 );
 await parts.bundles.stop?.();

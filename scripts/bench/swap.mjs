@@ -20,8 +20,8 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
  * writer toolgate itself uses).
  */
 export function makeRevisions(root, bundle, dir, count, prefix) {
-  const { readTarGz } = require(path.join(root, "dist", "src", "policy", "tar.js"));
-  const { writeTarGz } = require(path.join(root, "dist", "src", "bundles", "tarball.js"));
+  const { readTarGz } = require(path.join(root, "dist", "src", "shared", "tar.js"));
+  const { writeTarGz } = require(path.join(root, "dist", "src", "shared", "tarball.js"));
   const files = readTarGz(fs.readFileSync(bundle));
   const manifest = JSON.parse(files.get("/.manifest")?.toString() ?? "{}");
   const data = files.has("/data.json") ? JSON.parse(files.get("/data.json").toString()) : undefined;
