@@ -2,12 +2,15 @@
 // toolgate's benchmark: toolgate side by side with a real OPA server on this
 // machine, same Rego, same inputs, same load generator (autocannon).
 //
-//   npm run bench                  full run (~4-5 min), writes docs/benchmarks.md
+//   npm run bench                  full run (~8 min), writes docs/benchmarks.md
 //   npm run bench -- --quick       smoke run (1 round x 2 s); writes <tmp>/benchmarks.md
 //                                  unless --out is given
 //   options: --no-build (use dist/ as is), --out <file>, --rounds N, --duration S,
 //            --conns 1,16,64, --keep (keep the temp dir), --cpu-prof <dir>
-//            (run the audit-on toolgate under node --cpu-prof, profile in <dir>),
+//            (also run every other audit-on toolgate under node --cpu-prof, whole life,
+//            profiles in <dir>; the decision profile below goes to <dir>/decision-profile),
+//            --no-profile (skip the decision profile), --profile-duration S (its load
+//            run; 10, quick 3), --profile-interval US (its sampling interval; 500),
 //            --swap-duration S (seconds per bundle-swap run; 10, quick 5),
 //            --swap-interval MS (between swaps; 1000), --only-swap (only the bundle swap
 //            section, printed to stdout; no report written)
@@ -16,8 +19,12 @@
 // from rego/ for OPA, starts a local OTLP/HTTP receiver, OPA (`opa run
 // --server`), toolgate with audit on (spans to the receiver, decision logs to a
 // file, trail on) and toolgate with audit off; checks that all of them give the
-// same outcome and reason codes for every request of the mix; then drives them
-// in alternating order per round at each concurrency; then swaps bundle
+// same outcome and reason codes for every request of the mix; starts the
+// platform's ceiling, a bare node:http server answering the bytes toolgate
+// answers for an allow (scripts/bench/ceiling.mjs); then drives OPA, toolgate
+// and the ceiling in alternating order per round at each concurrency; then
+// audit on vs off; then profiles one load run of a fresh audit-on toolgate
+// (node --cpu-prof, scripts/bench/profile-summary.mjs); then swaps bundle
 // revisions under load in a toolgate whose policy is a watched file
 // (scripts/bench/swap.mjs); then times in-process evaluation
 // (scripts/bench/inproc.mjs); then writes the report.
@@ -28,7 +35,9 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
+import { captureResponse } from "./bench/ceiling.mjs";
 import { MIX, policyInput } from "./bench/mix.mjs";
+import { summariseProfile } from "./bench/profile-summary.mjs";
 import {
   makeRevisions,
   renderSwap,
@@ -78,6 +87,13 @@ const SWAP_INTERVAL_MS = Number(opt("--swap-interval", 1000));
 const SWAP_MARGIN_MS = 1500; // no swap later than this before the end of a run
 const SWAP_WATCH_MS = 100; // TOOLGATE_POLICY_FILE_WATCH_INTERVAL_MS of the swap target
 const SWAP_CONNS = 16;
+const PROFILE = !flag("--no-profile");
+const PROFILE_DURATION = Number(opt("--profile-duration", QUICK ? 3 : 10)); // seconds, one load run
+const PROFILE_INTERVAL_US = Number(opt("--profile-interval", 500)); // node --cpu-prof-interval
+const PROFILE_CONNS = AUDIT_CONNS;
+const PROFILE_TOP = 15;
+/** The mix request whose answer the ceiling replays (an allow, with its grant). */
+const CEILING_REQUEST = MIX.findIndex((m) => m.outcome === "allow");
 
 const log = (...a) => console.error("bench:", ...a);
 class Fail extends Error {}
@@ -153,6 +169,18 @@ async function waitReady(url, child, timeoutMs = 30000) {
     await sleep(100);
   }
   fail(`${child.benchName} not ready at ${url} after ${timeoutMs} ms`);
+}
+
+/** The port a helper started with start(name, ...) prints as its first line (otlp-receiver, ceiling). */
+async function printedPort(name, what, timeoutMs = 10000) {
+  const file = path.join(TMP, `${name}.log`);
+  const t0 = Date.now();
+  for (;;) {
+    const txt = fs.readFileSync(file, "utf8").trim();
+    if (/^\d+$/.test(txt)) return Number(txt);
+    if (Date.now() - t0 > timeoutMs) fail(`${what} did not start (see ${file})`);
+    await sleep(50);
+  }
 }
 
 // ---- /proc ------------------------------------------------------------------------------
@@ -260,6 +288,21 @@ async function verify(targets) {
     rows.push({ name: MIX[i].name, outcome: first.outcome, codes: first.codes });
   }
   return rows;
+}
+
+/**
+ * The ceiling answers every request of the mix, on each path, with exactly what toolgate
+ * answered for the captured allow: status, headers (names, order, values) and body bytes.
+ */
+async function verifyCeiling(targets, responses) {
+  for (const t of targets) {
+    const want = JSON.stringify(responses[t.path]);
+    for (const [i, r] of requestsFor(t).entries()) {
+      const got = JSON.stringify(await captureResponse(t.base, r.path, r.body, r.headers));
+      if (got !== want)
+        fail(`verify: ${t.label} answered "${MIX[i].name}" with ${got}, expected ${want}`);
+    }
+  }
 }
 
 // ---- load --------------------------------------------------------------------------------
@@ -376,19 +419,10 @@ async function main() {
     [path.join(ROOT, "scripts", "bench", "otlp-receiver.mjs")],
     baseEnv,
   );
-  const receiverPort = await new Promise((resolve, reject) => {
-    const file = path.join(TMP, "otlp-receiver.log");
-    const t0 = Date.now();
-    const poll = () => {
-      const txt = fs.readFileSync(file, "utf8").trim();
-      if (/^\d+$/.test(txt)) resolve(Number(txt));
-      else if (Date.now() - t0 > 10000) reject(new Fail("OTLP receiver did not start"));
-      else setTimeout(poll, 50);
-    };
-    poll();
-  });
+  const receiverPort = await printedPort("otlp-receiver", "OTLP receiver");
 
-  async function startToolgate(name, audit, extraEnv = {}) {
+  /** nodeArgs: node's own options (default: --cpu-prof into --cpu-prof <dir> when given and audit is on). */
+  async function startToolgate(name, audit, extraEnv = {}, nodeArgs = undefined) {
     const port = await freePort();
     const stateDir = path.join(TMP, `state-${name}`);
     fs.mkdirSync(stateDir);
@@ -420,7 +454,7 @@ async function main() {
           }),
       ...extraEnv,
     };
-    const nodeArgs =
+    nodeArgs ??=
       audit && CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(CPU_PROF)}`] : [];
     const child = start(
       name,
@@ -499,12 +533,42 @@ async function main() {
   log("verifying that OPA and toolgate agree on every request of the mix");
   const verified = await verify([opa, ...tg, tgOffTarget]);
 
+  // The platform's ceiling: a bare node:http server answering, per path, what the audit-on
+  // toolgate answered for an allow of the mix (status, headers, body bytes).
+  const ceilingResponses = {};
+  for (const t of tg) {
+    const r = requestsFor(t)[CEILING_REQUEST];
+    ceilingResponses[t.path] = await captureResponse(t.base, r.path, r.body, r.headers);
+  }
+  const ceilingFile = path.join(TMP, "ceiling-responses.json");
+  fs.writeFileSync(ceilingFile, JSON.stringify(ceilingResponses));
+  const ceilingProc = start(
+    "ceiling",
+    NODE,
+    [path.join(ROOT, "scripts", "bench", "ceiling.mjs"), ceilingFile],
+    baseEnv,
+  );
+  const ceilingPort = await printedPort("ceiling", "bare node:http ceiling");
+  await waitReady(`http://127.0.0.1:${ceilingPort}/health`, ceilingProc);
+  await sleep(500);
+  const ceilingIdleRssMB = statusKb(ceilingProc.pid, "VmRSS") / 1024;
+  const ceil = TG_PATHS.map((p) => ({
+    kind: "ceiling",
+    label: `bare node:http ${p} (ceiling)`,
+    path: p,
+    base: `http://127.0.0.1:${ceilingPort}`,
+    pid: ceilingProc.pid,
+  }));
+  log(`checking that the ceiling answers every request of the mix with toolgate's bytes`);
+  await verifyCeiling(ceil, ceilingResponses);
+
   // Side by side: per concurrency, warm up each target, then rounds with alternating order.
   const sideBySide = []; // {conns, round, label, ...metrics}
+  const all = [opa, ...tg, ...ceil];
   for (const c of CONNS) {
-    for (const t of [opa, ...tg]) await load(t, c, WARMUP);
+    for (const t of all) await load(t, c, WARMUP);
     for (let r = 0; r < ROUNDS; r++) {
-      const order = r % 2 === 0 ? [opa, ...tg] : [...tg].reverse().concat([opa]);
+      const order = r % 2 === 0 ? all : [...all].reverse();
       for (const t of order) {
         const m = await load(t, c, DURATION);
         sideBySide.push({
@@ -553,11 +617,22 @@ async function main() {
     opa: statusKb(opaProc.pid, "VmHWM") / 1024,
     tgOn: statusKb(tgOn.child.pid, "VmHWM") / 1024,
     tgOff: statusKb(tgOff.child.pid, "VmHWM") / 1024,
+    ceiling: statusKb(ceilingProc.pid, "VmHWM") / 1024,
   };
   const logBytes = fs.statSync(path.join(TMP, "toolgate-audit-on.log")).size;
   const trailBytes = dirBytes(path.join(TMP, "state-toolgate-audit-on"));
 
-  await Promise.all([stop(tgOn.child), stop(tgOff.child), stop(tgOnFresh.child), stop(opaProc)]);
+  await Promise.all([
+    stop(tgOn.child),
+    stop(tgOff.child),
+    stop(tgOnFresh.child),
+    stop(opaProc),
+    stop(ceilingProc),
+  ]);
+
+  // Where the time goes: one load run of a fresh audit-on toolgate under node --cpu-prof.
+  const profile = PROFILE ? await measureProfile(startToolgate) : undefined;
+  if (profile?.failed) process.exitCode = 1;
 
   // Bundle swap under load: its own toolgate (audit on, spans to the same receiver), the others stopped.
   const swap = await measureSwap(startToolgate, wasmBundle);
@@ -638,6 +713,9 @@ async function main() {
     idleRssMB,
     idleRssOffMB,
     opaIdleRssMB,
+    ceilingIdleRssMB,
+    ceilingResponses,
+    profile,
     peak,
     receiverStats,
     logBytes,
@@ -765,6 +843,77 @@ async function measureSwap(startToolgate, wasmBundle) {
   }
 }
 
+/**
+ * Where a decision's time goes: a fresh audit-on toolgate started under
+ * node --cpu-prof, checked against the mix and warmed up like the others, then
+ * one load run of /v1/decisions at PROFILE_CONNS; the profile of its main thread
+ * (and of its worker threads) is cut to that run and summarised per function and
+ * per area (scripts/bench/profile-summary.mjs). Never throws: a failure is
+ * returned as {failed} so the rest of the report is kept.
+ */
+async function measureProfile(startToolgate) {
+  const dir = CPU_PROF
+    ? path.resolve(CPU_PROF, "decision-profile")
+    : path.join(TMP, "decision-profile");
+  let tg;
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+    tg = await startToolgate("toolgate-profile", true, {}, [
+      "--cpu-prof",
+      `--cpu-prof-dir=${dir}`,
+      `--cpu-prof-interval=${PROFILE_INTERVAL_US}`,
+    ]);
+    const base = `http://127.0.0.1:${tg.port}`;
+    await waitReady(`${base}/health/ready`, tg.child);
+    const t = {
+      kind: "toolgate",
+      label: "toolgate /v1/decisions (audit on, profiled)",
+      path: "/v1/decisions",
+      base,
+      pid: tg.child.pid,
+    };
+    await verify([t]);
+    for (let w = 0; w < 2; w++) await load(t, PROFILE_CONNS, WARMUP);
+    const t0 = process.hrtime.bigint();
+    const m = await load(t, PROFILE_CONNS, PROFILE_DURATION);
+    const t1 = process.hrtime.bigint();
+    const pid = tg.child.pid;
+    await stop(tg.child); // SIGTERM: toolgate exits cleanly and node writes the profiles
+    tg = undefined;
+    // CPU.<date>.<time>.<pid>.<thread id>.<seq>.cpuprofile; thread 0 is the main thread
+    const files = fs
+      .readdirSync(dir)
+      .filter((f) => f.endsWith(".cpuprofile") && f.split(".")[3] === String(pid))
+      .map((f) => ({ file: path.join(dir, f), tid: Number(f.split(".")[4]) }))
+      .sort((a, b) => a.tid - b.tid);
+    const main = files.find((x) => x.tid === 0);
+    if (!main) fail(`no main-thread profile of pid ${pid} in ${dir}`);
+    // the profile's clock is CLOCK_MONOTONIC in µs, process.hrtime's in ns
+    const window = { from: Number(t0 / 1000n), to: Number(t1 / 1000n), decisions: m.n };
+    const S = summariseProfile(main.file, { top: PROFILE_TOP, ...window });
+    const expected = Number(t1 - t0) / 1000 / PROFILE_INTERVAL_US;
+    if (S.samples < expected / 4)
+      fail(
+        `the main-thread profile has ${S.samples} samples in the load run, expected about ${f(expected, 0)} (clock mismatch?)`,
+      );
+    const workers = files
+      .filter((x) => x.tid !== 0)
+      .map((x) => ({ tid: x.tid, ...summariseProfile(x.file, { top: 5, ...window }) }));
+    log(
+      `profile: ${f(m.rps, 0)} req/s, ${S.samples} main-thread samples; top: ${S.areas
+        .slice(0, 4)
+        .map((a) => `${a.area} ${f(a.usPerDecision, 1)} µs`)
+        .join(", ")}`,
+    );
+    return { dir, load: m, main: S, workers, seconds: PROFILE_DURATION };
+  } catch (e) {
+    log(`profile: ${e instanceof Fail ? e.message : e.stack}`);
+    return { failed: String(e.message).split("\n")[0] };
+  } finally {
+    if (tg) await stop(tg.child);
+  }
+}
+
 function dirBytes(dir) {
   let n = 0;
   for (const e of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
@@ -783,7 +932,7 @@ function renderReport(R) {
   p();
   p("Generated by `npm run bench` (scripts/bench.mjs); this file is replaced on every run.");
   p(
-    "Rerun: `npm run bench` (about 6 minutes; `npm run bench -- --quick` for a 1-round smoke run that writes to a temp file).",
+    "Rerun: `npm run bench` (about 8 minutes; `npm run bench -- --quick` for a 1-round smoke run that writes to a temp file).",
   );
   p("The first run may build the pinned OPA CLI (`scripts/tools.sh opa`, needs Go).");
   p();
@@ -806,14 +955,20 @@ function renderReport(R) {
     '- **toolgate**: `node bin/toolgate.js serve` from dist/ with bundles/support-triage.tar.gz (wasm). **Audit on**: spans exported over OTLP/HTTP (protobuf) to a local receiver (scripts/bench/otlp-receiver.mjs), decision logs on at level info (stdout to a file), audit trail on; the audit work runs on the audit worker thread (`audit.worker`, the default; docs/audit.md). Requests: `POST /v1/decisions` with the request, `POST /v1/data/toolgate/decision` with `{"input": <request>}`.',
   );
   p(
-    `- **Load**: autocannon (programmatic, in the bench process, one thread) cycling through a fixed mix of ${MIX.length} reference-table requests per connection; concurrency ${CONNS.join(", ")}; ${WARMUP} s warm-up per target and concurrency; ${ROUNDS} round(s) × ${DURATION} s per target; the order of targets alternates per round so both share machine noise. Latency is measured per response (float ms, all responses). The load generator shares the ${mach.nproc} CPUs with the server under test.`,
+    `- **Load**: autocannon (programmatic, in the bench process, one thread) cycling through a fixed mix of ${MIX.length} reference-table requests per connection; concurrency ${CONNS.join(", ")}; ${WARMUP} s warm-up per target and concurrency; ${ROUNDS} round(s) × ${DURATION} s per target; the order of targets (OPA, toolgate on both paths, the ceiling on both paths) reverses every other round so all share machine noise. Latency is measured per response (float ms, all responses). The load generator shares the ${mach.nproc} CPUs with the server under test.`,
+  );
+  const cr = R.ceilingResponses;
+  const crd = cr["/v1/decisions"];
+  const cro = cr["/v1/data/toolgate/decision"];
+  p(
+    `- **Ceiling** (bare node:http, the platform's ceiling): scripts/bench/ceiling.mjs, one process of the same node binary (${mach.node}), \`node:http\` only, no framework. It answers every POST, once it has read the body fully, with a constant response per path: the status, the headers (${crd.headers.map(([k]) => k).join(", ")}; the values as captured, so the X-Request-ID is a constant where toolgate issues a fresh UUID of the same length per request; node:http adds Date, Connection and Keep-Alive itself, as it does for toolgate, same keep-alive timeout) and the body the audit-on toolgate answered for "${MIX[CEILING_REQUEST].name}" (an allow, with its signed grant): ${Buffer.byteLength(crd.body)} bytes on \`/v1/decisions\`, ${Buffer.byteLength(cro.body)} bytes on \`/v1/data/toolgate/decision\`. Driven with the same requests as toolgate on each path, the same concurrencies and warm-up, in the same alternating rounds. Its req/s is what this machine's node does with HTTP and nothing else, so toolgate's fraction of it is the share of the platform's capacity left after the decision's own work.`,
   );
   p(
     "- **CPU** is the server's utime+stime from /proc/<pid>/stat over the run (cores busy on average; CPU µs per request). **Peak RSS** is VmHWM from /proc/<pid>/status (over the whole process life).",
   );
   p();
   p(
-    "Before measuring, every request of the mix is sent to OPA and to both toolgate endpoints (and to the audit-off toolgate); the run fails unless all give the same outcome and reason codes, and the reference table's:",
+    "Before measuring, every request of the mix is sent to OPA and to both toolgate endpoints (and to the audit-off toolgate); the run fails unless all give the same outcome and reason codes, and the reference table's (and unless the ceiling answers every request of the mix, on both paths, with exactly the captured status, headers and bytes):",
   );
   p();
   p("| request | outcome | reason codes |");
@@ -823,7 +978,9 @@ function renderReport(R) {
 
   p("## Side by side (audit on)");
   p();
-  p("Median over rounds; [min–max] in brackets.");
+  p(
+    "Median over rounds; [min–max] in brackets. The bare node:http rows are the platform's ceiling (see Setup), not a decision server.",
+  );
   p();
   p(
     "| conns | server / endpoint | req/s | p50 ms | p99 ms | p99.9 ms | CPU cores | CPU µs/req | peak RSS MB |",
@@ -881,6 +1038,39 @@ function renderReport(R) {
   }
   p();
 
+  p("### Ceiling: toolgate / bare node:http per round");
+  p();
+  p(
+    "toolgate's throughput as a fraction of the bare node:http server's on the same path, concurrency and round (1.0 would be the platform's ceiling). CPU µs/req: medians over rounds, the server's whole process. Load generator cores: the bench process (autocannon, one thread) during the ceiling's runs; near 1.0 the ceiling is bounded by the load generator, not by node:http, and the fraction is an upper bound.",
+  );
+  p();
+  p(
+    `| conns | endpoint | ${Array.from({ length: ROUNDS }, (_, i) => `round ${i + 1}`).join(" | ")} | median [spread] | toolgate CPU µs/req | ceiling CPU µs/req | load generator cores (ceiling runs) |`,
+  );
+  p(`|---:|---|${"---:|".repeat(ROUNDS + 4)}`);
+  const ceilingRatios = {}; // path -> conns -> [per round]
+  for (const c of CONNS) {
+    for (const tp of TG_PATHS) {
+      const rt = [];
+      const at = (kind, r) =>
+        R.sideBySide.find(
+          (x) => x.conns === c && x.round === r && x.kind === kind && x.path === tp,
+        );
+      for (let r = 1; r <= ROUNDS; r++) rt.push(at("toolgate", r).rps / at("ceiling", r).rps);
+      (ceilingRatios[tp] ??= {})[c] = rt;
+      const med = (kind, key) =>
+        median(
+          R.sideBySide
+            .filter((x) => x.conns === c && x.kind === kind && x.path === tp)
+            .map((x) => x[key]),
+        );
+      p(
+        `| ${c} | ${tp} | ${rt.map((x) => f(x)).join(" | ")} | ${f(median(rt))} [${spread(rt)}] | ${f(med("toolgate", "cpuUsPerReq"), 0)} | ${f(med("ceiling", "cpuUsPerReq"), 0)} | ${f(med("ceiling", "loadgenCores"))} |`,
+      );
+    }
+  }
+  p();
+
   p("## Audit on vs off");
   p();
   p(
@@ -907,6 +1097,8 @@ function renderReport(R) {
   );
   p();
 
+  renderProfile(R.profile, p, R.auditRuns);
+
   p("## Memory");
   p();
   p(`| process | idle RSS after start MB | peak RSS (VmHWM) MB |`);
@@ -914,6 +1106,7 @@ function renderReport(R) {
   p(`| toolgate, audit on | ${f(R.idleRssMB, 1)} | ${f(R.peak.tgOn, 1)} |`);
   p(`| toolgate, audit off | ${f(R.idleRssOffMB, 1)} | ${f(R.peak.tgOff, 1)} |`);
   p(`| opa | ${f(R.opaIdleRssMB, 1)} | ${f(R.peak.opa, 1)} |`);
+  p(`| bare node:http (ceiling) | ${f(R.ceilingIdleRssMB, 1)} | ${f(R.peak.ceiling, 1)} |`);
   p();
 
   p("## In-process evaluation");
@@ -974,6 +1167,30 @@ function renderReport(R) {
       `p99 ratio (toolgate/OPA) ${tp}: ${f(worst.v)} — target ≤ 1.0: ${met(worst.v <= 1)} (c=${worst.c}, rounds ${worst.s})  `,
     );
   }
+  p();
+  // The ceiling: its own lines, exactly `ceiling fraction (toolgate/bare node:http) <path>: X`
+  // (X = the worst concurrency's median ratio); the details follow in a paragraph of their own.
+  const ceilingWorst = [];
+  for (const tp of TG_PATHS) {
+    const byConns = CONNS.map((c) => ({
+      c,
+      v: median(ceilingRatios[tp][c]),
+      s: spread(ceilingRatios[tp][c]),
+    }));
+    const worst = [...byConns].sort((a, b) => a.v - b.v)[0];
+    ceilingWorst.push({ tp, worst, byConns });
+    p(`ceiling fraction (toolgate/bare node:http) ${tp}: ${f(worst.v)}`);
+    p();
+  }
+  p(
+    `(throughput of toolgate over the bare node:http server, median over ${ROUNDS} round(s) at each concurrency; ${ceilingWorst
+      .map(
+        ({ tp, worst, byConns }) =>
+          `${tp}: worst at c=${worst.c}, rounds ${worst.s}; per concurrency ${byConns.map((x) => `c=${x.c} ${f(x.v)}`).join(", ")}`,
+      )
+      .join("; ")})`,
+  );
+  p();
   const ev = R.inproc.phase.fullSpeedP50;
   p(
     `in-process evaluate p50: ${f(ev, 1)} µs — target ≤ 20 µs: ${met(ev <= 20)} (at full machine speed: ${R.inproc.phase.fullSpeed} of ${R.inproc.phase.batches} batches; over all batches, slow phases included, ${f(R.inproc.phase.allP50, 1)} µs; per-process p50 ${spread(R.inproc.runsP50, 1)} µs; Decider.decide p50 ${f(median(R.inproc.runsDecideP50), 1)} µs)  `,
@@ -986,6 +1203,76 @@ function renderReport(R) {
   p(swapSummary(R.swap));
   p();
   return L.join("\n");
+}
+
+/** The report's profile section (see measureProfile). */
+function renderProfile(P, p, auditRuns) {
+  p("## Where the time goes (CPU profile)");
+  p();
+  if (P === undefined) {
+    p("Not measured in this run (`--no-profile`).");
+    p();
+    return;
+  }
+  if (P.failed) {
+    p(`**The profile run failed**: ${P.failed}`);
+    p();
+    return;
+  }
+  const S = P.main;
+  const code = (x) => (x.includes("`") ? `\`\` ${x} \`\`` : `\`${x}\``);
+  const on = median(auditRuns.filter((x) => x.audit === "on").map((x) => x.rps));
+  p(
+    `One load run of \`/v1/decisions\` (the mix, ${PROFILE_CONNS} connections, ${P.seconds} s) against a fresh audit-on toolgate (set up as above) started under \`node --cpu-prof --cpu-prof-interval=${PROFILE_INTERVAL_US}\`, checked against the mix and warmed up 2 × ${WARMUP} s first. The profile is cut to the load run (the samples between its start and end; the profile's clock is CLOCK_MONOTONIC, as process.hrtime's): ${S.samples} main-thread samples over ${f(S.windowUs / 1e6, 2)} s, ${P.load.n} decisions, ${f(P.load.rps, 0)} req/s under the profiler (p99 ${f(P.load.p99, 3)} ms; CPU ${f(P.load.cpuUsPerReq, 0)} µs/req, all threads) against ${f(on, 0)} req/s unprofiled at the same concurrency (audit on, the section above).`,
+  );
+  p();
+  p(
+    "Self time: the function on top of the stack when the sample was taken. µs per decision = the share of main-thread samples × the run's time / decisions, so the rows, idle included, add up to the main thread's wall time per decision (1 / throughput). Builtins such as JSON.parse and JSON.stringify have no frame of their own: they count in the JavaScript function that calls them (parseJsonText, sendJson). A sample's area is decided by its stack, leaf first: the first frame that belongs to an area wins; frames that serve many callers (natives such as writeUtf8String and postMessage, node:events, node:internal/crypto, timers, src/shared) leave it to their caller, so a socket write under res.end counts as node:http and a signature under src/grants as grant signing. Where: the compiled JavaScript in dist/ (line numbers are dist's), nm/ = node_modules.",
+  );
+  p();
+  p("| area | µs per decision | % of main-thread samples |");
+  p("|---|---:|---:|");
+  for (const a of S.areas) p(`| ${a.area} | ${f(a.usPerDecision, 1)} | ${f(a.pct, 1)} |`);
+  const busy = S.areas.filter((a) => a.key !== "idle");
+  const sum = (xs, k) => xs.reduce((acc, x) => acc + x[k], 0);
+  p(
+    `| **busy (all but idle)** | **${f(sum(busy, "usPerDecision"), 1)}** | **${f(sum(busy, "pct"), 1)}** |`,
+  );
+  p(
+    `| total (main-thread wall time per decision) | ${f(sum(S.areas, "usPerDecision"), 1)} | 100.0 |`,
+  );
+  p();
+  p(`Top ${S.functions.length} functions by self time (main thread):`);
+  p();
+  p("| # | function | where | area | µs per decision | % of main-thread samples |");
+  p("|---:|---|---|---|---:|---:|");
+  S.functions.forEach((r, i) =>
+    p(
+      `| ${i + 1} | ${code(r.fn.replace(/\|/g, "\\|"))} | ${r.where} | ${r.area} | ${f(r.usPerDecision, 1)} | ${f(r.pct, 1)} |`,
+    ),
+  );
+  p();
+  const workersBusy = P.workers.reduce(
+    (acc, w) =>
+      acc +
+      sum(
+        w.areas.filter((a) => a.key !== "idle"),
+        "usPerDecision",
+      ),
+    0,
+  );
+  p(
+    `Samples are taken on a wall-clock timer: time the main thread is runnable but not running (on a 2-CPU machine shared with the load generator, typically right after a socket write wakes it) counts in the function it resumes in, mostly \`writeUtf8String\`. Cross-check: by the samples the main thread was busy ${f(sum(busy, "usPerDecision"), 1)} µs per decision and the worker thread(s) ${f(workersBusy, 1)} µs; by /proc the process used ${f(P.load.cpuUsPerReq, 0)} CPU µs per request, all threads (any excess of the samples over that is waiting for a CPU).`,
+  );
+  p();
+  for (const w of P.workers) {
+    const wb = w.areas.filter((a) => a.key !== "idle");
+    const top = w.functions.filter((r) => r.fn !== "(idle)").slice(0, 4);
+    p(
+      `Worker thread ${w.tid} (the audit worker runs on a worker thread): busy ${f(sum(wb, "usPerDecision"), 1)} µs per decision (${f(sum(wb, "pct"), 1)} % of its ${w.samples} samples); its top functions: ${top.map((r) => `${code(r.fn)} ${r.where} ${f(r.usPerDecision, 1)} µs`).join(", ")}.`,
+    );
+    p();
+  }
 }
 
 main().catch((e) => {
