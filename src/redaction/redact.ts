@@ -17,6 +17,7 @@
  */
 import { createHash, createHmac, randomBytes } from "node:crypto";
 import { isObject } from "../shared/guards";
+import { canonicalizeAny, CIRCULAR } from "../shared/jcs";
 
 export type MaskOp =
   | { op: "remove"; path: string }
@@ -41,7 +42,7 @@ export interface RedactorOptions {
 
 export const REDACTED = "[REDACTED]";
 export const TOO_DEEP = "[TOO DEEP]";
-export const CIRCULAR = "[CIRCULAR]";
+export { CIRCULAR };
 
 /** A fresh random key for `RedactorOptions.hmacKey` (32 bytes). */
 export function generateHmacKey(): Buffer {
@@ -615,50 +616,6 @@ function cloneJson(v: unknown): unknown {
 }
 
 // ---------------------------------------------------------------------------
-// Canonical JSON (RFC 8785 key order) for hashing
-// ---------------------------------------------------------------------------
-
-function canonical(v: unknown, stack: unknown[]): string {
-  if (v === null || v === undefined) return "null";
-  switch (typeof v) {
-    case "string":
-      return JSON.stringify(v);
-    case "number":
-      return Number.isFinite(v) ? JSON.stringify(v) : "null";
-    case "boolean":
-      return v ? "true" : "false";
-    case "bigint":
-      return v.toString();
-    case "object":
-      break;
-    default:
-      return "null";
-  }
-  const obj = v as { toJSON?: unknown };
-  if (typeof obj.toJSON === "function" && !ArrayBuffer.isView(v))
-    return canonical((obj.toJSON as () => unknown).call(v), stack);
-  if (stack.includes(v) || stack.length > 256) return JSON.stringify(CIRCULAR);
-  stack.push(v);
-  let out: string;
-  if (ArrayBuffer.isView(v)) {
-    out = JSON.stringify(Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("base64"));
-  } else if (Array.isArray(v)) {
-    out = "[" + v.map((x) => canonical(x, stack)).join(",") + "]";
-  } else {
-    const rec = v as Record<string, unknown>;
-    const parts: string[] = [];
-    for (const k of Object.keys(rec).sort()) {
-      const x = rec[k];
-      if (x === undefined || typeof x === "function" || typeof x === "symbol") continue;
-      parts.push(JSON.stringify(k) + ":" + canonical(x, stack));
-    }
-    out = "{" + parts.join(",") + "}";
-  }
-  stack.pop();
-  return out;
-}
-
-// ---------------------------------------------------------------------------
 // Values replaced once, replaced wherever free text quotes them
 // ---------------------------------------------------------------------------
 
@@ -771,9 +728,13 @@ export class Redactor {
     );
   }
 
-  /** Keyed hash: "hmac-sha256:<keyId>:<first 128 bits, base64url>". Strings are hashed as their UTF-8 text, anything else as canonical JSON. */
+  /**
+   * Keyed hash: "hmac-sha256:<keyId>:<first 128 bits, base64url>". Strings are hashed as their
+   * UTF-8 text, anything else as its canonical JSON (`canonicalizeAny`: RFC 8785 for JSON
+   * values, and a text for every other value too).
+   */
   hash(value: unknown): string {
-    const text = typeof value === "string" ? value : canonical(value, []);
+    const text = typeof value === "string" ? value : canonicalizeAny(value);
     const mac = createHmac("sha256", this.key).update(text, "utf8").digest();
     return `hmac-sha256:${this.keyId}:${mac.subarray(0, 16).toString("base64url")}`;
   }

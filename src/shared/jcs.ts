@@ -36,6 +36,13 @@
  * - plain objects are those whose prototype is `Object.prototype` or `null`.
  *
  * Rejections throw `json_not_canonicalizable` (400) naming the JSON path.
+ *
+ * `canonicalizeAny(value)` is the same serialiser made total, for hashing
+ * whatever a caller hands in (the redactor's keyed hashes): for every value
+ * `canonicalize` accepts and nested no deeper than {@link ANY_MAX_DEPTH} it
+ * writes the same text, and where `canonicalize` refuses it writes something
+ * instead, as `JSON.stringify` would where `JSON.stringify` writes anything
+ * (see {@link canonicalizeAny}).
  */
 import { toolgateError } from "../errors";
 
@@ -52,7 +59,32 @@ export function compareUtf16(a: string, b: string): number {
 /** The canonical (RFC 8785) JSON text of `value`. */
 export function canonicalize(value: unknown): string {
   const out: string[] = [];
-  write(value, "$", 0, new Set<object>(), out);
+  write(value, "$", 0, new Set<object>(), out, false);
+  return out.join("");
+}
+
+/** What {@link canonicalizeAny} writes for a cycle or nesting deeper than {@link ANY_MAX_DEPTH}. */
+export const CIRCULAR = "[CIRCULAR]";
+
+/** {@link canonicalizeAny} writes {@link CIRCULAR} for objects nested deeper than this. */
+export const ANY_MAX_DEPTH = 256;
+
+/**
+ * The canonical JSON text of any value, refusing none. For a value
+ * {@link canonicalize} accepts (nested no deeper than {@link ANY_MAX_DEPTH}),
+ * the same text. Otherwise `JSON.stringify`'s rules with the members sorted
+ * the same way: toJSON is called (except on binary data); a non-finite number,
+ * and undefined, a function or a symbol as the value or an element (or a
+ * sparse hole), is `null`; such members are omitted; any object is written by
+ * its own enumerable string keys; lone surrogates are escaped. Where
+ * `JSON.stringify` would throw or write nothing: a BigInt as its digits,
+ * binary data (Buffer, typed arrays, DataView) as a base64 string, a cycle or
+ * an object or array nested deeper than {@link ANY_MAX_DEPTH} as the string
+ * {@link CIRCULAR}.
+ */
+export function canonicalizeAny(value: unknown): string {
+  const out: string[] = [];
+  write(value, "$", 0, new Set<object>(), out, true);
   return out.join("");
 }
 
@@ -60,35 +92,50 @@ function fail(path: string, what: string): never {
   throw toolgateError("json_not_canonicalizable", `${path}: ${what}`);
 }
 
-function serializeString(s: string, path: string): string {
-  if (LONE_SURROGATE.test(s)) fail(path, "a string holds a lone surrogate (not I-JSON)");
+/** `what` is not JSON: refused (strict), or written as `text` (any). */
+function notJson(any: boolean, path: string, what: string, text: string, out: string[]): void {
+  if (!any) fail(path, what);
+  out.push(text);
+}
+
+function serializeString(s: string, path: string, any: boolean): string {
+  if (!any && LONE_SURROGATE.test(s)) fail(path, "a string holds a lone surrogate (not I-JSON)");
   return JSON.stringify(s);
 }
 
-function serializeNumber(n: number, path: string): string {
-  if (!Number.isFinite(n)) fail(path, `${String(n)} is not a JSON number`);
-  // Object.is(n, -0) → "0": Number.prototype.toString(-0) is already "0".
-  return String(n);
-}
-
-function write(value: unknown, path: string, depth: number, seen: Set<object>, out: string[]) {
+function write(
+  value: unknown,
+  path: string,
+  depth: number,
+  seen: Set<object>,
+  out: string[],
+  any: boolean,
+): void {
   switch (typeof value) {
     case "string":
-      out.push(serializeString(value, path));
+      out.push(serializeString(value, path, any));
       return;
     case "number":
-      out.push(serializeNumber(value, path));
+      // Number.prototype.toString, which JSON.stringify also uses; -0 → "0".
+      if (Number.isFinite(value)) out.push(String(value));
+      else notJson(any, path, `${String(value)} is not a JSON number`, "null", out);
       return;
     case "boolean":
       out.push(value ? "true" : "false");
       return;
     case "undefined":
-      return fail(path, "undefined is not a JSON value");
+      return notJson(any, path, "undefined is not a JSON value", "null", out);
     case "bigint":
-      return fail(path, "a BigInt is not a JSON value (use a number or a string)");
+      return notJson(
+        any,
+        path,
+        "a BigInt is not a JSON value (use a number or a string)",
+        value.toString(),
+        out,
+      );
     case "function":
     case "symbol":
-      return fail(path, `a ${typeof value} is not a JSON value`);
+      return notJson(any, path, `a ${typeof value} is not a JSON value`, "null", out);
     case "object":
       break;
   }
@@ -96,26 +143,45 @@ function write(value: unknown, path: string, depth: number, seen: Set<object>, o
     out.push("null");
     return;
   }
-  if (depth >= MAX_DEPTH) fail(path, `nesting deeper than ${MAX_DEPTH}`);
-  if (seen.has(value)) fail(path, "a cycle");
+  if (any) {
+    const toJSON = (value as { toJSON?: unknown }).toJSON;
+    if (typeof toJSON === "function" && !ArrayBuffer.isView(value)) {
+      write((toJSON as () => unknown).call(value), path, depth, seen, out, any);
+      return;
+    }
+    if (depth > ANY_MAX_DEPTH || seen.has(value)) {
+      out.push(JSON.stringify(CIRCULAR));
+      return;
+    }
+    if (ArrayBuffer.isView(value)) {
+      const bytes = Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+      out.push(JSON.stringify(bytes.toString("base64")));
+      return;
+    }
+  } else {
+    if (depth >= MAX_DEPTH) fail(path, `nesting deeper than ${MAX_DEPTH}`);
+    if (seen.has(value)) fail(path, "a cycle");
+  }
   seen.add(value);
   if (Array.isArray(value)) {
-    if (Object.getPrototypeOf(value) !== Array.prototype) fail(path, "not a plain array");
+    if (!any && Object.getPrototypeOf(value) !== Array.prototype) fail(path, "not a plain array");
     out.push("[");
     for (let i = 0; i < value.length; i++) {
       if (i > 0) out.push(",");
-      const p = `${path}[${i}]`;
-      if (!(i in value)) fail(p, "a sparse array hole");
-      write((value as unknown[])[i], p, depth + 1, seen, out);
+      const p = any ? path : `${path}[${i}]`;
+      if (i in value) write((value as unknown[])[i], p, depth + 1, seen, out, any);
+      else notJson(any, p, "a sparse array hole", "null", out);
     }
     out.push("]");
   } else {
-    const proto: unknown = Object.getPrototypeOf(value);
-    if (proto !== Object.prototype && proto !== null) {
-      const name = (value as { constructor?: { name?: unknown } }).constructor?.name;
-      fail(path, `a ${typeof name === "string" ? name : "non-plain"} object is not JSON`);
+    if (!any) {
+      const proto: unknown = Object.getPrototypeOf(value);
+      if (proto !== Object.prototype && proto !== null) {
+        const name = (value as { constructor?: { name?: unknown } }).constructor?.name;
+        fail(path, `a ${typeof name === "string" ? name : "non-plain"} object is not JSON`);
+      }
+      if (Object.getOwnPropertySymbols(value).length > 0) fail(path, "a symbol-keyed member");
     }
-    if (Object.getOwnPropertySymbols(value).length > 0) fail(path, "a symbol-keyed member");
     const record = value as Record<string, unknown>;
     const keys = Object.keys(record).sort(compareUtf16);
     out.push("{");
@@ -123,11 +189,12 @@ function write(value: unknown, path: string, depth: number, seen: Set<object>, o
     for (const key of keys) {
       const member = record[key];
       if (member === undefined) continue;
-      const p = `${path}[${JSON.stringify(key)}]`;
+      if (any && (typeof member === "function" || typeof member === "symbol")) continue;
+      const p = any ? path : `${path}[${JSON.stringify(key)}]`;
       if (!first) out.push(",");
       first = false;
-      out.push(serializeString(key, p), ":");
-      write(member, p, depth + 1, seen, out);
+      out.push(serializeString(key, p, any), ":");
+      write(member, p, depth + 1, seen, out, any);
     }
     out.push("}");
   }

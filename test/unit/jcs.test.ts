@@ -16,7 +16,13 @@ import {
   projectSubject,
   type BindingRequest,
 } from "../../src/approvals/binding";
-import { canonicalize, compareUtf16, MAX_DEPTH } from "../../src/shared/jcs";
+import {
+  ANY_MAX_DEPTH,
+  canonicalize,
+  canonicalizeAny,
+  compareUtf16,
+  MAX_DEPTH,
+} from "../../src/shared/jcs";
 import { isToolgateError } from "../../src/errors";
 
 function code(fn: () => unknown): string | undefined {
@@ -303,6 +309,83 @@ describe("toolgate's strictness decisions", () => {
     expect(canonicalize(false)).toBe("false");
     expect(canonicalize("")).toBe('""');
     expect(canonicalize(-0)).toBe("0");
+  });
+});
+
+describe("canonicalizeAny: the same text for JSON, a text for anything else", () => {
+  test("JSON values: exactly what canonicalize writes", () => {
+    const values: unknown[] = [
+      { b: [1, "x", true, null], a: { é: 1, "\u{1F600}": 2, "\uFB33": 3, "10": 4, "9": 5 } },
+      [0, -0, 1e21, 1e-7, 0.1 + 0.2, 5e-324, Number.MAX_SAFE_INTEGER, -1.5],
+      ['\u0000\u001f\b\t\n\f\r"\\/\u007f\u2028', "\u{1F600}"],
+      JSON.parse('{"__proto__": {"x": 1}, "a": 1}'),
+      Object.assign(Object.create(null) as object, { z: 1, a: 2 }),
+      { a: undefined, b: 1 },
+      [{}, [], ""],
+    ];
+    for (const v of values) expect(canonicalizeAny(v)).toBe(canonicalize(v));
+  });
+
+  test("what canonicalize refuses gets a text (the redactor's hashes depend on these)", () => {
+    const sym = Symbol("s");
+    const cyclic: Record<string, unknown> = { name: "a" };
+    cyclic.self = cyclic;
+    const loop: unknown[] = [1];
+    loop.push(loop);
+    class K {
+      a = 1;
+      b = "x";
+    }
+    expect(canonicalizeAny({ a: NaN, b: [Infinity, -Infinity] })).toBe(
+      '{"a":null,"b":[null,null]}',
+    );
+    expect(canonicalizeAny({ "\uD800k": "\uDC00v", a: ["x\uD83D"] })).toBe(
+      '{"a":["x\\ud83d"],"\\ud800k":"\\udc00v"}',
+    );
+    expect(canonicalizeAny({ a: 12345678901234567890n, b: [-1n] })).toBe(
+      '{"a":12345678901234567890,"b":[-1]}',
+    );
+    expect(
+      canonicalizeAny({ a: undefined, b: [undefined, () => 1, sym], c: () => 1, d: sym }),
+    ).toBe('{"b":[null,null,null]}');
+    expect(canonicalizeAny(undefined)).toBe("null");
+    expect(canonicalizeAny(() => 1)).toBe("null");
+    expect(canonicalizeAny({ at: new Date(0) })).toBe('{"at":"1970-01-01T00:00:00.000Z"}');
+    expect(canonicalizeAny({ toJSON: () => ({ b: 1, a: 2 }) })).toBe('{"a":2,"b":1}');
+    expect(
+      canonicalizeAny({
+        b: Buffer.from("hello"),
+        u: new Uint8Array([1, 2, 255]),
+        d: new DataView(new ArrayBuffer(2)),
+        f: new Float32Array([1.5]),
+      }),
+    ).toBe('{"b":"aGVsbG8=","d":"AAA=","f":"AADAPw==","u":"AQL/"}');
+    expect(canonicalizeAny(Buffer.from("abcdef").subarray(2, 4))).toBe('"Y2Q="');
+    expect(canonicalizeAny(cyclic)).toBe('{"name":"a","self":"[CIRCULAR]"}');
+    expect(canonicalizeAny(loop)).toBe('[1,"[CIRCULAR]"]');
+    expect(canonicalizeAny(new K())).toBe('{"a":1,"b":"x"}');
+    expect(canonicalizeAny({ m: new Map([["a", 1]]), e: new Error("boom"), s: { [sym]: 1 } })).toBe(
+      '{"e":{},"m":{},"s":{}}',
+    );
+    // eslint-disable-next-line no-sparse-arrays
+    expect(canonicalizeAny([1, , 3])).toBe("[1,null,3]");
+  });
+
+  test("an array or object nested deeper than ANY_MAX_DEPTH is cut off as a cycle is", () => {
+    const nest = (levels: number, inner: unknown): unknown => {
+      let v = inner;
+      for (let i = 0; i < levels; i++) v = [v];
+      return v;
+    };
+    // levels 0..ANY_MAX_DEPTH are written; an array at level ANY_MAX_DEPTH + 1 is not
+    const fits = nest(ANY_MAX_DEPTH, []);
+    expect(canonicalizeAny(fits)).toBe(canonicalize(fits));
+    expect(canonicalizeAny(nest(ANY_MAX_DEPTH + 1, []))).toBe(
+      `${"[".repeat(ANY_MAX_DEPTH + 1)}"[CIRCULAR]"${"]".repeat(ANY_MAX_DEPTH + 1)}`,
+    );
+    expect(canonicalizeAny(nest(ANY_MAX_DEPTH + 1, 1))).toBe(
+      `${"[".repeat(ANY_MAX_DEPTH + 1)}1${"]".repeat(ANY_MAX_DEPTH + 1)}`,
+    );
   });
 });
 

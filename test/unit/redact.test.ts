@@ -374,6 +374,27 @@ describe("hashing", () => {
     expect(r.hash({ a: 1 })).not.toBe(r.hash({ a: 2 }));
   });
 
+  test("a value's hash does not change between versions (pinned, key k1)", () => {
+    // A configured key keeps hashes comparable across restarts and releases: these were
+    // computed before the hash moved onto shared/jcs's canonicalizeAny.
+    const cyclic: Record<string, unknown> = { name: "a" };
+    cyclic.self = cyclic;
+    const pinned: Array<[unknown, string]> = [
+      [
+        { b: [1, "x", null, true, -0, 1e21], a: { "\u{1F600}": 2, "\uFB33": 3 } },
+        "27EDI_kfpsQTTms4gqN26A",
+      ],
+      [
+        { at: new Date(0), n: 12n, bin: Buffer.from("hi"), nan: NaN, u: undefined, f: [undefined] },
+        "j5s48Fm_YsmJ2HWnpsH75A",
+      ],
+      [{ "\uD800": "x\uDC00" }, "np2MClM_gcyGxPsK98ueEQ"],
+      [cyclic, "gD9bvEq9kqVX9kVxYd6ltg"],
+      [4111111111111111, "e35ssnFcexw3EQ8DUSOr0w"],
+    ];
+    for (const [value, mac] of pinned) expect(r.hash(value)).toBe(`hmac-sha256:k1:${mac}`);
+  });
+
   test("hmacKey must be strong enough and keyId well-formed", () => {
     expect(() => new Redactor({ hmacKey: Buffer.from("short") })).toThrow(/16 bytes/);
     expect(() => new Redactor({ hmacKey: KEY, keyId: "a:b" })).toThrow(/keyId/);
