@@ -1,5 +1,5 @@
 import { parseArgs } from "node:util";
-import { verifyTrail } from "../trail/trail";
+import { verifyTrail } from "../trail";
 import { normalizeError, toolgateError } from "../errors";
 
 type Out = { stdout: (s: string) => void; stderr: (s: string) => void };

@@ -5,8 +5,7 @@
  * bundle's data (`data.toolgate.deployment.rollout.thresholds`) or defaults.
  * See docs/containment.md.
  */
-import { readFileSync, statSync } from "node:fs";
-import { listTrailFiles, verifyTrail, type VerifyResult } from "../trail/trail";
+import { expandTrailPaths, readTrail, verifyTrail, type VerifyResult } from "../trail";
 import { toolgateError } from "../errors";
 import { isObject } from "../shared/guards";
 
@@ -71,13 +70,6 @@ export interface RolloutReport {
   tools: ToolReport[];
 }
 
-interface Line {
-  seq: number;
-  time: string;
-  kind: string;
-  record: Record<string, unknown>;
-}
-
 /** Thresholds from bundle data (`toolgate.deployment.rollout.thresholds`), over the defaults. */
 export function thresholdsFrom(data: unknown): Thresholds {
   const t: Thresholds = { ...DEFAULT_THRESHOLDS };
@@ -95,34 +87,6 @@ export function thresholdsFrom(data: unknown): Thresholds {
     t[k as keyof Thresholds] = v;
   }
   return t;
-}
-
-function expand(paths: string[]): string[] {
-  return paths.flatMap((p) => {
-    let dir: boolean;
-    try {
-      dir = statSync(p).isDirectory();
-    } catch (e) {
-      throw toolgateError("audit_trail_unreadable", `${p}: ${(e as Error).message}`);
-    }
-    return dir ? listTrailFiles(p) : [p];
-  });
-}
-
-function readLines(files: string[]): Line[] {
-  const out: Line[] = [];
-  for (const f of files) {
-    for (const text of readFileSync(f, "utf8").split("\n")) {
-      if (text === "") continue;
-      try {
-        const v = JSON.parse(text) as Line;
-        if (isObject(v) && isObject(v.record) && typeof v.kind === "string") out.push(v);
-      } catch {
-        // a torn line: the verification result names it
-      }
-    }
-  }
-  return out;
 }
 
 function median(xs: number[]): number | null {
@@ -144,7 +108,7 @@ export function rolloutReport(
   paths: string[],
   opts: { since?: string; thresholds?: Thresholds; thresholdsSource?: string } = {},
 ): RolloutReport {
-  const files = expand(paths);
+  const files = expandTrailPaths(paths);
   let verify: VerifyResult;
   try {
     verify = verifyTrail(files, { allowPartialStart: true });
@@ -155,9 +119,6 @@ export function rolloutReport(
   if (sinceMs !== undefined && !Number.isFinite(sinceMs))
     throw toolgateError("usage", `--since must be an ISO date-time, got ${opts.since}`);
   const th = opts.thresholds ?? DEFAULT_THRESHOLDS;
-  const lines = readLines(files).filter(
-    (l) => sinceMs === undefined || Date.parse(l.time) >= sinceMs,
-  );
 
   const tools = new Map<string, ToolReport>();
   const toolOf = (name: string): ToolReport => {
@@ -191,7 +152,12 @@ export function rolloutReport(
   const waits = new Map<string, number[]>();
   const approved = new Map<string, { tool: string; evaluation: string }>();
 
-  for (const l of lines) {
+  for (const line of readTrail(files)) {
+    // every readable record, also past a break (the verification result names it)
+    const l = line.entry();
+    if (l === undefined) continue;
+    const time = l.time as string; // unchecked: Date.parse reads anything else as a string
+    if (sinceMs !== undefined && !(Date.parse(time) >= sinceMs)) continue;
     const r = l.record;
     if (l.kind === "decision") {
       const tool = isObject(r.tool) ? str(r.tool.name) : undefined;
@@ -217,7 +183,7 @@ export function rolloutReport(
       const id = str(r.approval_id);
       if (tool === undefined || id === undefined) continue;
       const t = toolOf(tool);
-      const at = Date.parse(l.time);
+      const at = Date.parse(time);
       switch (r.event) {
         case "requested":
           t.approvals.requested++;
