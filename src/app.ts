@@ -330,7 +330,14 @@ async function assemble(
     source: sourceFromConfig(config.policy),
     ...(verification ? { verification } : {}),
     persistDir: config.policy.persistDir,
-    ...(auditor ? { spans: auditor } : {}),
+    ...(auditor
+      ? {
+          spans: {
+            bundleSpan: (name, attributes, error) =>
+              auditor.record({ kind: "bundle", name, attributes, error }),
+          },
+        }
+      : {}),
     onEvent: (result, code) => metrics.bundleEvents.inc(code ? { result, code } : { result }),
   });
   const approvals =
@@ -344,7 +351,7 @@ async function assemble(
           events: {
             approvalEvent: (event, fields) => {
               metrics.approvals.inc({ event });
-              auditor?.approvalEvent(event, fields);
+              auditor?.record({ kind: "approval", event, fields });
             },
           },
           ...(config.approvals.webhook
@@ -371,7 +378,7 @@ async function assemble(
           metrics,
           events: {
             containmentEvent: (event, fields) => {
-              auditor?.containmentEvent(event, fields);
+              auditor?.record({ kind: "containment", event, fields });
               if (auditor === undefined)
                 log.warn(`containment ${event}`, { event: `containment.${event}`, ...fields });
             },

@@ -4,6 +4,6 @@
  */
 export { buildParts, startToolgate, type Parts, type Toolgate } from "./app";
 export { compileConfig, loadConfig, type CompiledConfig } from "./config";
-export type * from "./model/decision";
+export type * from "./model";
 export { ERRORS, ToolgateError, isToolgateError } from "./errors";
 export * from "./grants/verify";

@@ -70,6 +70,7 @@ import {
 } from "../shared/sqlite";
 import { toolgateError } from "../errors";
 import { parseUntrustedJson } from "../shared/guards";
+import type { ApprovalRequirement } from "../model";
 
 export const APPROVALS_DB_FILE = "approvals.db";
 export const BUSY_TIMEOUT_MS = 5000;
@@ -88,14 +89,7 @@ export const TERMINAL_STATUSES: readonly TaskStatus[] = TASK_STATUSES.filter(
 );
 
 /** What the policy required of the approval (from its needs_approval output). */
-export interface ApprovalRequirement {
-  approver_roles: string[];
-  single_use: boolean;
-  ttl_seconds: number;
-  /** Identities that may never approve (the initiator and the agent are always excluded). */
-  exclude: string[];
-  [extra: string]: unknown;
-}
+export type { ApprovalRequirement };
 
 export interface EvaluationInput {
   evaluationId: string;

@@ -1,6 +1,6 @@
-import type { Attributes } from "@opentelemetry/api";
-import type { DecisionMeta } from "../model/decision";
+import type { RequestContext, SpanAttributes } from "../model";
 import { toolgateError } from "../errors";
+import { hasOwn, isObject } from "../shared/guards";
 import type { AuditService, LedgerEntry } from "./auditor";
 import type { MaskOp } from "../redaction/redact";
 
@@ -58,10 +58,7 @@ export interface ActionBoundary {
 
 const DEFAULT_BOUNDARY: ActionBoundary = { customerTypes: ["customer"], jobCustomer: true };
 
-const obj = (v: unknown): Record<string, unknown> | undefined =>
-  v !== null && typeof v === "object" && !Array.isArray(v)
-    ? (v as Record<string, unknown>)
-    : undefined;
+const obj = (v: unknown): Record<string, unknown> | undefined => (isObject(v) ? v : undefined);
 
 /**
  * The boundary the reference policy library enforces at decision time
@@ -82,9 +79,7 @@ export function boundaryFromData(data: unknown, tool: string | undefined): Actio
       : DEFAULT_BOUNDARY.customerTypes;
   const rules = obj(dep.tool_rules);
   const rule =
-    tool !== undefined && rules !== undefined && Object.hasOwn(rules, tool)
-      ? obj(rules[tool])
-      : undefined;
+    tool !== undefined && rules !== undefined && hasOwn(rules, tool) ? obj(rules[tool]) : undefined;
   const mode =
     typeof rule?.data_boundary === "string"
       ? rule.data_boundary
@@ -159,7 +154,7 @@ export interface ActionHooks {
 export function recordAction(
   auditor: AuditService,
   report: ActionReport,
-  meta: DecisionMeta,
+  ctx: RequestContext,
   hooks: ActionHooks = {},
 ): Record<string, unknown> {
   const entry = auditor.ledger.get(report.decision_id);
@@ -171,10 +166,11 @@ export function recordAction(
       | "action_tool_mismatch",
     message: string,
   ): never => {
-    auditor.securityEvent(
-      "action_without_permission",
-      "an action was reported without a matching allow",
-      {
+    auditor.record({
+      kind: "security",
+      event: "action_without_permission",
+      message: "an action was reported without a matching allow",
+      fields: {
         code,
         decision_id: report.decision_id,
         reported_tool: report.tool,
@@ -184,14 +180,14 @@ export function recordAction(
         status: report.status,
         changed: report.changed,
       },
-      meta,
-    );
+      ctx,
+    });
     throw toolgateError(code, message);
   };
   // In identity mode jwt only the decision's own subject may report its
   // action (a report can release a budget reservation); anyone else learns
   // nothing of the decision: the same answer as an unknown id.
-  if (entry === undefined || (meta.caller !== undefined && meta.caller.id !== entry.subjectId))
+  if (entry === undefined || (ctx.principal !== undefined && ctx.principal.id !== entry.subjectId))
     refuse("action_unknown_decision", `no recent decision ${report.decision_id} on this sidecar`);
   const e = entry as NonNullable<typeof entry>;
   if (e.outcome !== "allow") {
@@ -223,7 +219,7 @@ export function recordAction(
     }),
   }));
   const error = report.error ? auditor.redact(report.error) : undefined;
-  const attrs: Attributes = {
+  const attrs: SpanAttributes = {
     "gen_ai.operation.name": "execute_tool",
     "gen_ai.tool.name": e.tool ?? "",
     "gen_ai.agent.id": e.agentId,
@@ -252,14 +248,16 @@ export function recordAction(
     read: report.read,
     changed,
     anomalies,
-    trace_id: null as string | null, // filled in by audit, in this place
-    span_id: null as string | null,
+    trace_id: null, // filled in by audit, in this place
+    span_id: null,
     decision_span_id: e.spanContext?.spanId,
-    request_id: meta.requestId,
+    request_id: ctx.requestId,
   };
-  const ids = auditor.action({
+  const ids = auditor.record({
+    kind: "action",
     name: `execute_tool ${e.tool ?? ""}`,
-    meta: { ...meta, ...(started !== undefined ? { startTimeMs: started } : {}) },
+    ctx,
+    startTimeMs: started,
     endTimeMs: ended,
     attributes: attrs,
     link: e.spanContext,
@@ -267,10 +265,11 @@ export function recordAction(
     record,
   });
   if (anomalies.length > 0) {
-    auditor.securityEvent(
-      "action_anomaly",
-      "an action report contradicts its decision",
-      {
+    auditor.record({
+      kind: "security",
+      event: "action_anomaly",
+      message: "an action report contradicts its decision",
+      fields: {
         decision_id: e.decisionId,
         tool: e.tool,
         tool_class: e.toolClass,
@@ -281,8 +280,8 @@ export function recordAction(
         status: report.status,
         anomalies,
       },
-      meta,
-    );
+      ctx,
+    });
     for (const a of anomalies) hooks.onAnomaly?.(a.kind);
   }
   // after the record is written: a store failure never loses the action's audit

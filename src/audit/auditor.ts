@@ -1,72 +1,58 @@
 import {
+  ROOT_CONTEXT,
   SpanKind,
   SpanStatusCode,
   trace,
   type Attributes,
   type Context,
   type Span,
+  type SpanContext,
 } from "@opentelemetry/api";
+import { TraceState } from "@opentelemetry/core";
 import type {
+  ActionEvent,
+  ApprovalEvent,
+  AuditEvent,
+  BundleEvent,
+  ContainmentEvent,
   Decision,
-  DecisionMeta,
+  DecisionEvent,
   DecisionNotes,
   DecisionRequest,
   DecisionSink,
   GrantInfo,
-  VerifiedFacts,
-} from "../model/decision";
+  RefusalEvent,
+  RequestContext,
+  RequestSpanEnd,
+  RequestSpanStart,
+  SecurityEvent,
+  SpanIds,
+  SpanRef,
+} from "../model";
+import { isObject } from "../shared/guards";
 import type { Logger } from "../shared/log";
-import type { SpanIds } from "../telemetry/ids";
 import { SecretsSeen, type MaskOp, type Redactor } from "../redaction/redact";
 import type { AuditTrail, TrailStats } from "../trail/trail";
-import type { PreparedSpan, Tracing, TracingStats } from "../telemetry/tracing";
+import { extractTraceContext, type Tracing, type TracingStats } from "../telemetry/tracing";
 
 export { Tracing } from "../telemetry/tracing";
-export type { SpanIds } from "../telemetry/ids";
-
-/** A span that spans several decisions (an AuthZEN batch request): ended by the face. */
-export interface RequestSpan {
-  end(): void;
-}
-
-/** What POST /v1/actions records: the execute_tool span and its record. */
-export interface ActionAudit {
-  name: string;
-  /** The report's request meta; startTimeMs is the action's started_at when given. */
-  meta: DecisionMeta;
-  /** The action's ended_at (ms), if given. */
-  endTimeMs: number | undefined;
-  attributes: Attributes;
-  /** The decision span the action links to. */
-  link: ReturnType<Span["spanContext"]> | undefined;
-  /** Set when the tool reported an error: the span's status message. */
-  errorMessage: string | undefined;
-  /** The trail and log record; its trace_id and span_id are filled in. */
-  record: Record<string, unknown> & { trace_id: string | null; span_id: string | null };
-}
+export type { SpanIds } from "../model";
 
 /**
- * Audit as the rest of toolgate sees it. `Auditor` does the work on the
- * calling thread; `AuditClient` (./client) hands it to an Auditor in a worker
- * thread so the decision path pays only for a message.
+ * Audit as the rest of toolgate sees it: a sink for every AuditEvent.
+ * `Auditor` does the work on the calling thread; `AuditClient` (./client)
+ * hands it to an Auditor in a worker thread so the decision path pays only
+ * for a message.
  */
 export interface AuditService extends DecisionSink {
   /** Recent decisions, for checking action reports (on the calling thread in both). */
   readonly ledger: DecisionLedger;
-  traceMeta(headers: Record<string, string | string[] | undefined>): unknown;
-  startRequestSpan(meta: DecisionMeta, name: string): RequestSpan;
-  securityEvent(
-    event: string,
-    message: string,
-    fields: Record<string, unknown>,
-    meta: DecisionMeta,
-  ): void;
-  approvalEvent(event: string, fields: Record<string, unknown>): void;
-  containmentEvent(event: string, fields: Record<string, unknown>): void;
-  /** A span per bundle activation or rejection (BundleManager). */
-  bundleSpan(name: string, attributes: Attributes, error?: string): void;
-  /** Records an action report; returns the ids of its execute_tool span. */
-  action(a: ActionAudit): SpanIds;
+  /**
+   * Records one event. Returns the ids of the span it makes (an action
+   * report answers with them; a batch's items are children of its request
+   * span); for a request span's end, that span's.
+   */
+  record(event: AuditEvent): SpanIds;
   /** Redacts with the shared redactor (action reports, approval display copies). */
   redact<T>(value: T, mask?: readonly MaskOp[]): T;
   tracingStats(): TracingStats;
@@ -75,6 +61,37 @@ export interface AuditService extends DecisionSink {
   backlog(): number;
   flush(): Promise<void>;
   close(): Promise<void>;
+}
+
+/** The caller's trace context (W3C traceparent and tracestate headers), when valid. */
+export function traceParentOf(
+  headers: Record<string, string | string[] | undefined>,
+): SpanRef | undefined {
+  if (headers.traceparent === undefined) return undefined;
+  const sc = trace.getSpanContext(extractTraceContext(headers));
+  if (sc === undefined || !trace.isSpanContextValid(sc)) return undefined;
+  return refOf(sc);
+}
+
+/** A span that spans several decisions (an AuthZEN batch request): ended by the face. */
+export interface RequestSpan {
+  /** The context for the batch's items: their spans are the request span's children. */
+  readonly ctx: RequestContext;
+  end(): void;
+}
+
+/** Opens the request span of a request that carries several decisions (an AuthZEN batch). */
+export function startRequestSpan(
+  audit: AuditService,
+  ctx: RequestContext,
+  name: string,
+): RequestSpan {
+  const ids = audit.record({ kind: "request_span", name, ctx });
+  const span: SpanIds = { traceId: ids.traceId, spanId: ids.spanId };
+  return {
+    ctx: { ...ctx, requestSpan: span },
+    end: () => audit.record({ kind: "request_span_end", span }),
+  };
 }
 
 /** What audit keeps of an allowed decision, so an action report can be checked and linked. */
@@ -86,7 +103,7 @@ export interface LedgerEntry {
   agentId: string;
   callId: string | undefined;
   obligations: Decision["obligations"];
-  spanContext: ReturnType<Span["spanContext"]> | undefined;
+  spanContext: SpanRef | undefined;
   reported: boolean;
   at: number;
   /** The tool's permission class from the policy (`read`, `execute`, …), if given. */
@@ -130,10 +147,7 @@ export function ledgerEntry(
 /** `context.job.customer_id`, if a non-empty string. */
 function jobCustomerOf(req: DecisionRequest): string | undefined {
   const job = req.context?.job;
-  const c =
-    job !== null && typeof job === "object"
-      ? (job as Record<string, unknown>).customer_id
-      : undefined;
+  const c = isObject(job) ? job.customer_id : undefined;
   return typeof c === "string" && c !== "" ? c : undefined;
 }
 
@@ -181,7 +195,10 @@ export interface AuditorOptions {
   logDecisions?: boolean;
 }
 
-/** The redacted, flattened account of one decision, shared by span, log and trail. */
+/**
+ * The redacted, flattened account of one decision: the trail record and the
+ * log line as they are, and the span's attributes (decisionAttributes).
+ */
 export interface DecisionRecord {
   decision_id: string;
   time: string;
@@ -215,12 +232,61 @@ export interface DecisionRecord {
   candidate?: DecisionNotes["candidate"];
 }
 
-function nowMs(): number {
-  return performance.timeOrigin + performance.now();
+/** The decision span's attributes, all from the record. */
+function decisionAttributes(r: DecisionRecord): Attributes {
+  const attrs: Attributes = {
+    "gen_ai.tool.name": r.tool.name,
+    "gen_ai.agent.id": r.agent_id,
+    "toolgate.decision.id": r.decision_id,
+    "toolgate.decision.outcome": r.outcome,
+    "toolgate.decision.reasons": r.reasons.map((x) => x.code),
+    "toolgate.policy.bundle": r.policy.bundle,
+    "toolgate.policy.revision": r.policy.revision,
+    "toolgate.subject.type": r.subject.type,
+    "toolgate.subject.id": r.subject.id,
+    "toolgate.resource.type": r.resource.type,
+    "toolgate.resource.id": r.resource.id,
+  };
+  if (r.tool.call_id !== undefined) attrs["gen_ai.tool.call.id"] = r.tool.call_id;
+  if (r.subject.method !== undefined) attrs["toolgate.subject.method"] = r.subject.method;
+  if (r.tool.class) attrs["toolgate.tool.class"] = r.tool.class;
+  if (r.tool.stage) attrs["toolgate.tool.stage"] = r.tool.stage;
+  if (typeof r.job.id === "string") attrs["toolgate.job.id"] = r.job.id;
+  if (typeof r.job.purpose === "string") attrs["toolgate.job.purpose"] = r.job.purpose;
+  if (typeof r.job.customer_id === "string") attrs["toolgate.job.customer_id"] = r.job.customer_id;
+  if (r.arguments !== undefined) attrs["toolgate.tool.arguments"] = json(r.arguments);
+  if (r.context !== undefined) attrs["toolgate.request.context"] = json(r.context);
+  if (r.obligations.length > 0) attrs["toolgate.decision.obligations"] = json(r.obligations);
+  if (r.approval) {
+    attrs["toolgate.approval.required_roles"] = r.approval.approver_roles;
+    attrs["toolgate.approval.single_use"] = r.approval.single_use;
+    attrs["toolgate.approval.ttl_seconds"] = r.approval.ttl_seconds;
+  }
+  if (r.access_request) {
+    attrs["toolgate.access_request.evaluation_id"] = r.access_request.evaluation_id;
+    attrs["toolgate.access_request.expires_at"] = r.access_request.expires_at;
+  }
+  if (r.grant !== undefined) {
+    attrs["toolgate.grant.jti"] = r.grant.jti;
+    attrs["toolgate.grant.audience"] = r.grant.aud;
+    attrs["toolgate.grant.expires_at"] = r.grant.exp;
+  }
+  if (r.retry_after !== undefined) attrs["toolgate.decision.retry_after"] = r.retry_after;
+  if (r.killswitch_id !== undefined) attrs["toolgate.killswitch.id"] = r.killswitch_id;
+  if (r.shadow !== undefined) {
+    attrs["toolgate.shadow.outcome"] = r.shadow.outcome;
+    attrs["toolgate.shadow.reasons"] = r.shadow.reasons.map((x) => x.code);
+  }
+  if (r.candidate !== undefined) {
+    attrs["toolgate.candidate.outcome"] = r.candidate.outcome;
+    attrs["toolgate.candidate.diverged"] = r.candidate.diverged;
+    attrs["toolgate.candidate.revision"] = r.candidate.revision;
+  }
+  return attrs;
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === "object" && !Array.isArray(v);
+function nowMs(): number {
+  return performance.timeOrigin + performance.now();
 }
 
 function json(v: unknown): string {
@@ -228,6 +294,41 @@ function json(v: unknown): string {
 }
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+const INVALID_IDS: SpanIds = {
+  traceId: "00000000000000000000000000000000",
+  spanId: "0000000000000000",
+};
+
+/** A span context as plain data (the tracestate as its text, when not empty). */
+function refOf(sc: SpanContext): SpanRef {
+  const ref: SpanRef = { traceId: sc.traceId, spanId: sc.spanId, traceFlags: sc.traceFlags };
+  const state = sc.traceState?.serialize();
+  if (state) ref.traceState = state;
+  return ref;
+}
+
+/** The OpenTelemetry span context of a plain one (`isRemote` for a caller's trace parent). */
+function spanContextOf(ref: SpanRef, isRemote?: boolean): SpanContext {
+  const sc: SpanContext = { traceId: ref.traceId, spanId: ref.spanId, traceFlags: ref.traceFlags };
+  if (isRemote !== undefined) sc.isRemote = isRemote;
+  if (ref.traceState !== undefined) sc.traceState = new TraceState(ref.traceState);
+  return sc;
+}
+
+/** The caller's trace context as OpenTelemetry's parent context, or the root. */
+function parentOf(ctx: RequestContext): Context {
+  return ctx.traceParent
+    ? trace.setSpanContext(ROOT_CONTEXT, spanContextOf(ctx.traceParent, true))
+    : ROOT_CONTEXT;
+}
+
+/** The caller-chosen parts of a request's context, redacted (what records and spans show). */
+interface RequestView {
+  face: RequestContext["face"];
+  requestId: string | undefined;
+  http: { method: string; path: string } | undefined;
+}
 
 /**
  * One event's redaction: the one way caller data enters an audit record. The
@@ -258,13 +359,15 @@ class Redaction {
   }
 
   /** The request's caller-chosen parts: its X-Request-ID and path. */
-  meta(meta: DecisionMeta): DecisionMeta {
-    const out = { ...meta };
-    // usually the UUID toolgate drew itself
-    if (meta.requestId !== undefined && !UUID_RE.test(meta.requestId))
-      out.requestId = this.text(meta.requestId);
-    if (meta.http) out.http = { method: meta.http.method, path: this.text(meta.http.path) };
-    return out;
+  request(ctx: RequestContext): RequestView {
+    const { requestId, http } = ctx;
+    return {
+      face: ctx.face,
+      // usually the UUID toolgate drew itself
+      requestId:
+        requestId !== undefined && !UUID_RE.test(requestId) ? this.text(requestId) : requestId,
+      http: http ? { method: http.method, path: this.text(http.path) } : undefined,
+    };
   }
 
   /** String and string-array attribute values as free text. */
@@ -280,117 +383,109 @@ class Redaction {
   }
 }
 
-/** The caller's trace context and, for batches, the request span to parent items. */
-export interface TraceMeta {
-  parent: Context;
-  requestSpan?: Span;
-}
-
 /**
- * Audit: every decision and refusal becomes one span, one log line and one
- * trail record, all built from one redacted record. Never throws into the
- * decision path and never changes a decision.
+ * Audit: every event becomes one span and, but for bundle and request spans,
+ * one log line and one trail record, all built from one redacted record.
+ * Never throws into the decision path and never changes what it records.
  */
 export class Auditor implements AuditService {
   readonly ledger: DecisionLedger;
   private readonly logDecisions: boolean;
+  /** Request spans of AuthZEN batches, open until the face ends them, by span id. */
+  private readonly open = new Map<string, Span>();
 
   constructor(private readonly opts: AuditorOptions) {
     this.ledger = opts.ledger ?? new DecisionLedger();
     this.logDecisions = opts.logDecisions ?? true;
   }
 
-  get tracing(): Tracing {
-    return this.opts.tracing;
-  }
-
   tracingStats(): TracingStats {
     return this.opts.tracing.stats();
   }
 
-  /** Builds the trace part of DecisionMeta from request headers. */
-  traceMeta(headers: Record<string, string | string[] | undefined>): TraceMeta {
-    return { parent: this.opts.tracing.extract(headers) };
-  }
-
-  /** A SERVER span for a request that carries several decisions (AuthZEN batch). */
-  startRequestSpan(meta: DecisionMeta, name: string): Span {
-    const t = meta.trace as TraceMeta | undefined;
-    const red = new Redaction(this.opts.redactor);
-    const span = this.opts.tracing.startSpan(
-      red.whole(name),
-      {
-        kind: SpanKind.SERVER,
-        startTime: meta.startTimeMs,
-        attributes: this.httpAttributes(red.meta(meta)),
-      },
-      t?.parent ?? this.opts.tracing.extract({}),
-    );
-    if (t !== undefined) t.requestSpan = span;
-    return span;
-  }
-
-  private httpAttributes(meta: DecisionMeta): Attributes {
-    const a: Attributes = { "toolgate.face": meta.face };
-    if (meta.http) {
-      a["http.request.method"] = meta.http.method;
-      a["url.path"] = meta.http.path;
+  /**
+   * Records one event: one handler per kind. `link` is the decision span an
+   * approval event links to, when another thread keeps the ledger (the
+   * audit worker's client); else this auditor's ledger names it.
+   */
+  record(event: AuditEvent, link?: SpanRef): SpanIds {
+    switch (event.kind) {
+      case "decision":
+        return this.decision(event);
+      case "refusal":
+        return this.refusal(event);
+      case "action":
+        return this.action(event);
+      case "security":
+        return this.security(event);
+      case "approval":
+        return this.approval(event, link);
+      case "containment":
+        return this.containment(event);
+      case "bundle":
+        return this.bundle(event);
+      case "request_span":
+        return this.requestSpan(event);
+      case "request_span_end":
+        return this.requestSpanEnd(event);
     }
-    if (meta.requestId !== undefined) a["toolgate.request_id"] = meta.requestId;
+  }
+
+  // -- placement ----------------------------------------------------------------------
+
+  private httpAttributes(view: RequestView): Attributes {
+    const a: Attributes = { "toolgate.face": view.face };
+    if (view.http) {
+      a["http.request.method"] = view.http.method;
+      a["url.path"] = view.http.path;
+    }
+    if (view.requestId !== undefined) a["toolgate.request_id"] = view.requestId;
     return a;
   }
 
   /**
-   * Where a decision's span goes: under the batch's request span (INTERNAL),
+   * Where a request's span goes: under the batch's request span (INTERNAL),
    * or as the request's own span (SERVER, with the HTTP attributes) under the
    * caller's trace context.
    */
   private placement(
-    meta: DecisionMeta,
+    ctx: RequestContext,
+    view: RequestView,
     attributes: Attributes,
   ): { kind: SpanKind; parent: Context; attributes: Attributes } {
-    const t = meta.trace as TraceMeta | undefined;
-    if (t?.requestSpan !== undefined)
-      return {
-        kind: SpanKind.INTERNAL,
-        parent: trace.setSpan(t.parent, t.requestSpan),
-        attributes,
-      };
+    const parent = parentOf(ctx);
+    const batch = ctx.requestSpan && this.open.get(ctx.requestSpan.spanId);
+    if (batch !== undefined)
+      return { kind: SpanKind.INTERNAL, parent: trace.setSpan(parent, batch), attributes };
     return {
-      kind: meta.http ? SpanKind.SERVER : SpanKind.INTERNAL,
-      parent: t?.parent ?? this.opts.tracing.extract({}),
-      attributes: { ...this.httpAttributes(meta), ...attributes },
+      kind: view.http ? SpanKind.SERVER : SpanKind.INTERNAL,
+      parent,
+      attributes: { ...this.httpAttributes(view), ...attributes },
     };
   }
 
-  /** The decision span, on the light path (Tracing.prepareSpan). */
-  private preparedFor(name: string, meta: DecisionMeta, attributes: Attributes): PreparedSpan {
-    const p = this.placement(meta, attributes);
-    return this.opts.tracing.prepareSpan(name, p.kind, p.parent, p.attributes, meta.startTimeMs);
-  }
-
   /** A refusal's or security event's span, placed as a decision's. */
-  private spanFor(name: string, meta: DecisionMeta, attributes: Attributes): Span {
-    const p = this.placement(meta, attributes);
+  private spanFor(
+    name: string,
+    ctx: RequestContext,
+    view: RequestView,
+    attributes: Attributes,
+  ): Span {
+    const p = this.placement(ctx, view, attributes);
     return this.opts.tracing.startSpan(
       name,
-      { kind: p.kind, startTime: meta.startTimeMs, attributes: p.attributes },
+      { kind: p.kind, startTime: ctx.startTimeMs, attributes: p.attributes },
       p.parent,
     );
   }
 
-  decided(
-    d: Decision,
-    req: DecisionRequest,
-    verified: VerifiedFacts | undefined,
-    meta: DecisionMeta,
-    mask: readonly unknown[] | undefined,
-    grant?: GrantInfo,
-    notes?: DecisionNotes,
-  ): void {
+  // -- one handler per kind -------------------------------------------------------------
+
+  private decision(e: DecisionEvent): SpanIds {
+    const { decision: d, notes } = e;
     try {
       const red = new Redaction(this.opts.redactor);
-      const redacted = red.data(req, mask as readonly MaskOp[] | undefined);
+      const redacted = red.data(e.request, e.mask as readonly MaskOp[] | undefined);
       // what the policy answered quotes the caller (reason messages, the tool name)
       const said = red.data({
         tool: d.tool,
@@ -400,85 +495,30 @@ export class Auditor implements AuditService {
         shadow: notes?.shadow,
         candidate: notes?.candidate,
       });
-      meta = red.meta(meta);
-      const args = redacted.action.properties?.arguments;
-      const callId = callIdOf(redacted);
+      const view = red.request(e.ctx);
       const job = isObject(redacted.context?.job) ? redacted.context.job : {};
-      const toolName = said.tool?.name ?? redacted.action.name;
-      const attrs: Attributes = {
-        "gen_ai.tool.name": toolName,
-        "gen_ai.agent.id": this.opts.agentId,
-        "toolgate.decision.id": d.decision_id,
-        "toolgate.decision.outcome": d.outcome,
-        "toolgate.decision.reasons": said.reasons.map((r) => r.code),
-        "toolgate.policy.bundle": d.policy.bundle,
-        "toolgate.policy.revision": d.policy.revision,
-        "toolgate.subject.type": redacted.subject.type,
-        "toolgate.subject.id": redacted.subject.id,
-        "toolgate.resource.type": redacted.resource.type,
-        "toolgate.resource.id": redacted.resource.id,
-      };
-      if (callId !== undefined) attrs["gen_ai.tool.call.id"] = callId;
-      if (verified) attrs["toolgate.subject.method"] = verified.subject.method;
-      if (said.tool?.class) attrs["toolgate.tool.class"] = said.tool.class;
-      if (said.tool?.stage) attrs["toolgate.tool.stage"] = said.tool.stage;
-      if (typeof job.id === "string") attrs["toolgate.job.id"] = job.id;
-      if (typeof job.purpose === "string") attrs["toolgate.job.purpose"] = job.purpose;
-      if (typeof job.customer_id === "string") attrs["toolgate.job.customer_id"] = job.customer_id;
-      if (args !== undefined) attrs["toolgate.tool.arguments"] = json(args);
-      if (redacted.context !== undefined)
-        attrs["toolgate.request.context"] = json(redacted.context);
-      if (said.obligations.length > 0)
-        attrs["toolgate.decision.obligations"] = json(said.obligations);
-      if (said.approval) {
-        attrs["toolgate.approval.required_roles"] = said.approval.approver_roles;
-        attrs["toolgate.approval.single_use"] = said.approval.single_use;
-        attrs["toolgate.approval.ttl_seconds"] = said.approval.ttl_seconds;
-      }
-      if (d.access_request) {
-        attrs["toolgate.access_request.evaluation_id"] = d.access_request.evaluation_id;
-        attrs["toolgate.access_request.expires_at"] = d.access_request.expires_at;
-      }
-      if (grant !== undefined) {
-        attrs["toolgate.grant.jti"] = grant.jti;
-        attrs["toolgate.grant.audience"] = grant.aud;
-        attrs["toolgate.grant.expires_at"] = grant.exp;
-      }
-      if (d.retry_after !== undefined) attrs["toolgate.decision.retry_after"] = d.retry_after;
-      if (notes?.killswitch_id !== undefined) attrs["toolgate.killswitch.id"] = notes.killswitch_id;
-      if (said.shadow !== undefined) {
-        attrs["toolgate.shadow.outcome"] = said.shadow.outcome;
-        attrs["toolgate.shadow.reasons"] = said.shadow.reasons.map((r) => r.code);
-      }
-      if (said.candidate !== undefined) {
-        attrs["toolgate.candidate.outcome"] = said.candidate.outcome;
-        attrs["toolgate.candidate.diverged"] = said.candidate.diverged;
-        attrs["toolgate.candidate.revision"] = said.candidate.revision;
-      }
-      const span = this.preparedFor(`authorize ${toolName}`, meta, attrs);
-      const sc = span.spanContext;
       const record: DecisionRecord = {
         decision_id: d.decision_id,
         time: d.evaluated_at,
-        face: meta.face,
-        request_id: meta.requestId,
-        trace_id: sc.traceId,
-        span_id: sc.spanId,
+        face: view.face,
+        request_id: view.requestId,
+        trace_id: undefined, // the span's, below (in their place in the record)
+        span_id: undefined,
         agent_id: this.opts.agentId,
         subject: {
           type: redacted.subject.type,
           id: redacted.subject.id,
-          method: verified?.subject.method,
+          method: e.verified.subject.method,
         },
         tool: {
-          name: toolName,
+          name: said.tool?.name ?? redacted.action.name,
           class: said.tool?.class ?? null,
           stage: said.tool?.stage ?? null,
-          call_id: callId,
+          call_id: callIdOf(redacted),
         },
         resource: { type: redacted.resource.type, id: redacted.resource.id },
         job: { id: job.id, purpose: job.purpose, customer_id: job.customer_id },
-        arguments: args,
+        arguments: redacted.action.properties?.arguments,
         context: redacted.context,
         outcome: d.outcome,
         reasons: said.reasons,
@@ -486,71 +526,81 @@ export class Auditor implements AuditService {
         approval: said.approval,
         access_request: d.access_request,
         policy: d.policy,
-        duration_us:
-          meta.startTimeMs === undefined
+        duration_us: undefined,
+        grant:
+          e.grant === undefined
             ? undefined
-            : Math.round((nowMs() - meta.startTimeMs) * 1000),
-        grant: grant === undefined ? undefined : { jti: grant.jti, aud: grant.aud, exp: grant.exp },
+            : { jti: e.grant.jti, aud: e.grant.aud, exp: e.grant.exp },
         retry_after: d.retry_after,
         killswitch_id: notes?.killswitch_id,
         shadow: said.shadow,
         candidate: said.candidate,
       };
+      const p = this.placement(e.ctx, view, decisionAttributes(record));
+      const span = this.opts.tracing.prepareSpan(
+        `authorize ${record.tool.name}`,
+        p.kind,
+        p.parent,
+        p.attributes,
+        e.ctx.startTimeMs,
+      );
+      const sc = span.spanContext;
+      record.trace_id = sc.traceId;
+      record.span_id = sc.spanId;
+      if (e.ctx.startTimeMs !== undefined)
+        record.duration_us = Math.round((nowMs() - e.ctx.startTimeMs) * 1000);
       // Serialised once: the trail stores this text as is, the log line embeds it.
       const recordJson = JSON.stringify(record);
       const trailed = this.appendTrailJson("decision", recordJson);
       span.finish(trailed ? { "toolgate.audit.trail_seq": trailed.seq } : undefined);
       if (this.logDecisions) this.logRecord("decision", recordJson, trailed?.seq);
-      if (said.candidate?.diverged === true) {
+      if (record.candidate?.diverged === true) {
         this.opts.log.info("the candidate policy answered differently", {
           event: "candidate.divergence",
-          decision_id: d.decision_id,
-          tool: toolName,
-          outcome: d.outcome,
-          candidate_outcome: said.candidate.outcome,
-          candidate_reasons: said.candidate.reasons,
-          candidate_revision: said.candidate.revision,
+          decision_id: record.decision_id,
+          tool: record.tool.name,
+          outcome: record.outcome,
+          candidate_outcome: record.candidate.outcome,
+          candidate_reasons: record.candidate.reasons,
+          candidate_revision: record.candidate.revision,
           trail_seq: trailed?.seq,
         });
       }
-      this.ledger.add(ledgerEntry(d, req, this.opts.agentId, sc));
-    } catch (e) {
+      this.ledger.add(ledgerEntry(d, e.request, this.opts.agentId, refOf(sc)));
+      return sc;
+    } catch (err) {
       this.opts.log.error("audit failed for a decision", {
         event: "audit.error",
         decision_id: d.decision_id,
-        error: (e as Error).message,
+        error: (err as Error).message,
       });
+      return INVALID_IDS;
     }
   }
 
-  refused(
-    err: { code: string; message: string; status: number },
-    req: DecisionRequest,
-    meta: DecisionMeta,
-  ): void {
+  private refusal(e: RefusalEvent): SpanIds {
     try {
       const red = new Redaction(this.opts.redactor);
-      const redacted = red.data(req);
+      const redacted = red.data(e.request);
       // the message may quote what the caller sent (agent_mismatch echoes the value)
-      const message = red.text(err.message);
-      meta = red.meta(meta);
+      const message = red.text(e.error.message);
+      const view = red.request(e.ctx);
       const tool = redacted.action.name;
-      const attrs: Attributes = {
+      const span = this.spanFor(`authorize ${tool}`, e.ctx, view, {
         "gen_ai.tool.name": tool,
         "gen_ai.agent.id": this.opts.agentId,
         "toolgate.decision.outcome": "refused",
-        "toolgate.error.code": err.code,
+        "toolgate.error.code": e.error.code,
         "toolgate.subject.id": redacted.subject.id,
-        "error.type": err.code,
-      };
-      const span = this.spanFor(`authorize ${tool}`, meta, attrs);
+        "error.type": e.error.code,
+      });
       span.setStatus({ code: SpanStatusCode.ERROR, message });
       const sc = span.spanContext();
       span.end();
       const record = {
-        error: { code: err.code, message, status: err.status },
-        face: meta.face,
-        request_id: meta.requestId,
+        error: { code: e.error.code, message, status: e.error.status },
+        face: view.face,
+        request_id: view.requestId,
         trace_id: sc.traceId,
         span_id: sc.spanId,
         agent_id: this.opts.agentId,
@@ -560,59 +610,91 @@ export class Auditor implements AuditService {
         context: redacted.context,
       };
       const trailed = this.appendTrail("refusal", record);
-      const level = err.code === "agent_mismatch" ? "warn" : "error";
+      const level = e.error.code === "agent_mismatch" ? "warn" : "error";
       this.opts.log[level]("decision refused", {
         event: "decision.refused",
         ...record,
         trail_seq: trailed?.seq,
       });
-    } catch (e) {
+      return sc;
+    } catch (err) {
       this.opts.log.error("audit failed for a refusal", {
         event: "audit.error",
-        error: (e as Error).message,
+        error: (err as Error).message,
       });
+      return INVALID_IDS;
     }
   }
 
+  /** The execute_tool span of an action report (./actions), linked to its decision's span. */
+  private action(e: ActionEvent): SpanIds {
+    // the report was redacted where it was built; the tool name, call id, record references
+    // and anything else it carries from the caller pass here again (redacting twice is a no-op)
+    const red = new Redaction(this.opts.redactor);
+    const record: Record<string, unknown> = red.data(e.record);
+    const view = red.request(e.ctx);
+    const span = this.opts.tracing.startSpan(
+      red.whole(e.name),
+      {
+        kind: SpanKind.INTERNAL,
+        startTime: e.startTimeMs ?? e.ctx.startTimeMs,
+        attributes: { ...this.httpAttributes(view), ...red.attributes(e.attributes) },
+        links: e.link ? [{ context: spanContextOf(e.link) }] : [],
+      },
+      parentOf(e.ctx),
+    );
+    if (e.errorMessage !== undefined)
+      span.setStatus({ code: SpanStatusCode.ERROR, message: red.text(e.errorMessage) });
+    const sc = span.spanContext();
+    span.end(e.endTimeMs);
+    record.trace_id = sc.traceId;
+    record.span_id = sc.spanId;
+    const trailed = this.appendTrail("action", record);
+    if (this.logDecisions)
+      this.logRecord(
+        "action",
+        JSON.stringify({ time: new Date().toISOString(), ...record }),
+        trailed?.seq,
+      );
+    return sc;
+  }
+
   /** A security event: a span, a log line with its own event name, and a trail record. */
-  securityEvent(
-    event: string,
-    message: string,
-    fields: Record<string, unknown>,
-    meta: DecisionMeta,
-  ): void {
+  private security(e: SecurityEvent): SpanIds {
     try {
       const red = new Redaction(this.opts.redactor);
-      const redacted = red.data(fields);
-      message = red.text(message);
-      meta = red.meta(meta);
-      const span = this.spanFor(`toolgate.security ${event}`, meta, {
+      const redacted = red.data(e.fields);
+      const message = red.text(e.message);
+      const view = red.request(e.ctx);
+      const span = this.spanFor(`toolgate.security ${e.event}`, e.ctx, view, {
         "gen_ai.agent.id": this.opts.agentId,
-        "toolgate.security.event": event,
+        "toolgate.security.event": e.event,
         "toolgate.security.details": json(redacted),
       });
       span.setStatus({ code: SpanStatusCode.ERROR, message });
       const sc = span.spanContext();
       span.end();
       const record = {
-        event,
+        event: e.event,
         message,
         ...redacted,
         trace_id: sc.traceId,
         span_id: sc.spanId,
-        request_id: meta.requestId,
+        request_id: view.requestId,
       };
       const trailed = this.appendTrail("security", record);
       this.opts.log.warn(message, {
         ...record,
-        event: `security.${event}`,
+        event: `security.${e.event}`,
         trail_seq: trailed?.seq,
       });
-    } catch (e) {
+      return sc;
+    } catch (err) {
       this.opts.log.error("audit failed for a security event", {
         event: "audit.error",
-        error: (e as Error).message,
+        error: (err as Error).message,
       });
+      return INVALID_IDS;
     }
   }
 
@@ -621,12 +703,8 @@ export class Auditor implements AuditService {
    * refused, revoked): a span linked to the decision it answers, a log line
    * `approval.<event>` with the approver's identity, and a trail record.
    */
-  approvalEvent(
-    event: string,
-    fields: Record<string, unknown>,
-    /** The decision's span, when the caller keeps the ledger (the audit worker's client). */
-    link?: LedgerEntry["spanContext"],
-  ): void {
+  private approval(e: ApprovalEvent, link: SpanRef | undefined): SpanIds {
+    const { event, fields } = e;
     try {
       const redacted = new Redaction(this.opts.redactor).data(fields);
       const decisionId = typeof fields.decision_id === "string" ? fields.decision_id : undefined;
@@ -652,8 +730,12 @@ export class Auditor implements AuditService {
       put("toolgate.approval.refusal", redacted.why);
       const span = this.opts.tracing.startSpan(
         `toolgate.approval ${event}`,
-        { kind: SpanKind.INTERNAL, attributes: attrs, links: linked ? [{ context: linked }] : [] },
-        this.opts.tracing.extract({}),
+        {
+          kind: SpanKind.INTERNAL,
+          attributes: attrs,
+          links: linked ? [{ context: spanContextOf(linked) }] : [],
+        },
+        ROOT_CONTEXT,
       );
       if (event === "refused")
         span.setStatus({
@@ -670,11 +752,13 @@ export class Auditor implements AuditService {
         event: `approval.${event}`,
         trail_seq: trailed?.seq,
       });
-    } catch (e) {
+      return sc;
+    } catch (err) {
       this.opts.log.error("audit failed for an approval event", {
         event: "audit.error",
-        error: (e as Error).message,
+        error: (err as Error).message,
       });
+      return INVALID_IDS;
     }
   }
 
@@ -682,21 +766,22 @@ export class Auditor implements AuditService {
    * A containment change (kill switch created or deleted): a span, a log line
    * `containment.<event>` naming who, and a trail record.
    */
-  containmentEvent(event: string, fields: Record<string, unknown>): void {
+  private containment(e: ContainmentEvent): SpanIds {
+    const { event } = e;
     try {
-      const redacted = new Redaction(this.opts.redactor).data(fields);
+      const redacted = new Redaction(this.opts.redactor).data(e.fields);
       const attrs: Attributes = {
         "gen_ai.agent.id": this.opts.agentId,
         "toolgate.containment.event": event,
         "toolgate.containment.details": json(redacted),
       };
       if (typeof redacted.actor === "string") attrs["toolgate.actor.id"] = redacted.actor;
-      const ks = redacted.killswitch as { id?: unknown } | undefined;
+      const ks = isObject(redacted.killswitch) ? redacted.killswitch : undefined;
       if (typeof ks?.id === "string") attrs["toolgate.killswitch.id"] = ks.id;
       const span = this.opts.tracing.startSpan(
         `toolgate.containment ${event}`,
         { kind: SpanKind.INTERNAL, attributes: attrs },
-        this.opts.tracing.extract({}),
+        ROOT_CONTEXT,
       );
       const sc = span.spanContext();
       span.end();
@@ -707,13 +792,57 @@ export class Auditor implements AuditService {
         event: `containment.${event}`,
         trail_seq: trailed?.seq,
       });
-    } catch (e) {
+      return sc;
+    } catch (err) {
       this.opts.log.error("audit failed for a containment event", {
         event: "audit.error",
-        error: (e as Error).message,
+        error: (err as Error).message,
       });
+      return INVALID_IDS;
     }
   }
+
+  /** A span per bundle activation or rejection (BundleManager). */
+  private bundle(e: BundleEvent): SpanIds {
+    try {
+      const span = this.opts.tracing.startSpan(
+        e.name,
+        { kind: SpanKind.INTERNAL, attributes: e.attributes },
+        ROOT_CONTEXT,
+      );
+      if (e.error !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: e.error });
+      span.end();
+      return span.spanContext();
+    } catch {
+      // tracing never gets in the way of policy
+      return INVALID_IDS;
+    }
+  }
+
+  /** A SERVER span for a request that carries several decisions (AuthZEN batch). */
+  private requestSpan(e: RequestSpanStart): SpanIds {
+    const red = new Redaction(this.opts.redactor);
+    const span = this.opts.tracing.startSpan(
+      red.whole(e.name),
+      {
+        kind: SpanKind.SERVER,
+        startTime: e.ctx.startTimeMs,
+        attributes: this.httpAttributes(red.request(e.ctx)),
+      },
+      parentOf(e.ctx),
+    );
+    const sc = span.spanContext();
+    this.open.set(sc.spanId, span);
+    return sc;
+  }
+
+  private requestSpanEnd(e: RequestSpanEnd): SpanIds {
+    this.open.get(e.span.spanId)?.end();
+    this.open.delete(e.span.spanId);
+    return e.span;
+  }
+
+  // -- trail and log --------------------------------------------------------------------
 
   /** Appends a record serialised by the caller; a trail failure is logged, never thrown. */
   private appendTrailJson(
@@ -723,6 +852,23 @@ export class Auditor implements AuditService {
     if (this.opts.trail === undefined) return undefined;
     try {
       return this.opts.trail.appendJson(kind, recordJson);
+    } catch (e) {
+      this.opts.log.error("audit trail append failed", {
+        event: "audit.trail_error",
+        error: (e as Error).message,
+      });
+      return undefined;
+    }
+  }
+
+  /** Appends to the trail; a trail failure is logged, never thrown. */
+  private appendTrail(
+    kind: string,
+    record: Record<string, unknown>,
+  ): { seq: number; hash: string } | undefined {
+    if (this.opts.trail === undefined) return undefined;
+    try {
+      return this.opts.trail.append(kind, record);
     } catch (e) {
       this.opts.log.error("audit trail append failed", {
         event: "audit.trail_error",
@@ -742,69 +888,7 @@ export class Auditor implements AuditService {
     this.opts.log.line(recordJson === "{}" ? `${head}}` : `${head},${recordJson.slice(1)}`, "info");
   }
 
-  /** Appends to the trail; a trail failure is logged, never thrown. */
-  appendTrail(
-    kind: string,
-    record: Record<string, unknown>,
-  ): { seq: number; hash: string } | undefined {
-    if (this.opts.trail === undefined) return undefined;
-    try {
-      return this.opts.trail.append(kind, record);
-    } catch (e) {
-      this.opts.log.error("audit trail append failed", {
-        event: "audit.trail_error",
-        error: (e as Error).message,
-      });
-      return undefined;
-    }
-  }
-
-  action(a: ActionAudit): SpanIds {
-    const t = a.meta.trace as TraceMeta | undefined;
-    // the report was redacted where it was built; the tool name, call id, record references
-    // and anything else it carries from the caller pass here again (redacting twice is a no-op)
-    const red = new Redaction(this.opts.redactor);
-    const record = red.data(a.record);
-    const meta = red.meta(a.meta);
-    const span = this.opts.tracing.startSpan(
-      red.whole(a.name),
-      {
-        kind: SpanKind.INTERNAL,
-        startTime: meta.startTimeMs,
-        attributes: { ...this.httpAttributes(meta), ...red.attributes(a.attributes) },
-        links: a.link ? [{ context: a.link }] : [],
-      },
-      t?.parent ?? this.opts.tracing.extract({}),
-    );
-    if (a.errorMessage !== undefined)
-      span.setStatus({ code: SpanStatusCode.ERROR, message: red.text(a.errorMessage) });
-    const sc = span.spanContext();
-    span.end(a.endTimeMs);
-    record.trace_id = sc.traceId;
-    record.span_id = sc.spanId;
-    const trailed = this.appendTrail("action", record);
-    if (this.logDecisions)
-      this.logRecord(
-        "action",
-        JSON.stringify({ time: new Date().toISOString(), ...record }),
-        trailed?.seq,
-      );
-    return { traceId: sc.traceId, spanId: sc.spanId };
-  }
-
-  bundleSpan(name: string, attributes: Attributes, error?: string): void {
-    try {
-      const span = this.opts.tracing.startSpan(
-        name,
-        { kind: SpanKind.INTERNAL, attributes },
-        this.opts.tracing.extract({}),
-      );
-      if (error !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: error });
-      span.end();
-    } catch {
-      // tracing never gets in the way of policy
-    }
-  }
+  // -- state ----------------------------------------------------------------------------
 
   trailStats(): TrailStats | undefined {
     return this.opts.trail?.stats();
@@ -823,7 +907,10 @@ export class Auditor implements AuditService {
     await Promise.all([this.opts.tracing.flush(), this.opts.trail?.flush(), this.opts.log.flush()]);
   }
 
+  /** Ends the request spans still open, then flushes and closes tracing, trail and log. */
   async close(): Promise<void> {
+    for (const span of this.open.values()) span.end();
+    this.open.clear();
     await this.opts.tracing.shutdown();
     await this.opts.trail?.close();
     await this.opts.log.flush();

@@ -1,48 +1,26 @@
 /**
  * AuditClient: audit on a worker thread. The decision path calls it exactly
- * like the in-thread Auditor; it names the span (ids drawn here, so the
- * ledger and action reports know them at once), keeps the ledger, and queues
- * a plain-data message. Queued messages go to the worker every few
+ * like the in-thread Auditor; it names each event's span (ids drawn here, so
+ * the ledger and action reports know them at once), keeps the ledger, and
+ * queues the event, plain data, as it is. Queued messages go to the worker every few
  * milliseconds as one JSON text, in order; the worker (./worker) runs a real Auditor and does the
  * redaction, spans, export, trail and decision log lines. The worker's log
  * lines come back in batches and are written by the main thread's logger, so
  * one writer owns the log stream.
  */
-import { trace, type Attributes } from "@opentelemetry/api";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
-import type {
-  Decision,
-  DecisionMeta,
-  DecisionNotes,
-  DecisionRequest,
-  GrantInfo,
-  VerifiedFacts,
-} from "../model/decision";
+import type { AuditEvent } from "../model";
 import { toolgateError } from "../errors";
 import type { Logger } from "../shared/log";
 import { packageRoot } from "../shared/paths";
 import { newSpanId, newTraceId, type SpanIds } from "../telemetry/ids";
-import {
-  DecisionLedger,
-  ledgerEntry,
-  type ActionAudit,
-  type AuditService,
-  type RequestSpan,
-} from "./auditor";
-import type {
-  AuditWorkerData,
-  FromWorker,
-  PlainSpanContext,
-  PlainTrace,
-  ToWorker,
-  WireMeta,
-  WorkerStats,
-} from "./protocol";
+import { DecisionLedger, ledgerEntry, type AuditService } from "./auditor";
+import type { AuditWorkerData, FromWorker, ToWorker, WorkerStats } from "./protocol";
 import type { MaskOp, Redactor } from "../redaction/redact";
 import type { TrailStats } from "../trail/trail";
-import { extractTraceContext, type TracingStats } from "../telemetry/tracing";
+import type { TracingStats } from "../telemetry/tracing";
 
 /** Messages kept for a worker that is (re)starting; beyond this they are dropped and counted. */
 const MAX_QUEUED = 100_000;
@@ -237,7 +215,7 @@ export class AuditClient implements AuditService {
         } catch (e) {
           this.opts.log.error("an audit record could not be handed to the audit worker", {
             event: "audit.error",
-            kind: m.t,
+            kind: m.t === "event" ? m.event.kind : m.t,
             error: (e as Error).message,
           });
         }
@@ -272,113 +250,38 @@ export class AuditClient implements AuditService {
     return done;
   }
 
-  // -- trace context ------------------------------------------------------------------
+  // -- events ---------------------------------------------------------------------------
 
-  traceMeta(headers: Record<string, string | string[] | undefined>): PlainTrace {
-    if (headers.traceparent === undefined) return {};
-    const sc = trace.getSpanContext(extractTraceContext(headers));
-    if (sc === undefined || !trace.isSpanContextValid(sc)) return {};
-    const parent: PlainSpanContext = {
-      traceId: sc.traceId,
-      spanId: sc.spanId,
-      traceFlags: sc.traceFlags,
-      isRemote: true,
-    };
-    const state = sc.traceState?.serialize();
-    if (state) parent.traceState = state;
-    return { parent };
+  /**
+   * Queues an event for the worker with the ids its span will have; a
+   * decision goes into the ledger here, and an approval event is told the
+   * decision span it links to (the ledger is on this thread).
+   */
+  record(event: AuditEvent): SpanIds {
+    const ids = this.idsFor(event);
+    const m: ToWorker = { t: "event", event, ids };
+    if (event.kind === "decision") {
+      const sc = { ...ids, traceFlags: 1 };
+      this.ledger.add(ledgerEntry(event.decision, event.request, this.opts.data.agentId, sc));
+    } else if (event.kind === "approval") {
+      const id = event.fields.decision_id;
+      const link = typeof id === "string" ? this.ledger.get(id)?.spanContext : undefined;
+      if (link !== undefined) m.link = link;
+    }
+    this.post(m);
+    return ids;
   }
 
   /** The ids the worker's span will have: what its tracer would pick given the parent. */
-  private idsFor(meta: DecisionMeta, requestScoped = true): SpanIds {
-    const t = meta.trace as PlainTrace | undefined;
-    const parent = (requestScoped ? t?.requestSpan : undefined) ?? t?.parent;
+  private idsFor(event: AuditEvent): SpanIds {
+    if (event.kind === "request_span_end") return event.span;
+    // the batch's request span, or the caller's trace parent
+    const ctx = "ctx" in event ? event.ctx : undefined;
+    const parent = ctx?.requestSpan ?? ctx?.traceParent;
     // a disabled SDK's no-op tracer hands back the parent's context, or the invalid one
     if (!this.tracingEnabled)
       return parent ? { traceId: parent.traceId, spanId: parent.spanId } : INVALID_IDS;
     return { traceId: parent?.traceId ?? newTraceId(), spanId: newSpanId() };
-  }
-
-  private wire(meta: DecisionMeta): WireMeta {
-    return meta as WireMeta;
-  }
-
-  startRequestSpan(meta: DecisionMeta, name: string): RequestSpan {
-    const ids = this.idsFor(meta, false);
-    this.post({ t: "reqspan.start", ids, meta: this.wire(meta), name });
-    const t = meta.trace as PlainTrace | undefined;
-    if (t !== undefined && this.tracingEnabled)
-      t.requestSpan = { traceId: ids.traceId, spanId: ids.spanId, traceFlags: 1 };
-    return { end: () => this.post({ t: "reqspan.end", spanId: ids.spanId }) };
-  }
-
-  // -- DecisionSink ---------------------------------------------------------------------
-
-  decided(
-    d: Decision,
-    req: DecisionRequest,
-    verified: VerifiedFacts | undefined,
-    meta: DecisionMeta,
-    mask: readonly unknown[] | undefined,
-    grant?: GrantInfo,
-    notes?: DecisionNotes,
-  ): void {
-    const ids = this.idsFor(meta);
-    this.post({ t: "decided", ids, d, req, verified, meta: this.wire(meta), mask, grant, notes });
-    this.ledger.add(
-      ledgerEntry(d, req, this.opts.data.agentId, { ...ids, traceFlags: 1, isRemote: false }),
-    );
-  }
-
-  refused(
-    err: { code: string; message: string; status: number },
-    req: DecisionRequest,
-    meta: DecisionMeta,
-  ): void {
-    this.post({
-      t: "refused",
-      err: { code: err.code, message: err.message, status: err.status },
-      req,
-      meta: this.wire(meta),
-    });
-  }
-
-  // -- events -----------------------------------------------------------------------------
-
-  securityEvent(
-    event: string,
-    message: string,
-    fields: Record<string, unknown>,
-    meta: DecisionMeta,
-  ): void {
-    this.post({ t: "security", event, message, fields, meta: this.wire(meta) });
-  }
-
-  approvalEvent(event: string, fields: Record<string, unknown>): void {
-    // the ledger is here, not in the worker: name the decision span the event links to
-    const id = typeof fields.decision_id === "string" ? fields.decision_id : undefined;
-    const sc = id === undefined ? undefined : this.ledger.get(id)?.spanContext;
-    const link = sc
-      ? { traceId: sc.traceId, spanId: sc.spanId, traceFlags: sc.traceFlags }
-      : undefined;
-    this.post({ t: "approval", event, fields, link });
-  }
-
-  containmentEvent(event: string, fields: Record<string, unknown>): void {
-    this.post({ t: "containment", event, fields });
-  }
-
-  bundleSpan(name: string, attributes: Attributes, error?: string): void {
-    this.post({ t: "bundle", name, attributes, error });
-  }
-
-  action(a: ActionAudit): SpanIds {
-    const ids = this.idsFor(a.meta, false);
-    const link: PlainSpanContext | undefined = a.link
-      ? { traceId: a.link.traceId, spanId: a.link.spanId, traceFlags: a.link.traceFlags }
-      : undefined;
-    this.post({ t: "action", ids, a: { ...a, meta: this.wire(a.meta), link } });
-    return ids;
   }
 
   redact<T>(value: T, mask?: readonly MaskOp[]): T {

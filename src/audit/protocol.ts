@@ -1,87 +1,24 @@
-import type { Attributes } from "@opentelemetry/api";
-import type {
-  Decision,
-  DecisionMeta,
-  DecisionNotes,
-  DecisionRequest,
-  GrantInfo,
-  VerifiedFacts,
-} from "../model/decision";
+import type { AuditEvent, SpanIds, SpanRef } from "../model";
 import type { LogLevel } from "../shared/log";
-import type { SpanIds } from "../telemetry/ids";
-import type { ActionAudit } from "./auditor";
 import type { TrailStats } from "../trail/trail";
 import type { TracingStats } from "../telemetry/tracing";
 
 /**
  * The messages between the main thread's AuditClient and the audit worker
  * (./worker). Everything here is plain JSON data. Main posts arrays of
- * ToWorker as JSON text, in order, one array per event-loop turn.
+ * ToWorker as JSON text, in order, one array per few milliseconds.
  */
 
-/** A span context as plain data; traceState is its W3C tracestate text. */
-export interface PlainSpanContext {
-  traceId: string;
-  spanId: string;
-  traceFlags: number;
-  isRemote?: boolean;
-  traceState?: string;
-}
-
-/** DecisionMeta.trace under the AuditClient. */
-export interface PlainTrace {
-  /** The caller's traceparent/tracestate, when valid. */
-  parent?: PlainSpanContext;
-  /** The request span of an AuthZEN batch: item spans are its children. */
-  requestSpan?: PlainSpanContext;
-}
-
-export type WireMeta = Omit<DecisionMeta, "trace"> & { trace?: PlainTrace };
-
 export type ToWorker =
+  /** An event as recorded, with what the main thread adds to it. */
   | {
-      t: "decided";
+      t: "event";
+      event: AuditEvent;
+      /** The ids its span takes (drawn on the main thread: the ledger and action reports use them). */
       ids: SpanIds;
-      d: Decision;
-      req: DecisionRequest;
-      verified: VerifiedFacts | undefined;
-      meta: WireMeta;
-      mask: readonly unknown[] | undefined;
-      grant: GrantInfo | undefined;
-      notes: DecisionNotes | undefined;
+      /** An approval event's decision span, from the main thread's ledger. */
+      link?: SpanRef;
     }
-  | {
-      t: "refused";
-      err: { code: string; message: string; status: number };
-      req: DecisionRequest;
-      meta: WireMeta;
-    }
-  | {
-      t: "security";
-      event: string;
-      message: string;
-      fields: Record<string, unknown>;
-      meta: WireMeta;
-    }
-  | {
-      t: "approval";
-      event: string;
-      fields: Record<string, unknown>;
-      /** The decision's span, from the main thread's ledger. */
-      link: PlainSpanContext | undefined;
-    }
-  | { t: "containment"; event: string; fields: Record<string, unknown> }
-  | { t: "bundle"; name: string; attributes: Attributes; error: string | undefined }
-  | {
-      t: "action";
-      ids: SpanIds;
-      a: Omit<ActionAudit, "meta" | "link"> & {
-        meta: WireMeta;
-        link: PlainSpanContext | undefined;
-      };
-    }
-  | { t: "reqspan.start"; ids: SpanIds; meta: WireMeta; name: string }
-  | { t: "reqspan.end"; spanId: string }
   | { t: "flush"; id: number }
   | { t: "close"; id: number };
 

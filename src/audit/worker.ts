@@ -1,49 +1,32 @@
 /**
  * The audit worker: an Auditor on its own thread. The main thread's
- * AuditClient posts what happened (decisions, refusals, events, action
- * reports); this thread redacts, builds and exports the spans, hashes and
+ * AuditClient posts each AuditEvent as recorded, with the ids of its span;
+ * this thread redacts, builds and exports the spans, hashes and
  * writes the trail and writes the decision log lines, so none of that is on
  * the decision path. Entry point of a worker_threads Worker; see ./client.
  */
-import { ROOT_CONTEXT, trace, type Context, type Span, type SpanContext } from "@opentelemetry/api";
-import { TraceState } from "@opentelemetry/core";
 import { Writable } from "node:stream";
 import { parentPort, workerData } from "node:worker_threads";
 import { isToolgateError } from "../errors";
+import { hasOwn } from "../shared/guards";
 import { createLogger } from "../shared/log";
 import { ForcedIdGenerator } from "../telemetry/ids";
-import { Auditor, DecisionLedger, type TraceMeta } from "./auditor";
-import type {
-  AuditWorkerData,
-  FromWorker,
-  PlainSpanContext,
-  PlainTrace,
-  ToWorker,
-  WireMeta,
-  WorkerStats,
-} from "./protocol";
+import { Auditor, DecisionLedger } from "./auditor";
+import type { AuditWorkerData, FromWorker, ToWorker, WorkerStats } from "./protocol";
 import { Redactor } from "../redaction/redact";
 import { AuditTrail } from "../trail/trail";
 import { Tracing } from "../telemetry/tracing";
-import type { DecisionMeta } from "../model/decision";
 
 if (parentPort === null) throw new Error("src/audit/worker is a worker_threads entry point");
 // Defence in depth, as bin/toolgate.js does for the main thread (a worker has
 // its own realm): without the Object.prototype.__proto__ accessor, writing a
 // key "__proto__" creates an own property instead of swapping a prototype.
-if (Object.hasOwn(Object.prototype, "__proto__")) {
+if (hasOwn(Object.prototype, "__proto__")) {
   delete (Object.prototype as { __proto__?: unknown }).__proto__;
 }
 const port = parentPort;
 const data = workerData as AuditWorkerData;
 const send = (m: FromWorker): void => port.postMessage(m);
-
-function spanContextOf(p: PlainSpanContext): SpanContext {
-  const sc: SpanContext = { traceId: p.traceId, spanId: p.spanId, traceFlags: p.traceFlags };
-  if (p.isRemote !== undefined) sc.isRemote = p.isRemote;
-  if (p.traceState !== undefined) sc.traceState = new TraceState(p.traceState);
-  return sc;
-}
 
 function start(): void {
   // Lines go to the main thread's logger in batches (one message per write).
@@ -109,58 +92,11 @@ function start(): void {
     trail: trail?.stats(),
     handled,
   });
-  /** Request spans of AuthZEN batches, open until the face ends them. */
-  const open = new Map<string, Span>();
-
-  const traceMeta = (t: PlainTrace | undefined): TraceMeta | undefined => {
-    if (t === undefined) return undefined;
-    const parent: Context = t.parent
-      ? trace.setSpanContext(ROOT_CONTEXT, spanContextOf(t.parent))
-      : ROOT_CONTEXT;
-    const requestSpan = t.requestSpan ? open.get(t.requestSpan.spanId) : undefined;
-    return requestSpan ? { parent, requestSpan } : { parent };
-  };
-  const metaOf = (m: WireMeta): DecisionMeta => ({ ...m, trace: traceMeta(m.trace) });
 
   const handle = (m: ToWorker): void => {
     switch (m.t) {
-      case "decided":
-        ids.use(m.ids, () =>
-          auditor.decided(m.d, m.req, m.verified, metaOf(m.meta), m.mask, m.grant, m.notes),
-        );
-        return;
-      case "refused":
-        auditor.refused(m.err, m.req, metaOf(m.meta));
-        return;
-      case "security":
-        auditor.securityEvent(m.event, m.message, m.fields, metaOf(m.meta));
-        return;
-      case "approval":
-        auditor.approvalEvent(m.event, m.fields, m.link ? spanContextOf(m.link) : undefined);
-        return;
-      case "containment":
-        auditor.containmentEvent(m.event, m.fields);
-        return;
-      case "bundle":
-        auditor.bundleSpan(m.name, m.attributes, m.error);
-        return;
-      case "action":
-        ids.use(m.ids, () =>
-          auditor.action({
-            ...m.a,
-            meta: metaOf(m.a.meta),
-            link: m.a.link ? spanContextOf(m.a.link) : undefined,
-          }),
-        );
-        return;
-      case "reqspan.start": {
-        const span = ids.use(m.ids, () => auditor.startRequestSpan(metaOf(m.meta), m.name));
-        open.set(m.ids.spanId, span);
-        return;
-      }
-      case "reqspan.end":
-        open.get(m.spanId)?.end();
-        open.delete(m.spanId);
+      case "event":
+        ids.use(m.ids, () => auditor.record(m.event, m.link));
         return;
       case "flush":
         auditor.flush().then(
@@ -171,8 +107,6 @@ function start(): void {
         return;
       case "close": {
         clearInterval(timer);
-        for (const span of open.values()) span.end();
-        open.clear();
         auditor.close().then(
           () => {
             send({ t: "closed", id: m.id, stats: stats() });
@@ -207,7 +141,7 @@ function start(): void {
         // the Auditor catches its own failures; this is the last line of defence
         log.error("audit worker failed to handle a message", {
           event: "audit.error",
-          kind: m.t,
+          kind: m.t === "event" ? m.event.kind : m.t,
           error: (e as Error).message,
         });
       }

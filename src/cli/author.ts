@@ -12,10 +12,10 @@ import { tmpdir } from "node:os";
 import { basename, join, relative, resolve, sep } from "node:path";
 import { parseArgs } from "node:util";
 import { buildParts } from "../app";
-import { verifyTrail, listTrailFiles } from "../trail/trail";
+import { expandTrailPaths, readTrail, verifyTrail } from "../trail";
 import { canonicalize } from "../shared/jcs";
 import { compileConfig } from "../config";
-import type { Decision, DecisionRequest } from "../model/decision";
+import type { Decision, DecisionRequest } from "../model";
 import { toolgateError } from "../errors";
 import { validateDecisionRequest } from "../http/validate";
 import { loadBundleFromPath } from "../policy/bundle";
@@ -244,9 +244,11 @@ export async function explainCommand(args: string[], out: Out): Promise<number> 
   const req = validateDecisionRequest(JSON.parse(text));
   let decision: Decision | undefined;
   if (values.bundle)
-    decision = (await offlineDecider(values.bundle, values.agent)).decider.decide(req, text, {
-      face: "cli",
-    });
+    decision = (await offlineDecider(values.bundle, values.agent)).decider.decide(
+      req,
+      { face: "cli" },
+      text,
+    ).decision;
   let trace: string | undefined;
   if (values.rego) {
     const dir = mkdtempSync(join(tmpdir(), "toolgate-explain-"));
@@ -333,7 +335,7 @@ export async function replayCommand(args: string[], out: Out): Promise<number> {
   const trails = [...(values.audit ?? []), ...positionals];
   if (trails.length === 0 || !values.bundle)
     throw toolgateError("usage", "replay needs --audit <trail…> and --bundle <candidate>");
-  const files = trails.flatMap((t) => (statSync(t).isDirectory() ? listTrailFiles(t) : [t]));
+  const files = expandTrailPaths(trails);
   const integrity = verifyTrail(files, {
     allowPartialStart: values["allow-partial-start"] ?? false,
   });
@@ -346,69 +348,65 @@ export async function replayCommand(args: string[], out: Out): Promise<number> {
   const changes: Array<Record<string, unknown>> = [];
   let total = 0;
   let withRedactions = 0;
-  for (const file of files) {
-    for (const line of readFileSync(file, "utf8").split("\n")) {
-      if (!line.startsWith("{")) continue;
-      let rec: { kind?: string; record?: Record<string, unknown> };
-      try {
-        rec = JSON.parse(line) as typeof rec;
-      } catch {
-        continue;
-      }
-      if (rec.kind !== "decision" || rec.record === undefined) continue;
-      const r = rec.record as {
-        decision_id: string;
-        time: string;
-        subject: { type: string; id: string };
-        tool: { name: string; call_id?: string };
-        resource: { type: string; id: string };
-        arguments?: Record<string, unknown>;
-        context?: Record<string, unknown>;
-        outcome: string;
-        reasons: Array<{ code: string }>;
-        policy: { revision: string };
-      };
-      total++;
-      if (total % 1000 === 0) out.stderr(`replayed ${total} decisions…\n`);
-      const request: DecisionRequest = {
-        subject: { type: r.subject.type, id: r.subject.id },
-        action: {
-          name: r.tool.name,
-          ...(r.arguments !== undefined ? { properties: { arguments: r.arguments } } : {}),
-        },
-        resource: r.resource,
-        ...(r.context !== undefined ? { context: r.context } : {}),
-      };
-      const redacted = redactedPaths({ arguments: r.arguments, context: r.context }, "", []);
-      if (redacted.length) withRedactions++;
-      clock = Date.parse(r.time) || Date.now();
-      let now: Decision;
-      try {
-        now = parts.decider.decide(request, undefined, { face: "cli" });
-      } catch (e) {
-        changes.push({
-          decision_id: r.decision_id,
-          tool: r.tool.name,
-          recorded: r.outcome,
-          candidate: "error",
-          error: (e as Error).message,
-          redacted_fields: redacted,
-        });
-        continue;
-      }
-      const before = r.reasons.map((x) => x.code).join(",");
-      const after = now.reasons.map((x) => x.code).join(",");
-      if (now.outcome !== r.outcome || before !== after) {
-        changes.push({
-          decision_id: r.decision_id,
-          time: r.time,
-          tool: r.tool.name,
-          subject: r.subject.id,
-          recorded: { outcome: r.outcome, reasons: before, revision: r.policy.revision },
-          candidate: { outcome: now.outcome, reasons: after, revision: now.policy.revision },
-          redacted_fields: redacted,
-        });
-      }
+  for (const line of readTrail(files)) {
+    // what replay reads: each line that starts as a JSON object holding a decision record
+    if (!line.text.startsWith("{")) continue;
+    const parsed = line.json();
+    if (!parsed.ok) continue;
+    const rec = parsed.value as { kind?: string; record?: Record<string, unknown> };
+    if (rec.kind !== "decision" || rec.record === undefined) continue;
+    const r = rec.record as {
+      decision_id: string;
+      time: string;
+      subject: { type: string; id: string };
+      tool: { name: string; call_id?: string };
+      resource: { type: string; id: string };
+      arguments?: Record<string, unknown>;
+      context?: Record<string, unknown>;
+      outcome: string;
+      reasons: Array<{ code: string }>;
+      policy: { revision: string };
+    };
+    total++;
+    if (total % 1000 === 0) out.stderr(`replayed ${total} decisions…\n`);
+    const request: DecisionRequest = {
+      subject: { type: r.subject.type, id: r.subject.id },
+      action: {
+        name: r.tool.name,
+        ...(r.arguments !== undefined ? { properties: { arguments: r.arguments } } : {}),
+      },
+      resource: r.resource,
+      ...(r.context !== undefined ? { context: r.context } : {}),
+    };
+    const redacted = redactedPaths({ arguments: r.arguments, context: r.context }, "", []);
+    if (redacted.length) withRedactions++;
+    clock = Date.parse(r.time) || Date.now();
+    let now: Decision;
+    try {
+      now = parts.decider.decide(request, { face: "cli" }).decision;
+    } catch (e) {
+      changes.push({
+        decision_id: r.decision_id,
+        tool: r.tool.name,
+        recorded: r.outcome,
+        candidate: "error",
+        error: (e as Error).message,
+        redacted_fields: redacted,
+      });
+      continue;
+    }
+    const before = r.reasons.map((x) => x.code).join(",");
+    const after = now.reasons.map((x) => x.code).join(",");
+    if (now.outcome !== r.outcome || before !== after) {
+      changes.push({
+        decision_id: r.decision_id,
+        time: r.time,
+        tool: r.tool.name,
+        subject: r.subject.id,
+        recorded: { outcome: r.outcome, reasons: before, revision: r.policy.revision },
+        candidate: { outcome: now.outcome, reasons: after, revision: now.policy.revision },
+        redacted_fields: redacted,
+      });
     }
   }
   const summary = {

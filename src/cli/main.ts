@@ -101,9 +101,9 @@ async function evalCommand(args: string[], out: Out): Promise<number> {
   try {
     value = JSON.parse(text);
   } catch (e) {
-    throw toolgateError("malformed_json", `${values.input}: ${(e as Error).message}`);
+    throw toolgateError("malformed_json", `${values.input}: ${(e as Error).message}`, { cause: e });
   }
-  const decision = parts.decider.decide(validateDecisionRequest(value), text);
+  const { decision } = parts.decider.decide(validateDecisionRequest(value), { face: "cli" }, text);
   out.stdout(JSON.stringify(decision, null, 2) + "\n");
   return 0;
 }

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { isToolgateError, normalizeError, toolgateError, type ToolgateError } from "../errors";
-import type { Identity, Principal } from "../identity";
+import type { Identity } from "../identity";
 import type { ApprovalCheck, ApprovalService } from "../approvals/service";
 import type { GrantMinter } from "../grants";
 import type { Containment, ContainmentDeny } from "../containment";
@@ -8,16 +8,18 @@ import type { PolicyEngine } from "../policy/engine";
 import { checkPolicyOutput } from "./output";
 import type {
   Decision,
-  DecisionMeta,
+  DecisionEvent,
   DecisionNotes,
   DecisionRequest,
   DecisionSink,
   GrantInfo,
   PolicyOutput,
+  RefusalEvent,
+  RequestContext,
   VerifiedFacts,
-} from "../model/decision";
+} from "../model";
 
-export type * from "../model/decision";
+export type * from "../model";
 export { checkPolicyOutput, KNOWN_OBLIGATIONS } from "./output";
 
 /** Where the active policy comes from; the bundle manager implements it. */
@@ -42,6 +44,12 @@ export interface DeciderOptions {
   containment?: Containment;
   /** A candidate policy evaluated beside the active one, for the record only. */
   candidate?: PolicySource;
+}
+
+/** What decide() answers: the decision, and what audit records beside it. */
+export interface Decided {
+  decision: Decision;
+  notes: DecisionNotes | undefined;
 }
 
 /** Reason codes toolgate itself puts on a deny when the policy cannot answer. */
@@ -74,23 +82,21 @@ export class Decider {
    * Throws ToolgateError only for request problems (`agent_mismatch`) and for
    * `policy_unavailable`; every policy failure is a deny.
    */
-  decide(
-    req: DecisionRequest,
-    requestJson?: string,
-    meta: DecisionMeta = { face: "native" },
-  ): Decision {
+  decide(req: DecisionRequest, ctx: RequestContext, requestJson?: string): Decided {
     const nowMs = this.now();
     const nowNs = nowMs * 1e6;
-    let verified: VerifiedFacts | undefined;
+    let verified: VerifiedFacts;
+    let engine: PolicyEngine | undefined;
     try {
-      verified = this.opts.identity.verify(req, nowNs, meta.caller as Principal | undefined);
-      if (this.opts.policy.active() === undefined) throw toolgateError("policy_unavailable");
+      verified = this.opts.identity.verify(req, nowNs, ctx.principal);
+      engine = this.opts.policy.active();
+      if (engine === undefined) throw toolgateError("policy_unavailable");
     } catch (e) {
       const err = normalizeError(e);
-      this.opts.sink?.refused(err, req, meta);
+      const error = { code: err.code, message: err.message, status: err.status };
+      this.finish({ kind: "refusal", error, request: req, ctx });
       throw err;
     }
-    const engine = this.opts.policy.active() as PolicyEngine;
     const decision: Decision = {
       decision_id: this.newId(),
       outcome: "deny",
@@ -99,6 +105,7 @@ export class Decider {
       policy: { bundle: engine.info.bundle, revision: engine.info.revision },
       evaluated_at: new Date(nowMs).toISOString(),
     };
+    const event: DecisionEvent = { kind: "decision", decision, request: req, verified, ctx };
     // Containment first: a kill switch or limit denies whatever the bundle says.
     const containment = this.opts.containment;
     if (containment !== undefined) {
@@ -115,18 +122,15 @@ export class Decider {
       if (held !== undefined) {
         decision.reasons = [{ code: held.code, message: held.message }];
         if (held.retry_after !== undefined) decision.retry_after = held.retry_after;
-        const notes: DecisionNotes | undefined =
-          held.killswitch_id === undefined ? undefined : { killswitch_id: held.killswitch_id };
-        this.opts.sink?.decided(decision, req, verified, meta, undefined, undefined, notes);
-        return decision;
+        if (held.killswitch_id !== undefined) event.notes = { killswitch_id: held.killswitch_id };
+        return this.finish(event);
       }
       verified.containment = containment.view(nowMs);
     }
     const check: ApprovalCheck = this.opts.approvals?.check(req, nowMs) ?? { kind: "none" };
     if (check.kind === "deny") {
       decision.reasons = [{ code: check.code, message: check.message }];
-      this.opts.sink?.decided(decision, req, verified, meta, undefined);
-      return decision;
+      return this.finish(event);
     }
     if (check.kind === "verified") verified.approval = check.approval;
     const input = `{"request":${requestJson ?? JSON.stringify(req)},"verified":${JSON.stringify(verified)}}`;
@@ -142,8 +146,7 @@ export class Decider {
           ? out.code
           : "evaluation_error";
       decision.reasons = [{ code, message: `${FAIL_CLOSED_REASONS[code]}: ${out.message}` }];
-      this.opts.sink?.decided(decision, req, verified, meta, undefined);
-      return decision;
+      return this.finish(event);
     }
     const notes = this.candidate(input, nowNs, out);
     if (notes !== undefined && out.shadow !== undefined) notes.shadow = out.shadow;
@@ -166,11 +169,24 @@ export class Decider {
         : false;
     const grant = this.grant(decision, req, verified, nowMs);
     if (reserved && decision.outcome !== "allow") containment?.unreserve(decision.decision_id);
-    if (decision.access_request !== undefined && verified !== undefined) {
+    if (decision.access_request !== undefined) {
       this.opts.approvals?.recordNeedsApproval(decision, req, verified, out.mask);
     }
-    this.opts.sink?.decided(decision, req, verified, meta, out.mask, grant, notes);
-    return decision;
+    if (out.mask !== undefined) event.mask = out.mask;
+    if (grant !== undefined) event.grant = grant;
+    if (notes !== undefined) event.notes = notes;
+    return this.finish(event);
+  }
+
+  /**
+   * Every exit of decide(): the one place its event goes to the sink. A
+   * decision is answered; a refusal is thrown by the caller.
+   */
+  private finish(event: DecisionEvent): Decided;
+  private finish(event: RefusalEvent): void;
+  private finish(event: DecisionEvent | RefusalEvent): Decided | undefined {
+    this.opts.sink?.record(event);
+    return event.kind === "decision" ? { decision: event.decision, notes: event.notes } : undefined;
   }
 
   /**

@@ -20,7 +20,7 @@ import { readFileSync } from "node:fs";
 import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "../approvals/binding";
 import { canonicalize } from "../shared/jcs";
 import type { CompiledConfig } from "../config";
-import type { Decision, DecisionRequest, GrantInfo, VerifiedFacts } from "../model/decision";
+import type { Decision, DecisionRequest, GrantInfo, VerifiedFacts } from "../model";
 import { toolgateError } from "../errors";
 import type { Logger } from "../shared/log";
 import { GRANT_TYP, type GrantClaims } from "./verify";

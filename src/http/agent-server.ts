@@ -4,10 +4,10 @@ import express, { type Request, type Response } from "express";
 import type { BundleManager } from "../bundles";
 import type { CompiledConfig } from "../config";
 import { boundaryFromData, recordAction, type ActionReport } from "../audit/actions";
-import type { AuditService } from "../audit";
+import { startRequestSpan, traceParentOf, type AuditService } from "../audit";
 import type { ApprovalService } from "../approvals/service";
 import type { Containment } from "../containment";
-import type { Decider, DecisionMeta, Face } from "../decision";
+import type { Decider, Face, Principal, RequestContext } from "../decision";
 import type { Identity } from "../identity";
 import { toolgateError, type ToolgateError } from "../errors";
 import type { Metrics } from "../metrics";
@@ -50,7 +50,7 @@ type Handler = (
   req: Request,
   res: Response,
   body: ParsedBody | undefined,
-  meta: DecisionMeta,
+  ctx: RequestContext,
 ) => unknown;
 
 /**
@@ -73,18 +73,19 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
   const post =
     (face: Face, render: (err: ToolgateError) => unknown, handler: Handler, bodyOptional = false) =>
     async (req: Request, res: Response): Promise<void> => {
-      const meta: DecisionMeta = {
-        face,
-        startTimeMs: performance.timeOrigin + performance.now(),
-        requestId: res.getHeader("X-Request-ID") as string,
-        http: { method: req.method, path: req.path },
-        trace: auditor?.traceMeta(req.headers),
-      };
+      const startTimeMs = performance.timeOrigin + performance.now();
       try {
-        const caller = await identity.authenticate(req.headers);
-        if (caller !== undefined) meta.caller = caller;
+        const principal = await identity.authenticate(req.headers);
+        const ctx: RequestContext = {
+          face,
+          startTimeMs,
+          requestId: res.getHeader("X-Request-ID") as string,
+          http: { method: req.method, path: req.path },
+          ...(auditor ? { traceParent: traceParentOf(req.headers) } : {}),
+          ...(principal !== undefined ? { principal } : {}),
+        };
         const body = bodyOptional && !hasBody(req) ? undefined : await readJson(req, limits);
-        const result = handler(req, res, body, meta);
+        const result = handler(req, res, body, ctx);
         sendJson(res, res.statusCode, result);
       } catch (e) {
         const err = sendError(res, e, render);
@@ -106,13 +107,8 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
       : `http://${config.server.agent.host}:${config.server.agent.port}`;
   };
   const batchSpan = auditor
-    ? (meta: DecisionMeta) => {
-        const span = auditor.startRequestSpan(
-          meta,
-          `${meta.http?.method ?? "POST"} ${meta.http?.path ?? ""}`,
-        );
-        return () => span.end();
-      }
+    ? (ctx: RequestContext) =>
+        startRequestSpan(auditor, ctx, `${ctx.http?.method ?? "POST"} ${ctx.http?.path ?? ""}`)
     : undefined;
   const notAllowed =
     (allow: string, render: (err: ToolgateError) => unknown = plain) =>
@@ -124,24 +120,22 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
   // --- native ---------------------------------------------------------------
   app.post(
     "/v1/decisions",
-    post("native", plain, (_q, _s, body, meta) =>
-      nativeDecision(decider, body as ParsedBody, meta),
-    ),
+    post("native", plain, (_q, _s, body, ctx) => nativeDecision(decider, body as ParsedBody, ctx)),
   );
   app.all("/v1/decisions", notAllowed("POST"));
 
   // --- AuthZEN 1.0 ----------------------------------------------------------
   app.post(
     "/access/v1/evaluation",
-    post("authzen", plain, (q, _s, body, meta) =>
-      authzenEvaluation(decider, body as ParsedBody, meta, baseUrl(q)),
+    post("authzen", plain, (q, _s, body, ctx) =>
+      authzenEvaluation(decider, body as ParsedBody, ctx, baseUrl(q)),
     ),
   );
   app.all("/access/v1/evaluation", notAllowed("POST"));
   app.post(
     "/access/v1/evaluations",
-    post("authzen", plain, (_q, _s, body, meta) =>
-      authzenEvaluations(decider, body as ParsedBody, limits.maxEvaluations, meta, batchSpan),
+    post("authzen", plain, (_q, _s, body, ctx) =>
+      authzenEvaluations(decider, body as ParsedBody, limits.maxEvaluations, ctx, batchSpan),
     ),
   );
   app.all("/access/v1/evaluations", notAllowed("POST"));
@@ -162,7 +156,7 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
    * trusted mode (development, loopback only) nobody is verified (null) and
    * the task id is the only key. See docs/approvals.md.
    */
-  const requesterOf = (caller: DecisionMeta["caller"]): string | null => {
+  const requesterOf = (caller: Principal | undefined): string | null => {
     if (identity.mode !== "jwt") return null;
     if (caller === undefined)
       throw toolgateError("unauthenticated", "a bearer token is required in identity mode jwt");
@@ -181,11 +175,11 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
   };
   app.post(
     "/access/v1/requests",
-    post("authzen", requestRender, (q, s, body, meta) => {
+    post("authzen", requestRender, (q, s, body, ctx) => {
       const value = (body as ParsedBody).value;
       const req = validateDecisionRequest(value);
       identity.anchorAgent(req);
-      if (meta.caller !== undefined && meta.caller.id !== req.subject.id) {
+      if (ctx.principal !== undefined && ctx.principal.id !== req.subject.id) {
         throw toolgateError(
           "subject_mismatch",
           "the access request's subject is not the token's subject",
@@ -198,7 +192,7 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
           value as Record<string, unknown>,
           typeof key === "string" && key.length > 0 && key.length <= 255 ? key : undefined,
           baseUrl(q),
-          requesterOf(meta.caller),
+          requesterOf(ctx.principal),
         );
       } catch (e) {
         const retryAfter = retryAfterOf(e);
@@ -231,10 +225,10 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
 
   // --- OPA Data API ---------------------------------------------------------
   const opaRender = (err: ToolgateError): unknown => toOpaError(err);
-  const opaHandler: Handler = (req, _res, body, meta) => {
+  const opaHandler: Handler = (req, _res, body, ctx) => {
     const splat = (req.params as { path?: string[] | string }).path;
     const path = Array.isArray(splat) ? splat.join("/") : (splat ?? "");
-    return opaData(decider, config.policy.entrypoint, path, body, meta);
+    return opaData(decider, config.policy.entrypoint, path, body, ctx);
   };
   app.post("/v1/data", post("opa", opaRender, opaHandler, true));
   app.post("/v1/data/*path", post("opa", opaRender, opaHandler, true));
@@ -243,7 +237,7 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
   // --- action reports -------------------------------------------------------
   app.post(
     "/v1/actions",
-    post("native", plain, (_q, _s, body, meta) => {
+    post("native", plain, (_q, _s, body, ctx) => {
       const report = validateAgainst<ActionReport>(
         "action-report.schema.json",
         (body as ParsedBody).value,
@@ -251,7 +245,7 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
       if (auditor === undefined)
         throw toolgateError("not_found", "audit is off: no action reports");
       const containment = deps.containment;
-      return recordAction(auditor, report, meta, {
+      return recordAction(auditor, report, ctx, {
         // resolves the decision's budget reservations: ok commits, an error that changed nothing releases
         ...(containment === undefined
           ? {}

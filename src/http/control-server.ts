@@ -96,12 +96,13 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
       },
       (e: unknown) => {
         const err = sendError(res, e, plain);
-        deps.auditor?.securityEvent(
-          "control_unauthenticated",
-          "a control-port call without a valid token",
-          { path: req.path, method: req.method, error: err.message },
-          { face: "native", http: { method: req.method, path: req.path } },
-        );
+        deps.auditor?.record({
+          kind: "security",
+          event: "control_unauthenticated",
+          message: "a control-port call without a valid token",
+          fields: { path: req.path, method: req.method, error: err.message },
+          ctx: { face: "native", http: { method: req.method, path: req.path } },
+        });
       },
     );
   });
@@ -216,12 +217,14 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
         event: "containment.killswitch_not_persisted",
         ...fields,
       });
-      deps.auditor?.securityEvent(
-        "killswitch_not_persisted",
-        "a kill switch change is in force but not persisted: a restart before the retry succeeds loses it",
+      deps.auditor?.record({
+        kind: "security",
+        event: "killswitch_not_persisted",
+        message:
+          "a kill switch change is in force but not persisted: a restart before the retry succeeds loses it",
         fields,
-        { face: "native", http: { method: req.method, path: req.path } },
-      );
+        ctx: { face: "native", http: { method: req.method, path: req.path } },
+      });
       sendJson(res, 202, view);
     };
     app.post("/v1/killswitches", async (req: Authed, res: Response) => {

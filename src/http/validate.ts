@@ -3,7 +3,7 @@ import { join } from "node:path";
 import Ajv2020, { type ErrorObject, type ValidateFunction } from "ajv/dist/2020";
 import addFormats from "ajv-formats";
 import { toolgateError } from "../errors";
-import type { DecisionRequest } from "../model/decision";
+import type { DecisionRequest } from "../model";
 import { packageRoot } from "../shared/paths";
 
 /** A published schema from schemas/. */

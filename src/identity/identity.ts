@@ -1,5 +1,5 @@
 import { toolgateError } from "../errors";
-import type { DecisionRequest, VerifiedFacts } from "../model/decision";
+import type { DecisionRequest, VerifiedFacts } from "../model";
 import type { TokenVerifier } from "./jwt";
 import { bearerToken, type Principal } from "./jwt";
 import { isObject } from "../shared/guards";

@@ -9,39 +9,14 @@ import {
   type JWTVerifyGetKey,
   type CryptoKey,
 } from "jose";
+import { TOKEN_ALGORITHMS } from "../shared/algorithms";
 import { isLoopback, type JwtConfig } from "../config";
 import { toolgateError } from "../errors";
 import { parseUntrustedJson } from "../shared/guards";
 import { isDevKey, jwksHoldsDevKey } from "./devkey";
+import type { Principal } from "../model";
 
-/** Someone toolgate verified: a token's subject and roles. */
-export interface Principal {
-  id: string;
-  roles: string[];
-  method: "jwt";
-  /** The token's job claim (identity.jwt.job_claim), when configured and present. */
-  job?: string;
-  /** The token's claims that matter to policy and audit (never the token itself). */
-  claims: {
-    iss: string | undefined;
-    sub: string;
-    aud: string | string[] | undefined;
-    exp: number | undefined;
-  };
-}
-
-const ALGORITHMS = [
-  "ES256",
-  "ES384",
-  "ES512",
-  "RS256",
-  "RS384",
-  "RS512",
-  "PS256",
-  "PS384",
-  "PS512",
-  "EdDSA",
-];
+export type { Principal };
 
 /** The bearer token of an Authorization header, if any. */
 export function bearerToken(
@@ -116,6 +91,7 @@ export class TokenVerifier {
       throw toolgateError(
         "config_invalid",
         `cannot load token keys from ${cfg.keys.kind} ${cfg.keys.value}: ${(e as Error).message}`,
+        { cause: e },
       );
     }
     if (dev && exposed) {
@@ -152,7 +128,7 @@ export class TokenVerifier {
         issuer: this.cfg.issuer,
         audience: this.cfg.audience,
         clockTolerance: this.cfg.clockSkewSeconds,
-        algorithms: ALGORITHMS,
+        algorithms: [...TOKEN_ALGORITHMS],
         requiredClaims: ["exp", "sub"],
       };
       payload =
@@ -163,6 +139,7 @@ export class TokenVerifier {
       throw toolgateError(
         "unauthenticated",
         `the bearer token was refused: ${describeJoseError(e)}`,
+        { cause: e },
       );
     }
     const sub = payload.sub as string;

@@ -1,4 +1,4 @@
-import type { Decision, DecisionMeta, DecisionRequest, DecisionSink } from "../model/decision";
+import type { AuditEvent, DecisionEvent, DecisionSink } from "../model";
 
 /**
  * Prometheus metrics in the text exposition format (version 0.0.4), without a
@@ -141,31 +141,30 @@ export class Metrics {
 
 const FAIL_CLOSED = new Set(["evaluation_error", "policy_output_invalid", "unknown_obligation"]);
 
-/** Counts decisions and refusals, then hands them on (to audit). */
+/** Counts decisions and refusals, then hands every event on (to audit): a decorator of the sink. */
 export function meteredSink(metrics: Metrics, next: DecisionSink | undefined): DecisionSink {
   return {
-    decided(d: Decision, req: DecisionRequest, verified, meta: DecisionMeta, mask, grant, notes) {
-      const tool = d.tool !== undefined && d.tool.class !== null ? d.tool.name : "unknown";
-      const reason = d.reasons[0]?.code ?? "";
-      metrics.decisions.inc({ outcome: d.outcome, tool, reason });
-      if (FAIL_CLOSED.has(reason)) metrics.evaluationErrors.inc({ reason });
-      if (meta.startTimeMs !== undefined) {
-        metrics.latency.observe(
-          (performance.timeOrigin + performance.now() - meta.startTimeMs) / 1000,
-        );
-      }
-      if (notes?.candidate?.diverged === true) {
-        metrics.candidateDivergences.inc({
-          tool,
-          outcome: d.outcome,
-          candidate: notes.candidate.outcome,
-        });
-      }
-      next?.decided(d, req, verified, meta, mask, grant, notes);
-    },
-    refused(err, req, meta) {
-      metrics.refusals.inc({ code: err.code });
-      next?.refused(err, req, meta);
+    record(event: AuditEvent): void {
+      if (event.kind === "decision") countDecision(metrics, event);
+      else if (event.kind === "refusal") metrics.refusals.inc({ code: event.error.code });
+      next?.record(event);
     },
   };
+}
+
+function countDecision(metrics: Metrics, { decision: d, ctx, notes }: DecisionEvent): void {
+  const tool = d.tool !== undefined && d.tool.class !== null ? d.tool.name : "unknown";
+  const reason = d.reasons[0]?.code ?? "";
+  metrics.decisions.inc({ outcome: d.outcome, tool, reason });
+  if (FAIL_CLOSED.has(reason)) metrics.evaluationErrors.inc({ reason });
+  if (ctx.startTimeMs !== undefined) {
+    metrics.latency.observe((performance.timeOrigin + performance.now() - ctx.startTimeMs) / 1000);
+  }
+  if (notes?.candidate?.diverged === true) {
+    metrics.candidateDivergences.inc({
+      tool,
+      outcome: d.outcome,
+      candidate: notes.candidate.outcome,
+    });
+  }
 }

@@ -1,21 +1,4 @@
-/** AuthZEN's information model, as toolgate receives it on every face. */
-export interface Entity {
-  type: string;
-  id: string;
-  properties?: Record<string, unknown>;
-}
-
-export interface Action {
-  name: string;
-  properties?: Record<string, unknown>;
-}
-
-export interface DecisionRequest {
-  subject: Entity;
-  action: Action;
-  resource: Entity;
-  context?: Record<string, unknown>;
-}
+/** What a decision is: the policy's answer, checked, and what toolgate makes of it. */
 
 export type Outcome = "allow" | "deny" | "needs_approval";
 
@@ -35,6 +18,7 @@ export interface ApprovalRequirement {
   approver_roles: string[];
   single_use: boolean;
   ttl_seconds: number;
+  /** Identities that may never approve (the initiator and the agent are always excluded). */
   exclude: string[];
 }
 
@@ -44,7 +28,7 @@ export interface ToolInfo {
   stage: string | null;
 }
 
-/** The policy's answer, checked (see ./output.ts). */
+/** The policy's answer, checked (see src/decision/output.ts). */
 export interface PolicyOutput {
   outcome: Outcome;
   reasons: Reason[];
@@ -79,33 +63,12 @@ export interface DecisionNotes {
   killswitch_id?: string;
 }
 
-/** Who toolgate itself established the caller to be, and the agent it serves. */
-export interface VerifiedFacts {
-  agent: { id: string };
-  subject: { id: string; method: "trusted" | "jwt"; claims?: Record<string, unknown> };
-  time_ns: number;
-  /**
-   * The job, when toolgate verified it (identity mode jwt with
-   * identity.jwt.job_claim): it wins over context.job.id for policy and for
-   * job-scoped switches, limits and budgets.
-   */
-  job?: { id: string; method: "jwt" };
-  /** Kill switches in force (toolgate enforces them before evaluation; docs/containment.md). */
-  containment?: {
-    killswitches: Array<{
-      id: string;
-      scope: { agent?: string; tool?: string; subject?: string; job?: string };
-      reason: string;
-    }>;
-  };
-  /** Present only when toolgate verified an approval bound to this exact request. */
-  approval?: {
-    id: string;
-    state: "approved";
-    approver: { id: string; roles: string[] };
-    single_use: boolean;
-    expires_at_ns: number;
-  };
+/** What audit records of a grant: never the token itself. */
+export interface GrantInfo {
+  jti: string;
+  aud: string;
+  /** Epoch seconds. */
+  exp: number;
 }
 
 /** A finished decision: what every face shapes its response from and audit records. */
@@ -125,46 +88,6 @@ export interface Decision {
   grant?: string;
 }
 
-/** What audit records of a grant: never the token itself. */
-export interface GrantInfo {
-  jti: string;
-  aud: string;
-  /** Epoch seconds. */
-  exp: number;
-}
-
-/** Which API a decision came through. */
-export type Face = "native" | "authzen" | "opa" | "cli";
-
-/**
- * Where a decision request came from, for audit. `trace` is opaque to the
- * decision path (the audit module puts the caller's trace context there).
- */
-export interface DecisionMeta {
-  face: Face;
-  requestId?: string;
-  /** performance.timeOrigin + performance.now() when the request arrived, in ms. */
-  startTimeMs?: number;
-  trace?: unknown;
-  http?: { method: string; path: string };
-  /** The caller's verified token (identity mode jwt). */
-  caller?: { id: string; roles: string[]; method: "jwt"; claims: Record<string, unknown> };
-}
-
-/** Receives every finished decision and every refusal (audit implements it). */
-export interface DecisionSink {
-  decided(
-    decision: Decision,
-    request: DecisionRequest,
-    verified: VerifiedFacts | undefined,
-    meta: DecisionMeta,
-    mask: readonly unknown[] | undefined,
-    grant?: GrantInfo,
-    notes?: DecisionNotes,
-  ): void;
-  refused(
-    error: { code: string; message: string; status: number },
-    request: DecisionRequest,
-    meta: DecisionMeta,
-  ): void;
-}
+// For importers not yet moved to src/model (its index): removed once they are.
+export type { DecisionRequest } from "./request";
+export type { VerifiedFacts } from "./verified";

@@ -5,7 +5,7 @@
  * real containment.db; the limits are a bundle's data document.
  */
 import { Containment, ContainmentStore } from "../../src/containment";
-import type { DecisionRequest, VerifiedFacts } from "../../src/model/decision";
+import type { DecisionRequest, VerifiedFacts } from "../../src/model";
 import { tempDir } from "../helpers/opa";
 
 const data = {

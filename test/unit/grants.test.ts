@@ -13,7 +13,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { compileConfig } from "../../src/config";
 import { checkPolicyOutput } from "../../src/decision";
-import type { Decision, DecisionRequest, VerifiedFacts } from "../../src/model/decision";
+import type { Decision, DecisionRequest, VerifiedFacts } from "../../src/model";
 import { isToolgateError } from "../../src/errors";
 import { derToP1363, GrantIssuer, scopeOf } from "../../src/grants";
 import {

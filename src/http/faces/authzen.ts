@@ -1,4 +1,4 @@
-import type { Decider, Decision, DecisionMeta, DecisionRequest } from "../../decision";
+import type { Decider, Decision, DecisionRequest, RequestContext } from "../../decision";
 import { isToolgateError, toolgateError, type ToolgateError } from "../../errors";
 import type { ParsedBody } from "../body";
 import { validateDecisionRequest } from "../validate";
@@ -48,11 +48,11 @@ export function toAuthzen(d: Decision, baseUrl?: string): AuthzenDecision {
 export function authzenEvaluation(
   decider: Decider,
   body: ParsedBody,
-  meta: DecisionMeta,
+  ctx: RequestContext,
   baseUrl?: string,
 ): AuthzenDecision {
   const req = validateDecisionRequest(body.value);
-  return toAuthzen(decider.decide(req, body.text, meta), baseUrl);
+  return toAuthzen(decider.decide(req, ctx, body.text).decision, baseUrl);
 }
 
 function itemError(err: ToolgateError): AuthzenDecision {
@@ -72,9 +72,9 @@ export function authzenEvaluations(
   decider: Decider,
   body: ParsedBody,
   maxEvaluations: number,
-  meta: DecisionMeta,
-  /** Opens a span for the whole batch (audit); returns its closer. */
-  batchSpan?: (meta: DecisionMeta) => () => void,
+  ctx: RequestContext,
+  /** Opens a span for the whole batch (audit): returns the items' context and its closer. */
+  batchSpan?: (ctx: RequestContext) => { ctx: RequestContext; end(): void },
 ): AuthzenDecision | { evaluations: AuthzenDecision[] } {
   const top = body.value;
   if (!isObject(top)) throw toolgateError("invalid_request", "the body must be a JSON object");
@@ -99,7 +99,7 @@ export function authzenEvaluations(
       context: top.context,
     };
     if (single.context === undefined) delete single.context;
-    return toAuthzen(decider.decide(validateDecisionRequest(single), undefined, meta));
+    return toAuthzen(decider.decide(validateDecisionRequest(single), ctx).decision);
   }
   if (evaluations.length > maxEvaluations) {
     throw toolgateError(
@@ -108,16 +108,16 @@ export function authzenEvaluations(
     );
   }
   const results: AuthzenDecision[] = [];
-  const endBatch = batchSpan?.(meta);
+  const batch = batchSpan?.(ctx);
   try {
     for (let i = 0; i < evaluations.length; i++) {
-      const result = evaluateItem(decider, top, evaluations[i], i, meta);
+      const result = evaluateItem(decider, top, evaluations[i], i, batch?.ctx ?? ctx);
       results.push(result);
       if (semantic === "deny_on_first_deny" && !result.decision) break;
       if (semantic === "permit_on_first_permit" && result.decision) break;
     }
   } finally {
-    endBatch?.();
+    batch?.end();
   }
   return { evaluations: results };
 }
@@ -128,7 +128,7 @@ function evaluateItem(
   top: Record<string, unknown>,
   item: unknown,
   i: number,
-  meta: DecisionMeta,
+  ctx: RequestContext,
 ): AuthzenDecision {
   if (!isObject(item)) {
     return itemError(toolgateError("invalid_request", `evaluations/${i} must be an object`));
@@ -140,7 +140,7 @@ function evaluateItem(
   }
   try {
     const req: DecisionRequest = validateDecisionRequest(merged, `evaluations/${i}`);
-    return toAuthzen(decider.decide(req, undefined, meta));
+    return toAuthzen(decider.decide(req, ctx).decision);
   } catch (e) {
     if (isToolgateError(e) && e.status < 500) return itemError(e);
     throw e;

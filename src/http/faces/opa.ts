@@ -1,4 +1,4 @@
-import type { Decider, DecisionMeta } from "../../decision";
+import type { Decider, RequestContext } from "../../decision";
 import { toolgateError, type ToolgateError } from "../../errors";
 import type { ParsedBody } from "../body";
 import { validateDecisionRequest } from "../validate";
@@ -32,7 +32,7 @@ export function opaData(
   entrypoint: string,
   path: string,
   body: ParsedBody | undefined,
-  meta: DecisionMeta,
+  ctx: RequestContext,
 ): { result?: unknown; decision_id?: string } {
   const normalized = path.replace(/^\/+|\/+$/g, "");
   const allowPath = entrypoint.split("/").slice(0, -1).concat("allow").join("/");
@@ -51,7 +51,7 @@ export function opaData(
     );
   }
   const req = validateDecisionRequest(envelope.input, "input");
-  const d = decider.decide(req, undefined, meta);
+  const d = decider.decide(req, ctx).decision;
   if (normalized === allowPath)
     return { result: d.outcome === "allow", decision_id: d.decision_id };
   const { decision_id, ...rest } = d;
