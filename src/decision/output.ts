@@ -1,21 +1,12 @@
 import { Redactor } from "../redaction/redact";
 import { toolgateError, type ToolgateError } from "../errors";
-import type {
-  ApprovalRequirement,
-  Obligation,
-  PolicyOutput,
-  Reason,
-  ToolInfo,
-} from "../model/decision";
+import { isObject } from "../shared/guards";
+import type { ApprovalRequirement, Obligation, PolicyOutput, Reason, ToolInfo } from "../model";
 
 /** Obligation types toolgate knows how to honour; any other fails closed (deny). */
 export const KNOWN_OBLIGATIONS: ReadonlySet<string> = new Set(["redact", "grant_scope"]);
 
 const OUTCOMES = new Set(["allow", "deny", "needs_approval"]);
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return v !== null && typeof v === "object" && !Array.isArray(v);
-}
 
 function bad(msg: string): ToolgateError {
   return toolgateError("policy_output_invalid", `policy output: ${msg}`);
