@@ -62,10 +62,13 @@ import type { DatabaseSync } from "node:sqlite";
 import { type SQLInputValue, type StatementSync } from "node:sqlite";
 import {
   currentVersion,
+  databaseProblem,
+  fileIdentity,
   openConnection,
   openDatabase,
   storeGuard,
   synchronousOf,
+  type FileIdentity,
   type Migration,
 } from "../shared/sqlite";
 import { toolgateError } from "../errors";
@@ -372,11 +375,14 @@ export class ApprovalStore {
   private readonly insertEvaluation: StatementSync;
   private closed = false;
   private expireAfterRollback: { taskId: string; now: number } | undefined;
+  /** The file opened at `path` (to notice it removed or replaced). */
+  private readonly opened: FileIdentity;
 
   private constructor(path: string, db: DatabaseSync, evalDb: DatabaseSync) {
     this.path = path;
     this.db = db;
     this.evalDb = evalDb;
+    this.opened = fileIdentity(path);
     this.insertEvaluation = evalDb.prepare(
       `INSERT INTO evaluations (evaluation_id, decision_id, binding_hash,
          binding_context_members_json, redacted_request_json, requirement_json, reasons_json,
@@ -425,6 +431,12 @@ export class ApprovalStore {
       main: synchronousOf(this.db),
       evaluations: synchronousOf(this.evalDb),
     }));
+  }
+
+  /** Why the store cannot serve now (see databaseProblem), or undefined. */
+  problem(): string | undefined {
+    if (this.closed) return "approval store is closed";
+    return databaseProblem(this.db, this.path, this.opened);
   }
 
   /** Closes both connections (the main one last: it checkpoints the WAL with FULL). */

@@ -39,10 +39,13 @@ import type { DatabaseSync } from "node:sqlite";
 import { type SQLInputValue } from "node:sqlite";
 import {
   currentVersion,
+  databaseProblem,
+  fileIdentity,
   openConnection,
   openDatabase,
   storeGuard,
   synchronousOf,
+  type FileIdentity,
   type Migration,
 } from "../shared/sqlite";
 import { toolgateError } from "../errors";
@@ -209,11 +212,14 @@ export class ContainmentStore {
   /** Where reservations are written: `db` itself, or a synchronous=NORMAL connection. */
   private readonly reserveDb: DatabaseSync;
   private closed = false;
+  /** The file opened at `path` (to notice it removed or replaced). */
+  private readonly opened: FileIdentity;
 
   private constructor(path: string, db: DatabaseSync, reserveDb: DatabaseSync) {
     this.path = path;
     this.db = db;
     this.reserveDb = reserveDb;
+    this.opened = fileIdentity(path);
   }
 
   /** Opens (creating and migrating as needed) `<dir>/containment.db`. */
@@ -253,6 +259,12 @@ export class ContainmentStore {
 
   schemaVersion(): number {
     return this.run("read schema version", () => currentVersion(this.db));
+  }
+
+  /** Why the store cannot serve now (see databaseProblem), or undefined. */
+  problem(): string | undefined {
+    if (this.closed) return "containment store is closed";
+    return databaseProblem(this.db, this.path, this.opened);
   }
 
   close(): void {

@@ -1,4 +1,12 @@
-import { chmodSync, closeSync, existsSync, openSync } from "node:fs";
+import {
+  accessSync,
+  chmodSync,
+  closeSync,
+  constants,
+  existsSync,
+  openSync,
+  statSync,
+} from "node:fs";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
 import { isToolgateError, toolgateError, type ErrorCode } from "../errors";
@@ -153,4 +161,42 @@ export function storeGuard(code: ErrorCode, label: string): <T>(what: string, fn
       throw toolgateError(code, `${label}: ${what}: ${msg}`);
     }
   };
+}
+
+/** A file's device and inode: which file an open connection reads, whatever its name now. */
+export interface FileIdentity {
+  dev: number;
+  ino: number;
+}
+
+export function fileIdentity(path: string): FileIdentity {
+  const st = statSync(path);
+  return { dev: st.dev, ino: st.ino };
+}
+
+/**
+ * Why the database `db` opened at `path` (then the file `opened`) cannot
+ * serve now, or undefined when it can: the file is gone or another took its
+ * place (the open connection would go on with a file no restart finds), it
+ * is not readable and writable (a read-only mount, its mode), or a read
+ * fails. A stat, an access check and one small read: cheap enough for every
+ * health check.
+ */
+export function databaseProblem(
+  db: DatabaseSync,
+  path: string,
+  opened: FileIdentity,
+): string | undefined {
+  try {
+    const now = fileIdentity(path);
+    if (now.dev !== opened.dev || now.ino !== opened.ino)
+      return `${path} is not the file toolgate opened (it was replaced)`;
+    accessSync(path, constants.R_OK | constants.W_OK);
+    db.prepare("SELECT COUNT(*) AS n FROM schema_migrations").get();
+    return undefined;
+  } catch (e) {
+    const m = (e as { message?: unknown } | undefined)?.message; // fs errors may come from another realm
+    const msg = typeof m === "string" ? m : String(e);
+    return msg.includes(path) ? msg : `${path}: ${msg}`;
+  }
 }
