@@ -32,7 +32,7 @@ import type {
 import { isObject } from "../shared/guards";
 import type { Logger } from "../shared/log";
 import { SecretsSeen, type MaskOp, type Redactor } from "../redaction/redact";
-import type { AuditTrail, TrailStats } from "../trail/trail";
+import type { AuditTrail, TrailStats } from "../trail";
 import { extractTraceContext, type Tracing, type TracingStats } from "../telemetry/tracing";
 
 export { Tracing } from "../telemetry/tracing";

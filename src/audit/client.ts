@@ -19,7 +19,7 @@ import { newSpanId, newTraceId, type SpanIds } from "../telemetry/ids";
 import { DecisionLedger, ledgerEntry, type AuditService } from "./auditor";
 import type { AuditWorkerData, FromWorker, ToWorker, WorkerStats } from "./protocol";
 import type { MaskOp, Redactor } from "../redaction/redact";
-import type { TrailStats } from "../trail/trail";
+import type { TrailStats } from "../trail";
 import type { TracingStats } from "../telemetry/tracing";
 
 /** Messages kept for a worker that is (re)starting; beyond this they are dropped and counted. */

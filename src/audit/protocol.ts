@@ -1,6 +1,6 @@
 import type { AuditEvent, SpanIds, SpanRef } from "../model";
 import type { LogLevel } from "../shared/log";
-import type { TrailStats } from "../trail/trail";
+import type { TrailStats } from "../trail";
 import type { TracingStats } from "../telemetry/tracing";
 
 /**

@@ -14,7 +14,7 @@ import { ForcedIdGenerator } from "../telemetry/ids";
 import { Auditor, DecisionLedger } from "./auditor";
 import type { AuditWorkerData, FromWorker, ToWorker, WorkerStats } from "./protocol";
 import { Redactor } from "../redaction/redact";
-import { AuditTrail } from "../trail/trail";
+import { AuditTrail } from "../trail";
 import { Tracing } from "../telemetry/tracing";
 
 if (parentPort === null) throw new Error("src/audit/worker is a worker_threads entry point");

@@ -3,7 +3,7 @@
  * still succeed, the local trail still holds every one, and dropped spans are
  * counted and logged.
  */
-import { verifyTrail } from "../../src/trail/trail";
+import { verifyTrail } from "../../src/trail";
 import { captureLogger } from "../helpers/capture";
 import { startOtlpReceiver } from "../helpers/otlp";
 import { postJson, refRequest, startTestToolgate } from "../helpers/toolgate";

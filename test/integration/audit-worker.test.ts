@@ -10,7 +10,7 @@ import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { Auditor } from "../../src/audit";
 import { AuditClient } from "../../src/audit/client";
-import { verifyTrail } from "../../src/trail/trail";
+import { verifyTrail } from "../../src/trail";
 import { captureLogger } from "../helpers/capture";
 import { freePort } from "../helpers/net";
 import { startOtlpReceiver } from "../helpers/otlp";

@@ -7,7 +7,7 @@ import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { InMemorySpanExporter, type ReadableSpan } from "@opentelemetry/sdk-trace";
 import type { Toolgate } from "../../src/app";
-import { verifyTrail } from "../../src/trail/trail";
+import { verifyTrail } from "../../src/trail";
 import { captureLogger } from "../helpers/capture";
 import { postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
 

@@ -7,7 +7,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Toolgate } from "../../src/app";
 import { reportCommand } from "../../src/cli/report";
-import { listTrailFiles } from "../../src/trail/trail";
+import { listTrailFiles } from "../../src/trail";
 import { captureLogger } from "../helpers/capture";
 import { libraryBundle, startWithClock } from "../helpers/containment";
 import { bearer, token } from "../helpers/tokens";

@@ -12,16 +12,16 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSy
 import { dirname, join, relative, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import ts from "typescript";
-import { verifyTrail } from "../../src/trail/trail";
+import { verifyTrail } from "../../src/trail";
 import { tempDir } from "../helpers/opa";
 
 jest.setTimeout(60_000);
 
 const root = join(__dirname, "..", "..");
 
-/** Transpiles src/trail/trail.ts and the src/ modules it imports into `out`; returns the trail's path. */
+/** Transpiles src/trail/writer.ts and the src/ modules it imports into `out`; returns the writer's path. */
 function transpileTrail(out: string): string {
-  const todo = [join(root, "src", "trail", "trail.ts")];
+  const todo = [join(root, "src", "trail", "writer.ts")];
   const done = new Set<string>();
   while (todo.length > 0) {
     const file = todo.pop() as string;
@@ -39,7 +39,7 @@ function transpileTrail(out: string): string {
     mkdirSync(dirname(target), { recursive: true });
     writeFileSync(target, js);
   }
-  return join(out, "src", "trail", "trail.js");
+  return join(out, "src", "trail", "writer.js");
 }
 
 /** The child: opens a trail, then follows commands from stdin; prints one JSON line per command. */

@@ -24,7 +24,7 @@ import {
   RECOVERED_KIND,
   verifyTrail,
   type TrailOptions,
-} from "../../src/trail/trail";
+} from "../../src/trail";
 import { auditVerifyCommand } from "../../src/cli/audit";
 import { isToolgateError } from "../../src/errors";
 
