@@ -1,0 +1,23 @@
+/**
+ * The `containment` section of the config schema: budget reservations
+ * (docs/containment.md). Leaf-level: imports only the schema builder.
+ */
+import { bool, int } from "../config/spec";
+
+export const CONTAINMENT = {
+  /** Null: the tool's grant lifetime + 300 s. */
+  reservationTtlSeconds: int({
+    key: "containment.reservation_ttl_seconds",
+    env: "TOOLGATE_RESERVATION_TTL_SECONDS",
+    min: 1,
+    max: 7 * 24 * 3600,
+    default: null,
+    doc: "How long a budget reservation (made by each allow of a budgeted tool) waits for the action report of its decision: until then an ok report commits it and an error report releases it; after, it counts as spent, never released. Default: the tool's grant lifetime (`grants.tools`, else `grants.ttl_seconds`) + 300 s.",
+  }),
+  reservationFsync: bool({
+    key: "containment.reservation_fsync",
+    env: "TOOLGATE_RESERVATION_FSYNC",
+    default: true,
+    doc: "Fsync each budget reservation before its allow is answered (it then survives power loss). False: no fsync (`synchronous=NORMAL`): it survives a crash or restart of toolgate, but a power loss or OS crash may lose the reservations made since the last fsync of containment.db, reopening their budgets.",
+  }),
+};
