@@ -131,6 +131,7 @@ function hmacKey(config: CompiledConfig, log: Logger): { key: Buffer; keyId: str
       throw toolgateError(
         "config_invalid",
         `audit.hmac_key_file: cannot read ${k.file}: ${(e as Error).message}`,
+        { cause: e },
       );
     }
     if (key.length < 16) {

@@ -155,6 +155,7 @@ function parseStructured(raw: Buffer, path: string): Canon {
       throw toolgateError(
         "bundle_digest_mismatch",
         `${path}: cannot be parsed to compute its digest: ${(e as Error).message}`,
+        { cause: e },
       );
     }
   }

@@ -83,6 +83,7 @@ export function verificationFromConfig(
       throw toolgateError(
         "config_invalid",
         `policy.signing.public_key_file: cannot read ${signing.publicKeyFile}: ${normalizeError(e).message}`,
+        { cause: e },
       );
     }
     const id = signing.keyId ?? "default";

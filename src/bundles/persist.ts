@@ -79,6 +79,7 @@ export class BundleStore {
       throw toolgateError(
         "bundle_persist_failed",
         `cannot persist the bundle to ${this.dir}: ${normalizeError(e).message}`,
+        { cause: e },
       );
     }
     return full;
@@ -103,6 +104,7 @@ export class BundleStore {
       throw toolgateError(
         "bundle_persist_failed",
         `the persisted bundle in ${this.dir} is damaged: ${normalizeError(e).message}`,
+        { cause: e },
       );
     }
   }

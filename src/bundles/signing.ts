@@ -92,6 +92,7 @@ export async function verifyBundleSignature(
     throw toolgateError(
       "bundle_signature_invalid",
       `.signatures.json is not JSON: ${normalizeError(e).message}`,
+      { cause: e },
     );
   }
   const list = (sigs as { signatures?: unknown } | null)?.signatures;
@@ -120,6 +121,7 @@ export async function verifyBundleSignature(
     throw toolgateError(
       "bundle_signature_invalid",
       `.signatures.json: undecodable JWT: ${normalizeError(e).message}`,
+      { cause: e },
     );
   }
   if (!isObject(claims)) {
@@ -143,6 +145,7 @@ export async function verifyBundleSignature(
     throw toolgateError(
       "bundle_signature_invalid",
       `bundle signature does not verify with key "${keyId}" (${key.algorithm}): ${normalizeError(e).message}`,
+      { cause: e },
     );
   }
   const scope = cfg.scope || key.scope || "";
@@ -238,7 +241,11 @@ export async function signBundleFiles(
   try {
     key = signKeyObject(opts.key, alg);
   } catch (e) {
-    throw toolgateError("usage", `cannot read the signing key: ${normalizeError(e).message}`);
+    throw toolgateError(
+      "usage",
+      `cannot read the signing key: ${normalizeError(e).message}`,
+      { cause: e },
+    );
   }
   const jwt = await new CompactSign(Buffer.from(JSON.stringify(payload)))
     .setProtectedHeader(header as { alg: string })
@@ -255,6 +262,7 @@ export function readKeysFile(path: string): Map<string, VerificationKey> {
     throw toolgateError(
       "config_invalid",
       `policy.signing.keys_file: cannot read ${path}: ${normalizeError(e).message}`,
+      { cause: e },
     );
   }
   if (!isObject(raw)) {

@@ -91,8 +91,12 @@ export async function httpGet(
 ): Promise<Response> {
   const u = new URL(url);
   const res = await new Promise<Response>((resolve, reject) => {
-    const fail = (code: "bundle_download_failed" | "bundle_too_large", msg: string): void => {
-      reject(toolgateError(code, msg));
+    const fail = (
+      code: "bundle_download_failed" | "bundle_too_large",
+      msg: string,
+      cause?: Error,
+    ): void => {
+      reject(toolgateError(code, msg, cause === undefined ? undefined : { cause }));
       req.destroy();
     };
     const send = u.protocol === "https:" ? httpsRequest : httpRequest;
@@ -129,7 +133,7 @@ export async function httpGet(
         r.on("end", () =>
           resolve({ status: r.statusCode ?? 0, headers: r.headers, body: Buffer.concat(chunks) }),
         );
-        r.on("error", (e) => fail("bundle_download_failed", `${redactUrl(url)}: ${e.message}`));
+        r.on("error", (e) => fail("bundle_download_failed", `${redactUrl(url)}: ${e.message}`, e));
       },
     );
     const timer = setTimeout(
@@ -137,7 +141,9 @@ export async function httpGet(
       opts.timeoutMs,
     );
     req.on("close", () => clearTimeout(timer));
-    req.on("error", (e) => fail("bundle_download_failed", `${redactUrl(url)}: ${normalizeError(e).message}`));
+    req.on("error", (e) =>
+      fail("bundle_download_failed", `${redactUrl(url)}: ${normalizeError(e).message}`, e),
+    );
     req.end();
   });
   if ([301, 302, 303, 307, 308].includes(res.status) && typeof res.headers.location === "string") {
@@ -168,8 +174,12 @@ export function redirectTarget(
   let to: URL;
   try {
     to = new URL(location, from);
-  } catch {
-    throw toolgateError("bundle_download_failed", `${redactUrl(from.href)}: redirect to an invalid URL`);
+  } catch (e) {
+    throw toolgateError(
+      "bundle_download_failed",
+      `${redactUrl(from.href)}: redirect to an invalid URL`,
+      { cause: e },
+    );
   }
   if (to.protocol !== "https:" && to.protocol !== "http:") {
     throw toolgateError(
@@ -204,6 +214,7 @@ abstract class RemoteSource {
         throw toolgateError(
           "config_invalid",
           `policy.http.ca_file: cannot read ${opts.caFile}: ${normalizeError(e).message}`,
+          { cause: e },
         );
       }
       this.agent = new HttpsAgent({ ca, keepAlive: true });
@@ -219,6 +230,7 @@ abstract class RemoteSource {
       throw toolgateError(
         "bundle_download_failed",
         `policy.http.bearer_token_file: cannot read ${this.opts.bearerTokenFile}: ${normalizeError(e).message}`,
+        { cause: e },
       );
     }
     return { authorization: `Bearer ${token}` };
@@ -338,7 +350,11 @@ export class OciSource extends RemoteSource implements BundleSource {
     try {
       manifest = parseUntrustedJson(m.body.toString("utf8")) as typeof manifest;
     } catch (e) {
-      throw toolgateError("bundle_download_failed", `${this.location}: manifest is not usable JSON: ${normalizeError(e).message}`);
+      throw toolgateError(
+        "bundle_download_failed",
+        `${this.location}: manifest is not usable JSON: ${normalizeError(e).message}`,
+        { cause: e },
+      );
     }
     const layer = (manifest.layers ?? []).find((l) => l.mediaType === OCI_BUNDLE_LAYER);
     if (layer === undefined || typeof layer.digest !== "string" || !/^sha256:[a-f0-9]{64}$/.test(layer.digest)) {

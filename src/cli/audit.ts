@@ -37,7 +37,7 @@ export function auditVerifyCommand(args: string[], out: Out): number {
         strict: true,
       });
     } catch (e) {
-      throw toolgateError("usage", `${(e as Error).message}\n\n${AUDIT_HELP}`);
+      throw toolgateError("usage", `${(e as Error).message}\n\n${AUDIT_HELP}`, { cause: e });
     }
     const { values, positionals } = parsed;
     if (positionals.length === 0)

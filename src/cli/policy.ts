@@ -65,7 +65,7 @@ async function sign(args: string[], out: Out): Promise<number> {
     try {
       claims = JSON.parse(readFileSync(values["claims-file"], "utf8")) as Record<string, unknown>;
     } catch (e) {
-      throw toolgateError("usage", `--claims-file: ${normalizeError(e).message}`);
+      throw toolgateError("usage", `--claims-file: ${normalizeError(e).message}`, { cause: e });
     }
   }
   const isDir = existsSync(path) && statSync(path).isDirectory();

@@ -37,7 +37,7 @@ export function reportCommand(args: string[], out: Out): number {
       strict: true,
     });
   } catch (e) {
-    throw toolgateError("usage", `${(e as Error).message}\n\n${REPORT_HELP}`);
+    throw toolgateError("usage", `${(e as Error).message}\n\n${REPORT_HELP}`, { cause: e });
   }
   const { values, positionals } = parsed;
   // --audit takes one path; more trail files or dirs may follow as positionals

@@ -617,6 +617,7 @@ export function loadConfig(
     throw toolgateError(
       "config_unreadable",
       `cannot read config file ${abs}: ${(e as Error).message}`,
+      { cause: e },
     );
   }
   let raw: unknown;
@@ -626,6 +627,7 @@ export function loadConfig(
     throw toolgateError(
       "config_invalid",
       `config file ${abs} is not valid YAML/JSON: ${(e as Error).message}`,
+      { cause: e },
     );
   }
   const hit = forbiddenKey(raw);

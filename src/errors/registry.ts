@@ -180,17 +180,31 @@ export const ERRORS = {
 
 export type ErrorCode = keyof typeof ERRORS;
 
+/**
+ * The third argument of `toolgateError` / `new ToolgateError`. `cause` is
+ * what was caught and wrapped (an Error, or whatever was thrown): it becomes
+ * the standard, non-enumerable `cause`, for debugging, and is never rendered —
+ * `toJSON` (what HTTP bodies and JSON logs show) is `{code, message}` only.
+ * Every other member is a detail (`details`), which a face may render
+ * (`retry_after`) or a caller read (`errors`).
+ */
+export type ToolgateErrorOptions = { cause?: unknown } & Record<string, unknown>;
+
 export class ToolgateError extends Error {
   readonly code: ErrorCode;
   readonly status: number;
   readonly details: Record<string, unknown> | undefined;
 
-  constructor(code: ErrorCode, message?: string, details?: Record<string, unknown>) {
-    super(message ?? ERRORS[code].message);
+  constructor(code: ErrorCode, message?: string, options?: ToolgateErrorOptions) {
+    const { cause, ...details } = options ?? {};
+    super(
+      message ?? ERRORS[code].message,
+      options !== undefined && "cause" in options ? { cause } : undefined,
+    );
     this.name = "ToolgateError";
     this.code = code;
     this.status = ERRORS[code].status;
-    this.details = details;
+    this.details = Object.keys(details).length > 0 ? details : undefined;
   }
 
   toJSON(): { code: ErrorCode; message: string } {
@@ -202,9 +216,9 @@ export class ToolgateError extends Error {
 export function toolgateError(
   code: ErrorCode,
   message?: string,
-  details?: Record<string, unknown>,
+  options?: ToolgateErrorOptions,
 ): ToolgateError {
-  return new ToolgateError(code, message, details);
+  return new ToolgateError(code, message, options);
 }
 
 export function isToolgateError(e: unknown): e is ToolgateError {
@@ -214,18 +228,19 @@ export function isToolgateError(e: unknown): e is ToolgateError {
 /**
  * Turns anything thrown into a ToolgateError. opa-wasm throws plain strings
  * (and sometimes `{message}` objects); those become `fallback` with the thrown
- * text as message.
+ * text as message. What was thrown is kept as the new error's `cause`.
  */
 export function normalizeError(e: unknown, fallback: ErrorCode = "internal_error"): ToolgateError {
   if (e instanceof ToolgateError) return e;
-  if (typeof e === "string") return new ToolgateError(fallback, e);
-  if (e instanceof Error) return new ToolgateError(fallback, e.message);
+  const cause = { cause: e };
+  if (typeof e === "string") return new ToolgateError(fallback, e, cause);
+  if (e instanceof Error) return new ToolgateError(fallback, e.message, cause);
   if (
     e !== null &&
     typeof e === "object" &&
     typeof (e as { message?: unknown }).message === "string"
   ) {
-    return new ToolgateError(fallback, (e as { message: string }).message);
+    return new ToolgateError(fallback, (e as { message: string }).message, cause);
   }
-  return new ToolgateError(fallback, `${fallback}: ${String(e)}`);
+  return new ToolgateError(fallback, `${fallback}: ${String(e)}`, cause);
 }

@@ -111,7 +111,11 @@ function readPem(file: string, where: string): string {
   try {
     return readFileSync(file, "utf8");
   } catch (e) {
-    throw toolgateError("config_invalid", `${where}: cannot read ${file}: ${(e as Error).message}`);
+    throw toolgateError(
+      "config_invalid",
+      `${where}: cannot read ${file}: ${(e as Error).message}`,
+      { cause: e },
+    );
   }
 }
 
@@ -147,6 +151,7 @@ export class GrantIssuer implements GrantMinter {
           throw toolgateError(
             "config_invalid",
             `${where}: ${k.privateKeyFile} is not a PEM private key: ${(e as Error).message}`,
+            { cause: e },
           );
         }
         pub = createPublicKey(priv);
@@ -158,6 +163,7 @@ export class GrantIssuer implements GrantMinter {
           throw toolgateError(
             "config_invalid",
             `${where}: ${k.publicKeyFile} is not a PEM public key: ${(e as Error).message}`,
+            { cause: e },
           );
         }
       }

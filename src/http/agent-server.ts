@@ -303,7 +303,7 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
     const status = (e as { status?: number }).status;
     const err =
       typeof status === "number" && status >= 400 && status < 500
-        ? toolgateError("invalid_request", (e as Error).message)
+        ? toolgateError("invalid_request", (e as Error).message, { cause: e })
         : e;
     const sent = sendError(res, err, req.path.startsWith("/v1/data") ? opaRender : plain);
     if (sent.status >= 500)

@@ -259,7 +259,9 @@ export function parseJsonText(text: string, maxDepth: number): ParsedBody {
   try {
     value = JSON.parse(text);
   } catch (e) {
-    throw toolgateError("malformed_json", `the body is not valid JSON: ${(e as Error).message}`);
+    throw toolgateError("malformed_json", `the body is not valid JSON: ${(e as Error).message}`, {
+      cause: e,
+    });
   }
   checkShape(value, maxDepth, text);
   return { value, text };

@@ -277,7 +277,7 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
     const status = (e as { status?: number }).status;
     const err =
       typeof status === "number" && status >= 400 && status < 500
-        ? toolgateError("invalid_request", (e as Error).message)
+        ? toolgateError("invalid_request", (e as Error).message, { cause: e })
         : e;
     const sent = sendError(res, err, plain);
     if (sent.status >= 500)

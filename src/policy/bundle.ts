@@ -52,7 +52,11 @@ function parseManifest(raw: Buffer | undefined): Manifest {
   try {
     m = JSON.parse(raw.toString("utf8"));
   } catch (e) {
-    throw toolgateError("manifest_invalid", `/.manifest is not JSON: ${normalizeError(e).message}`);
+    throw toolgateError(
+      "manifest_invalid",
+      `/.manifest is not JSON: ${normalizeError(e).message}`,
+      { cause: e },
+    );
   }
   if (!isObject(m)) throw toolgateError("manifest_invalid", "/.manifest must be a JSON object");
   const hit = forbiddenKey(m);
@@ -168,7 +172,9 @@ export function parseBundle(files: Map<string, Buffer>, name: string, source: st
     try {
       value = file.endsWith(".json") ? JSON.parse(text) : parseYaml(text);
     } catch (e) {
-      throw toolgateError("bundle_data_invalid", `${file}: ${normalizeError(e).message}`);
+      throw toolgateError("bundle_data_invalid", `${file}: ${normalizeError(e).message}`, {
+        cause: e,
+      });
     }
     const hit = forbiddenKey(value);
     if (hit !== undefined)
@@ -212,8 +218,8 @@ export function readBundleFiles(
   let st;
   try {
     st = statSync(path);
-  } catch {
-    throw toolgateError("bundle_not_found", `bundle not found: ${path}`);
+  } catch (e) {
+    throw toolgateError("bundle_not_found", `bundle not found: ${path}`, { cause: e });
   }
   if (st.isDirectory()) return readDirectory(path);
   if (st.size > limits.maxBytes) {
@@ -233,8 +239,8 @@ export function loadBundleFromPath(
   let st;
   try {
     st = statSync(path);
-  } catch {
-    throw toolgateError("bundle_not_found", `bundle not found: ${path}`);
+  } catch (e) {
+    throw toolgateError("bundle_not_found", `bundle not found: ${path}`, { cause: e });
   }
   if (st.isDirectory()) return parseBundle(readDirectory(path), bundleNameOf(path), path);
   if (st.size > limits.maxBytes) {

@@ -129,7 +129,9 @@ export class PolicyEngine {
         },
       );
     } catch (e) {
-      throw toolgateError("wasm_invalid", `bundle ${bundle.name}: ${normalizeError(e).message}`);
+      throw toolgateError("wasm_invalid", `bundle ${bundle.name}: ${normalizeError(e).message}`, {
+        cause: e,
+      });
     }
     const entrypoints = policy.entrypoints as Record<string, number>;
     if (!Object.prototype.hasOwnProperty.call(entrypoints, opts.entrypoint)) {
@@ -160,6 +162,7 @@ export class PolicyEngine {
       throw toolgateError(
         "wasm_invalid",
         `bundle ${bundle.name}: cannot set data: ${normalizeError(e).message}`,
+        { cause: e },
       );
     }
     const engine = new PolicyEngine(

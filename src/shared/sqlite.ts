@@ -158,7 +158,7 @@ export function storeGuard(code: ErrorCode, label: string): <T>(what: string, fn
     } catch (e) {
       if (isToolgateError(e)) throw e;
       const msg = e instanceof Error ? e.message : String(e);
-      throw toolgateError(code, `${label}: ${what}: ${msg}`);
+      throw toolgateError(code, `${label}: ${what}: ${msg}`, { cause: e });
     }
   };
 }

@@ -78,9 +78,10 @@ export function readTarGz(
       throw toolgateError(
         "bundle_too_large",
         `bundle archive exceeds ${limits.maxBytes} bytes uncompressed`,
+        { cause: e },
       );
     }
-    throw toolgateError("bundle_unreadable", `bundle is not a gzip archive: ${msg}`);
+    throw toolgateError("bundle_unreadable", `bundle is not a gzip archive: ${msg}`, { cause: e });
   }
   const files = new Map<string, Buffer>();
   let offset = 0;

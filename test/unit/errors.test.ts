@@ -1,6 +1,7 @@
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { ERRORS, normalizeError, ToolgateError } from "../../src/errors";
+import { ERRORS, normalizeError, ToolgateError, toolgateError } from "../../src/errors";
+import { loadBundleFromPath } from "../../src/policy/bundle";
 
 const root = join(__dirname, "..", "..");
 
@@ -64,5 +65,52 @@ describe("normalizeError", () => {
   });
   test("anything else is internal_error", () => {
     expect(normalizeError(42).code).toBe("internal_error");
+  });
+  test("what was thrown is kept as the cause", () => {
+    const boom = new RangeError("grow failed");
+    expect(normalizeError(boom).cause).toBe(boom);
+    expect(normalizeError("var assignment conflict").cause).toBe("var assignment conflict");
+    const obj = { message: "not implemented" };
+    expect(normalizeError(obj).cause).toBe(obj);
+    expect(normalizeError(42).cause).toBe(42);
+  });
+});
+
+describe("a wrapped error keeps its cause, and never shows it", () => {
+  test("toolgateError(code, message, {cause}): the standard cause, not enumerable", () => {
+    const io = Object.assign(new Error("EACCES: permission denied, open '/secret/key.pem'"), {
+      code: "EACCES",
+    });
+    const e = toolgateError("config_invalid", "cannot read the key", { cause: io });
+    expect(e.cause).toBe(io);
+    expect(Object.keys(e)).not.toContain("cause");
+    expect(e.details).toBeUndefined();
+    expect(e.toJSON()).toEqual({ code: "config_invalid", message: "cannot read the key" });
+    expect(JSON.parse(JSON.stringify({ error: e }))).toEqual({
+      error: { code: "config_invalid", message: "cannot read the key" },
+    });
+  });
+  test("other members are details, as before", () => {
+    const e = toolgateError("access_request_rate_limited", undefined, {
+      cause: "x",
+      retry_after: 7,
+    });
+    expect(e.details).toEqual({ retry_after: 7 });
+    expect(e.cause).toBe("x");
+    expect(toolgateError("config_invalid", "m", { errors: ["a"] }).details).toEqual({
+      errors: ["a"],
+    });
+    expect("cause" in toolgateError("config_invalid", "m")).toBe(false);
+  });
+  test("a real wrap: a bundle that cannot be read keeps the file system's error", () => {
+    let thrown: unknown;
+    try {
+      loadBundleFromPath(join(root, "no-such-bundle.tar.gz"));
+    } catch (e) {
+      thrown = e;
+    }
+    expect(thrown).toBeInstanceOf(ToolgateError);
+    expect((thrown as ToolgateError).code).toBe("bundle_not_found");
+    expect(((thrown as ToolgateError).cause as NodeJS.ErrnoException).code).toBe("ENOENT");
   });
 });
