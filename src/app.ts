@@ -22,6 +22,14 @@ import { startControlServer } from "./http/control-server";
 import { Identity, TokenVerifier } from "./identity";
 import { meteredSink, Metrics } from "./metrics";
 import type { PolicyEngine } from "./policy/engine";
+import { AuditComponent, WorkerWatch } from "./audit/component";
+import {
+  Lifecycle,
+  stateValue,
+  type Component,
+  type ComponentStatus,
+  type Readiness,
+} from "./shared/lifecycle";
 import { createLogger, type Logger } from "./shared/log";
 import { packageRoot } from "./shared/paths";
 
@@ -75,6 +83,12 @@ export interface Parts {
   metrics: Metrics;
   /** Kill switches, rates and budgets (undefined: built without state, e.g. `toolgate eval`). */
   containment: Containment | undefined;
+  /**
+   * The parts that run, in start order: audit, approvals, containment, the
+   * bundle manager, the candidate policy (those that are on). startToolgate
+   * adds the two ports and runs them (src/shared/lifecycle.ts).
+   */
+  components: Component[];
 }
 
 export interface BuildOptions {
@@ -94,11 +108,42 @@ export interface BuildOptions {
   containment?: boolean;
 }
 
+/**
+ * The candidate policy as a component: loaded when the parts are built,
+ * OK or ERROR (not loaded) after that. Advisory: it is evaluated for the
+ * record only, so a broken candidate never makes the sidecar unready.
+ */
+class CandidatePolicy implements Component {
+  readonly name = "candidate";
+  readonly advisory = true;
+  private started = false;
+  private stopped = false;
+  constructor(private readonly loaded: { source: PolicySource } | { error: string }) {}
+  get source(): PolicySource | undefined {
+    return "source" in this.loaded ? this.loaded.source : undefined;
+  }
+  start(): Promise<void> {
+    this.started = true;
+    return Promise.resolve();
+  }
+  stop(): Promise<void> {
+    this.stopped = true;
+    return Promise.resolve();
+  }
+  status(): ComponentStatus {
+    if (this.stopped) return { state: "NOT_READY", detail: "stopped" };
+    if (!this.started) return { state: "NOT_READY", detail: "not started" };
+    return "error" in this.loaded
+      ? { state: "ERROR", detail: `candidate policy not loaded: ${this.loaded.error}` }
+      : { state: "OK" };
+  }
+}
+
 /** Loads the candidate bundle (policy.candidate.bundle); a failure is logged, never fatal. */
-async function candidateSource(
+async function candidatePolicy(
   config: CompiledConfig,
   log: Logger,
-): Promise<PolicySource | undefined> {
+): Promise<CandidatePolicy | undefined> {
   if (config.policy.candidate === null) return undefined;
   try {
     const engine = await Engine.create(loadBundleFromPath(config.policy.candidate), {
@@ -109,14 +154,14 @@ async function candidateSource(
       bundle: engine.info.bundle,
       revision: engine.info.revision,
     });
-    return { active: () => engine };
+    return new CandidatePolicy({ source: { active: () => engine } });
   } catch (e) {
     log.error("candidate policy not loaded", {
       event: "candidate.load_failed",
       path: config.policy.candidate,
       error: (e as Error).message,
     });
-    return undefined;
+    return new CandidatePolicy({ error: (e as Error).message });
   }
 }
 
@@ -172,13 +217,14 @@ async function buildAuditor(
   config: CompiledConfig,
   log: Logger,
   opts: BuildOptions,
-): Promise<AuditService> {
+): Promise<{ auditor: AuditService; component: AuditComponent }> {
   const { key, keyId } = hmacKey(config, log);
   const redactor = new Redactor({ hmacKey: key, keyId, mode: config.audit.redaction });
   const env = opts.env ?? process.env;
   if (config.audit.worker && opts.spanExporter === undefined) {
-    return AuditClient.start({
-      log,
+    const worker = new WorkerWatch(log);
+    const client = await AuditClient.start({
+      log: worker.log,
       redactor,
       data: {
         env: otelEnv(env),
@@ -197,6 +243,7 @@ async function buildAuditor(
         statsIntervalMs: 250,
       },
     });
+    return { auditor: client, component: new AuditComponent(client, { worker }) };
   }
   const tracing = new Tracing({
     env,
@@ -216,7 +263,7 @@ async function buildAuditor(
           log.error("audit trail write failed", { event: "audit.trail_error", error: e.message }),
       })
     : undefined;
-  return new Auditor({
+  const auditor = new Auditor({
     tracing,
     log,
     redactor,
@@ -224,6 +271,7 @@ async function buildAuditor(
     agentId: config.agent.id,
     logDecisions: config.audit.logDecisions,
   });
+  return { auditor, component: new AuditComponent(auditor) };
 }
 
 /** Gauges read at scrape time from the modules that own the state. */
@@ -304,9 +352,12 @@ export async function buildParts(
         }
       : {}),
   });
-  const auditor = opts.audit === false ? undefined : await buildAuditor(config, log, opts);
+  const audit = opts.audit === false ? undefined : await buildAuditor(config, log, opts);
+  const auditor = audit?.auditor;
   try {
-    return await assemble(config, log, opts, identity, auditor);
+    const parts = await assemble(config, log, opts, identity, auditor);
+    if (audit !== undefined) parts.components.unshift(audit.component);
+    return parts;
   } catch (e) {
     // a worker thread must not outlive a failed start
     await auditor?.close().catch(() => undefined);
@@ -358,6 +409,7 @@ async function assemble(
           ...(config.approvals.webhook
             ? { onPending: webhookNotifier(config.approvals.webhook, log) }
             : {}),
+          log,
         });
   const grants =
     config.grants.enabled && opts.grants !== false
@@ -385,7 +437,8 @@ async function assemble(
             },
           },
         });
-  const candidate = await candidateSource(config, log);
+  const candidate = await candidatePolicy(config, log);
+  const candidateSource = candidate?.source;
   const decider = new Decider({
     policy: bundles,
     identity,
@@ -395,7 +448,7 @@ async function assemble(
     ...(approvals ? { approvals } : {}),
     ...(grants ? { grants } : {}),
     ...(containment ? { containment } : {}),
-    ...(candidate ? { candidate } : {}),
+    ...(candidateSource ? { candidate: candidateSource } : {}),
   });
   registerGauges(metrics, bundles, approvals, auditor);
   if (containment) {
@@ -416,16 +469,64 @@ async function assemble(
     grants,
     metrics,
     containment,
+    components: [
+      ...(approvals ? [approvals] : []),
+      ...(containment ? [containment] : []),
+      bundles.component,
+      ...(candidate ? [candidate] : []),
+    ],
   };
+}
+
+/**
+ * A port as a component: OK while it listens. Its server is opened at start
+ * and closed at stop (open connections are dropped).
+ */
+class Port implements Component {
+  private running: RunningServer | undefined;
+  private stopped = false;
+  constructor(
+    readonly name: string,
+    private readonly open: () => Promise<RunningServer>,
+  ) {}
+
+  get server(): RunningServer {
+    if (this.running === undefined) throw new Error(`${this.name} is not running`);
+    return this.running;
+  }
+
+  async start(): Promise<void> {
+    const running = await this.open();
+    if (this.stopped) await running.close();
+    else this.running = running;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    const running = this.running;
+    this.running = undefined;
+    await running?.close();
+  }
+
+  status(): ComponentStatus {
+    if (this.running?.server.listening === true) return { state: "OK" };
+    return { state: "NOT_READY", detail: this.stopped ? "stopped" : "not listening" };
+  }
 }
 
 export interface Toolgate extends Parts {
   agentServer: RunningServer;
   controlServer: RunningServer | undefined;
+  /** Runs the components; its status() is what /health/ready, /v1/status and toolgate_component_status report. */
+  lifecycle: Lifecycle;
   stop(): Promise<void>;
 }
 
-/** Builds everything, loads the bundle and starts the agent and control ports. */
+/**
+ * Builds everything, then starts the components in order — audit,
+ * approvals, containment, the bundle (its first load), the candidate, the
+ * agent port, the control port — and stops them in reverse.
+ */
 export async function startToolgate(
   config: CompiledConfig,
   log?: Logger,
@@ -442,27 +543,24 @@ export async function startToolgate(
   }
   if (parts.identity.devKeyTrusted) devKeyWarning(parts.log, "identity.jwt");
   const version = packageVersion();
-  let agentServer: RunningServer | undefined;
-  let controlServer: RunningServer | undefined;
-  const release = async (): Promise<void> => {
-    await Promise.all([agentServer?.close(), controlServer?.close()]);
-    parts.bundles.stop();
-    // flush pending spans and trail records before the process may exit
-    await parts.auditor?.close();
-    parts.approvals?.close();
-    parts.containment?.close();
-  };
+  let controlVerifier: TokenVerifier | undefined;
   try {
-    const controlVerifier = config.control.enabled
+    controlVerifier = config.control.enabled
       ? await TokenVerifier.create(config.control.jwt, {
           hostKey: "control.host",
           host: config.control.host,
           onDevKey: () => devKeyWarning(parts.log, "control.jwt.jwks_url"),
         })
       : undefined;
-    if (controlVerifier?.dev === true) devKeyWarning(parts.log, "control.jwt");
-    await parts.bundles.start();
-    agentServer = await startAgentServer({
+  } catch (e) {
+    // nothing that was built may keep the process alive after a failed start
+    await new Lifecycle(parts.components).stop().catch(() => undefined);
+    throw e;
+  }
+  if (controlVerifier?.dev === true) devKeyWarning(parts.log, "control.jwt");
+  const readiness = (): Readiness => lifecycle.status();
+  const agentPort = new Port("agent_server", () =>
+    startAgentServer({
       config,
       decider: parts.decider,
       identity: parts.identity,
@@ -471,16 +569,21 @@ export async function startToolgate(
       ...(parts.containment ? { containment: parts.containment } : {}),
       metrics: parts.metrics,
       bundles: parts.bundles,
+      readiness,
       log: parts.log,
       startedAt: new Date(),
       version,
-    });
-    controlServer =
-      controlVerifier !== undefined
-        ? await startControlServer({
+    }),
+  );
+  const verifier = controlVerifier;
+  const controlPort =
+    verifier !== undefined
+      ? new Port("control_server", () =>
+          startControlServer({
             config,
-            verifier: controlVerifier,
+            verifier,
             bundles: parts.bundles,
+            readiness,
             approvals: parts.approvals,
             auditor: parts.auditor,
             log: parts.log,
@@ -488,27 +591,36 @@ export async function startToolgate(
             grants: parts.grants,
             metrics: parts.metrics,
             containment: parts.containment,
-          })
-        : undefined;
+          }),
+        )
+      : undefined;
+  const lifecycle = new Lifecycle(
+    [...parts.components, agentPort, ...(controlPort ? [controlPort] : [])],
+    (name, e) =>
+      parts.log.error("a component failed to stop", {
+        event: "server.stop_error",
+        component: name,
+        error: (e as Error).message,
+      }),
+  );
+  parts.metrics.addGauge({
+    name: "toolgate_component_status",
+    help: "Each component's state: 1 OK, 0 NOT_READY, -1 ERROR. The sidecar is ready while every component but the advisory candidate is 1.",
+    read: () =>
+      Object.entries(lifecycle.status().components).map(([component, r]) => ({
+        labels: { component },
+        value: stateValue(r.state),
+      })),
+  });
+  try {
+    await lifecycle.start();
   } catch (e) {
-    // nothing that started may keep the process alive after a failed start
-    await release().catch(() => undefined);
+    // nothing that was built or started may keep the process alive after a failed start
+    await lifecycle.stop().catch(() => undefined);
     throw e;
   }
-  const started = agentServer;
-  const expiry = setInterval(() => {
-    try {
-      parts.approvals?.expire();
-      parts.approvals?.prune();
-    } catch (e) {
-      // a store failure here must not take the sidecar down; the next tick retries
-      parts.log.error("approval housekeeping failed", {
-        event: "approvals.housekeeping_error",
-        error: (e as Error).message,
-      });
-    }
-  }, 5000);
-  expiry.unref();
+  const started = agentPort.server;
+  const controlServer = controlPort?.server;
   parts.log.info("toolgate listening", {
     event: "server.started",
     agent_port: started.url,
@@ -520,9 +632,7 @@ export async function startToolgate(
     ...parts,
     agentServer: started,
     controlServer,
-    async stop() {
-      clearInterval(expiry);
-      await release();
-    },
+    lifecycle,
+    stop: () => lifecycle.stop(),
   };
 }

@@ -4,6 +4,8 @@ import type { Principal } from "../identity/jwt";
 import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "./binding";
 import type { ApprovalStore, ApprovalTask, EvaluationRecord } from "./store";
 import { isObject } from "../shared/guards";
+import type { Component, ComponentStatus } from "../shared/lifecycle";
+import type { Logger } from "../shared/log";
 
 /** Expired evaluations nobody asked approval for are kept this long, then pruned. */
 export const EVALUATION_RETENTION_MS = 60 * 60 * 1000;
@@ -67,6 +69,10 @@ export interface ApprovalServiceOptions {
   requestLimit?: { max: number; windowSeconds: number };
   onPending?: (view: Record<string, unknown>) => void;
   now?: () => number;
+  /** Error lines for failed housekeeping. */
+  log?: Logger;
+  /** How often, once started, due tasks are expired and old evaluations pruned (default 5 s). */
+  housekeepingIntervalMs?: number;
 }
 
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
@@ -79,9 +85,13 @@ const iso = (ms: number | null): string | null => (ms === null ? null : new Date
  * (approved, unexpired, unrevoked, bound to this exact request, unused when
  * single-use) before the policy sees it.
  */
-export class ApprovalService {
+export class ApprovalService implements Component {
+  readonly name = "approvals";
   private readonly now: () => number;
   private readonly members = DEFAULT_BINDING_CONTEXT_MEMBERS;
+  private housekeeping: NodeJS.Timeout | undefined;
+  private started = false;
+  private stopped = false;
 
   constructor(private readonly opts: ApprovalServiceOptions) {
     this.now = opts.now ?? Date.now;
@@ -402,8 +412,52 @@ export class ApprovalService {
     return this.opts.store.pruneEvaluations(nowMs - EVALUATION_RETENTION_MS);
   }
 
-  close(): void {
-    this.opts.store.close();
+  /** Starts the housekeeping: every few seconds, due tasks expire and old evaluations are pruned. */
+  start(): Promise<void> {
+    if (!this.started && !this.stopped) {
+      this.started = true;
+      this.housekeeping = setInterval(
+        () => this.houseKeep(),
+        this.opts.housekeepingIntervalMs ?? 5000,
+      );
+      this.housekeeping.unref();
+    }
+    return Promise.resolve();
+  }
+
+  private houseKeep(): void {
+    try {
+      this.expire();
+      this.prune();
+    } catch (e) {
+      // a store failure here must not take the sidecar down; the next tick retries
+      this.opts.log?.error("approval housekeeping failed", {
+        event: "approvals.housekeeping_error",
+        error: (e as Error).message,
+      });
+    }
+  }
+
+  /**
+   * Stops the housekeeping and closes the store. Housekeeping is
+   * synchronous: when this returns, none is in flight.
+   */
+  stop(): Promise<void> {
+    return new Promise((resolve) => {
+      this.stopped = true;
+      clearInterval(this.housekeeping);
+      this.housekeeping = undefined;
+      this.opts.store.close();
+      resolve();
+    });
+  }
+
+  /** ERROR while the store cannot serve (removed, replaced, unreadable, a read failing). */
+  status(): ComponentStatus {
+    if (this.stopped) return { state: "NOT_READY", detail: "stopped" };
+    if (!this.started) return { state: "NOT_READY", detail: "not started" };
+    const problem = this.opts.store.problem();
+    return problem === undefined ? { state: "OK" } : { state: "ERROR", detail: problem };
   }
 
   pendingCount(): number {

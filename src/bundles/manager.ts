@@ -3,6 +3,7 @@ import type { Attributes } from "@opentelemetry/api";
 import type { CompiledConfig } from "../config";
 import { normalizeError, toolgateError, type ErrorCode } from "../errors";
 import type { Logger } from "../shared/log";
+import type { Component, ComponentStatus } from "../shared/lifecycle";
 import { parseBundle, type Bundle } from "../policy/bundle";
 import { PolicyEngine } from "../policy/engine";
 import { readTarGz } from "../shared/tar";
@@ -146,6 +147,7 @@ export class BundleManager {
   private readonly abort = new AbortController();
   private stopped = false;
   private polling: Promise<void> | undefined;
+  private starting: Promise<void> | undefined;
 
   constructor(opts: BundleManagerOptions) {
     this.opts = opts;
@@ -161,10 +163,14 @@ export class BundleManager {
    * fails and nothing is active), then keeps polling the source. Never throws:
    * failures are status.
    */
-  async start(): Promise<void> {
-    await this.poll();
-    if (this.engine === undefined && this.store !== undefined) await this.loadPersisted();
-    this.schedule();
+  start(): Promise<void> {
+    this.starting ??= (async () => {
+      await this.poll();
+      if (this.engine === undefined && this.store !== undefined && !this.stopped)
+        await this.loadPersisted();
+      this.schedule();
+    })();
+    return this.starting;
   }
 
   /** One poll of the source; resolves when it has been handled. */
@@ -352,12 +358,34 @@ export class BundleManager {
     };
   }
 
-  /** Stops polling and aborts a download in flight. */
-  stop(): void {
+  /**
+   * Stops polling, aborts a download in flight and resolves once the poll
+   * (or the start) in flight has finished: nothing is activated after this.
+   */
+  async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
     this.abort.abort();
+    await Promise.all([this.starting, this.polling]);
   }
+
+  /**
+   * The manager as a lifecycle component ("bundle"): its state and, as the
+   * detail, the last error (on OK: a refused update or an unreachable
+   * source while the active bundle keeps serving). Its own status() is the
+   * full bundle status that /v1/status publishes.
+   */
+  readonly component: Component = {
+    name: "bundle",
+    start: () => this.start(),
+    stop: () => this.stop(),
+    status: (): ComponentStatus => {
+      if (this.stopped) return { state: "NOT_READY", detail: "stopped" };
+      const detail =
+        this.lastError?.message ?? (this.state === "OK" ? undefined : "no policy bundle is active");
+      return detail === undefined ? { state: this.state } : { state: this.state, detail };
+    },
+  };
 }
 
 function commit(source: BundleSource, etag: string | undefined): void {

@@ -22,6 +22,7 @@ import type { DecisionRequest, VerifiedFacts } from "../model/decision";
 import { normalizeError, toolgateError } from "../errors";
 import type { Metrics } from "../metrics";
 import type { Logger } from "../shared/log";
+import type { Component, ComponentStatus } from "../shared/lifecycle";
 import type { ContainmentStore, Reservation } from "./store";
 import {
   newSwitchId,
@@ -280,9 +281,10 @@ function describe(scope: SwitchScope): string {
 
 /**
  * The containment module: one instance per sidecar, built by the
- * composition root. Every method is synchronous.
+ * composition root. Every method but the lifecycle's is synchronous.
  */
-export class Containment {
+export class Containment implements Component {
+  readonly name = "containment";
   private readonly store: ContainmentStore;
   private readonly agentId: string;
   private readonly events: ContainmentEvents | undefined;
@@ -302,6 +304,7 @@ export class Containment {
   private readonly unpersisted: Unpersisted[] = [];
   private retryTimer: NodeJS.Timeout | undefined;
   private retryDelayMs = RETRY_FIRST_MS;
+  private started = false;
   private closed = false;
 
   constructor(opts: ContainmentOptions) {
@@ -344,8 +347,45 @@ export class Containment {
     }
   }
 
-  /** Stops the retry; one last attempt to write what is not persisted (logged if it fails). */
-  close(): void {
+  /** The store was read when this was built: nothing more to do. */
+  start(): Promise<void> {
+    this.started = true;
+    return Promise.resolve();
+  }
+
+  /**
+   * ERROR while the store cannot serve (its file removed, replaced or
+   * unreadable, a read failing) or kill switch changes in force wait to be
+   * written (a restart would lose them); NOT_READY before start and after
+   * stop.
+   */
+  status(): ComponentStatus {
+    if (this.closed) return { state: "NOT_READY", detail: "stopped" };
+    if (!this.started) return { state: "NOT_READY", detail: "not started" };
+    const problem = this.store.problem();
+    if (problem !== undefined) return { state: "ERROR", detail: problem };
+    if (this.unpersisted.length > 0) {
+      return {
+        state: "ERROR",
+        detail: `${this.unpersisted.length} kill switch change(s) in force but not yet written to containment.db (retrying)`,
+      };
+    }
+    return { state: "OK" };
+  }
+
+  /**
+   * Stops the retry; one last attempt to write what is not persisted (logged
+   * if it fails); closes the store. The writes are synchronous: when this
+   * returns, nothing is in flight.
+   */
+  stop(): Promise<void> {
+    return new Promise((resolve) => {
+      this.close();
+      resolve();
+    });
+  }
+
+  private close(): void {
     if (this.closed) return;
     this.closed = true;
     if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);

@@ -12,6 +12,7 @@ import type { Identity } from "../identity";
 import { toolgateError, type ToolgateError } from "../errors";
 import type { Metrics } from "../metrics";
 import type { Logger } from "../shared/log";
+import type { Readiness } from "../shared/lifecycle";
 import { hasBody, readJson, type ParsedBody } from "./body";
 import { authzenConfiguration, authzenEvaluation, authzenEvaluations } from "./faces/authzen";
 import { nativeDecision } from "./faces/native";
@@ -31,6 +32,8 @@ export interface AgentServerDeps {
   /** toolgate_action_anomalies_total (action reports that contradict their decision). */
   metrics?: Metrics;
   bundles: BundleManager;
+  /** Every component's status: /health/ready and /v1/status aggregate it. */
+  readiness: () => Readiness;
   log: Logger;
   startedAt: Date;
   version: string;
@@ -265,29 +268,37 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
   // --- health and status ----------------------------------------------------
   app.all("/.well-known/authzen-configuration", notAllowed("GET"));
   app.get("/health/live", (_req, res) => sendJson(res, 200, { status: "ok" }));
+  // ready: every component OK (the bundle active, audit running, the stores readable, ...)
   app.get("/health/ready", (_req, res) => {
     const st = bundles.status();
-    if (bundles.ready())
+    const { ready, components } = deps.readiness();
+    if (ready)
       sendJson(res, 200, {
         status: "ok",
         bundle: st.name,
         revision: st.revision,
         origin: st.origin,
+        components,
       });
     else
       sendJson(res, 503, {
         status: "not_ready",
-        reason: st.last_error?.message ?? "no policy bundle is active",
+        reason: bundles.ready()
+          ? notReadyReason(components)
+          : (st.last_error?.message ?? "no policy bundle is active"),
+        components,
       });
   });
   app.get("/v1/status", (_req, res) => {
+    const { ready, components } = deps.readiness();
     sendJson(res, 200, {
       version: deps.version,
       agent: { id: config.agent.id },
-      ready: bundles.ready(),
+      ready,
       started_at: deps.startedAt.toISOString(),
       identity: { mode: config.identity.mode },
       bundles: [bundles.status()],
+      components,
     });
   });
 
@@ -310,6 +321,14 @@ export function createAgentApp(deps: AgentServerDeps): express.Express {
       log.error("request failed", { event: "http.error", path: req.path, error: sent.message });
   });
   return app;
+}
+
+/** The first component that is not OK, as `name: detail`. */
+function notReadyReason(components: Readiness["components"]): string {
+  for (const [name, c] of Object.entries(components)) {
+    if (c.state !== "OK" && c.advisory !== true) return `${name}: ${c.detail ?? c.state}`;
+  }
+  return "not ready";
 }
 
 export type { RunningServer } from "./listen";

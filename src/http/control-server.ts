@@ -10,6 +10,7 @@ import { toolgateError, type ToolgateError } from "../errors";
 import { bearerToken, type Principal, type TokenVerifier } from "../identity";
 import type { Metrics } from "../metrics";
 import type { Logger } from "../shared/log";
+import type { Readiness } from "../shared/lifecycle";
 import { answerClientErrors, listen, type RunningServer } from "./listen";
 import { hasBody, readJson } from "./body";
 import { answerWrongMethods } from "./methods";
@@ -19,6 +20,8 @@ export interface ControlServerDeps {
   config: CompiledConfig;
   verifier: TokenVerifier;
   bundles: BundleManager;
+  /** Every component's status: /health/ready and /v1/status aggregate it. */
+  readiness: () => Readiness;
   approvals: ApprovalService | undefined;
   auditor: AuditService | undefined;
   log: Logger;
@@ -59,9 +62,10 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
   });
 
   app.get("/health/live", (_req, res) => sendJson(res, 200, { status: "ok" }));
-  app.get("/health/ready", (_req, res) =>
-    sendJson(res, bundles.ready() ? 200 : 503, { status: bundles.ready() ? "ok" : "not_ready" }),
-  );
+  app.get("/health/ready", (_req, res) => {
+    const { ready, components } = deps.readiness();
+    sendJson(res, ready ? 200 : 503, { status: ready ? "ok" : "not_ready", components });
+  });
 
   const grants = deps.grants;
   if (grants !== undefined) {
@@ -132,13 +136,17 @@ export function createControlApp(deps: ControlServerDeps): express.Express {
   if (config.control.metricsAuth) app.get("/metrics", metricsRoute);
   app.get(
     "/v1/status",
-    route(() => ({
-      version: deps.version,
-      agent: { id: config.agent.id },
-      ready: bundles.ready(),
-      bundles: [bundles.status()],
-      tracing: deps.auditor?.tracingStats(),
-    })),
+    route(() => {
+      const { ready, components } = deps.readiness();
+      return {
+        version: deps.version,
+        agent: { id: config.agent.id },
+        ready,
+        bundles: [bundles.status()],
+        tracing: deps.auditor?.tracingStats(),
+        components,
+      };
+    }),
   );
 
   app.get(

@@ -58,7 +58,7 @@ beforeEach(() => {
     now: () => now,
   });
 });
-afterEach(() => c.close());
+afterEach(() => c.stop());
 
 describe("the job containment keys on", () => {
   test("a job kill switch matches the verified job, not the job the request names", () => {
