@@ -8,7 +8,7 @@ import { parseBundle, type Bundle } from "../policy/bundle";
 import { PolicyEngine } from "../policy/engine";
 import { readTarGz } from "../shared/tar";
 import { BundleStore } from "./persist";
-import { readKeysFile, verifyBundleSignature, type SigningAlgorithm, type VerificationConfig } from "./signing";
+import { readKeysFile, verifyBundleSignature, type VerificationConfig } from "./signing";
 import { FileSource, HttpSource, OciSource, type BundleSource } from "./sources";
 
 /** Plugin states, as OPA's plugin manager names them. */
@@ -88,7 +88,7 @@ export function verificationFromConfig(
       );
     }
     const id = signing.keyId ?? "default";
-    cfg.keys.set(id, { algorithm: signing.algorithm as SigningAlgorithm, key });
+    cfg.keys.set(id, { algorithm: signing.algorithm, key });
     cfg.keyId = id;
   }
   if (signing.scope !== null) cfg.scope = signing.scope;
