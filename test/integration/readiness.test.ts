@@ -13,6 +13,7 @@ import type { Worker } from "node:worker_threads";
 import type { Toolgate } from "../../src/app";
 import type { ComponentReport } from "../../src/shared/lifecycle";
 import { until } from "../helpers/bundles";
+import { fillContainmentDb, freeContainmentDb } from "../helpers/containment";
 import { bearer, token } from "../helpers/tokens";
 import { http, startTestToolgate } from "../helpers/toolgate";
 
@@ -192,5 +193,32 @@ test("a store that cannot be read: approvals.db removed, then the whole state di
     expect(seen.agentStatus.components.bundle).toEqual({ state: "OK" });
   } finally {
     await tg.stop().catch(() => undefined); // the trail's directory is gone too
+  }
+});
+
+test("a kill switch change containment.db cannot take: not ready until the retry writes it", async () => {
+  const tg = await startTestToolgate();
+  const admin = bearer(await token("olga", { roles: ["admin"] }));
+  try {
+    fillContainmentDb(tg); // real SQLite answering "database or disk is full"
+    const res = await http(
+      tg.controlServer?.url ?? "",
+      "POST",
+      "/v1/killswitches",
+      JSON.stringify({ scope: { tool: "refunds.issue" }, reason: "incident" }),
+      { ...admin, "content-type": "application/json" },
+    );
+    expect(res.status).toBe(202);
+    const seen = await look(tg);
+    expectNotReady(seen, "containment", /1 kill switch change\(s\) in force but not yet written/);
+    expect(seen.agentStatus.components.approvals).toEqual({ state: "OK" });
+    freeContainmentDb(tg);
+    // the background retry (1 s) writes it: ready again
+    await until(
+      async () => (await http(tg.agentServer.url, "GET", "/health/ready")).status === 200,
+    );
+    expect((await look(tg)).gauge.containment).toBe(1);
+  } finally {
+    await tg.stop();
   }
 });
