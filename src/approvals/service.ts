@@ -1,4 +1,4 @@
-import type { Decision, DecisionRequest, VerifiedFacts } from "../model/decision";
+import type { Decision, DecisionRequest, VerifiedFacts } from "../model";
 import { toolgateError } from "../errors";
 import type { Principal } from "../identity/jwt";
 import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "./binding";

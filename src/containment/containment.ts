@@ -18,7 +18,7 @@
  *   never resolved keeps counting (pending until its TTL, spent from then on).
  *   At every decision, spent-in-window + pending + this call <= max_total.
  */
-import type { DecisionRequest, VerifiedFacts } from "../model/decision";
+import type { DecisionRequest, VerifiedFacts } from "../model";
 import { normalizeError, toolgateError } from "../errors";
 import type { Metrics } from "../metrics";
 import type { Logger } from "../shared/log";

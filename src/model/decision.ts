@@ -87,7 +87,3 @@ export interface Decision {
   /** On allow (grants enabled): the grant, a compact JWS for the tool backend (docs/grants.md). */
   grant?: string;
 }
-
-// For importers not yet moved to src/model (its index): removed once they are.
-export type { DecisionRequest } from "./request";
-export type { VerifiedFacts } from "./verified";
