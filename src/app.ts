@@ -4,7 +4,7 @@ import type { SpanExporter } from "@opentelemetry/sdk-trace";
 import { Auditor, Tracing, type AuditService } from "./audit";
 import { AuditClient } from "./audit/client";
 import { Redactor, type MaskOp } from "./redaction/redact";
-import { AuditTrail } from "./trail/trail";
+import { AuditTrail } from "./trail";
 import { join } from "node:path";
 import { BundleManager, sourceFromConfig, verificationFromConfig } from "./bundles";
 import type { CompiledConfig } from "./config";

@@ -1,7 +1,6 @@
 export { canonicalJson, GENESIS_HASH, RECOVERED_KIND } from "./format";
 export { expandTrailPaths, listTrailFiles, trailFileName, type ExpandOptions } from "./paths";
 export {
-  checkLine,
   readTrail,
   TrailLine,
   type ChainFacts,
