@@ -22,7 +22,7 @@ import { startControlServer } from "./http/control-server";
 import { Identity, TokenVerifier } from "./identity";
 import { meteredSink, Metrics } from "./metrics";
 import type { PolicyEngine } from "./policy/engine";
-import { AuditComponent, WorkerWatch } from "./audit/component";
+import { AuditComponent } from "./audit/component";
 import {
   Lifecycle,
   stateValue,
@@ -222,9 +222,8 @@ async function buildAuditor(
   const redactor = new Redactor({ hmacKey: key, keyId, mode: config.audit.redaction });
   const env = opts.env ?? process.env;
   if (config.audit.worker && opts.spanExporter === undefined) {
-    const worker = new WorkerWatch(log);
     const client = await AuditClient.start({
-      log: worker.log,
+      log,
       redactor,
       data: {
         env: otelEnv(env),
@@ -243,7 +242,7 @@ async function buildAuditor(
         statsIntervalMs: 250,
       },
     });
-    return { auditor: client, component: new AuditComponent(client, { worker }) };
+    return { auditor: client, component: new AuditComponent(client) };
   }
   const tracing = new Tracing({
     env,

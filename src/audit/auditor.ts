@@ -59,6 +59,8 @@ export interface AuditService extends DecisionSink {
   trailStats(): TrailStats | undefined;
   /** Audit records waiting for another thread (0 when audit runs on the calling thread). */
   backlog(): number;
+  /** Why the audit worker thread is gone (stopped, or cannot be restarted); undefined while it runs or without one. */
+  workerDown(): string | undefined;
   flush(): Promise<void>;
   close(): Promise<void>;
 }
@@ -889,6 +891,11 @@ export class Auditor implements AuditService {
   }
 
   // -- state ----------------------------------------------------------------------------
+
+  /** Runs on the calling thread: there is no worker to lose. */
+  workerDown(): string | undefined {
+    return undefined;
+  }
 
   trailStats(): TrailStats | undefined {
     return this.opts.trail?.stats();

@@ -69,6 +69,8 @@ export class AuditClient implements AuditService {
   private posted = 0;
   private dropped = 0;
   private restarts = 0;
+  /** Why the worker is gone, from its exit (or a failed restart) until a new one is ready. */
+  private down: string | undefined;
 
   private constructor(private readonly opts: AuditClientOptions) {
     this.stats = {
@@ -101,6 +103,7 @@ export class AuditClient implements AuditService {
           case "ready":
             ready = true;
             this.worker = worker;
+            this.down = undefined;
             this.tracingEnabled = m.tracingEnabled;
             this.stats = m.stats;
             this.posted = 0;
@@ -148,6 +151,7 @@ export class AuditClient implements AuditService {
         // Audit must go on: start a new worker (the trail resumes its chain from disk).
         const lost = Math.max(0, this.posted - this.stats.handled);
         this.restarts++;
+        this.down = `the audit worker stopped; starting a new one (exit code ${code})`;
         this.opts.log.error("the audit worker stopped; starting a new one", {
           event: "audit.worker_restart",
           exit_code: code,
@@ -165,6 +169,7 @@ export class AuditClient implements AuditService {
     setTimeout(() => {
       if (this.closing) return;
       this.spawn().catch((e: unknown) => {
+        this.down = `the audit worker could not be restarted; trying again: ${(e as Error).message}`;
         this.opts.log.error("the audit worker could not be restarted; trying again", {
           event: "audit.worker_error",
           attempt,
@@ -173,6 +178,10 @@ export class AuditClient implements AuditService {
         this.restart(attempt + 1);
       });
     }, delay).unref();
+  }
+
+  workerDown(): string | undefined {
+    return this.closing !== undefined ? undefined : this.down;
   }
 
   private post(m: ToWorker): void {
