@@ -755,7 +755,7 @@ async function measureSwap(startToolgate, wasmBundle) {
   try {
     const dir = path.join(TMP, "swap");
     fs.mkdirSync(dir);
-    const prep = makeRevisions(ROOT, wasmBundle, dir, 1 + ROUNDS * maxSwaps, "bench-swap");
+    const prep = await makeRevisions(ROOT, wasmBundle, dir, 1 + ROUNDS * maxSwaps, "bench-swap");
     const target = path.join(dir, "support-triage.tar.gz");
     fs.copyFileSync(prep.revisions[0].file, target);
     const queue = prep.revisions.slice(1);

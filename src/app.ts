@@ -146,7 +146,7 @@ async function candidatePolicy(
 ): Promise<CandidatePolicy | undefined> {
   if (config.policy.candidate === null) return undefined;
   try {
-    const engine = await Engine.create(loadBundleFromPath(config.policy.candidate), {
+    const engine = await Engine.create(await loadBundleFromPath(config.policy.candidate), {
       entrypoint: config.policy.entrypoint,
     });
     log.info("candidate policy loaded: evaluated beside the active one, for the record only", {

@@ -23,7 +23,7 @@ const now = Date.now() * 1e6;
 const inputs = MIX.map((m) => JSON.stringify(policyInput(m.req, now)));
 const engines = [];
 for (const file of argv) {
-  const b = loadBundleFromPath(path.resolve(file));
+  const b = await loadBundleFromPath(path.resolve(file));
   const e = await PolicyEngine.create(b, { entrypoint: "toolgate/decision" });
   for (let i = 0; i < MIX.length; i++) {
     const out = e.evaluateJson(inputs[i], now);

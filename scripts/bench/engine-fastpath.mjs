@@ -19,10 +19,10 @@ const file = path.resolve(process.argv[2] ?? path.join(ROOT, "bundles/support-tr
 const now = Date.now() * 1e6;
 const inputs = MIX.map((m) => JSON.stringify(policyInput(m.req, now)));
 
-const stock = await PolicyEngine.create(loadBundleFromPath(file), {
+const stock = await PolicyEngine.create(await loadBundleFromPath(file), {
   entrypoint: "toolgate/decision",
 });
-const fastEngine = await PolicyEngine.create(loadBundleFromPath(file), {
+const fastEngine = await PolicyEngine.create(await loadBundleFromPath(file), {
   entrypoint: "toolgate/decision",
 });
 const p = fastEngine.policy;

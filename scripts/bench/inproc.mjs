@@ -70,7 +70,7 @@ const { buildParts } = dist("app.js");
 const { silentLogger } = dist("shared/log.js");
 
 const nowNs = Date.now() * 1e6;
-const engine = await PolicyEngine.create(loadBundleFromPath(bundlePath), {
+const engine = await PolicyEngine.create(await loadBundleFromPath(bundlePath), {
   entrypoint: "toolgate/decision",
 });
 const inputs = MIX.map((m) => JSON.stringify(policyInput(m.req, nowNs)));

@@ -19,10 +19,9 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, Math.max(0, ms)));
  * bundle that decides like the original. Uses dist/ (the bundle tar reader and
  * writer toolgate itself uses).
  */
-export function makeRevisions(root, bundle, dir, count, prefix) {
-  const { readTarGz } = require(path.join(root, "dist", "src", "shared", "tar.js"));
-  const { writeTarGz } = require(path.join(root, "dist", "src", "shared", "tarball.js"));
-  const files = readTarGz(fs.readFileSync(bundle));
+export async function makeRevisions(root, bundle, dir, count, prefix) {
+  const { readTarGz, writeTarGz } = require(path.join(root, "dist", "src", "shared", "tar.js"));
+  const files = await readTarGz(fs.readFileSync(bundle));
   const manifest = JSON.parse(files.get("/.manifest")?.toString() ?? "{}");
   const data = files.has("/data.json") ? JSON.parse(files.get("/data.json").toString()) : undefined;
   const dataChanged = typeof data?.toolgate?.deployment?.description === "string";
@@ -37,7 +36,7 @@ export function makeRevisions(root, bundle, dir, count, prefix) {
       next.set("/data.json", Buffer.from(JSON.stringify(d)));
     }
     const file = path.join(dir, `${revision}.tar.gz`);
-    fs.writeFileSync(file, writeTarGz(next));
+    fs.writeFileSync(file, await writeTarGz(next));
     out.push({ revision, file });
   }
   return { revisions: out, dataChanged, baseRevision: manifest.revision ?? null };

@@ -237,7 +237,7 @@ export class BundleManager {
       const saved = store.load();
       if (saved === undefined) return;
       this.persisted = { revision: saved.meta.revision, saved_at: saved.meta.saved_at };
-      const files = readTarGz(saved.bytes);
+      const files = await readTarGz(saved.bytes);
       await verifyBundleSignature(files, this.opts.verification);
       const bundle = parseBundle(files, saved.meta.name, this.source.location);
       await this.swapIn(bundle, "persisted");

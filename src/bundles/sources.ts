@@ -282,7 +282,10 @@ export class HttpSource extends RemoteSource implements BundleSource {
         `${this.location}: server answered HTTP ${res.status}`,
       );
     }
-    const files = readTarGz(res.body, { maxBytes: this.opts.maxBytes * 8, maxFiles: 10_000 });
+    const files = await readTarGz(res.body, {
+      maxBytes: this.opts.maxBytes * 8,
+      maxFiles: 10_000,
+    });
     const etag = typeof res.headers.etag === "string" ? res.headers.etag : undefined;
     const name = bundleNameOf(new URL(this.url).pathname.split("/").pop() || "bundle");
     return {
@@ -371,7 +374,7 @@ export class OciSource extends RemoteSource implements BundleSource {
     if (got !== layer.digest) {
       throw toolgateError("bundle_download_failed", `${this.location}: layer digest ${got} differs from the manifest's ${layer.digest}`);
     }
-    const files = readTarGz(b.body, { maxBytes: this.opts.maxBytes * 8, maxFiles: 10_000 });
+    const files = await readTarGz(b.body, { maxBytes: this.opts.maxBytes * 8, maxFiles: 10_000 });
     const name = this.repo.split("/").pop() ?? "bundle";
     return { kind: "bundle", files, bytes: b.body, etag: digest, name };
   }
@@ -423,7 +426,7 @@ export class FileSource implements BundleSource {
         return { kind: "not_modified", current: false };
     }
     this.seen = before;
-    const files = readBundleFiles(this.location);
+    const files = await readBundleFiles(this.location);
     return { kind: "bundle", files, name: bundleNameOf(this.location) };
   }
 

@@ -81,7 +81,7 @@ export function contentRevision(dir: string): string {
 }
 
 /** `toolgate policy build [DIR] [-o OUT] [--entrypoint E] [--capabilities F] [--revision R]` */
-export function policyBuild(args: string[], out: Out): number {
+export async function policyBuild(args: string[], out: Out): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
@@ -126,7 +126,7 @@ export function policyBuild(args: string[], out: Out): number {
       `opa build failed${caps ? " (a builtin outside the capabilities file fails here on purpose)" : ""}`,
     );
   }
-  const bundle = loadBundleFromPath(output);
+  const bundle = await loadBundleFromPath(output);
   const result = {
     bundle: output,
     revision,
@@ -217,7 +217,7 @@ async function offlineDecider(bundlePath: string, agent: string | undefined, now
     grants: false,
     ...(nowMs ? { now: nowMs } : {}),
   });
-  await parts.bundles.activate(loadBundleFromPath(config.policy.bundle));
+  await parts.bundles.activate(await loadBundleFromPath(config.policy.bundle));
   return parts;
 }
 

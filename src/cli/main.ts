@@ -95,7 +95,7 @@ async function evalCommand(args: string[], out: Out): Promise<number> {
     approvals: false,
     grants: false,
   });
-  await parts.bundles.activate(loadBundleFromPath(config.policy.bundle));
+  await parts.bundles.activate(await loadBundleFromPath(config.policy.bundle));
   const text = readFileSync(values.input === "-" ? 0 : values.input, "utf8");
   let value: unknown;
   try {
@@ -121,7 +121,7 @@ export async function main(argv: string[], out: Out = stdio): Promise<number> {
       case "dev-token":
         return await devTokenCommand(rest, out);
       case "policy":
-        if (rest[0] === "build") return policyBuild(rest.slice(1), out);
+        if (rest[0] === "build") return await policyBuild(rest.slice(1), out);
         if (rest[0] === "test") return policyTest(rest.slice(1), out);
         return await policyCommand(rest, out);
       case "explain":
@@ -129,7 +129,7 @@ export async function main(argv: string[], out: Out = stdio): Promise<number> {
       case "replay":
         return await replayCommand(rest, out);
       case "report":
-        return reportCommand(rest, out);
+        return await reportCommand(rest, out);
       case "audit":
         return auditVerifyCommand(rest, out);
       case "version":

@@ -14,7 +14,7 @@ import {
   isOneOf,
   type BundleSigningAlgorithm,
 } from "../shared/algorithms";
-import { writeTarGz } from "../shared/tarball";
+import { writeTarGz } from "../shared/tar";
 import { normalizeError, toolgateError } from "../errors";
 import { bundleNameOf, parseBundle, readBundleFiles } from "../policy/bundle";
 import { PolicyEngine } from "../policy/engine";
@@ -69,7 +69,7 @@ async function sign(args: string[], out: Out): Promise<number> {
     }
   }
   const isDir = existsSync(path) && statSync(path).isDirectory();
-  const files = readBundleFiles(path);
+  const files = await readBundleFiles(path);
   files.delete(SIGNATURES_FILE);
   const text = await signBundleFiles(files, {
     key: keyMaterial(values["signing-key"]),
@@ -83,7 +83,7 @@ async function sign(args: string[], out: Out): Promise<number> {
   } else {
     files.set(SIGNATURES_FILE, Buffer.from(text));
     const tmp = `${path}.tmp-${process.pid}`;
-    writeFileSync(tmp, writeTarGz(files));
+    writeFileSync(tmp, await writeTarGz(files));
     renameSync(tmp, path);
   }
   out.stdout(`signed ${path}: ${files.size - (isDir ? 0 : 1)} files, ${alg}\n`);
@@ -136,7 +136,7 @@ async function check(args: string[], out: Out): Promise<number> {
     cfg.scope = values.scope;
   }
   try {
-    const files = readBundleFiles(path);
+    const files = await readBundleFiles(path);
     const claims = await verifyBundleSignature(files, cfg);
     const bundle = parseBundle(files, bundleNameOf(path), path);
     const engine = await PolicyEngine.create(bundle, {

@@ -19,7 +19,7 @@ export const REPORT_HELP = `  toolgate report rollout --audit <trail file or dir
  * `toolgate report rollout ...`: the promotion report (docs/containment.md).
  * Exit 0, or 1 when the trail's hash chain is broken (the report is still printed).
  */
-export function reportCommand(args: string[], out: Out): number {
+export async function reportCommand(args: string[], out: Out): Promise<number> {
   const [sub, ...rest] = args;
   if (sub !== "rollout")
     throw toolgateError("usage", `report needs a subcommand: rollout\n\n${REPORT_HELP}`);
@@ -47,7 +47,7 @@ export function reportCommand(args: string[], out: Out): number {
       "usage",
       `report rollout needs --audit <trail file or dir…>\n\n${REPORT_HELP}`,
     );
-  const bundle = values.bundle === undefined ? undefined : loadBundleFromPath(values.bundle);
+  const bundle = values.bundle === undefined ? undefined : await loadBundleFromPath(values.bundle);
   const report = rolloutReport(paths, {
     ...(values.since !== undefined ? { since: values.since } : {}),
     thresholds: bundle === undefined ? DEFAULT_THRESHOLDS : thresholdsFrom(bundle.data),

@@ -211,10 +211,10 @@ export function bundleNameOf(path: string): string {
 }
 
 /** Reads the files of a bundle (.tar.gz file or directory), by bundle path, unchecked. */
-export function readBundleFiles(
+export async function readBundleFiles(
   path: string,
   limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS,
-): Map<string, Buffer> {
+): Promise<Map<string, Buffer>> {
   let st;
   try {
     st = statSync(path);
@@ -232,32 +232,19 @@ export function readBundleFiles(
 }
 
 /** Reads a bundle from a .tar.gz file or a directory. */
-export function loadBundleFromPath(
+export async function loadBundleFromPath(
   path: string,
   limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS,
-): Bundle {
-  let st;
-  try {
-    st = statSync(path);
-  } catch (e) {
-    throw toolgateError("bundle_not_found", `bundle not found: ${path}`, { cause: e });
-  }
-  if (st.isDirectory()) return parseBundle(readDirectory(path), bundleNameOf(path), path);
-  if (st.size > limits.maxBytes) {
-    throw toolgateError(
-      "bundle_too_large",
-      `bundle ${path} is ${st.size} bytes; the limit is ${limits.maxBytes}`,
-    );
-  }
-  return parseBundle(readTarGz(readFileSync(path), limits), bundleNameOf(path), path);
+): Promise<Bundle> {
+  return parseBundle(await readBundleFiles(path, limits), bundleNameOf(path), path);
 }
 
 /** Reads a bundle from the bytes of a .tar.gz archive. */
-export function loadBundleFromBytes(
+export async function loadBundleFromBytes(
   gz: Buffer,
   name: string,
   source: string,
   limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS,
-): Bundle {
-  return parseBundle(readTarGz(gz, limits), name, source);
+): Promise<Bundle> {
+  return parseBundle(await readTarGz(gz, limits), name, source);
 }

@@ -19,14 +19,14 @@ const run = (args: string[], input?: string) =>
     ...(input !== undefined ? { input } : {}),
   });
 
-test("policy build gives the committed bundle's revision for rego/, with the runtime's capabilities", () => {
+test("policy build gives the committed bundle's revision for rego/, with the runtime's capabilities", async () => {
   const out = join(tempDir(), "b.tar.gz");
   const r = run(["policy", "build", "rego", "-o", out, "--json"]);
   expect(r.stderr).toBe("");
   expect(r.status).toBe(0);
   const built = JSON.parse(r.stdout) as { revision: string; entrypoints: string[] };
   expect(built.revision).toBe(
-    loadBundleFromPath(join(root, "bundles", "support-triage.tar.gz")).manifest.revision,
+    (await loadBundleFromPath(join(root, "bundles", "support-triage.tar.gz"))).manifest.revision,
   );
   expect(built.entrypoints).toEqual(["toolgate/decision"]);
 });

@@ -71,7 +71,10 @@ test("policy sign signs in place; opa verifies it; policy check accepts it", asy
 });
 
 test("policy check verifies bundles signed by opa sign, with keys files and HMAC too", async () => {
-  const bundle = opaSign(fixtureBundle("cli-2"), { key: keys.priv, claims: { keyid: "team" } });
+  const bundle = await opaSign(fixtureBundle("cli-2"), {
+    key: keys.priv,
+    claims: { keyid: "team" },
+  });
   const dir = tempDir();
   writeFileSync(
     join(dir, "keys.json"),
@@ -110,26 +113,30 @@ test("policy check verifies bundles signed by opa sign, with keys files and HMAC
   ).toBe(0);
 });
 
-test.each<[string, () => string[], string]>([
+test.each<[string, () => Promise<string[]>, string]>([
   [
     "unsigned with a key",
-    () => [fixtureBundle("cli-3"), "--verification-key", keys.pub],
+    () => Promise.resolve([fixtureBundle("cli-3"), "--verification-key", keys.pub]),
     "bundle_unsigned",
   ],
   [
     "signed, no key",
-    () => [opaSign(fixtureBundle("cli-3"), { key: keys.priv })],
+    async () => [await opaSign(fixtureBundle("cli-3"), { key: keys.priv })],
     "bundle_key_unknown",
   ],
   [
     "wrong key",
-    () => [opaSign(fixtureBundle("cli-3"), { key: keys.priv }), "--verification-key", other.pub],
+    async () => [
+      await opaSign(fixtureBundle("cli-3"), { key: keys.priv }),
+      "--verification-key",
+      other.pub,
+    ],
     "bundle_signature_invalid",
   ],
   [
     "wrong scope",
-    () => [
-      opaSign(fixtureBundle("cli-3"), { key: keys.priv }),
+    async () => [
+      await opaSign(fixtureBundle("cli-3"), { key: keys.priv }),
       "--verification-key",
       keys.pub,
       "--scope",
@@ -139,8 +146,8 @@ test.each<[string, () => string[], string]>([
   ],
   [
     "tampered",
-    () => [
-      rewriteBundle(opaSign(fixtureBundle("cli-3"), { key: keys.priv }), (m) =>
+    async () => [
+      await rewriteBundle(await opaSign(fixtureBundle("cli-3"), { key: keys.priv }), (m) =>
         m.set("/data.json", Buffer.from('{"fixture":{"note":"x"}}')),
       ),
       "--verification-key",
@@ -150,11 +157,11 @@ test.each<[string, () => string[], string]>([
   ],
   [
     "wrong entrypoint",
-    () => [fixtureBundle("cli-3"), "--entrypoint", "nope/decision"],
+    () => Promise.resolve([fixtureBundle("cli-3"), "--entrypoint", "nope/decision"]),
     "entrypoint_missing",
   ],
 ])("policy check refuses: %s", async (_what, args, code) => {
-  const r = await run("policy", "check", ...args());
+  const r = await run("policy", "check", ...(await args()));
   expect(r.code).toBe(1);
   expect(r.err).toContain(`toolgate: ${code}:`);
 });

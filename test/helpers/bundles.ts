@@ -4,8 +4,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
-import { writeTarGz } from "../../src/shared/tarball";
-import { readTarGz } from "../../src/shared/tar";
+import { readTarGz, writeTarGz } from "../../src/shared/tar";
 import { buildWasmBundle, opaPath, tempDir } from "./opa";
 
 /** A fixture policy that meets the decision contract, with a data document. */
@@ -37,10 +36,10 @@ export function keyPair(kind: "rsa" | "ec" = "rsa"): { priv: string; pub: string
  * Signs a built bundle with the real `opa sign` and puts the
  * .signatures.json it wrote into the archive (the signature is OPA's).
  */
-export function opaSign(
+export async function opaSign(
   bundle: string,
   opts: { key: string; alg?: string; claims?: Record<string, unknown> },
-): string {
+): Promise<string> {
   const dir = tempDir("toolgate-sign-");
   const args = ["sign", "--bundle", bundle, "--signing-key", opts.key, "-o", dir];
   if (opts.alg) args.push("--signing-alg", opts.alg);
@@ -49,19 +48,22 @@ export function opaSign(
     args.push("--claims-file", join(dir, "claims.json"));
   }
   execFileSync(opaPath(), args, { stdio: "pipe" });
-  const files = readTarGz(readFileSync(bundle));
+  const files = await readTarGz(readFileSync(bundle));
   files.set("/.signatures.json", readFileSync(join(dir, ".signatures.json")));
   const out = join(dir, "signed.tar.gz");
-  writeFileSync(out, writeTarGz(files));
+  writeFileSync(out, await writeTarGz(files));
   return out;
 }
 
 /** Rewrites an archive's files (to tamper with a signed bundle). */
-export function rewriteBundle(bundle: string, edit: (files: Map<string, Buffer>) => void): string {
-  const files = readTarGz(readFileSync(bundle));
+export async function rewriteBundle(
+  bundle: string,
+  edit: (files: Map<string, Buffer>) => void,
+): Promise<string> {
+  const files = await readTarGz(readFileSync(bundle));
   edit(files);
   const out = join(tempDir("toolgate-tamper-"), "tampered.tar.gz");
-  writeFileSync(out, writeTarGz(files));
+  writeFileSync(out, await writeTarGz(files));
   return out;
 }
 

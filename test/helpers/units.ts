@@ -31,9 +31,9 @@ let reference: Promise<PolicyEngine> | undefined;
 
 /** The reference bundle as a real PolicyEngine (instantiated once per test file). */
 export function referenceEngine(): Promise<PolicyEngine> {
-  reference ??= PolicyEngine.create(loadBundleFromPath(REFERENCE_BUNDLE), {
-    entrypoint: ENTRYPOINT,
-  });
+  reference ??= loadBundleFromPath(REFERENCE_BUNDLE).then((bundle) =>
+    PolicyEngine.create(bundle, { entrypoint: ENTRYPOINT }),
+  );
   return reference;
 }
 

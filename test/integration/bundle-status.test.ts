@@ -68,7 +68,7 @@ describe("a watched file bundle that keeps being refused", () => {
     "%s: last_error stays (with its code) until a newer bundle activates, then clears",
     async (_what, make, code) => {
       const active = (await statusOverHttp(tg)).last_successful_activation;
-      copyFileSync(make(), path);
+      copyFileSync(await make(), path);
       await until(async () => (await statusOverHttp(tg)).last_error?.code === code);
       const first = (await statusOverHttp(tg)).last_error;
       // 3 s: thirty watch intervals; the refusal must be visible in every answer
@@ -89,10 +89,7 @@ describe("a watched file bundle that keeps being refused", () => {
 
 test("booting with a refused file bundle: not ready, and the refusal stays in /v1/status", async () => {
   const path = join(tempDir("toolgate-status-"), "policy.tar.gz");
-  copyFileSync(
-    rewriteBundle(REFERENCE, (m) => m.set("/data.json", Buffer.from("[]"))),
-    path,
-  );
+  copyFileSync(await rewriteBundle(REFERENCE, (m) => m.set("/data.json", Buffer.from("[]"))), path);
   const tg = await startTestToolgate({
     TOOLGATE_BUNDLE: path,
     TOOLGATE_POLICY_FILE_WATCH_INTERVAL_MS: "100",

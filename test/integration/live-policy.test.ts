@@ -194,9 +194,10 @@ describe("signed bundles (signed by the real opa sign): each refusal has its own
   const stranger = keyPair("rsa");
   const server = new BundleServer();
   let tg: Toolgate;
-  const good1 = opaSign(fixtureBundle("signed-1"), { key: keys.priv });
+  let good1: string;
 
   beforeAll(async () => {
+    good1 = await opaSign(fixtureBundle("signed-1"), { key: keys.priv });
     server.publishFile(good1);
     await server.start();
     tg = await startTestToolgate(
@@ -216,25 +217,25 @@ describe("signed bundles (signed by the real opa sign): each refusal has its own
     });
   });
 
-  const good2 = (): string => opaSign(fixtureBundle("signed-2"), { key: keys.priv });
-  const cases: Array<[string, () => string, string]> = [
+  const good2 = (): Promise<string> => opaSign(fixtureBundle("signed-2"), { key: keys.priv });
+  const cases: Array<[string, () => string | Promise<string>, string]> = [
     ["an unsigned bundle", () => fixtureBundle("signed-2"), "bundle_unsigned"],
     [
       "a tampered data.json",
-      () =>
-        rewriteBundle(good2(), (m) =>
+      async () =>
+        rewriteBundle(await good2(), (m) =>
           m.set("/data.json", Buffer.from('{"fixture":{"note":"evil"}}')),
         ),
       "bundle_digest_mismatch",
     ],
     [
       "an added file",
-      () => rewriteBundle(good2(), (m) => m.set("/extra/data.json", Buffer.from("{}"))),
+      async () => rewriteBundle(await good2(), (m) => m.set("/extra/data.json", Buffer.from("{}"))),
       "bundle_files_mismatch",
     ],
     [
       "a removed file",
-      () => rewriteBundle(good2(), (m) => m.delete("/data.json")),
+      async () => rewriteBundle(await good2(), (m) => m.delete("/data.json")),
       "bundle_files_mismatch",
     ],
     [
@@ -251,7 +252,7 @@ describe("signed bundles (signed by the real opa sign): each refusal has its own
   test.each(cases.map(([what, make, code]) => [what, code, make] as const))(
     "%s → %s",
     async (what, code, make) => {
-      server.publishFile(make());
+      server.publishFile(await make());
       await until(() => status(tg).last_error?.code === code);
       expect(status(tg)).toMatchObject({ state: "OK", revision: "signed-1" });
       expect((await decide(tg)).json).toMatchObject({ policy: { revision: "signed-1" } });
@@ -263,7 +264,7 @@ describe("signed bundles (signed by the real opa sign): each refusal has its own
   );
 
   test("a properly signed new revision is then accepted", async () => {
-    server.publishFile(good2());
+    server.publishFile(await good2());
     await until(() => status(tg).revision === "signed-2");
   });
 });
@@ -311,7 +312,7 @@ describe("last-known-good", () => {
   test("restart with the bundle server down: the persisted bundle is active and ready", async () => {
     const keys = keyPair("rsa");
     const server = new BundleServer();
-    server.publishFile(opaSign(fixtureBundle("lkg-1"), { key: keys.priv }));
+    server.publishFile(await opaSign(fixtureBundle("lkg-1"), { key: keys.priv }));
     await server.start();
     const stateDir = mkdtempSync(join(tmpdir(), "toolgate-state-"));
     const env = httpEnv(server.url, {

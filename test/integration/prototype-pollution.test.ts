@@ -34,13 +34,13 @@ afterEach(() => {
  * members, as text (so the JSON holds exactly the attacker's bytes), or with
  * one more data file `file` holding `body`.
  */
-function hostile(prefix: string): string {
+function hostile(prefix: string): Promise<string> {
   return rewriteBundle(REFERENCE, (m) => {
     const text = (m.get("/data.json") as Buffer).toString("utf8").trim();
     m.set("/data.json", Buffer.from(`{${prefix},${text.slice(1)}`));
   });
 }
-function withFile(file: string, body: string): string {
+function withFile(file: string, body: string): Promise<string> {
   return rewriteBundle(REFERENCE, (m) => m.set(file, Buffer.from(body)));
 }
 
@@ -103,7 +103,7 @@ function watchedFile(first: string): { path: string; env: Record<string, string>
 }
 
 test("booting with a polluting bundle: refused with bundle_data_invalid naming the path, nothing reaches Object.prototype", async () => {
-  const { env } = watchedFile(hostile(POLLUTE_SUBJECT));
+  const { env } = watchedFile(await hostile(POLLUTE_SUBJECT));
   const tg = await startTestToolgate(env);
   try {
     expect(pollution()).toEqual([]);
@@ -176,7 +176,7 @@ describe("hot-swapping to a polluting bundle (file source, watched)", () => {
     "%s: refused naming the path; the switch still denies on native, AuthZEN and OPA; control tokens verify",
     async (_what, make, file, at) => {
       const before = status(tg).last_successful_activation;
-      copyFileSync(make(), path);
+      copyFileSync(await make(), path);
       await within(
         () => (status(tg).last_error?.message ?? "").startsWith(file),
         `the refusal of ${file}`,
@@ -213,7 +213,7 @@ describe("hot-swapping to a polluting bundle (file source, watched)", () => {
 
 test("a signed polluting bundle (valid signature, real opa sign) is refused the same way", async () => {
   const keys = keyPair("rsa");
-  const signed = opaSign(hostile(POLLUTE_SUBJECT), { key: keys.priv });
+  const signed = await opaSign(await hostile(POLLUTE_SUBJECT), { key: keys.priv });
   const { env } = watchedFile(signed);
   const tg = await startTestToolgate({ ...env, TOOLGATE_POLICY_SIGNING_PUBLIC_KEY_FILE: keys.pub });
   try {

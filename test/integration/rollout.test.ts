@@ -148,7 +148,7 @@ describe("the promotion report", () => {
     const dir = tg.config.audit.trail.dir;
     let stdout = "";
     const out = { stdout: (s: string) => (stdout += s), stderr: () => undefined };
-    expect(reportCommand(["rollout", "--audit", dir, "--bundle", stagesBundle], out)).toBe(0);
+    expect(await reportCommand(["rollout", "--audit", dir, "--bundle", stagesBundle], out)).toBe(0);
     // durations are wall-clock: normalised; everything else is exact
     const text = stdout.replace(/\b\d+\.\ds\b/g, "N.Ns");
     const golden = join(__dirname, "..", "golden", "rollout-report.txt");
@@ -156,7 +156,7 @@ describe("the promotion report", () => {
     expect(text).toBe(readFileSync(golden, "utf8"));
 
     let json = "";
-    reportCommand(["rollout", "--audit", dir, "--json"], {
+    await reportCommand(["rollout", "--audit", dir, "--json"], {
       stdout: (s) => (json += s),
       stderr: () => undefined,
     });
@@ -189,7 +189,7 @@ describe("the promotion report", () => {
     writeFileSync(file, lines.join("\n"));
     let broken = "";
     expect(
-      reportCommand(["rollout", "--audit", dir], {
+      await reportCommand(["rollout", "--audit", dir], {
         stdout: (s) => (broken += s),
         stderr: () => undefined,
       }),

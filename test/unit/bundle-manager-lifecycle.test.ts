@@ -25,7 +25,7 @@ class GatedSource implements BundleSource {
   async fetch(): Promise<Fetched> {
     this.fetches++;
     if (this.fetches > 1) await new Promise<void>((resolve) => (this.gate = resolve));
-    return { kind: "bundle", files: readTarGz(this.bytes), name: "support-triage" };
+    return { kind: "bundle", files: await readTarGz(this.bytes), name: "support-triage" };
   }
   get waiting(): boolean {
     return this.gate !== undefined;

@@ -13,9 +13,8 @@ import {
   type VerificationConfig,
 } from "../../src/bundles/signing";
 import { backoffMs } from "../../src/bundles/sources";
-import { writeTarGz } from "../../src/shared/tarball";
 import { isToolgateError } from "../../src/errors";
-import { readTarGz } from "../../src/shared/tar";
+import { readTarGz, writeTarGz } from "../../src/shared/tar";
 import { fixturePolicy, keyPair, opaSign } from "../helpers/bundles";
 import { buildWasmBundle, opaPath, tempDir } from "../helpers/opa";
 
@@ -49,13 +48,16 @@ const tricky = {
   "sub/data.yaml": "k: 1.5\nlist: [b, a]\nnested: {y: 2, x: true}\n",
 };
 const bundle = buildWasmBundle(tricky, { revision: "sig-1" });
-const files = readTarGz(readFileSync(bundle));
+let files: Map<string, Buffer>;
+beforeAll(async () => {
+  files = await readTarGz(readFileSync(bundle));
+});
 
 describe("digests", () => {
-  test("equal the ones `opa sign` records, for every file (JSON, YAML, manifest, wasm, rego)", () => {
-    const signed = opaSign(bundle, { key: rsa.priv });
+  test("equal the ones `opa sign` records, for every file (JSON, YAML, manifest, wasm, rego)", async () => {
+    const signed = await opaSign(bundle, { key: rsa.priv });
     const sigs = JSON.parse(
-      readTarGz(readFileSync(signed)).get("/.signatures.json")!.toString(),
+      (await readTarGz(readFileSync(signed))).get("/.signatures.json")!.toString(),
     ) as {
       signatures: string[];
     };
@@ -75,8 +77,10 @@ describe("digests", () => {
 });
 
 describe("verification matrix (bundles signed by the real opa sign)", () => {
-  const signed = opaSign(bundle, { key: rsa.priv });
-  const signedFiles = readTarGz(readFileSync(signed));
+  let signedFiles: Map<string, Buffer>;
+  beforeAll(async () => {
+    signedFiles = await readTarGz(readFileSync(await opaSign(bundle, { key: rsa.priv })));
+  });
   const edit = (fn: (m: Map<string, Buffer>) => void): Map<string, Buffer> => {
     const m = new Map(signedFiles);
     fn(m);
@@ -87,12 +91,14 @@ describe("verification matrix (bundles signed by the real opa sign)", () => {
     expect(await codeOf(verifyBundleSignature(signedFiles, cfg(rsa.pub)))).toBe("ok");
   });
   test("ES256 and HS256 signatures verify too", async () => {
-    const es = readTarGz(readFileSync(opaSign(bundle, { key: ec.priv, alg: "ES256" })));
+    const es = await readTarGz(readFileSync(await opaSign(bundle, { key: ec.priv, alg: "ES256" })));
     expect(await codeOf(verifyBundleSignature(es, cfg(ec.pub, {}, "ES256")))).toBe("ok");
     const secretFile = join(tempDir(), "secret");
     writeFileSync(secretFile, "a-shared-secret-of-enough-length");
-    const hs = readTarGz(
-      readFileSync(opaSign(bundle, { key: "a-shared-secret-of-enough-length", alg: "HS256" })),
+    const hs = await readTarGz(
+      readFileSync(
+        await opaSign(bundle, { key: "a-shared-secret-of-enough-length", alg: "HS256" }),
+      ),
     );
     expect(await codeOf(verifyBundleSignature(hs, cfg(secretFile, {}, "HS256")))).toBe("ok");
   });
@@ -188,8 +194,10 @@ describe("verification matrix (bundles signed by the real opa sign)", () => {
   });
 
   test("scope and key id from claims: matching scope passes, keyid claim picks the key", async () => {
-    const scoped = readTarGz(
-      readFileSync(opaSign(bundle, { key: rsa.priv, claims: { scope: "prod", keyid: "k1" } })),
+    const scoped = await readTarGz(
+      readFileSync(
+        await opaSign(bundle, { key: rsa.priv, claims: { scope: "prod", keyid: "k1" } }),
+      ),
     );
     const keys = new Map([["k1", { algorithm: "RS256" as const, key: readFileSync(rsa.pub) }]]);
     expect(await codeOf(verifyBundleSignature(scoped, { keys, scope: "prod" }))).toBe("ok");
@@ -220,7 +228,7 @@ describe("toolgate's signer", () => {
       );
       const dir = tempDir();
       const signed = join(dir, "signed.tar.gz");
-      writeFileSync(signed, writeTarGz(m));
+      writeFileSync(signed, await writeTarGz(m));
       execFileSync(
         opaPath(),
         [

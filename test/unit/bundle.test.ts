@@ -1,10 +1,10 @@
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { ToolgateError } from "../../src/errors";
 import { loadBundleFromBytes, loadBundleFromPath, parseBundle } from "../../src/policy/bundle";
 import { PolicyEngine } from "../../src/policy/engine";
-import { readTarGz } from "../../src/shared/tar";
+import { readTarGz, writeTarGz } from "../../src/shared/tar";
 import { defaultBundlePath } from "../../src/shared/paths";
 import { buildWasmBundle, tempDir } from "../helpers/opa";
 
@@ -39,9 +39,9 @@ function tar(entries: Entry[]): Buffer {
   return gzipSync(Buffer.concat(blocks));
 }
 
-function code(fn: () => unknown): string {
+async function code(fn: () => unknown): Promise<string> {
   try {
-    fn();
+    await fn();
   } catch (e) {
     if (e instanceof ToolgateError) return e.code;
     throw e;
@@ -56,8 +56,8 @@ const manifest = JSON.stringify({
 });
 
 describe("tar reader", () => {
-  test("reads regular files, normalising paths", () => {
-    const files = readTarGz(
+  test("reads regular files, normalising paths", async () => {
+    const files = await readTarGz(
       tar([
         { name: "./a/data.json", body: "{}" },
         { name: "dir/", type: "5" },
@@ -66,18 +66,22 @@ describe("tar reader", () => {
     );
     expect([...files.keys()].sort()).toEqual(["/.manifest", "/a/data.json"]);
   });
-  test("refuses a member escaping the root", () => {
-    expect(code(() => readTarGz(tar([{ name: "../../etc/passwd", body: "x" }])))).toBe(
+  test("refuses a member escaping the root", async () => {
+    expect(await code(() => readTarGz(tar([{ name: "../../etc/passwd", body: "x" }])))).toBe(
       "bundle_unreadable",
     );
   });
-  test("refuses symlinks and hard links", () => {
-    expect(code(() => readTarGz(tar([{ name: "link", type: "2" }])))).toBe("bundle_unreadable");
-    expect(code(() => readTarGz(tar([{ name: "hard", type: "1" }])))).toBe("bundle_unreadable");
+  test("refuses symlinks and hard links", async () => {
+    expect(await code(() => readTarGz(tar([{ name: "link", type: "2" }])))).toBe(
+      "bundle_unreadable",
+    );
+    expect(await code(() => readTarGz(tar([{ name: "hard", type: "1" }])))).toBe(
+      "bundle_unreadable",
+    );
   });
-  test("refuses a duplicate member", () => {
+  test("refuses a duplicate member", async () => {
     expect(
-      code(() =>
+      await code(() =>
         readTarGz(
           tar([
             { name: "a", body: "1" },
@@ -87,28 +91,85 @@ describe("tar reader", () => {
       ),
     ).toBe("bundle_unreadable");
   });
-  test("refuses a corrupted header checksum", () => {
+  test("refuses a corrupted header checksum", async () => {
     const raw = gunzipSync(tar([{ name: "a", body: "1" }])) as Buffer;
     raw[0] = 0x62; // rename without fixing the checksum
-    expect(code(() => readTarGz(gzipSync(raw)))).toBe("bundle_unreadable");
+    expect(await code(() => readTarGz(gzipSync(raw)))).toBe("bundle_unreadable");
   });
-  test("refuses a gzip bomb beyond the size limit", () => {
+  test("refuses a gzip bomb beyond the size limit", async () => {
     const bomb = tar([{ name: "big", body: "0".repeat(2_000_000) }]);
-    expect(code(() => readTarGz(bomb, { maxBytes: 1_000_000, maxFiles: 10 }))).toBe(
+    expect(await code(() => readTarGz(bomb, { maxBytes: 1_000_000, maxFiles: 10 }))).toBe(
       "bundle_too_large",
     );
   });
-  test("refuses too many files", () => {
+  test("refuses too many files", async () => {
     const many = tar(Array.from({ length: 5 }, (_, i) => ({ name: `f${i}`, body: "x" })));
-    expect(code(() => readTarGz(many, { maxBytes: 1_000_000, maxFiles: 3 }))).toBe(
+    expect(await code(() => readTarGz(many, { maxBytes: 1_000_000, maxFiles: 3 }))).toBe(
       "bundle_too_large",
     );
   });
 });
 
+describe("tar reader, more refusals and the end of the archive", () => {
+  test("refuses devices and fifos", async () => {
+    for (const type of ["3", "4", "6"]) {
+      expect(await code(() => readTarGz(tar([{ name: "dev", type }])))).toBe("bundle_unreadable");
+    }
+  });
+  test("refuses a truncated archive", async () => {
+    const raw = gunzipSync(tar([{ name: "a", body: "x".repeat(2000) }]));
+    expect(await code(() => readTarGz(gzipSync(raw.subarray(0, 1024))))).toBe("bundle_unreadable");
+  });
+  test("reads a member without the ustar magic (a v7 header)", async () => {
+    const raw = gunzipSync(tar([{ name: "old.json", body: "{}" }]));
+    raw.fill(0, 257, 265); // no magic, no version
+    raw.fill(0x20, 148, 156);
+    let sum = 0;
+    for (let i = 0; i < 512; i++) sum += raw[i] as number;
+    raw.write(sum.toString(8).padStart(6, "0") + "\0 ", 148);
+    expect([...(await readTarGz(gzipSync(raw))).keys()]).toEqual(["/old.json"]);
+  });
+  test("ends at the first zero block, as OPA's reader does: a concatenated archive's second part is not read", async () => {
+    const first = gunzipSync(tar([{ name: "a.json", body: "1" }]));
+    const second = gunzipSync(tar([{ name: "b.json", body: "2" }]));
+    const files = await readTarGz(gzipSync(Buffer.concat([first, second])));
+    expect([...files.keys()]).toEqual(["/a.json"]);
+    expect([
+      ...(await readTarGz(gzipSync(Buffer.concat([first, Buffer.from("trailing junk")])))).keys(),
+    ]).toEqual(["/a.json"]);
+    expect((await readTarGz(gzipSync(Buffer.alloc(1024)))).size).toBe(0);
+  });
+});
+
+describe("tar writer", () => {
+  test("long names round-trip: 150 bytes with no '/' to split at, long segments, deep paths", async () => {
+    const files = new Map([
+      ["/" + "a".repeat(149), Buffer.from("150 bytes, one segment")],
+      ["/dir/" + "b".repeat(150), Buffer.from("a segment longer than 100 bytes")],
+      [
+        "/" + Array.from({ length: 12 }, (_, i) => `segment-${i}-`.repeat(2)).join("/"),
+        Buffer.from("deep"),
+      ],
+      ["/données/é.json", Buffer.from("{}")],
+      ["/.manifest", Buffer.from("{}")],
+    ]);
+    expect(Buffer.byteLength([...files.keys()][0] as string)).toBe(150);
+    const back = await readTarGz(await writeTarGz(files));
+    expect(back).toEqual(files);
+  });
+  test("the same files give the same bytes", async () => {
+    const files = new Map([["/data.json", Buffer.from('{"a":1}')]]);
+    expect((await writeTarGz(files)).equals(await writeTarGz(new Map(files)))).toBe(true);
+  });
+  test("writes what the reader of opa bundles reads back (the reference bundle)", async () => {
+    const files = await readTarGz(readFileSync(defaultBundlePath()));
+    expect(await readTarGz(await writeTarGz(files))).toEqual(files);
+  });
+});
+
 describe("bundle checks", () => {
-  test("the committed reference bundle has manifest, data and wasm", () => {
-    const b = loadBundleFromPath(defaultBundlePath());
+  test("the committed reference bundle has manifest, data and wasm", async () => {
+    const b = await loadBundleFromPath(defaultBundlePath());
     expect(b.name).toBe("support-triage");
     expect(b.manifest.revision).toMatch(/^[0-9a-f]{16}$/);
     expect(b.manifest.roots).toEqual(["toolgate"]);
@@ -146,11 +207,11 @@ describe("bundle checks", () => {
       ],
       "bundle_data_invalid",
     ],
-  ])("%s", (_n, entries, expected) => {
-    expect(code(() => loadBundleFromBytes(tar(entries), "t", "test"))).toBe(expected);
+  ])("%s", async (_n, entries, expected) => {
+    expect(await code(() => loadBundleFromBytes(tar(entries), "t", "test"))).toBe(expected);
   });
-  test("data files merge by directory, JSON and YAML alike", () => {
-    const b = loadBundleFromBytes(
+  test("data files merge by directory, JSON and YAML alike", async () => {
+    const b = await loadBundleFromBytes(
       tar([
         { name: ".manifest", body: "{}" },
         { name: "data.json", body: '{"top": 1}' },
@@ -161,12 +222,12 @@ describe("bundle checks", () => {
     );
     expect(b.data).toEqual({ top: 1, a: { b: { c: 2 } } });
   });
-  test("a directory bundle reads like its tarball", () => {
+  test("a directory bundle reads like its tarball", async () => {
     const dir = tempDir();
     mkdirSync(join(dir, "toolgate"));
     writeFileSync(join(dir, ".manifest"), JSON.stringify({ roots: ["toolgate"] }));
     writeFileSync(join(dir, "toolgate", "data.json"), '{"x": true}');
-    const b = loadBundleFromPath(dir);
+    const b = await loadBundleFromPath(dir);
     expect(b.data).toEqual({ toolgate: { x: true } });
     expect(parseBundle(b.files, "again", dir).data).toEqual(b.data);
   });
@@ -181,7 +242,7 @@ describe("engine", () => {
       },
       { name: "echo" },
     );
-    const engine = await PolicyEngine.create(loadBundleFromPath(path), {
+    const engine = await PolicyEngine.create(await loadBundleFromPath(path), {
       entrypoint: "toolgate/decision",
     });
     for (const v of [false, 0, "", null, {}, [1]]) {
@@ -191,18 +252,18 @@ describe("engine", () => {
     expect(engine.entrypoints).toEqual(["toolgate/decision"]);
   });
   test("an input beyond the wasm memory bound is an evaluation error, not a crash", async () => {
-    const engine = await PolicyEngine.create(loadBundleFromPath(defaultBundlePath()), {
+    const engine = await PolicyEngine.create(await loadBundleFromPath(defaultBundlePath()), {
       entrypoint: "toolgate/decision",
       maxMemoryPages: 40,
     });
     const big = JSON.stringify({ request: { pad: "x".repeat(4 * 1024 * 1024) } });
-    expect(code(() => engine.evaluateJson(big))).toBe("policy_evaluation_failed");
+    expect(await code(() => engine.evaluateJson(big))).toBe("policy_evaluation_failed");
     // and the engine still answers afterwards
     expect(engine.evaluateJson(JSON.stringify({ request: {} }))).toMatchObject({ outcome: "deny" });
   });
 
   test("malformed input JSON never becomes an allow", async () => {
-    const engine = await PolicyEngine.create(loadBundleFromPath(defaultBundlePath()), {
+    const engine = await PolicyEngine.create(await loadBundleFromPath(defaultBundlePath()), {
       entrypoint: "toolgate/decision",
     });
     let out: unknown;

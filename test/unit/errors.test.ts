@@ -102,10 +102,10 @@ describe("a wrapped error keeps its cause, and never shows it", () => {
     });
     expect("cause" in toolgateError("config_invalid", "m")).toBe(false);
   });
-  test("a real wrap: a bundle that cannot be read keeps the file system's error", () => {
+  test("a real wrap: a bundle that cannot be read keeps the file system's error", async () => {
     let thrown: unknown;
     try {
-      loadBundleFromPath(join(root, "no-such-bundle.tar.gz"));
+      await loadBundleFromPath(join(root, "no-such-bundle.tar.gz"));
     } catch (e) {
       thrown = e;
     }

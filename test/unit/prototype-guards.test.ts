@@ -36,6 +36,16 @@ function caught(fn: () => unknown): ToolgateError {
   throw new Error("expected a ToolgateError, got none");
 }
 
+async function rejected(p: Promise<unknown>): Promise<ToolgateError> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof ToolgateError) return e;
+    throw e;
+  }
+  throw new Error("expected a ToolgateError, got none");
+}
+
 describe("the guard", () => {
   test("finds a forbidden key anywhere and names the object holding it (JSON Pointer)", () => {
     expect(forbiddenKey(JSON.parse('{"a":{"b":{"__proto__":{"x":1}}}}'))).toEqual({
@@ -83,7 +93,10 @@ describe("the guard", () => {
 });
 
 describe("bundle data and manifest", () => {
-  const reference = readTarGz(readFileSync(defaultBundlePath()));
+  let reference: Map<string, Buffer>;
+  beforeAll(async () => {
+    reference = await readTarGz(readFileSync(defaultBundlePath()));
+  });
   const withFiles = (extra: Record<string, string>): Map<string, Buffer> => {
     const files = new Map(reference);
     for (const [p, body] of Object.entries(extra)) files.set(p, Buffer.from(body));
@@ -113,7 +126,7 @@ describe("bundle data and manifest", () => {
     },
   );
 
-  test("a directory bundle with a data directory named __proto__ is refused before any merge", () => {
+  test("a directory bundle with a data directory named __proto__ is refused before any merge", async () => {
     const dir = tempDir("toolgate-bundle-dir-");
     for (const [p, body] of reference) {
       mkdirSync(join(dir, ...p.split("/").slice(1, -1)), { recursive: true });
@@ -121,7 +134,7 @@ describe("bundle data and manifest", () => {
     }
     mkdirSync(join(dir, "toolgate", "__proto__"), { recursive: true });
     writeFileSync(join(dir, "toolgate", "__proto__", "data.json"), '{"subject":"x"}');
-    const e = caught(() => loadBundleFromPath(dir));
+    const e = await rejected(loadBundleFromPath(dir));
     expect(e.code).toBe("bundle_data_invalid");
     expect(e.message).toBe(
       '/toolgate/__proto__/data.json: forbidden key "__proto__" in the data path /toolgate/__proto__',
@@ -227,7 +240,7 @@ decision := ${decision}
 
   test("an output naming __proto__ is an evaluation error (the decider denies), on the fast path", async () => {
     const engine = await PolicyEngine.create(
-      loadBundleFromPath(
+      await loadBundleFromPath(
         build(
           '{"outcome": "allow", "reasons": [], "obligations": [{"id": "g", "type": "grant_scope", "properties": {"__proto__": {"max_amount": 1000000}}}]}',
         ),
@@ -248,7 +261,7 @@ decision := ${decision}
 
   test("the words as values are fine", async () => {
     const engine = await PolicyEngine.create(
-      loadBundleFromPath(
+      await loadBundleFromPath(
         build(
           '{"outcome": "deny", "reasons": [{"code": "constructor", "message": "__proto__ prototype"}]}',
         ),
