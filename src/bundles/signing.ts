@@ -21,9 +21,6 @@ import {
 
 export const SIGNATURES_FILE = "/.signatures.json";
 
-/** The old name (until bundles/manager.ts imports the shared one). */
-export type { BundleSigningAlgorithm as SigningAlgorithm } from "../shared/algorithms";
-
 /** One verification key, as OPA's `keys` config holds it. */
 export interface VerificationKey {
   algorithm: BundleSigningAlgorithm;
