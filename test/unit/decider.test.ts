@@ -515,7 +515,7 @@ describe("approvals", () => {
       const first = decider.decide(refund(100), ctx).decision;
       expect(first.outcome).toBe("needs_approval");
       const { view } = approvals.submit(
-        { ...refund(100), denial: { evaluation_id: first.access_request?.evaluation_id } },
+        { ...refund(100), denial: { evaluation_id: first.access_request?.evaluation_id ?? "" } },
         undefined,
         "http://agent",
         null,
