@@ -16,22 +16,13 @@
  *   grant accepts unless told otherwise.
  */
 
+const RSA = ["RS256", "RS384", "RS512"] as const;
+const RSA_PSS = ["PS256", "PS384", "PS512"] as const;
+const ECDSA = ["ES256", "ES384", "ES512"] as const;
+const HMAC = ["HS256", "HS384", "HS512"] as const;
+
 /** Every JWS algorithm some part of toolgate accepts. */
-export const JWS_ALGORITHMS = [
-  "RS256",
-  "RS384",
-  "RS512",
-  "PS256",
-  "PS384",
-  "PS512",
-  "ES256",
-  "ES384",
-  "ES512",
-  "HS256",
-  "HS384",
-  "HS512",
-  "EdDSA",
-] as const;
+export const JWS_ALGORITHMS = [...RSA, ...RSA_PSS, ...ECDSA, ...HMAC, "EdDSA"] as const;
 
 export type JwsAlgorithm = (typeof JWS_ALGORITHMS)[number];
 
@@ -41,36 +32,12 @@ function subset<const T extends readonly JwsAlgorithm[]>(names: T): T {
 }
 
 /** What a bundle signature may use (OPA's set): the verifier, `toolgate policy sign` and the config schema. */
-export const BUNDLE_SIGNING_ALGORITHMS = subset([
-  "RS256",
-  "RS384",
-  "RS512",
-  "PS256",
-  "PS384",
-  "PS512",
-  "ES256",
-  "ES384",
-  "ES512",
-  "HS256",
-  "HS384",
-  "HS512",
-]);
+export const BUNDLE_SIGNING_ALGORITHMS = subset([...RSA, ...RSA_PSS, ...ECDSA, ...HMAC]);
 
 export type BundleSigningAlgorithm = (typeof BUNDLE_SIGNING_ALGORITHMS)[number];
 
 /** What a caller's bearer token may be signed with in jwt mode (public-key algorithms only). */
-export const TOKEN_ALGORITHMS = subset([
-  "ES256",
-  "ES384",
-  "ES512",
-  "RS256",
-  "RS384",
-  "RS512",
-  "PS256",
-  "PS384",
-  "PS512",
-  "EdDSA",
-]);
+export const TOKEN_ALGORITHMS = subset([...ECDSA, ...RSA, ...RSA_PSS, "EdDSA"]);
 
 /** What toolgate signs grants with, and what a grant verifier accepts by default. */
 export const GRANT_ALGORITHMS = subset(["ES256", "ES384", "RS256", "PS256", "EdDSA"]);
