@@ -1,6 +1,6 @@
 import { createHash, type Hash } from "node:crypto";
 import { parse as parseYaml } from "yaml";
-import { toolgateError } from "../errors";
+import { toolgateError, rethrowAs } from "../errors";
 
 /**
  * OPA's bundle file digests (bundle/hash.go), reproduced exactly: files whose
@@ -149,15 +149,9 @@ function parseStructured(raw: Buffer, path: string): Canon {
   try {
     return parseJsonKeepingNumbers(text);
   } catch {
-    try {
-      return fromPlain(parseYaml(text));
-    } catch (e) {
-      throw toolgateError(
-        "bundle_digest_mismatch",
-        `${path}: cannot be parsed to compute its digest: ${(e as Error).message}`,
-        { cause: e },
-      );
-    }
+    return rethrowAs("bundle_digest_mismatch", `${path}: cannot be parsed to compute its digest`, () =>
+      fromPlain(parseYaml(text)),
+    );
   }
 }
 

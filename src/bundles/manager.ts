@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import type { Attributes } from "@opentelemetry/api";
 import type { CompiledConfig } from "../config";
-import { normalizeError, toolgateError, type ErrorCode } from "../errors";
+import { normalizeError, type ErrorCode, rethrowAs } from "../errors";
 import type { Logger } from "../shared/log";
 import type { Component, ComponentStatus } from "../shared/lifecycle";
 import { parseBundle, type Bundle } from "../policy/bundle";
@@ -77,16 +77,10 @@ export function verificationFromConfig(
     cfg.keys = readKeysFile(signing.keysFile);
     if (signing.keyId !== null) cfg.keyId = signing.keyId;
   } else if (signing.publicKeyFile !== null) {
-    let key: Buffer;
-    try {
-      key = readFileSync(signing.publicKeyFile);
-    } catch (e) {
-      throw toolgateError(
-        "config_invalid",
-        `policy.signing.public_key_file: cannot read ${signing.publicKeyFile}: ${normalizeError(e).message}`,
-        { cause: e },
-      );
-    }
+    const file = signing.publicKeyFile;
+    const key = rethrowAs("config_invalid", `policy.signing.public_key_file: cannot read ${file}`, () =>
+      readFileSync(file),
+    );
     const id = signing.keyId ?? "default";
     cfg.keys.set(id, { algorithm: signing.algorithm, key });
     cfg.keyId = id;

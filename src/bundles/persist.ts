@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { closeSync, fchmodSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { normalizeError, toolgateError } from "../errors";
+import { rethrowAs } from "../errors";
 import { parseUntrustedJson } from "../shared/guards";
 import { ensurePrivateDir, PRIVATE_FILE_MODE } from "../shared/paths";
 
@@ -69,19 +69,13 @@ export class BundleStore {
       sha256: createHash("sha256").update(bytes).digest("hex"),
       saved_at: new Date().toISOString(),
     };
-    try {
+    rethrowAs("bundle_persist_failed", `cannot persist the bundle to ${this.dir}`, () => {
       ensurePrivateDir(this.root);
       ensurePrivateDir(this.dir);
       writeAtomic(this.bundlePath, bytes);
       writeAtomic(join(this.dir, "bundle.json"), JSON.stringify(full, null, 2) + "\n");
       fsyncDir(this.dir);
-    } catch (e) {
-      throw toolgateError(
-        "bundle_persist_failed",
-        `cannot persist the bundle to ${this.dir}: ${normalizeError(e).message}`,
-        { cause: e },
-      );
-    }
+    });
     return full;
   }
 
@@ -93,19 +87,13 @@ export class BundleStore {
     } catch {
       return undefined;
     }
-    try {
+    return rethrowAs("bundle_persist_failed", `the persisted bundle in ${this.dir} is damaged`, () => {
       const meta = parseUntrustedJson(metaText) as PersistedMeta;
       const bytes = readFileSync(this.bundlePath);
       if (createHash("sha256").update(bytes).digest("hex") !== meta.sha256) {
         throw new Error("bundle.tar.gz does not match the digest in bundle.json");
       }
       return { bytes, meta };
-    } catch (e) {
-      throw toolgateError(
-        "bundle_persist_failed",
-        `the persisted bundle in ${this.dir} is damaged: ${normalizeError(e).message}`,
-        { cause: e },
-      );
-    }
+    });
   }
 }

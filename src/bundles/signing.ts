@@ -1,7 +1,7 @@
 import { createPrivateKey, createPublicKey, createSecretKey, X509Certificate, type KeyObject } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { CompactSign, compactVerify, decodeProtectedHeader } from "jose";
-import { normalizeError, toolgateError } from "../errors";
+import { normalizeError, toolgateError, rethrowAs } from "../errors";
 import { bundleFileDigest } from "./hash";
 import { isObject } from "../shared/guards";
 import {
@@ -82,16 +82,11 @@ export async function verifyBundleSignature(
       "bundle is signed but no verification key is configured (policy.signing)",
     );
   }
-  let sigs: unknown;
-  try {
-    sigs = JSON.parse(raw.toString("utf8"));
-  } catch (e) {
-    throw toolgateError(
-      "bundle_signature_invalid",
-      `.signatures.json is not JSON: ${normalizeError(e).message}`,
-      { cause: e },
-    );
-  }
+  const sigs = rethrowAs(
+    "bundle_signature_invalid",
+    ".signatures.json is not JSON",
+    () => JSON.parse(raw.toString("utf8")) as unknown,
+  );
   const list = (sigs as { signatures?: unknown } | null)?.signatures;
   if (!Array.isArray(list) || list.length === 0) {
     throw toolgateError(
@@ -109,18 +104,14 @@ export async function verifyBundleSignature(
   if (typeof token !== "string" || token.split(".").length !== 3) {
     throw toolgateError("bundle_signature_invalid", ".signatures.json: the signature is not a JWT");
   }
-  let header: { kid?: unknown };
-  let claims: unknown;
-  try {
-    header = decodeProtectedHeader(token);
-    claims = JSON.parse(Buffer.from(token.split(".")[1] as string, "base64url").toString("utf8"));
-  } catch (e) {
-    throw toolgateError(
-      "bundle_signature_invalid",
-      `.signatures.json: undecodable JWT: ${normalizeError(e).message}`,
-      { cause: e },
-    );
-  }
+  const [header, claims] = rethrowAs(
+    "bundle_signature_invalid",
+    ".signatures.json: undecodable JWT",
+    (): [{ kid?: unknown }, unknown] => [
+      decodeProtectedHeader(token),
+      JSON.parse(Buffer.from(token.split(".")[1] as string, "base64url").toString("utf8")),
+    ],
+  );
   if (!isObject(claims)) {
     throw toolgateError("bundle_signature_invalid", ".signatures.json: JWT payload is not an object");
   }
@@ -252,16 +243,11 @@ export async function signBundleFiles(
 
 /** Reads a keys file: a JSON (or YAML-free JSON) map keyid → {algorithm, key, scope?}. */
 export function readKeysFile(path: string): Map<string, VerificationKey> {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(path, "utf8"));
-  } catch (e) {
-    throw toolgateError(
-      "config_invalid",
-      `policy.signing.keys_file: cannot read ${path}: ${normalizeError(e).message}`,
-      { cause: e },
-    );
-  }
+  const raw = rethrowAs(
+    "config_invalid",
+    `policy.signing.keys_file: cannot read ${path}`,
+    () => JSON.parse(readFileSync(path, "utf8")) as unknown,
+  );
   if (!isObject(raw)) {
     throw toolgateError("config_invalid", `policy.signing.keys_file: ${path} must hold a JSON object`);
   }

@@ -4,7 +4,7 @@ import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import type { CompiledConfig } from "../config";
-import { normalizeError, toolgateError } from "../errors";
+import { normalizeError, toolgateError, rethrowAs } from "../errors";
 import { bundleNameOf, readBundleFiles } from "../policy/bundle";
 import { parseUntrustedJson } from "../shared/guards";
 import { readTarGz } from "../shared/tar";
@@ -207,32 +207,22 @@ abstract class RemoteSource {
 
   constructor(protected readonly opts: HttpOptions) {
     if (opts.caFile !== null) {
-      let ca: Buffer;
-      try {
-        ca = readFileSync(opts.caFile);
-      } catch (e) {
-        throw toolgateError(
-          "config_invalid",
-          `policy.http.ca_file: cannot read ${opts.caFile}: ${normalizeError(e).message}`,
-          { cause: e },
-        );
-      }
+      const file = opts.caFile;
+      const ca = rethrowAs("config_invalid", `policy.http.ca_file: cannot read ${file}`, () =>
+        readFileSync(file),
+      );
       this.agent = new HttpsAgent({ ca, keepAlive: true });
     }
   }
 
   protected authHeaders(): Record<string, string> {
-    if (this.opts.bearerTokenFile === null) return {};
-    let token: string;
-    try {
-      token = readFileSync(this.opts.bearerTokenFile, "utf8").trim();
-    } catch (e) {
-      throw toolgateError(
-        "bundle_download_failed",
-        `policy.http.bearer_token_file: cannot read ${this.opts.bearerTokenFile}: ${normalizeError(e).message}`,
-        { cause: e },
-      );
-    }
+    const file = this.opts.bearerTokenFile;
+    if (file === null) return {};
+    const token = rethrowAs(
+      "bundle_download_failed",
+      `policy.http.bearer_token_file: cannot read ${file}`,
+      () => readFileSync(file, "utf8").trim(),
+    );
     return { authorization: `Bearer ${token}` };
   }
 
@@ -349,16 +339,14 @@ export class OciSource extends RemoteSource implements BundleSource {
     }
     const digest = "sha256:" + createHash("sha256").update(m.body).digest("hex");
     if (this.etag === digest) return { kind: "not_modified" };
-    let manifest: { layers?: Array<{ mediaType?: string; digest?: string; size?: number }> };
-    try {
-      manifest = parseUntrustedJson(m.body.toString("utf8")) as typeof manifest;
-    } catch (e) {
-      throw toolgateError(
-        "bundle_download_failed",
-        `${this.location}: manifest is not usable JSON: ${normalizeError(e).message}`,
-        { cause: e },
-      );
-    }
+    const manifest = rethrowAs(
+      "bundle_download_failed",
+      `${this.location}: manifest is not usable JSON`,
+      () =>
+        parseUntrustedJson(m.body.toString("utf8")) as {
+          layers?: Array<{ mediaType?: string; digest?: string; size?: number }>;
+        },
+    );
     const layer = (manifest.layers ?? []).find((l) => l.mediaType === OCI_BUNDLE_LAYER);
     if (layer === undefined || typeof layer.digest !== "string" || !/^sha256:[a-f0-9]{64}$/.test(layer.digest)) {
       throw toolgateError("bundle_download_failed", `${this.location}: manifest has no ${OCI_BUNDLE_LAYER} layer`);

@@ -7,7 +7,7 @@ import { REPORT_HELP, reportCommand } from "./report";
 import { explainCommand, policyBuild, policyTest, replayCommand } from "./author";
 import { POLICY_HELP, policyCommand } from "./policy";
 import { compileConfig, loadConfig } from "../config";
-import { normalizeError, toolgateError } from "../errors";
+import { normalizeError, toolgateError, rethrowAs } from "../errors";
 import { validateDecisionRequest } from "../http/validate";
 import { loadBundleFromPath } from "../policy/bundle";
 import { createLogger } from "../shared/log";
@@ -97,12 +97,7 @@ async function evalCommand(args: string[], out: Out): Promise<number> {
   });
   await parts.bundles.activate(await loadBundleFromPath(config.policy.bundle));
   const text = readFileSync(values.input === "-" ? 0 : values.input, "utf8");
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (e) {
-    throw toolgateError("malformed_json", `${values.input}: ${(e as Error).message}`, { cause: e });
-  }
+  const value = rethrowAs("malformed_json", values.input, () => JSON.parse(text) as unknown);
   const { decision } = parts.decider.decide(validateDecisionRequest(value), { face: "cli" }, text);
   out.stdout(JSON.stringify(decision, null, 2) + "\n");
   return 0;

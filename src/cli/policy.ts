@@ -15,7 +15,7 @@ import {
   type BundleSigningAlgorithm,
 } from "../shared/algorithms";
 import { writeTarGz } from "../shared/tar";
-import { normalizeError, toolgateError } from "../errors";
+import { normalizeError, toolgateError, rethrowAs } from "../errors";
 import { bundleNameOf, parseBundle, readBundleFiles } from "../policy/bundle";
 import { PolicyEngine } from "../policy/engine";
 
@@ -60,14 +60,15 @@ async function sign(args: string[], out: Out): Promise<number> {
     throw toolgateError("usage", "policy sign needs <bundle> and --signing-key KEY");
   }
   const alg = algorithm(values["signing-alg"], "--signing-alg");
-  let claims: Record<string, unknown> | undefined;
-  if (values["claims-file"] !== undefined) {
-    try {
-      claims = JSON.parse(readFileSync(values["claims-file"], "utf8")) as Record<string, unknown>;
-    } catch (e) {
-      throw toolgateError("usage", `--claims-file: ${normalizeError(e).message}`, { cause: e });
-    }
-  }
+  const claimsFile = values["claims-file"];
+  const claims =
+    claimsFile === undefined
+      ? undefined
+      : rethrowAs(
+          "usage",
+          "--claims-file",
+          () => JSON.parse(readFileSync(claimsFile, "utf8")) as Record<string, unknown>,
+        );
   const isDir = existsSync(path) && statSync(path).isDirectory();
   const files = await readBundleFiles(path);
   files.delete(SIGNATURES_FILE);

@@ -226,6 +226,20 @@ export function isToolgateError(e: unknown): e is ToolgateError {
 }
 
 /**
+ * `fn()`'s value; whatever it throws becomes a `code` error
+ * "<what>: <the thrown message>" that keeps what was thrown as its cause. For
+ * reading or parsing one named thing:
+ * `rethrowAs("config_invalid", \`x_file: cannot read ${path}\`, () => readFileSync(path))`.
+ */
+export function rethrowAs<T>(code: ErrorCode, what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw new ToolgateError(code, `${what}: ${normalizeError(e).message}`, { cause: e });
+  }
+}
+
+/**
  * Turns anything thrown into a ToolgateError. opa-wasm throws plain strings
  * (and sometimes `{message}` objects); those become `fallback` with the thrown
  * text as message. What was thrown is kept as the new error's `cause`.

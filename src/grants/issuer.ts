@@ -21,7 +21,7 @@ import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "../approvals/bindi
 import { canonicalize } from "../shared/jcs";
 import type { CompiledConfig } from "../config";
 import type { Decision, DecisionRequest, GrantInfo, VerifiedFacts } from "../model";
-import { toolgateError } from "../errors";
+import { toolgateError, rethrowAs } from "../errors";
 import type { Logger } from "../shared/log";
 import { GRANT_TYP, type GrantClaims } from "./verify";
 import type { GrantAlgorithm } from "../shared/algorithms";
@@ -107,16 +107,14 @@ function thumbprint(pub: KeyObject): string {
   return createHash("sha256").update(canonicalize(members), "utf8").digest("base64url");
 }
 
-function readPem(file: string, where: string): string {
-  try {
-    return readFileSync(file, "utf8");
-  } catch (e) {
-    throw toolgateError(
-      "config_invalid",
-      `${where}: cannot read ${file}: ${(e as Error).message}`,
-      { cause: e },
-    );
-  }
+/** The private or public key in the PEM file `file` (config key `where`), or config_invalid. */
+function pemKey(file: string, where: string, kind: "private" | "public"): KeyObject {
+  const pem = rethrowAs("config_invalid", `${where}: cannot read ${file}`, () =>
+    readFileSync(file, "utf8"),
+  );
+  return rethrowAs("config_invalid", `${where}: ${file} is not a PEM ${kind} key`, () =>
+    kind === "private" ? createPrivateKey(pem) : createPublicKey(pem),
+  );
 }
 
 /**
@@ -144,28 +142,10 @@ export class GrantIssuer implements GrantMinter {
       let priv: KeyObject | undefined;
       let pub: KeyObject;
       if (k.privateKeyFile !== null) {
-        try {
-          priv = createPrivateKey(readPem(k.privateKeyFile, where));
-        } catch (e) {
-          if ((e as { code?: string }).code === "config_invalid") throw e;
-          throw toolgateError(
-            "config_invalid",
-            `${where}: ${k.privateKeyFile} is not a PEM private key: ${(e as Error).message}`,
-            { cause: e },
-          );
-        }
+        priv = pemKey(k.privateKeyFile, where, "private");
         pub = createPublicKey(priv);
       } else {
-        try {
-          pub = createPublicKey(readPem(k.publicKeyFile ?? "", where));
-        } catch (e) {
-          if ((e as { code?: string }).code === "config_invalid") throw e;
-          throw toolgateError(
-            "config_invalid",
-            `${where}: ${k.publicKeyFile} is not a PEM public key: ${(e as Error).message}`,
-            { cause: e },
-          );
-        }
+        pub = pemKey(k.publicKeyFile ?? "", where, "public");
       }
       const alg = algFor(pub, k.alg, where);
       const kid = k.kid ?? thumbprint(pub);

@@ -1,7 +1,7 @@
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, join, relative, sep } from "node:path";
 import { parse as parseYaml } from "yaml";
-import { toolgateError, normalizeError } from "../errors";
+import { toolgateError, rethrowAs } from "../errors";
 import {
   describeForbiddenKey,
   FORBIDDEN_KEYS,
@@ -48,16 +48,11 @@ function parseManifest(raw: Buffer | undefined): Manifest {
       "bundle has no /.manifest; toolgate needs one with wasm entrypoints",
     );
   }
-  let m: unknown;
-  try {
-    m = JSON.parse(raw.toString("utf8"));
-  } catch (e) {
-    throw toolgateError(
-      "manifest_invalid",
-      `/.manifest is not JSON: ${normalizeError(e).message}`,
-      { cause: e },
-    );
-  }
+  const m = rethrowAs(
+    "manifest_invalid",
+    "/.manifest is not JSON",
+    () => JSON.parse(raw.toString("utf8")) as unknown,
+  );
   if (!isObject(m)) throw toolgateError("manifest_invalid", "/.manifest must be a JSON object");
   const hit = forbiddenKey(m);
   if (hit !== undefined)
@@ -168,14 +163,9 @@ export function parseBundle(files: Map<string, Buffer>, name: string, source: st
       );
     }
     const text = (files.get(file) as Buffer).toString("utf8");
-    let value: unknown;
-    try {
-      value = file.endsWith(".json") ? JSON.parse(text) : parseYaml(text);
-    } catch (e) {
-      throw toolgateError("bundle_data_invalid", `${file}: ${normalizeError(e).message}`, {
-        cause: e,
-      });
-    }
+    const value = rethrowAs("bundle_data_invalid", file, (): unknown =>
+      file.endsWith(".json") ? JSON.parse(text) : parseYaml(text),
+    );
     const hit = forbiddenKey(value);
     if (hit !== undefined)
       throw toolgateError("bundle_data_invalid", `${file}: ${describeForbiddenKey(hit)}`);

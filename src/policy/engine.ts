@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { loadPolicy, type LoadedPolicy } from "@open-policy-agent/opa-wasm";
-import { normalizeError, toolgateError } from "../errors";
+import { normalizeError, toolgateError, rethrowAs } from "../errors";
 import { describeForbiddenKey, forbiddenKey } from "../shared/guards";
 import type { Bundle } from "./bundle";
 
@@ -156,15 +156,9 @@ export class PolicyEngine {
         `bundle ${bundle.name} needs builtins toolgate does not implement: ${missing.join(", ")}`,
       );
     }
-    try {
-      policy.setData(bundle.data);
-    } catch (e) {
-      throw toolgateError(
-        "wasm_invalid",
-        `bundle ${bundle.name}: cannot set data: ${normalizeError(e).message}`,
-        { cause: e },
-      );
-    }
+    rethrowAs("wasm_invalid", `bundle ${bundle.name}: cannot set data`, () =>
+      policy.setData(bundle.data),
+    );
     const engine = new PolicyEngine(
       { bundle: bundle.name, revision: bundle.manifest.revision, source: bundle.source },
       opts.entrypoint,

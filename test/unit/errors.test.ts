@@ -1,6 +1,6 @@
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { ERRORS, normalizeError, ToolgateError, toolgateError } from "../../src/errors";
+import { ERRORS, normalizeError, rethrowAs, ToolgateError, toolgateError } from "../../src/errors";
 import { loadBundleFromPath } from "../../src/policy/bundle";
 
 const root = join(__dirname, "..", "..");
@@ -101,6 +101,24 @@ describe("a wrapped error keeps its cause, and never shows it", () => {
       errors: ["a"],
     });
     expect("cause" in toolgateError("config_invalid", "m")).toBe(false);
+  });
+  test("rethrowAs: the value, or a coded error naming what failed, keeping the cause", () => {
+    expect(rethrowAs("config_invalid", "x", () => 42)).toBe(42);
+    const bad = new SyntaxError("Unexpected token");
+    let thrown: unknown;
+    try {
+      rethrowAs("manifest_invalid", "/.manifest is not JSON", () => {
+        throw bad;
+      });
+    } catch (e) {
+      thrown = e;
+    }
+    expect(thrown).toBeInstanceOf(ToolgateError);
+    expect((thrown as ToolgateError).toJSON()).toEqual({
+      code: "manifest_invalid",
+      message: "/.manifest is not JSON: Unexpected token",
+    });
+    expect((thrown as ToolgateError).cause).toBe(bad);
   });
   test("a real wrap: a bundle that cannot be read keeps the file system's error", async () => {
     let thrown: unknown;
