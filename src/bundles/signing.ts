@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import { CompactSign, compactVerify, decodeProtectedHeader } from "jose";
 import { normalizeError, toolgateError, rethrowAs } from "../errors";
 import { bundleFileDigest } from "./hash";
-import { isObject } from "../shared/guards";
+import { isObject, parseJsonOr } from "../shared/guards";
 import {
   BUNDLE_SIGNING_ALGORITHMS,
   isOneOf,
@@ -82,11 +82,7 @@ export async function verifyBundleSignature(
       "bundle is signed but no verification key is configured (policy.signing)",
     );
   }
-  const sigs = rethrowAs(
-    "bundle_signature_invalid",
-    ".signatures.json is not JSON",
-    () => JSON.parse(raw.toString("utf8")) as unknown,
-  );
+  const sigs = parseJsonOr("bundle_signature_invalid", ".signatures.json is not JSON", raw);
   const list = (sigs as { signatures?: unknown } | null)?.signatures;
   if (!Array.isArray(list) || list.length === 0) {
     throw toolgateError(

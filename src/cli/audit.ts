@@ -1,4 +1,4 @@
-import { parseArgs } from "node:util";
+import { parseCommandArgs } from "./args";
 import { verifyTrail } from "../trail";
 import { normalizeError, toolgateError } from "../errors";
 
@@ -25,21 +25,14 @@ export function auditVerifyCommand(args: string[], out: Out): number {
         "usage",
         `${sub === undefined ? "missing" : `unknown`} audit subcommand${sub === undefined ? "" : ` "${sub}"`}\n\n${AUDIT_HELP}`,
       );
-    let parsed;
-    try {
-      parsed = parseArgs({
-        args: rest,
-        options: {
-          json: { type: "boolean", default: false },
-          "allow-partial-start": { type: "boolean", default: false },
-        },
-        allowPositionals: true,
-        strict: true,
-      });
-    } catch (e) {
-      throw toolgateError("usage", `${(e as Error).message}\n\n${AUDIT_HELP}`, { cause: e });
-    }
-    const { values, positionals } = parsed;
+    const { values, positionals } = parseCommandArgs(
+      rest,
+      {
+        json: { type: "boolean", default: false },
+        "allow-partial-start": { type: "boolean", default: false },
+      },
+      AUDIT_HELP,
+    );
     if (positionals.length === 0)
       throw toolgateError(
         "usage",

@@ -11,6 +11,7 @@ import {
 import { tmpdir } from "node:os";
 import { basename, join, relative, resolve, sep } from "node:path";
 import { parseArgs } from "node:util";
+import { BUNDLE_AND_INPUT, stringOptions } from "./args";
 import { buildParts } from "../app";
 import { expandTrailPaths, readTrail, verifyTrail } from "../trail";
 import { canonicalize } from "../shared/jcs";
@@ -230,10 +231,8 @@ export async function explainCommand(args: string[], out: Out): Promise<number> 
   const { values } = parseArgs({
     args,
     options: {
-      bundle: { type: "string", short: "b" },
-      input: { type: "string", short: "i" },
-      rego: { type: "string" },
-      agent: { type: "string" },
+      ...BUNDLE_AND_INPUT,
+      ...stringOptions("rego", "agent"),
       explain: { type: "string", default: "fails" },
       json: { type: "boolean" },
     },

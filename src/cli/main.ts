@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
+import { BUNDLE_AND_INPUT, stringOptions } from "./args";
 import { buildParts, packageVersion, startToolgate } from "../app";
 import { auditVerifyCommand } from "./audit";
 import { devTokenCommand } from "./dev-token";
@@ -7,9 +8,10 @@ import { REPORT_HELP, reportCommand } from "./report";
 import { explainCommand, policyBuild, policyTest, replayCommand } from "./author";
 import { POLICY_HELP, policyCommand } from "./policy";
 import { compileConfig, loadConfig } from "../config";
-import { normalizeError, toolgateError, rethrowAs } from "../errors";
+import { normalizeError, toolgateError } from "../errors";
 import { validateDecisionRequest } from "../http/validate";
 import { loadBundleFromPath } from "../policy/bundle";
+import { parseJsonOr } from "../shared/guards";
 import { createLogger } from "../shared/log";
 
 const HELP = `toolgate — authorization sidecar for AI agents that use tools
@@ -76,12 +78,7 @@ async function serve(args: string[], out: Out): Promise<number> {
 async function evalCommand(args: string[], out: Out): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: {
-      bundle: { type: "string", short: "b" },
-      input: { type: "string", short: "i" },
-      agent: { type: "string" },
-      entrypoint: { type: "string" },
-    },
+    options: { ...BUNDLE_AND_INPUT, ...stringOptions("agent", "entrypoint") },
     strict: true,
   });
   if (!values.bundle || !values.input)
@@ -97,48 +94,52 @@ async function evalCommand(args: string[], out: Out): Promise<number> {
   });
   await parts.bundles.activate(await loadBundleFromPath(config.policy.bundle));
   const text = readFileSync(values.input === "-" ? 0 : values.input, "utf8");
-  const value = rethrowAs("malformed_json", values.input, () => JSON.parse(text) as unknown);
+  const value = parseJsonOr("malformed_json", values.input, text);
   const { decision } = parts.decider.decide(validateDecisionRequest(value), { face: "cli" }, text);
   out.stdout(JSON.stringify(decision, null, 2) + "\n");
   return 0;
 }
 
+type Command = (args: string[], out: Out) => number | Promise<number>;
+
+const print =
+  (text: () => string): Command =>
+  (_args, out) => {
+    out.stdout(text() + "\n");
+    return 0;
+  };
+
+const policy: Command = (args, out) =>
+  args[0] === "build"
+    ? policyBuild(args.slice(1), out)
+    : args[0] === "test"
+      ? policyTest(args.slice(1), out)
+      : policyCommand(args, out);
+
+/** The commands by name (a Map: the name is the caller's word, never a prototype member). */
+const COMMANDS = new Map<string, Command>([
+  ["serve", serve],
+  ["eval", evalCommand],
+  ["dev-token", devTokenCommand],
+  ["policy", policy],
+  ["explain", explainCommand],
+  ["replay", replayCommand],
+  ["report", reportCommand],
+  ["audit", auditVerifyCommand],
+  ["version", print(packageVersion)],
+  ["--version", print(packageVersion)],
+  ["help", print(() => HELP)],
+  ["--help", print(() => HELP)],
+  ["-h", print(() => HELP)],
+]);
+
 /** Runs the CLI; resolves to the process exit code. */
 export async function main(argv: string[], out: Out = stdio): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
-    switch (cmd) {
-      case "serve":
-      case undefined:
-        return await serve(rest, out);
-      case "eval":
-        return await evalCommand(rest, out);
-      case "dev-token":
-        return await devTokenCommand(rest, out);
-      case "policy":
-        if (rest[0] === "build") return await policyBuild(rest.slice(1), out);
-        if (rest[0] === "test") return policyTest(rest.slice(1), out);
-        return await policyCommand(rest, out);
-      case "explain":
-        return await explainCommand(rest, out);
-      case "replay":
-        return await replayCommand(rest, out);
-      case "report":
-        return await reportCommand(rest, out);
-      case "audit":
-        return auditVerifyCommand(rest, out);
-      case "version":
-      case "--version":
-        out.stdout(packageVersion() + "\n");
-        return 0;
-      case "help":
-      case "--help":
-      case "-h":
-        out.stdout(HELP + "\n");
-        return 0;
-      default:
-        throw toolgateError("usage", `unknown command "${cmd}"\n\n${HELP}`);
-    }
+    const command = COMMANDS.get(cmd ?? "serve");
+    if (command === undefined) throw toolgateError("usage", `unknown command "${cmd}"\n\n${HELP}`);
+    return await command(rest, out);
   } catch (e) {
     const err = normalizeError(
       e,

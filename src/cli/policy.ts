@@ -1,6 +1,7 @@
 import { existsSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { stringOptions } from "./args";
 import { smokeTest } from "../app";
 import {
   readKeysFile,
@@ -46,13 +47,7 @@ async function sign(args: string[], out: Out): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: {
-      "signing-key": { type: "string" },
-      "signing-alg": { type: "string" },
-      scope: { type: "string" },
-      "key-id": { type: "string" },
-      "claims-file": { type: "string" },
-    },
+    options: stringOptions("signing-key", "signing-alg", "scope", "key-id", "claims-file"),
     strict: true,
   });
   const path = positionals[0];
@@ -95,15 +90,15 @@ async function check(args: string[], out: Out): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: {
-      "verification-key": { type: "string" },
-      "verification-alg": { type: "string" },
-      "keys-file": { type: "string" },
-      "key-id": { type: "string" },
-      scope: { type: "string" },
-      entrypoint: { type: "string" },
-      agent: { type: "string" },
-    },
+    options: stringOptions(
+      "verification-key",
+      "verification-alg",
+      "keys-file",
+      "key-id",
+      "scope",
+      "entrypoint",
+      "agent",
+    ),
     strict: true,
   });
   const path = positionals[0];

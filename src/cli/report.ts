@@ -1,4 +1,4 @@
-import { parseArgs } from "node:util";
+import { parseCommandArgs } from "./args";
 import {
   DEFAULT_THRESHOLDS,
   renderRollout,
@@ -23,23 +23,16 @@ export async function reportCommand(args: string[], out: Out): Promise<number> {
   const [sub, ...rest] = args;
   if (sub !== "rollout")
     throw toolgateError("usage", `report needs a subcommand: rollout\n\n${REPORT_HELP}`);
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: rest,
-      options: {
-        audit: { type: "string", multiple: true },
-        since: { type: "string" },
-        bundle: { type: "string" },
-        json: { type: "boolean", default: false },
-      },
-      allowPositionals: true,
-      strict: true,
-    });
-  } catch (e) {
-    throw toolgateError("usage", `${(e as Error).message}\n\n${REPORT_HELP}`, { cause: e });
-  }
-  const { values, positionals } = parsed;
+  const { values, positionals } = parseCommandArgs(
+    rest,
+    {
+      audit: { type: "string", multiple: true },
+      since: { type: "string" },
+      bundle: { type: "string" },
+      json: { type: "boolean", default: false },
+    },
+    REPORT_HELP,
+  );
   // --audit takes one path; more trail files or dirs may follow as positionals
   const paths = [...(values.audit ?? []), ...positionals];
   if ((values.audit ?? []).length === 0 || paths.length === 0)

@@ -8,6 +8,7 @@ import {
   forbiddenKey,
   hasOwn,
   isObject,
+  parseJsonOr,
 } from "../shared/guards";
 import {
   DEFAULT_ARCHIVE_LIMITS,
@@ -48,11 +49,7 @@ function parseManifest(raw: Buffer | undefined): Manifest {
       "bundle has no /.manifest; toolgate needs one with wasm entrypoints",
     );
   }
-  const m = rethrowAs(
-    "manifest_invalid",
-    "/.manifest is not JSON",
-    () => JSON.parse(raw.toString("utf8")) as unknown,
-  );
+  const m = parseJsonOr("manifest_invalid", "/.manifest is not JSON", raw);
   if (!isObject(m)) throw toolgateError("manifest_invalid", "/.manifest must be a JSON object");
   const hit = forbiddenKey(m);
   if (hit !== undefined)

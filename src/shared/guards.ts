@@ -16,6 +16,7 @@
  *
  * The request-body path (src/http/body.ts) has its own single-pass check.
  */
+import { rethrowAs, type ErrorCode } from "../errors";
 
 /** Keys that reach a prototype through `in`, `obj[k]` or `obj[k] = v`. */
 export const FORBIDDEN_KEYS: ReadonlySet<string> = new Set([
@@ -101,6 +102,16 @@ export function assertNoForbiddenKeys<T>(value: T): T {
  */
 export function parseUntrustedJson(text: string): unknown {
   return assertNoForbiddenKeys(JSON.parse(text) as unknown);
+}
+
+/**
+ * `JSON.parse` of a document toolgate reads (a file's UTF-8 bytes, or text),
+ * or a `code` error "<what>: <the parser's message>" that keeps the parser's
+ * error as its cause.
+ */
+export function parseJsonOr(code: ErrorCode, what: string, raw: Buffer | string): unknown {
+  const text = typeof raw === "string" ? raw : raw.toString("utf8");
+  return rethrowAs(code, what, () => JSON.parse(text) as unknown);
 }
 
 /**

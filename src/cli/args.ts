@@ -1,0 +1,33 @@
+import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
+import { toolgateError } from "../errors";
+
+/** Options that take a string, by name: `{ name: { type: "string" } }` for each. */
+export function stringOptions<const K extends string>(
+  ...names: K[]
+): { [N in K]: { type: "string" } } {
+  return Object.fromEntries(names.map((n) => [n, { type: "string" }])) as {
+    [N in K]: { type: "string" };
+  };
+}
+
+/** `--bundle/-b B --input/-i I`: the bundle and the input a command evaluates. */
+export const BUNDLE_AND_INPUT = {
+  bundle: { type: "string", short: "b" },
+  input: { type: "string", short: "i" },
+} as const;
+
+/**
+ * A command's arguments (`parseArgs`, strict, positionals allowed); a word it
+ * does not know is a usage error followed by the command's `help`.
+ */
+export function parseCommandArgs<const O extends ParseArgsOptionsConfig>(
+  args: string[],
+  options: O,
+  help: string,
+) {
+  try {
+    return parseArgs({ args, options, allowPositionals: true, strict: true });
+  } catch (e) {
+    throw toolgateError("usage", `${(e as Error).message}\n\n${help}`, { cause: e });
+  }
+}
