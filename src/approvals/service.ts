@@ -21,6 +21,14 @@ export const DEFAULT_REQUEST_LIMIT = { max: 20, windowSeconds: 3600 } as const;
  */
 export type Requester = string | null;
 
+/**
+ * POST /access/v1/requests (schemas/access-request.schema.json): the decision
+ * request that was answered needs_approval, and the evaluation that answer named.
+ */
+export interface AccessRequest extends DecisionRequest {
+  denial: { evaluation_id: string };
+}
+
 /** What toolgate hands the policy as `input.verified.approval`. */
 export interface VerifiedApproval {
   id: string;
@@ -238,18 +246,12 @@ export class ApprovalService implements Component {
    * cancelled or expired. New requests are rate-limited per initiator.
    */
   submit(
-    body: Record<string, unknown>,
+    request: AccessRequest,
     idempotencyKey: string | undefined,
     baseUrl: string,
     requester: Requester,
   ): { created: boolean; view: Record<string, unknown> } {
-    const denial = body.denial;
-    if (!isObject(denial) || typeof denial.evaluation_id !== "string") {
-      throw toolgateError(
-        "invalid_request",
-        "denial.evaluation_id is required: the needs_approval answer this request follows",
-      );
-    }
+    const { denial } = request;
     const now = this.now();
     this.expire(now);
     const evaluation = this.opts.store.getEvaluation(denial.evaluation_id);
@@ -269,7 +271,7 @@ export class ApprovalService implements Component {
         `evaluation ${denial.evaluation_id} is no longer requestable (expired ${iso(evaluation.expiresAt)})`,
       );
     }
-    if (this.hash(body as Parameters<ApprovalService["hash"]>[0]) !== evaluation.bindingHash) {
+    if (this.hash(request) !== evaluation.bindingHash) {
       throw toolgateError(
         "invalid_denial_binding",
         "the request differs from the evaluation it cites (subject, action, resource or job)",

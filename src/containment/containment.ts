@@ -280,6 +280,18 @@ function describe(scope: SwitchScope): string {
 }
 
 /**
+ * A new kill switch as POST /v1/killswitches gives it, its shape checked
+ * (schemas/kill-switch.schema.json); what it means is checked here.
+ */
+export interface NewKillSwitch {
+  /** Absent or null: everything (the empty scope). */
+  scope?: SwitchScope | null;
+  reason: string;
+  /** A date-time in the future; absent or null: until deleted. */
+  expires_at?: string | null;
+}
+
+/**
  * The containment module: one instance per sidecar, built by the
  * composition root. Every method but the lifecycle's is synchronous.
  */
@@ -410,38 +422,19 @@ export class Containment implements Component {
    * switch stays in force, the view says `persisted: false`, and a
    * background retry writes it.
    */
-  createSwitch(body: unknown, by: string): KillSwitch {
-    if (!isObject(body)) throw toolgateError("invalid_request", "the body must be a JSON object");
-    for (const k of Object.keys(body)) {
-      if (!["scope", "reason", "expires_at"].includes(k))
-        throw toolgateError("invalid_request", `unknown member ${JSON.stringify(k)}`);
-    }
-    const rawScope = body.scope ?? {};
-    if (!isObject(rawScope)) throw toolgateError("invalid_request", "scope must be an object");
-    const scope: SwitchScope = {};
-    for (const [k, v] of Object.entries(rawScope)) {
-      if (!(SCOPE_KEYS as readonly string[]).includes(k))
-        throw toolgateError(
-          "invalid_request",
-          `scope.${k} is unknown; scope may name ${SCOPE_KEYS.join(", ")}`,
-        );
-      if (typeof v !== "string" || v === "" || v.length > 256)
-        throw toolgateError("invalid_request", `scope.${k} must be a non-empty string`);
-      scope[k as keyof SwitchScope] = v;
-    }
+  createSwitch(input: NewKillSwitch, by: string): KillSwitch {
+    const scope: SwitchScope = { ...input.scope };
     if (scope.agent !== undefined && scope.agent !== this.agentId) {
       throw toolgateError(
         "invalid_request",
         `scope.agent '${scope.agent}' is not the agent this sidecar serves ('${this.agentId}')`,
       );
     }
-    const reason = body.reason;
-    if (typeof reason !== "string" || reason.trim() === "" || reason.length > 2000)
-      throw toolgateError("invalid_request", "reason must be a non-empty string (≤ 2000 chars)");
+    const reason = input.reason;
     const now = this.now();
     let expiresAt: number | null = null;
-    if (body.expires_at !== undefined && body.expires_at !== null) {
-      const t = typeof body.expires_at === "string" ? Date.parse(body.expires_at) : NaN;
+    if (input.expires_at !== undefined && input.expires_at !== null) {
+      const t = Date.parse(input.expires_at);
       if (!Number.isFinite(t))
         throw toolgateError("invalid_request", "expires_at must be an RFC 3339 date-time");
       if (t <= now) throw toolgateError("invalid_request", "expires_at must lie in the future");

@@ -1,11 +1,30 @@
 import { randomUUID } from "node:crypto";
-import type { Server } from "node:http";
+import { createServer, type RequestListener, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 
 export interface RunningServer {
   server: Server;
   url: string;
   close(): Promise<void>;
+}
+
+export interface ServeOptions {
+  host: string;
+  port: number;
+  requestTimeoutMs: number;
+  headersTimeoutMs: number;
+  /** node's default (5 s) when not given. */
+  keepAliveTimeoutMs?: number;
+}
+
+/** A port's HTTP server: its timeouts, malformed HTTP answered in JSON, listening. */
+export function serve(app: RequestListener, opts: ServeOptions): Promise<RunningServer> {
+  const server = createServer(app);
+  server.requestTimeout = opts.requestTimeoutMs;
+  server.headersTimeout = opts.headersTimeoutMs;
+  if (opts.keepAliveTimeoutMs !== undefined) server.keepAliveTimeout = opts.keepAliveTimeoutMs;
+  answerClientErrors(server);
+  return listen(server, opts.host, opts.port);
 }
 
 /** Listens on host:port; resolves once listening, with the URL and a closer that drops open connections. */

@@ -105,11 +105,6 @@ function describe(err: ErrorObject, root: unknown, prefix: string): string {
   return messageOf(parent) ?? `${where.replace(/^\//, "")} ${err.message ?? "is invalid"}`;
 }
 
-/** Validates against any published schema; throws `invalid_request` naming the member. */
-export function validateAgainst<T>(name: string, value: unknown, prefix = ""): T {
-  return validator<T>(name)(value, prefix);
-}
-
 let decisionRequest: Validator<DecisionRequest> | undefined;
 
 /**

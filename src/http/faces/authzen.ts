@@ -1,6 +1,5 @@
 import type { Decider, Decision, DecisionRequest, RequestContext } from "../../decision";
 import { isToolgateError, toolgateError, type ToolgateError } from "../../errors";
-import type { ParsedBody } from "../body";
 import { validateDecisionRequest } from "../validate";
 import { isObject } from "../../shared/guards";
 
@@ -44,15 +43,15 @@ export function toAuthzen(d: Decision, baseUrl?: string): AuthzenDecision {
   return { decision: false, context };
 }
 
-/** POST /access/v1/evaluation */
+/** POST /access/v1/evaluation (`text`: the body's JSON text, as received). */
 export function authzenEvaluation(
   decider: Decider,
-  body: ParsedBody,
+  req: DecisionRequest,
   ctx: RequestContext,
+  text: string,
   baseUrl?: string,
 ): AuthzenDecision {
-  const req = validateDecisionRequest(body.value);
-  return toAuthzen(decider.decide(req, ctx, body.text).decision, baseUrl);
+  return toAuthzen(decider.decide(req, ctx, text).decision, baseUrl);
 }
 
 function itemError(err: ToolgateError): AuthzenDecision {
@@ -70,13 +69,12 @@ function itemError(err: ToolgateError): AuthzenDecision {
  */
 export function authzenEvaluations(
   decider: Decider,
-  body: ParsedBody,
+  top: unknown,
   maxEvaluations: number,
   ctx: RequestContext,
   /** Opens a span for the whole batch (audit): returns the items' context and its closer. */
   batchSpan?: (ctx: RequestContext) => { ctx: RequestContext; end(): void },
 ): AuthzenDecision | { evaluations: AuthzenDecision[] } {
-  const top = body.value;
   if (!isObject(top)) throw toolgateError("invalid_request", "the body must be a JSON object");
   const { evaluations, options } = top;
   if (options !== undefined && !isObject(options))

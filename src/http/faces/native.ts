@@ -1,9 +1,12 @@
-import type { Decider, Decision, RequestContext } from "../../decision";
-import type { ParsedBody } from "../body";
-import { validateDecisionRequest } from "../validate";
+import type { Decider, Decision, DecisionRequest, RequestContext } from "../../decision";
 
 /** POST /v1/decisions: the request in AuthZEN's model, the Decision as it is. */
-export function nativeDecision(decider: Decider, body: ParsedBody, ctx: RequestContext): Decision {
-  const req = validateDecisionRequest(body.value);
-  return decider.decide(req, ctx, body.text).decision;
+export function nativeDecision(
+  decider: Decider,
+  req: DecisionRequest,
+  ctx: RequestContext,
+  /** The body's JSON text, as received (audit). */
+  text: string,
+): Decision {
+  return decider.decide(req, ctx, text).decision;
 }

@@ -1,6 +1,5 @@
 import type { Decider, RequestContext } from "../../decision";
 import { toolgateError, type ToolgateError } from "../../errors";
-import type { ParsedBody } from "../body";
 import { validateDecisionRequest } from "../validate";
 import { isObject } from "../../shared/guards";
 
@@ -22,7 +21,7 @@ export function toOpaError(err: ToolgateError): {
 }
 
 /**
- * POST /v1/data/{path}. `{input}` is read as a decision request. The decision
+ * POST /v1/data/{path}. `{input}` (the body, `envelope`) is read as a decision request. The decision
  * entrypoint's path answers the whole decision document; its sibling `allow`
  * answers a boolean. Any other path is undefined in OPA's sense: the response
  * has no `result`.
@@ -31,13 +30,12 @@ export function opaData(
   decider: Decider,
   entrypoint: string,
   path: string,
-  body: ParsedBody | undefined,
+  envelope: unknown,
   ctx: RequestContext,
 ): { result?: unknown; decision_id?: string } {
   const normalized = path.replace(/^\/+|\/+$/g, "");
   const allowPath = entrypoint.split("/").slice(0, -1).concat("allow").join("/");
   if (normalized !== entrypoint && normalized !== allowPath) return {};
-  const envelope = body?.value;
   if (envelope !== undefined && !isObject(envelope)) {
     throw toolgateError(
       "invalid_request",
