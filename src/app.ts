@@ -29,6 +29,7 @@ import {
   type Component,
   type ComponentStatus,
   type Readiness,
+  notRunning,
 } from "./shared/lifecycle";
 import { createLogger, type Logger } from "./shared/log";
 import { packageRoot } from "./shared/paths";
@@ -131,8 +132,8 @@ class CandidatePolicy implements Component {
     return Promise.resolve();
   }
   status(): ComponentStatus {
-    if (this.stopped) return { state: "NOT_READY", detail: "stopped" };
-    if (!this.started) return { state: "NOT_READY", detail: "not started" };
+    const idle = notRunning(this.started, this.stopped);
+    if (idle !== undefined) return idle;
     return "error" in this.loaded
       ? { state: "ERROR", detail: `candidate policy not loaded: ${this.loaded.error}` }
       : { state: "OK" };

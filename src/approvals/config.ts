@@ -3,7 +3,7 @@
  * limits, and the webhook told of every pending task. Leaf-level: imports only
  * the schema builder.
  */
-import { int, section, text } from "../config/spec";
+import { int, section, text } from "../shared/config-spec";
 
 export const APPROVALS = section(
   {

@@ -4,7 +4,7 @@ import type { Principal } from "../identity/jwt";
 import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "./binding";
 import type { ApprovalStore, ApprovalTask, EvaluationRecord } from "./store";
 import { isObject } from "../shared/guards";
-import type { Component, ComponentStatus } from "../shared/lifecycle";
+import { type Component, type ComponentStatus, notRunning } from "../shared/lifecycle";
 import type { Logger } from "../shared/log";
 
 /** Expired evaluations nobody asked approval for are kept this long, then pruned. */
@@ -456,8 +456,8 @@ export class ApprovalService implements Component {
 
   /** ERROR while the store cannot serve (removed, replaced, unreadable, a read failing). */
   status(): ComponentStatus {
-    if (this.stopped) return { state: "NOT_READY", detail: "stopped" };
-    if (!this.started) return { state: "NOT_READY", detail: "not started" };
+    const idle = notRunning(this.started, this.stopped);
+    if (idle !== undefined) return idle;
     const problem = this.opts.store.problem();
     return problem === undefined ? { state: "OK" } : { state: "ERROR", detail: problem };
   }

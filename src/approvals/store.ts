@@ -57,20 +57,8 @@
  * Times are epoch milliseconds (integers).
  */
 import { randomBytes } from "node:crypto";
-import { join } from "node:path";
-import type { DatabaseSync } from "node:sqlite";
 import { type SQLInputValue, type StatementSync } from "node:sqlite";
-import {
-  currentVersion,
-  databaseProblem,
-  fileIdentity,
-  openConnection,
-  openDatabase,
-  storeGuard,
-  synchronousOf,
-  type FileIdentity,
-  type Migration,
-} from "../shared/sqlite";
+import { synchronousOf, type Migration, SqliteStore, type OpenedStore } from "../shared/sqlite";
 import { toolgateError } from "../errors";
 import { parseUntrustedJson } from "../shared/guards";
 import type { ApprovalRequirement } from "../model";
@@ -107,7 +95,7 @@ export interface EvaluationInput {
   initiator: string;
   agentId: string;
   tool: string;
-  policyRevision?: string | null;
+  policyRevision?: string | null | undefined;
   createdAt: number;
   expiresAt: number;
 }
@@ -364,26 +352,15 @@ function checkText(name: string, v: unknown, max = 512): string {
 }
 
 /** Runs `fn`, turning anything that is not already coded into approval_store_unavailable. */
-const guard = storeGuard("approval_store_unavailable", "approval store");
-
-export class ApprovalStore {
-  readonly path: string;
-  /** synchronous=FULL: everything but evaluations (see "Durability" above). */
-  private readonly db: DatabaseSync;
-  /** synchronous=NORMAL: only the evaluations INSERT. */
-  private readonly evalDb: DatabaseSync;
+/** The approval store: `<state.dir>/approvals.db` (see the header comment). */
+export class ApprovalStore extends SqliteStore {
+  /** On the synchronous=NORMAL connection: only the evaluations INSERT. */
   private readonly insertEvaluation: StatementSync;
-  private closed = false;
   private expireAfterRollback: { taskId: string; now: number } | undefined;
-  /** The file opened at `path` (to notice it removed or replaced). */
-  private readonly opened: FileIdentity;
 
-  private constructor(path: string, db: DatabaseSync, evalDb: DatabaseSync) {
-    this.path = path;
-    this.db = db;
-    this.evalDb = evalDb;
-    this.opened = fileIdentity(path);
-    this.insertEvaluation = evalDb.prepare(
+  private constructor(o: OpenedStore) {
+    super(o, "approval_store_unavailable", "approval store");
+    this.insertEvaluation = this.normal.prepare(
       `INSERT INTO evaluations (evaluation_id, decision_id, binding_hash,
          binding_context_members_json, redacted_request_json, requirement_json, reasons_json,
          initiator, agent_id, tool, policy_revision, created_at, expires_at)
@@ -394,60 +371,34 @@ export class ApprovalStore {
 
   /** Opens (creating and migrating as needed) `<dir>/approvals.db`. */
   static open(dir: string, options: { busyTimeoutMs?: number } = {}): ApprovalStore {
-    const path = join(dir, APPROVALS_DB_FILE);
-    const busyTimeoutMs = options.busyTimeoutMs ?? BUSY_TIMEOUT_MS;
-    return guard(`open ${path}`, () => {
-      const { db } = openDatabase({
-        dir,
-        file: APPROVALS_DB_FILE,
-        busyTimeoutMs,
-        migrations: MIGRATIONS,
-        tooNew: (v, known) =>
-          toolgateError(
-            "approval_store_unavailable",
-            `approvals.db has schema version ${v}; this toolgate knows up to ${known}`,
-          ),
-      });
-      let evalDb: DatabaseSync | undefined;
-      try {
-        evalDb = openConnection({ path, busyTimeoutMs, synchronous: "NORMAL" });
-        return new ApprovalStore(path, db, evalDb);
-      } catch (e) {
-        evalDb?.close();
-        db.close();
-        throw e;
-      }
+    const o = SqliteStore.openFiles({
+      dir,
+      file: APPROVALS_DB_FILE,
+      code: "approval_store_unavailable",
+      label: "approval store",
+      busyTimeoutMs: options.busyTimeoutMs ?? BUSY_TIMEOUT_MS,
+      migrations: MIGRATIONS,
+      normal: true,
     });
-  }
-
-  /** The applied schema version (the highest row of schema_migrations). */
-  schemaVersion(): number {
-    return this.run("read schema version", () => currentVersion(this.db));
+    try {
+      return new ApprovalStore(o);
+    } catch (e) {
+      o.normal.close();
+      o.db.close();
+      throw toolgateError(
+        "approval_store_unavailable",
+        `approval store: open ${o.path}: ${(e as Error).message}`,
+        { cause: e },
+      );
+    }
   }
 
   /** `PRAGMA synchronous` of each connection: `{ main: "FULL", evaluations: "NORMAL" }`. */
   synchronousModes(): { main: string; evaluations: string } {
     return this.run("read synchronous", () => ({
       main: synchronousOf(this.db),
-      evaluations: synchronousOf(this.evalDb),
+      evaluations: synchronousOf(this.normal),
     }));
-  }
-
-  /** Why the store cannot serve now (see databaseProblem), or undefined. */
-  problem(): string | undefined {
-    if (this.closed) return "approval store is closed";
-    return databaseProblem(this.db, this.path, this.opened);
-  }
-
-  /** Closes both connections (the main one last: it checkpoints the WAL with FULL). */
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    try {
-      this.evalDb.close();
-    } finally {
-      this.db.close();
-    }
   }
 
   // -- evaluations ------------------------------------------------------------
@@ -858,11 +809,6 @@ export class ApprovalStore {
     const t = this.getTask(id);
     if (!t) throw toolgateError("approval_not_found");
     return t;
-  }
-
-  private run<T>(what: string, fn: () => T): T {
-    if (this.closed) throw toolgateError("approval_store_unavailable", "approval store is closed");
-    return guard(what, fn);
   }
 
   /**

@@ -65,6 +65,27 @@ export interface AuditService extends DecisionSink {
   close(): Promise<void>;
 }
 
+/** Span attributes of an approval event, from its (redacted) fields. */
+const APPROVAL_ATTRIBUTES: ReadonlyArray<readonly [string, string]> = [
+  ["toolgate.approval.id", "approval_id"],
+  ["toolgate.approval.status", "status"],
+  ["toolgate.approval.evaluation_id", "evaluation_id"],
+  ["toolgate.decision.id", "decision_id"],
+  ["gen_ai.tool.name", "tool"],
+  ["toolgate.approval.initiator", "initiator"],
+  ["toolgate.approver.id", "approver"],
+  ["toolgate.approver.roles", "approver_roles"],
+  ["toolgate.approval.approved_until", "approved_until"],
+  ["toolgate.approval.refusal", "why"],
+];
+
+/** A span's start time when the request's arrival is known (else the SDK's now). */
+const startTime = (ms: number | undefined): { startTime?: number } =>
+  ms === undefined ? {} : { startTime: ms };
+
+/** Where a record landed in the trail. */
+type Trailed = { seq: number; hash: string };
+
 /** The caller's trace context (W3C traceparent and tracestate headers), when valid. */
 export function traceParentOf(
   headers: Record<string, string | string[] | undefined>,
@@ -411,27 +432,24 @@ export class Auditor implements AuditService {
    * audit worker's client); else this auditor's ledger names it.
    */
   record(event: AuditEvent, link?: SpanRef): SpanIds {
-    switch (event.kind) {
-      case "decision":
-        return this.decision(event);
-      case "refusal":
-        return this.refusal(event);
-      case "action":
-        return this.action(event);
-      case "security":
-        return this.security(event);
-      case "approval":
-        return this.approval(event, link);
-      case "containment":
-        return this.containment(event);
-      case "bundle":
-        return this.bundle(event);
-      case "request_span":
-        return this.requestSpan(event);
-      case "request_span_end":
-        return this.requestSpanEnd(event);
-    }
+    const handle = this.handlers[event.kind] as (e: AuditEvent, l?: SpanRef) => SpanIds;
+    return handle(event, link);
   }
+
+  /** One handler per event kind (the compiler checks every kind has one). */
+  private readonly handlers: {
+    [K in AuditEvent["kind"]]: (e: Extract<AuditEvent, { kind: K }>, link?: SpanRef) => SpanIds;
+  } = {
+    decision: (e) => this.decision(e),
+    refusal: (e) => this.refusal(e),
+    action: (e) => this.action(e),
+    security: (e) => this.security(e),
+    approval: (e, link) => this.approval(e, link),
+    containment: (e) => this.containment(e),
+    bundle: (e) => this.bundle(e),
+    request_span: (e) => this.requestSpan(e),
+    request_span_end: (e) => this.requestSpanEnd(e),
+  };
 
   // -- placement ----------------------------------------------------------------------
 
@@ -476,7 +494,7 @@ export class Auditor implements AuditService {
     const p = this.placement(ctx, view, attributes);
     return this.opts.tracing.startSpan(
       name,
-      { kind: p.kind, startTime: ctx.startTimeMs, attributes: p.attributes },
+      { kind: p.kind, ...startTime(ctx.startTimeMs), attributes: p.attributes },
       p.parent,
     );
   }
@@ -581,7 +599,7 @@ export class Auditor implements AuditService {
   }
 
   private refusal(e: RefusalEvent): SpanIds {
-    try {
+    return this.guarded("a refusal", () => {
       const red = new Redaction(this.opts.redactor);
       const redacted = red.data(e.request);
       // the message may quote what the caller sent (agent_mismatch echoes the value)
@@ -619,13 +637,7 @@ export class Auditor implements AuditService {
         trail_seq: trailed?.seq,
       });
       return sc;
-    } catch (err) {
-      this.opts.log.error("audit failed for a refusal", {
-        event: "audit.error",
-        error: (err as Error).message,
-      });
-      return INVALID_IDS;
-    }
+    });
   }
 
   /** The execute_tool span of an action report (./actions), linked to its decision's span. */
@@ -639,7 +651,7 @@ export class Auditor implements AuditService {
       red.whole(e.name),
       {
         kind: SpanKind.INTERNAL,
-        startTime: e.startTimeMs ?? e.ctx.startTimeMs,
+        ...startTime(e.startTimeMs ?? e.ctx.startTimeMs),
         attributes: { ...this.httpAttributes(view), ...red.attributes(e.attributes) },
         links: e.link ? [{ context: spanContextOf(e.link) }] : [],
       },
@@ -663,7 +675,7 @@ export class Auditor implements AuditService {
 
   /** A security event: a span, a log line with its own event name, and a trail record. */
   private security(e: SecurityEvent): SpanIds {
-    try {
+    return this.guarded("a security event", () => {
       const red = new Redaction(this.opts.redactor);
       const redacted = red.data(e.fields);
       const message = red.text(e.message);
@@ -691,13 +703,7 @@ export class Auditor implements AuditService {
         trail_seq: trailed?.seq,
       });
       return sc;
-    } catch (err) {
-      this.opts.log.error("audit failed for a security event", {
-        event: "audit.error",
-        error: (err as Error).message,
-      });
-      return INVALID_IDS;
-    }
+    });
   }
 
   /**
@@ -707,7 +713,7 @@ export class Auditor implements AuditService {
    */
   private approval(e: ApprovalEvent, link: SpanRef | undefined): SpanIds {
     const { event, fields } = e;
-    try {
+    return this.guarded("an approval event", () => {
       const redacted = new Redaction(this.opts.redactor).data(fields);
       const decisionId = typeof fields.decision_id === "string" ? fields.decision_id : undefined;
       const linked = link ?? (decisionId ? this.ledger.get(decisionId)?.spanContext : undefined);
@@ -720,48 +726,15 @@ export class Auditor implements AuditService {
           attrs[key] = v;
         else if (Array.isArray(v) && v.every((x) => typeof x === "string")) attrs[key] = v;
       };
-      put("toolgate.approval.id", redacted.approval_id);
-      put("toolgate.approval.status", redacted.status);
-      put("toolgate.approval.evaluation_id", redacted.evaluation_id);
-      put("toolgate.decision.id", redacted.decision_id);
-      put("gen_ai.tool.name", redacted.tool);
-      put("toolgate.approval.initiator", redacted.initiator);
-      put("toolgate.approver.id", redacted.approver);
-      put("toolgate.approver.roles", redacted.approver_roles);
-      put("toolgate.approval.approved_until", redacted.approved_until);
-      put("toolgate.approval.refusal", redacted.why);
-      const span = this.opts.tracing.startSpan(
-        `toolgate.approval ${event}`,
-        {
-          kind: SpanKind.INTERNAL,
-          attributes: attrs,
-          links: linked ? [{ context: spanContextOf(linked) }] : [],
-        },
-        ROOT_CONTEXT,
-      );
-      if (event === "refused")
-        span.setStatus({
-          code: SpanStatusCode.ERROR,
-          message: typeof redacted.why === "string" ? redacted.why : "refused",
-        });
-      const sc = span.spanContext();
-      span.end();
-      const record = { event, ...redacted, trace_id: sc.traceId, span_id: sc.spanId };
-      const trailed = this.appendTrail("approval", record);
-      const level = event === "refused" ? "warn" : "info";
-      this.opts.log[level](`approval ${event}`, {
-        ...record,
-        event: `approval.${event}`,
-        trail_seq: trailed?.seq,
+      for (const [attribute, field] of APPROVAL_ATTRIBUTES) put(attribute, redacted[field]);
+      return this.eventRecord("approval", event, redacted, attrs, {
+        level: event === "refused" ? "warn" : "info",
+        ...(linked ? { link: linked } : {}),
+        ...(event === "refused"
+          ? { error: typeof redacted.why === "string" ? redacted.why : "refused" }
+          : {}),
       });
-      return sc;
-    } catch (err) {
-      this.opts.log.error("audit failed for an approval event", {
-        event: "audit.error",
-        error: (err as Error).message,
-      });
-      return INVALID_IDS;
-    }
+    });
   }
 
   /**
@@ -770,7 +743,7 @@ export class Auditor implements AuditService {
    */
   private containment(e: ContainmentEvent): SpanIds {
     const { event } = e;
-    try {
+    return this.guarded("a containment event", () => {
       const redacted = new Redaction(this.opts.redactor).data(e.fields);
       const attrs: Attributes = {
         "gen_ai.agent.id": this.opts.agentId,
@@ -780,23 +753,51 @@ export class Auditor implements AuditService {
       if (typeof redacted.actor === "string") attrs["toolgate.actor.id"] = redacted.actor;
       const ks = isObject(redacted.killswitch) ? redacted.killswitch : undefined;
       if (typeof ks?.id === "string") attrs["toolgate.killswitch.id"] = ks.id;
-      const span = this.opts.tracing.startSpan(
-        `toolgate.containment ${event}`,
-        { kind: SpanKind.INTERNAL, attributes: attrs },
-        ROOT_CONTEXT,
-      );
-      const sc = span.spanContext();
-      span.end();
-      const record = { event, ...redacted, trace_id: sc.traceId, span_id: sc.spanId };
-      const trailed = this.appendTrail("containment", record);
-      this.opts.log.warn(`containment ${event}`, {
-        ...record,
-        event: `containment.${event}`,
-        trail_seq: trailed?.seq,
-      });
-      return sc;
+      return this.eventRecord("containment", event, redacted, attrs, { level: "warn" });
+    });
+  }
+
+  /**
+   * The span, trail record and log line of an approval or containment event:
+   * `toolgate.<kind> <event>` (INTERNAL, a root), then `{event, ...fields,
+   * trace_id, span_id}` in the trail and as log line `<kind>.<event>`.
+   */
+  private eventRecord(
+    kind: "approval" | "containment",
+    event: string,
+    redacted: Record<string, unknown>,
+    attributes: Attributes,
+    opts: { level: "info" | "warn"; link?: SpanRef; error?: string },
+  ): SpanIds {
+    const span = this.opts.tracing.startSpan(
+      `toolgate.${kind} ${event}`,
+      {
+        kind: SpanKind.INTERNAL,
+        attributes,
+        links: opts.link ? [{ context: spanContextOf(opts.link) }] : [],
+      },
+      ROOT_CONTEXT,
+    );
+    if (opts.error !== undefined)
+      span.setStatus({ code: SpanStatusCode.ERROR, message: opts.error });
+    const sc = span.spanContext();
+    span.end();
+    const record = { event, ...redacted, trace_id: sc.traceId, span_id: sc.spanId };
+    const trailed = this.appendTrail(kind, record);
+    this.opts.log[opts.level](`${kind} ${event}`, {
+      ...record,
+      event: `${kind}.${event}`,
+      trail_seq: trailed?.seq,
+    });
+    return sc;
+  }
+
+  /** Audit never throws at its caller: a failure is logged and the event has no span. */
+  private guarded(what: string, fn: () => SpanIds): SpanIds {
+    try {
+      return fn();
     } catch (err) {
-      this.opts.log.error("audit failed for a containment event", {
+      this.opts.log.error(`audit failed for ${what}`, {
         event: "audit.error",
         error: (err as Error).message,
       });
@@ -828,7 +829,7 @@ export class Auditor implements AuditService {
       red.whole(e.name),
       {
         kind: SpanKind.SERVER,
-        startTime: e.ctx.startTimeMs,
+        ...startTime(e.ctx.startTimeMs),
         attributes: this.httpAttributes(red.request(e.ctx)),
       },
       parentOf(e.ctx),
@@ -847,30 +848,19 @@ export class Auditor implements AuditService {
   // -- trail and log --------------------------------------------------------------------
 
   /** Appends a record serialised by the caller; a trail failure is logged, never thrown. */
-  private appendTrailJson(
-    kind: string,
-    recordJson: string,
-  ): { seq: number; hash: string } | undefined {
-    if (this.opts.trail === undefined) return undefined;
-    try {
-      return this.opts.trail.appendJson(kind, recordJson);
-    } catch (e) {
-      this.opts.log.error("audit trail append failed", {
-        event: "audit.trail_error",
-        error: (e as Error).message,
-      });
-      return undefined;
-    }
+  private appendTrailJson(kind: string, recordJson: string): Trailed | undefined {
+    return this.trailed((t) => t.appendJson(kind, recordJson));
   }
 
   /** Appends to the trail; a trail failure is logged, never thrown. */
-  private appendTrail(
-    kind: string,
-    record: Record<string, unknown>,
-  ): { seq: number; hash: string } | undefined {
+  private appendTrail(kind: string, record: Record<string, unknown>): Trailed | undefined {
+    return this.trailed((t) => t.append(kind, record));
+  }
+
+  private trailed(append: (t: AuditTrail) => Trailed): Trailed | undefined {
     if (this.opts.trail === undefined) return undefined;
     try {
-      return this.opts.trail.append(kind, record);
+      return append(this.opts.trail);
     } catch (e) {
       this.opts.log.error("audit trail append failed", {
         event: "audit.trail_error",

@@ -12,7 +12,7 @@
  *   not make the sidecar unready;
  * - NOT_READY before start and after stop.
  */
-import type { Component, ComponentStatus } from "../shared/lifecycle";
+import { type Component, type ComponentStatus, notRunning } from "../shared/lifecycle";
 import type { TrailStats } from "../trail";
 import type { AuditService } from "./auditor";
 
@@ -62,8 +62,8 @@ export class AuditComponent implements Component {
   }
 
   status(): ComponentStatus {
-    if (this.stopped) return { state: "NOT_READY", detail: "stopped" };
-    if (!this.started) return { state: "NOT_READY", detail: "not started" };
+    const idle = notRunning(this.started, this.stopped);
+    if (idle !== undefined) return idle;
     const problems: string[] = [];
     const down = this.audit.workerDown();
     if (down !== undefined) problems.push(`audit worker: ${down}`);

@@ -4,9 +4,12 @@
  * bundle. Leaf-level: imports only the schema builder and src/shared.
  */
 import { resolve } from "node:path";
-import { bool, int, oneOf, path, section, text } from "../config/spec";
+import { bool, int, oneOf, path, section, text, type Infer } from "../shared/config-spec";
 import { BUNDLE_SIGNING_ALGORITHMS } from "../shared/algorithms";
 import { defaultBundlePath } from "../shared/paths";
+
+/** The compiled `policy` section. */
+export type PolicyConfig = Infer<typeof POLICY>;
 
 export const POLICY = section(
   {

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import type { Attributes } from "@opentelemetry/api";
-import type { CompiledConfig } from "../config";
+import type { PolicyConfig } from "./config";
 import { normalizeError, type ErrorCode, rethrowAs } from "../errors";
 import type { Logger } from "../shared/log";
 import type { Component, ComponentStatus } from "../shared/lifecycle";
@@ -69,7 +69,7 @@ export interface BundleManagerOptions {
 
 /** Builds the verification config from `policy.signing`; undefined when verification is off. */
 export function verificationFromConfig(
-  signing: CompiledConfig["policy"]["signing"],
+  signing: PolicyConfig["signing"],
 ): VerificationConfig | undefined {
   if (signing === null) return undefined;
   const cfg: VerificationConfig = { keys: new Map() };
@@ -90,7 +90,7 @@ export function verificationFromConfig(
 }
 
 /** The bundle source `policy.source` names. */
-export function sourceFromConfig(policy: CompiledConfig["policy"]): BundleSource {
+export function sourceFromConfig(policy: PolicyConfig): BundleSource {
   const http = {
     minDelaySeconds: policy.http.minDelaySeconds,
     maxDelaySeconds: policy.http.maxDelaySeconds,

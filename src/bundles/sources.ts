@@ -3,7 +3,7 @@ import { readdirSync, readFileSync, statSync } from "node:fs";
 import { request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { join } from "node:path";
-import type { CompiledConfig } from "../config";
+import type { PolicyConfig } from "./config";
 import { normalizeError, toolgateError, rethrowAs } from "../errors";
 import { bundleNameOf, readBundleFiles } from "../policy/bundle";
 import { parseUntrustedJson } from "../shared/guards";
@@ -65,7 +65,7 @@ export function backoffMs(failures: number, maxMs: number, random: () => number 
 }
 
 /** The polling, auth, TLS and limit settings of `policy.http` (shared by the HTTP and OCI sources). */
-export type HttpOptions = Omit<CompiledConfig["policy"]["http"], "url">;
+export type HttpOptions = Omit<PolicyConfig["http"], "url">;
 
 interface Response {
   status: number;

@@ -18,10 +18,10 @@ import {
   type Node,
   type Reader,
   type Values,
-} from "./spec";
+} from "../shared/config-spec";
 
 export { FIELDS, type CompiledConfig, type JwtConfig } from "./schema";
-export { isLoopback } from "./spec";
+export { isLoopback } from "../shared/config-spec";
 
 /** What a config file (or nothing) plus the environment hold: unchecked. */
 export type RawConfig = Record<string, unknown>;

@@ -24,9 +24,9 @@ import {
   text,
   type FieldSpec,
   type Infer,
-} from "./spec";
+} from "../shared/config-spec";
 
-export type { FieldSpec, FieldType } from "./spec";
+export type { FieldSpec, FieldType } from "../shared/config-spec";
 
 export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/;
 
@@ -310,5 +310,4 @@ export const FIELDS: readonly FieldSpec[] = fieldsOf(SPEC);
 /** The validated configuration every module is built from. */
 export type CompiledConfig = Infer<typeof SPEC>;
 
-/** How tokens are verified on one port. */
-export type JwtConfig = CompiledConfig["identity"]["jwt"];
+export type { JwtConfig } from "../identity/config";

@@ -2,7 +2,7 @@
  * The `containment` section of the config schema: budget reservations
  * (docs/containment.md). Leaf-level: imports only the schema builder.
  */
-import { bool, int } from "../config/spec";
+import { bool, int } from "../shared/config-spec";
 
 export const CONTAINMENT = {
   /** Null: the tool's grant lifetime + 300 s. */

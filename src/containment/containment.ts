@@ -22,7 +22,7 @@ import type { DecisionRequest, VerifiedFacts } from "../model";
 import { normalizeError, toolgateError } from "../errors";
 import type { Metrics } from "../metrics";
 import type { Logger } from "../shared/log";
-import type { Component, ComponentStatus } from "../shared/lifecycle";
+import { type Component, type ComponentStatus, notRunning } from "../shared/lifecycle";
 import type { ContainmentStore, Reservation } from "./store";
 import {
   newSwitchId,
@@ -372,8 +372,8 @@ export class Containment implements Component {
    * stop.
    */
   status(): ComponentStatus {
-    if (this.closed) return { state: "NOT_READY", detail: "stopped" };
-    if (!this.started) return { state: "NOT_READY", detail: "not started" };
+    const idle = notRunning(this.started, this.closed);
+    if (idle !== undefined) return idle;
     const problem = this.store.problem();
     if (problem !== undefined) return { state: "ERROR", detail: problem };
     if (this.unpersisted.length > 0) {
@@ -556,6 +556,26 @@ export class Containment implements Component {
   private storeFailure(op: string, e: unknown): string {
     this.metrics?.containmentStoreFailures.inc({ op });
     return normalizeError(e).message;
+  }
+
+  /**
+   * Writes a budget change; a refused write is counted and logged as
+   * `containment.<op>_failed` (never thrown). Returns the error, if any.
+   */
+  private budgetWrite(
+    op: "budget_reserve" | "budget_commit" | "budget_release",
+    write: () => void,
+    message: string,
+    fields: Record<string, unknown>,
+  ): string | undefined {
+    try {
+      write();
+      return undefined;
+    } catch (e) {
+      const error = this.storeFailure(op, e);
+      this.log?.error(message, { event: `containment.${op}_failed`, ...fields, error });
+      return error;
+    }
   }
 
   private scheduleRetry(): void {
@@ -745,16 +765,13 @@ export class Containment implements Component {
       at: nowMs,
       expiresAt: until,
     }));
-    try {
-      this.store.addReservations(rows);
-    } catch (e) {
-      const error = this.storeFailure("budget_reserve", e);
-      this.log?.error("a budget reservation could not be written; the allow is denied", {
-        event: "containment.budget_reserve_failed",
-        decision_id: decisionId,
-        tool,
-        error,
-      });
+    const error = this.budgetWrite(
+      "budget_reserve",
+      () => this.store.addReservations(rows),
+      "a budget reservation could not be written; the allow is denied",
+      { decision_id: decisionId, tool },
+    );
+    if (error !== undefined) {
       return {
         code: "budget_unavailable",
         message: `the budget reservation could not be recorded; denied (fail closed): ${error}`,
@@ -800,16 +817,12 @@ export class Containment implements Component {
     this.open.delete(decisionId);
     const now = this.now();
     if (now >= o.until) return "expired";
-    try {
-      this.store.commitReservations(decisionId, now);
-    } catch (e) {
-      const error = this.storeFailure("budget_commit", e);
-      this.log?.error("a budget commit could not be written; the reservation keeps counting", {
-        event: "containment.budget_commit_failed",
-        decision_id: decisionId,
-        error,
-      });
-    }
+    this.budgetWrite(
+      "budget_commit",
+      () => this.store.commitReservations(decisionId, now),
+      "a budget commit could not be written; the reservation keeps counting",
+      { decision_id: decisionId },
+    );
     for (const it of o.items) {
       it.spend.at = now;
       delete it.spend.until;
@@ -825,17 +838,13 @@ export class Containment implements Component {
       this.open.delete(decisionId);
       return "expired";
     }
-    try {
-      this.store.releaseReservations(decisionId);
-    } catch (e) {
-      const error = this.storeFailure("budget_release", e);
-      this.log?.error("a budget release could not be written; the reservation keeps counting", {
-        event: "containment.budget_release_failed",
-        decision_id: decisionId,
-        error,
-      });
-      return "kept";
-    }
+    const failed = this.budgetWrite(
+      "budget_release",
+      () => this.store.releaseReservations(decisionId),
+      "a budget release could not be written; the reservation keeps counting",
+      { decision_id: decisionId },
+    );
+    if (failed !== undefined) return "kept";
     this.open.delete(decisionId);
     for (const it of o.items) {
       const list = this.spent.get(it.key);

@@ -34,21 +34,8 @@
  * Times are epoch milliseconds.
  */
 import { randomBytes } from "node:crypto";
-import { join } from "node:path";
-import type { DatabaseSync } from "node:sqlite";
 import { type SQLInputValue } from "node:sqlite";
-import {
-  currentVersion,
-  databaseProblem,
-  fileIdentity,
-  openConnection,
-  openDatabase,
-  storeGuard,
-  synchronousOf,
-  type FileIdentity,
-  type Migration,
-} from "../shared/sqlite";
-import { toolgateError } from "../errors";
+import { synchronousOf, type Migration, SqliteStore, type OpenedStore } from "../shared/sqlite";
 import { nullProto, parseUntrustedJson } from "../shared/guards";
 
 export const CONTAINMENT_DB_FILE = "containment.db";
@@ -170,8 +157,6 @@ export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version)
 
 type Row = Record<string, SQLInputValue>;
 
-const guard = storeGuard("containment_store_unavailable", "containment store");
-
 function text(r: Row, k: string): string {
   const v = r[k];
   if (typeof v !== "string") throw new Error(`containment.db: column ${k} is not text`);
@@ -206,72 +191,33 @@ export interface ContainmentStoreOptions {
   reservationFsync?: boolean;
 }
 
-export class ContainmentStore {
-  readonly path: string;
-  private readonly db: DatabaseSync;
-  /** Where reservations are written: `db` itself, or a synchronous=NORMAL connection. */
-  private readonly reserveDb: DatabaseSync;
-  private closed = false;
-  /** The file opened at `path` (to notice it removed or replaced). */
-  private readonly opened: FileIdentity;
-
-  private constructor(path: string, db: DatabaseSync, reserveDb: DatabaseSync) {
-    this.path = path;
-    this.db = db;
-    this.reserveDb = reserveDb;
-    this.opened = fileIdentity(path);
+export class ContainmentStore extends SqliteStore {
+  private constructor(o: OpenedStore) {
+    super(o, "containment_store_unavailable", "containment store");
   }
 
   /** Opens (creating and migrating as needed) `<dir>/containment.db`. */
   static open(dir: string, opts: ContainmentStoreOptions = {}): ContainmentStore {
-    const path = join(dir, CONTAINMENT_DB_FILE);
-    return guard(`open ${path}`, () => {
-      const { db } = openDatabase({
+    return new ContainmentStore(
+      SqliteStore.openFiles({
         dir,
         file: CONTAINMENT_DB_FILE,
+        code: "containment_store_unavailable",
+        label: "containment store",
         busyTimeoutMs: BUSY_TIMEOUT_MS,
         migrations: MIGRATIONS,
-        tooNew: (v, known) =>
-          toolgateError(
-            "containment_store_unavailable",
-            `containment.db has schema version ${v}; this toolgate knows up to ${known}`,
-          ),
-      });
-      if (opts.reservationFsync !== false) return new ContainmentStore(path, db, db);
-      let normal: DatabaseSync;
-      try {
-        normal = openConnection({ path, busyTimeoutMs: BUSY_TIMEOUT_MS, synchronous: "NORMAL" });
-      } catch (e) {
-        db.close();
-        throw e;
-      }
-      return new ContainmentStore(path, db, normal);
-    });
+        // reservations go through `normal`: the main connection itself unless fsync is off
+        normal: opts.reservationFsync === false,
+      }),
+    );
   }
 
   /** `PRAGMA synchronous` of the main connection and of the one reservations use. */
   synchronousModes(): { main: string; reservations: string } {
     return this.run("read synchronous", () => ({
       main: synchronousOf(this.db),
-      reservations: synchronousOf(this.reserveDb),
+      reservations: synchronousOf(this.normal),
     }));
-  }
-
-  schemaVersion(): number {
-    return this.run("read schema version", () => currentVersion(this.db));
-  }
-
-  /** Why the store cannot serve now (see databaseProblem), or undefined. */
-  problem(): string | undefined {
-    if (this.closed) return "containment store is closed";
-    return databaseProblem(this.db, this.path, this.opened);
-  }
-
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    if (this.reserveDb !== this.db) this.reserveDb.close();
-    this.db.close();
   }
 
   insertSwitch(s: SwitchRow): void {
@@ -359,7 +305,7 @@ export class ContainmentStore {
   addReservations(rs: readonly Reservation[]): void {
     if (rs.length === 0) return;
     this.run("record budget reservation", () => {
-      const db = this.reserveDb;
+      const db = this.normal;
       const stmt = db.prepare(
         `INSERT INTO budget_reservations (decision_id, budget_key, at, expires_at, amount)
          VALUES (?, ?, ?, ?, ?)`,
@@ -444,11 +390,5 @@ export class ContainmentStore {
         this.db.prepare("DELETE FROM budget_reservations WHERE expires_at < ?").run(before).changes,
       ),
     );
-  }
-
-  private run<T>(what: string, fn: () => T): T {
-    if (this.closed)
-      throw toolgateError("containment_store_unavailable", "containment store is closed");
-    return guard(what, fn);
   }
 }

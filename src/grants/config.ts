@@ -14,7 +14,8 @@ import {
   section,
   text,
   type CheckContext,
-} from "../config/spec";
+  type Infer,
+} from "../shared/config-spec";
 import { GRANT_ALGORITHMS, isOneOf } from "../shared/algorithms";
 import { isObject } from "../shared/guards";
 
@@ -101,6 +102,9 @@ const TOOLS = map({
   default: null,
   doc: "Per tool: the grant's `aud` (default `tool:<tool name>`), lifetime and single use (default: true for execute and admin tools). Env: JSON.",
 });
+
+/** The compiled `grants` section. */
+export type GrantsSectionConfig = Infer<typeof GRANTS>;
 
 export const GRANTS = section(
   {

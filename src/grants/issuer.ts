@@ -19,7 +19,7 @@ import {
 import { readFileSync } from "node:fs";
 import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "../approvals/binding";
 import { canonicalize } from "../shared/jcs";
-import type { CompiledConfig } from "../config";
+import type { GrantsSectionConfig } from "./config";
 import type { Decision, DecisionRequest, GrantInfo, VerifiedFacts } from "../model";
 import { toolgateError, rethrowAs } from "../errors";
 import type { Logger } from "../shared/log";
@@ -44,7 +44,7 @@ interface SigningKey {
   headerB64: string;
 }
 
-export type GrantsConfig = CompiledConfig["grants"];
+export type GrantsConfig = GrantsSectionConfig;
 
 /** A public JWK as published (`use: "sig"`, `alg`, `kid`). */
 export type PublicJwk = Record<string, unknown> & { kid: string; alg: string };

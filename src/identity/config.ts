@@ -3,7 +3,7 @@
  * keys it shares with the control port (`control.jwt`). Leaf-level: imports
  * only the schema builder and src/shared.
  */
-import { int, oneOf, path, section, text, type Loose } from "../config/spec";
+import { int, oneOf, path, section, text, type Loose, type Infer } from "../shared/config-spec";
 import { devPublicKeyPath } from "../shared/paths";
 
 /** The token-verification keys of one port: `<prefix>.issuer`, `.audience`, the key source, … */
@@ -141,3 +141,6 @@ export const IDENTITY = section(
     compile: ({ jwt, jobClaim, ...rest }) => ({ ...rest, jwt: { ...jwt, jobClaim } }),
   },
 );
+
+/** How tokens are verified on one port (the compiled `identity.jwt`, and `control.jwt`). */
+export type JwtConfig = Infer<typeof IDENTITY>["jwt"];

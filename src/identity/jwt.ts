@@ -10,7 +10,8 @@ import {
   type CryptoKey,
 } from "jose";
 import { TOKEN_ALGORITHMS } from "../shared/algorithms";
-import { isLoopback, type JwtConfig } from "../config";
+import { isLoopback } from "../shared/config-spec";
+import type { JwtConfig } from "./config";
 import { toolgateError } from "../errors";
 import { parseUntrustedJson } from "../shared/guards";
 import { isDevKey, jwksHoldsDevKey } from "./devkey";

@@ -32,11 +32,11 @@ export interface RequestContext {
   readonly requestId?: string;
   /** performance.timeOrigin + performance.now() when the request arrived, in ms. */
   readonly startTimeMs?: number;
-  readonly http?: { readonly method: string; readonly path: string };
+  readonly http?: { readonly method: string; readonly path: string } | undefined;
   /** The caller's verified token (identity mode jwt). */
   readonly principal?: Principal;
   /** The caller's trace context (traceparent / tracestate), when valid. */
-  readonly traceParent?: SpanRef;
+  readonly traceParent?: SpanRef | undefined;
   /**
    * An AuthZEN batch's request span: the items' spans are its children. Set
    * on the items' copy of the context by audit's startRequestSpan.

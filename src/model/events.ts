@@ -61,14 +61,14 @@ export interface ActionEvent {
   /** The report's request. */
   ctx: RequestContext;
   /** The action's started_at (ms), if reported: the span's start (else the request's arrival). */
-  startTimeMs?: number;
+  startTimeMs?: number | undefined;
   /** The action's ended_at (ms), if reported. */
-  endTimeMs?: number;
+  endTimeMs?: number | undefined;
   attributes: SpanAttributes;
   /** The decision span the action links to. */
-  link?: SpanRef;
+  link?: SpanRef | undefined;
   /** Set when the tool reported an error: the span's status message. */
-  errorMessage?: string;
+  errorMessage?: string | undefined;
   /** The trail and log record; trace_id and span_id are filled in by audit (in their place). */
   record: Record<string, unknown> & { trace_id: null; span_id: null };
 }
@@ -104,7 +104,7 @@ export interface BundleEvent {
   name: string;
   attributes: SpanAttributes;
   /** A rejection's message: the span's error status. */
-  error?: string;
+  error?: string | undefined;
 }
 
 /** Opens the span of a request that carries several decisions (an AuthZEN batch). */

@@ -51,6 +51,13 @@ export interface Readiness {
   components: Record<string, ComponentReport>;
 }
 
+/** NOT_READY before start and after stop; undefined while running (the component says more). */
+export function notRunning(started: boolean, stopped: boolean): ComponentStatus | undefined {
+  if (stopped) return { state: "NOT_READY", detail: "stopped" };
+  if (!started) return { state: "NOT_READY", detail: "not started" };
+  return undefined;
+}
+
 /** The gauge encoding of a state (toolgate_component_status): 1 OK, 0 NOT_READY, -1 ERROR. */
 export function stateValue(state: ComponentState): number {
   return state === "OK" ? 1 : state === "ERROR" ? -1 : 0;

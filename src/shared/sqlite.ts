@@ -200,3 +200,111 @@ export function databaseProblem(
     return msg.includes(path) ? msg : `${path}: ${msg}`;
   }
 }
+
+/** What a store is built from: its file, the FULL connection and the second one. */
+export interface OpenedStore {
+  path: string;
+  /** synchronous=FULL: every write fsynced. */
+  db: DatabaseSync;
+  /** synchronous=NORMAL (writes whose loss is harmless), or `db` itself. */
+  normal: DatabaseSync;
+}
+
+export interface StoreSpec {
+  dir: string;
+  file: string;
+  /** The coded error of this store's failures (a 503). */
+  code: ErrorCode;
+  /** "approval store", "containment store": how messages name it. */
+  label: string;
+  busyTimeoutMs: number;
+  migrations: readonly Migration[];
+  /** Open a second, synchronous=NORMAL connection (else `normal` is `db`). */
+  normal: boolean;
+}
+
+/**
+ * A store on one SQLite file: opened and migrated once (`SqliteStore.open`),
+ * every access through `run` (a closed store, or any SQLite failure, is the
+ * store's coded error), `problem()` for health checks, `close()` for both
+ * connections (the NORMAL one first: the FULL one checkpoints the WAL last).
+ */
+export abstract class SqliteStore {
+  readonly path: string;
+  protected readonly db: DatabaseSync;
+  protected readonly normal: DatabaseSync;
+  protected closed = false;
+  /** The file opened at `path` (to notice it removed or replaced). */
+  private readonly opened: FileIdentity;
+  private readonly guard: <T>(what: string, fn: () => T) => T;
+
+  protected constructor(
+    o: OpenedStore,
+    private readonly code: ErrorCode,
+    private readonly label: string,
+  ) {
+    this.path = o.path;
+    this.db = o.db;
+    this.normal = o.normal;
+    this.opened = fileIdentity(o.path);
+    this.guard = storeGuard(code, label);
+  }
+
+  /** Opens `<dir>/<file>` (creating and migrating it as needed) with the connections `spec` asks for. */
+  protected static openFiles(spec: StoreSpec): OpenedStore {
+    const guard = storeGuard(spec.code, spec.label);
+    return guard(`open ${join(spec.dir, spec.file)}`, () => {
+      const { path, db } = openDatabase({
+        dir: spec.dir,
+        file: spec.file,
+        busyTimeoutMs: spec.busyTimeoutMs,
+        migrations: spec.migrations,
+        tooNew: (v, known) =>
+          toolgateError(
+            spec.code,
+            `${spec.file} has schema version ${v}; this toolgate knows up to ${known}`,
+          ),
+      });
+      if (!spec.normal) return { path, db, normal: db };
+      try {
+        const normal = openConnection({
+          path,
+          busyTimeoutMs: spec.busyTimeoutMs,
+          synchronous: "NORMAL",
+        });
+        return { path, db, normal };
+      } catch (e) {
+        db.close();
+        throw e;
+      }
+    });
+  }
+
+  /** The applied schema version (the highest row of schema_migrations). */
+  schemaVersion(): number {
+    return this.run("read schema version", () => currentVersion(this.db));
+  }
+
+  /** Why the store cannot serve now (see databaseProblem), or undefined. */
+  problem(): string | undefined {
+    if (this.closed) return `${this.label} is closed`;
+    return databaseProblem(this.db, this.path, this.opened);
+  }
+
+  /** Closes the connections (the NORMAL one first: the FULL one checkpoints the WAL last). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      if (this.normal !== this.db) this.normal.close();
+    } finally {
+      this.db.close();
+    }
+  }
+
+  /** Runs `fn` on an open store; SQLite failures become the store's coded error. */
+  protected run<T>(what: string, fn: () => T): T {
+    if (this.closed) throw toolgateError(this.code, `${this.label} is closed`);
+    return this.guard(what, fn);
+  }
+}

@@ -63,11 +63,10 @@ export async function startWithClock(
  */
 function storeConnections(tg: Toolgate): DatabaseSync[] {
   const store = (
-    tg.containment as unknown as
-      { store: { db: DatabaseSync; reserveDb: DatabaseSync } } | undefined
+    tg.containment as unknown as { store: { db: DatabaseSync; normal: DatabaseSync } } | undefined
   )?.store;
   if (store === undefined) throw new Error("this toolgate runs without containment");
-  return [...new Set([store.db, store.reserveDb])];
+  return [...new Set([store.db, store.normal])];
 }
 
 const FULL = /database or disk is full/;

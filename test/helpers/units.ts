@@ -195,8 +195,8 @@ export function principal(id: string, roles: string[] = [], job?: string): Princ
  * (`PRAGMA query_only`; private fields, reached on purpose), or lifts it.
  */
 export function refuseWrites(store: object, refuse: boolean): void {
-  const conns = store as { db?: DatabaseSync; reserveDb?: DatabaseSync; evalDb?: DatabaseSync };
-  for (const db of new Set([conns.db, conns.reserveDb, conns.evalDb])) {
+  const conns = store as { db?: DatabaseSync; normal?: DatabaseSync };
+  for (const db of new Set([conns.db, conns.normal])) {
     db?.exec(`PRAGMA query_only = ${refuse ? 1 : 0}`);
   }
 }

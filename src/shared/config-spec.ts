@@ -11,7 +11,7 @@
  * src/shared only, so src/config can assemble them without importing a
  * feature.
  */
-import { nullProto } from "../shared/guards";
+import { nullProto } from "./guards";
 
 export type FieldType =
   | { kind: "string"; pattern?: RegExp; patternHint?: string }
