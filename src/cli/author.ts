@@ -14,6 +14,7 @@ import { parseArgs } from "node:util";
 import { BUNDLE_AND_INPUT, stringOptions } from "./args";
 import { buildParts } from "../app";
 import { expandTrailPaths, readTrail, verifyTrail } from "../trail";
+import { isObject } from "../shared/guards";
 import { canonicalize } from "../shared/jcs";
 import { compileConfig } from "../config";
 import type { Decision, DecisionRequest } from "../model";
@@ -347,25 +348,20 @@ export async function replayCommand(args: string[], out: Out): Promise<number> {
   const changes: Array<Record<string, unknown>> = [];
   let total = 0;
   let withRedactions = 0;
+  let malformed = 0;
   for (const line of readTrail(files)) {
     // what replay reads: each line that starts as a JSON object holding a decision record
     if (!line.text.startsWith("{")) continue;
     const parsed = line.json();
     if (!parsed.ok) continue;
-    const rec = parsed.value as { kind?: string; record?: Record<string, unknown> };
-    if (rec.kind !== "decision" || rec.record === undefined) continue;
-    const r = rec.record as {
-      decision_id: string;
-      time: string;
-      subject: { type: string; id: string };
-      tool: { name: string; call_id?: string };
-      resource: { type: string; id: string };
-      arguments?: Record<string, unknown>;
-      context?: Record<string, unknown>;
-      outcome: string;
-      reasons: Array<{ code: string }>;
-      policy: { revision: string };
-    };
+    const rec = parsed.value as { kind?: unknown; record?: unknown };
+    if (rec.kind !== "decision") continue;
+    // a trail is read as hostile bytes: a record without a decision's shape is counted, not decided
+    const r = decisionRecordOf(rec.record);
+    if (r === undefined) {
+      malformed++;
+      continue;
+    }
     total++;
     if (total % 1000 === 0) out.stderr(`replayed ${total} decisions…\n`);
     const request: DecisionRequest = {
@@ -375,7 +371,8 @@ export async function replayCommand(args: string[], out: Out): Promise<number> {
         ...(r.arguments !== undefined ? { properties: { arguments: r.arguments } } : {}),
       },
       resource: r.resource,
-      ...(r.context !== undefined ? { context: r.context } : {}),
+      // the policy receives it as recorded, whatever its type (as any caller's context)
+      ...(r.context !== undefined ? { context: r.context as Record<string, unknown> } : {}),
     };
     const redacted = redactedPaths({ arguments: r.arguments, context: r.context }, "", []);
     if (redacted.length) withRedactions++;
@@ -408,9 +405,14 @@ export async function replayCommand(args: string[], out: Out): Promise<number> {
       });
     }
   }
+  if (malformed > 0)
+    out.stderr(
+      `replay: skipped ${malformed} decision record(s) without a decision's shape (a damaged or tampered trail)\n`,
+    );
   const summary = {
     trail_ok: integrity.ok,
     decisions: total,
+    malformed,
     changed: changes.length,
     with_redacted_fields: withRedactions,
     candidate: basename(values.bundle),
@@ -431,4 +433,44 @@ export async function replayCommand(args: string[], out: Out): Promise<number> {
     }
   }
   return 0;
+}
+
+/** A decision record as the auditor writes it: what replay reads of it. */
+interface DecisionRecord {
+  decision_id: string;
+  time: string;
+  subject: { type: string; id: string };
+  tool: { name: string };
+  resource: { type: string; id: string };
+  /** As recorded: an object, or what a mask made of it. */
+  arguments?: unknown;
+  /** As recorded: an object, or what a mask made of it. */
+  context?: unknown;
+  outcome: string;
+  reasons: Array<{ code: string }>;
+  policy: { revision: string };
+}
+
+const isStr = (v: unknown): v is string => typeof v === "string";
+const isRef = (v: unknown): v is { type: string; id: string } =>
+  isObject(v) && isStr(v.type) && isStr(v.id);
+
+/** The record, when it has every field replay reads with the right type; else undefined. */
+function decisionRecordOf(v: unknown): DecisionRecord | undefined {
+  if (!isObject(v)) return undefined;
+  const { tool, policy, reasons } = v;
+  const ok =
+    isStr(v.decision_id) &&
+    isStr(v.time) &&
+    isRef(v.subject) &&
+    isRef(v.resource) &&
+    isObject(tool) &&
+    isStr(tool.name) &&
+    isStr(v.outcome) &&
+    isObject(policy) &&
+    isStr(policy.revision) &&
+    Array.isArray(reasons) &&
+    reasons.every((x) => isObject(x) && isStr(x.code));
+  // arguments and context are replayed as recorded (a mask may have hashed them whole)
+  return ok ? (v as unknown as DecisionRecord) : undefined;
 }

@@ -3,7 +3,7 @@
  * the real opa CLI): build, test, explain, replay.
  */
 import { spawnSync } from "node:child_process";
-import { cpSync, readFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, cpSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadBundleFromPath } from "../../src/policy/bundle";
 import { opaPath, tempDir } from "../helpers/opa";
@@ -130,4 +130,35 @@ test("replay: a candidate with a lower refund threshold changes the recorded dec
   }
   const text = run(["replay", "--audit", trailDir, "--bundle", candidate]);
   expect(text.stdout).toContain("replayed 4 decisions against candidate.tar.gz: 2 would change");
+});
+
+test("replay: a tampered trail's malformed decision records are counted and skipped, not a crash", async () => {
+  const tg = await startTestToolgate();
+  const trailDir = tg.config.audit.trail.dir;
+  await postJson(tg.agentServer.url, "/v1/decisions", refRequest({ tool: "tickets.read" }));
+  await tg.stop();
+  // a line appended by hand: a decision record that is null, and one missing its subject
+  const file = readdirSync(trailDir)
+    .filter((f) => f.endsWith(".jsonl"))
+    .sort()
+    .at(-1) as string;
+  appendFileSync(join(trailDir, file), '{"seq":99,"kind":"decision","record":null}\n');
+  appendFileSync(
+    join(trailDir, file),
+    '{"seq":100,"kind":"decision","record":{"decision_id":"x","time":"t","outcome":"allow"}}\n',
+  );
+  const r = run([
+    "replay",
+    "--audit",
+    trailDir,
+    "--bundle",
+    "bundles/support-triage.tar.gz",
+    "--json",
+  ]);
+  expect(r.status).toBe(0);
+  const res = JSON.parse(r.stdout) as {
+    summary: { decisions: number; malformed: number; trail_ok: boolean };
+  };
+  expect(res.summary).toMatchObject({ decisions: 1, malformed: 2, trail_ok: false });
+  expect(r.stderr).toContain("skipped 2 decision record(s)");
 });
