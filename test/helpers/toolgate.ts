@@ -55,11 +55,25 @@ export function http(
   headers: Record<string, string> = {},
 ): Promise<HttpResult> {
   const url = new URL(path, baseUrl);
+  return httpExact(baseUrl, method, url.pathname + url.search, body, headers);
+}
+
+/** As `http`, with the path sent exactly as written (no URL normalisation of "..", "%2e"). */
+export function httpExact(
+  baseUrl: string,
+  method: string,
+  path: string,
+  body?: string | Buffer,
+  headers: Record<string, string> = {},
+): Promise<HttpResult> {
+  const u = new URL(baseUrl);
   return new Promise((resolve, reject) => {
     const req = httpRequest(
-      url,
       {
+        host: u.hostname,
+        port: u.port,
         method,
+        path,
         headers: {
           ...(body !== undefined ? { "content-length": String(Buffer.byteLength(body)) } : {}),
           ...headers,

@@ -8,6 +8,7 @@
 import { join } from "node:path";
 import type { DatabaseSync } from "node:sqlite";
 import type { PolicySource } from "../../src/decision";
+import { isToolgateError, type ToolgateError } from "../../src/errors";
 import type {
   AuditEvent,
   DecisionEvent,
@@ -199,4 +200,15 @@ export function refuseWrites(store: object, refuse: boolean): void {
   for (const db of new Set([conns.db, conns.normal])) {
     db?.exec(`PRAGMA query_only = ${refuse ? 1 : 0}`);
   }
+}
+
+/** The ToolgateError `f` throws (anything else is rethrown; no throw fails the test). */
+export function refused(f: () => unknown): ToolgateError {
+  try {
+    f();
+  } catch (e) {
+    if (isToolgateError(e)) return e;
+    throw e;
+  }
+  throw new Error("expected a ToolgateError");
 }

@@ -9,6 +9,7 @@ import { connect } from "node:net";
 import type { Toolgate } from "../../src/app";
 import {
   http,
+  httpExact,
   postJson,
   refRequest,
   startTestToolgate,
@@ -1420,35 +1421,6 @@ beforeAll(async () => {
   tokens.nobody = await token("nemo");
 });
 const asAdmin = (): Record<string, string> => bearer(tokens.admin);
-
-/** A request whose path is sent exactly as written (no URL normalisation of "..", "%2e"). */
-function httpExact(
-  baseUrl: string,
-  method: string,
-  path: string,
-  body?: string,
-  headers: Record<string, string> = {},
-): Promise<HttpResult> {
-  const u = new URL(baseUrl);
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(
-      {
-        host: u.hostname,
-        port: u.port,
-        method,
-        path,
-        headers: {
-          ...(body !== undefined ? { "content-length": String(Buffer.byteLength(body)) } : {}),
-          ...headers,
-        },
-      },
-      (res) => collect(res, resolve, reject),
-    );
-    req.on("error", reject);
-    if (body !== undefined) req.write(body);
-    req.end();
-  });
-}
 
 /** The control port still answers: liveness, and an authenticated status. */
 async function expectControlServing(): Promise<void> {

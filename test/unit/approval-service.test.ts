@@ -11,10 +11,16 @@
  */
 import { ApprovalStore } from "../../src/approvals";
 import { ApprovalService, type ApprovalServiceOptions } from "../../src/approvals/service";
-import { isToolgateError, type ToolgateError } from "../../src/errors";
 import type { Decision, DecisionRequest, VerifiedFacts } from "../../src/model";
 import { tempDir } from "../helpers/opa";
-import { AGENT, CollectingEvents, FakeClock, principal, unitRequest } from "../helpers/units";
+import {
+  AGENT,
+  CollectingEvents,
+  FakeClock,
+  principal,
+  unitRequest,
+  refused,
+} from "../helpers/units";
 
 const T0 = Date.parse("2031-01-01T00:00:00Z");
 const S = 1000;
@@ -110,16 +116,6 @@ function requestApproval(
   );
   expect(created).toBe(true);
   return (view.task as { id: string }).id;
-}
-
-function refused(f: () => unknown): ToolgateError {
-  try {
-    f();
-  } catch (e) {
-    if (isToolgateError(e)) return e;
-    throw e;
-  }
-  throw new Error("expected a ToolgateError");
 }
 
 const withApproval = (req: DecisionRequest, id: string): DecisionRequest => ({

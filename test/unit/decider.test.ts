@@ -16,7 +16,6 @@ import {
   type DeciderOptions,
   type PolicySource,
 } from "../../src/decision";
-import { isToolgateError, type ToolgateError } from "../../src/errors";
 import type { GrantMinter, IssuedGrant } from "../../src/grants";
 import { Identity, type TokenVerifier } from "../../src/identity";
 import type { Decision, DecisionRequest, RequestContext, VerifiedFacts } from "../../src/model";
@@ -33,6 +32,7 @@ import {
   referenceEngine,
   sequentialIds,
   unitRequest,
+  refused,
 } from "../helpers/units";
 
 const T0 = Date.parse("2031-01-01T00:00:00Z");
@@ -118,16 +118,6 @@ function setup(over: Partial<DeciderOptions> & { engine?: PolicyEngine | undefin
     ...rest,
   });
   return { decider, sink, clock };
-}
-
-function refused(f: () => unknown): ToolgateError {
-  try {
-    f();
-  } catch (e) {
-    if (isToolgateError(e)) return e;
-    throw e;
-  }
-  throw new Error("expected a ToolgateError");
 }
 
 const containments: Containment[] = [];

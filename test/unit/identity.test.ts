@@ -5,10 +5,9 @@
  * Principal as a verified token gives it. The agent anchored to
  * configuration, the subject trusted or verified, the job claim.
  */
-import { isToolgateError, type ToolgateError } from "../../src/errors";
 import { Identity, type TokenVerifier } from "../../src/identity";
 import type { DecisionRequest, Principal } from "../../src/model";
-import { AGENT, principal, unitRequest } from "../helpers/units";
+import { AGENT, principal, unitRequest, refused } from "../helpers/units";
 
 const NOW_NS = Date.parse("2031-01-01T00:00:00Z") * 1e6;
 
@@ -28,16 +27,6 @@ class FakeVerifier {
   get verifier(): TokenVerifier {
     return this as unknown as TokenVerifier;
   }
-}
-
-function refused(f: () => unknown): ToolgateError {
-  try {
-    f();
-  } catch (e) {
-    if (isToolgateError(e)) return e;
-    throw e;
-  }
-  throw new Error("expected a ToolgateError");
 }
 
 const trusted = new Identity({ agentId: AGENT, mode: "trusted" });
