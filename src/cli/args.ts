@@ -31,3 +31,16 @@ export function parseCommandArgs<const O extends ParseArgsOptionsConfig>(
     throw toolgateError("usage", `${(e as Error).message}\n\n${help}`, { cause: e });
   }
 }
+
+/**
+ * True when a command's words ask for its help: `--help` or `-h` anywhere
+ * before a `--` (after it, words are positionals). One rule for every command
+ * and subcommand: the CLI answers it before the command parses its options.
+ */
+export function wantsHelp(args: readonly string[]): boolean {
+  for (const a of args) {
+    if (a === "--") return false;
+    if (a === "--help" || a === "-h") return true;
+  }
+  return false;
+}

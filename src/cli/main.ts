@@ -1,12 +1,12 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { BUNDLE_AND_INPUT, stringOptions } from "./args";
+import { BUNDLE_AND_INPUT, stringOptions, wantsHelp } from "./args";
 import { buildParts, packageVersion, startToolgate } from "../app";
 import { auditVerifyCommand } from "./audit";
 import { devTokenCommand } from "./dev-token";
 import { REPORT_HELP, reportCommand } from "./report";
 import { explainCommand, policyBuild, policyTest, replayCommand } from "./author";
-import { POLICY_HELP, policyCommand } from "./policy";
+import { POLICY_CHECK_HELP, POLICY_SIGN_HELP, policyCommand } from "./policy";
 import { compileConfig, loadConfig } from "../config";
 import { normalizeError, toolgateError } from "../errors";
 import { validateDecisionRequest } from "../http/validate";
@@ -14,34 +14,90 @@ import { loadBundleFromPath } from "../policy/bundle";
 import { parseJsonOr } from "../shared/guards";
 import { createLogger } from "../shared/log";
 
+/** Each command's usage lines, by its words ("policy sign"); the general help lists them all. */
+const USAGE = new Map<string, string>([
+  [
+    "serve",
+    `  toolgate serve [--config FILE]             run the sidecar (default: embedded support-triage policy)`,
+  ],
+  [
+    "eval",
+    `  toolgate eval --bundle B --input I [--agent ID] [--entrypoint E]
+                                             decide one request offline (I may be - for stdin);
+                                             prints the same JSON as POST /v1/decisions`,
+  ],
+  [
+    "audit verify",
+    `  toolgate audit verify <file-or-dir…> [--json] [--allow-partial-start]
+                                             check the local audit trail's hash chain;
+                                             exit status: 0 intact, 1 broken, 2 usage or unreadable`,
+  ],
+  [
+    "dev-token",
+    `  toolgate dev-token <user> [--roles a,b] [--ttl-minutes N] [--config FILE]
+                                             print a DEVELOPMENT token (alice, sam, carol, maria, olga);
+                                             refused unless the config trusts the committed dev key`,
+  ],
+  [
+    "policy build",
+    `  toolgate policy build [DIR] [-o OUT] [--entrypoint E] [--capabilities F] [--revision R] [--json]
+                                             opa build -t wasm with the runtime's capabilities and a
+                                             content-derived revision (needs the opa CLI)`,
+  ],
+  [
+    "policy test",
+    `  toolgate policy test [DIR] [--coverage-min 90] [--json]
+                                             opa fmt --list, opa check --strict, opa test --coverage`,
+  ],
+  ["policy sign", POLICY_SIGN_HELP],
+  ["policy check", POLICY_CHECK_HELP],
+  ["report rollout", REPORT_HELP],
+  [
+    "explain",
+    `  toolgate explain --input I (--bundle B | --rego DIR) [--explain fails|full|notes|debug] [--json]
+                                             why a decision came out as it did: reasons, and the
+                                             rule-level trace of opa eval --explain over the sources`,
+  ],
+  [
+    "replay",
+    `  toolgate replay --audit <trail…> --bundle B [--json]
+                                             re-decide recorded decisions with a candidate bundle and
+                                             list those that would change (naming redacted fields)`,
+  ],
+  ["version", `  toolgate version                           print the version`],
+  [
+    "help",
+    `  toolgate help [COMMAND]                    this text, or one command's (also: COMMAND --help)`,
+  ],
+]);
+
 const HELP = `toolgate — authorization sidecar for AI agents that use tools
 
 Usage:
-  toolgate serve [--config FILE]             run the sidecar (default: embedded support-triage policy)
-  toolgate eval --bundle B --input I [--agent ID] [--entrypoint E]
-                                             decide one request offline (I may be - for stdin);
-                                             prints the same JSON as POST /v1/decisions
-  toolgate audit verify <file-or-dir…> [--json] [--allow-partial-start]
-                                             check the local audit trail's hash chain
-  toolgate dev-token <user> [--roles a,b]    print a DEVELOPMENT token (alice, sam, carol, maria, olga);
-                                             refused unless the config trusts the committed dev key
-  toolgate policy build [DIR] [-o OUT] [--entrypoint E] [--capabilities F] [--revision R] [--json]
-                                             opa build -t wasm with the runtime's capabilities and a
-                                             content-derived revision (needs the opa CLI)
-  toolgate policy test [DIR] [--coverage-min 90] [--json]
-                                             opa fmt --list, opa check --strict, opa test --coverage
-${POLICY_HELP}
-${REPORT_HELP}
-  toolgate explain --input I (--bundle B | --rego DIR) [--explain fails|full|notes] [--json]
-                                             why a decision came out as it did: reasons, and the
-                                             rule-level trace of opa eval --explain over the sources
-  toolgate replay --audit <trail…> --bundle B [--json]
-                                             re-decide recorded decisions with a candidate bundle and
-                                             list those that would change (naming redacted fields)
-  toolgate version                           print the version
-  toolgate help                              this text
+${[...USAGE.values()].join("\n")}
 
+Every command and subcommand answers --help (or -h) with its usage (exit 0).
+Exit status: 0 success; 2 a usage error (an unknown command or option; no command at all prints
+this text to stderr) or an error (\`toolgate: <code>: <message>\` on stderr, codes in docs/errors.md);
+audit verify, policy check and report rollout exit 1 when what they check fails.
 Configuration: docs/configuration.md (file via --config or TOOLGATE_CONFIG; TOOLGATE_* env overrides).`;
+
+/**
+ * The help for a command's words (`["policy"]`, `["policy", "sign"]`): the
+ * subcommand's usage when it names one, else every usage line that starts
+ * with the command (policy: build, test, sign, check); undefined for a word
+ * toolgate does not know.
+ */
+export function helpFor(words: readonly string[]): string | undefined {
+  const [cmd, sub] = words;
+  if (cmd === undefined) return HELP;
+  const exact = sub !== undefined ? USAGE.get(`${cmd} ${sub}`) : undefined;
+  const lines =
+    exact !== undefined
+      ? [exact]
+      : [...USAGE].filter(([k]) => k === cmd || k.startsWith(`${cmd} `)).map(([, v]) => v);
+  return lines.length === 0 ? undefined : `Usage:\n${lines.join("\n")}`;
+}
 
 type Out = { stdout: (s: string) => void; stderr: (s: string) => void };
 const stdio: Out = {
@@ -128,24 +184,54 @@ const COMMANDS = new Map<string, Command>([
   ["audit", auditVerifyCommand],
   ["version", print(packageVersion)],
   ["--version", print(packageVersion)],
-  ["help", print(() => HELP)],
-  ["--help", print(() => HELP)],
-  ["-h", print(() => HELP)],
 ]);
+
+/** `toolgate help [COMMAND [SUB]]`, `toolgate --help`, `toolgate COMMAND … --help`. */
+function help(words: string[], out: Out): number {
+  const text = helpFor(words.filter((w) => !w.startsWith("-")));
+  if (text === undefined) throw unknownCommand(words.join(" "));
+  out.stdout(text + "\n");
+  return 0;
+}
+
+function unknownCommand(cmd: string) {
+  return toolgateError(
+    "usage",
+    `unknown command "${cmd}"; run \`toolgate --help\` for the commands`,
+  );
+}
 
 /** Runs the CLI; resolves to the process exit code. */
 export async function main(argv: string[], out: Out = stdio): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
-    const command = COMMANDS.get(cmd ?? "serve");
-    if (command === undefined) throw toolgateError("usage", `unknown command "${cmd}"\n\n${HELP}`);
+    if (cmd === undefined) {
+      // no command: a usage error (exit 2), the general help on stderr
+      out.stderr(HELP + "\n");
+      return 2;
+    }
+    if (cmd === "help") return help(rest, out);
+    if (cmd === "--help" || cmd === "-h") return help([], out);
+    const command = COMMANDS.get(cmd);
+    if (command === undefined) throw unknownCommand(cmd);
+    if (wantsHelp(rest)) {
+      const sub = rest[0];
+      return help(sub !== undefined && !sub.startsWith("-") ? [cmd, sub] : [cmd], out);
+    }
     return await command(rest, out);
   } catch (e) {
     const err = normalizeError(
       e,
       e instanceof TypeError && /parseArgs|option/i.test(e.message) ? "usage" : "internal_error",
     );
-    out.stderr(`toolgate: ${err.code}: ${err.message}\n`);
+    const hint =
+      err.code === "usage" &&
+      cmd !== undefined &&
+      COMMANDS.has(cmd) &&
+      !/--help|Usage:/.test(err.message)
+        ? `\n(run \`toolgate ${cmd} --help\` for its usage)`
+        : "";
+    out.stderr(`toolgate: ${err.code}: ${err.message}${hint}\n`);
     return 2;
   }
 }

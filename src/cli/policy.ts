@@ -22,10 +22,11 @@ import { PolicyEngine } from "../policy/engine";
 
 type Out = { stdout: (s: string) => void; stderr: (s: string) => void };
 
-export const POLICY_HELP = `  toolgate policy sign <bundle> --signing-key KEY [--signing-alg RS256] [--scope S] [--key-id K] [--claims-file F]
+export const POLICY_SIGN_HELP = `  toolgate policy sign <bundle> --signing-key KEY [--signing-alg RS256] [--scope S] [--key-id K] [--claims-file F]
                                              sign a built bundle (.tar.gz or directory) in place, as \`opa sign\` would
-                                             (KEY: a PEM private key file, or the HMAC secret / a file holding it)
-  toolgate policy check <bundle> [--verification-key KEY [--verification-alg RS256] [--key-id K] | --keys-file F]
+                                             (KEY: a PEM private key file, or the HMAC secret / a file holding it)`;
+
+export const POLICY_CHECK_HELP = `  toolgate policy check <bundle> [--verification-key KEY [--verification-alg RS256] [--key-id K] | --keys-file F]
                         [--scope S] [--entrypoint E] [--agent ID]
                                              verify and load a bundle exactly as the sidecar would; exits 1 with the
                                              error code if the sidecar would refuse it`;
@@ -156,5 +157,8 @@ export async function policyCommand(args: string[], out: Out): Promise<number> {
   const [sub, ...rest] = args;
   if (sub === "sign") return sign(rest, out);
   if (sub === "check") return check(rest, out);
-  throw toolgateError("usage", `policy needs "sign" or "check"\n\n${POLICY_HELP}`);
+  throw toolgateError(
+    "usage",
+    `${sub === undefined ? "policy needs a subcommand" : `unknown policy subcommand "${sub}"`}: build, test, sign or check; run \`toolgate policy --help\``,
+  );
 }

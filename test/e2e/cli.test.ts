@@ -182,3 +182,49 @@ describe("toolgate serve", () => {
     expect(r.stderr).toContain("TOOLGATE_AGENT_PORT must be an integer from 0 to 65535");
   });
 });
+
+describe("toolgate --help (issue #18)", () => {
+  test.each([
+    [["eval", "--help"], "toolgate eval --bundle B --input I"],
+    [["policy", "--help"], "toolgate policy build"],
+    [["audit", "verify", "--help"], "toolgate audit verify <file-or-dir…>"],
+    [["dev-token", "--help"], "toolgate dev-token <user>"],
+    [["policy", "sign", "-h"], "toolgate policy sign <bundle> --signing-key KEY"],
+    [["serve", "--help"], "toolgate serve [--config FILE]"],
+    [["help", "report"], "toolgate report rollout --audit"],
+    [["--help"], "toolgate explain --input I"],
+  ])("toolgate %j prints usage to stdout and exits 0", (args, usage) => {
+    const r = run(args);
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    expect(r.stdout).toContain("Usage:");
+    expect(r.stdout).toContain(usage);
+  });
+
+  test("policy --help names every subcommand", () => {
+    const r = run(["policy", "--help"]);
+    for (const sub of ["build", "test", "sign", "check"])
+      expect(r.stdout).toContain(`toolgate policy ${sub}`);
+  });
+
+  test("an unknown command exits 2 with a hint", () => {
+    const r = run(["frobnicate"]);
+    expect(r.status).toBe(2);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toContain('toolgate: usage: unknown command "frobnicate"');
+    expect(r.stderr).toContain("toolgate --help");
+  });
+
+  test("an unknown option names the command's --help", () => {
+    const r = run(["eval", "--bogus"]);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain("toolgate eval --help");
+  });
+
+  test("no command prints the general help to stderr and exits 2 (a usage error)", () => {
+    const r = run([]);
+    expect(r.status).toBe(2);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toContain("toolgate serve");
+  });
+});
