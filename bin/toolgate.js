@@ -1,5 +1,19 @@
 #!/usr/bin/env node
 "use strict";
+// Node >= 22.15 (package.json engines): toolgate needs node:sqlite and more.
+// Checked before anything else loads, so an older node gets one line, not a
+// stack trace from deep inside a require.
+{
+  const [major = 0, minor = 0] = process.versions.node.split(".").map(Number);
+  if (major < 22 || (major === 22 && minor < 15)) {
+    process.stderr.write(
+      `toolgate: needs Node.js >= 22.15 (this is ${process.version}); ` +
+        "run it through npm (`npx toolgate`, `npm start`: the project pins Node 24 as a dev dependency) " +
+        "or install Node.js 24 LTS (https://nodejs.org/)\n",
+    );
+    process.exit(1);
+  }
+}
 // Defence in depth against prototype pollution (docs/security.md): what
 // `node --disable-proto=delete` does, for this process's main realm, so that
 // `npm start` and `npx toolgate` get it too. Without the

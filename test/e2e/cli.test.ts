@@ -3,7 +3,7 @@
  * (the test command builds dist/ first).
  */
 import { spawn, spawnSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "../helpers/opa";
 import { startOtlpReceiver } from "../helpers/otlp";
@@ -227,4 +227,36 @@ describe("toolgate --help (issue #18)", () => {
     expect(r.stdout).toBe("");
     expect(r.stderr).toContain("toolgate serve");
   });
+});
+
+/** The machine's own node (the project's pinned one runs the tests): v20 on the dev image. */
+const systemNode = "/usr/bin/node";
+const systemNodeVersion = existsSync(systemNode)
+  ? spawnSync(systemNode, ["-p", "process.versions.node"], { encoding: "utf8" }).stdout.trim()
+  : undefined;
+const [sysMajor = 0, sysMinor = 0] = (systemNodeVersion ?? "").split(".").map(Number);
+const oldSystemNode =
+  systemNodeVersion !== undefined && (sysMajor < 22 || (sysMajor === 22 && sysMinor < 15));
+
+describe("Node version check (issue #18)", () => {
+  // skipped only where there is no older node to run it with: no /usr/bin/node, or it is >= 22.15
+  (oldSystemNode ? test : test.skip)(
+    `bin/toolgate.js on an old node (${systemNode} ${systemNodeVersion ?? "missing"}) says what it needs in one line and exits 1`,
+    () => {
+      const r = spawnSync(systemNode, [bin, "version"], {
+        cwd: root,
+        encoding: "utf8",
+        timeout: 20_000,
+      });
+      expect(r.status).toBe(1);
+      expect(r.stdout).toBe("");
+      const lines = r.stderr.trim().split("\n");
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toContain("needs Node.js >= 22.15");
+      expect(lines[0]).toContain(`v${systemNodeVersion}`);
+      expect(lines[0]).toContain("npx toolgate");
+      expect(lines[0]).toContain("Node.js 24 LTS");
+      expect(r.stderr).not.toMatch(/ERR_|\bat .*:\d+:\d+/);
+    },
+  );
 });
