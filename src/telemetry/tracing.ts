@@ -33,7 +33,6 @@ import {
   type IExportTraceServiceResponse,
   type ISerializer,
 } from "@opentelemetry/otlp-transformer";
-import { defaultResource, resourceFromAttributes } from "@opentelemetry/resources";
 import {
   AlwaysOffSampler,
   AlwaysOnSampler,
@@ -50,6 +49,7 @@ import {
 } from "@opentelemetry/sdk-trace";
 import { toolgateError } from "../errors";
 import type { Logger } from "../shared/log";
+import { buildResource } from "./resource";
 
 type Env = Record<string, string | undefined>;
 
@@ -210,7 +210,28 @@ export class BoundedBatchProcessor implements SpanProcessor {
     if (this.inFlight !== undefined || this.queue.length === 0)
       return this.inFlight ?? Promise.resolve();
     const batch = this.queue.splice(0, this.opts.maxExportBatchSize);
-    this.inFlight = new Promise<void>((resolve) => {
+    // resource attributes read asynchronously (host.id) are awaited before the export
+    const resource = batch[0]?.resource;
+    const ready = resource?.asyncAttributesPending
+      ? (resource.waitForAsyncAttributes?.() ?? Promise.resolve())
+      : Promise.resolve();
+    this.inFlight = ready
+      .then(() => this.exportBatch(batch))
+      .finally(() => {
+        this.inFlight = undefined;
+        if (this.queue.length > 0 && this.timer === undefined && !this.closed) {
+          this.timer = setTimeout(() => {
+            this.timer = undefined;
+            void this.exportSome();
+          }, 0);
+          this.timer.unref();
+        }
+      });
+    return this.inFlight;
+  }
+
+  private exportBatch(batch: ReadableSpan[]): Promise<void> {
+    return new Promise<void>((resolve) => {
       try {
         this.exporter.export(batch, (result) => {
           if (result.code === ExportResultCode.SUCCESS) this.exported += batch.length;
@@ -227,17 +248,7 @@ export class BoundedBatchProcessor implements SpanProcessor {
         this.onDrop(batch.length, `export_failed: ${(e as Error).message}`);
         resolve();
       }
-    }).finally(() => {
-      this.inFlight = undefined;
-      if (this.queue.length > 0 && this.timer === undefined && !this.closed) {
-        this.timer = setTimeout(() => {
-          this.timer = undefined;
-          void this.exportSome();
-        }, 0);
-        this.timer.unref();
-      }
     });
-    return this.inFlight;
   }
 
   async forceFlush(): Promise<void> {
@@ -356,12 +367,7 @@ export class Tracing {
         }
       },
     );
-    const resource = defaultResource().merge(
-      resourceFromAttributes({
-        "service.name": opts.env.OTEL_SERVICE_NAME ?? "toolgate",
-        "service.version": opts.serviceVersion,
-      }),
-    );
+    const resource = buildResource(opts.env, opts.log, opts.serviceVersion);
     this.resource = resource;
     this.sampler = samplerFromEnv(opts.env);
     this.provider = new TracerProvider({

@@ -229,10 +229,26 @@ exec:
     - name: OTEL_SERVICE_NAME
       value: {{ . | quote }}
     {{- end }}
-    {{- with $t.otel.resourceAttributes }}
+    # Kubernetes resource attributes from the downward API (as the OpenTelemetry
+    # operator names them); the chart's otel.resourceAttributes come last and win.
+    - name: OTEL_RESOURCE_ATTRIBUTES_POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    - name: OTEL_RESOURCE_ATTRIBUTES_POD_UID
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.uid
+    - name: OTEL_RESOURCE_ATTRIBUTES_NAMESPACE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
+    - name: OTEL_RESOURCE_ATTRIBUTES_NODE_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: spec.nodeName
     - name: OTEL_RESOURCE_ATTRIBUTES
-      value: {{ . | quote }}
-    {{- end }}
+      value: {{ printf "k8s.pod.name=$(OTEL_RESOURCE_ATTRIBUTES_POD_NAME),k8s.pod.uid=$(OTEL_RESOURCE_ATTRIBUTES_POD_UID),k8s.namespace.name=$(OTEL_RESOURCE_ATTRIBUTES_NAMESPACE),k8s.node.name=$(OTEL_RESOURCE_ATTRIBUTES_NODE_NAME),k8s.container.name=toolgate%s" (ternary (printf ",%s" $t.otel.resourceAttributes) "" (ne $t.otel.resourceAttributes "")) | quote }}
     {{- with $t.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
