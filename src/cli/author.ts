@@ -15,6 +15,7 @@ import { BUNDLE_AND_INPUT, stringOptions } from "./args";
 import { buildParts } from "../app";
 import { expandTrailPaths, readTrail, verifyTrail } from "../trail";
 import { isObject } from "../shared/guards";
+import { isOneOf } from "../shared/algorithms";
 import { canonicalize } from "../shared/jcs";
 import { compileConfig } from "../config";
 import type { Decision, DecisionRequest } from "../model";
@@ -223,6 +224,9 @@ async function offlineDecider(bundlePath: string, agent: string | undefined, now
   return parts;
 }
 
+/** The modes `opa eval --explain` supports. */
+export const EXPLAIN_MODES = ["fails", "full", "notes", "debug"] as const;
+
 /**
  * `toolgate explain --bundle B --input I [--rego DIR] [--agent A] [--json]`:
  * the decision and its reasons, and — with the Rego sources — the rule-level
@@ -240,6 +244,11 @@ export async function explainCommand(args: string[], out: Out): Promise<number> 
   });
   if (!values.input || (!values.bundle && !values.rego))
     throw toolgateError("usage", "explain needs --input I and --bundle B (and/or --rego DIR)");
+  if (!isOneOf(EXPLAIN_MODES, values.explain))
+    throw toolgateError(
+      "usage",
+      `--explain must be one of ${EXPLAIN_MODES.join(", ")} (opa eval --explain's modes), not ${JSON.stringify(values.explain)}`,
+    );
   const text = readFileSync(values.input === "-" ? 0 : values.input, "utf8");
   const req = validateDecisionRequest(JSON.parse(text));
   let decision: Decision | undefined;
@@ -265,9 +274,7 @@ export async function explainCommand(args: string[], out: Out): Promise<number> 
         },
       }),
     );
-    const mode = ["notes", "fails", "full", "debug"].includes(values.explain)
-      ? values.explain
-      : "fails";
+    const mode = values.explain;
     const r = opa([
       "eval",
       "--format",

@@ -13,6 +13,7 @@ import { validateDecisionRequest } from "../http/validate";
 import { loadBundleFromPath } from "../policy/bundle";
 import { parseJsonOr } from "../shared/guards";
 import { createLogger } from "../shared/log";
+import type { Outcome } from "../model/decision";
 
 /** Each command's usage lines, by its words ("policy sign"); the general help lists them all. */
 const USAGE = new Map<string, string>([
@@ -24,7 +25,8 @@ const USAGE = new Map<string, string>([
     "eval",
     `  toolgate eval --bundle B --input I [--agent ID] [--entrypoint E]
                                              decide one request offline (I may be - for stdin);
-                                             prints the same JSON as POST /v1/decisions`,
+                                             prints the same JSON as POST /v1/decisions;
+                                             exit status: 0 allow, 3 deny, 4 needs_approval, 2 usage or error`,
   ],
   [
     "audit verify",
@@ -79,7 +81,8 @@ ${[...USAGE.values()].join("\n")}
 Every command and subcommand answers --help (or -h) with its usage (exit 0).
 Exit status: 0 success; 2 a usage error (an unknown command or option; no command at all prints
 this text to stderr) or an error (\`toolgate: <code>: <message>\` on stderr, codes in docs/errors.md);
-audit verify, policy check and report rollout exit 1 when what they check fails.
+audit verify, policy check and report rollout exit 1 when what they check fails;
+eval exits 0 allow, 3 deny, 4 needs_approval.
 Configuration: docs/configuration.md (file via --config or TOOLGATE_CONFIG; TOOLGATE_* env overrides).`;
 
 /**
@@ -153,8 +156,19 @@ async function evalCommand(args: string[], out: Out): Promise<number> {
   const value = parseJsonOr("malformed_json", values.input, text);
   const { decision } = parts.decider.decide(validateDecisionRequest(value), { face: "cli" }, text);
   out.stdout(JSON.stringify(decision, null, 2) + "\n");
-  return 0;
+  return EVAL_EXIT[decision.outcome];
 }
+
+/**
+ * `toolgate eval`'s exit status per outcome, so a script can branch without
+ * parsing JSON. 1 (a failed check elsewhere) and 2 (usage or error) keep
+ * their meaning.
+ */
+export const EVAL_EXIT: Readonly<Record<Outcome, number>> = {
+  allow: 0,
+  deny: 3,
+  needs_approval: 4,
+};
 
 type Command = (args: string[], out: Out) => number | Promise<number>;
 

@@ -31,7 +31,7 @@ describe("toolgate eval", () => {
     );
     const r = run(["eval", "--bundle", "bundles/support-triage.tar.gz", "--input", input]);
     expect(r.stderr).toBe("");
-    expect(r.status).toBe(0);
+    expect(r.status).toBe(4); // needs_approval
     const d = JSON.parse(r.stdout) as Record<string, unknown>;
     expect(d).toMatchObject({
       outcome: "needs_approval",
@@ -64,8 +64,22 @@ describe("toolgate eval", () => {
         input: JSON.stringify(refRequest({ tool: "records.delete" })),
       },
     );
-    expect(r.status).toBe(0);
+    expect(r.status).toBe(3); // deny
     expect((JSON.parse(r.stdout) as { outcome: string }).outcome).toBe("deny");
+  });
+
+  test("exits 0 on allow (3 deny, 4 needs_approval: a script can branch on the outcome)", () => {
+    const dir = tempDir();
+    const input = join(dir, "read.json");
+    writeFileSync(input, JSON.stringify(refRequest({ tool: "tickets.read" })));
+    const r = run(["eval", "--bundle", "bundles/support-triage.tar.gz", "--input", input]);
+    expect(r.stderr).toBe("");
+    expect((JSON.parse(r.stdout) as { outcome: string }).outcome).toBe("allow");
+    expect(r.status).toBe(0);
+  });
+
+  test("--help documents the exit status per outcome", () => {
+    expect(run(["eval", "--help"]).stdout).toContain("0 allow, 3 deny, 4 needs_approval");
   });
 
   test.each([
@@ -73,6 +87,7 @@ describe("toolgate eval", () => {
     [["eval", "--bundle", "nope.tar.gz", "--input", "x.json"], "bundle_not_found"],
     [["frobnicate"], "usage"],
     [["eval", "--bogus"], "usage"],
+    [["explain", "--input", "x.json", "--bundle", "b.tar.gz", "--explain", "bogus"], "usage"],
   ])("toolgate %j exits 2 with %s", (args, code) => {
     const r = run(args);
     expect(r.status).toBe(2);
@@ -87,6 +102,13 @@ describe("toolgate eval", () => {
     expect(r.status).toBe(2);
     expect(r.stderr).toContain("invalid_request");
   });
+});
+
+test("explain --explain takes only opa's modes", () => {
+  const r = run(["explain", "--input", "x.json", "--bundle", "b.tar.gz", "--explain", "bogus"]);
+  expect(r.status).toBe(2);
+  expect(r.stderr).toContain("--explain must be one of fails, full, notes, debug");
+  expect(r.stderr).toContain('not "bogus"');
 });
 
 describe("toolgate serve", () => {
