@@ -64,6 +64,8 @@ export interface TracingOptions {
   /** How often queued spans are exported, in ms. */
   scheduledDelayMs?: number;
   maxExportBatchSize?: number;
+  /** How long one export may take before its spans are counted as dropped, in ms. */
+  exportTimeoutMs?: number;
   /** Span and trace ids (the audit worker's ForcedIdGenerator); default random. */
   idGenerator?: IdGenerator;
 }
@@ -110,6 +112,46 @@ export function samplerFromEnv(env: Env): Sampler {
         `OTEL_TRACES_SAMPLER "${name}" is not supported. Fix: use always_on, always_off, traceidratio or parentbased_*`,
       );
   }
+}
+
+export interface BatchSettings {
+  maxQueueSize: number;
+  scheduledDelayMs: number;
+  maxExportBatchSize: number;
+  exportTimeoutMs: number;
+}
+
+const BSP_VARS: Array<[keyof BatchSettings, string, number]> = [
+  ["scheduledDelayMs", "OTEL_BSP_SCHEDULE_DELAY", 0],
+  ["exportTimeoutMs", "OTEL_BSP_EXPORT_TIMEOUT", 1],
+  ["maxQueueSize", "OTEL_BSP_MAX_QUEUE_SIZE", 1],
+  ["maxExportBatchSize", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 1],
+];
+
+/**
+ * The batch span processor's settings: the spec's OTEL_BSP_* variables when
+ * set, else `given` (toolgate's tracing.max_queue_size and
+ * tracing.scheduled_delay_ms, or the defaults). A value that is not an integer
+ * (≥ 0 for the delay, ≥ 1 otherwise) is ignored with a warning, as the spec
+ * says; a batch larger than the queue is cut to the queue's size.
+ */
+export function batchSettingsFromEnv(env: Env, log: Logger, given: BatchSettings): BatchSettings {
+  const out = { ...given };
+  for (const [key, name, min] of BSP_VARS) {
+    const raw = env[name]?.trim();
+    if (raw === undefined || raw === "") continue;
+    const n = Number(raw);
+    if (/^\d+$/.test(raw) && Number.isSafeInteger(n) && n >= min) out[key] = n;
+    else
+      log.warn(`${name} ignored`, {
+        event: "telemetry.bsp_invalid",
+        value: raw,
+        using: given[key],
+        fix: `set ${name} to an integer ≥ ${min}`,
+      });
+  }
+  if (out.maxExportBatchSize > out.maxQueueSize) out.maxExportBatchSize = out.maxQueueSize;
+  return out;
 }
 
 /** The transformer's protobuf serializer with toolgate's encoder for requests (same bytes, ./otlp-proto). */
@@ -175,11 +217,7 @@ export class BoundedBatchProcessor implements SpanProcessor {
 
   constructor(
     private readonly exporter: SpanExporter,
-    private readonly opts: {
-      maxQueueSize: number;
-      scheduledDelayMs: number;
-      maxExportBatchSize: number;
-    },
+    private readonly opts: BatchSettings,
     private readonly onDrop: (count: number, why: string) => void,
   ) {}
 
@@ -230,23 +268,36 @@ export class BoundedBatchProcessor implements SpanProcessor {
     return this.inFlight;
   }
 
+  /** One export; it fails (spans dropped) on an error or after exportTimeoutMs, whichever first. */
   private exportBatch(batch: ReadableSpan[]): Promise<void> {
     return new Promise<void>((resolve) => {
-      try {
-        this.exporter.export(batch, (result) => {
-          if (result.code === ExportResultCode.SUCCESS) this.exported += batch.length;
-          else {
-            this.exportFailures++;
-            this.dropped += batch.length;
-            this.onDrop(batch.length, `export_failed: ${result.error?.message ?? "unknown"}`);
-          }
-          resolve();
-        });
-      } catch (e) {
+      let done = false;
+      const fail = (why: string): void => {
         this.exportFailures++;
         this.dropped += batch.length;
-        this.onDrop(batch.length, `export_failed: ${(e as Error).message}`);
+        this.onDrop(batch.length, why);
+      };
+      const finish = (outcome: () => void): void => {
+        if (done) return; // a late answer after the timeout changes nothing
+        done = true;
+        clearTimeout(timer);
+        outcome();
         resolve();
+      };
+      const timer = setTimeout(
+        () => finish(() => fail("export_timeout")),
+        this.opts.exportTimeoutMs,
+      );
+      timer.unref();
+      try {
+        this.exporter.export(batch, (result) =>
+          finish(() => {
+            if (result.code === ExportResultCode.SUCCESS) this.exported += batch.length;
+            else fail(`export_failed: ${result.error?.message ?? "unknown"}`);
+          }),
+        );
+      } catch (e) {
+        finish(() => fail(`export_failed: ${(e as Error).message}`));
       }
     });
   }
@@ -313,7 +364,7 @@ export function extractTraceContext(
  * toolgate's tracing: its own TracerProvider (no process-global registration,
  * so several sidecars can share a process in tests), configured by the standard
  * OTEL_* variables: OTEL_SDK_DISABLED, OTEL_SERVICE_NAME,
- * OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG),
+ * OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG), OTEL_BSP_*,
  * OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT / _PROTOCOL / _HEADERS / _TIMEOUT.
  */
 export class Tracing {
@@ -345,11 +396,12 @@ export class Tracing {
     let unreported = 0;
     this.processor = new BoundedBatchProcessor(
       exporter,
-      {
+      batchSettingsFromEnv(opts.env, opts.log, {
         maxQueueSize: opts.maxQueueSize ?? 8192,
         scheduledDelayMs: opts.scheduledDelayMs ?? 500,
         maxExportBatchSize: opts.maxExportBatchSize ?? 512,
-      },
+        exportTimeoutMs: opts.exportTimeoutMs ?? 30_000,
+      }),
       (count, why) => {
         // Counted always; logged at most every 10 s so a dead collector cannot flood the log.
         unreported += count;

@@ -1,0 +1,149 @@
+/**
+ * OTEL_BSP_* (the spec's batch span processor variables) over toolgate's own
+ * tracing settings, and the processor keeping to them: queue bound, batch
+ * size, schedule delay, export timeout.
+ */
+import { ROOT_CONTEXT, SpanKind } from "@opentelemetry/api";
+import { ExportResultCode, type ExportResult } from "@opentelemetry/core";
+import { InMemorySpanExporter, type ReadableSpan } from "@opentelemetry/sdk-trace";
+import {
+  BoundedBatchProcessor,
+  Tracing,
+  batchSettingsFromEnv,
+  type BatchSettings,
+} from "../../src/telemetry/tracing";
+import { silentLogger } from "../../src/shared/log";
+import { captureLogger } from "../helpers/capture";
+
+const given: BatchSettings = {
+  maxQueueSize: 8192,
+  scheduledDelayMs: 500,
+  maxExportBatchSize: 512,
+  exportTimeoutMs: 30_000,
+};
+
+describe("batchSettingsFromEnv", () => {
+  test("unset: toolgate's settings", () => {
+    expect(batchSettingsFromEnv({}, silentLogger, given)).toEqual(given);
+  });
+
+  test("OTEL_BSP_* win over tracing.max_queue_size / scheduled_delay_ms", () => {
+    expect(
+      batchSettingsFromEnv(
+        {
+          OTEL_BSP_SCHEDULE_DELAY: "0",
+          OTEL_BSP_EXPORT_TIMEOUT: "1500",
+          OTEL_BSP_MAX_QUEUE_SIZE: " 100 ",
+          OTEL_BSP_MAX_EXPORT_BATCH_SIZE: "20",
+        },
+        silentLogger,
+        given,
+      ),
+    ).toEqual({
+      maxQueueSize: 100,
+      scheduledDelayMs: 0,
+      maxExportBatchSize: 20,
+      exportTimeoutMs: 1500,
+    });
+  });
+
+  test.each([
+    ["OTEL_BSP_MAX_QUEUE_SIZE", "0"],
+    ["OTEL_BSP_MAX_QUEUE_SIZE", "lots"],
+    ["OTEL_BSP_SCHEDULE_DELAY", "-5"],
+    ["OTEL_BSP_EXPORT_TIMEOUT", "1.5"],
+    ["OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1e3"],
+  ])("%s=%s is ignored with a warning", (name, value) => {
+    const logs = captureLogger();
+    expect(batchSettingsFromEnv({ [name]: value }, logs.log, given)).toEqual(given);
+    expect(logs.lines().some((l) => l.event === "telemetry.bsp_invalid")).toBe(true);
+  });
+
+  test("a batch larger than the queue is cut to the queue", () => {
+    const s = batchSettingsFromEnv({ OTEL_BSP_MAX_QUEUE_SIZE: "64" }, silentLogger, given);
+    expect(s.maxExportBatchSize).toBe(64);
+  });
+});
+
+/** An in-memory exporter that records the size of each export call. */
+class CountingExporter extends InMemorySpanExporter {
+  readonly batches: number[] = [];
+  override export(spans: ReadableSpan[], cb: (r: ExportResult) => void): void {
+    this.batches.push(spans.length);
+    super.export(spans, cb);
+  }
+}
+
+describe("the processor keeps to OTEL_BSP_*", () => {
+  test("queue bound and batch size", async () => {
+    const exporter = new CountingExporter();
+    const tracing = new Tracing({
+      env: {
+        OTEL_BSP_MAX_QUEUE_SIZE: "5",
+        OTEL_BSP_MAX_EXPORT_BATCH_SIZE: "2",
+        OTEL_BSP_SCHEDULE_DELAY: "60000",
+      },
+      log: silentLogger,
+      serviceVersion: "1.0.0",
+      exporter,
+      maxQueueSize: 1000, // tracing.max_queue_size: OTEL_BSP_MAX_QUEUE_SIZE wins
+    });
+    for (let i = 0; i < 8; i++)
+      tracing.prepareSpan(`s${i}`, SpanKind.SERVER, ROOT_CONTEXT, {}).finish();
+    expect(tracing.stats()).toMatchObject({ queued: 5, dropped: 3 });
+    await tracing.flush();
+    expect(exporter.batches).toEqual([2, 2, 1]);
+    expect(tracing.stats()).toMatchObject({ queued: 0, exported: 5 });
+    await tracing.shutdown();
+  });
+
+  test("schedule delay: spans leave on their own after OTEL_BSP_SCHEDULE_DELAY", async () => {
+    const exporter = new CountingExporter();
+    const tracing = new Tracing({
+      env: { OTEL_BSP_SCHEDULE_DELAY: "20" },
+      log: silentLogger,
+      serviceVersion: "1.0.0",
+      exporter,
+      scheduledDelayMs: 60_000, // tracing.scheduled_delay_ms: the variable wins
+    });
+    tracing.prepareSpan("s", SpanKind.SERVER, ROOT_CONTEXT, {}).finish();
+    for (let i = 0; i < 100 && exporter.batches.length === 0; i++)
+      await new Promise((r) => setTimeout(r, 10));
+    expect(exporter.batches).toEqual([1]);
+    await tracing.shutdown();
+  });
+
+  test("an export that never answers fails after OTEL_BSP_EXPORT_TIMEOUT; a late answer changes nothing", async () => {
+    let late: ((r: ExportResult) => void) | undefined;
+    const stuck = new CountingExporter();
+    stuck.export = (spans, cb) => {
+      stuck.batches.push(spans.length);
+      late = cb; // never called in time
+    };
+    const reasons: string[] = [];
+    const p = new BoundedBatchProcessor(
+      stuck,
+      batchSettingsFromEnv({ OTEL_BSP_EXPORT_TIMEOUT: "50" }, silentLogger, {
+        ...given,
+        scheduledDelayMs: 60_000,
+      }),
+      (_n, why) => reasons.push(why),
+    );
+    const span = await new Promise<ReadableSpan>((resolve) => {
+      const probe = new InMemorySpanExporter();
+      const tr = new Tracing({ env: {}, log: silentLogger, serviceVersion: "1", exporter: probe });
+      tr.prepareSpan("s", SpanKind.SERVER, ROOT_CONTEXT, {}).finish();
+      void tr.flush().then(() => resolve(probe.getFinishedSpans()[0]!));
+    });
+    p.onEnd(span);
+    p.onEnd(span);
+    const started = Date.now();
+    await p.forceFlush();
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(p.exportFailures).toBe(1);
+    expect(p.dropped).toBe(2);
+    expect(reasons).toEqual(["export_timeout"]);
+    late?.({ code: ExportResultCode.SUCCESS });
+    expect(p.exported).toBe(0);
+  });
+});
