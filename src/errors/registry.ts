@@ -123,6 +123,10 @@ export const ERRORS = {
   // -- configuration and CLI --------------------------------------------------
   config_invalid: { status: 500, message: "the configuration is invalid" },
   config_unreadable: { status: 500, message: "the configuration file cannot be read" },
+  port_in_use: {
+    status: 500,
+    message: "a port toolgate should listen on is already in use by another process",
+  },
   usage: { status: 400, message: "invalid command-line usage" },
   internal_error: { status: 500, message: "internal error" },
   // -- approvals (AuthZEN Access Request and Approval profile) ----------------

@@ -256,5 +256,6 @@ export function startAgentServer(deps: AgentServerDeps): Promise<RunningServer> 
     requestTimeoutMs,
     headersTimeoutMs: Math.min(requestTimeoutMs, 60_000),
     keepAliveTimeoutMs: 5_000,
+    setting: "server.agent.port / TOOLGATE_AGENT_PORT",
   });
 }

@@ -226,5 +226,6 @@ export function startControlServer(deps: ControlServerDeps): Promise<RunningServ
     port,
     requestTimeoutMs: 10_000,
     headersTimeoutMs: 10_000,
+    setting: "control.port / TOOLGATE_CONTROL_PORT",
   });
 }

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { createServer, type RequestListener, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { toolgateError } from "../errors";
 
 export interface RunningServer {
   server: Server;
@@ -15,6 +16,8 @@ export interface ServeOptions {
   headersTimeoutMs: number;
   /** node's default (5 s) when not given. */
   keepAliveTimeoutMs?: number;
+  /** The settings that choose this port (`server.agent.port / TOOLGATE_AGENT_PORT`), named when it is taken. */
+  setting?: string;
 }
 
 /** A port's HTTP server: its timeouts, malformed HTTP answered in JSON, listening. */
@@ -24,15 +27,31 @@ export function serve(app: RequestListener, opts: ServeOptions): Promise<Running
   server.headersTimeout = opts.headersTimeoutMs;
   if (opts.keepAliveTimeoutMs !== undefined) server.keepAliveTimeout = opts.keepAliveTimeoutMs;
   answerClientErrors(server);
-  return listen(server, opts.host, opts.port);
+  return listen(server, opts.host, opts.port, opts.setting);
 }
 
 /** Listens on host:port; resolves once listening, with the URL and a closer that drops open connections. */
-export function listen(server: Server, host: string, port: number): Promise<RunningServer> {
+export function listen(
+  server: Server,
+  host: string,
+  port: number,
+  setting = "its port setting",
+): Promise<RunningServer> {
   return new Promise((resolve, reject) => {
-    server.once("error", reject);
+    const failed = (e: NodeJS.ErrnoException): void =>
+      reject(
+        e.code === "EADDRINUSE"
+          ? toolgateError(
+              "port_in_use",
+              `${host.includes(":") ? `[${host}]` : host}:${port} is already in use by another process; ` +
+                `stop that process or choose another port with ${setting} (0 picks a free one)`,
+              { cause: e },
+            )
+          : e,
+      );
+    server.once("error", failed);
     server.listen(port, host, () => {
-      server.off("error", reject);
+      server.off("error", failed);
       const addr = server.address() as AddressInfo;
       const h = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
       resolve({

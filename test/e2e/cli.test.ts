@@ -4,6 +4,7 @@
  */
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { tempDir } from "../helpers/opa";
 import { startOtlpReceiver } from "../helpers/otlp";
@@ -194,6 +195,34 @@ describe("toolgate serve", () => {
     } finally {
       child.kill("SIGKILL");
       await receiver.close();
+    }
+  });
+
+  test("a port in use stops start-up with port_in_use, host:port and the setting to change", async () => {
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, "127.0.0.1", resolve));
+    const { port } = holder.address() as { port: number };
+    try {
+      const child = spawn(process.execPath, [bin, "serve"], {
+        cwd: root,
+        env: {
+          ...process.env,
+          TOOLGATE_AGENT_PORT: String(port),
+          TOOLGATE_STATE_DIR: tempDir(),
+          OTEL_SDK_DISABLED: "true",
+        },
+        stdio: ["ignore", "ignore", "pipe"],
+      });
+      let stderr = "";
+      child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+      const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+      expect(code).toBe(2);
+      expect(stderr.trim()).toBe(
+        `toolgate: port_in_use: 127.0.0.1:${port} is already in use by another process; ` +
+          "stop that process or choose another port with server.agent.port / TOOLGATE_AGENT_PORT (0 picks a free one)",
+      );
+    } finally {
+      await new Promise((resolve) => holder.close(resolve));
     }
   });
 
