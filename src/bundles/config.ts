@@ -8,9 +8,6 @@ import { bool, int, oneOf, path, section, text, type Infer } from "../shared/con
 import { BUNDLE_SIGNING_ALGORITHMS } from "../shared/algorithms";
 import { defaultBundlePath } from "../shared/paths";
 
-/** The compiled `policy` section. */
-export type PolicyConfig = Infer<typeof POLICY>;
-
 export const POLICY = section(
   {
     bundle: path({
@@ -208,3 +205,6 @@ export const POLICY = section(
     },
   },
 );
+
+/** The compiled `policy` section. */
+export type PolicyConfig = Infer<typeof POLICY>;

@@ -103,9 +103,6 @@ const TOOLS = map({
   doc: "Per tool: the grant's `aud` (default `tool:<tool name>`), lifetime and single use (default: true for execute and admin tools). Env: JSON.",
 });
 
-/** The compiled `grants` section. */
-export type GrantsSectionConfig = Infer<typeof GRANTS>;
-
 export const GRANTS = section(
   {
     enabled: bool({
@@ -186,3 +183,6 @@ export const GRANTS = section(
     },
   },
 );
+
+/** The compiled `grants` section. */
+export type GrantsSectionConfig = Infer<typeof GRANTS>;
