@@ -10,6 +10,7 @@ import { resolve } from "node:path";
 import { APPROVALS } from "../approvals/config";
 import { POLICY } from "../bundles/config";
 import { CONTAINMENT } from "../containment/config";
+import { FLEET } from "../fleet/config";
 import { GRANTS } from "../grants/config";
 import { IDENTITY, tokenSpec, usesDevKey } from "../identity/config";
 import {
@@ -277,6 +278,7 @@ export const SPEC = section(
     approvals: APPROVALS,
     containment: CONTAINMENT,
     grants: GRANTS,
+    fleet: FLEET,
     state: STATE,
     audit: AUDIT,
     tracing: TRACING,
