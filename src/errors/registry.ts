@@ -180,6 +180,11 @@ export const ERRORS = {
     status: 500,
     message: "the bundle's data.toolgate.deployment.limits is malformed",
   },
+  // -- fleet (toolgate control) -----------------------------------------------
+  fleet_store_unavailable: {
+    status: 503,
+    message: "the fleet store (PostgreSQL) cannot be reached, migrated, read or written",
+  },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;
