@@ -61,8 +61,8 @@ const reqs = [
 const texts = reqs.map((r) => JSON.stringify(r));
 const ctx = { face: "native" };
 for (const [i, r] of reqs.entries()) {
-  const a = off.decider.decide(r, ctx, texts[i]).decision;
-  const b = on.decider.decide(r, ctx, texts[i]).decision;
+  const a = off.decider.decideSync(r, ctx, texts[i]).decision;
+  const b = on.decider.decideSync(r, ctx, texts[i]).decision;
   if (a.outcome !== "allow" || b.outcome !== "allow" || a.grant || !b.grant)
     throw new Error("expected allow without / with a grant");
 }
@@ -92,7 +92,7 @@ function variants(list, iters) {
 }
 
 const issuer = on.grants;
-const sample = on.decider.decide(reqs[0], ctx, texts[0]).decision;
+const sample = on.decider.decideSync(reqs[0], ctx, texts[0]).decision;
 const verified = {
   agent: { id: "support-triage" },
   subject: { id: "alice", method: "trusted" },
@@ -100,8 +100,11 @@ const verified = {
 };
 const results = variants(
   [
-    { name: "decide, grants off", fn: (k) => off.decider.decide(reqs[k & 1], ctx, texts[k & 1]) },
-    { name: "decide, grants on", fn: (k) => on.decider.decide(reqs[k & 1], ctx, texts[k & 1]) },
+    {
+      name: "decide, grants off",
+      fn: (k) => off.decider.decideSync(reqs[k & 1], ctx, texts[k & 1]),
+    },
+    { name: "decide, grants on", fn: (k) => on.decider.decideSync(reqs[k & 1], ctx, texts[k & 1]) },
     {
       name: "bindingHash alone",
       fn: (k) => bindingHash(reqs[k & 1], DEFAULT_BINDING_CONTEXT_MEMBERS),

@@ -145,14 +145,14 @@ const reqs = MIX.map((m) => m.req);
 const bodies = MIX.map((m) => JSON.stringify(m.req));
 const ctx = { face: "native" };
 for (let i = 0; i < MIX.length; i++) {
-  const d = parts.decider.decide(reqs[i], ctx, bodies[i]).decision;
+  const d = parts.decider.decideSync(reqs[i], ctx, bodies[i]).decision;
   if (d.outcome !== MIX[i].outcome) {
     console.error(`inproc: Decider ${MIX[i].name}: got ${d.outcome}, want ${MIX[i].outcome}`);
     process.exit(1);
   }
 }
 const decide = timeMix(
-  (i) => parts.decider.decide(reqs[i], ctx, bodies[i]),
+  (i) => parts.decider.decideSync(reqs[i], ctx, bodies[i]),
   Math.max(1000, Math.floor(iterations / 2)),
 );
 await parts.bundles.stop?.();

@@ -45,7 +45,7 @@ export type ApprovalCheck =
   /** The request is denied outright (toolgate reason). */
   | {
       kind: "deny";
-      code: "approval_used" | "approval_denied" | "approval_revoked";
+      code: "approval_used" | "approval_denied" | "approval_revoked" | "approval_unavailable";
       message: string;
     }
   /** Expired: denied, with a fresh access request. */

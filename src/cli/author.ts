@@ -253,7 +253,7 @@ export async function explainCommand(args: string[], out: Out): Promise<number> 
   const req = validateDecisionRequest(JSON.parse(text));
   let decision: Decision | undefined;
   if (values.bundle)
-    decision = (await offlineDecider(values.bundle, values.agent)).decider.decide(
+    decision = (await offlineDecider(values.bundle, values.agent)).decider.decideSync(
       req,
       { face: "cli" },
       text,
@@ -386,7 +386,7 @@ export async function replayCommand(args: string[], out: Out): Promise<number> {
     clock = Date.parse(r.time) || Date.now();
     let now: Decision;
     try {
-      now = parts.decider.decide(request, { face: "cli" }).decision;
+      now = parts.decider.decideSync(request, { face: "cli" }).decision;
     } catch (e) {
       changes.push({
         decision_id: r.decision_id,

@@ -154,7 +154,11 @@ async function evalCommand(args: string[], out: Out): Promise<number> {
   await parts.bundles.activate(await loadBundleFromPath(config.policy.bundle));
   const text = readFileSync(values.input === "-" ? 0 : values.input, "utf8");
   const value = parseJsonOr("malformed_json", values.input, text);
-  const { decision } = parts.decider.decide(validateDecisionRequest(value), { face: "cli" }, text);
+  const { decision } = parts.decider.decideSync(
+    validateDecisionRequest(value),
+    { face: "cli" },
+    text,
+  );
   out.stdout(JSON.stringify(decision, null, 2) + "\n");
   return EVAL_EXIT[decision.outcome];
 }

@@ -1,9 +1,10 @@
 import { randomUUID } from "node:crypto";
 import { isToolgateError, normalizeError, toolgateError, type ToolgateError } from "../errors";
 import type { Identity } from "../identity";
-import type { ApprovalCheck, ApprovalService } from "../approvals/service";
+import type { ApprovalCheck } from "../approvals/service";
 import type { GrantMinter } from "../grants";
-import type { Containment, ContainmentDeny } from "../containment";
+import type { ContainmentDeny } from "../containment";
+import { drive, wait, type ApprovalPort, type ContainmentPort, type Steps } from "./ports";
 import type { PolicyEngine } from "../policy/engine";
 import { checkPolicyOutput } from "./output";
 import type {
@@ -21,6 +22,8 @@ import type {
 
 export type * from "../model";
 export { checkPolicyOutput, KNOWN_OBLIGATIONS } from "./output";
+export type { ApprovalPort, ContainmentPort, MaybePromise } from "./ports";
+export { drive, mapMaybe, wait, type Steps } from "./ports";
 
 /** Where the active policy comes from; the bundle manager implements it. */
 export interface PolicySource {
@@ -37,11 +40,11 @@ export interface DeciderOptions {
   /** Audit: receives every decision and refusal. */
   sink?: DecisionSink;
   /** Approvals: records needs_approval evaluations and checks presented approvals. */
-  approvals?: ApprovalService;
+  approvals?: ApprovalPort;
   /** Grants: signs a request-bound credential onto every allow. */
   grants?: GrantMinter;
   /** Containment: kill switches, rates and budgets, enforced before evaluation. */
-  containment?: Containment;
+  containment?: ContainmentPort;
   /** A candidate policy evaluated beside the active one, for the record only. */
   candidate?: PolicySource;
 }
@@ -62,8 +65,10 @@ export const FAIL_CLOSED_REASONS = {
 
 /**
  * The one decision path every face calls: identity → policy → checked
- * Decision. Synchronous: the wasm evaluation is synchronous and nothing on
- * this path waits on I/O.
+ * Decision. Synchronous (the wasm evaluation is), unless a port answers with
+ * a promise: in fleet mode a budget reservation, a presented approval or an
+ * empty rate lease waits on the control service. `decide` then returns a
+ * promise; the faces await it only when it is one.
  */
 export class Decider {
   private readonly opts: DeciderOptions;
@@ -80,9 +85,35 @@ export class Decider {
    * Decides one request. `requestJson`, when given, must be the JSON text of
    * `req` (the faces pass the body they parsed, which saves a stringify).
    * Throws ToolgateError only for request problems (`agent_mismatch`) and for
-   * `policy_unavailable`; every policy failure is a deny.
+   * `policy_unavailable` (synchronously: before any port is asked); every
+   * policy, port or store failure is a deny.
    */
-  decide(req: DecisionRequest, ctx: RequestContext, requestJson?: string): Decided {
+  decide(
+    req: DecisionRequest,
+    ctx: RequestContext,
+    requestJson?: string,
+  ): Decided | Promise<Decided> {
+    return drive(this.steps(req, ctx, requestJson));
+  }
+
+  /**
+   * decide() where every port answers synchronously (a sidecar's own state,
+   * the offline tools): the Decided itself. Throws `internal_error` if a port
+   * answered with a promise (fleet mode); use decide() there.
+   */
+  decideSync(req: DecisionRequest, ctx: RequestContext, requestJson?: string): Decided {
+    const r = this.decide(req, ctx, requestJson);
+    if (r instanceof Promise) {
+      r.catch(() => undefined);
+      throw toolgateError(
+        "internal_error",
+        "decideSync: a port answered asynchronously; use decide()",
+      );
+    }
+    return r;
+  }
+
+  private *steps(req: DecisionRequest, ctx: RequestContext, requestJson?: string): Steps<Decided> {
     const nowMs = this.now();
     const nowNs = nowMs * 1e6;
     let verified: VerifiedFacts;
@@ -111,7 +142,7 @@ export class Decider {
     if (containment !== undefined) {
       let held: (Omit<ContainmentDeny, "code"> & { code: string }) | undefined;
       try {
-        held = containment.check(req, verified, engine, nowMs);
+        held = yield* wait(containment.check(req, verified, engine, nowMs));
       } catch (e) {
         // malformed limits in the bundle's data: fail closed
         held = {
@@ -127,7 +158,7 @@ export class Decider {
       }
       verified.containment = containment.view(nowMs);
     }
-    const check: ApprovalCheck = this.opts.approvals?.check(req, nowMs) ?? { kind: "none" };
+    const check = yield* this.approvalCheck(req, nowMs);
     if (check.kind === "deny") {
       decision.reasons = [{ code: check.code, message: check.message }];
       return this.finish(event);
@@ -161,11 +192,11 @@ export class Decider {
         expires_at: new Date(nowMs + this.opts.requestTtlSeconds * 1000).toISOString(),
       };
     }
-    this.applyApproval(decision, check);
+    yield* this.applyApproval(decision, check, nowMs);
     // Budgets: an allow reserves its amount (on disk) before it can carry a grant or be answered.
     const reserved =
       decision.outcome === "allow" && containment !== undefined
-        ? this.reserve(containment, decision, req, verified, engine, nowMs)
+        ? yield* this.reserve(containment, decision, req, verified, engine, nowMs)
         : false;
     const grant = this.grant(decision, req, verified, nowMs);
     if (reserved && decision.outcome !== "allow") containment?.unreserve(decision.decision_id);
@@ -194,17 +225,17 @@ export class Decider {
    * would be exceeded, or a reservation that cannot be written, turns the
    * allow into a deny (fail closed). Returns whether anything was reserved.
    */
-  private reserve(
-    containment: Containment,
+  private *reserve(
+    containment: ContainmentPort,
     d: Decision,
     req: DecisionRequest,
     verified: VerifiedFacts,
     engine: PolicyEngine,
     nowMs: number,
-  ): boolean {
+  ): Generator<Promise<unknown>, boolean, unknown> {
     let held: ContainmentDeny | undefined;
     try {
-      held = containment.reserve(d.decision_id, req, verified, engine, nowMs);
+      held = yield* wait(containment.reserve(d.decision_id, req, verified, engine, nowMs));
     } catch (e) {
       held = {
         code: "budget_unavailable",
@@ -273,8 +304,30 @@ export class Decider {
     };
   }
 
+  /** The presented approval's check; a port failure denies (fail closed). */
+  private *approvalCheck(
+    req: DecisionRequest,
+    nowMs: number,
+  ): Generator<Promise<unknown>, ApprovalCheck, unknown> {
+    const approvals = this.opts.approvals;
+    if (approvals === undefined) return { kind: "none" };
+    try {
+      return yield* wait(approvals.check(req, nowMs));
+    } catch (e) {
+      return {
+        kind: "deny",
+        code: "approval_unavailable",
+        message: `the presented approval could not be checked; denied (fail closed): ${normalizeError(e).message}`,
+      };
+    }
+  }
+
   /** How a presented approval changes the policy's answer (see ApprovalService.check). */
-  private applyApproval(d: Decision, check: ApprovalCheck): void {
+  private *applyApproval(
+    d: Decision,
+    check: ApprovalCheck,
+    nowMs: number,
+  ): Generator<Promise<unknown>, void, unknown> {
     const approvals = this.opts.approvals;
     if (approvals === undefined || check.kind === "none" || check.kind === "deny") return;
     if (check.kind === "ignored" && d.outcome === "needs_approval") {
@@ -284,8 +337,27 @@ export class Decider {
       d.outcome = "deny";
       d.reasons = [{ code: "approval_expired", message: check.message }, ...d.reasons];
     } else if (check.kind === "verified" && d.outcome === "allow") {
-      if (!check.singleUse) approvals.used(check.taskId, d.decision_id);
-      else if (!approvals.consume(check.taskId, d.decision_id)) {
+      let consumed: boolean;
+      if (!check.singleUse) {
+        approvals.used(check.taskId, d.decision_id);
+        consumed = true;
+      } else {
+        try {
+          consumed = yield* wait(approvals.consume(check.taskId, d.decision_id, nowMs));
+        } catch (e) {
+          // the use could not be recorded: the approval is not honoured (fail closed)
+          d.outcome = "deny";
+          d.reasons = [
+            {
+              code: "approval_unavailable",
+              message: `approval ${check.taskId} could not be claimed; denied (fail closed): ${normalizeError(e).message}`,
+            },
+          ];
+          d.obligations = [];
+          return;
+        }
+      }
+      if (!consumed) {
         d.outcome = "deny";
         d.reasons = [
           {

@@ -159,7 +159,8 @@ export class HttpPort {
             : await readJson(req, limits);
         const value =
           parsed !== undefined && schema !== undefined ? schema(parsed.value) : parsed?.value;
-        const answer = handle(value as T, ctx, req, parsed);
+        let answer = handle(value as T, ctx, req, parsed);
+        if (answer instanceof Promise) answer = await answer;
         if (answer instanceof Reply) answer.send(res);
         else sendJson(res, 200, answer);
       } catch (e) {

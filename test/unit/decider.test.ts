@@ -9,7 +9,7 @@
  */
 import { ApprovalStore } from "../../src/approvals";
 import { ApprovalService, type ApprovalCheck } from "../../src/approvals/service";
-import { Containment, ContainmentStore } from "../../src/containment";
+import { Containment, ContainmentStore, type ContainmentDeny } from "../../src/containment";
 import {
   Decider,
   FAIL_CLOSED_REASONS,
@@ -78,7 +78,7 @@ class FakeApprovals {
     this.calls.push("record");
     this.recorded.push(structuredClone(d));
   }
-  /** The Decider takes the ApprovalService class, not an interface: a fake stands in structurally. */
+  /** The Decider takes an ApprovalPort: the fake as the real service's type. */
   get service(): ApprovalService {
     return this as unknown as ApprovalService;
   }
@@ -138,7 +138,7 @@ describe("the policy's answer", () => {
   test("an allow: the checked output, the policy's revision, the decider's id and time", () => {
     const { decider, sink } = setup();
     const req = unitRequest({ tool: "tickets.read" });
-    const { decision, notes } = decider.decide(req, ctx);
+    const { decision, notes } = decider.decideSync(req, ctx);
     expect(decision).toEqual({
       decision_id: "dec_1",
       outcome: "allow",
@@ -163,10 +163,10 @@ describe("the policy's answer", () => {
 
   test("a deny carries the policy's reasons; obligations come through on an allow", () => {
     const { decider, sink } = setup();
-    const out = decider.decide(unitRequest({ customer: "cust_2" }), ctx).decision;
+    const out = decider.decideSync(unitRequest({ customer: "cust_2" }), ctx).decision;
     expect(out.outcome).toBe("deny");
     expect(out.reasons.map((r) => r.code)).toEqual(["out_of_scope"]);
-    const read = decider.decide(unitRequest({ tool: "accounts.summary.read" }), ctx).decision;
+    const read = decider.decideSync(unitRequest({ tool: "accounts.summary.read" }), ctx).decision;
     expect(read.outcome).toBe("allow");
     expect(read.obligations.map((o) => o.type)).toEqual(["redact"]);
     expect(sink.events).toHaveLength(2);
@@ -176,7 +176,7 @@ describe("the policy's answer", () => {
     const engine = fakeEngine(answer("allow"));
     const { decider } = setup({ engine });
     const req = unitRequest();
-    decider.decide(req, ctx);
+    decider.decideSync(req, ctx);
     expect(engine.inputs).toEqual([
       {
         request: req,
@@ -194,7 +194,7 @@ describe("refusals before evaluation: thrown, and recorded once as a refusal", (
   test("no active policy: policy_unavailable", () => {
     const { decider, sink } = setup({ engine: undefined });
     const req = unitRequest();
-    const err = refused(() => decider.decide(req, ctx));
+    const err = refused(() => decider.decideSync(req, ctx));
     expect(err.code).toBe("policy_unavailable");
     expect(err.status).toBe(503);
     expect(sink.events).toEqual([
@@ -211,7 +211,7 @@ describe("refusals before evaluation: thrown, and recorded once as a refusal", (
     const engine = fakeEngine(answer("allow"));
     const { decider, sink } = setup({ engine });
     const err = refused(() =>
-      decider.decide(unitRequest({ context: { agent_id: "someone-else" } }), ctx),
+      decider.decideSync(unitRequest({ context: { agent_id: "someone-else" } }), ctx),
     );
     expect(err.code).toBe("agent_mismatch");
     expect(engine.inputs).toHaveLength(0);
@@ -223,7 +223,7 @@ describe("refusals before evaluation: thrown, and recorded once as a refusal", (
     const verifier = { dev: false } as unknown as TokenVerifier;
     const identity = new Identity({ agentId: AGENT, mode: "jwt", verifier });
     const { decider, sink } = setup({ identity });
-    const ok = decider.decide(unitRequest(), {
+    const ok = decider.decideSync(unitRequest(), {
       ...ctx,
       principal: principal("alice", ["support_agent"]),
     });
@@ -233,9 +233,10 @@ describe("refusals before evaluation: thrown, and recorded once as a refusal", (
       method: "jwt",
       claims: { ...principal("alice").claims, roles: ["support_agent"] },
     });
-    expect(refused(() => decider.decide(unitRequest(), ctx)).code).toBe("unauthenticated");
+    expect(refused(() => decider.decideSync(unitRequest(), ctx)).code).toBe("unauthenticated");
     expect(
-      refused(() => decider.decide(unitRequest(), { ...ctx, principal: principal("sam") })).code,
+      refused(() => decider.decideSync(unitRequest(), { ...ctx, principal: principal("sam") }))
+        .code,
     ).toBe("subject_mismatch");
     expect(sink.events.map((e) => e.kind)).toEqual(["decision", "refusal", "refusal"]);
   });
@@ -275,7 +276,7 @@ describe("fail closed: what the policy cannot answer is a deny", () => {
   test.each(cases)("%s", (_what, out, code, detail) => {
     const minter = new FakeMinter();
     const { decider, sink } = setup({ engine: fakeEngine(out), grants: minter });
-    const { decision } = decider.decide(unitRequest(), ctx);
+    const { decision } = decider.decideSync(unitRequest(), ctx);
     expect(decision.outcome).toBe("deny");
     expect(decision.obligations).toEqual([]);
     expect(decision.reasons).toHaveLength(1);
@@ -296,7 +297,7 @@ describe("containment comes first", () => {
     const c = containment(clock);
     const { decider, sink } = setup({ engine, containment: c, now: clock.now });
     const sw = c.createSwitch({ scope: { tool: "tickets.read" }, reason: "incident 7" }, "olga");
-    const { decision, notes } = decider.decide(unitRequest(), ctx);
+    const { decision, notes } = decider.decideSync(unitRequest(), ctx);
     expect(decision.outcome).toBe("deny");
     expect(decision.reasons).toEqual([
       { code: "tool_disabled", message: expect.stringContaining("incident 7") as string },
@@ -309,7 +310,7 @@ describe("containment comes first", () => {
     // lifted: the policy decides again, and sees the switches in force
     c.deleteSwitch(sw.id, "olga");
     c.createSwitch({ scope: { tool: "refunds.issue" }, reason: "other tool" }, "olga");
-    expect(decider.decide(unitRequest(), ctx).decision.outcome).toBe("allow");
+    expect(decider.decideSync(unitRequest(), ctx).decision.outcome).toBe("allow");
     const seen = engine.inputs[0]?.verified.containment as VerifiedFacts["containment"];
     expect(seen?.killswitches.map((k) => k.scope)).toEqual([{ tool: "refunds.issue" }]);
     expect(sink.events).toHaveLength(2);
@@ -320,8 +321,8 @@ describe("containment comes first", () => {
     const limits = { rates: [{ per: "subject", rate_per_second: 1, burst: 1 }] };
     const engine = fakeEngine(answer("allow"), { data: { toolgate: { deployment: { limits } } } });
     const { decider, sink } = setup({ engine, containment: containment(clock), now: clock.now });
-    expect(decider.decide(unitRequest(), ctx).decision.outcome).toBe("allow");
-    const held = decider.decide(unitRequest(), ctx).decision;
+    expect(decider.decideSync(unitRequest(), ctx).decision.outcome).toBe("allow");
+    const held = decider.decideSync(unitRequest(), ctx).decision;
     expect(held).toMatchObject({ outcome: "deny", retry_after: 1 });
     expect(held.reasons.map((r) => r.code)).toEqual(["rate_limited"]);
     expect(engine.inputs).toHaveLength(1);
@@ -330,7 +331,7 @@ describe("containment comes first", () => {
       data: { toolgate: { deployment: { limits: { rates: "many" } } } },
     });
     const broken = setup({ engine: bad, containment: containment(clock), now: clock.now });
-    const d = broken.decider.decide(unitRequest(), ctx).decision;
+    const d = broken.decider.decideSync(unitRequest(), ctx).decision;
     expect(d.outcome).toBe("deny");
     expect(d.reasons[0]?.code).toBe("evaluation_error");
     expect(d.reasons[0]?.message).toMatch(/limits: rates must be an array/);
@@ -354,11 +355,11 @@ describe("containment comes first", () => {
       now: clock.now,
     });
     // the grant cannot be signed: denied, and the budget is not spent
-    expect(decider.decide(unitRequest(), ctx).decision.reasons[0]?.code).toBe("grant_failed");
+    expect(decider.decideSync(unitRequest(), ctx).decision.reasons[0]?.code).toBe("grant_failed");
     minter.fail = undefined;
-    expect(decider.decide(unitRequest(), ctx).decision.outcome).toBe("allow");
+    expect(decider.decideSync(unitRequest(), ctx).decision.outcome).toBe("allow");
     // the one allowed call holds the budget (pending)
-    const over = decider.decide(unitRequest(), ctx).decision;
+    const over = decider.decideSync(unitRequest(), ctx).decision;
     expect(over.outcome).toBe("deny");
     expect(over.reasons[0]?.code).toBe("budget_exceeded");
     expect(over.grant).toBeUndefined();
@@ -371,14 +372,14 @@ describe("grants", () => {
   test("an allow is signed; a deny and a needs_approval never are", () => {
     const minter = new FakeMinter();
     const { decider, sink } = setup({ grants: minter });
-    const allow = decider.decide(unitRequest(), ctx).decision;
+    const allow = decider.decideSync(unitRequest(), ctx).decision;
     expect(allow.grant).toBe("grant-for-dec_1");
     expect(sink.decisions()[0]?.grant).toEqual({ jti: "jti-dec_1", aud: "tools", exp: 1 });
     // the minter sees the finished allow
     expect(minter.issued[0]).toMatchObject({ decision_id: "dec_1", outcome: "allow" });
 
-    const deny = decider.decide(unitRequest({ customer: "cust_2" }), ctx).decision;
-    const needs = decider.decide(
+    const deny = decider.decideSync(unitRequest({ customer: "cust_2" }), ctx).decision;
+    const needs = decider.decideSync(
       unitRequest({ tool: "refunds.issue", args: { amount: 100 } }),
       ctx,
     ).decision;
@@ -393,7 +394,7 @@ describe("grants", () => {
     const minter = new FakeMinter();
     minter.fail = new Error("HSM unreachable");
     const { decider, sink } = setup({ grants: minter });
-    const { decision } = decider.decide(unitRequest({ tool: "accounts.summary.read" }), ctx);
+    const { decision } = decider.decideSync(unitRequest({ tool: "accounts.summary.read" }), ctx);
     expect(decision).toMatchObject({ outcome: "deny", obligations: [] });
     expect(decision.reasons).toEqual([
       {
@@ -414,7 +415,7 @@ describe("approvals", () => {
   test("needs_approval carries the requirement and an access request, recorded for approvals", () => {
     const approvals = new FakeApprovals();
     const { decider, sink } = setup({ approvals: approvals.service });
-    const { decision } = decider.decide(refund(100), ctx);
+    const { decision } = decider.decideSync(refund(100), ctx);
     expect(decision.outcome).toBe("needs_approval");
     expect(decision.approval).toEqual({
       approver_roles: ["support_manager"],
@@ -430,8 +431,8 @@ describe("approvals", () => {
     expect(approvals.recorded).toEqual([decision]);
     expect(sink.events).toHaveLength(1);
     // an allow or a deny is not recorded
-    decider.decide(refund(10), ctx);
-    decider.decide(unitRequest({ customer: "cust_2" }), ctx);
+    decider.decideSync(refund(10), ctx);
+    decider.decideSync(unitRequest({ customer: "cust_2" }), ctx);
     expect(approvals.recorded).toHaveLength(1);
     expect(sink.events).toHaveLength(3);
   });
@@ -441,7 +442,7 @@ describe("approvals", () => {
     approvals.next = { kind: "deny", code: "approval_revoked", message: "revoked by olga" };
     const engine = fakeEngine(answer("allow"));
     const { decider, sink } = setup({ engine, approvals: approvals.service });
-    const { decision } = decider.decide(refund(100, { approval: { id: "apr_1" } }), ctx);
+    const { decision } = decider.decideSync(refund(100, { approval: { id: "apr_1" } }), ctx);
     expect(decision.outcome).toBe("deny");
     expect(decision.reasons).toEqual([{ code: "approval_revoked", message: "revoked by olga" }]);
     expect(engine.inputs).toHaveLength(0);
@@ -452,12 +453,12 @@ describe("approvals", () => {
     const approvals = new FakeApprovals();
     const { decider, sink } = setup({ approvals: approvals.service });
     approvals.next = { kind: "ignored", code: "approval_pending", message: "still pending" };
-    const pending = decider.decide(refund(100), ctx).decision;
+    const pending = decider.decideSync(refund(100), ctx).decision;
     expect(pending.outcome).toBe("needs_approval");
     expect(pending.reasons.map((r) => r.code)).toEqual(["approval_required", "approval_pending"]);
 
     approvals.next = { kind: "expired", message: "expired at noon" };
-    const expired = decider.decide(refund(100), ctx).decision;
+    const expired = decider.decideSync(refund(100), ctx).decision;
     expect(expired.outcome).toBe("deny");
     expect(expired.reasons.map((r) => r.code)).toEqual(["approval_expired", "approval_required"]);
     expect(expired.access_request?.evaluation_id).toBe("dec_2");
@@ -471,14 +472,14 @@ describe("approvals", () => {
     const minter = new FakeMinter();
     const { decider, sink } = setup({ engine, approvals: approvals.service, grants: minter });
     approvals.next = verifiedApproval("apr_1", true);
-    expect(decider.decide(refund(100), ctx).decision.outcome).toBe("allow");
+    expect(decider.decideSync(refund(100), ctx).decision.outcome).toBe("allow");
     expect(engine.inputs[0]?.verified.approval).toEqual(
       (approvals.next as Extract<ApprovalCheck, { kind: "verified" }>).approval,
     );
     expect(approvals.calls).toEqual(["check", "consume apr_1 dec_1"]);
 
     approvals.consumeResult = false; // another decision used it first
-    const lost = decider.decide(refund(100), ctx).decision;
+    const lost = decider.decideSync(refund(100), ctx).decision;
     expect(lost).toMatchObject({ outcome: "deny", obligations: [] });
     expect(lost.reasons).toEqual([
       { code: "approval_used", message: "approval apr_1 was already used (single use)" },
@@ -487,7 +488,7 @@ describe("approvals", () => {
     expect(minter.issued.map((d) => d.decision_id)).toEqual(["dec_1"]);
 
     approvals.next = verifiedApproval("apr_2", false);
-    decider.decide(refund(100), ctx);
+    decider.decideSync(refund(100), ctx);
     expect(approvals.calls.slice(-1)).toEqual(["used apr_2 dec_3"]);
     expect(sink.events).toHaveLength(3);
   });
@@ -502,7 +503,7 @@ describe("approvals", () => {
     });
     const { decider, sink } = setup({ approvals, now: clock.now });
     try {
-      const first = decider.decide(refund(100), ctx).decision;
+      const first = decider.decideSync(refund(100), ctx).decision;
       expect(first.outcome).toBe("needs_approval");
       const { view } = approvals.submit(
         { ...refund(100), denial: { evaluation_id: first.access_request?.evaluation_id ?? "" } },
@@ -516,18 +517,18 @@ describe("approvals", () => {
       clock.advance(1000);
 
       const approved = refund(100, { approval: { id: taskId } });
-      const second = decider.decide(approved, ctx).decision;
+      const second = decider.decideSync(approved, ctx).decision;
       expect(second.outcome).toBe("allow");
       expect(sink.decisions()[1]?.verified.approval).toMatchObject({
         id: taskId,
         approver: { id: "maria", roles: ["support_manager"] },
         single_use: true,
       });
-      const third = decider.decide(approved, ctx).decision;
+      const third = decider.decideSync(approved, ctx).decision;
       expect(third.outcome).toBe("deny");
       expect(third.reasons.map((r) => r.code)).toEqual(["approval_used"]);
       // bound to the request: another amount is decided as if no approval were presented
-      const other = decider.decide(refund(200, { approval: { id: taskId } }), ctx).decision;
+      const other = decider.decideSync(refund(200, { approval: { id: taskId } }), ctx).decision;
       expect(other.outcome).toBe("needs_approval");
       expect(other.reasons.map((r) => r.code)).toContain("approval_mismatch");
       expect(sink.events).toHaveLength(4);
@@ -542,7 +543,7 @@ describe("the candidate policy", () => {
     const candidate = fakeEngine(answer("deny"), { bundle: "next", revision: "next-2" });
     const { decider, sink } = setup({ candidate: new FixedPolicy(candidate) });
     const req = unitRequest();
-    const { decision, notes } = decider.decide(req, ctx);
+    const { decision, notes } = decider.decideSync(req, ctx);
     expect(decision.outcome).toBe("allow");
     expect(JSON.stringify(decision)).not.toMatch(/next-2|fake_deny/);
     const recorded = {
@@ -565,7 +566,7 @@ describe("the candidate policy", () => {
       throw new Error("trap");
     });
     const { decider, sink } = setup({ candidate: new FixedPolicy(candidate) });
-    const { decision, notes } = decider.decide(unitRequest({ customer: "cust_2" }), ctx);
+    const { decision, notes } = decider.decideSync(unitRequest({ customer: "cust_2" }), ctx);
     expect(decision.outcome).toBe("deny");
     expect(notes?.candidate).toMatchObject({
       outcome: "error",
@@ -578,7 +579,7 @@ describe("the candidate policy", () => {
   test("a stage shadow is recorded in the notes, not in the decision", () => {
     const shadow = { outcome: "deny", reasons: [{ code: "next_stage", message: "would deny" }] };
     const { decider, sink } = setup({ engine: fakeEngine(answer("allow", { shadow })) });
-    const { decision, notes } = decider.decide(unitRequest(), ctx);
+    const { decision, notes } = decider.decideSync(unitRequest(), ctx);
     expect(decision.outcome).toBe("allow");
     expect(decision).not.toHaveProperty("shadow");
     expect(notes).toEqual({ shadow });
@@ -614,7 +615,7 @@ test("exactly one sink record per decide, whatever the way out", () => {
     }
     decides++;
     try {
-      decider.decide(r, ctx);
+      decider.decideSync(r, ctx);
     } catch {
       // refusals are thrown; they are recorded all the same
     }
@@ -628,4 +629,123 @@ test("exactly one sink record per decide, whatever the way out", () => {
     "deny",
     "deny",
   ]);
+});
+
+describe("ports that answer with a promise (fleet mode)", () => {
+  const refund = (amount: number, context: Record<string, unknown> = {}): DecisionRequest =>
+    unitRequest({ tool: "refunds.issue", args: { amount }, context });
+  const later = <T>(v: T): Promise<T> => new Promise((r) => setTimeout(() => r(v), 5));
+  const fail = (msg: string): Promise<never> =>
+    new Promise((_r, reject) => setTimeout(() => reject(new Error(msg)), 5));
+
+  /** FakeApprovals whose check and consume answer later (as the fleet's do over HTTP). */
+  class AsyncApprovals extends FakeApprovals {
+    consumeError: string | undefined;
+    checkError: string | undefined;
+    checkLater(): Promise<ApprovalCheck> {
+      const v = super.check();
+      return this.checkError !== undefined ? fail(this.checkError) : later(v);
+    }
+    consumeLater(taskId: string, decisionId: string): Promise<boolean> {
+      const v = super.consume(taskId, decisionId);
+      return this.consumeError !== undefined ? fail(this.consumeError) : later(v);
+    }
+    get port() {
+      return {
+        check: () => this.checkLater(),
+        consume: (t: string, d: string) => this.consumeLater(t, d),
+        used: (t: string, d: string) => this.used(t, d),
+        recordNeedsApproval: (d: Decision) => this.recordNeedsApproval(d),
+      };
+    }
+  }
+
+  test("sync ports keep decide() synchronous; decideSync refuses an asynchronous port", async () => {
+    const { decider } = setup();
+    expect(decider.decide(unitRequest(), ctx)).not.toBeInstanceOf(Promise);
+    const approvals = new AsyncApprovals();
+    const { decider: fleet, sink } = setup({ approvals: approvals.port });
+    expect(refused(() => fleet.decideSync(refund(100), ctx)).code).toBe("internal_error");
+    // the decision it started still finishes and is recorded once
+    await new Promise((r) => setTimeout(r, 20));
+    expect(sink.events).toHaveLength(1);
+  });
+
+  test("an approval checked and claimed later: one allow, recorded once, after the claim", async () => {
+    const approvals = new AsyncApprovals();
+    const engine = fakeEngine(answer("allow"));
+    const minter = new FakeMinter();
+    const { decider, sink } = setup({ engine, approvals: approvals.port, grants: minter });
+    approvals.next = verifiedApproval("apr_1", true);
+    const pending = decider.decide(refund(100), ctx);
+    expect(pending).toBeInstanceOf(Promise);
+    expect(sink.events).toHaveLength(0);
+    const { decision } = await pending;
+    expect(decision.outcome).toBe("allow");
+    expect(decision.grant).toBe("grant-for-dec_1");
+    expect(approvals.calls).toEqual(["check", "consume apr_1 dec_1"]);
+    expect(sink.events).toHaveLength(1);
+
+    approvals.consumeResult = false;
+    const lost = (await decider.decide(refund(100), ctx)).decision;
+    expect(lost.outcome).toBe("deny");
+    expect(lost.reasons[0]?.code).toBe("approval_used");
+    expect(lost.grant).toBeUndefined();
+  });
+
+  test("a check or a claim that fails denies (fail closed), with no grant", async () => {
+    const approvals = new AsyncApprovals();
+    const engine = fakeEngine(answer("allow"));
+    const minter = new FakeMinter();
+    const { decider, sink } = setup({ engine, approvals: approvals.port, grants: minter });
+    approvals.next = verifiedApproval("apr_1", true);
+    approvals.consumeError = "control service unreachable";
+    const claimed = (await decider.decide(refund(100), ctx)).decision;
+    expect(claimed).toMatchObject({ outcome: "deny", obligations: [] });
+    expect(claimed.reasons[0]?.code).toBe("approval_unavailable");
+    expect(claimed.reasons[0]?.message).toContain("control service unreachable");
+    expect(claimed.grant).toBeUndefined();
+
+    approvals.checkError = "timeout";
+    const checked = (await decider.decide(refund(100), ctx)).decision;
+    expect(checked.outcome).toBe("deny");
+    expect(checked.reasons[0]?.code).toBe("approval_unavailable");
+    expect(engine.inputs).toHaveLength(1); // the failed check never reached the policy
+    expect(minter.issued).toHaveLength(0);
+    expect(sink.events).toHaveLength(2);
+  });
+
+  test("containment answering later: a check's deny, a reservation refused or failing", async () => {
+    const engine = fakeEngine(answer("allow"));
+    const minter = new FakeMinter();
+    let checkAnswer: Promise<ContainmentDeny | undefined> = later(undefined);
+    let reserveAnswer: Promise<ContainmentDeny | undefined> = later(undefined);
+    const unreserved: string[] = [];
+    const port = {
+      check: () => checkAnswer,
+      view: () => ({ killswitches: [] }),
+      reserve: () => reserveAnswer,
+      unreserve: (id: string) => unreserved.push(id),
+    };
+    const { decider } = setup({ engine, containment: port, grants: minter });
+    expect((await decider.decide(refund(10), ctx)).decision.outcome).toBe("allow");
+
+    checkAnswer = later({ code: "rate_limited", message: "fleet rate", retry_after: 1 });
+    const limited = (await decider.decide(refund(10), ctx)).decision;
+    expect(limited).toMatchObject({ outcome: "deny", retry_after: 1 });
+    expect(engine.inputs).toHaveLength(1);
+
+    checkAnswer = later(undefined);
+    reserveAnswer = later({ code: "budget_exceeded", message: "over", retry_after: 60 });
+    const over = (await decider.decide(refund(10), ctx)).decision;
+    expect(over).toMatchObject({ outcome: "deny", reasons: [{ code: "budget_exceeded" }] });
+    expect(over.grant).toBeUndefined();
+
+    reserveAnswer = fail("connection refused");
+    const down = (await decider.decide(refund(10), ctx)).decision;
+    expect(down.outcome).toBe("deny");
+    expect(down.reasons[0]?.code).toBe("budget_unavailable");
+    expect(minter.issued).toHaveLength(1);
+    expect(unreserved).toEqual([]);
+  });
 });

@@ -1,4 +1,14 @@
-import type { Decider, Decision, DecisionRequest, RequestContext } from "../../decision";
+import {
+  drive,
+  mapMaybe,
+  wait,
+  type Decider,
+  type Decision,
+  type DecisionRequest,
+  type MaybePromise,
+  type RequestContext,
+  type Steps,
+} from "../../decision";
 import { isToolgateError, toolgateError, type ToolgateError } from "../../errors";
 import { validateDecisionRequest } from "../validate";
 import { isObject } from "../../shared/guards";
@@ -50,8 +60,8 @@ export function authzenEvaluation(
   ctx: RequestContext,
   text: string,
   baseUrl?: string,
-): AuthzenDecision {
-  return toAuthzen(decider.decide(req, ctx, text).decision, baseUrl);
+): MaybePromise<AuthzenDecision> {
+  return mapMaybe(decider.decide(req, ctx, text), (r) => toAuthzen(r.decision, baseUrl));
 }
 
 function itemError(err: ToolgateError): AuthzenDecision {
@@ -74,7 +84,7 @@ export function authzenEvaluations(
   ctx: RequestContext,
   /** Opens a span for the whole batch (audit): returns the items' context and its closer. */
   batchSpan?: (ctx: RequestContext) => { ctx: RequestContext; end(): void },
-): AuthzenDecision | { evaluations: AuthzenDecision[] } {
+): MaybePromise<AuthzenDecision | { evaluations: AuthzenDecision[] }> {
   if (!isObject(top)) throw toolgateError("invalid_request", "the body must be a JSON object");
   const { evaluations, options } = top;
   if (options !== undefined && !isObject(options))
@@ -97,7 +107,9 @@ export function authzenEvaluations(
       context: top.context,
     };
     if (single.context === undefined) delete single.context;
-    return toAuthzen(decider.decide(validateDecisionRequest(single), ctx).decision);
+    return mapMaybe(decider.decide(validateDecisionRequest(single), ctx), (r) =>
+      toAuthzen(r.decision),
+    );
   }
   if (evaluations.length > maxEvaluations) {
     throw toolgateError(
@@ -105,11 +117,23 @@ export function authzenEvaluations(
       `evaluations has ${evaluations.length} items; the limit is ${maxEvaluations}`,
     );
   }
+  return drive(batchSteps(decider, top, evaluations, semantic, ctx, batchSpan));
+}
+
+/** The items in order (each may wait on a fleet port), stopping as the semantic says. */
+function* batchSteps(
+  decider: Decider,
+  top: Record<string, unknown>,
+  evaluations: unknown[],
+  semantic: Semantic,
+  ctx: RequestContext,
+  batchSpan?: (ctx: RequestContext) => { ctx: RequestContext; end(): void },
+): Steps<{ evaluations: AuthzenDecision[] }> {
   const results: AuthzenDecision[] = [];
   const batch = batchSpan?.(ctx);
   try {
     for (let i = 0; i < evaluations.length; i++) {
-      const result = evaluateItem(decider, top, evaluations[i], i, batch?.ctx ?? ctx);
+      const result = yield* wait(evaluateItem(decider, top, evaluations[i], i, batch?.ctx ?? ctx));
       results.push(result);
       if (semantic === "deny_on_first_deny" && !result.decision) break;
       if (semantic === "permit_on_first_permit" && result.decision) break;
@@ -127,7 +151,7 @@ function evaluateItem(
   item: unknown,
   i: number,
   ctx: RequestContext,
-): AuthzenDecision {
+): MaybePromise<AuthzenDecision> {
   if (!isObject(item)) {
     return itemError(toolgateError("invalid_request", `evaluations/${i} must be an object`));
   }
@@ -138,7 +162,7 @@ function evaluateItem(
   }
   try {
     const req: DecisionRequest = validateDecisionRequest(merged, `evaluations/${i}`);
-    return toAuthzen(decider.decide(req, ctx).decision);
+    return mapMaybe(decider.decide(req, ctx), (r) => toAuthzen(r.decision));
   } catch (e) {
     if (isToolgateError(e) && e.status < 500) return itemError(e);
     throw e;

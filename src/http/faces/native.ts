@@ -1,4 +1,11 @@
-import type { Decider, Decision, DecisionRequest, RequestContext } from "../../decision";
+import {
+  mapMaybe,
+  type Decider,
+  type Decision,
+  type DecisionRequest,
+  type MaybePromise,
+  type RequestContext,
+} from "../../decision";
 
 /** POST /v1/decisions: the request in AuthZEN's model, the Decision as it is. */
 export function nativeDecision(
@@ -7,6 +14,6 @@ export function nativeDecision(
   ctx: RequestContext,
   /** The body's JSON text, as received (audit). */
   text: string,
-): Decision {
-  return decider.decide(req, ctx, text).decision;
+): MaybePromise<Decision> {
+  return mapMaybe(decider.decide(req, ctx, text), (r) => r.decision);
 }

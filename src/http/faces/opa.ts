@@ -1,4 +1,4 @@
-import type { Decider, RequestContext } from "../../decision";
+import { mapMaybe, type Decider, type MaybePromise, type RequestContext } from "../../decision";
 import { toolgateError, type ToolgateError } from "../../errors";
 import { validateDecisionRequest } from "../validate";
 import { isObject } from "../../shared/guards";
@@ -32,7 +32,7 @@ export function opaData(
   path: string,
   envelope: unknown,
   ctx: RequestContext,
-): { result?: unknown; decision_id?: string } {
+): MaybePromise<{ result?: unknown; decision_id?: string }> {
   const normalized = path.replace(/^\/+|\/+$/g, "");
   const allowPath = entrypoint.split("/").slice(0, -1).concat("allow").join("/");
   if (normalized !== entrypoint && normalized !== allowPath) return {};
@@ -49,9 +49,10 @@ export function opaData(
     );
   }
   const req = validateDecisionRequest(envelope.input, "input");
-  const d = decider.decide(req, ctx).decision;
-  if (normalized === allowPath)
-    return { result: d.outcome === "allow", decision_id: d.decision_id };
-  const { decision_id, ...rest } = d;
-  return { result: { decision_id, ...rest }, decision_id };
+  return mapMaybe(decider.decide(req, ctx), ({ decision: d }) => {
+    if (normalized === allowPath)
+      return { result: d.outcome === "allow", decision_id: d.decision_id };
+    const { decision_id, ...rest } = d;
+    return { result: { decision_id, ...rest }, decision_id };
+  });
 }
