@@ -185,6 +185,15 @@ export const ERRORS = {
     status: 503,
     message: "the fleet store (PostgreSQL) cannot be reached, migrated, read or written",
   },
+  fleet_unavailable: {
+    status: 503,
+    message: "the fleet's control service cannot be reached or gave no usable answer",
+  },
+  fleet_mode: {
+    status: 409,
+    message:
+      "this sidecar is in fleet mode: approvals and kill switches are decided on the control service",
+  },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;
