@@ -2,7 +2,7 @@ import type { Decision, DecisionRequest, VerifiedFacts } from "../model";
 import { toolgateError } from "../errors";
 import type { Principal } from "../identity/jwt";
 import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "./binding";
-import type { ApprovalStore, ApprovalTask, EvaluationRecord } from "./store";
+import type { ApprovalStore, ApprovalTask, EvaluationInput, EvaluationRecord } from "./store";
 import { isObject } from "../shared/guards";
 import { type Component, type ComponentStatus, notRunning } from "../shared/lifecycle";
 import type { Logger } from "../shared/log";
@@ -117,109 +117,19 @@ export class ApprovalService implements Component {
     /** The policy's audit mask: what it hashes or removes in the trail, approvers never see in clear. */
     mask?: readonly unknown[],
   ): void {
-    // needs_approval, or a deny that offers a fresh request (approval_expired)
-    if (d.approval === undefined || d.access_request === undefined) return;
-    this.opts.store.recordEvaluation({
-      evaluationId: d.access_request.evaluation_id,
-      decisionId: d.decision_id,
-      bindingHash: this.hash(req),
-      bindingContextMembers: [...this.members],
-      redactedRequest: this.opts.redact(req, mask),
-      requirement: { ...d.approval },
-      reasons: d.reasons.map((r) => r.code),
-      initiator: verified.subject.id,
-      agentId: verified.agent.id,
-      // shown to approvers and audited: redacted like the request (the binding hash covers the
-      // clear name); cut to the store's limit, as redaction may lengthen it
-      tool: this.opts.redact(req.action.name).slice(0, 512),
-      policyRevision: d.policy.revision,
-      createdAt: Date.parse(d.evaluated_at),
-      expiresAt: Date.parse(d.access_request.expires_at),
-    });
+    const e = evaluationOf(d, req, verified, this.opts.redact, mask);
+    if (e !== undefined) this.opts.store.recordEvaluation(e);
   }
 
   /** Checks the approval a request presents in `context.approval`. */
   check(req: DecisionRequest, nowMs: number = this.now()): ApprovalCheck {
-    const presented = req.context?.approval;
-    if (presented === undefined) return { kind: "none" };
-    const id = isObject(presented) ? presented.id : undefined;
-    if (typeof id !== "string") {
-      return { kind: "ignored", code: "approval_unknown", message: "context.approval has no id" };
-    }
+    const id = presentedApproval(req);
+    if (typeof id !== "string") return id;
     this.expire(nowMs);
     const task = this.opts.store.getTask(id);
     const evaluation = task ? this.opts.store.getEvaluation(task.evaluationId) : undefined;
-    if (task === undefined || evaluation === undefined || task.agentId !== this.opts.agentId) {
-      return {
-        kind: "ignored",
-        code: "approval_unknown",
-        message: `no approval ${id} on this sidecar`,
-      };
-    }
-    if (this.hash(req) !== evaluation.bindingHash) {
-      return {
-        kind: "ignored",
-        code: "approval_mismatch",
-        message: `approval ${id} is bound to another request (subject, tool, arguments, resource or job differ)`,
-      };
-    }
-    switch (task.status) {
-      case "pending":
-        return {
-          kind: "ignored",
-          code: "approval_pending",
-          message: `approval ${id} is still pending`,
-        };
-      case "denied":
-        return {
-          kind: "deny",
-          code: "approval_denied",
-          message: `approval ${id} was denied by ${task.decidedBy ?? "an approver"}`,
-        };
-      case "expired":
-        return { kind: "expired", message: `approval request ${id} expired before it was decided` };
-      case "cancelled":
-      case "failed":
-        return {
-          kind: "ignored",
-          code: "approval_not_usable",
-          message: `approval ${id} is ${task.status}`,
-        };
-      case "approved":
-        break;
-    }
-    if (task.revokedAt !== null) {
-      return {
-        kind: "deny",
-        code: "approval_revoked",
-        message: `approval ${id} was revoked by ${task.revokedBy ?? "an admin"}`,
-      };
-    }
-    const singleUse = evaluation.requirement.single_use;
-    if (singleUse && task.usedAt !== null) {
-      return {
-        kind: "deny",
-        code: "approval_used",
-        message: `approval ${id} was already used (single use)`,
-      };
-    }
-    if (task.approvedUntil === null || task.approvedUntil <= nowMs) {
-      return { kind: "expired", message: `approval ${id} expired at ${iso(task.approvedUntil)}` };
-    }
-    return {
-      kind: "verified",
-      taskId: task.id,
-      singleUse,
-      approval: {
-        id: task.id,
-        state: "approved",
-        approver: { id: task.decidedBy ?? "", roles: task.decidedByRoles ?? [] },
-        single_use: singleUse,
-        expires_at_ns: task.approvedUntil * 1e6,
-      },
-    };
+    return judgeApproval(id, task, evaluation, this.hash(req), this.opts.agentId, nowMs);
   }
-
   /** Marks a single-use approval used by this decision; false if another decision won. */
   consume(taskId: string, decisionId: string, nowMs: number = this.now()): boolean {
     const r = this.opts.store.consume(taskId, decisionId, nowMs);
@@ -556,4 +466,137 @@ export class ApprovalService implements Component {
       revoked_at: iso(t.revokedAt),
     };
   }
+}
+
+/**
+ * The presented `context.approval`: its id, or what a request without a
+ * usable one gets (none; ignored `approval_unknown` without an id).
+ */
+export function presentedApproval(req: DecisionRequest): string | ApprovalCheck {
+  const presented = req.context?.approval;
+  if (presented === undefined) return { kind: "none" };
+  const id = isObject(presented) ? presented.id : undefined;
+  if (typeof id !== "string") {
+    return { kind: "ignored", code: "approval_unknown", message: "context.approval has no id" };
+  }
+  return id;
+}
+
+/**
+ * How a presented approval `id` is judged, given its task and evaluation
+ * (undefined: unknown) and the binding hash of the request presenting it:
+ * bound to this request, approved, unrevoked, unused when single use,
+ * unexpired. Pure: the sidecar's ApprovalService and the fleet's approvals
+ * (src/fleet) give the same answer for the same state.
+ */
+export function judgeApproval(
+  id: string,
+  task: ApprovalTask | undefined,
+  evaluation: EvaluationRecord | undefined,
+  hash: string,
+  agentId: string,
+  nowMs: number,
+): ApprovalCheck {
+  if (task === undefined || evaluation === undefined || task.agentId !== agentId) {
+    return {
+      kind: "ignored",
+      code: "approval_unknown",
+      message: `no approval ${id} on this sidecar`,
+    };
+  }
+  if (hash !== evaluation.bindingHash) {
+    return {
+      kind: "ignored",
+      code: "approval_mismatch",
+      message: `approval ${id} is bound to another request (subject, tool, arguments, resource or job differ)`,
+    };
+  }
+  switch (task.status) {
+    case "pending":
+      return {
+        kind: "ignored",
+        code: "approval_pending",
+        message: `approval ${id} is still pending`,
+      };
+    case "denied":
+      return {
+        kind: "deny",
+        code: "approval_denied",
+        message: `approval ${id} was denied by ${task.decidedBy ?? "an approver"}`,
+      };
+    case "expired":
+      return { kind: "expired", message: `approval request ${id} expired before it was decided` };
+    case "cancelled":
+    case "failed":
+      return {
+        kind: "ignored",
+        code: "approval_not_usable",
+        message: `approval ${id} is ${task.status}`,
+      };
+    case "approved":
+      break;
+  }
+  if (task.revokedAt !== null) {
+    return {
+      kind: "deny",
+      code: "approval_revoked",
+      message: `approval ${id} was revoked by ${task.revokedBy ?? "an admin"}`,
+    };
+  }
+  const singleUse = evaluation.requirement.single_use;
+  if (singleUse && task.usedAt !== null) {
+    return {
+      kind: "deny",
+      code: "approval_used",
+      message: `approval ${id} was already used (single use)`,
+    };
+  }
+  if (task.approvedUntil === null || task.approvedUntil <= nowMs) {
+    return { kind: "expired", message: `approval ${id} expired at ${iso(task.approvedUntil)}` };
+  }
+  return {
+    kind: "verified",
+    taskId: task.id,
+    singleUse,
+    approval: {
+      id: task.id,
+      state: "approved",
+      approver: { id: task.decidedBy ?? "", roles: task.decidedByRoles ?? [] },
+      single_use: singleUse,
+      expires_at_ns: task.approvedUntil * 1e6,
+    },
+  };
+}
+
+/**
+ * What is recorded of a needs_approval decision (or a deny that offers a
+ * fresh request, approval_expired) so an access request can cite it;
+ * undefined for any other decision. The request is redacted with the
+ * policy's audit mask: approvers never see in clear what the trail hides.
+ */
+export function evaluationOf(
+  d: Decision,
+  req: DecisionRequest,
+  verified: VerifiedFacts,
+  redact: <T>(v: T, mask?: readonly unknown[]) => T,
+  mask?: readonly unknown[],
+): EvaluationInput | undefined {
+  if (d.approval === undefined || d.access_request === undefined) return undefined;
+  return {
+    evaluationId: d.access_request.evaluation_id,
+    decisionId: d.decision_id,
+    bindingHash: bindingHash(req, DEFAULT_BINDING_CONTEXT_MEMBERS),
+    bindingContextMembers: [...DEFAULT_BINDING_CONTEXT_MEMBERS],
+    redactedRequest: redact(req, mask),
+    requirement: { ...d.approval },
+    reasons: d.reasons.map((r) => r.code),
+    initiator: verified.subject.id,
+    agentId: verified.agent.id,
+    // shown to approvers and audited: redacted like the request (the binding hash covers the
+    // clear name); cut to the store's limit, as redaction may lengthen it
+    tool: redact(req.action.name).slice(0, 512),
+    policyRevision: d.policy.revision,
+    createdAt: Date.parse(d.evaluated_at),
+    expiresAt: Date.parse(d.access_request.expires_at),
+  };
 }

@@ -45,7 +45,9 @@ export interface ContainmentDeny {
     | "subject_disabled"
     | "rate_limited"
     | "budget_exceeded"
-    | "budget_unavailable";
+    | "budget_unavailable"
+    /** Fleet mode: the kill-switch stream is stale; approve/execute/admin-class tools are denied. */
+    | "containment_stale";
   message: string;
   retry_after?: number;
   killswitch_id?: string;
@@ -277,6 +279,128 @@ function describe(scope: SwitchScope): string {
     (k) => `${k} '${scope[k] as string}'`,
   );
   return parts.length === 0 ? "everything" : parts.join(", ");
+}
+
+// -- pure rules, shared with the fleet's containment (src/fleet) -------------------
+
+/** Whether a switch in force at `nowMs` (not expired) stops this request of `agentId`. */
+function stops(
+  s: SwitchRow,
+  agentId: string,
+  tool: string,
+  subject: string,
+  jobId: string | undefined,
+  nowMs: number,
+): boolean {
+  if (s.expiresAt !== null && s.expiresAt <= nowMs) return false;
+  const sc = s.scope;
+  if (sc.agent !== undefined && sc.agent !== agentId) return false;
+  if (sc.tool !== undefined && sc.tool !== tool) return false;
+  if (sc.subject !== undefined && sc.subject !== subject) return false;
+  if (sc.job !== undefined && sc.job !== jobId) return false;
+  return true;
+}
+
+/** The deny of the first switch in `switches` that stops this request, or undefined. */
+export function switchDeny(
+  switches: readonly SwitchRow[],
+  agentId: string,
+  req: DecisionRequest,
+  verified: VerifiedFacts,
+  nowMs: number,
+): ContainmentDeny | undefined {
+  const tool = req.action.name;
+  const jobId = jobIdOf(req, verified);
+  const subject = verified.subject.id;
+  for (const s of switches) {
+    if (!stops(s, agentId, tool, subject, jobId, nowMs)) continue;
+    return {
+      code: switchCode(s.scope),
+      message: `stopped by kill switch ${s.id} (${describe(s.scope)}): ${s.reason}`,
+      killswitch_id: s.id,
+    };
+  }
+  return undefined;
+}
+
+/** Whom a rate counts per: the tool, the agent, the subject or the job ("" without one). */
+export function rateWho(
+  r: RateSpec,
+  req: DecisionRequest,
+  verified: VerifiedFacts,
+  agentId: string,
+): string {
+  return r.per === "tool"
+    ? req.action.name
+    : r.per === "agent"
+      ? agentId
+      : r.per === "subject"
+        ? verified.subject.id
+        : (jobIdOf(req, verified) ?? "");
+}
+
+/** The deny of a rate with no token left for `who`. */
+export function rateDeny(r: RateSpec, who: string, retryAfter: number): ContainmentDeny {
+  return {
+    code: "rate_limited",
+    message: `rate limit ${r.id} (${r.ratePerSecond}/s, burst ${r.burst} per ${r.per} '${who}') reached`,
+    retry_after: retryAfter,
+  };
+}
+
+/** The key a budget counts under: `<budget id>|<job, subject or customer>`. */
+export function budgetKey(bd: BudgetSpec, req: DecisionRequest, verified: VerifiedFacts): string {
+  const job = jobOf(req);
+  const who =
+    bd.per === "job"
+      ? (jobIdOf(req, verified) ?? "")
+      : bd.per === "subject"
+        ? verified.subject.id
+        : (str(job.customer_id) ?? req.resource.id);
+  return `${bd.id}|${who}`;
+}
+
+/** What a call counts against a budget: 1, or its argument's positive amount (else 0). */
+export function amountOf(bd: BudgetSpec, req: DecisionRequest): number {
+  if (bd.argument === undefined) return 1;
+  const args = req.action.properties?.arguments;
+  const v = isObject(args) ? args[bd.argument] : undefined;
+  // a missing or negative amount never replenishes a budget (the policy checks the type)
+  return typeof v === "number" && Number.isFinite(v) && v > 0 ? v : 0;
+}
+
+/** Every budget of the requested tool, with the key and amount this call counts. */
+export function budgetItems(
+  limits: Limits,
+  req: DecisionRequest,
+  verified: VerifiedFacts,
+): Array<{ budget: BudgetSpec; key: string; amount: number }> {
+  const tool = req.action.name;
+  const out: Array<{ budget: BudgetSpec; key: string; amount: number }> = [];
+  for (const bd of limits.budgets) {
+    if (bd.tool !== tool) continue;
+    out.push({ budget: bd, key: budgetKey(bd, req, verified), amount: amountOf(bd, req) });
+  }
+  return out;
+}
+
+/** The deny when `amount` more would exceed a budget where `used` is spent or reserved. */
+export function budgetDeny(
+  bd: BudgetSpec,
+  used: number,
+  amount: number,
+  retryAfter: number,
+): ContainmentDeny {
+  return {
+    code: "budget_exceeded",
+    message: `budget ${bd.id}: ${used} of ${bd.maxTotal} spent or reserved in the last ${bd.windowSeconds} s per ${bd.per}; this call needs ${amount}`,
+    retry_after: retryAfter,
+  };
+}
+
+/** How long a reservation of `tool` stays pending (ms, at least 1 s). */
+export function reservationTtlMs(ttlSeconds: (tool: string) => number, tool: string): number {
+  return Math.max(1, ttlSeconds(tool)) * 1000;
 }
 
 /**
@@ -664,35 +788,15 @@ export class Containment implements Component {
     nowMs: number,
   ): ContainmentDeny | undefined {
     const tool = req.action.name;
-    const jobId = jobIdOf(req, verified);
-    const subject = verified.subject.id;
-    for (const s of this.switches) {
-      if (s.expiresAt !== null && s.expiresAt <= nowMs) continue;
-      const sc = s.scope;
-      if (sc.agent !== undefined && sc.agent !== this.agentId) continue;
-      if (sc.tool !== undefined && sc.tool !== tool) continue;
-      if (sc.subject !== undefined && sc.subject !== subject) continue;
-      if (sc.job !== undefined && sc.job !== jobId) continue;
-      return {
-        code: switchCode(sc),
-        message: `stopped by kill switch ${s.id} (${describe(sc)}): ${s.reason}`,
-        killswitch_id: s.id,
-      };
-    }
+    const stopped = switchDeny(this.switches, this.agentId, req, verified, nowMs);
+    if (stopped !== undefined) return stopped;
     if (engine === undefined) return undefined;
     const limits = this.limitsOf(engine);
     if (limits.rates.length === 0 && limits.budgets.length === 0) return undefined;
     const take: Bucket[] = [];
     for (const r of limits.rates) {
       if (r.tool !== undefined && r.tool !== tool) continue;
-      const who =
-        r.per === "tool"
-          ? tool
-          : r.per === "agent"
-            ? this.agentId
-            : r.per === "subject"
-              ? subject
-              : (jobId ?? "");
+      const who = rateWho(r, req, verified, this.agentId);
       const key = `${r.id}|${who}`;
       let b = this.buckets.get(key);
       if (b === undefined) {
@@ -709,22 +813,13 @@ export class Containment implements Component {
       );
       b.last = nowMs;
       if (b.tokens < 1) {
-        return {
-          code: "rate_limited",
-          message: `rate limit ${r.id} (${r.ratePerSecond}/s, burst ${r.burst} per ${r.per} '${who}') reached`,
-          retry_after: Math.max(1, Math.ceil((1 - b.tokens) / r.ratePerSecond)),
-        };
+        return rateDeny(r, who, Math.max(1, Math.ceil((1 - b.tokens) / r.ratePerSecond)));
       }
       take.push(b);
     }
     for (const bd of limits.budgets) {
       if (bd.tool !== tool) continue;
-      const over = this.overBudget(
-        bd,
-        this.budgetKey(bd, req, verified),
-        this.amountOf(bd, req),
-        nowMs,
-      );
+      const over = this.overBudget(bd, budgetKey(bd, req, verified), amountOf(bd, req), nowMs);
       if (over !== undefined) return over;
     }
     for (const b of take) b.tokens -= 1;
@@ -748,16 +843,13 @@ export class Containment implements Component {
     const tool = req.action.name;
     const limits = this.limitsOf(engine);
     const items = new Map<string, number>();
-    for (const bd of limits.budgets) {
-      if (bd.tool !== tool) continue;
-      const key = this.budgetKey(bd, req, verified);
-      const amount = this.amountOf(bd, req);
-      const over = this.overBudget(bd, key, amount, nowMs);
+    for (const { budget, key, amount } of budgetItems(limits, req, verified)) {
+      const over = this.overBudget(budget, key, amount, nowMs);
       if (over !== undefined) return over;
       if (amount > 0) items.set(key, amount);
     }
     if (items.size === 0) return undefined;
-    const until = nowMs + Math.max(1, this.ttlSeconds(tool)) * 1000;
+    const until = nowMs + reservationTtlMs(this.ttlSeconds, tool);
     const rows: Reservation[] = [...items].map(([key, amount]) => ({
       decisionId,
       key,
@@ -900,30 +992,7 @@ export class Containment implements Component {
         break;
       }
     }
-    return {
-      code: "budget_exceeded",
-      message: `budget ${bd.id}: ${used} of ${bd.maxTotal} spent or reserved in the last ${bd.windowSeconds} s per ${bd.per}; this call needs ${amount}`,
-      retry_after: retry,
-    };
-  }
-
-  private budgetKey(bd: BudgetSpec, req: DecisionRequest, verified: VerifiedFacts): string {
-    const job = jobOf(req);
-    const who =
-      bd.per === "job"
-        ? (jobIdOf(req, verified) ?? "")
-        : bd.per === "subject"
-          ? verified.subject.id
-          : (str(job.customer_id) ?? req.resource.id);
-    return `${bd.id}|${who}`;
-  }
-
-  private amountOf(bd: BudgetSpec, req: DecisionRequest): number {
-    if (bd.argument === undefined) return 1;
-    const args = req.action.properties?.arguments;
-    const v = isObject(args) ? args[bd.argument] : undefined;
-    // a missing or negative amount never replenishes a budget (the policy checks the type)
-    return typeof v === "number" && Number.isFinite(v) && v > 0 ? v : 0;
+    return budgetDeny(bd, used, amount, retry);
   }
 
   private pushSpend(key: string, spend: Spend): void {
