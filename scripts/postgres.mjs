@@ -417,20 +417,38 @@ export async function startServer(dir, opts = {}) {
     note(`already running in ${dir}`);
     return running;
   }
-  const { bin, source } = usableBinaries();
+  let state = readState(dir);
+  // a cluster keeps the binaries it was made with (a data directory only runs on its major version)
+  const { bin, source } =
+    state?.bin && hasServerBinaries(state.bin)
+      ? { bin: state.bin, source: state.source ?? state.bin }
+      : usableBinaries();
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
   fs.chmodSync(dir, 0o755); // the server user must reach data/
   checkReachable(dir);
-  let state = readState(dir);
-  const fresh = !state || !fs.existsSync(path.join(dir, "data", "PG_VERSION"));
-  if (fresh) {
+  const data = path.join(dir, "data");
+  const marker = path.join(dir, ".initializing");
+  if (!state || !fs.existsSync(path.join(data, "PG_VERSION")) || fs.existsSync(marker)) {
+    let existing = [];
+    try {
+      existing = fs.readdirSync(data);
+    } catch {
+      // none
+    }
+    if (existing.length > 0 && !state && !fs.existsSync(marker)) {
+      fail(
+        `${data} exists and was not made by this script (no ${STATE}); remove it or choose another <dir>`,
+      );
+    }
     const t0 = performance.now();
+    fs.writeFileSync(marker, "");
     const password = initCluster(dir, bin, opts.fast === true);
     state = { password, port: 0 };
+    writeState(dir, { ...state, bin, source, user: serverUser()?.name ?? null });
+    fs.rmSync(marker, { force: true });
     note(`initdb (${source}) in ${Math.round(performance.now() - t0)} ms`);
-  } else {
-    // an unclean stop leaves postmaster.pid behind; postgres itself checks whether its pid is still alive
   }
+  // (an unclean stop leaves postmaster.pid behind; postgres itself checks whether that pid is still alive)
   killWatchdog(dir); // one left from an earlier start would stop this server when its owner goes
   const log = path.join(dir, LOG);
   if (!fs.existsSync(log)) fs.writeFileSync(log, "");
