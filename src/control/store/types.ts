@@ -238,10 +238,10 @@ export interface FleetStore {
    */
   createSwitch(row: SwitchRow): Promise<number>;
   /**
-   * Marks an active switch deleted (deleted_at/deleted_by, once) with its
-   * change row and NOTIFY, one transaction. Undefined when there is no switch
-   * with that id that is neither deleted nor expired at `at` (→ the caller's
-   * killswitch_not_found).
+   * Marks a switch deleted (deleted_at/deleted_by, once) with its change row
+   * and NOTIFY, one transaction. Undefined when there is no switch with that
+   * id or it is already deleted (→ the caller's killswitch_not_found). As the
+   * SQLite store, an expired switch may still be deleted (for the history).
    */
   deleteSwitch(
     id: string,
