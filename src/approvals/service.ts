@@ -2,6 +2,7 @@ import type { Decision, DecisionRequest, VerifiedFacts } from "../model";
 import { toolgateError } from "../errors";
 import type { Principal } from "../identity/jwt";
 import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "./binding";
+import * as rules from "./rules";
 import type { ApprovalStore, ApprovalTask, EvaluationInput, EvaluationRecord } from "./store";
 import { isObject } from "../shared/guards";
 import { type Component, type ComponentStatus, notRunning } from "../shared/lifecycle";
@@ -83,7 +84,7 @@ export interface ApprovalServiceOptions {
   housekeepingIntervalMs?: number;
 }
 
-const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
+const iso = rules.iso;
 
 /**
  * The approval flow of the AuthZEN Access Request and Approval profile, on top
@@ -249,14 +250,7 @@ export class ApprovalService implements Component {
 
   /** Why `principal` may not decide evaluation `e`, or undefined if eligible. */
   ineligible(principal: Principal, e: EvaluationRecord): string | undefined {
-    if (principal.id === e.initiator) return "the approver is the initiator";
-    if (principal.id === this.opts.agentId || principal.id === e.agentId)
-      return "the approver is the agent";
-    if (e.requirement.exclude.includes(principal.id)) return "the policy excludes this approver";
-    if (!principal.roles.some((r) => e.requirement.approver_roles.includes(r))) {
-      return `the approver holds none of the roles ${e.requirement.approver_roles.join(", ")}`;
-    }
-    return undefined;
+    return rules.ineligible(principal, e, this.opts.agentId);
   }
 
   /** POST /v1/approvals/{id}/approve|deny on the control port. */
@@ -402,19 +396,7 @@ export class ApprovalService implements Component {
     t: ApprovalTask,
     extra: Record<string, unknown> = {},
   ): Record<string, unknown> {
-    const e = this.opts.store.getEvaluation(t.evaluationId);
-    return {
-      approval_id: t.id,
-      status: t.status,
-      evaluation_id: t.evaluationId,
-      decision_id: e?.decisionId,
-      tool: e?.tool,
-      initiator: e?.initiator,
-      approver: t.decidedBy,
-      approver_roles: t.decidedByRoles,
-      approved_until: iso(t.approvedUntil),
-      ...extra,
-    };
+    return rules.approvalEventFields(t, this.opts.store.getEvaluation(t.evaluationId), extra);
   }
 
   private view(
@@ -422,49 +404,11 @@ export class ApprovalService implements Component {
     baseUrl: string,
     e: EvaluationRecord | undefined,
   ): Record<string, unknown> {
-    const task: Record<string, unknown> = {
-      id: t.id,
-      status: t.status,
-      status_endpoint: `${baseUrl}/access/v1/requests/${t.id}`,
-      created_at: iso(t.createdAt),
-      expires_at: iso(t.expiresAt),
-      links: { cancel: `${baseUrl}/access/v1/requests/${t.id}/cancel` },
-    };
-    const out: Record<string, unknown> = { task };
-    if (t.status === "approved" && t.approvedUntil !== null) {
-      out.result = {
-        mode: "reevaluate",
-        approval: {
-          id: t.id,
-          approved_at: iso(t.decidedAt),
-          approved_until: iso(t.approvedUntil),
-          state: e?.bindingHash ?? "",
-        },
-      };
-    }
-    return out;
+    return rules.accessRequestView(t, baseUrl, e);
   }
 
   private approverView(t: ApprovalTask, e: EvaluationRecord): Record<string, unknown> {
-    return {
-      id: t.id,
-      status: t.status,
-      created_at: iso(t.createdAt),
-      expires_at: iso(t.expiresAt),
-      initiator: e.initiator,
-      agent: e.agentId,
-      tool: e.tool,
-      request: e.redactedRequest,
-      reasons: e.reasons,
-      requirement: e.requirement,
-      policy_revision: e.policyRevision,
-      decided_by: t.decidedBy,
-      decided_at: iso(t.decidedAt),
-      comment: t.comment,
-      approved_until: iso(t.approvedUntil),
-      used_at: iso(t.usedAt),
-      revoked_at: iso(t.revokedAt),
-    };
+    return rules.approverView(t, e);
   }
 }
 
