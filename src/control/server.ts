@@ -1,0 +1,416 @@
+/**
+ * The control service's one port (control.host / control.port): the human
+ * API — the same paths, bodies, schemas, role rules and answers as a
+ * sidecar's control port (src/http/control-server.ts) — and the sidecar API
+ * under /fleet/v1 (docs/fleet.md), on the same HTTP foundation.
+ *
+ * Who may call what: every route but health (and metrics, unless
+ * control.metrics_auth) needs a verified bearer token. /fleet/v1/* takes only
+ * a sidecar credential (fleet.jwt, bound to one agent id), everything else
+ * only a person's token (control.jwt): the audiences differ, so neither is
+ * accepted on the other's routes.
+ */
+import type { Express, Request } from "express";
+import type { AuditService } from "../audit";
+import type { NewKillSwitch } from "../containment";
+import type { CompiledConfig } from "../config";
+import { toolgateError } from "../errors";
+import { HttpPort, Reply } from "../http/foundation";
+import { serve, type RunningServer } from "../http/listen";
+import { validator } from "../http/validate";
+import type { Principal, TokenVerifier } from "../identity";
+import { bearerToken } from "../identity";
+import type { Metrics } from "../metrics";
+import type { RequestContext } from "../model";
+import type { Readiness } from "../shared/lifecycle";
+import type { Logger } from "../shared/log";
+import type { FleetApprovals, FleetSubmission } from "./approvals";
+import { isSidecarPath, type SidecarCredentials } from "./auth";
+import type { StoreHealth } from "./health";
+import type { FleetStore, TaskStatus } from "./store/types";
+import type { SwitchFeed } from "./stream";
+import type { FleetSwitches } from "./switches";
+
+export interface ControlServiceDeps {
+  config: CompiledConfig;
+  /** People's tokens (control.jwt). */
+  humans: TokenVerifier;
+  /** Sidecar credentials (fleet.jwt + agent claim). */
+  sidecars: SidecarCredentials;
+  store: FleetStore;
+  health: StoreHealth;
+  feed: SwitchFeed;
+  approvals: FleetApprovals;
+  switches: FleetSwitches;
+  /** Every component's status: /health/ready and /v1/status aggregate it. */
+  readiness: () => Readiness;
+  auditor: AuditService | undefined;
+  metrics: Metrics;
+  log: Logger;
+  version: string;
+  /** This replica's id (the sidecars view, hello's answer). */
+  replica: string;
+  now?: () => number;
+}
+
+/** The body of approve and deny (schemas/approval-decision.schema.json). */
+type ApprovalDecision = { comment?: string } | unknown[] | string | number | boolean | null;
+
+interface UseBody {
+  decision_id: string;
+  single_use: boolean;
+}
+interface ReserveBody {
+  decision_id: string;
+  ttl_seconds: number;
+  items: Array<{
+    budget_id: string;
+    key: string;
+    amount: number;
+    max_total: number;
+    window_seconds: number;
+  }>;
+}
+interface ResolveBody {
+  decision_id: string;
+  outcome: "commit" | "release";
+}
+interface LeaseBody {
+  rate_id: string;
+  key: string;
+  rate_per_second: number;
+  burst: number;
+  want: number;
+}
+interface HelloBody {
+  instance: string;
+  bundle: { name: string; revision: string } | null;
+  version: string | null;
+}
+
+const STATUSES = new Set(["pending", "approved", "denied", "expired", "cancelled", "failed"]);
+const INSTANCE = /^[\x21-\x7e]{1,256}$/;
+/** A connected sidecar refreshes last_seen at least this often. */
+export const SIDECAR_SEEN_MS = 30_000;
+
+export function createControlServiceApp(deps: ControlServiceDeps): Express {
+  const { config, approvals, switches, store, health, feed, log } = deps;
+  const now = deps.now ?? Date.now;
+  const approvalDecision = validator<ApprovalDecision>("approval-decision.schema.json");
+  const killSwitch = validator<NewKillSwitch>("kill-switch.schema.json");
+  const submission = validator<FleetSubmission>("fleet-access-request.schema.json");
+  const cancelBody = validator<{ requester: string | null }>("fleet-cancel.schema.json");
+  const useBody = validator<UseBody>("fleet-approval-use.schema.json");
+  const reserveBody = validator<ReserveBody>("fleet-budget-reserve.schema.json");
+  const resolveBody = validator<ResolveBody>("fleet-budget-resolve.schema.json");
+  const leaseBody = validator<LeaseBody>("fleet-rate-lease.schema.json");
+  const helloBody = validator<HelloBody>("fleet-hello.schema.json");
+  const port = new HttpPort({
+    name: "control",
+    log,
+    failure: "control request failed",
+    limits: config.server.limits,
+    queryParser: "simple",
+  });
+
+  port.get("/health/live", { handle: () => ({ status: "ok" }) });
+  port.get("/health/ready", {
+    handle: async () => {
+      await health.refresh();
+      const { ready, components } = deps.readiness();
+      return Reply.json(ready ? 200 : 503, { status: ready ? "ok" : "not_ready", components });
+    },
+  });
+  const metrics = {
+    handle: () =>
+      Reply.text(200, deps.metrics.render(), {
+        "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
+        "Cache-Control": "no-store",
+      }),
+  };
+  if (!config.control.metricsAuth) port.get("/metrics", metrics);
+
+  // everything below needs a verified caller: a sidecar on /fleet/v1, a person elsewhere
+  port.gate(
+    (req) =>
+      isSidecarPath(req.url)
+        ? deps.sidecars.verify(req)
+        : deps.humans.verify(bearerToken(req.headers)),
+    (req, err) =>
+      deps.auditor?.record({
+        kind: "security",
+        event: isSidecarPath(req.path) ? "fleet_unauthenticated" : "control_unauthenticated",
+        message: isSidecarPath(req.path)
+          ? "a sidecar API call without a valid sidecar credential"
+          : "a control-port call without a valid token",
+        fields: { path: req.path, method: req.method, error: err.message },
+        ctx: { face: "native", http: { method: req.method, path: req.path } },
+      }),
+  );
+
+  const caller = (ctx: RequestContext): Principal => ctx.principal as Principal;
+  const isAdmin = (p: Principal): boolean => p.roles.includes(config.control.adminRole);
+  const admin = (what: string) => (ctx: RequestContext) => {
+    if (!isAdmin(caller(ctx)))
+      throw toolgateError("forbidden", `${what} the ${config.control.adminRole} role`);
+  };
+  const id = (req: Request): string => String(req.params.id);
+  const limitOf = (req: Request, dflt: number): number => {
+    const raw = typeof req.query.limit === "string" ? Number(req.query.limit) : dflt;
+    return Number.isInteger(raw) && raw > 0 && raw <= 1000 ? raw : dflt;
+  };
+
+  // -- the human API ------------------------------------------------------------
+  if (config.control.metricsAuth) port.get("/metrics", metrics);
+  port.get("/v1/status", {
+    handle: async () => {
+      await health.refresh();
+      const readiness = deps.readiness();
+      return {
+        version: deps.version,
+        service: "control",
+        replica: deps.replica,
+        ready: readiness.ready,
+        stream: { clients: feed.clientCount, seq: feed.seq },
+        components: readiness.components,
+      };
+    },
+  });
+
+  port.get("/v1/approvals", {
+    handle: async (_v, ctx, req) => {
+      const status = typeof req.query.status === "string" ? req.query.status : undefined;
+      if (status !== undefined && !STATUSES.has(status)) {
+        throw toolgateError("invalid_request", `status must be one of ${[...STATUSES].join(", ")}`);
+      }
+      const p = caller(ctx);
+      return {
+        approvals: await approvals.list(
+          p,
+          status as TaskStatus | undefined,
+          isAdmin(p),
+          limitOf(req, 100),
+        ),
+      };
+    },
+  });
+  port.get("/v1/approvals/:id", { handle: (_v, _ctx, req) => approvals.detail(id(req)) });
+  const decide = (approve: boolean) => ({
+    body: "optional" as const,
+    schema: approvalDecision,
+    handle: async (body: ApprovalDecision | undefined, ctx: RequestContext, req: Request) => {
+      const comment =
+        typeof body === "object" && body !== null && !Array.isArray(body)
+          ? body.comment
+          : undefined;
+      await health.assertUp();
+      return approvals.decide(id(req), caller(ctx), approve, comment);
+    },
+  });
+  port.post("/v1/approvals/:id/approve", decide(true));
+  port.post("/v1/approvals/:id/deny", decide(false));
+  port.post("/v1/approvals/:id/revoke", {
+    guard: admin("revoking needs"),
+    handle: async (_v, ctx, req) => {
+      await health.assertUp();
+      return approvals.revoke(id(req), caller(ctx));
+    },
+  });
+
+  const switchGuard = admin("kill switches need");
+  port.post("/v1/killswitches", {
+    guard: switchGuard,
+    body: "json",
+    schema: killSwitch,
+    handle: async (input, ctx) => {
+      await health.assertUp();
+      return Reply.json(201, await switches.create(input, caller(ctx).id));
+    },
+  });
+  port.get("/v1/killswitches", {
+    guard: switchGuard,
+    handle: async (_v, _ctx, req) => ({
+      killswitches:
+        req.query.history === "true"
+          ? await switches.history(limitOf(req, 100))
+          : await switches.list(),
+    }),
+  });
+  port.delete("/v1/killswitches/:id", {
+    guard: switchGuard,
+    handle: async (_v, ctx, req) => {
+      await health.assertUp();
+      return switches.delete(id(req), caller(ctx).id);
+    },
+  });
+
+  port.get("/v1/budgets", {
+    guard: admin("budgets need"),
+    handle: async () => ({
+      budgets: (await store.usage(now())).map((u) => ({
+        key: u.key,
+        budget_id: u.budgetId,
+        window_seconds: u.windowSeconds,
+        spent: u.spent,
+        pending: u.pending,
+        entries: u.entries,
+      })),
+    }),
+  });
+  port.get("/v1/fleet/sidecars", {
+    guard: admin("the sidecars view needs"),
+    handle: async () => {
+      const t = now();
+      return {
+        sidecars: (await store.listSidecars()).map((s) => ({
+          agent: s.agentId,
+          instance: s.instance,
+          replica: s.replica,
+          connected_at: new Date(s.connectedAt).toISOString(),
+          last_seen: new Date(s.lastSeen).toISOString(),
+          connected: t - s.lastSeen <= 2 * SIDECAR_SEEN_MS,
+          bundle: s.bundleName === null ? null : { name: s.bundleName, revision: s.bundleRevision },
+          version: s.version,
+        })),
+      };
+    },
+  });
+
+  // -- the sidecar API ------------------------------------------------------------
+  /** The agent the caller's credential is bound to: the only one it may touch. */
+  const agent = (ctx: RequestContext): string => caller(ctx).id;
+  const instanceOf = (req: Request): string | undefined => {
+    const h = req.headers["x-toolgate-instance"];
+    const q = req.query.instance;
+    const v = typeof h === "string" ? h : typeof q === "string" ? q : undefined;
+    return v !== undefined && INSTANCE.test(v) ? v : undefined;
+  };
+
+  port.get("/fleet/v1/stream", {
+    handle: async (_v, ctx, req) => {
+      const res = req.res;
+      if (res === undefined) throw new Error("no response to stream to");
+      await feed.serve(res, agent(ctx), instanceOf(req));
+      // the stream has ended (the client left or was dropped): nothing more to write
+      return Reply.text(200, "", {});
+    },
+  });
+  port.post("/fleet/v1/access-requests", {
+    body: "json",
+    schema: submission,
+    handle: async (body, ctx) => {
+      await health.assertUp();
+      const r = await approvals.submit(agent(ctx), body);
+      return Reply.json(r.created ? 201 : 200, r.body);
+    },
+  });
+  port.get("/fleet/v1/access-requests/:id", {
+    handle: (_v, ctx, req) => approvals.get(agent(ctx), id(req)),
+  });
+  port.post("/fleet/v1/access-requests/:id/cancel", {
+    body: "json",
+    schema: cancelBody,
+    handle: async (body, ctx, req) => {
+      await health.assertUp();
+      return approvals.cancel(agent(ctx), id(req), body.requester);
+    },
+  });
+  port.post("/fleet/v1/approvals/:id/use", {
+    body: "json",
+    schema: useBody,
+    handle: async (body, ctx, req) => {
+      await health.assertUp();
+      return approvals.use(agent(ctx), id(req), body.decision_id, body.single_use);
+    },
+  });
+  port.post("/fleet/v1/budgets/reserve", {
+    body: "json",
+    schema: reserveBody,
+    handle: async (body, ctx) => {
+      for (const it of body.items) {
+        if (!Number.isFinite(it.amount) || !Number.isFinite(it.max_total))
+          throw toolgateError("invalid_request", "items: amount and max_total must be finite");
+      }
+      await health.assertUp();
+      const r = await store.reserve({
+        decisionId: body.decision_id,
+        agentId: agent(ctx),
+        ttlMs: body.ttl_seconds * 1000,
+        items: body.items.map((it) => ({
+          budgetId: it.budget_id,
+          key: it.key,
+          amount: it.amount,
+          maxTotal: it.max_total,
+          windowSeconds: it.window_seconds,
+        })),
+        now: now(),
+      });
+      return r.ok
+        ? { ok: true }
+        : {
+            ok: false,
+            budget_id: r.budgetId,
+            used: r.used,
+            max_total: r.maxTotal,
+            amount: r.amount,
+            window_seconds: r.windowSeconds,
+            retry_after: r.retryAfter,
+          };
+    },
+  });
+  port.post("/fleet/v1/budgets/resolve", {
+    body: "json",
+    schema: resolveBody,
+    handle: async (body, ctx) => {
+      await health.assertUp();
+      return {
+        resolution: await store.resolve(body.decision_id, agent(ctx), body.outcome, now()),
+      };
+    },
+  });
+  port.post("/fleet/v1/rates/lease", {
+    body: "json",
+    schema: leaseBody,
+    handle: async (body) => {
+      await health.assertUp();
+      const r = await store.lease({
+        key: body.key,
+        ratePerSecond: body.rate_per_second,
+        burst: body.burst,
+        want: body.want,
+        now: now(),
+      });
+      return { granted: r.granted, retry_after: r.retryAfter };
+    },
+  });
+  port.post("/fleet/v1/hello", {
+    body: "json",
+    schema: helloBody,
+    handle: async (body, ctx) => {
+      await health.assertUp();
+      await store.upsertSidecar({
+        instance: body.instance,
+        agentId: agent(ctx),
+        replica: deps.replica,
+        bundle: body.bundle,
+        version: body.version,
+        now: now(),
+      });
+      return { replica: deps.replica };
+    },
+  });
+
+  port.notAllowedOnEveryRoute();
+  return port.finish();
+}
+
+export function startControlServiceServer(deps: ControlServiceDeps): Promise<RunningServer> {
+  const { host, port } = deps.config.control;
+  return serve(createControlServiceApp(deps), {
+    host,
+    port,
+    requestTimeoutMs: 10_000,
+    headersTimeoutMs: 10_000,
+    setting: "control.port / TOOLGATE_CONTROL_PORT",
+  });
+}
