@@ -34,7 +34,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{- define "toolgate.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
-{{- default (include "toolgate.fullname" .) .Values.serviceAccount.name -}}
+{{- /* fleet mode with agent ids from service-account names: the account is named after the agent */ -}}
+{{- $fleetSA := and (ne (include "toolgate.fleetUrl" .) "") (eq .Values.control.sidecarAuth.agentClaim "kubernetes.io/serviceaccount/name") -}}
+{{- default (ternary .Values.toolgate.agentId (include "toolgate.fullname" .) $fleetSA) .Values.serviceAccount.name -}}
 {{- else -}}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}

@@ -24,6 +24,7 @@ parent, "." inside this chart).
 
 {{/* Fails the render on contradictory or unsafe values. */}}
 {{- define "toolgate.validate" -}}
+{{- include "toolgate.validateFleet" . -}}
 {{- $t := .Values.toolgate -}}
 {{- $c := $t.control -}}
 {{- if and $c.service.enabled (not $c.enabled) -}}
@@ -159,6 +160,8 @@ parent, "." inside this chart).
 {{- if $t.grants.privateKeySecret.name }}{{ $_ = set $gr "private_key_file" (printf "%s/grants-key.pem" $sec) }}{{ end -}}
 {{- if $t.grants.keyId }}{{ $_ = set $gr "key_id" $t.grants.keyId }}{{ end -}}
 {{- if $gr }}{{ $_ = set $cfg "grants" $gr }}{{ end -}}
+{{- /* fleet (url and credential come from the environment) */ -}}
+{{- if $t.fleet.maxStalenessSeconds }}{{ $_ = set $cfg "fleet" (dict "max_staleness_seconds" (int $t.fleet.maxStalenessSeconds)) }}{{ end -}}
 {{- $cfg = mustMergeOverwrite $cfg (deepCopy $t.config) -}}
 {{- toYaml $cfg -}}
 {{- end -}}
@@ -210,6 +213,14 @@ exec:
       value: {{ $t.state.mountPath | quote }}
     - name: TMPDIR
       value: {{ $t.state.mountPath | quote }}
+    {{- with include "toolgate.fleetUrl" . }}
+    # fleet mode: kill switches, approvals, budgets and rates come from the
+    # control service; the credential is a projected service-account token
+    - name: TOOLGATE_FLEET_URL
+      value: {{ . | quote }}
+    - name: TOOLGATE_FLEET_CREDENTIAL_FILE
+      value: {{ printf "%s/token" (include "toolgate.fleetTokenDir" $) | quote }}
+    {{- end }}
     {{- if $t.approvals.webhook.secret.name }}
     - name: TOOLGATE_APPROVALS_WEBHOOK_SECRET
       valueFrom:
@@ -298,6 +309,11 @@ exec:
       mountPath: {{ $paths.secrets }}
       readOnly: true
     {{- end }}
+    {{- if include "toolgate.fleetUrl" . }}
+    - name: toolgate-fleet-token
+      mountPath: {{ include "toolgate.fleetTokenDir" . }}
+      readOnly: true
+    {{- end }}
 {{- end -}}
 
 {{/* The sidecar's volumes: items for the pod's volumes list. */}}
@@ -339,5 +355,14 @@ exec:
             - key: {{ .key }}
               path: {{ .path }}
       {{- end }}
+{{- end }}
+{{- if include "toolgate.fleetUrl" . }}
+- name: toolgate-fleet-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          audience: {{ .Values.control.sidecarAuth.audience | quote }}
+          expirationSeconds: {{ int .Values.control.sidecarAuth.tokenExpirationSeconds }}
+          path: token
 {{- end }}
 {{- end -}}
