@@ -153,6 +153,45 @@ function switchRow(over: Partial<SwitchRow> = {}): SwitchRow {
   };
 }
 
+describe("a connection lost mid-transaction", () => {
+  test("rejects fleet_store_unavailable, does not crash, and the next call gets a fresh connection", async () => {
+    const s = store({ applicationName: "tg-killed-mid-tx" });
+    const key = id("locked");
+    // hold the key's budget lock in another session, so the reserve waits inside its transaction
+    const holder = new Client({ connectionString: db.url });
+    await holder.connect();
+    await holder.query("BEGIN");
+    await holder.query("SELECT pg_advisory_xact_lock(2, hashtext($1))", [key]);
+    const pending = code(
+      s.reserve({
+        ...reserveInput(id("d"), 1),
+        items: [{ budgetId: "b", key, amount: 1, maxTotal: 5, windowSeconds: 60 }],
+      }),
+    );
+    await waitForAsync(
+      async () =>
+        (
+          await sql(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'tg-killed-mid-tx' AND wait_event_type = 'Lock'",
+          )
+        ).length > 0,
+    );
+    await sql(
+      "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'tg-killed-mid-tx'",
+    );
+    expect(await pending).toBe("fleet_store_unavailable");
+    await holder.query("ROLLBACK");
+    await holder.end();
+    await s.ping();
+    expect(
+      await s.reserve({
+        ...reserveInput(id("d"), 1),
+        items: [{ budgetId: "b", key, amount: 1, maxTotal: 5, windowSeconds: 60 }],
+      }),
+    ).toEqual({ ok: true });
+  });
+});
+
 describe("kill switches", () => {
   test("create → NOTIFY reaches a listener on another pool; changesSince returns create and delete", async () => {
     const writer = store();
@@ -732,6 +771,14 @@ describe("hostile rows", () => {
     expect(await code(s.getEvaluation(ev.evaluationId))).toBe("fleet_store_unavailable");
   });
 });
+
+async function waitForAsync(cond: () => Promise<boolean>, ms = 10_000): Promise<void> {
+  const until = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > until) throw new Error("timed out waiting");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
 
 async function waitFor(cond: () => boolean, ms = 10_000): Promise<void> {
   const until = Date.now() + ms;

@@ -311,6 +311,7 @@ export class PgFleetStore implements FleetStore {
   private readonly clientConfig: ClientConfig;
   private readonly log: Logger | undefined;
   private readonly listeners = new Set<() => Promise<void>>();
+  private readonly guarded = new WeakSet<PoolClient>();
   private closed = false;
 
   constructor(opts: PgFleetStoreOptions) {
@@ -342,16 +343,19 @@ export class PgFleetStore implements FleetStore {
   // -- lifecycle ----------------------------------------------------------------
 
   async migrate(): Promise<number[]> {
-    const client = await this.connect("migrate");
-    let broken: Error | undefined;
+    if (this.closed) throw toolgateError("fleet_store_unavailable", "fleet store: closed");
+    // A dedicated session without statement_timeout: waiting for another replica's
+    // migration (the advisory lock) may take longer than any one statement should.
+    const client = new Client({ ...this.clientConfig, statement_timeout: 0 });
+    client.on("error", () => undefined); // the query in flight fails on its own
     try {
+      await client.connect();
       return await runMigrations(client);
     } catch (e) {
-      broken = e as Error;
       throw this.unavailable("migrate", e);
     } finally {
-      // On failure the session (and the advisory lock, should unlock have failed) is discarded.
-      client.release(broken);
+      // Ending the session also releases the advisory lock, should unlock have failed.
+      await client.end().catch(() => undefined);
     }
   }
 
@@ -478,7 +482,7 @@ export class PgFleetStore implements FleetStore {
     let delay = 100;
     let up: boolean | undefined;
     const state = (connected: boolean, error?: Error): void => {
-      if (up === connected && connected) return;
+      if (up === connected) return; // transitions only
       up = connected;
       try {
         if (error === undefined) events.onState?.(connected);
@@ -1334,11 +1338,25 @@ export class PgFleetStore implements FleetStore {
 
   private async connect(what: string): Promise<PoolClient> {
     if (this.closed) throw toolgateError("fleet_store_unavailable", "fleet store: closed");
+    let c: PoolClient;
     try {
-      return await this.pool.connect();
+      c = await this.pool.connect();
     } catch (e) {
       throw this.unavailable(what, e);
     }
+    // pg-pool listens for errors on idle clients only: a connection lost while checked
+    // out emits "error" on the client, which would crash the process unhandled. The
+    // query in flight fails on its own (and the client is then discarded by tx).
+    if (!this.guarded.has(c)) {
+      this.guarded.add(c);
+      c.on("error", (e) => {
+        this.log?.warn("fleet store: a PostgreSQL connection failed", {
+          event: "fleet.store_connection_error",
+          error: e.message,
+        });
+      });
+    }
+    return c;
   }
 
   private async query(what: string, sql: string, args: unknown[] = []): Promise<Row[]> {
