@@ -3,6 +3,7 @@ import { parseArgs } from "node:util";
 import { BUNDLE_AND_INPUT, stringOptions, wantsHelp } from "./args";
 import { buildParts, packageVersion, startToolgate } from "../app";
 import { auditVerifyCommand } from "./audit";
+import { CONTROL_HELP, CONTROL_MIGRATE_HELP, controlCommand } from "./control";
 import { devTokenCommand } from "./dev-token";
 import { REPORT_HELP, reportCommand } from "./report";
 import { explainCommand, policyBuild, policyTest, replayCommand } from "./author";
@@ -21,6 +22,8 @@ const USAGE = new Map<string, string>([
     "serve",
     `  toolgate serve [--config FILE]             run the sidecar (default: embedded support-triage policy)`,
   ],
+  ["control", CONTROL_HELP],
+  ["control migrate", CONTROL_MIGRATE_HELP],
   [
     "eval",
     `  toolgate eval --bundle B --input I [--agent ID] [--entrypoint E]
@@ -193,6 +196,7 @@ const policy: Command = (args, out) =>
 /** The commands by name (a Map: the name is the caller's word, never a prototype member). */
 const COMMANDS = new Map<string, Command>([
   ["serve", serve],
+  ["control", controlCommand],
   ["eval", evalCommand],
   ["dev-token", devTokenCommand],
   ["policy", policy],
