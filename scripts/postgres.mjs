@@ -113,10 +113,8 @@ function embeddedBinDir() {
       os.tmpdir(),
       `toolgate-postgres-bin-${process.getuid?.() ?? "u"}-${versionOf(pkgDir)}`,
     );
-    if (!fs.existsSync(path.join(copy, "native", "bin"))) {
-      note(`cannot prepare ${pkgDir} in place (${err.message}); copying it to ${copy}`);
-      fs.cpSync(pkgDir, copy, { recursive: true, verbatimSymlinks: true });
-    }
+    note(`cannot prepare ${pkgDir} in place (${err.message}); using a copy in ${copy}`);
+    privateCopy(pkgDir, copy, false);
     return { bin: hydrateEmbedded(copy), source: `${name} (copy in ${copy})` };
   }
 }
@@ -238,6 +236,41 @@ function chownToServer(file) {
   if (user) fs.chownSync(file, user.uid, user.gid);
 }
 
+/**
+ * Copies directory `src` to `dst` (in the temp dir) unless a complete copy of ours is there already: made under
+ * a temporary name and renamed, owned by this uid and writable by nobody else (else it is not trusted).
+ */
+function privateCopy(src, dst, worldReadable) {
+  try {
+    const st = fs.lstatSync(dst);
+    const uid = process.getuid?.();
+    if (st.isDirectory() && (uid === undefined || st.uid === uid) && (st.mode & 0o022) === 0)
+      return;
+    fail(`${dst} exists and is not a private copy of this user's; remove it`);
+  } catch (err) {
+    if (err instanceof PostgresError) throw err;
+  }
+  const tmp = `${dst}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+  try {
+    fs.cpSync(src, tmp, { recursive: true, verbatimSymlinks: true });
+    execFileSync("chmod", ["-R", worldReadable ? "u+rwX,go+rX,go-w" : "go-w", tmp]);
+    fs.renameSync(tmp, dst);
+  } catch (err) {
+    if (!fs.existsSync(dst)) throw err; // else a concurrent copy won
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+/** A short key naming one set of binaries (its path and its postgres executable's size and mtime). */
+function binariesKey(bin) {
+  const st = fs.statSync(path.join(bin, "postgres"));
+  return createHash("sha256")
+    .update(`${fs.realpathSync(bin)}\0${st.size}\0${st.mtimeMs}`)
+    .digest("hex")
+    .slice(0, 16);
+}
+
 /** As root, the server user must be able to run the binaries (node_modules may sit under a private home). */
 function usableBinaries() {
   let found = findBinaries();
@@ -247,16 +280,9 @@ function usableBinaries() {
     return spawnSync(cmd, argv, { cwd: "/", encoding: "utf8" }).status === 0;
   };
   if (probe()) return found;
-  const copy = path.join(
-    os.tmpdir(),
-    `toolgate-postgres-bin-root-${path.basename(path.dirname(found.bin))}`,
-  );
+  const copy = path.join(os.tmpdir(), `toolgate-postgres-bin-root-${binariesKey(found.bin)}`);
   note(`${serverUser().name} cannot run ${found.bin}; using a world-readable copy in ${copy}`);
-  if (!fs.existsSync(path.join(copy, "bin", "postgres"))) {
-    fs.rmSync(copy, { recursive: true, force: true });
-    fs.cpSync(path.dirname(found.bin), copy, { recursive: true, verbatimSymlinks: true });
-    execFileSync("chmod", ["-R", "a+rX", copy]);
-  }
+  privateCopy(path.dirname(found.bin), copy, true);
   found = { bin: path.join(copy, "bin"), source: `${found.source} (copy in ${copy})` };
   if (!probe()) fail(`${serverUser().name} cannot run ${found.bin}/postgres either`);
   return found;
