@@ -731,6 +731,40 @@ describe("sidecars", () => {
   });
 });
 
+describe("prune", () => {
+  test("removes only what can no longer matter", async () => {
+    const s = store();
+    const later = T0 + 40 * 24 * 3600_000;
+    const key = id("prune");
+    await s.reserve({
+      ...reserveInput(id("d"), 1),
+      items: [{ budgetId: "b", key, amount: 1, maxTotal: 9, windowSeconds: 60 }],
+    });
+    const orphan = evaluation({ expiresAt: T0 + 1000 });
+    const kept = evaluation({ expiresAt: T0 + 1000 });
+    // an evaluation with a task stays; one without goes once expired (+1 h)
+    await s.submit(submitInput(kept));
+    await sql(
+      `INSERT INTO approval_evaluations (evaluation_id, decision_id, agent_id, binding_hash, binding_context_members,
+         redacted_request, requirement, reasons, initiator, tool, created_at, expires_at)
+       VALUES ($1, 'd', 'agent-a', 'h', '[]', 'null', '{}', '[]', 'alice', 'refund', $2, $3)`,
+      [orphan.evaluationId, T0, T0 + 1000],
+    );
+    const rateKey = id("rate");
+    await s.lease({ key: rateKey, ratePerSecond: 1, burst: 1, want: 1, now: T0 });
+    await s.upsertSidecar({ instance: id("i"), agentId: "agent-a", replica: "r", now: T0 });
+    const r = await s.prune(later, 100_000);
+    expect(r.budgetRows).toBeGreaterThanOrEqual(1);
+    expect(r.evaluations).toBeGreaterThanOrEqual(1);
+    expect(r.rateBuckets).toBeGreaterThanOrEqual(1);
+    expect(r.sidecars).toBeGreaterThanOrEqual(1);
+    expect(await sql("SELECT 1 FROM budget_reservations WHERE key = $1", [key])).toHaveLength(0);
+    expect(await s.getEvaluation(orphan.evaluationId)).toBeUndefined();
+    expect(await s.getEvaluation(kept.evaluationId)).toBeDefined();
+    expect(await sql("SELECT 1 FROM rate_buckets WHERE key = $1", [rateKey])).toHaveLength(0);
+  });
+});
+
 describe("hostile rows", () => {
   test("a __proto__ key in a stored scope is refused, not handed on", async () => {
     const s = store();

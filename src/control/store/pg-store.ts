@@ -908,8 +908,9 @@ export class PgFleetStore implements FleetStore {
     const now = checkTime("now", input.now);
     const decisionId = checkText("decisionId", input.decisionId);
     const agentId = checkText("agentId", input.agentId);
-    if (!Number.isSafeInteger(input.ttlMs) || input.ttlMs < 1)
-      throw toolgateError("invalid_request", "ttlMs must be a positive integer");
+    const ttlMs = Math.ceil(checkNumber("ttlMs", input.ttlMs, 0, true));
+    if (!Number.isSafeInteger(ttlMs) || ttlMs > MAX_WINDOW_MS)
+      throw toolgateError("invalid_request", "ttlMs must be at most 31 days");
     if (!Array.isArray(input.items) || input.items.length > MAX_ITEMS)
       throw toolgateError("invalid_request", `items must be an array of ≤ ${MAX_ITEMS}`);
     const items = input.items.map((it, i) => ({
@@ -923,7 +924,7 @@ export class PgFleetStore implements FleetStore {
     if (keys.length !== items.length)
       throw toolgateError("invalid_request", "items name the same budget key twice");
     if (items.length === 0) return { ok: true };
-    const expiresAt = now + input.ttlMs;
+    const expiresAt = now + ttlMs;
 
     return this.tx("reserve budget", async (c) => {
       // Lock every key, in one order (of the lock ids) for every caller: no deadlock.

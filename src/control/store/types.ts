@@ -127,7 +127,10 @@ export interface ReserveItem {
 export interface ReserveInput {
   decisionId: string;
   agentId: string;
-  /** The reservation's TTL: pending until now + ttlMs, spent at that time if never resolved. */
+  /**
+   * The reservation's TTL (> 0, rounded up to a whole ms, ≤ 31 days): pending
+   * until now + ttlMs, spent at that time if never resolved.
+   */
   ttlMs: number;
   items: ReserveItem[];
   now: number;
