@@ -13,7 +13,7 @@ import { compileLimits, Containment, ContainmentStore } from "./containment";
 import { loadBundleFromPath } from "./policy/bundle";
 import { PolicyEngine as Engine } from "./policy/engine";
 import { isToolgateError, toolgateError } from "./errors";
-import { ApprovalService } from "./approvals/service";
+import { ApprovalService, type ApprovalEventName } from "./approvals/service";
 import { ApprovalStore } from "./approvals/store";
 import { webhookNotifier } from "./approvals/webhook";
 import { startAgentServer, type RunningServer } from "./http/agent-server";
@@ -33,6 +33,14 @@ import {
 } from "./shared/lifecycle";
 import { createLogger, type Logger } from "./shared/log";
 import { packageRoot } from "./shared/paths";
+import {
+  devCredential,
+  fileCredential,
+  FleetApprovals,
+  FleetClient,
+  FleetContainment,
+  type Credential,
+} from "./fleet";
 
 export function packageVersion(): string {
   return (
@@ -82,14 +90,27 @@ export interface Parts {
   /** Signs grants onto allows and publishes their keys (undefined: grants off). */
   grants: GrantIssuer | undefined;
   metrics: Metrics;
-  /** Kill switches, rates and budgets (undefined: built without state, e.g. `toolgate eval`). */
+  /** Kill switches, rates and budgets (undefined: built without state, e.g. `toolgate eval`, or in fleet mode). */
   containment: Containment | undefined;
+  /**
+   * Fleet mode (`fleet.url`): the control service's client and the ports
+   * over it, in place of `containment` and `approvals` (both undefined then).
+   */
+  fleet: FleetParts | undefined;
   /**
    * The parts that run, in start order: audit, approvals, containment, the
    * bundle manager, the candidate policy (those that are on). startToolgate
    * adds the two ports and runs them (src/shared/lifecycle.ts).
    */
   components: Component[];
+}
+
+/** A sidecar's side of fleet mode. */
+export interface FleetParts {
+  client: FleetClient;
+  containment: FleetContainment;
+  /** Undefined when built without approvals (offline tools). */
+  approvals: FleetApprovals | undefined;
 }
 
 export interface BuildOptions {
@@ -392,20 +413,35 @@ async function assemble(
       : {}),
     onEvent: (result, code) => metrics.bundleEvents.inc(code ? { result, code } : { result }),
   });
+  const redact = <T>(v: T, mask?: readonly unknown[]): T =>
+    auditor ? auditor.redact(v, mask as readonly MaskOp[]) : v;
+  const approvalEvents = {
+    approvalEvent: (event: ApprovalEventName, fields: Record<string, unknown>) => {
+      metrics.approvals.inc({ event });
+      auditor?.record({ kind: "approval", event, fields });
+    },
+  };
+  const reservationTtlSeconds = (tool: string): number =>
+    config.containment.reservationTtlSeconds ??
+    (config.grants.tools[tool]?.ttlSeconds ?? config.grants.ttlSeconds) + 300;
+  // fleet mode: no kill switch SQLite, no local approval queue; the control service holds both
+  const fleet =
+    config.fleet.url !== null && opts.containment !== false && opts.audit !== false
+      ? buildFleet(config, log, opts, bundles, {
+          redact,
+          events: approvalEvents,
+          reservationTtlSeconds,
+        })
+      : undefined;
   const approvals =
-    opts.approvals === false
+    opts.approvals === false || fleet !== undefined
       ? undefined
       : new ApprovalService({
           store: ApprovalStore.open(config.state.dir),
           requestLimit: config.approvals.requestLimit,
           agentId: config.agent.id,
-          redact: (v, mask) => (auditor ? auditor.redact(v, mask as readonly MaskOp[]) : v),
-          events: {
-            approvalEvent: (event, fields) => {
-              metrics.approvals.inc({ event });
-              auditor?.record({ kind: "approval", event, fields });
-            },
-          },
+          redact,
+          events: approvalEvents,
           ...(config.approvals.webhook
             ? { onPending: webhookNotifier(config.approvals.webhook, log) }
             : {}),
@@ -416,7 +452,7 @@ async function assemble(
       ? new GrantIssuer(config.grants, config.agent.id, log)
       : undefined;
   const containment =
-    opts.containment === false || opts.audit === false
+    opts.containment === false || opts.audit === false || fleet !== undefined
       ? undefined
       : new Containment({
           store: ContainmentStore.open(config.state.dir, {
@@ -424,9 +460,7 @@ async function assemble(
           }),
           agentId: config.agent.id,
           ...(opts.now ? { now: opts.now } : {}),
-          reservationTtlSeconds: (tool) =>
-            config.containment.reservationTtlSeconds ??
-            (config.grants.tools[tool]?.ttlSeconds ?? config.grants.ttlSeconds) + 300,
+          reservationTtlSeconds,
           log,
           metrics,
           events: {
@@ -445,17 +479,18 @@ async function assemble(
     requestTtlSeconds: config.approvals.requestTtlSeconds,
     sink: meteredSink(metrics, auditor),
     ...(opts.now ? { now: opts.now } : {}),
-    ...(approvals ? { approvals } : {}),
+    ...(approvals ? { approvals } : fleet?.approvals ? { approvals: fleet.approvals } : {}),
     ...(grants ? { grants } : {}),
-    ...(containment ? { containment } : {}),
+    ...(containment ? { containment } : fleet ? { containment: fleet.containment } : {}),
     ...(candidateSource ? { candidate: candidateSource } : {}),
   });
   registerGauges(metrics, bundles, approvals, auditor);
-  if (containment) {
+  const switches = containment ?? fleet?.containment;
+  if (switches) {
     metrics.addGauge({
       name: "toolgate_killswitches_active",
       help: "Kill switches in force (not deleted, not expired).",
-      read: () => [{ value: containment.activeCount() }],
+      read: () => [{ value: switches.activeCount() }],
     });
   }
   return {
@@ -469,13 +504,97 @@ async function assemble(
     grants,
     metrics,
     containment,
+    fleet,
     components: [
+      // the fleet client first: its stream runs before anything decides
+      ...(fleet ? [fleet.client] : []),
+      ...(fleet?.approvals ? [fleet.approvals] : []),
       ...(approvals ? [approvals] : []),
       ...(containment ? [containment] : []),
       bundles.component,
       ...(candidate ? [candidate] : []),
     ],
   };
+}
+
+/** The sidecar's credential for the control service (fleet.credential_file, or the dev key). */
+function fleetCredential(config: CompiledConfig, log: Logger): Credential {
+  const f = config.fleet;
+  if (f.credentialFile !== null) return fileCredential(f.credentialFile);
+  if (!f.jwt.dev) {
+    throw toolgateError(
+      "config_invalid",
+      'fleet.url is set but "fleet.credential_file" is not, and fleet.jwt does not trust the development key. Fix: set fleet.credential_file (TOOLGATE_FLEET_CREDENTIAL_FILE) to the file holding the sidecar\'s token.',
+    );
+  }
+  devKeyWarning(log, "fleet.jwt: this sidecar signs its own fleet credential");
+  return devCredential({
+    agentId: config.agent.id,
+    issuer: f.jwt.issuer,
+    audience: f.jwt.audience,
+    agentClaim: f.jwt.agentClaim,
+  });
+}
+
+/** Fleet mode: the control service's client, containment and approvals over it. */
+function buildFleet(
+  config: CompiledConfig,
+  log: Logger,
+  opts: BuildOptions,
+  bundles: BundleManager,
+  approval: {
+    redact: <T>(v: T, mask?: readonly unknown[]) => T;
+    events: { approvalEvent: (event: ApprovalEventName, fields: Record<string, unknown>) => void };
+    reservationTtlSeconds: (tool: string) => number;
+  },
+): FleetParts {
+  const url = config.fleet.url as string;
+  const client = new FleetClient({
+    url,
+    agentId: config.agent.id,
+    maxStalenessSeconds: config.fleet.maxStalenessSeconds,
+    credential: fleetCredential(config, log),
+    log,
+    version: packageVersion(),
+    bundle: () => {
+      if (!bundles.ready()) return null;
+      const st = bundles.status();
+      return { name: st.name, revision: st.revision };
+    },
+    ...(opts.now ? { now: opts.now } : {}),
+  });
+  const containment = new FleetContainment({
+    client,
+    agentId: config.agent.id,
+    log,
+    reservationTtlSeconds: approval.reservationTtlSeconds,
+    ...(opts.now ? { now: opts.now } : {}),
+  });
+  const approvals =
+    opts.approvals === false
+      ? undefined
+      : new FleetApprovals({
+          client,
+          store: ApprovalStore.open(config.state.dir),
+          agentId: config.agent.id,
+          redact: approval.redact,
+          events: approval.events,
+          ...(config.approvals.webhook
+            ? { onPending: webhookNotifier(config.approvals.webhook, log) }
+            : {}),
+          log,
+          ...(opts.now ? { now: opts.now } : {}),
+        });
+  log.info(
+    "fleet mode: kill switches, approvals, budgets and rates are held by the control service",
+    {
+      event: "fleet.mode",
+      url,
+      max_staleness_seconds: config.fleet.maxStalenessSeconds,
+      instance: client.instance,
+    },
+  );
+  return { client, containment, approvals };
 }
 
 /**
@@ -565,8 +684,16 @@ export async function startToolgate(
       decider: parts.decider,
       identity: parts.identity,
       ...(parts.auditor ? { auditor: parts.auditor } : {}),
-      ...(parts.approvals ? { approvals: parts.approvals } : {}),
-      ...(parts.containment ? { containment: parts.containment } : {}),
+      ...(parts.approvals
+        ? { approvals: parts.approvals }
+        : parts.fleet?.approvals
+          ? { approvals: parts.fleet.approvals }
+          : {}),
+      ...(parts.containment
+        ? { containment: parts.containment }
+        : parts.fleet
+          ? { containment: parts.fleet.containment }
+          : {}),
       metrics: parts.metrics,
       bundles: parts.bundles,
       readiness,
@@ -591,6 +718,12 @@ export async function startToolgate(
             grants: parts.grants,
             metrics: parts.metrics,
             containment: parts.containment,
+            fleet: parts.fleet
+              ? {
+                  url: parts.fleet.client.url,
+                  listSwitches: () => parts.fleet?.containment.listSwitches() ?? [],
+                }
+              : undefined,
           }),
         )
       : undefined;

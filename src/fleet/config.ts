@@ -50,7 +50,7 @@ export const FLEET = section(
     agentClaim: text({
       key: "fleet.jwt.agent_claim",
       env: "TOOLGATE_FLEET_JWT_AGENT_CLAIM",
-      pattern: /^[A-Za-z0-9_:.\/-]{1,256}$/,
+      pattern: /^[A-Za-z0-9_:./-]{1,256}$/,
       hint: "a claim name, or a /-separated path into nested claims",
       default: "toolgate_agent",
       doc: "`toolgate control`: the claim of a sidecar credential naming the agent it speaks for; a `/`-separated path reads nested claims (Kubernetes service-account tokens: `kubernetes.io/serviceaccount/name`, the chart names each agent's service account after the agent).",

@@ -3,9 +3,15 @@ import type { BundleManager } from "../bundles";
 import type { CompiledConfig } from "../config";
 import { boundaryFromData, recordAction, type ActionReport } from "../audit/actions";
 import { startRequestSpan, traceParentOf, type AuditService } from "../audit";
-import type { AccessRequest, ApprovalService } from "../approvals/service";
-import type { Containment } from "../containment";
-import type { Decider, DecisionRequest, Principal, RequestContext } from "../decision";
+import type { AccessRequest, Requester } from "../approvals/service";
+import {
+  mapMaybe,
+  type Decider,
+  type DecisionRequest,
+  type MaybePromise,
+  type Principal,
+  type RequestContext,
+} from "../decision";
 import type { Identity } from "../identity";
 import { toolgateError } from "../errors";
 import type { Metrics } from "../metrics";
@@ -20,14 +26,41 @@ import { serve, type RunningServer } from "./listen";
 import { statusView } from "./status";
 import { validator } from "./validate";
 
+/**
+ * The access-request routes' service: the sidecar's own ApprovalService, or
+ * in fleet mode FleetApprovals (which answers with promises).
+ */
+export interface AccessRequests {
+  submit(
+    request: AccessRequest,
+    idempotencyKey: string | undefined,
+    baseUrl: string,
+    requester: Requester,
+  ): MaybePromise<{ created: boolean; view: Record<string, unknown> }>;
+  get(taskId: string, baseUrl: string, requester: Requester): MaybePromise<Record<string, unknown>>;
+  cancel(
+    taskId: string,
+    baseUrl: string,
+    requester: Requester,
+  ): MaybePromise<Record<string, unknown>>;
+}
+
+/**
+ * What resolves a decision's budget reservations when its action report
+ * arrives (Containment, or FleetContainment): what it did, "none" for nothing.
+ */
+export interface BudgetReports {
+  reported(decisionId: string, status: "ok" | "error", changedSomething: boolean): string;
+}
+
 export interface AgentServerDeps {
   config: CompiledConfig;
   decider: Decider;
   identity: Identity;
-  approvals?: ApprovalService;
+  approvals?: AccessRequests;
   auditor?: AuditService;
   /** Resolves budget reservations when an action report names their decision. */
-  containment?: Containment;
+  containment?: BudgetReports;
   /** toolgate_action_anomalies_total (action reports that contradict their decision). */
   metrics?: Metrics;
   bundles: BundleManager;
@@ -99,7 +132,7 @@ export function createAgentApp(deps: AgentServerDeps): Express {
   });
 
   // --- AuthZEN Access Request and Approval profile (the agent's side) --------
-  const needApprovals = (): ApprovalService => {
+  const needApprovals = (): AccessRequests => {
     if (approvals === undefined) throw toolgateError("not_found", "approvals are not enabled");
     return approvals;
   };
@@ -133,10 +166,13 @@ export function createAgentApp(deps: AgentServerDeps): Express {
         typeof key === "string" && key.length > 0 && key.length <= 255 ? key : undefined;
       const who = requesterOf(ctx.principal);
       // the denial it follows: checked last, as the service always did
-      const { created, view } = service.submit(accessRequest(req), idempotencyKey, baseUrl(q), who);
-      return Reply.json(created ? 201 : 200, view, {
-        Location: (view.task as { status_endpoint: string }).status_endpoint,
-      });
+      return mapMaybe(
+        service.submit(accessRequest(req), idempotencyKey, baseUrl(q), who),
+        ({ created, view }) =>
+          Reply.json(created ? 201 : 200, view, {
+            Location: (view.task as { status_endpoint: string }).status_endpoint,
+          }),
+      );
     },
   });
   port.get("/access/v1/requests/:id", {

@@ -30,6 +30,12 @@ export interface ControlServerDeps {
   containment?: Containment | undefined;
   /** Grants: the public keys tool backends verify grants with (public, no token). */
   grants?: { jwksJson(): string } | undefined;
+  /**
+   * Fleet mode: approvals and kill switches are decided on the control
+   * service at `url`; this port lists the switches the sidecar holds and
+   * answers 409 fleet_mode to approval decisions and switch writes.
+   */
+  fleet?: { url: string; listSwitches(): KillSwitch[] } | undefined;
 }
 
 /** The body of approve and deny (schemas/approval-decision.schema.json): any JSON, an object's comment kept. */
@@ -122,6 +128,13 @@ export function createControlApp(deps: ControlServerDeps): Express {
         tracing: deps.auditor?.tracingStats(),
       }),
   });
+
+  const fleet = deps.fleet;
+  if (fleet !== undefined) {
+    fleetRoutes(port, fleet, admin("kill switches need"));
+    port.notAllowedOnEveryRoute();
+    return port.finish();
+  }
 
   port.get("/v1/approvals", {
     handle: (_v, ctx, req) => {
@@ -217,6 +230,41 @@ export function createControlApp(deps: ControlServerDeps): Express {
 
   port.notAllowedOnEveryRoute();
   return port.finish();
+}
+
+/**
+ * The control port of a sidecar in fleet mode: the switches it holds (from
+ * the control service's stream) are listed; every approval route and every
+ * switch write answers 409 fleet_mode naming the control service.
+ */
+function fleetRoutes(
+  port: HttpPort,
+  fleet: { url: string; listSwitches(): KillSwitch[] },
+  guard: (ctx: RequestContext) => void,
+): void {
+  const elsewhere = (what: string, path: string) => () => {
+    throw toolgateError(
+      "fleet_mode",
+      `this sidecar is in fleet mode: ${what} on the control service, ${fleet.url}${path}`,
+    );
+  };
+  const approvals = elsewhere("approvals are listed and decided", "/v1/approvals");
+  port.get("/v1/approvals", { handle: approvals });
+  port.get("/v1/approvals/:id", { handle: approvals });
+  port.post("/v1/approvals/:id/approve", { handle: approvals });
+  port.post("/v1/approvals/:id/deny", { handle: approvals });
+  port.post("/v1/approvals/:id/revoke", { handle: approvals });
+  const writes = elsewhere("kill switches are set and lifted", "/v1/killswitches");
+  port.post("/v1/killswitches", { guard, handle: writes });
+  port.get("/v1/killswitches", {
+    guard,
+    handle: (_v, _ctx, req) => {
+      if (req.query.history === "true")
+        elsewhere("the kill switch history is kept", "/v1/killswitches?history=true")();
+      return { killswitches: fleet.listSwitches() };
+    },
+  });
+  port.delete("/v1/killswitches/:id", { guard, handle: writes });
 }
 
 export function startControlServer(deps: ControlServerDeps): Promise<RunningServer> {
