@@ -84,7 +84,7 @@ interface LeaseBody {
 }
 interface HelloBody {
   instance: string;
-  bundle: { name: string; revision: string } | null;
+  bundle: { name: string; revision?: string | null } | null;
   version: string | null;
 }
 
@@ -335,7 +335,7 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
       const r = await store.reserve({
         decisionId: body.decision_id,
         agentId: agent(ctx),
-        ttlMs: body.ttl_seconds * 1000,
+        ttlMs: Math.max(1, Math.round(body.ttl_seconds * 1000)),
         items: body.items.map((it) => ({
           budgetId: it.budget_id,
           key: it.key,
@@ -392,7 +392,10 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
         instance: body.instance,
         agentId: agent(ctx),
         replica: deps.replica,
-        bundle: body.bundle,
+        bundle:
+          body.bundle === null
+            ? null
+            : { name: body.bundle.name, revision: body.bundle.revision ?? "" },
         version: body.version,
         now: now(),
       });

@@ -7,12 +7,13 @@
  */
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
-import { createServer, connect, type Server, type Socket } from "node:net";
+import { createServer, connect, Socket, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "../../src/approvals/binding";
 import { devTokenCommand } from "../../src/cli/dev-token";
 import { compileConfig } from "../../src/config";
+import { newSwitchId } from "../../src/containment/store";
 import { startControlService, type ControlService } from "../../src/control";
 import { silentLogger } from "../../src/shared/log";
 import { verifyTrail } from "../../src/trail";
@@ -756,6 +757,70 @@ describe("toolgate control without PostgreSQL", () => {
 });
 
 describe("toolgate control housekeeping and CLI", () => {
+  test("a sidecar that does not read its stream is dropped; the others go on", async () => {
+    const db = await freshDatabase();
+    const svc = await startReplica(db.url, "replica-s");
+    const slow = new Socket();
+    try {
+      const bot = await sidecar("bot-a");
+      const olga = await devToken("olga");
+      const reader = await Stream.open(svc.url, bot, "fast");
+      await reader.next((e) => e.event === "snapshot");
+      const { hostname, port } = new URL(svc.url);
+      await new Promise<void>((resolve) => slow.connect(Number(port), hostname, resolve));
+      slow.write(
+        `GET /fleet/v1/stream HTTP/1.1\r\nHost: ${hostname}\r\nAuthorization: Bearer ${bot}\r\n` +
+          "X-Toolgate-Instance: slow\r\n\r\n",
+      );
+      slow.pause(); // never reads: its kernel buffers fill, then the server's
+      const clients = async () =>
+        ((await call(svc.url, "GET", "/v1/status", olga)).body.stream as { clients: number })
+          .clients;
+      const until = async (want: number, ms: number) => {
+        const deadline = Date.now() + ms;
+        while ((await clients()) !== want && Date.now() < deadline)
+          await new Promise((r) => setTimeout(r, 100));
+        expect(await clients()).toBe(want);
+      };
+      await until(2, 5000);
+      // changes, ~2 KB each, until the slow client's buffers (kernel, then server) are full
+      const reason = "r".repeat(1900);
+      const ids: string[] = [];
+      const batch = () =>
+        Promise.all(
+          Array.from({ length: 50 }, () => {
+            const id = newSwitchId();
+            ids.push(id);
+            return svc.store.createSwitch({
+              id,
+              scope: { tool: `tool-${ids.length}` },
+              reason,
+              createdBy: "olga",
+              createdAt: Date.now(),
+              expiresAt: null,
+              deletedAt: null,
+              deletedBy: null,
+            });
+          }),
+        );
+      while (ids.length < 30_000 && (await clients()) === 2) {
+        for (let i = 0; i < 10; i++) await batch();
+      }
+      await until(1, 10_000);
+      // the reading sidecar got every change
+      const changes = () => reader.events.filter((e) => e.event === "change").length;
+      const deadline = Date.now() + 30_000;
+      while (changes() < ids.length && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 100));
+      expect(changes()).toBe(ids.length);
+      reader.close();
+    } finally {
+      slow.destroy();
+      await svc.stop();
+      await db.drop();
+    }
+  });
+
   test("any replica expires due tasks, once, and audits it", async () => {
     const db = await freshDatabase();
     const a = await startReplica(db.url, "replica-a");
