@@ -290,7 +290,13 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
     handle: async (_v, ctx, req) => {
       const res = req.res;
       if (res === undefined) throw new Error("no response to stream to");
-      await feed.serve(res, agent(ctx), instanceOf(req));
+      const exp = caller(ctx).claims.exp;
+      await feed.serve(
+        res,
+        agent(ctx),
+        instanceOf(req),
+        exp === undefined ? undefined : exp * 1000,
+      );
       // the stream has ended (the client left or was dropped): nothing more to write
       return Reply.text(200, "", {});
     },

@@ -53,6 +53,8 @@ interface Client extends StreamClientInfo {
   cursor: number;
   /** Set while a write waits for 'drain'. */
   drainTimer: NodeJS.Timeout | undefined;
+  /** Ends the stream when the client's credential expires. */
+  expiryTimer: NodeJS.Timeout | undefined;
   closed: boolean;
 }
 
@@ -208,7 +210,13 @@ export class SwitchFeed implements Component {
    * leaves or is dropped. Resolves when the stream ends. Rejects (before
    * anything was written) when the snapshot cannot be read.
    */
-  async serve(res: ServerResponse, agentId: string, instance: string | undefined): Promise<void> {
+  async serve(
+    res: ServerResponse,
+    agentId: string,
+    instance: string | undefined,
+    /** When the client's credential expires (epoch ms): the stream ends then, and it reconnects with a fresh one. */
+    credentialExpiresAt?: number,
+  ): Promise<void> {
     const seq = await this.opts.store.currentSeq();
     const switches = (await this.opts.store.listActiveSwitches(this.now())).filter((s) =>
       concerns(s, agentId),
@@ -226,6 +234,7 @@ export class SwitchFeed implements Component {
       connectedAt: this.now(),
       cursor: seq,
       drainTimer: undefined,
+      expiryTimer: undefined,
       closed: false,
     };
     return new Promise<void>((resolve) => {
@@ -239,6 +248,14 @@ export class SwitchFeed implements Component {
       }
       this.clients.add(c);
       this.opts.onClient?.(c, "connected");
+      const left = credentialExpiresAt === undefined ? undefined : credentialExpiresAt - this.now();
+      if (left !== undefined && left < 2 ** 31 - 1) {
+        c.expiryTimer = setTimeout(
+          () => this.drop(c, undefined, "its credential expired"),
+          Math.max(0, left),
+        );
+        c.expiryTimer.unref();
+      }
       this.send(c, "snapshot", { seq, switches: switches.map((s) => switchView(s)) });
       // changes this replica read after the snapshot's seq, before the client joined
       if (this.trimmedSeq > seq) {
@@ -283,10 +300,16 @@ export class SwitchFeed implements Component {
     }
   }
 
-  private drop(c: Client, why: string | undefined): void {
+  /**
+   * Ends a client's stream: `why` (a fault: slow, behind) destroys it and is
+   * logged; `ended` (its credential expired) ends it cleanly and is logged;
+   * neither (it left, or the feed stops) just ends it.
+   */
+  private drop(c: Client, why: string | undefined, ended?: string): void {
     if (c.closed) return;
     c.closed = true;
     clearTimeout(c.drainTimer);
+    clearTimeout(c.expiryTimer);
     const had = this.clients.delete(c);
     if (why !== undefined) {
       this.opts.log.warn("a stream client was dropped", {
@@ -296,8 +319,15 @@ export class SwitchFeed implements Component {
         why,
       });
       c.res.destroy();
-    } else if (!c.res.writableEnded) {
-      c.res.end();
+    } else {
+      if (ended !== undefined)
+        this.opts.log.info("a stream was ended", {
+          event: "control.stream_ended",
+          agent: c.agentId,
+          instance: c.instance,
+          why: ended,
+        });
+      if (!c.res.writableEnded) c.res.end();
     }
     if (had) this.opts.onClient?.(c, "closed");
   }

@@ -126,6 +126,8 @@ class Stream {
   private readonly abort = new AbortController();
   status = 0;
   contentType: string | null = null;
+  /** Resolves when the server ends the stream (or it is closed here). */
+  done: Promise<void> = Promise.resolve();
 
   static async open(base: string, credential: string, instance = "sc-1"): Promise<Stream> {
     const s = new Stream();
@@ -135,7 +137,7 @@ class Stream {
     });
     s.status = res.status;
     s.contentType = res.headers.get("content-type");
-    if (res.body !== null) void s.pump(res.body);
+    s.done = res.body !== null ? s.pump(res.body) : Promise.resolve();
     return s;
   }
 
@@ -436,6 +438,18 @@ describe("toolgate control", () => {
     );
     expect(noAgent.status).toBe(401);
     expect(noAgent.body.message).toMatch(/names no agent/);
+    // a stream ends when its credential does (the sidecar reconnects with a fresh one)
+    const shortLived = await token("agent:bot-a", {
+      audience: "toolgate-fleet",
+      claims: { toolgate_agent: "bot-a" },
+      expiresInSeconds: 2,
+    });
+    const brief = await Stream.open(a.url, shortLived, "brief");
+    await brief.next((e) => e.event === "snapshot");
+    const opened = Date.now();
+    await brief.done;
+    expect(Date.now() - opened).toBeLessThan(4000);
+    expect(brief.events.at(-1)?.event).not.toBe("change");
     // a hello registers the sidecar; its answer names the replica
     const hello = await call(b.url, "POST", "/fleet/v1/hello", botA, {
       instance: "hello-1",
