@@ -198,8 +198,9 @@ export class FleetApprovals {
   private async own(
     agentId: string,
     id: string,
+    expireFirst = true,
   ): Promise<{ task: FleetTask; e: EvaluationRecord }> {
-    await this.expire();
+    if (expireFirst) await this.expire();
     const task = await this.opts.store.getTask(id);
     if (task === undefined || task.agentId !== agentId) throw notFound(id);
     const e = await this.opts.store.getEvaluation(task.evaluationId);
@@ -232,7 +233,8 @@ export class FleetApprovals {
     decisionId: string,
     singleUse: boolean,
   ): Promise<Record<string, unknown>> {
-    const { e } = await this.own(agentId, id);
+    // on the decision path: no expiry sweep (a pending task is never usable anyway)
+    const { e } = await this.own(agentId, id, false);
     const r = await this.opts.store.useApproval(id, agentId, decisionId, singleUse, this.now());
     if (r.claimed)
       this.audit("used", r.task, e, {

@@ -21,6 +21,7 @@ export class StoreHealth implements Component {
   readonly name = "postgres";
   private last: { at: number; problem: string | undefined } | undefined;
   private inFlight: Promise<void> | undefined;
+  private timer: NodeJS.Timeout | undefined;
   private started = false;
   private stopped = false;
 
@@ -28,12 +29,16 @@ export class StoreHealth implements Component {
 
   start(): Promise<void> {
     this.started = true;
+    // kept fresh for the metrics and the log even when nobody asks
+    this.timer = setInterval(() => void this.refresh(), 5000);
+    this.timer.unref();
     return this.refresh();
   }
 
-  stop(): Promise<void> {
+  async stop(): Promise<void> {
     this.stopped = true;
-    return Promise.resolve();
+    clearInterval(this.timer);
+    await this.inFlight;
   }
 
   /** Pings unless the cached answer is fresh; never rejects. */
