@@ -485,6 +485,19 @@ async function assemble(
     ...(candidateSource ? { candidate: candidateSource } : {}),
   });
   registerGauges(metrics, bundles, approvals, auditor);
+  if (fleet) {
+    const client = fleet.client;
+    metrics.addGauge({
+      name: "toolgate_fleet_stream_connected",
+      help: "Fleet mode: 1 while the kill-switch stream from the control service is connected, else 0.",
+      read: () => [{ value: client.isConnected() ? 1 : 0 }],
+    });
+    metrics.addGauge({
+      name: "toolgate_fleet_stream_silence_seconds",
+      help: "Fleet mode: seconds since the kill-switch stream's last event (since start before the first snapshot). Past fleet.max_staleness_seconds, approve/execute/admin-class tools are denied containment_stale.",
+      read: () => [{ value: client.silentSeconds() }],
+    });
+  }
   const switches = containment ?? fleet?.containment;
   if (switches) {
     metrics.addGauge({
@@ -697,6 +710,7 @@ export async function startToolgate(
       metrics: parts.metrics,
       bundles: parts.bundles,
       readiness,
+      ...(parts.fleet ? { fleetStatus: () => parts.fleet?.client.view() ?? {} } : {}),
       log: parts.log,
       startedAt: new Date(),
       version,
@@ -722,6 +736,7 @@ export async function startToolgate(
               ? {
                   url: parts.fleet.client.url,
                   listSwitches: () => parts.fleet?.containment.listSwitches() ?? [],
+                  status: () => parts.fleet?.client.view() ?? {},
                 }
               : undefined,
           }),

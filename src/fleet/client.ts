@@ -184,6 +184,30 @@ export class FleetClient implements Component {
     return this.connected;
   }
 
+  /** What /v1/status shows of the fleet: the control service, this instance, the stream. */
+  view(): Record<string, unknown> {
+    const now = this.now();
+    const f = this.freshness(now);
+    return {
+      url: this.url,
+      instance: this.instance,
+      connected: this.connected,
+      synced: this.synced,
+      stale: !f.fresh,
+      seq: this.seq,
+      switches: this.cacheList.length,
+      last_event_at:
+        this.lastEventAt === undefined ? null : new Date(this.lastEventAt).toISOString(),
+      max_staleness_seconds: this.opts.maxStalenessSeconds,
+      ...(this.lastError !== undefined ? { last_error: this.lastError } : {}),
+    };
+  }
+
+  /** Seconds since the last event (since start before the first snapshot). */
+  silentSeconds(nowMs: number = this.now()): number {
+    return Math.max(0, nowMs - (this.lastEventAt ?? this.createdAt)) / 1000;
+  }
+
   // -- JSON calls -------------------------------------------------------------------
 
   /**

@@ -66,6 +66,8 @@ export interface AgentServerDeps {
   bundles: BundleManager;
   /** Every component's status: /health/ready and /v1/status aggregate it. */
   readiness: () => Readiness;
+  /** Fleet mode: where the sidecar stands with the control service (/v1/status `fleet`). */
+  fleetStatus?: () => Record<string, unknown>;
   log: Logger;
   startedAt: Date;
   version: string;
@@ -255,6 +257,7 @@ export function createAgentApp(deps: AgentServerDeps): Express {
         started_at: deps.startedAt.toISOString(),
         identity: { mode: config.identity.mode },
         bundles: [bundles.status()],
+        ...(deps.fleetStatus ? { fleet: deps.fleetStatus() } : {}),
       }),
   });
 

@@ -35,7 +35,8 @@ export interface ControlServerDeps {
    * service at `url`; this port lists the switches the sidecar holds and
    * answers 409 fleet_mode to approval decisions and switch writes.
    */
-  fleet?: { url: string; listSwitches(): KillSwitch[] } | undefined;
+  fleet?:
+    { url: string; listSwitches(): KillSwitch[]; status(): Record<string, unknown> } | undefined;
 }
 
 /** The body of approve and deny (schemas/approval-decision.schema.json): any JSON, an object's comment kept. */
@@ -125,6 +126,7 @@ export function createControlApp(deps: ControlServerDeps): Express {
     handle: () =>
       statusView(deps.version, config.agent.id, deps.readiness(), {
         bundles: [bundles.status()],
+        ...(deps.fleet ? { fleet: deps.fleet.status() } : {}),
         tracing: deps.auditor?.tracingStats(),
       }),
   });

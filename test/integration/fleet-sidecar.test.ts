@@ -217,7 +217,17 @@ test("before its first snapshot a sidecar is stale: execute denied containment_s
   expect(body.components.fleet?.state).toBe("NOT_READY");
   expect(body.reason).toMatch(/^fleet: no kill-switch snapshot yet/);
   const status = await http(tg.agentServer.url, "GET", "/v1/status");
-  expect((status.json as { ready: boolean }).ready).toBe(false);
+  const st = status.json as {
+    ready: boolean;
+    fleet: Record<string, unknown>;
+    components: Record<string, { state: string }>;
+  };
+  expect(st.ready).toBe(false);
+  expect(st.components.fleet?.state).toBe("NOT_READY");
+  expect(st.fleet).toMatchObject({ synced: false, stale: true, connected: false, seq: -1 });
+  const metrics = await http(tg.controlServer?.url ?? "", "GET", "/metrics");
+  expect(metrics.text).toMatch(/^toolgate_fleet_stream_connected 0$/m);
+  expect(metrics.text).toMatch(/^toolgate_component_status\{component="fleet"\} 0$/m);
 });
 
 test("one approval queue: requested through one sidecar, decided on the control service, used once across sidecars", async () => {
