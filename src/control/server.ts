@@ -377,10 +377,12 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
   port.post("/fleet/v1/rates/lease", {
     body: "json",
     schema: leaseBody,
-    handle: async (body) => {
+    handle: async (body, ctx) => {
       await health.assertUp();
       const r = await store.lease({
-        key: body.key,
+        // the caller's agent's own bucket: a sidecar can never drain another agent's
+        // (an agent id holds no "|", so the key is unambiguous)
+        key: `${agent(ctx)}|${body.key}`,
         ratePerSecond: body.rate_per_second,
         burst: body.burst,
         want: body.want,

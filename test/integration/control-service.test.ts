@@ -700,6 +700,11 @@ describe("toolgate control", () => {
     const empty = await call(a.url, "POST", "/fleet/v1/rates/lease", botA, lease);
     expect(empty.body.granted).toBe(0);
     expect(empty.body.retry_after).toBeGreaterThanOrEqual(1);
+    // the same key leased by another agent's sidecar is that agent's own bucket
+    expect((await call(a.url, "POST", "/fleet/v1/rates/lease", botB, lease)).body).toEqual({
+      granted: 3,
+      retry_after: 0,
+    });
   });
 });
 
