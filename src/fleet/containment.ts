@@ -335,6 +335,8 @@ export class FleetContainment {
             tool,
             error: (e as Error).message,
           });
+          // it may have been written with its answer lost: released, so it does not count for nothing
+          this.resolve(decisionId, "release");
           return unavailable((e as Error).message);
         },
       );

@@ -268,6 +268,12 @@ describe("FleetContainment: budgets", () => {
         /^the budget reservation could not be recorded; denied \(fail closed\)/,
       );
     }
+    // a reservation whose answer was lost may exist: a release follows, in the background
+    await until(() => peer.calls("POST", "/fleet/v1/budgets/resolve").length > 0);
+    expect(peer.calls("POST", "/fleet/v1/budgets/resolve")[0]?.body).toEqual({
+      decision_id: "d",
+      outcome: "release",
+    });
   });
 
   test("reports and unreserve resolve in the background, retried while the control service is unreachable", async () => {
