@@ -10,7 +10,7 @@
  * rates fleet-wide; its own control port refuses approval decisions and
  * switch writes with 409 fleet_mode.
  */
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Toolgate } from "../../src/app";
@@ -18,10 +18,11 @@ import { devTokenCommand } from "../../src/cli/dev-token";
 import { compileConfig } from "../../src/config";
 import { startControlService, type ControlService } from "../../src/control";
 import { silentLogger } from "../../src/shared/log";
-import { until } from "../helpers/bundles";
+import { keyPair, until } from "../helpers/bundles";
 import { limitsBundle } from "../helpers/containment";
 import { freePort } from "../helpers/net";
 import { freshDatabase, type FreshDatabase } from "../helpers/postgres";
+import { token } from "../helpers/tokens";
 import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
 
 jest.setTimeout(60_000);
@@ -373,4 +374,32 @@ test("the control service lost: after max_staleness_seconds execute is denied, r
   await until(() => tg.fleet?.client.status().state === "OK");
   expect((await decide(tg, refund(10))).outcome).toBe("allow");
   expect((await http(tg.agentServer.url, "GET", "/health/ready")).status).toBe(200);
+});
+
+test("a credential file (a projected token) is what the sidecar presents; without one and without the dev key, no start", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "toolgate-fleet-cred-"));
+  const file = join(dir, "token");
+  writeFileSync(
+    file,
+    await token("system:serviceaccount:agents:support-triage", {
+      audience: "toolgate-fleet",
+      claims: { toolgate_agent: "support-triage" },
+    }),
+  );
+  const tg = await synced({ TOOLGATE_FLEET_CREDENTIAL_FILE: file });
+  expect((await decide(tg, refund(10))).outcome).toBe("allow");
+  // a credential of another agent: the stream is refused, the sidecar stays stale
+  writeFileSync(file, await token("agent:x", { audience: "toolgate-fleet", claims: {} }));
+  const other = await sidecar({ TOOLGATE_FLEET_CREDENTIAL_FILE: file });
+  await until(() => /answered 401/.test(other.fleet?.client.status().detail ?? ""));
+  expect(code(await decide(other, refund(10)))).toBe("containment_stale");
+
+  await expect(
+    startTestToolgate({
+      TOOLGATE_FLEET_URL: `http://127.0.0.1:${controlPort}`,
+      TOOLGATE_FLEET_JWT_PUBLIC_KEY_FILE: keyPair("ec").pub,
+    }),
+  ).rejects.toThrow(
+    /fleet.url is set but "fleet.credential_file" is not.*Fix: set fleet.credential_file/,
+  );
 });
