@@ -388,7 +388,7 @@ test("a credential file (a projected token) is what the sidecar presents; withou
   );
   const tg = await synced({ TOOLGATE_FLEET_CREDENTIAL_FILE: file });
   expect((await decide(tg, refund(10))).outcome).toBe("allow");
-  // a credential of another agent: the stream is refused, the sidecar stays stale
+  // a credential that names no agent: the stream is refused (401), the sidecar stays stale
   writeFileSync(file, await token("agent:x", { audience: "toolgate-fleet", claims: {} }));
   const other = await sidecar({ TOOLGATE_FLEET_CREDENTIAL_FILE: file });
   await until(() => /answered 401/.test(other.fleet?.client.status().detail ?? ""));
