@@ -66,6 +66,8 @@ export interface ControlService {
   url: string;
   replica: string;
   log: Logger;
+  /** Audit on this thread: spans, log lines, the control trail. */
+  auditor: AuditService;
   store: FleetStore;
   lifecycle: Lifecycle;
   server: RunningServer;
@@ -428,5 +430,5 @@ export async function startControlService(
     replica,
     ready: lifecycle.status().ready,
   });
-  return { url: server.url, replica, log, store, lifecycle, server, stop };
+  return { url: server.url, replica, log, auditor, store, lifecycle, server, stop };
 }

@@ -6,6 +6,7 @@
  * proxy in front of the server being closed.
  */
 import { randomUUID } from "node:crypto";
+import { InMemorySpanExporter } from "@opentelemetry/sdk-trace";
 import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { createServer, connect, Socket, type Server } from "node:net";
 import { tmpdir } from "node:os";
@@ -30,7 +31,12 @@ interface Replica extends ControlService {
   stateDir: string;
 }
 
-async function startReplica(url: string, replica: string, now?: () => number): Promise<Replica> {
+async function startReplica(
+  url: string,
+  replica: string,
+  now?: () => number,
+  spanExporter?: InMemorySpanExporter,
+): Promise<Replica> {
   const stateDir = mkdtempSync(join(tmpdir(), "toolgate-control-"));
   const config = compileConfig(
     {},
@@ -44,7 +50,8 @@ async function startReplica(url: string, replica: string, now?: () => number): P
   );
   const svc = await startControlService(config, {
     log: silentLogger,
-    env: { OTEL_SDK_DISABLED: "true" },
+    env: spanExporter !== undefined ? {} : { OTEL_SDK_DISABLED: "true" },
+    ...(spanExporter !== undefined ? { spanExporter } : {}),
     replica,
     pingMs: 250,
     housekeepingIntervalMs: 500,
@@ -274,6 +281,7 @@ describe("toolgate control", () => {
   let db: FreshDatabase;
   let a: Replica;
   let b: Replica;
+  const spansA = new InMemorySpanExporter();
   let olga: string;
   let maria: string;
   let alice: string;
@@ -284,7 +292,7 @@ describe("toolgate control", () => {
     db = await freshDatabase();
     // two replicas starting together over one database: migrations run once, under the lock
     [a, b] = await Promise.all([
-      startReplica(db.url, "replica-a"),
+      startReplica(db.url, "replica-a", undefined, spansA),
       startReplica(db.url, "replica-b"),
     ]);
     olga = await devToken("olga");
@@ -629,6 +637,17 @@ describe("toolgate control", () => {
     expect(
       trailA.some((l) => l.kind === "containment" && l.record.event === "killswitch.created"),
     ).toBe(true);
+
+    // and as spans: approval events name the decision they answer
+    await a.auditor.flush();
+    const spans = spansA.getFinishedSpans();
+    const approvedSpan = spans.find(
+      (sp) =>
+        sp.name === "toolgate.approval approved" && sp.attributes["toolgate.approval.id"] === id,
+    );
+    expect(approvedSpan?.attributes["toolgate.decision.id"]).toBe(body.evaluation.decision_id);
+    expect(approvedSpan?.attributes["toolgate.approver.id"]).toBe("maria");
+    expect(spans.some((sp) => sp.name === "toolgate.containment killswitch.created")).toBe(true);
   });
 
   test("budgets, rates and the budgets view", async () => {
