@@ -364,6 +364,7 @@ export class FleetClient implements Component {
       const ac = new AbortController();
       this.current = ac;
       let snapshot = false;
+      let ended = false;
       try {
         await this.connect(ac, () => {
           snapshot = true;
@@ -379,15 +380,25 @@ export class FleetClient implements Component {
           failures = 0;
           this.lastError = undefined;
         });
-        if (!this.stopped) this.lastError = "the stream ended";
+        ended = true;
       } catch (e) {
         if (this.stopped) break;
         this.lastError = causeMessage(e as Error);
       }
       this.connected = false;
       if (this.stopped) break;
-      failures++;
-      if (failures === 1) {
+      if (ended && snapshot) {
+        // closed by the control service after it served (a replica stopping, the credential
+        // that opened it expiring): not a failure, reconnect at once with a fresh credential
+        this.opts.log.debug(
+          "fleet: the control service ended the kill-switch stream; reconnecting",
+          {
+            event: "fleet.stream_ended",
+            url: this.url,
+          },
+        );
+      } else if (++failures === 1) {
+        this.lastError ??= "the stream ended before its snapshot";
         this.opts.log.warn("fleet: kill-switch stream lost; reconnecting", {
           event: "fleet.stream_lost",
           url: this.url,
