@@ -221,6 +221,8 @@ export class SwitchFeed implements Component {
     const switches = (await this.opts.store.listActiveSwitches(this.now())).filter((s) =>
       concerns(s, agentId),
     );
+    // the client may have left while the snapshot was read: nothing to serve
+    if (res.destroyed || res.socket === null || res.socket.destroyed) return;
     res.statusCode = 200;
     res.setHeader("Content-Type", "text/event-stream; charset=utf-8");
     res.setHeader("Cache-Control", "no-store");

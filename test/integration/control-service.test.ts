@@ -476,6 +476,32 @@ describe("toolgate control", () => {
     expect(bad.body.code).toBe("invalid_request");
   });
 
+  test("streams whose client leaves at once are not kept", async () => {
+    const clients = async () =>
+      ((await call(a.url, "GET", "/v1/status", olga)).body.stream as { clients: number }).clients;
+    const before = await clients();
+    await Promise.all(
+      Array.from({ length: 30 }, async (_, i) => {
+        const ac = new AbortController();
+        setTimeout(() => ac.abort(), i % 10);
+        await fetch(new URL("/fleet/v1/stream", a.url), {
+          headers: { authorization: `Bearer ${botA}` },
+          signal: ac.signal,
+        }).then(
+          async (res) => {
+            ac.abort();
+            await res.body?.cancel().catch(() => undefined);
+          },
+          () => undefined,
+        );
+      }),
+    );
+    const deadline = Date.now() + 5000;
+    while ((await clients()) !== before && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 100));
+    expect(await clients()).toBe(before);
+  });
+
   test("nested agent claim paths", async () => {
     const { claimAt } = await import("../../src/control");
     const claims = { "kubernetes.io": { serviceaccount: { name: "bot-a" } } };
