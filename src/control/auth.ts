@@ -24,6 +24,12 @@ export function claimAt(claims: unknown, path: string): unknown {
   return node;
 }
 
+/** The principals SidecarCredentials made: a route checks which kind of caller it has. */
+const SIDECARS = new WeakSet<Principal>();
+
+/** Whether `p` is a verified sidecar (made by SidecarCredentials), not a person. */
+export const isSidecar = (p: Principal | undefined): boolean => p !== undefined && SIDECARS.has(p);
+
 /**
  * A verified sidecar: its principal's id is the agent id its credential
  * names (roles none); `sub` stays in the claims.
@@ -46,10 +52,18 @@ export class SidecarCredentials {
         `the sidecar credential names no agent (claim ${this.agentClaim})`,
       );
     }
-    return { ...principal, id: agent, roles: [] };
+    const sidecar: Principal = { ...principal, id: agent, roles: [] };
+    SIDECARS.add(sidecar);
+    return sidecar;
   }
 }
 
-/** Routes of the sidecar API (everything else is the human API). */
-export const isSidecarPath = (url: string | undefined): boolean =>
-  url !== undefined && (url === "/fleet" || url.startsWith("/fleet/"));
+/**
+ * Routes of the sidecar API (everything else is the human API), as the
+ * router matches them: case-insensitively.
+ */
+export function isSidecarPath(url: string | undefined): boolean {
+  if (url === undefined) return false;
+  const path = url.toLowerCase();
+  return path === "/fleet" || path.startsWith("/fleet/") || path.startsWith("/fleet?");
+}

@@ -25,7 +25,7 @@ import type { RequestContext } from "../model";
 import type { Readiness } from "../shared/lifecycle";
 import type { Logger } from "../shared/log";
 import type { FleetApprovals, FleetSubmission } from "./approvals";
-import { isSidecarPath, type SidecarCredentials } from "./auth";
+import { isSidecar, isSidecarPath, type SidecarCredentials } from "./auth";
 import type { StoreHealth } from "./health";
 import type { FleetStore, TaskStatus } from "./store/types";
 import type { SwitchFeed } from "./stream";
@@ -148,7 +148,23 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
       }),
   );
 
-  const caller = (ctx: RequestContext): Principal => ctx.principal as Principal;
+  /**
+   * The verified caller of a route; a person on the human API, a sidecar on
+   * /fleet/v1 — whatever the gate decided, a route never serves the other kind.
+   */
+  const caller = (ctx: RequestContext, kind: "person" | "sidecar" = "person"): Principal => {
+    const p = ctx.principal;
+    if (p === undefined || isSidecar(p) !== (kind === "sidecar"))
+      throw toolgateError(
+        "unauthenticated",
+        kind === "sidecar"
+          ? "the sidecar API takes a sidecar credential (fleet.jwt)"
+          : "this API takes a person's token (control.jwt), not a sidecar credential",
+      );
+    return p;
+  };
+  /** Every route of the human API: a person's token. */
+  const person = (ctx: RequestContext): void => void caller(ctx);
   const isAdmin = (p: Principal): boolean => p.roles.includes(config.control.adminRole);
   const admin = (what: string) => (ctx: RequestContext) => {
     if (!isAdmin(caller(ctx)))
@@ -161,8 +177,9 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
   };
 
   // -- the human API ------------------------------------------------------------
-  if (config.control.metricsAuth) port.get("/metrics", metrics);
+  if (config.control.metricsAuth) port.get("/metrics", { guard: person, ...metrics });
   port.get("/v1/status", {
+    guard: person,
     handle: async () => {
       await health.refresh();
       const readiness = deps.readiness();
@@ -178,6 +195,7 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
   });
 
   port.get("/v1/approvals", {
+    guard: person,
     handle: async (_v, ctx, req) => {
       const status = typeof req.query.status === "string" ? req.query.status : undefined;
       if (status !== undefined && !STATUSES.has(status)) {
@@ -194,8 +212,12 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
       };
     },
   });
-  port.get("/v1/approvals/:id", { handle: (_v, _ctx, req) => approvals.detail(id(req)) });
+  port.get("/v1/approvals/:id", {
+    guard: person,
+    handle: (_v, _ctx, req) => approvals.detail(id(req)),
+  });
   const decide = (approve: boolean) => ({
+    guard: person,
     body: "optional" as const,
     schema: approvalDecision,
     handle: async (body: ApprovalDecision | undefined, ctx: RequestContext, req: Request) => {
@@ -278,7 +300,8 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
 
   // -- the sidecar API ------------------------------------------------------------
   /** The agent the caller's credential is bound to: the only one it may touch. */
-  const agent = (ctx: RequestContext): string => caller(ctx).id;
+  const agent = (ctx: RequestContext): string => caller(ctx, "sidecar").id;
+  const sidecar = (ctx: RequestContext): void => void agent(ctx);
   const instanceOf = (req: Request): string | undefined => {
     const h = req.headers["x-toolgate-instance"];
     const q = req.query.instance;
@@ -287,10 +310,11 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
   };
 
   port.get("/fleet/v1/stream", {
+    guard: sidecar,
     handle: async (_v, ctx, req) => {
       const res = req.res;
       if (res === undefined) throw new Error("no response to stream to");
-      const exp = caller(ctx).claims.exp;
+      const exp = caller(ctx, "sidecar").claims.exp;
       await feed.serve(
         res,
         agent(ctx),
@@ -302,6 +326,7 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
     },
   });
   port.post("/fleet/v1/access-requests", {
+    guard: sidecar,
     body: "json",
     schema: submission,
     handle: async (body, ctx) => {
@@ -311,9 +336,11 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
     },
   });
   port.get("/fleet/v1/access-requests/:id", {
+    guard: sidecar,
     handle: (_v, ctx, req) => approvals.get(agent(ctx), id(req)),
   });
   port.post("/fleet/v1/access-requests/:id/cancel", {
+    guard: sidecar,
     body: "json",
     schema: cancelBody,
     handle: async (body, ctx, req) => {
@@ -322,6 +349,7 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
     },
   });
   port.post("/fleet/v1/approvals/:id/use", {
+    guard: sidecar,
     body: "json",
     schema: useBody,
     handle: async (body, ctx, req) => {
@@ -330,6 +358,7 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
     },
   });
   port.post("/fleet/v1/budgets/reserve", {
+    guard: sidecar,
     body: "json",
     schema: reserveBody,
     handle: async (body, ctx) => {
@@ -365,6 +394,7 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
     },
   });
   port.post("/fleet/v1/budgets/resolve", {
+    guard: sidecar,
     body: "json",
     schema: resolveBody,
     handle: async (body, ctx) => {
@@ -375,6 +405,7 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
     },
   });
   port.post("/fleet/v1/rates/lease", {
+    guard: sidecar,
     body: "json",
     schema: leaseBody,
     handle: async (body, ctx) => {
@@ -392,6 +423,7 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
     },
   });
   port.post("/fleet/v1/hello", {
+    guard: sidecar,
     body: "json",
     schema: helloBody,
     handle: async (body, ctx) => {

@@ -422,6 +422,17 @@ describe("toolgate control", () => {
     ).toBe(401);
     expect((await call(a.url, "GET", "/v1/approvals", botA)).status).toBe(401);
     expect((await call(a.url, "GET", "/v1/killswitches", botA)).status).toBe(401);
+    // whatever the path's case (the router matches case-insensitively)
+    for (const path of ["/FLEET/v1/hello", "/Fleet/v1/hello", "/fleet/V1/hello"]) {
+      const r = await call(a.url, "POST", path, olga, {
+        instance: "x",
+        bundle: null,
+        version: null,
+      });
+      expect([path, r.status]).toEqual([path, 401]);
+    }
+    expect((await call(a.url, "GET", "/V1/approvals", botA)).status).toBe(401);
+    expect((await call(a.url, "GET", "/FLEET/v1/access-requests/x", botA)).status).toBe(404);
     // no token, a forged one, one naming no agent
     expect((await call(a.url, "GET", "/fleet/v1/stream", undefined)).status).toBe(401);
     expect(
