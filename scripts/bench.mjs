@@ -639,6 +639,10 @@ async function main() {
   if (swap.failed || !swapOk(swap)) process.exitCode = 1;
   await stop(receiver);
 
+  // Fleet mode: PostgreSQL, toolgate control and 8 fleet sidecars (scripts/bench/fleet.mjs).
+  const fleet = measureFleet();
+  if (fleet.failed) process.exitCode = 1;
+
   // In separate processes, several times: on this VM one process's p50 swings 1.5-2x from the next's.
   log(`in-process timings (scripts/bench/inproc.mjs, ${INPROC_RUNS} processes)`);
   let inproc;
@@ -721,6 +725,7 @@ async function main() {
     logBytes,
     trailBytes,
     swap,
+    fleet,
     seconds: (Date.now() - started) / 1000,
   });
   fs.mkdirSync(path.dirname(OUT), { recursive: true });
@@ -729,6 +734,23 @@ async function main() {
   log(
     `wrote ${path.relative(process.cwd(), OUT) || OUT} in ${f((Date.now() - started) / 1000, 0)} s`,
   );
+}
+
+/**
+ * Fleet mode, in its own process (scripts/bench/fleet.mjs): kill-switch
+ * propagation over 8 sidecars, budgeted decision latency, the throughput of a
+ * tool without fleet state beside single-pod. Never throws.
+ */
+function measureFleet() {
+  log("fleet mode (scripts/bench/fleet.mjs)");
+  const md = path.join(TMP, "fleet.md");
+  const json = path.join(TMP, "fleet.json");
+  const args = [path.join(ROOT, "scripts", "bench", "fleet.mjs"), "--md", md, "--json", json];
+  if (QUICK) args.push("--runs", "3", "--budgeted", "200", "--rounds", "1", "--seconds", "2");
+  const r = spawnSync(process.execPath, args, { cwd: ROOT, encoding: "utf8", stdio: "inherit" });
+  if (r.status !== 0 || !fs.existsSync(md))
+    return { failed: `scripts/bench/fleet.mjs exited ${r.status}` };
+  return { md: fs.readFileSync(md, "utf8"), result: JSON.parse(fs.readFileSync(json, "utf8")) };
 }
 
 /**
@@ -1201,7 +1223,22 @@ function renderReport(R) {
   );
   p(`idle RSS: ${f(R.idleRssMB, 1)} MB — target ≤ 150 MB: ${met(R.idleRssMB <= 150)}  `);
   p(swapSummary(R.swap));
+  if (R.fleet.result !== undefined) {
+    const fl = R.fleet.result;
+    p(
+      `fleet kill-switch propagation (${fl.sidecars} sidecars): p50 ${f(fl.propagation.p50)} ms, p99 ${f(fl.propagation.p99)} ms — target p99 ≤ 1000 ms: ${met(fl.propagation.p99 <= 1000 && fl.propagation.violations === 0 && fl.propagation.missed === 0)}  `,
+    );
+    p(
+      `fleet budgeted decision p99: ${f(fl.budgeted.fleet.p99)} ms — target ≤ 5 ms: ${met(fl.budgeted.fleet.p99 <= 5)}  `,
+    );
+    p(
+      `fleet-mode throughput ratio (fleet/single-pod, no fleet state, c=${fl.throughput.connections}): ${f(fl.throughput.ratio, 3)} — target ≥ 0.9: ${met(fl.throughput.ratio >= 0.9)}  `,
+    );
+  } else p(`fleet: not measured (${R.fleet.failed})  `);
   p();
+  p("## Fleet");
+  p();
+  p(R.fleet.md ?? `Not measured: ${R.fleet.failed}`);
   return L.join("\n");
 }
 
