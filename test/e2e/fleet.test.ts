@@ -237,7 +237,7 @@ beforeAll(async () => {
   bundlePath = await fleetBundle(base);
   const db = await freshDatabase();
   pgUrl = db.url;
-  dropDb = db.drop;
+  dropDb = () => db.drop();
   olga = devToken("olga");
   maria = devToken("maria");
 });
