@@ -60,6 +60,8 @@ export interface ControlServiceOptions {
   housekeepingIntervalMs?: number;
   /** The stream's ping interval (default 2000 ms). */
   pingMs?: number;
+  /** Streams one agent may hold open on this replica (default 256), and all agents together (default 10000). */
+  streamLimits?: { perAgent?: number; total?: number };
 }
 
 export interface ControlService {
@@ -359,6 +361,10 @@ export async function startControlService(
     now,
     onClient: register,
     ...(opts.pingMs !== undefined ? { pingMs: opts.pingMs } : {}),
+    ...(opts.streamLimits?.perAgent !== undefined
+      ? { maxStreamsPerAgent: opts.streamLimits.perAgent }
+      : {}),
+    ...(opts.streamLimits?.total !== undefined ? { maxStreams: opts.streamLimits.total } : {}),
   });
   const housekeeping = new Housekeeping(
     approvals,

@@ -20,7 +20,7 @@
  */
 import type { ServerResponse } from "node:http";
 import { switchView } from "../containment/containment";
-import { normalizeError } from "../errors";
+import { normalizeError, toolgateError } from "../errors";
 import { type Component, type ComponentStatus, notRunning } from "../shared/lifecycle";
 import type { Logger } from "../shared/log";
 import type { FleetStore, SwitchChange, SwitchRow } from "./store/types";
@@ -36,6 +36,14 @@ export interface SwitchFeedOptions {
   drainTimeoutMs?: number;
   /** Recent changes kept for clients that join after them (default 1000). */
   ringSize?: number;
+  /**
+   * Streams one agent's credentials may hold open on this replica at once,
+   * counted from the moment one is asked for (default 256): a sidecar
+   * credential cannot pin the replica's sockets, memory and snapshot reads.
+   */
+  maxStreamsPerAgent?: number;
+  /** Streams this replica serves at once, every agent together (default 10000). */
+  maxStreams?: number;
   /** A stream client connected or left (the sidecars view). */
   onClient?: (c: StreamClientInfo, event: "connected" | "seen" | "closed") => void;
   now?: () => number;
@@ -65,6 +73,9 @@ export const concerns = (s: SwitchRow, agentId: string): boolean =>
 export class SwitchFeed implements Component {
   readonly name = "switch_stream";
   private readonly clients = new Set<Client>();
+  /** Streams held (asked for and not yet ended) per agent, and in all. */
+  private readonly held = new Map<string, number>();
+  private heldTotal = 0;
   private readonly ring: SwitchChange[] = [];
   /** The highest seq read from the store (changes up to it are in the ring or older). */
   private lastSeq = 0;
@@ -216,6 +227,37 @@ export class SwitchFeed implements Component {
     instance: string | undefined,
     /** When the client's credential expires (epoch ms): the stream ends then, and it reconnects with a fresh one. */
     credentialExpiresAt?: number,
+  ): Promise<void> {
+    // counted before anything is read: a caller over its share costs no snapshot read
+    const perAgent = this.opts.maxStreamsPerAgent ?? 256;
+    const total = this.opts.maxStreams ?? 10_000;
+    const mine = this.held.get(agentId) ?? 0;
+    if (mine >= perAgent || this.heldTotal >= total) {
+      throw toolgateError(
+        "fleet_stream_limit",
+        mine >= perAgent
+          ? `agent ${JSON.stringify(agentId)} holds ${mine} kill-switch streams on this replica, the most one agent may`
+          : `this replica serves ${this.heldTotal} kill-switch streams, the most it may`,
+        { retry_after: 1 },
+      );
+    }
+    this.held.set(agentId, mine + 1);
+    this.heldTotal += 1;
+    try {
+      await this.serveOne(res, agentId, instance, credentialExpiresAt);
+    } finally {
+      const left = (this.held.get(agentId) ?? 1) - 1;
+      if (left > 0) this.held.set(agentId, left);
+      else this.held.delete(agentId);
+      this.heldTotal -= 1;
+    }
+  }
+
+  private async serveOne(
+    res: ServerResponse,
+    agentId: string,
+    instance: string | undefined,
+    credentialExpiresAt: number | undefined,
   ): Promise<void> {
     const seq = await this.opts.store.currentSeq();
     const switches = (await this.opts.store.listActiveSwitches(this.now())).filter((s) =>

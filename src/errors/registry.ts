@@ -189,6 +189,11 @@ export const ERRORS = {
     status: 503,
     message: "the fleet's control service cannot be reached or gave no usable answer",
   },
+  fleet_stream_limit: {
+    status: 429,
+    message:
+      "this replica holds as many kill-switch streams as it serves for this agent (or in all); retry later",
+  },
   fleet_mode: {
     status: 409,
     message:
