@@ -106,7 +106,8 @@ export class FleetApprovals implements Component {
     const id = presentedApproval(req);
     if (typeof id !== "string") return id;
     const hash = this.hash(req);
-    return this.fetchTask(id).then((found) => {
+    return this.fetchTask(id).then((answer) => {
+      const found = answer === undefined ? undefined : this.vouched(answer);
       if (found !== undefined) this.remember(found.task.id, found.evaluation);
       return judgeApproval(
         id,
@@ -118,6 +119,40 @@ export class FleetApprovals implements Component {
         Math.max(nowMs, this.now()),
       );
     });
+  }
+
+  /**
+   * What of the control service's answer this sidecar can check itself, it
+   * checks: the evaluation must be of this agent; one this sidecar recorded is
+   * judged as recorded here (its binding hash, single use, TTL), whatever the
+   * answer says of it; and an approval is good for at most the requirement's
+   * TTL after it was decided. Undefined: not this agent's.
+   */
+  private vouched(found: {
+    task: FleetTask;
+    evaluation: EvaluationRecord;
+  }): { task: FleetTask; evaluation: EvaluationRecord } | undefined {
+    const { agentId } = this.opts;
+    if (found.task.agentId !== agentId || found.evaluation.agentId !== agentId) return undefined;
+    let local: EvaluationRecord | undefined;
+    try {
+      local = this.opts.store.getEvaluation(found.task.evaluationId);
+    } catch {
+      local = undefined; // the answer's evaluation is judged (the hash below still binds it)
+    }
+    if (local !== undefined && local.agentId !== agentId) return undefined;
+    const evaluation = local ?? found.evaluation;
+    const { task } = found;
+    if (task.approvedUntil === null) return { task, evaluation };
+    const ttlMs = evaluation.requirement.ttl_seconds * 1000;
+    // an honest control service answers approved_until = decided_at + ttl (1 s of rounding allowed);
+    // none decided: never usable
+    if (task.decidedAt === null) return { task: { ...task, approvedUntil: null }, evaluation };
+    const latest = task.decidedAt + ttlMs + 1000;
+    return {
+      task: task.approvedUntil > latest ? { ...task, approvedUntil: latest } : task,
+      evaluation,
+    };
   }
 
   /** Claims a single-use approval for this decision, fleet-wide; false if another decision won. */
