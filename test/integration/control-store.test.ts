@@ -100,8 +100,8 @@ describe("migrations", () => {
       await c.connect();
       const rows = (await c.query("SELECT version, name FROM schema_migrations ORDER BY version"))
         .rows as Array<{ version: number; name: string }>;
-      expect(rows.map((r) => r.version)).toEqual([1, 2, 3]);
-      expect(SCHEMA_VERSION).toBe(3);
+      expect(rows.map((r) => r.version)).toEqual([1, 2, 3, 4]);
+      expect(SCHEMA_VERSION).toBe(4);
       // a version this toolgate does not know: refused
       await c.query("INSERT INTO schema_migrations (version, name) VALUES (99, 'from the future')");
       await c.end();
@@ -649,6 +649,199 @@ describe("budgets", () => {
     expect(await sql("SELECT 1 FROM budget_reservations WHERE key = $1", [key])).toHaveLength(
       before.length,
     );
+  });
+});
+
+/**
+ * The reserve/resolve of the store before migration 4 (a transaction of
+ * single statements, the counting done here), kept as the reference the one
+ * statement version must agree with.
+ */
+class ReferenceBudgets {
+  private rows: Array<{
+    decisionId: string;
+    key: string;
+    agentId: string;
+    amount: number;
+    expiresAt: number;
+    committedAt: number | null;
+  }> = [];
+
+  reserve(input: {
+    decisionId: string;
+    agentId: string;
+    ttlMs: number;
+    now: number;
+    items: Array<{
+      budgetId: string;
+      key: string;
+      amount: number;
+      maxTotal: number;
+      windowSeconds: number;
+    }>;
+  }): unknown {
+    const { decisionId, agentId, now } = input;
+    const mine = this.rows.filter((r) => r.decisionId === decisionId);
+    if (mine.some((r) => r.agentId !== agentId)) return "invalid_request";
+    const already = new Set(mine.map((r) => r.key));
+    const insert: typeof input.items = [];
+    for (const it of input.items) {
+      if (already.has(it.key)) continue;
+      const windowMs = it.windowSeconds * 1000;
+      const counted = this.rows
+        .filter((r) => r.key === it.key)
+        .map((r) => ({ amount: r.amount, from: r.committedAt ?? r.expiresAt }))
+        .filter((c) => c.from > now - windowMs);
+      const used = counted.reduce((n, c) => n + c.amount, 0);
+      if (used + it.amount > it.maxTotal) {
+        let retry = it.windowSeconds;
+        let freed = 0;
+        for (const c of counted.sort((a, b) => a.from - b.from)) {
+          freed += c.amount;
+          if (used - freed + it.amount <= it.maxTotal) {
+            retry = Math.max(1, Math.ceil((c.from + windowMs - now) / 1000));
+            break;
+          }
+        }
+        return {
+          ok: false,
+          budgetId: it.budgetId,
+          used,
+          maxTotal: it.maxTotal,
+          amount: it.amount,
+          windowSeconds: it.windowSeconds,
+          retryAfter: retry,
+        };
+      }
+      if (it.amount > 0) insert.push(it);
+    }
+    const expiresAt = now + Math.ceil(input.ttlMs);
+    for (const it of insert) {
+      this.rows.push({
+        decisionId,
+        key: it.key,
+        agentId,
+        amount: it.amount,
+        expiresAt,
+        committedAt: null,
+      });
+    }
+    return { ok: true };
+  }
+
+  resolve(decisionId: string, agentId: string, outcome: "commit" | "release", now: number) {
+    const open = this.rows.filter(
+      (r) => r.decisionId === decisionId && r.agentId === agentId && r.committedAt === null,
+    );
+    if (open.length === 0) return "none";
+    if (now >= Math.min(...open.map((r) => r.expiresAt))) return "expired";
+    if (outcome === "commit") {
+      for (const r of open) r.committedAt = now;
+      return "committed";
+    }
+    this.rows = this.rows.filter((r) => !open.includes(r));
+    return "released";
+  }
+}
+
+describe("budgets: the one-statement reserve and resolve (migration 4)", () => {
+  test("agree with the reference (the transaction they replace) over a random history", async () => {
+    const s = store();
+    const ref = new ReferenceBudgets();
+    const keys = [id("ka"), id("kb"), id("kc")];
+    const agents = ["agent-a", "agent-b"];
+    let seed = 42;
+    const rnd = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const decisions: Array<{ id: string; agent: string }> = [];
+    let now = T0;
+    let refusals = 0;
+    let retries = 0;
+    for (let step = 0; step < 400; step++) {
+      now += rnd(4000);
+      if (decisions.length > 0 && rnd(3) === 0) {
+        const d = decisions[rnd(decisions.length)] as { id: string; agent: string };
+        const agent = rnd(8) === 0 ? (agents[rnd(2)] as string) : d.agent;
+        const outcome = rnd(2) === 0 ? "commit" : "release";
+        const got = await s.resolve(d.id, agent, outcome, now);
+        expect([step, got]).toEqual([step, ref.resolve(d.id, agent, outcome, now)]);
+        continue;
+      }
+      // a new decision, or (sometimes) a retry of an earlier one, by its agent or another
+      const again = decisions.length > 0 && rnd(6) === 0;
+      const d = again
+        ? (decisions[rnd(decisions.length)] as { id: string; agent: string })
+        : { id: id("rd"), agent: agents[rnd(2)] as string };
+      if (!again) decisions.push(d);
+      const agent = again && rnd(3) === 0 ? (agents[rnd(2)] as string) : d.agent;
+      const n = 1 + rnd(3);
+      const items = keys
+        .slice(rnd(3 - n + 1), undefined)
+        .slice(0, n)
+        .map((key) => ({
+          budgetId: `b-${key}`,
+          key,
+          // halves: sums are exact in any order
+          amount: rnd(12) / 2,
+          maxTotal: 10 + rnd(30),
+          windowSeconds: [10, 30.5, 60][rnd(3)] as number,
+        }));
+      const input = { decisionId: d.id, agentId: agent, ttlMs: 2000 + rnd(8000), now, items };
+      const want = ref.reserve(input);
+      const got = await s.reserve(input).catch((e: unknown) => {
+        if (isToolgateError(e)) return e.code;
+        throw e;
+      });
+      expect([step, got]).toEqual([step, want]);
+      if (typeof want === "object" && (want as { ok: boolean }).ok === false) {
+        refusals++;
+        if ((want as { retryAfter: number }).retryAfter !== items[0]?.windowSeconds) retries++;
+      }
+    }
+    // the history went through the interesting paths
+    expect(refusals).toBeGreaterThan(20);
+    expect(retries).toBeGreaterThan(5);
+  });
+
+  test("over budget: retry_after is when enough of the oldest has left the window", async () => {
+    const s = store();
+    const key = id("k");
+    const item = { budgetId: "b", key, amount: 4, maxTotal: 10, windowSeconds: 100 };
+    const r = (decisionId: string, now: number, amount: number, ttlMs = 1000) =>
+      s.reserve({ decisionId, agentId: "agent-a", ttlMs, now, items: [{ ...item, amount }] });
+    expect(await r("o1", T0, 4)).toEqual({ ok: true });
+    expect(await s.resolve("o1", "agent-a", "commit", T0 + 10)).toBe("committed"); // from T0+10
+    expect(await r("o2", T0 + 20_000, 3)).toEqual({ ok: true }); // unresolved: from T0+21_000
+    expect(await r("o3", T0 + 30_000, 3, 600_000)).toEqual({ ok: true }); // pending until T0+630_000
+    // used 10; 7 more must go: o1 (4) is not enough, o1 + o2 (7) is: o2 leaves at T0+121_000
+    expect(await r("o4", T0 + 40_000, 7)).toEqual({
+      ok: false,
+      budgetId: "b",
+      used: 10,
+      maxTotal: 10,
+      amount: 7,
+      windowSeconds: 100,
+      retryAfter: 81,
+    });
+    // more than the max never fits: the window
+    expect(await r("o5", T0 + 40_000, 11)).toMatchObject({ ok: false, retryAfter: 100 });
+    // the first item that does not fit is the one answered, and nothing is written
+    const other = id("k");
+    expect(
+      await s.reserve({
+        decisionId: "o6",
+        agentId: "agent-a",
+        ttlMs: 1000,
+        now: T0 + 40_000,
+        items: [
+          { budgetId: "free", key: other, amount: 1, maxTotal: 10, windowSeconds: 100 },
+          { ...item, amount: 1 },
+        ],
+      }),
+    ).toMatchObject({ ok: false, budgetId: "b", used: 10, amount: 1, retryAfter: 61 }); // o1 leaves at T0+100_010
+    expect(await sql("SELECT 1 FROM budget_reservations WHERE key = $1", [other])).toHaveLength(0);
   });
 });
 

@@ -202,6 +202,116 @@ CREATE TABLE sidecars (
 CREATE INDEX sidecars_by_last_seen ON sidecars (last_seen);
 `,
   },
+  {
+    version: 4,
+    name: "budget reserve and resolve as one statement each",
+    sql: `
+-- reserve in one round trip: the same steps as the transaction it replaces
+-- (PgFleetStore.reserve before version 4), in the same order. Locks every key
+-- (transaction advisory locks, class 2, in ascending order of hashtext: no
+-- deadlock, and the same locks as a replica still running the old code);
+-- refuses a decision id of another agent (SQLSTATE TGB01); skips keys this
+-- decision already reserved (a retry counts once); sums what counts in each
+-- key's window in SQL (committed from committed_at, unresolved from
+-- expires_at: in full while pending, spent after; the window is
+-- (floor(now - window), ∞)), and answers the first item (in order) that
+-- would go over its max, with retry_after the time until enough has left the
+-- window (the oldest first), at least 1 s, the window when never; else
+-- inserts the items with an amount > 0.
+CREATE FUNCTION toolgate_budget_reserve(
+  p_decision_id text, p_agent_id text, p_now bigint, p_expires_at bigint,
+  p_keys text[], p_budget_ids text[], p_amounts double precision[],
+  p_max_totals double precision[], p_windows double precision[],
+  OUT o_ok boolean, OUT o_budget_id text, OUT o_used double precision,
+  OUT o_max_total double precision, OUT o_amount double precision,
+  OUT o_window_seconds double precision, OUT o_retry_after double precision)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_hash integer;
+  v_i integer;
+  v_window_ms double precision;
+  v_since double precision;
+  v_since_ms bigint;
+  v_freed double precision;
+  v_row record;
+BEGIN
+  FOR v_hash IN SELECT DISTINCT hashtext(k) FROM unnest(p_keys) AS k ORDER BY 1 LOOP
+    PERFORM pg_advisory_xact_lock(2, v_hash);
+  END LOOP;
+  IF EXISTS (SELECT 1 FROM budget_reservations b
+             WHERE b.decision_id = p_decision_id AND b.agent_id <> p_agent_id) THEN
+    RAISE EXCEPTION 'this decision id is another agent''s' USING ERRCODE = 'TGB01';
+  END IF;
+  FOR v_i IN 1 .. COALESCE(array_length(p_keys, 1), 0) LOOP
+    CONTINUE WHEN EXISTS (SELECT 1 FROM budget_reservations b
+                          WHERE b.decision_id = p_decision_id AND b.key = p_keys[v_i]);
+    v_window_ms := p_windows[v_i] * 1000;
+    v_since := floor(p_now - v_window_ms);
+    -- no row counts from before 1970: a longer window is all of time
+    v_since_ms := CASE WHEN v_since < 0 THEN -1 ELSE v_since::bigint END;
+    SELECT COALESCE(sum(b.amount), 0) INTO o_used FROM budget_reservations b
+      WHERE b.key = p_keys[v_i] AND COALESCE(b.committed_at, b.expires_at) > v_since_ms;
+    IF o_used + p_amounts[v_i] > p_max_totals[v_i] THEN
+      o_ok := false;
+      o_budget_id := p_budget_ids[v_i];
+      o_max_total := p_max_totals[v_i];
+      o_amount := p_amounts[v_i];
+      o_window_seconds := p_windows[v_i];
+      o_retry_after := p_windows[v_i];
+      v_freed := 0;
+      FOR v_row IN SELECT b.amount AS amount, COALESCE(b.committed_at, b.expires_at) AS counts_from
+                   FROM budget_reservations b
+                   WHERE b.key = p_keys[v_i] AND COALESCE(b.committed_at, b.expires_at) > v_since_ms
+                   ORDER BY 2 LOOP
+        v_freed := v_freed + v_row.amount;
+        IF o_used - v_freed + p_amounts[v_i] <= p_max_totals[v_i] THEN
+          o_retry_after := greatest(1, ceil((v_row.counts_from + v_window_ms - p_now) / 1000));
+          EXIT;
+        END IF;
+      END LOOP;
+      RETURN;
+    END IF;
+  END LOOP;
+  INSERT INTO budget_reservations
+    (decision_id, key, agent_id, budget_id, amount, window_seconds, at, expires_at)
+  SELECT p_decision_id, u.k, p_agent_id, u.bid, u.a, u.w, p_now, p_expires_at
+  FROM unnest(p_keys, p_budget_ids, p_amounts, p_windows) AS u(k, bid, a, w)
+  WHERE u.a > 0 AND NOT EXISTS (SELECT 1 FROM budget_reservations b
+                                WHERE b.decision_id = p_decision_id AND b.key = u.k);
+  o_ok := true;
+  o_used := NULL;
+END $$;
+
+-- resolve in one round trip: the decision's unresolved rows of this agent,
+-- locked; none → 'none'; now at or past their (shared) expiry → 'expired'
+-- (they count as spent); else committed at now, or deleted.
+CREATE FUNCTION toolgate_budget_resolve(
+  p_decision_id text, p_agent_id text, p_commit boolean, p_now bigint)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  v_until bigint;
+BEGIN
+  SELECT min(r.expires_at) INTO v_until FROM (
+    SELECT b.expires_at FROM budget_reservations b
+    WHERE b.decision_id = p_decision_id AND b.agent_id = p_agent_id AND b.committed_at IS NULL
+    FOR UPDATE) r;
+  IF v_until IS NULL THEN
+    RETURN 'none';
+  END IF;
+  IF p_now >= v_until THEN
+    RETURN 'expired';
+  END IF;
+  IF p_commit THEN
+    UPDATE budget_reservations b SET committed_at = p_now
+      WHERE b.decision_id = p_decision_id AND b.agent_id = p_agent_id AND b.committed_at IS NULL;
+    RETURN 'committed';
+  END IF;
+  DELETE FROM budget_reservations b
+    WHERE b.decision_id = p_decision_id AND b.agent_id = p_agent_id AND b.committed_at IS NULL;
+  RETURN 'released';
+END $$;
+`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);

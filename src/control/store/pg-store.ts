@@ -66,7 +66,7 @@ export const SWITCH_CHANNEL = "toolgate_switches";
 
 /** Advisory transaction-lock classes (first int4 of the two-int4 key). */
 const LOCK_SWITCHES = 1;
-const LOCK_BUDGET_KEY = 2;
+// 2: a budget key (taken by toolgate_budget_reserve, migrations.ts version 4)
 const LOCK_INITIATOR = 3;
 
 /** Budget rows older than this (counting from) can no longer count (Containment's MAX_WINDOW_SECONDS). */
@@ -926,72 +926,38 @@ export class PgFleetStore implements FleetStore {
     if (items.length === 0) return { ok: true };
     const expiresAt = now + ttlMs;
 
-    return this.tx("reserve budget", async (c) => {
-      // Lock every key, in one order (of the lock ids) for every caller: no deadlock.
-      const hashes = await c.query<Row>(
-        "SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k",
-        [keys],
-      );
-      const ids = this.rows("lock budget keys", hashes.rows, (r) => ms(r, "h")).sort(
-        (a, b) => a - b,
-      );
-      for (const h of ids)
-        await c.query("SELECT pg_advisory_xact_lock($1, $2)", [LOCK_BUDGET_KEY, h]);
-
-      const mine = await c.query<Row>(
-        "SELECT key, agent_id FROM budget_reservations WHERE decision_id = $1",
-        [decisionId],
-      );
-      const already = new Set<string>();
-      for (const r of mine.rows) {
-        if (text(r, "agent_id") !== agentId)
-          throw toolgateError("invalid_request", "this decision id is another agent's");
-        already.add(text(r, "key"));
-      }
-      const insert: typeof items = [];
-      for (const it of items) {
-        if (already.has(it.key)) continue; // a retried reservation: counted once
-        const windowMs = it.windowSeconds * 1000;
-        const res = await c.query<Row>(
-          `SELECT amount, COALESCE(committed_at, expires_at) AS counts_from
-           FROM budget_reservations WHERE key = $1 AND COALESCE(committed_at, expires_at) > $2`,
-          [it.key, Math.floor(now - windowMs)],
-        );
-        const counted = this.rows("read budget", res.rows, (r) => ({
-          amount: dbl(r, "amount"),
-          from: ms(r, "counts_from"),
-        })).filter((s) => s.from > now - windowMs);
-        const used = counted.reduce((n, s) => n + s.amount, 0);
-        if (used + it.amount > it.maxTotal) {
-          let retry = it.windowSeconds;
-          let freed = 0;
-          for (const s of counted.sort((a, b) => a.from - b.from)) {
-            freed += s.amount;
-            if (used - freed + it.amount <= it.maxTotal) {
-              retry = Math.max(1, Math.ceil((s.from + windowMs - now) / 1000));
-              break;
-            }
-          }
-          return {
-            ok: false as const,
-            budgetId: it.budgetId,
-            used,
-            maxTotal: it.maxTotal,
-            amount: it.amount,
-            windowSeconds: it.windowSeconds,
-            retryAfter: retry,
-          };
-        }
-        if (it.amount > 0) insert.push(it);
-      }
-      for (const it of insert) {
-        await c.query(
-          `INSERT INTO budget_reservations (decision_id, key, agent_id, budget_id, amount,
-             window_seconds, at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-          [decisionId, it.key, agentId, it.budgetId, it.amount, it.windowSeconds, now, expiresAt],
-        );
-      }
-      return { ok: true as const };
+    // One statement, one round trip (migration 4, toolgate_budget_reserve): the
+    // locks, the retry check, the window sums and the inserts, in its own transaction.
+    const r = await this.single(
+      "reserve budget",
+      "toolgate_budget_reserve",
+      `SELECT o_ok, o_budget_id, o_used, o_max_total, o_amount, o_window_seconds, o_retry_after
+       FROM toolgate_budget_reserve($1, $2, $3, $4, $5::text[], $6::text[],
+         $7::float8[], $8::float8[], $9::float8[])`,
+      [
+        decisionId,
+        agentId,
+        now,
+        expiresAt,
+        items.map((it) => it.key),
+        items.map((it) => it.budgetId),
+        items.map((it) => it.amount),
+        items.map((it) => it.maxTotal),
+        items.map((it) => it.windowSeconds),
+      ],
+    );
+    return this.row("reserve budget", r, (row): ReserveResult => {
+      if (row.o_ok === true) return { ok: true };
+      if (row.o_ok !== false) throw new RowError("column o_ok is not a boolean");
+      return {
+        ok: false,
+        budgetId: text(row, "o_budget_id"),
+        used: dbl(row, "o_used"),
+        maxTotal: dbl(row, "o_max_total"),
+        amount: dbl(row, "o_amount"),
+        windowSeconds: dbl(row, "o_window_seconds"),
+        retryAfter: dbl(row, "o_retry_after"),
+      };
     });
   }
 
@@ -1006,33 +972,18 @@ export class PgFleetStore implements FleetStore {
     checkTime("now", now);
     if (outcome !== "commit" && outcome !== "release")
       throw toolgateError("invalid_request", "outcome must be commit or release");
-    return this.tx("resolve budget", async (c) => {
-      const res = await c.query<Row>(
-        `SELECT key, expires_at FROM budget_reservations
-         WHERE decision_id = $1 AND agent_id = $2 AND committed_at IS NULL FOR UPDATE`,
-        [decisionId, agentId],
-      );
-      const rows = this.rows("resolve budget", res.rows, (r) => ({
-        key: text(r, "key"),
-        until: ms(r, "expires_at"),
-      }));
-      if (rows.length === 0) return "none";
-      // All of a decision's rows share one expiry; after it they count as spent, unresolvable.
-      if (now >= Math.min(...rows.map((r) => r.until))) return "expired";
-      if (outcome === "commit") {
-        await c.query(
-          `UPDATE budget_reservations SET committed_at = $3
-           WHERE decision_id = $1 AND agent_id = $2 AND committed_at IS NULL`,
-          [decisionId, agentId, now],
-        );
-        return "committed";
-      }
-      await c.query(
-        `DELETE FROM budget_reservations
-         WHERE decision_id = $1 AND agent_id = $2 AND committed_at IS NULL`,
-        [decisionId, agentId],
-      );
-      return "released";
+    // One statement (migration 4, toolgate_budget_resolve): lock the rows, check, commit or delete.
+    const r = await this.single(
+      "resolve budget",
+      "toolgate_budget_resolve",
+      "SELECT toolgate_budget_resolve($1, $2, $3, $4) AS resolution",
+      [decisionId, agentId, outcome === "commit", now],
+    );
+    return this.row("resolve budget", r, (row) => {
+      const v = text(row, "resolution");
+      if (v !== "committed" && v !== "released" && v !== "expired" && v !== "none")
+        throw new RowError(`resolution ${JSON.stringify(v)} is unknown`);
+      return v;
     });
   }
 
@@ -1358,6 +1309,29 @@ export class PgFleetStore implements FleetStore {
       });
     }
     return c;
+  }
+
+  /**
+   * One statement that returns one row, as a named prepared statement (parsed
+   * once per connection), in its own implicit transaction: one round trip. A
+   * refusal raised by the statement (SQLSTATE TGB01) is `invalid_request` and
+   * keeps the connection; any other failure discards it.
+   */
+  private async single(what: string, name: string, sql: string, args: unknown[]): Promise<Row> {
+    const c = await this.connect(what);
+    let broken: Error | undefined;
+    try {
+      const res = await c.query<Row>({ name, text: sql, values: args });
+      const r = res.rows[0];
+      if (r === undefined) throw new RowError("the statement returned no row");
+      return r;
+    } catch (e) {
+      if (pgCode(e) === "TGB01") throw toolgateError("invalid_request", (e as Error).message);
+      broken = e instanceof Error ? e : new Error(String(e));
+      throw this.unavailable(what, e);
+    } finally {
+      c.release(broken);
+    }
   }
 
   private async query(what: string, sql: string, args: unknown[] = []): Promise<Row[]> {
