@@ -15,7 +15,13 @@ export interface SseEvent {
 }
 
 export class SseParser {
-  private buffer = "";
+  /**
+   * The unfinished line, in the pieces it came in (no line break in any):
+   * joined only when a line break arrives, so a line sent a byte at a time
+   * costs linear time, not quadratic.
+   */
+  private pending: string[] = [];
+  private pendingChars = 0;
   private event = "";
   private data: string[] = [];
   private dataChars = 0;
@@ -31,31 +37,49 @@ export class SseParser {
     let text = chunk;
     if (this.skipLf && text.startsWith("\n")) text = text.slice(1);
     this.skipLf = false;
-    this.buffer += text;
+    if (!text.includes("\r") && !text.includes("\n")) {
+      // still the same line
+      this.pending.push(text);
+      this.pendingChars += text.length;
+      if (this.pendingChars > this.maxEventChars)
+        throw new Error(`event stream: a line longer than ${this.maxEventChars} characters`);
+      return out;
+    }
+    const buffer = this.pending.join("") + text;
+    this.pending = [];
+    this.pendingChars = 0;
     let start = 0;
+    // the next CR and LF at or after `start` (-1: none left), each searched again only once passed:
+    // a chunk of many lines is read in linear time
+    let cr = -2;
+    let lf = -2;
     for (;;) {
-      const cr = this.buffer.indexOf("\r", start);
-      const lf = this.buffer.indexOf("\n", start);
+      if (cr !== -1 && cr < start) cr = buffer.indexOf("\r", start);
+      if (lf !== -1 && lf < start) lf = buffer.indexOf("\n", start);
       let end: number;
       let next: number;
       if (cr === -1 && lf === -1) break;
       if (cr !== -1 && (lf === -1 || cr < lf)) {
         end = cr;
-        if (cr + 1 === this.buffer.length) {
+        if (cr + 1 === buffer.length) {
           // CR at the end of the chunk: the line ends here; a LF may follow in the next chunk
           next = cr + 1;
           this.skipLf = true;
-        } else next = this.buffer[cr + 1] === "\n" ? cr + 2 : cr + 1;
+        } else next = buffer[cr + 1] === "\n" ? cr + 2 : cr + 1;
       } else {
         end = lf;
         next = lf + 1;
       }
-      this.line(this.buffer.slice(start, end), out);
+      this.line(buffer.slice(start, end), out);
       start = next;
     }
-    this.buffer = this.buffer.slice(start);
-    if (this.buffer.length > this.maxEventChars)
+    const rest = buffer.slice(start);
+    if (rest.length > this.maxEventChars)
       throw new Error(`event stream: a line longer than ${this.maxEventChars} characters`);
+    if (rest !== "") {
+      this.pending.push(rest);
+      this.pendingChars = rest.length;
+    }
     return out;
   }
 

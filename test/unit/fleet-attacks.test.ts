@@ -7,6 +7,7 @@
 import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "../../src/approvals/binding";
 import { ApprovalStore } from "../../src/approvals/store";
 import { FleetApprovals, FleetClient } from "../../src/fleet";
+import { SseParser } from "../../src/fleet/sse";
 import type { Decision, DecisionRequest, VerifiedFacts } from "../../src/model";
 import { silentLogger } from "../../src/shared/log";
 import { until } from "../helpers/bundles";
@@ -189,5 +190,35 @@ describe("FleetApprovals against a lying control service", () => {
     expect(await fa.check(present(req, "apr_3"), clock.ms)).toMatchObject({ kind: "verified" });
     clock.advance(902_000);
     expect(await fa.check(present(req, "apr_3"), clock.ms)).toMatchObject({ kind: "expired" });
+  });
+});
+
+describe("the kill-switch stream's parser against a hostile peer", () => {
+  test("a line sent a byte at a time costs linear time (it froze the sidecar's event loop for seconds: quadratic)", () => {
+    const p = new SseParser();
+    const t = Date.now();
+    let events = 0;
+    for (let i = 0; i < 200_000; i++) events += p.feed("a").length;
+    expect(events).toBe(0);
+    // the line ends: it was a comment-free unknown field, nothing is dispatched
+    expect(p.feed("\n\n")).toEqual([]);
+    const chunk = "\n".repeat(60_000);
+    for (let i = 0; i < 20; i++) p.feed(chunk);
+    expect(Date.now() - t).toBeLessThan(1500);
+  });
+
+  test("still bounded and still exact: an endless line fed slowly throws; events split anywhere come out whole", () => {
+    const small = new SseParser(1000);
+    expect(() => {
+      for (let i = 0; i < 2000; i++) small.feed("x");
+    }).toThrow(/longer than 1000/);
+    const p = new SseParser();
+    const text = 'event: ping\r\ndata: {"seq":1}\r\n\r\n: c\nevent: change\ndata: a\ndata: b\n\n';
+    const out = [];
+    for (const ch of text) out.push(...p.feed(ch));
+    expect(out).toEqual([
+      { event: "ping", data: '{"seq":1}', id: undefined },
+      { event: "change", data: "a\nb", id: undefined },
+    ]);
   });
 });
