@@ -11,9 +11,13 @@
  *   feed reads `changesSince(last)` after each NOTIFY (and after every
  *   reconnect of the listening connection) and keeps the recent ones in a
  *   ring, from which a client that joined after them is caught up.
- * - A ping every 2 s, only while the feed is listening and caught up: a
- *   replica that lost PostgreSQL stops vouching for freshness, so its
- *   sidecars go stale (and fail closed) instead of trusting a dead feed.
+ * - A ping every 2 s, only while the feed is listening, caught up, and has
+ *   heard from PostgreSQL within the last two intervals (each interval reads
+ *   the highest seq through the pool, with a timeout): a replica that lost
+ *   PostgreSQL — even silently, a half-open connection that never errors —
+ *   stops vouching for freshness, so its sidecars go stale (and fail closed)
+ *   instead of trusting a dead feed. A seq that read shows and no NOTIFY
+ *   announced is read as if announced.
  * - Backpressure: a client whose socket does not drain (more than
  *   `maxBufferedBytes` queued, or a write not drained within `drainTimeoutMs`)
  *   is dropped; it reconnects and starts over with a snapshot.
@@ -84,6 +88,9 @@ export class SwitchFeed implements Component {
   /** The highest seq a NOTIFY (or a reconnect) announced. */
   private wantedSeq = 0;
   private listening = false;
+  /** When the last probe that PostgreSQL answered was started (performance.now(): freshness is real time, whatever `now` says). */
+  private heardAt = 0;
+  private probing = false;
   private listenError: string | undefined;
   private readError: string | undefined;
   private reading: Promise<void> | undefined;
@@ -100,8 +107,10 @@ export class SwitchFeed implements Component {
 
   async start(): Promise<void> {
     this.started = true;
+    const asked = performance.now();
     this.lastSeq = await this.opts.store.currentSeq();
     this.wantedSeq = this.lastSeq;
+    this.heardAt = asked;
     this.unlisten = await this.opts.store.listen({
       onSeq: (seq) => this.announced(seq),
       onState: (connected, error) => {
@@ -115,7 +124,7 @@ export class SwitchFeed implements Component {
         else this.opts.log.info("kill-switch LISTEN connected", { event: "control.listen_up" });
       },
     });
-    this.pingTimer = setInterval(() => this.ping(), this.opts.pingMs ?? 2000);
+    this.pingTimer = setInterval(() => this.ping(), this.pingMs);
     this.pingTimer.unref();
   }
 
@@ -152,9 +161,47 @@ export class SwitchFeed implements Component {
     return this.lastSeq;
   }
 
-  /** Fresh: listening and every announced change read. Only then does a ping vouch for it. */
+  private get pingMs(): number {
+    return this.opts.pingMs ?? 2000;
+  }
+
+  /**
+   * Fresh: listening, every announced change read, and PostgreSQL heard from
+   * within two ping intervals. Only then does a ping vouch for it.
+   */
   private fresh(): boolean {
-    return this.listening && this.readError === undefined && this.lastSeq >= this.wantedSeq;
+    return (
+      this.listening &&
+      this.readError === undefined &&
+      this.lastSeq >= this.wantedSeq &&
+      performance.now() - this.heardAt <= 2 * this.pingMs
+    );
+  }
+
+  /** Reads the highest seq (one at a time, bounded by a ping interval); a newer one is read as announced. */
+  private probe(): void {
+    if (this.probing || this.stopped) return;
+    this.probing = true;
+    const asked = performance.now();
+    let timer: NodeJS.Timeout | undefined;
+    void Promise.race([
+      this.opts.store.currentSeq(),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error("no answer in time")), this.pingMs);
+        timer.unref();
+      }),
+    ])
+      .then(
+        (seq) => {
+          this.heardAt = Math.max(this.heardAt, asked);
+          if (seq > this.wantedSeq) this.announced(seq);
+        },
+        () => undefined, // not heard from: the pings stop once heardAt is old
+      )
+      .finally(() => {
+        clearTimeout(timer);
+        this.probing = false;
+      });
   }
 
   // -- reading changes --------------------------------------------------------
@@ -314,6 +361,7 @@ export class SwitchFeed implements Component {
   }
 
   private ping(): void {
+    this.probe();
     if (!this.fresh()) return;
     const at = new Date(this.now()).toISOString();
     for (const c of this.clients) {

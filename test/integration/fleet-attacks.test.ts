@@ -4,11 +4,13 @@
  * credential of one agent can do to the service and to other agents.
  */
 import { mkdtempSync } from "node:fs";
+import { connect, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { compileConfig } from "../../src/config";
 import { startControlService, type ControlService } from "../../src/control";
 import { silentLogger } from "../../src/shared/log";
+import { freePort } from "../helpers/net";
 import { freshDatabase, type FreshDatabase } from "../helpers/postgres";
 import { token } from "../helpers/tokens";
 
@@ -32,7 +34,7 @@ async function startReplica(
   return startControlService(config, {
     log: silentLogger,
     env: { OTEL_SDK_DISABLED: "true" },
-    replica: "attacks",
+    replica: `attacks-${Math.random().toString(36).slice(2, 8)}`,
     pingMs: 250,
     ...(streamLimits !== undefined ? { streamLimits } : {}),
   });
@@ -129,5 +131,118 @@ describe("toolgate control under attack (a sidecar credential)", () => {
     const a4 = await openStream(svc.url, a);
     open.push(a4);
     expect(a4.status).toBe(200);
+  });
+});
+
+/**
+ * A TCP proxy in front of PostgreSQL that can go silent: frozen, it forwards
+ * nothing either way and closes nothing (a partition, a half-open connection).
+ */
+class SilentProxy {
+  private server: Server | undefined;
+  private readonly pairs = new Set<{ a: Socket; b: Socket; queued: Array<[Socket, Buffer]> }>();
+  private frozen = false;
+  port = 0;
+
+  constructor(private readonly target: { host: string; port: number }) {}
+
+  async open(): Promise<void> {
+    this.port = await freePort();
+    const server = createServer((a) => {
+      const b = connect(this.target.port, this.target.host);
+      const pair = { a, b, queued: [] as Array<[Socket, Buffer]> };
+      this.pairs.add(pair);
+      const forward = (to: Socket) => (chunk: Buffer) => {
+        if (this.frozen) pair.queued.push([to, chunk]);
+        else to.write(chunk);
+      };
+      a.on("data", forward(b));
+      b.on("data", forward(a));
+      for (const s of [a, b]) {
+        s.on("error", () => undefined);
+        s.on("close", () => {
+          this.pairs.delete(pair);
+          a.destroy();
+          b.destroy();
+        });
+      }
+    });
+    await new Promise<void>((resolve) => server.listen(this.port, "127.0.0.1", resolve));
+    this.server = server;
+  }
+
+  freeze(): void {
+    this.frozen = true;
+  }
+
+  thaw(): void {
+    this.frozen = false;
+    for (const p of this.pairs) for (const [to, chunk] of p.queued.splice(0)) to.write(chunk);
+  }
+
+  async close(): Promise<void> {
+    for (const p of this.pairs) {
+      p.a.destroy();
+      p.b.destroy();
+    }
+    const server = this.server;
+    this.server = undefined;
+    if (server !== undefined) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}
+
+describe("toolgate control: a replica that silently lost PostgreSQL", () => {
+  let db: FreshDatabase;
+  let proxy: SilentProxy;
+  let svc: ControlService | undefined;
+
+  beforeAll(async () => {
+    db = await freshDatabase();
+    const u = new URL(db.url);
+    proxy = new SilentProxy({ host: u.hostname, port: Number(u.port || 5432) });
+    await proxy.open();
+  });
+  afterAll(async () => {
+    proxy?.thaw();
+    await svc?.stop();
+    await proxy?.close();
+    await db?.drop();
+  });
+
+  test("stops vouching (no more pings: its sidecars go stale and fail closed) though no connection errors", async () => {
+    const u = new URL(db.url);
+    u.hostname = "127.0.0.1";
+    u.port = String(proxy.port);
+    svc = await startReplica(u.toString());
+    const credential = await sidecar("agent-p");
+    const abort = new AbortController();
+    const res = await fetch(new URL("/fleet/v1/stream", svc.url), {
+      headers: { authorization: `Bearer ${credential}`, "x-toolgate-instance": "sc-p" },
+      signal: abort.signal,
+    });
+    expect(res.status).toBe(200);
+    const pings: number[] = [];
+    let text = "";
+    void (async () => {
+      try {
+        for await (const chunk of res.body as ReadableStream<Uint8Array>) {
+          text += new TextDecoder().decode(chunk);
+          let i: number;
+          while ((i = text.indexOf("\n\n")) >= 0) {
+            if (text.slice(0, i).startsWith("event: ping")) pings.push(Date.now());
+            text = text.slice(i + 2);
+          }
+        }
+      } catch {
+        // aborted
+      }
+    })();
+    await until(() => pings.length >= 2);
+    proxy.freeze();
+    const frozenAt = Date.now();
+    await new Promise((r) => setTimeout(r, 3000));
+    abort.abort();
+    // pingMs 250: within 1 s of the silence the replica must have stopped vouching
+    expect(pings.filter((t) => t > frozenAt + 1000)).toEqual([]);
   });
 });
