@@ -7,6 +7,7 @@ import { mkdtempSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { randomUUID } from "node:crypto";
 import { compileConfig } from "../../src/config";
 import { startControlService, type ControlService } from "../../src/control";
 import { silentLogger } from "../../src/shared/log";
@@ -87,6 +88,42 @@ async function until(cond: () => boolean, ms = 5000): Promise<void> {
   }
 }
 
+/** An access request of a sidecar of `agent` whose evaluation binds `members` of the context. */
+function submission(agent: string, members: string[]): Record<string, unknown> {
+  const request = {
+    subject: { type: "user", id: "alice" },
+    action: { name: "refund.create", properties: { arguments: { amount: 40 } } },
+    resource: { type: "order", id: "o-1" },
+    context: { job: { id: "job-1" } },
+  };
+  const evaluation = {
+    evaluation_id: randomUUID(),
+    decision_id: randomUUID(),
+    agent_id: agent,
+    binding_hash: "x".repeat(43),
+    binding_context_members: members,
+    redacted_request: request,
+    requirement: {
+      approver_roles: ["support_manager"],
+      single_use: true,
+      ttl_seconds: 600,
+      exclude: [],
+    },
+    reasons: ["refund_needs_approval"],
+    initiator: "alice",
+    tool: "refund.create",
+    policy_revision: "rev-1",
+    created_at: new Date().toISOString(),
+    expires_at: new Date(Date.now() + 300_000).toISOString(),
+  };
+  return {
+    evaluation,
+    request: { ...request, denial: { evaluation_id: evaluation.evaluation_id } },
+    idempotency_key: null,
+    requester: "alice",
+  };
+}
+
 describe("toolgate control under attack (a sidecar credential)", () => {
   let db: FreshDatabase;
   let svc: ControlService;
@@ -100,6 +137,27 @@ describe("toolgate control under attack (a sidecar credential)", () => {
     for (const s of open) s.close();
     await svc?.stop();
     await db?.drop();
+  });
+
+  test("an evaluation binding the profile's machinery (context.reason …) is bad input (400), not the control service's configuration failing (500 config_invalid, logged as an error)", async () => {
+    const a = await sidecar("agent-a");
+    for (const m of ["reason", "access_request", "evaluation_id", "evaluated_at"]) {
+      const res = await fetch(new URL("/fleet/v1/access-requests", svc.url), {
+        method: "POST",
+        headers: { authorization: `Bearer ${a}`, "content-type": "application/json" },
+        body: JSON.stringify(submission("agent-a", ["job", m])),
+      });
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { code: string }).code).toBe("invalid_request");
+    }
+    // a binding of the default members still passes the schema (and is judged on its hash)
+    const ok = submission("agent-a", ["job"]);
+    const res = await fetch(new URL("/fleet/v1/access-requests", svc.url), {
+      method: "POST",
+      headers: { authorization: `Bearer ${a}`, "content-type": "application/json" },
+      body: JSON.stringify(ok),
+    });
+    expect(((await res.json()) as { code: string }).code).toBe("invalid_denial_binding");
   });
 
   test("one agent's credential cannot hold unbounded kill-switch streams (sockets, memory, snapshot reads): 429 fleet_stream_limit past its share, other agents keep theirs", async () => {
