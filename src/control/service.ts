@@ -60,7 +60,7 @@ export interface ControlServiceOptions {
   housekeepingIntervalMs?: number;
   /** The stream's ping interval (default 2000 ms). */
   pingMs?: number;
-  /** Streams one agent may hold open on this replica (default 256), and all agents together (default 10000). */
+  /** Streams one agent may hold open on this replica (default 1024), and all agents together (default 10000). */
   streamLimits?: { perAgent?: number; total?: number };
 }
 

@@ -42,7 +42,7 @@ export interface SwitchFeedOptions {
   ringSize?: number;
   /**
    * Streams one agent's credentials may hold open on this replica at once,
-   * counted from the moment one is asked for (default 256): a sidecar
+   * counted from the moment one is asked for (default 1024): a sidecar
    * credential cannot pin the replica's sockets, memory and snapshot reads.
    */
   maxStreamsPerAgent?: number;
@@ -276,7 +276,7 @@ export class SwitchFeed implements Component {
     credentialExpiresAt?: number,
   ): Promise<void> {
     // counted before anything is read: a caller over its share costs no snapshot read
-    const perAgent = this.opts.maxStreamsPerAgent ?? 256;
+    const perAgent = this.opts.maxStreamsPerAgent ?? 1024;
     const total = this.opts.maxStreams ?? 10_000;
     const mine = this.held.get(agentId) ?? 0;
     if (mine >= perAgent || this.heldTotal >= total) {
