@@ -246,7 +246,12 @@ export class FleetApprovals implements Component {
       "access request",
     );
     const { task, created } = answer;
-    if (task.evaluationId !== evaluation.evaluationId || task.agentId !== this.opts.agentId)
+    if (
+      task.evaluationId !== evaluation.evaluationId ||
+      task.agentId !== this.opts.agentId ||
+      answer.evaluation.evaluationId !== evaluation.evaluationId ||
+      answer.evaluation.agentId !== this.opts.agentId
+    )
       throw toolgateError(
         "fleet_unavailable",
         "access request: the control service answered with another evaluation's task",
@@ -282,6 +287,16 @@ export class FleetApprovals implements Component {
       taskAndEvaluation,
       "access request cancel",
     );
+    if (
+      task.id !== taskId ||
+      task.agentId !== this.opts.agentId ||
+      task.evaluationId !== evaluation.evaluationId ||
+      evaluation.agentId !== this.opts.agentId
+    )
+      throw toolgateError(
+        "fleet_unavailable",
+        "access request cancel: the control service answered with another task",
+      );
     this.event("cancelled", task, {}, evaluation);
     return accessRequestView(task, baseUrl, evaluation);
   }

@@ -193,6 +193,46 @@ describe("FleetApprovals against a lying control service", () => {
   });
 });
 
+describe("FleetApprovals: answers about another task", () => {
+  test("a cancel answered with another task (or another agent's evaluation) is refused, not audited as this one's cancellation", async () => {
+    const { peer, fa, clock } = await setup();
+    const req = refund(80);
+    const mine = {
+      task: { ...approvedTask("apr_1", "ev_1", clock.ms, clock.ms + 900_000), status: "pending" },
+      evaluation: evaluationWire("ev_1", req),
+    };
+    peer.on("GET /fleet/v1/access-requests/:id", () => ({ status: 200, body: mine }));
+    const cancelled = (over: Record<string, unknown>) => ({
+      status: 200,
+      body: { ...mine, ...over },
+    });
+    peer.on("POST /fleet/v1/access-requests/:id/cancel", () =>
+      cancelled({
+        task: { ...approvedTask("apr_9", "ev_9", clock.ms, clock.ms), status: "cancelled" },
+        evaluation: evaluationWire("ev_9", req),
+      }),
+    );
+    await expect(fa.cancel("apr_1", "http://agent", null)).rejects.toMatchObject({
+      code: "fleet_unavailable",
+    });
+    peer.on("POST /fleet/v1/access-requests/:id/cancel", () =>
+      cancelled({
+        task: { ...mine.task, status: "cancelled" },
+        evaluation: evaluationWire("ev_1", req, { agent_id: "billing-bot" }),
+      }),
+    );
+    await expect(fa.cancel("apr_1", "http://agent", null)).rejects.toMatchObject({
+      code: "fleet_unavailable",
+    });
+    peer.on("POST /fleet/v1/access-requests/:id/cancel", () =>
+      cancelled({ task: { ...mine.task, status: "cancelled" } }),
+    );
+    await expect(fa.cancel("apr_1", "http://agent", null)).resolves.toMatchObject({
+      task: { id: "apr_1", status: "cancelled" },
+    });
+  });
+});
+
 describe("the kill-switch stream's parser against a hostile peer", () => {
   test("a line sent a byte at a time costs linear time (it froze the sidecar's event loop for seconds: quadratic)", () => {
     const p = new SseParser();
