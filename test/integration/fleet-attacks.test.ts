@@ -160,6 +160,21 @@ describe("toolgate control under attack (a sidecar credential)", () => {
     expect(((await res.json()) as { code: string }).code).toBe("invalid_denial_binding");
   });
 
+  test("a hello's instance is printable ASCII, as the stream's X-Toolgate-Instance (no control characters into the sidecars view or a log)", async () => {
+    const a = await sidecar("agent-a");
+    const hello = (instance: string) =>
+      fetch(new URL("/fleet/v1/hello", svc.url), {
+        method: "POST",
+        headers: { authorization: `Bearer ${a}`, "content-type": "application/json" },
+        body: JSON.stringify({ instance, bundle: null, version: null }),
+      });
+    for (const bad of ["sc\nFAKE LOG LINE", "sc\u001b[31m", "sc 1", "sc\u00e9"]) {
+      const res = await hello(bad);
+      expect(res.status).toBe(400);
+    }
+    expect((await hello("sc_ok-1")).status).toBe(200);
+  });
+
   test("one agent's credential cannot hold unbounded kill-switch streams (sockets, memory, snapshot reads): 429 fleet_stream_limit past its share, other agents keep theirs", async () => {
     const a = await sidecar("agent-a");
     const b = await sidecar("agent-b");
