@@ -4,7 +4,7 @@
  * credential of one agent can do to the service and to other agents.
  */
 import { mkdtempSync } from "node:fs";
-import { connect, createServer, type Server, type Socket } from "node:net";
+import { connect, createConnection, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomUUID } from "node:crypto";
@@ -124,6 +124,28 @@ function submission(agent: string, members: string[]): Record<string, unknown> {
   };
 }
 
+/** One raw HTTP/1.1 request (any request target, as an attacker writes it); the status code. */
+function rawStatus(base: string, method: string, target: string, bearer: string): Promise<number> {
+  const u = new URL(base);
+  return new Promise((resolve, reject) => {
+    const sock = createConnection(Number(u.port), u.hostname);
+    let text = "";
+    sock.on("data", (d) => {
+      text += d.toString("latin1");
+      const m = /^HTTP\/1\.1 (\d{3})/.exec(text);
+      if (m) {
+        sock.destroy();
+        resolve(Number(m[1]));
+      }
+    });
+    sock.on("error", reject);
+    sock.write(
+      `${method} ${target} HTTP/1.1\r\nHost: ${u.host}\r\nAuthorization: Bearer ${bearer}\r\n` +
+        "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+  });
+}
+
 describe("toolgate control under attack (a sidecar credential)", () => {
   let db: FreshDatabase;
   let svc: ControlService;
@@ -158,6 +180,49 @@ describe("toolgate control under attack (a sidecar credential)", () => {
       body: JSON.stringify(ok),
     });
     expect(((await res.json()) as { code: string }).code).toBe("invalid_denial_binding");
+  });
+
+  test("path tricks: a person's token never reaches the sidecar API, a sidecar credential never the human API (case, absolute-form targets, dot segments, double slashes, encoded slashes)", async () => {
+    const person = await token("mallory", { audience: "toolgate-control" });
+    const bot = await sidecar("mallory");
+    const host = new URL(svc.url).host;
+    const reached: string[] = [];
+    const probe = async (method: string, target: string, bearer: string) => {
+      const status = await rawStatus(svc.url, method, target, bearer);
+      if (status !== 401 && status !== 404) reached.push(`${method} ${target} → ${status}`);
+    };
+    for (const target of [
+      "/fleet/v1/access-requests/x",
+      "/FLEET/v1/access-requests/x",
+      "/Fleet/V1/Access-Requests/x",
+      `http://${host}/fleet/v1/access-requests/x`,
+      `HTTP://${host}/FLEET/v1/access-requests/x`,
+      "/v1/../fleet/v1/access-requests/x",
+      "//fleet/v1/access-requests/x",
+      "/fleet%2Fv1/access-requests/x",
+      "/%66leet/v1/access-requests/x",
+    ]) {
+      await probe("GET", target, person);
+      await probe("POST", `${target}/cancel`, person);
+    }
+    for (const target of [
+      "/v1/approvals",
+      "/V1/APPROVALS",
+      `http://${host}/v1/approvals`,
+      "/fleet/../v1/approvals",
+      "/fleet/v1/../../v1/approvals",
+      "//v1/approvals",
+      "/v1/fleet/sidecars",
+      "/V1/FLEET/SIDECARS",
+      "/v1/status",
+    ]) {
+      await probe("GET", target, bot);
+    }
+    expect(reached).toEqual([]);
+    // the probe is sound: each credential works where it belongs
+    expect(await rawStatus(svc.url, "GET", "/v1/status", person)).toBe(200);
+    expect(await rawStatus(svc.url, "GET", "/fleet/v1/access-requests/x", bot)).toBe(404);
+    expect(await rawStatus(svc.url, "POST", "/fleet/v1/hello", bot)).toBe(400);
   });
 
   test("a hello's instance is printable ASCII, as the stream's X-Toolgate-Instance (no control characters into the sidecars view or a log)", async () => {
