@@ -243,6 +243,14 @@ export class FleetClient implements Component {
     const timeoutMs = this.opts.callTimeoutMs ?? 2000;
     let status: number;
     let text: string;
+    // Not AbortSignal.timeout: its timer cannot be cancelled, so every call's would still
+    // fire (an abort event and a DOMException) timeoutMs later, in the middle of later decisions.
+    const ac = new AbortController();
+    const timer = setTimeout(
+      () => ac.abort(new DOMException(`no answer within ${timeoutMs} ms`, "TimeoutError")),
+      timeoutMs,
+    );
+    timer.unref();
     try {
       const headers = await this.headers();
       if (body !== undefined) headers["content-type"] = "application/json";
@@ -250,7 +258,7 @@ export class FleetClient implements Component {
         method,
         headers,
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-        signal: AbortSignal.timeout(timeoutMs),
+        signal: ac.signal,
         redirect: "error",
       });
       status = res.status;
@@ -265,6 +273,8 @@ export class FleetClient implements Component {
       throw toolgateError("fleet_unavailable", `${what}: ${this.url} unreachable: ${why}`, {
         cause: e,
       });
+    } finally {
+      clearTimeout(timer);
     }
     let value: unknown;
     try {

@@ -285,6 +285,21 @@ describe("FleetClient: JSON calls", () => {
     expect(down.message).toMatch(/unreachable: fetch failed: ECONNREFUSED/);
   });
 
+  test("a call's timeout ends with the call: its signal never fires afterwards", async () => {
+    const p = await peer();
+    p.on("POST /fleet/v1/budgets/reserve", () => ({ status: 200, body: { ok: true } }));
+    const signals: AbortSignal[] = [];
+    const fetchFn: typeof fetch = (url, init) => {
+      if (init?.signal) signals.push(init.signal);
+      return fetch(url, init);
+    };
+    const c = client(p.url, { callTimeoutMs: 100, fetch: fetchFn });
+    expect(await c.call("POST", "/fleet/v1/budgets/reserve", {}, parse, "r")).toEqual({ ok: true });
+    await new Promise((r) => setTimeout(r, 200));
+    expect(signals).toHaveLength(1);
+    expect(signals[0]?.aborted).toBe(false);
+  });
+
   test("what parse refuses is fleet_unavailable, never used", async () => {
     const p = await peer();
     p.on("POST /fleet/v1/hello", () => ({ status: 200, body: { replica: 42 } }));
