@@ -1,7 +1,8 @@
 /**
  * PostgreSQL's health as a component: `store.ping()` with a short timeout,
- * its answer cached about a second, so /health/ready (which awaits a fresh
- * answer) and every write that asks cost at most one ping a second.
+ * refreshed in the background every `cacheMs`, so /health/ready and every
+ * write that asks read a recent answer without waiting for a ping (a write
+ * waits only when no answer is younger than three refresh intervals).
  */
 import { normalizeError, toolgateError } from "../errors";
 import { type Component, type ComponentStatus, notRunning } from "../shared/lifecycle";
@@ -30,7 +31,7 @@ export class StoreHealth implements Component {
   start(): Promise<void> {
     this.started = true;
     // kept fresh for the metrics and the log even when nobody asks
-    this.timer = setInterval(() => void this.refresh(), 5000);
+    this.timer = setInterval(() => void this.refresh(), this.opts.cacheMs ?? 1000);
     this.timer.unref();
     return this.refresh();
   }
@@ -81,9 +82,16 @@ export class StoreHealth implements Component {
       this.opts.log.info("the fleet store is reachable again", { event: "control.store_up" });
   }
 
-  /** Fails fast with fleet_store_unavailable while the last ping failed (a write waits for nothing). */
+  /**
+   * Fails fast with fleet_store_unavailable while the last ping failed. The
+   * decision path's writes (budget reservations) wait for no ping: a recent
+   * answer is used as it is and a stale one refreshed in the background.
+   */
   async assertUp(): Promise<void> {
-    await this.refresh();
+    const cacheMs = this.opts.cacheMs ?? 1000;
+    const age = this.last === undefined ? Infinity : Date.now() - this.last.at;
+    if (age >= 3 * cacheMs) await this.refresh();
+    else if (age >= cacheMs) void this.refresh();
     const problem = this.last?.problem;
     if (problem !== undefined) throw toolgateError("fleet_store_unavailable", problem);
   }

@@ -94,6 +94,12 @@ export class FleetClient implements Component {
   private seq = -1;
   private synced = false;
   private lastEventAt: number | undefined;
+  /**
+   * The same moment on the monotonic clock: silence is the larger of the two
+   * measures, so a wall clock stepped back (NTP, a resumed VM) never makes a
+   * dead stream look fresh.
+   */
+  private lastEventMono = 0;
   private createdAt: number;
   private connected = false;
   private lastError: string | undefined;
@@ -170,9 +176,15 @@ export class FleetClient implements Component {
     if (!this.synced || this.lastEventAt === undefined) {
       return { fresh: false, neverSynced: true, silentForMs: Math.max(0, nowMs - this.createdAt) };
     }
-    const silent = Math.max(0, nowMs - this.lastEventAt);
+    const silent = this.silentMs(nowMs);
     if (silent <= this.maxStaleMs) return { fresh: true };
     return { fresh: false, neverSynced: false, silentForMs: silent };
+  }
+
+  /** Time since the stream's last event: the wall clock's measure or the monotonic one, the larger. */
+  private silentMs(nowMs: number): number {
+    const wall = nowMs - (this.lastEventAt ?? nowMs);
+    return Math.max(0, wall, performance.now() - this.lastEventMono);
   }
 
   /** The last change (or snapshot) sequence number applied; -1 before the first snapshot. */
@@ -205,7 +217,11 @@ export class FleetClient implements Component {
 
   /** Seconds since the last event (since start before the first snapshot). */
   silentSeconds(nowMs: number = this.now()): number {
-    return Math.max(0, nowMs - (this.lastEventAt ?? this.createdAt)) / 1000;
+    return (
+      (this.lastEventAt === undefined
+        ? Math.max(0, nowMs - this.createdAt)
+        : this.silentMs(nowMs)) / 1000
+    );
   }
 
   // -- JSON calls -------------------------------------------------------------------
@@ -498,6 +514,7 @@ export class FleetClient implements Component {
       this.seq = seq;
       this.synced = true;
       this.lastEventAt = this.now();
+      this.lastEventMono = performance.now();
       this.hello();
       return true;
     }
@@ -508,6 +525,7 @@ export class FleetClient implements Component {
         throw new WireError(`${what}: op ${JSON.stringify(op)} is unknown`);
       const row = switchFromWire(member(data, "switch"));
       this.lastEventAt = this.now();
+      this.lastEventMono = performance.now();
       if (seq <= this.seq) return false; // already applied (a replay)
       this.seq = seq;
       if (op === "create" && row.deletedAt === null && this.concerns(row))
@@ -518,6 +536,7 @@ export class FleetClient implements Component {
     }
     // ping: alive
     this.lastEventAt = this.now();
+    this.lastEventMono = performance.now();
     const b = this.bundleKey();
     if (b !== this.helloBundle) this.hello();
     return false;

@@ -208,7 +208,7 @@ export class FleetContainment {
           burst: n.rate.burst,
           want: want(n.rate),
         },
-        leaseAnswer,
+        (v) => leaseAnswer(v, want(n.rate)),
         "rate lease",
       )
       .then((a) => {
@@ -403,11 +403,13 @@ function want(r: RateSpec): number {
   return Math.max(1, Math.ceil(r.burst / 4));
 }
 
-function leaseAnswer(v: unknown): LeaseAnswer {
+/** A lease answer, checked: never more tokens than were asked for (a lying peer cannot widen a rate). */
+function leaseAnswer(v: unknown, asked: number): LeaseAnswer {
   const o = obj(v, "rate lease");
   const granted = int(o, "granted", "rate lease");
   const retryAfter = num(o, "retry_after", "rate lease");
-  if (granted > 1_000_000 || retryAfter < 0) throw new Error("rate lease: out of range");
+  if (granted < 0 || granted > asked || retryAfter < 0)
+    throw new Error(`rate lease: ${granted} granted of ${asked} asked, or a negative retry_after`);
   return { granted, retryAfter: Math.ceil(retryAfter) };
 }
 

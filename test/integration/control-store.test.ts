@@ -378,6 +378,22 @@ describe("approvals", () => {
     expect(outcomes.filter((o) => o === "access_request_rate_limited")).toHaveLength(9);
   });
 
+  test("the per-initiator limit is per agent: another agent's sidecar cannot use up a person's requests", async () => {
+    const a = store();
+    const initiator = id("dora");
+    const limit = { max: 2, windowMs: 60_000 };
+    const of = (agentId: string, now: number) =>
+      submitInput(evaluation({ initiator, agentId, createdAt: now }), { limit, now });
+    // a (compromised) sidecar of agent-b names dora until her limit there is reached
+    await a.submit(of("agent-b", T0));
+    await a.submit(of("agent-b", T0 + 1));
+    expect(await code(a.submit(of("agent-b", T0 + 2)))).toBe("access_request_rate_limited");
+    // her requests through agent-a are untouched
+    expect((await a.submit(of("agent-a", T0 + 3))).created).toBe(true);
+    expect((await a.submit(of("agent-a", T0 + 4))).created).toBe(true);
+    expect(await code(a.submit(of("agent-a", T0 + 5)))).toBe("access_request_rate_limited");
+  });
+
   test("decide only a pending task; of concurrent deciders one wins; overdue → expired", async () => {
     const a = store();
     const b = store();

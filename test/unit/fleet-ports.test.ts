@@ -193,6 +193,22 @@ describe("FleetContainment: rates through leases", () => {
       ((await fc.check(refund(1), verified(), engine(limits), clock.ms)) as { code: string }).code,
     ).toBe("rate_limited");
   });
+
+  test("a peer granting more than was asked is not believed: the rate cannot be widened", async () => {
+    const { peer, fc, clock } = await setup();
+    peer.on("POST /fleet/v1/rates/lease", () => ({
+      status: 200,
+      body: { granted: 1000, retry_after: 0 },
+    }));
+    const d = (await fc.check(refund(1), verified(), engine(limits), clock.ms)) as {
+      code: string;
+    };
+    expect(d.code).toBe("rate_limited");
+    // and nothing of the 1000 was kept for the next call
+    const next = fc.check(refund(1), verified(), engine(limits), clock.ms);
+    expect(next).toBeInstanceOf(Promise);
+    expect(((await next) as { code: string }).code).toBe("rate_limited");
+  });
 });
 
 describe("FleetContainment: budgets", () => {

@@ -656,7 +656,7 @@ export class PgFleetStore implements FleetStore {
       }
       if (ev.expiresAt <= now)
         throw toolgateError("approval_expired", "the evaluation has expired; ask again");
-      if (limit !== undefined) await this.checkLimit(c, ev.initiator, limit, now);
+      if (limit !== undefined) await this.checkLimit(c, agentId, ev.initiator, limit, now);
       const id = newTaskId();
       let ins;
       try {
@@ -1199,20 +1199,29 @@ export class PgFleetStore implements FleetStore {
   }
 
   /** Throws access_request_rate_limited when `initiator` used up `limit` (inside submit's transaction). */
+  /**
+   * Per initiator of one agent, as on a single sidecar: the initiator is the
+   * sidecar's word, so counting across agents would let a compromised sidecar
+   * of one agent use up a person's requests through every other agent.
+   */
   private async checkLimit(
     c: PoolClient,
+    agentId: string,
     initiator: string,
     limit: RequestLimit,
     now: number,
   ): Promise<void> {
-    await c.query("SELECT pg_advisory_xact_lock($1, hashtext($2))", [LOCK_INITIATOR, initiator]);
+    await c.query("SELECT pg_advisory_xact_lock($1, hashtext($2))", [
+      LOCK_INITIATOR,
+      `${agentId}|${initiator}`,
+    ]);
     const since = now - limit.windowMs;
     const res = await c.query<Row>(
       `SELECT t.created_at FROM approval_tasks t
        JOIN approval_evaluations e ON e.evaluation_id = t.evaluation_id
-       WHERE e.initiator = $1 AND t.status = ANY($2::text[]) AND t.created_at > $3
+       WHERE e.initiator = $1 AND t.agent_id = $4 AND t.status = ANY($2::text[]) AND t.created_at > $3
        ORDER BY t.created_at`,
-      [initiator, [...LIMITED_STATUSES], since],
+      [initiator, [...LIMITED_STATUSES], since, agentId],
     );
     const times = this.rows("count access requests", res.rows, (r) => ms(r, "created_at"));
     const count = times.length;
