@@ -9,6 +9,7 @@
 import { resolve } from "node:path";
 import { APPROVALS } from "../approvals/config";
 import { POLICY } from "../bundles/config";
+import { CONSOLE } from "../console/config";
 import { CONTAINMENT } from "../containment/config";
 import { FLEET } from "../fleet/config";
 import { GRANTS } from "../grants/config";
@@ -279,6 +280,7 @@ export const SPEC = section(
     containment: CONTAINMENT,
     grants: GRANTS,
     fleet: FLEET,
+    console: CONSOLE,
     state: STATE,
     audit: AUDIT,
     tracing: TRACING,
