@@ -8,12 +8,13 @@
 # Nothing is cached in the repository.
 set -euo pipefail
 
+if [ -n "${TOOLGATE_CHROMIUM:-}" ]; then
+  [ -x "$TOOLGATE_CHROMIUM" ] || { echo "chromium.sh: TOOLGATE_CHROMIUM=$TOOLGATE_CHROMIUM is not executable" >&2; exit 1; }
+  echo "$TOOLGATE_CHROMIUM"
+  exit 0
+fi
+
 find_chromium() {
-  if [ -n "${TOOLGATE_CHROMIUM:-}" ]; then
-    [ -x "$TOOLGATE_CHROMIUM" ] || { echo "chromium.sh: TOOLGATE_CHROMIUM=$TOOLGATE_CHROMIUM is not executable" >&2; exit 1; }
-    echo "$TOOLGATE_CHROMIUM"
-    return 0
-  fi
   local c
   for c in chromium chromium-browser google-chrome-stable google-chrome; do
     if command -v "$c" >/dev/null 2>&1; then
