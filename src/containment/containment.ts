@@ -761,6 +761,31 @@ export class Containment implements Component {
     };
   }
 
+  /**
+   * Each budget's current use (the approver console's containment panel):
+   * per key holding spends or reservations, what counts in the window now.
+   * Read-only; keys with nothing in the window are left out.
+   */
+  budgetUse(
+    limits: Limits,
+    nowMs: number = this.now(),
+  ): Array<{ budget: BudgetSpec; keys: Array<{ key: string; used: number }> }> {
+    return limits.budgets.map((bd) => {
+      const prefix = `${bd.id}|`;
+      const keys: Array<{ key: string; used: number }> = [];
+      for (const key of [...this.spent.keys()]) {
+        if (!key.startsWith(prefix)) continue;
+        const used = this.counting(key, nowMs - bd.windowSeconds * 1000).reduce(
+          (n, s) => n + s.amount,
+          0,
+        );
+        if (used > 0) keys.push({ key: key.slice(prefix.length), used });
+      }
+      keys.sort((a, b) => b.used - a.used || (a.key < b.key ? -1 : 1));
+      return { budget: bd, keys };
+    });
+  }
+
   // -- the decision path ---------------------------------------------------------
 
   /** The limits of a bundle's data, checked once per engine. */

@@ -1,0 +1,209 @@
+/**
+ * Shared by the console's backends: an approver view (src/approvals/rules.ts
+ * `approverView`, the shape GET /v1/approvals/{id} answers on both the
+ * sidecar and the control service) turned into the console's summary and
+ * detail, and the bundle data the pages read (tools' class and stage, the
+ * reference deployment's users). Every field is read defensively: a stored
+ * row is outside input.
+ */
+import { ineligible } from "../../approvals/rules";
+import type { EvaluationRecord } from "../../approvals/store";
+import type { Principal } from "../../model";
+import { isObject } from "../../shared/guards";
+import {
+  reasonFallback,
+  type ReasonText,
+  type RequestDetail,
+  type RequestOutcome,
+  type RequestSummary,
+} from "../backend";
+
+const str = (v: unknown): string | null => (typeof v === "string" ? v : null);
+const strs = (v: unknown): string[] =>
+  Array.isArray(v) ? v.filter((x): x is string => typeof x === "string") : [];
+
+const STATUSES = new Set(["pending", "approved", "denied", "expired", "cancelled", "failed"]);
+
+/** The policy's reasons as stored: `{code, message}` or codes alone. */
+export function reasonsOf(v: unknown): ReasonText[] {
+  if (!Array.isArray(v)) return [];
+  const out: ReasonText[] = [];
+  for (const r of v) {
+    if (typeof r === "string") out.push({ code: r, message: reasonFallback(r), fallback: true });
+    else if (isObject(r) && typeof r.code === "string") {
+      const m = typeof r.message === "string" ? r.message.trim() : "";
+      out.push(
+        m === ""
+          ? { code: r.code, message: reasonFallback(r.code), fallback: true }
+          : { code: r.code, message: m, fallback: false },
+      );
+    }
+  }
+  return out;
+}
+
+/** What became of a request, from its view at `nowMs`. */
+export function outcomeOf(v: Record<string, unknown>, nowMs: number): RequestOutcome {
+  const status = str(v.status);
+  if (status === "approved") {
+    if (str(v.revoked_at) !== null) return "revoked";
+    if (str(v.used_at) !== null) return "used";
+    const until = Date.parse(str(v.approved_until) ?? "");
+    if (Number.isFinite(until) && until <= nowMs) return "expired";
+    return "approved_unused";
+  }
+  if (status === "pending") return "pending";
+  if (status === "denied" || status === "expired" || status === "cancelled") return status;
+  return "failed";
+}
+
+/** The minimal evaluation `ineligible` reads, from a view. */
+export function evaluationOfView(v: Record<string, unknown>): EvaluationRecord {
+  const req = isObject(v.requirement) ? v.requirement : {};
+  return {
+    initiator: str(v.initiator) ?? "",
+    agentId: str(v.agent) ?? "",
+    requirement: {
+      approver_roles: strs(req.approver_roles),
+      exclude: strs(req.exclude),
+      single_use: req.single_use === true,
+      ttl_seconds: typeof req.ttl_seconds === "number" ? req.ttl_seconds : 0,
+    },
+  } as unknown as EvaluationRecord;
+}
+
+/** Why `viewer` may not decide the request now, or null (src/approvals/rules.ts, plus status). */
+export function whyNot(
+  v: Record<string, unknown>,
+  viewer: Principal,
+  servedAgent: string | undefined,
+  nowMs: number,
+): string | null {
+  const why = ineligible(viewer, evaluationOfView(v), servedAgent ?? str(v.agent) ?? "");
+  if (why !== undefined) return why;
+  const status = str(v.status);
+  if (status !== "pending") return `the request is ${status ?? "unknown"}, not pending`;
+  const exp = Date.parse(str(v.expires_at) ?? "");
+  if (Number.isFinite(exp) && exp <= nowMs) return "the request has expired";
+  return null;
+}
+
+/** The summary of a view, as `viewer` sees it at `nowMs`. */
+export function summaryOf(
+  v: Record<string, unknown>,
+  viewer: Principal,
+  nowMs: number,
+  servedAgent?: string,
+): RequestSummary {
+  const status = str(v.status) ?? "failed";
+  const exp = Date.parse(str(v.expires_at) ?? "");
+  const why = whyNot(v, viewer, servedAgent, nowMs);
+  return {
+    id: str(v.id) ?? "",
+    status: (STATUSES.has(status) ? status : "failed") as RequestSummary["status"],
+    outcome: outcomeOf(v, nowMs),
+    tool: str(v.tool) ?? "",
+    agent: str(v.agent) ?? "",
+    initiator: str(v.initiator) ?? "",
+    created_at: str(v.created_at),
+    expires_at: str(v.expires_at),
+    seconds_left:
+      status === "pending" && Number.isFinite(exp)
+        ? Math.max(0, Math.floor((exp - nowMs) / 1000))
+        : null,
+    reasons: reasonsOf(v.reasons),
+    justification: str(v.agent_justification) ?? str(v.justification),
+    decided_by: str(v.decided_by),
+    decided_at: str(v.decided_at),
+    can_decide: why === null,
+    why_not: why,
+  };
+}
+
+/** Tools' class and stage, and users' roles, from the bundle data (`toolgate.deployment`). */
+export function deploymentData(data: unknown): {
+  tools: Map<string, { class: string | null; stage: string | null }>;
+  users: Map<string, string[]>;
+} {
+  const tg = isObject(data) ? data.toolgate : undefined;
+  const dep = isObject(tg) ? tg.deployment : undefined;
+  const tools = new Map<string, { class: string | null; stage: string | null }>();
+  const users = new Map<string, string[]>();
+  if (isObject(dep) && isObject(dep.tools)) {
+    for (const [name, t] of Object.entries(dep.tools)) {
+      if (isObject(t)) tools.set(name, { class: str(t.class), stage: str(t.stage) });
+    }
+  }
+  if (isObject(dep) && isObject(dep.users)) {
+    for (const [name, u] of Object.entries(dep.users)) {
+      if (isObject(u)) users.set(name, strs(u.roles));
+    }
+  }
+  return { tools, users };
+}
+
+/** The detail of a view. */
+export function detailOf(
+  v: Record<string, unknown>,
+  viewer: Principal,
+  nowMs: number,
+  tool: { class: string | null; stage: string | null } | undefined,
+  servedAgent?: string,
+): RequestDetail {
+  const request = v.request;
+  const r = isObject(request) ? request : {};
+  const action = isObject(r.action) ? r.action : {};
+  const props = isObject(action.properties) ? action.properties : {};
+  const resource = isObject(r.resource) ? r.resource : {};
+  const ctx = isObject(r.context) ? r.context : {};
+  const job = isObject(ctx.job) ? ctx.job : {};
+  const stats = isObject(v.stats) ? v.stats : undefined;
+  const req = isObject(v.requirement) ? v.requirement : undefined;
+  const customer =
+    str(job.customer_id) ?? (str(resource.type) === "customer" ? str(resource.id) : null);
+  return {
+    ...summaryOf(v, viewer, nowMs, servedAgent),
+    tool_class: tool?.class ?? null,
+    stage: tool?.stage ?? null,
+    arguments: props.arguments ?? null,
+    request: request ?? null,
+    customer,
+    job: str(job.id),
+    stats:
+      stats !== undefined &&
+      typeof stats.requested_today === "number" &&
+      typeof stats.approved_today === "number"
+        ? { requested_today: stats.requested_today, approved_today: stats.approved_today }
+        : null,
+    requirement:
+      req !== undefined
+        ? {
+            approver_roles: strs(req.approver_roles),
+            single_use: req.single_use === true,
+            ttl_seconds: typeof req.ttl_seconds === "number" ? req.ttl_seconds : 0,
+          }
+        : null,
+    comment: str(v.comment),
+    approved_until: str(v.approved_until),
+    used_at: str(v.used_at),
+    revoked_at: str(v.revoked_at),
+    revoked_by: str(v.revoked_by),
+    policy_revision: str(v.policy_revision),
+  };
+}
+
+/**
+ * Whether the inbox lists the request for `viewer`: one they may decide,
+ * one they initiated, one whose roles they hold (shown read-only with why
+ * not), and every one for the admin role.
+ */
+export function listedFor(
+  v: Record<string, unknown>,
+  viewer: Principal,
+  isAdmin: boolean,
+): boolean {
+  if (isAdmin) return true;
+  if (str(v.initiator) === viewer.id) return true;
+  const roles = evaluationOfView(v).requirement.approver_roles;
+  return viewer.roles.some((r) => roles.includes(r));
+}
