@@ -15,7 +15,7 @@ import { PolicyEngine as Engine } from "./policy/engine";
 import { isToolgateError, toolgateError } from "./errors";
 import { ApprovalService, type ApprovalEventName } from "./approvals/service";
 import { ApprovalStore } from "./approvals/store";
-import { webhookNotifier } from "./approvals/webhook";
+import { notifierFromConfig, type ApprovalNotifier } from "./approvals/notify";
 import { startAgentServer, type RunningServer } from "./http/agent-server";
 import { GrantIssuer } from "./grants";
 import { startControlServer } from "./http/control-server";
@@ -97,6 +97,12 @@ export interface Parts {
    * over it, in place of `containment` and `approvals` (both undefined then).
    */
   fleet: FleetParts | undefined;
+  /**
+   * Tells approvers of each new pending access request (Slack, Teams, the
+   * signed webhook); undefined when none is configured, and in fleet mode
+   * (the control service notifies, once per task).
+   */
+  notifier: ApprovalNotifier | undefined;
   /**
    * The parts that run, in start order: audit, approvals, containment, the
    * bundle manager, the candidate policy (those that are on). startToolgate
@@ -433,6 +439,11 @@ async function assemble(
           reservationTtlSeconds,
         })
       : undefined;
+  // a fleet-mode sidecar sends no notification: the control service does, once per new task
+  const notifier =
+    opts.approvals === false || fleet !== undefined
+      ? undefined
+      : notifierFromConfig(config.approvals, config.console.publicUrl, log);
   const approvals =
     opts.approvals === false || fleet !== undefined
       ? undefined
@@ -442,9 +453,7 @@ async function assemble(
           agentId: config.agent.id,
           redact,
           events: approvalEvents,
-          ...(config.approvals.webhook
-            ? { onPending: webhookNotifier(config.approvals.webhook, log) }
-            : {}),
+          ...(notifier ? { onPending: (view) => notifier.notify(view) } : {}),
           log,
         });
   const grants =
@@ -518,6 +527,7 @@ async function assemble(
     metrics,
     containment,
     fleet,
+    notifier,
     components: [
       // the fleet client first: its stream runs before anything decides
       ...(fleet ? [fleet.client] : []),
@@ -592,9 +602,7 @@ function buildFleet(
           agentId: config.agent.id,
           redact: approval.redact,
           events: approval.events,
-          ...(config.approvals.webhook
-            ? { onPending: webhookNotifier(config.approvals.webhook, log) }
-            : {}),
+          // no notifier: the control service notifies approvers of a new task, once
           log,
           ...(opts.now ? { now: opts.now } : {}),
         });
@@ -769,6 +777,8 @@ export async function startToolgate(
   }
   const started = agentPort.server;
   const controlServer = controlPort?.server;
+  // links in notifications: console.public_url, else the control port as it listens
+  if (controlServer) parts.notifier?.setConsoleBase(controlServer.url);
   parts.log.info("toolgate listening", {
     event: "server.started",
     agent_port: started.url,
@@ -781,6 +791,12 @@ export async function startToolgate(
     agentServer: started,
     controlServer,
     lifecycle,
-    stop: () => lifecycle.stop(),
+    stop: async () => {
+      try {
+        await lifecycle.stop();
+      } finally {
+        await parts.notifier?.stop();
+      }
+    },
   };
 }

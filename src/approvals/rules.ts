@@ -5,7 +5,10 @@
  * No store, no clock: every function takes what it needs.
  */
 import type { Principal } from "../model";
-import type { ApprovalTask, EvaluationRecord } from "./store";
+import type { ApprovalTask, EvaluationRecord, RequestStats } from "./store";
+
+/** "Today" of the approvers' stats: the last 24 hours. */
+export const STATS_WINDOW_MS = 24 * 60 * 60 * 1000;
 
 /** Epoch ms as an ISO string (null stays null). */
 export const iso = (ms: number | null): string | null =>
@@ -32,8 +35,18 @@ export function ineligible(
   return undefined;
 }
 
-/** What approvers see of a task (GET /v1/approvals, approve, deny, revoke): redacted context. */
-export function approverView(t: ApprovalTask, e: EvaluationRecord): Record<string, unknown> {
+/**
+ * What approvers see of a task (GET /v1/approvals, approve, deny, revoke): redacted context.
+ * `reasons` are the policy's `{code, message}` (message "" on rows from before messages were
+ * kept); `agent_justification` is the agent's own words (redacted), never toolgate's, null
+ * when it gave none; `stats` (when the caller read them): this agent's access requests for
+ * this tool in the last 24 h, and how many were approved.
+ */
+export function approverView(
+  t: ApprovalTask,
+  e: EvaluationRecord,
+  stats?: RequestStats,
+): Record<string, unknown> {
   return {
     id: t.id,
     status: t.status,
@@ -52,6 +65,10 @@ export function approverView(t: ApprovalTask, e: EvaluationRecord): Record<strin
     approved_until: iso(t.approvedUntil),
     used_at: iso(t.usedAt),
     revoked_at: iso(t.revokedAt),
+    agent_justification: t.justification,
+    ...(stats !== undefined
+      ? { stats: { requested_today: stats.requested, approved_today: stats.approved } }
+      : {}),
   };
 }
 

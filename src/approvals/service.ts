@@ -3,7 +3,15 @@ import { toolgateError } from "../errors";
 import type { Principal } from "../identity/jwt";
 import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "./binding";
 import * as rules from "./rules";
-import type { ApprovalStore, ApprovalTask, EvaluationInput, EvaluationRecord } from "./store";
+import {
+  checkJustification,
+  MAX_JUSTIFICATION,
+  type ApprovalStore,
+  type ApprovalTask,
+  type EvaluationInput,
+  type EvaluationRecord,
+  type RequestStats,
+} from "./store";
 import { isObject } from "../shared/guards";
 import { type Component, type ComponentStatus, notRunning } from "../shared/lifecycle";
 import type { Logger } from "../shared/log";
@@ -28,6 +36,28 @@ export type Requester = string | null;
  */
 export interface AccessRequest extends DecisionRequest {
   denial: { evaluation_id: string };
+  /** The agent's words on why it needs this (≤ 2000 chars; shown to approvers as the agent's). */
+  justification?: string;
+}
+
+/**
+ * The agent's justification as approvers may read it: checked (≤ 2000
+ * characters, no control characters but tab and newline), then redacted line
+ * by line with the same redactor as free text (secret shapes inside the text,
+ * values quoted from secret keys); null when the agent gave none.
+ */
+export function redactJustification(
+  v: unknown,
+  redact: <T>(v: T, mask?: readonly unknown[]) => T,
+): string | null {
+  const text = checkJustification(v);
+  if (text === null) return null;
+  // one string per line: the redactor cuts a string past its limit (1024), a line rarely is
+  const lines = redact(text.split("\n"));
+  const out = Array.isArray(lines)
+    ? lines.map((l) => (typeof l === "string" ? l : "")).join("\n")
+    : "";
+  return out.length > MAX_JUSTIFICATION ? out.slice(0, MAX_JUSTIFICATION) : out;
 }
 
 /** What toolgate hands the policy as `input.verified.approval`. */
@@ -188,9 +218,11 @@ export class ApprovalService implements Component {
         "the request differs from the evaluation it cites (subject, action, resource or job)",
       );
     }
+    const justification = redactJustification(request.justification, this.opts.redact);
     const limit = this.opts.requestLimit ?? DEFAULT_REQUEST_LIMIT;
     const { task, created } = this.opts.store.createTask({
       evaluationId: evaluation.evaluationId,
+      justification,
       idempotencyKey: idempotencyKey ?? null,
       agentId: this.opts.agentId,
       expiresAt: now + (this.opts.taskTtlSeconds ?? 3600) * 1000,
@@ -200,7 +232,17 @@ export class ApprovalService implements Component {
     const view = this.view(task, baseUrl, evaluation);
     if (created) {
       this.opts.events?.approvalEvent("requested", this.eventFields(task));
-      this.opts.onPending?.(this.approverView(task, evaluation));
+      if (this.opts.onPending) {
+        try {
+          this.opts.onPending(this.approverView(task, evaluation, true));
+        } catch (e) {
+          // a notifier never fails (or delays) the request
+          this.opts.log?.error("approval notification failed", {
+            event: "approvals.notify_error",
+            error: (e as Error).message,
+          });
+        }
+      }
     }
     return { created, view };
   }
@@ -237,7 +279,7 @@ export class ApprovalService implements Component {
       const e = this.opts.store.getEvaluation(t.evaluationId);
       if (e === undefined) continue;
       if (!isAdmin && this.ineligible(principal, e) !== undefined) continue;
-      out.push(this.approverView(t, e));
+      out.push(this.approverView(t, e, true));
     }
     return out;
   }
@@ -245,7 +287,16 @@ export class ApprovalService implements Component {
   detail(taskId: string): Record<string, unknown> {
     const t = this.task(taskId);
     const e = this.opts.store.getEvaluation(t.evaluationId);
-    return e ? this.approverView(t, e) : { id: t.id, status: t.status };
+    return e ? this.approverView(t, e, true) : { id: t.id, status: t.status };
+  }
+
+  /**
+   * How many access requests `agentId` made for `tool` since `sinceMs` (epoch
+   * ms), and how many were approved. The approvers' views carry this for the
+   * last 24 h as `stats: {requested_today, approved_today}`.
+   */
+  requestStats(agentId: string, tool: string, sinceMs: number): RequestStats {
+    return this.opts.store.requestStats(agentId, tool, sinceMs);
   }
 
   /** Why `principal` may not decide evaluation `e`, or undefined if eligible. */
@@ -407,8 +458,19 @@ export class ApprovalService implements Component {
     return rules.accessRequestView(t, baseUrl, e);
   }
 
-  private approverView(t: ApprovalTask, e: EvaluationRecord): Record<string, unknown> {
-    return rules.approverView(t, e);
+  private approverView(
+    t: ApprovalTask,
+    e: EvaluationRecord,
+    withStats = false,
+  ): Record<string, unknown> {
+    if (!withStats) return rules.approverView(t, e);
+    let stats: RequestStats | undefined;
+    try {
+      stats = this.requestStats(e.agentId, e.tool, this.now() - rules.STATS_WINDOW_MS);
+    } catch {
+      stats = undefined; // a view without stats rather than none
+    }
+    return rules.approverView(t, e, stats);
   }
 }
 
@@ -533,7 +595,11 @@ export function evaluationOf(
     bindingContextMembers: [...DEFAULT_BINDING_CONTEXT_MEMBERS],
     redactedRequest: redact(req, mask),
     requirement: { ...d.approval },
-    reasons: d.reasons.map((r) => r.code),
+    // the words approvers read: redacted like any free text (a message may quote an argument)
+    reasons: d.reasons.map((r) => ({
+      code: r.code,
+      message: typeof r.message === "string" ? redact(r.message) : "",
+    })),
     initiator: verified.subject.id,
     agentId: verified.agent.id,
     // shown to approvers and audited: redacted like the request (the binding hash covers the

@@ -82,6 +82,54 @@ export const TERMINAL_STATUSES: readonly TaskStatus[] = TASK_STATUSES.filter(
 /** What the policy required of the approval (from its needs_approval output). */
 export type { ApprovalRequirement };
 
+/** A reason of the policy's answer, as approvers read it: its code and its (redacted) words. */
+export interface ApprovalReason {
+  code: string;
+  /** The policy's human-readable message; "" for rows recorded before messages were kept. */
+  message: string;
+}
+
+/**
+ * Reasons as stored or sent: `[{code, message}]`, or the codes alone
+ * (`string[]`, rows and sidecars from before messages were kept) — read as
+ * `{code, message: ""}`. Throws on anything else.
+ */
+export function toReasons(v: unknown, what = "reasons"): ApprovalReason[] {
+  if (!Array.isArray(v)) throw new Error(`${what} is not an array`);
+  return v.map((r: unknown) => {
+    if (typeof r === "string") return { code: r, message: "" };
+    if (
+      r !== null &&
+      typeof r === "object" &&
+      !Array.isArray(r) &&
+      typeof (r as { code?: unknown }).code === "string" &&
+      typeof (r as { message?: unknown }).message === "string"
+    ) {
+      const { code, message } = r as ApprovalReason;
+      return { code, message };
+    }
+    throw new Error(`${what} holds an entry that is neither a code nor {code, message}`);
+  });
+}
+
+/** An agent's justification: at most this many characters. */
+export const MAX_JUSTIFICATION = 2000;
+/** Control characters other than tab and newline (C0, DEL, C1). */
+// eslint-disable-next-line no-control-regex -- control characters are what it refuses
+const CONTROL_RE = /[\u0000-\u0008\u000B-\u001F\u007F-\u009F]/;
+
+/** A justification as stored: a string of ≤ 2000 characters without control characters but \t and \n. */
+export function checkJustification(v: unknown): string | null {
+  if (v === null || v === undefined) return null;
+  if (typeof v !== "string" || v.length > MAX_JUSTIFICATION || CONTROL_RE.test(v)) {
+    throw toolgateError(
+      "invalid_request",
+      `justification must be a string of ≤ ${MAX_JUSTIFICATION} characters without control characters (tab and newline allowed)`,
+    );
+  }
+  return v;
+}
+
 export interface EvaluationInput {
   evaluationId: string;
   decisionId: string;
@@ -91,7 +139,8 @@ export interface EvaluationInput {
   /** The request as decided, already redacted for display. Never the clear arguments. */
   redactedRequest: unknown;
   requirement: ApprovalRequirement;
-  reasons?: string[];
+  /** The policy's reasons with their (redacted) messages. */
+  reasons?: ApprovalReason[];
   initiator: string;
   agentId: string;
   tool: string;
@@ -121,6 +170,14 @@ export interface ApprovalTask {
   usedByDecisionId: string | null;
   revokedAt: number | null;
   revokedBy: string | null;
+  /** The agent's words on why it needs this (redacted before it is stored); null if none. */
+  justification: string | null;
+}
+
+/** Access requests of one agent for one tool within a window, and how many were approved. */
+export interface RequestStats {
+  requested: number;
+  approved: number;
 }
 
 export interface TaskEvent {
@@ -137,6 +194,8 @@ export interface CreateTaskInput {
   agentId: string;
   expiresAt: number;
   now?: number;
+  /** The agent's justification, already redacted (see checkJustification). */
+  justification?: string | null;
   /**
    * Per initiator (the evaluation's verified subject): at most `max` tasks that
    * are not approved may have been created within the last `windowMs`.
@@ -262,6 +321,22 @@ WHEN EXISTS (SELECT 1 FROM tasks WHERE evaluation_id = NEW.evaluation_id)
 BEGIN SELECT RAISE(ABORT, 'the evaluation already has an access request'); END;
 `,
   },
+  {
+    version: 4,
+    name: "the agent's justification on a task; reasons with their messages",
+    // reasons_json held the codes alone (["code", …]); rows are rewritten to
+    // [{code, message: ""}] (the message was not kept). Readers accept both.
+    sql: `
+ALTER TABLE tasks ADD COLUMN justification TEXT;
+UPDATE evaluations SET reasons_json = (
+  SELECT json_group_array(
+    CASE WHEN j.type = 'text' THEN json_object('code', j.value, 'message', '') ELSE json(j.value) END)
+  FROM json_each(evaluations.reasons_json) j)
+WHERE json_valid(reasons_json) AND json_type(reasons_json) = 'array'
+  AND EXISTS (SELECT 1 FROM json_each(evaluations.reasons_json) k WHERE k.type = 'text');
+CREATE INDEX tasks_by_agent_created ON tasks (agent_id, created_at);
+`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);
@@ -311,6 +386,7 @@ function toTask(row: Row): ApprovalTask {
     usedByDecisionId: strOrNull(row, "used_by_decision_id"),
     revokedAt: numOrNull(row, "revoked_at"),
     revokedBy: strOrNull(row, "revoked_by"),
+    justification: strOrNull(row, "justification"),
   };
 }
 
@@ -322,7 +398,7 @@ function toEvaluation(row: Row): EvaluationRecord {
     bindingContextMembers: json<string[]>(row, "binding_context_members_json"),
     redactedRequest: json<unknown>(row, "redacted_request_json"),
     requirement: json<ApprovalRequirement>(row, "requirement_json"),
-    reasons: json<string[]>(row, "reasons_json"),
+    reasons: toReasons(json<unknown>(row, "reasons_json"), "approvals.db: reasons_json"),
     initiator: str(row, "initiator"),
     agentId: str(row, "agent_id"),
     tool: str(row, "tool"),
@@ -477,6 +553,7 @@ export class ApprovalStore extends SqliteStore {
     checkTime("expiresAt", input.expiresAt);
     const key = input.idempotencyKey ?? null;
     if (key !== null) checkText("idempotencyKey", key, 255);
+    const justification = checkJustification(input.justification);
     return this.tx("create task", () => {
       const ev = this.getEvaluation(input.evaluationId);
       if (!ev || ev.agentId !== input.agentId) {
@@ -518,9 +595,9 @@ export class ApprovalStore extends SqliteStore {
       this.db
         .prepare(
           `INSERT INTO tasks (id, evaluation_id, agent_id, status, idempotency_key, created_at,
-             expires_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)`,
+             expires_at, justification) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)`,
         )
-        .run(id, input.evaluationId, input.agentId, key, now, input.expiresAt);
+        .run(id, input.evaluationId, input.agentId, key, now, input.expiresAt, justification);
       this.event(id, now, "requested", input.agentId, { evaluation_id: input.evaluationId });
       return { task: this.mustGetTask(id), created: true };
     });
@@ -556,6 +633,26 @@ export class ApprovalStore extends SqliteStore {
       const sql = `SELECT * FROM tasks ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
         ORDER BY created_at, id LIMIT ?`;
       return (this.db.prepare(sql).all(...args, limit) as Row[]).map(toTask);
+    });
+  }
+
+  /**
+   * How many access requests agent `agentId` made for `tool` (as shown to
+   * approvers: the evaluation's redacted tool name) created after `sinceMs`,
+   * and how many of them were approved (revoked or used ones included).
+   */
+  requestStats(agentId: string, tool: string, sinceMs: number): RequestStats {
+    checkTime("sinceMs", sinceMs);
+    return this.run("read request stats", () => {
+      const row = this.db
+        .prepare(
+          `SELECT COUNT(*) AS requested,
+             COALESCE(SUM(CASE WHEN t.status = 'approved' THEN 1 ELSE 0 END), 0) AS approved
+           FROM tasks t JOIN evaluations e ON e.evaluation_id = t.evaluation_id
+           WHERE t.agent_id = ? AND e.tool = ? AND t.created_at > ?`,
+        )
+        .get(agentId, tool, sinceMs) as Row;
+      return { requested: Number(row.requested), approved: Number(row.approved) };
     });
   }
 

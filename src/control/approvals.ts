@@ -6,11 +6,23 @@
  * decide (the human API).
  */
 import { bindingHash } from "../approvals/binding";
-import { approvalEventFields, approverView, ineligible, iso } from "../approvals/rules";
+import {
+  approvalEventFields,
+  approverView,
+  ineligible,
+  iso,
+  STATS_WINDOW_MS,
+} from "../approvals/rules";
 import type { AccessRequest, ApprovalEventName } from "../approvals/service";
 import { toolgateError } from "../errors";
 import type { Principal } from "../model";
-import type { EvaluationRecord, FleetStore, FleetTask, TaskStatus } from "./store/types";
+import type {
+  EvaluationRecord,
+  FleetStore,
+  FleetTask,
+  RequestStats,
+  TaskStatus,
+} from "./store/types";
 import { evaluationFromWire, evaluationWire, taskWire, type EvaluationWire } from "./wire";
 
 /** POST /fleet/v1/access-requests (schemas/fleet-access-request.schema.json). */
@@ -19,6 +31,8 @@ export interface FleetSubmission {
   request: AccessRequest;
   idempotency_key: string | null;
   requester: string | null;
+  /** The agent's justification, redacted by the sidecar; absent or null: none. */
+  justification?: string | null;
 }
 
 export interface FleetApprovalsOptions {
@@ -29,6 +43,14 @@ export interface FleetApprovalsOptions {
   requestLimit: { max: number; windowSeconds: number };
   /** How long an approver has to decide (default 3600 s). */
   taskTtlSeconds?: number;
+  /**
+   * Told of each task a submission created (once, fleet-wide: only the
+   * replica whose INSERT created it), with the approvers' view. Must not
+   * block: notifiers queue and send in the background.
+   */
+  onPending?: (view: Record<string, unknown>) => void;
+  /** Where failures of onPending are logged. */
+  log?: { error: (msg: string, fields?: Record<string, unknown>) => void };
   now?: () => number;
 }
 
@@ -67,6 +89,23 @@ export class FleetApprovals {
     return t;
   }
 
+  /**
+   * How many access requests `agentId` made for `tool` since `sinceMs`, and
+   * how many were approved, fleet-wide. The approvers' views carry this for
+   * the last 24 h as `stats: {requested_today, approved_today}`.
+   */
+  requestStats(agentId: string, tool: string, sinceMs: number): Promise<RequestStats> {
+    return this.opts.store.requestStats(agentId, tool, sinceMs);
+  }
+
+  /** The approvers' view with today's stats (without them if they cannot be read). */
+  private async view(t: FleetTask, e: EvaluationRecord): Promise<Record<string, unknown>> {
+    const stats = await this.requestStats(e.agentId, e.tool, this.now() - STATS_WINDOW_MS).catch(
+      () => undefined,
+    );
+    return approverView(t, e, stats);
+  }
+
   // -- the human API ------------------------------------------------------------
 
   async list(
@@ -85,7 +124,7 @@ export class FleetApprovals {
       const e = evaluations.get(t.evaluationId);
       if (e === undefined) continue;
       if (!isAdmin && ineligible(principal, e) !== undefined) continue;
-      out.push(approverView(t, e));
+      out.push(await this.view(t, e));
     }
     return out;
   }
@@ -93,7 +132,7 @@ export class FleetApprovals {
   async detail(id: string): Promise<Record<string, unknown>> {
     const t = await this.task(id);
     const e = await this.opts.store.getEvaluation(t.evaluationId);
-    return e ? approverView(t, e) : { id: t.id, status: t.status };
+    return e ? this.view(t, e) : { id: t.id, status: t.status };
   }
 
   async decide(
@@ -180,6 +219,7 @@ export class FleetApprovals {
       agentId,
       idempotencyKey: s.idempotency_key,
       requester: s.requester,
+      justification: s.justification ?? null,
       expiresAt: now + (this.opts.taskTtlSeconds ?? 3600) * 1000,
       limit: {
         max: this.opts.requestLimit.max,
@@ -187,11 +227,30 @@ export class FleetApprovals {
       },
       now,
     });
-    if (created) this.audit("requested", task, evaluation, { requester: s.requester });
+    if (created) {
+      this.audit("requested", task, evaluation, { requester: s.requester });
+      if (this.opts.onPending !== undefined) this.notify(this.opts.onPending, task, evaluation);
+    }
     return {
       created,
       body: { created, task: taskWire(task), evaluation: evaluationWire(evaluation) },
     };
+  }
+
+  /** Tells onPending of a new task in the background: the submission's answer never waits. */
+  private notify(
+    onPending: (view: Record<string, unknown>) => void,
+    task: FleetTask,
+    e: EvaluationRecord,
+  ): void {
+    void this.view(task, e)
+      .then(onPending)
+      .catch((err: unknown) =>
+        this.opts.log?.error("approval notification failed", {
+          event: "approvals.notify_error",
+          error: (err as Error).message,
+        }),
+      );
   }
 
   /** A task of the caller's agent (any other is "not found"), due tasks expired first. */

@@ -30,6 +30,7 @@ import {
 import { createLogger, type Logger } from "../shared/log";
 import { packageRoot } from "../shared/paths";
 import { AuditTrail } from "../trail";
+import { notifierFromConfig } from "../approvals/notify";
 import { FleetApprovals } from "./approvals";
 import { SidecarCredentials } from "./auth";
 import { StoreHealth } from "./health";
@@ -324,9 +325,13 @@ export async function startControlService(
 
   const auditor: AuditService = buildAuditor(config, log, opts, replica);
   const metrics = new Metrics();
+  // approvers are told of each new task here, once fleet-wide (sidecars in fleet mode never notify)
+  const notifier = notifierFromConfig(config.approvals, config.console.publicUrl, log);
   const approvals = new FleetApprovals({
     store,
     requestLimit: config.approvals.requestLimit,
+    ...(notifier ? { onPending: (view: Record<string, unknown>) => notifier.notify(view) } : {}),
+    log,
     event: (event, fields) => {
       metrics.approvals.inc({ event });
       auditor.record({ kind: "approval", event, fields: { ...fields, replica } });
@@ -420,6 +425,7 @@ export async function startControlService(
     try {
       await lifecycle.stop();
     } finally {
+      await notifier?.stop();
       await store.close().catch(() => undefined);
     }
   };
@@ -430,6 +436,8 @@ export async function startControlService(
     throw e;
   }
   const server = port.server;
+  // links in notifications: console.public_url, else this replica's own address
+  notifier?.setConsoleBase(server.url);
   log.info("toolgate control listening", {
     event: "control.started",
     url: server.url,

@@ -6,7 +6,7 @@
  */
 import { toolgateError } from "../errors";
 import { iso } from "../approvals/rules";
-import type { EvaluationInput } from "../approvals/store";
+import { toReasons, type EvaluationInput } from "../approvals/store";
 import type { ApprovalRequirement } from "../model";
 import { assertNoForbiddenKeys } from "../shared/guards";
 import type { EvaluationRecord, FleetTask } from "./store/types";
@@ -20,7 +20,8 @@ export interface EvaluationWire {
   binding_context_members: string[];
   redacted_request: Record<string, unknown>;
   requirement: ApprovalRequirement & Record<string, unknown>;
-  reasons: string[];
+  /** `{code, message}`; the codes alone from sidecars that predate messages. */
+  reasons: Array<string | { code: string; message: string }>;
   initiator: string;
   tool: string;
   policy_revision: string | null;
@@ -47,6 +48,7 @@ export function taskWire(t: FleetTask): Record<string, unknown> {
     revoked_by: t.revokedBy,
     used_at: iso(t.usedAt),
     used_by_decision_id: t.usedByDecisionId,
+    justification: t.justification,
   };
 }
 
@@ -81,6 +83,7 @@ export function evaluationFromWire(w: EvaluationWire): EvaluationInput {
     // kept and shown to approvers: no member that reaches a prototype
     assertNoForbiddenKeys(w.redacted_request);
     assertNoForbiddenKeys(w.requirement);
+    toReasons(w.reasons, "evaluation.reasons");
   } catch (e) {
     throw toolgateError("invalid_request", `evaluation: ${(e as Error).message}`, { cause: e });
   }
@@ -92,7 +95,7 @@ export function evaluationFromWire(w: EvaluationWire): EvaluationInput {
     bindingContextMembers: [...w.binding_context_members],
     redactedRequest: w.redacted_request,
     requirement: { ...w.requirement, approver_roles, single_use, ttl_seconds, exclude },
-    reasons: [...w.reasons],
+    reasons: toReasons(w.reasons, "evaluation.reasons"),
     initiator: w.initiator,
     agentId: w.agent_id,
     tool: w.tool,

@@ -22,11 +22,12 @@
  * happen on the control service and are audited there.
  */
 import { bindingHash, DEFAULT_BINDING_CONTEXT_MEMBERS } from "../approvals/binding";
-import { accessRequestView, approvalEventFields, approverView } from "../approvals/rules";
+import { accessRequestView, approvalEventFields } from "../approvals/rules";
 import {
   evaluationOf,
   judgeApproval,
   presentedApproval,
+  redactJustification,
   type AccessRequest,
   type ApprovalCheck,
   type ApprovalEvents,
@@ -56,7 +57,6 @@ export interface FleetApprovalsOptions {
   agentId: string;
   redact: <T>(v: T, mask?: readonly unknown[]) => T;
   events?: ApprovalEvents;
-  onPending?: (view: Record<string, unknown>) => void;
   log: Logger;
   now?: () => number;
   /** How often old evaluations are pruned (default 5 s). */
@@ -230,14 +230,18 @@ export class FleetApprovals implements Component {
         "the request differs from the evaluation it cites (subject, action, resource or job)",
       );
     }
+    // the agent's justification goes redacted, beside the request (never in clear inside it)
+    const { justification: clear, ...bound } = request;
+    const justification = redactJustification(clear, this.opts.redact);
     const answer = await this.client.call(
       "POST",
       "/fleet/v1/access-requests",
       {
         evaluation: evaluationToWire(evaluation),
-        request,
+        request: bound,
         idempotency_key: idempotencyKey ?? null,
         requester,
+        ...(justification !== null ? { justification } : {}),
       },
       (v) => {
         const o = obj(v, "access request");
@@ -256,10 +260,8 @@ export class FleetApprovals implements Component {
         "fleet_unavailable",
         "access request: the control service answered with another evaluation's task",
       );
-    if (created) {
-      this.event("requested", task);
-      this.opts.onPending?.(approverView(task, answer.evaluation));
-    }
+    // the control service notifies approvers of a new task (once, fleet-wide); a sidecar never does
+    if (created) this.event("requested", task);
     return { created, view: accessRequestView(task, baseUrl, answer.evaluation) };
   }
 

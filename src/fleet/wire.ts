@@ -6,8 +6,13 @@
  * ISO strings (or null) parsed to epoch ms. A value that does not have the
  * expected shape throws `WireError` and is never used.
  */
-import type { ApprovalTask, EvaluationRecord, TaskStatus } from "../approvals/store";
-import { TASK_STATUSES } from "../approvals/store";
+import type {
+  ApprovalReason,
+  ApprovalTask,
+  EvaluationRecord,
+  TaskStatus,
+} from "../approvals/store";
+import { MAX_JUSTIFICATION, TASK_STATUSES, toReasons } from "../approvals/store";
 import type { SwitchRow, SwitchScope } from "../containment/store";
 import type { ApprovalRequirement } from "../model";
 import { hasOwn, isObject, nullProto } from "../shared/guards";
@@ -149,7 +154,16 @@ export function taskFromWire(v: unknown): FleetTask {
     usedByDecisionId: strOrNull(o, "used_by_decision_id", what, 256),
     revokedAt: timeOrNull(o, "revoked_at", what),
     revokedBy: strOrNull(o, "revoked_by", what, 512),
+    justification: strOrNull(o, "justification", what, MAX_JUSTIFICATION),
   };
+}
+
+function reasonsOf(v: unknown, what: string): ApprovalReason[] {
+  try {
+    return toReasons(v);
+  } catch (e) {
+    fail(what, (e as Error).message);
+  }
 }
 
 /** EvaluationWire → EvaluationRecord. */
@@ -172,7 +186,7 @@ export function evaluationFromWire(v: unknown): EvaluationRecord {
     bindingContextMembers: strings(o, "binding_context_members", what),
     redactedRequest: obj(member(o, "redacted_request"), `${what} redacted_request`),
     requirement,
-    reasons: strings(o, "reasons", what),
+    reasons: reasonsOf(member(o, "reasons"), what),
     initiator: str(o, "initiator", what, 512),
     tool: str(o, "tool", what, 512),
     policyRevision: strOrNull(o, "policy_revision", what, 512),

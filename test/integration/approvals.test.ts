@@ -133,7 +133,12 @@ describe("the refund scenario from the README", () => {
       initiator: "alice",
       agent: "support-triage",
       tool: "refunds.issue",
-      reasons: ["approval_required"],
+      reasons: [
+        {
+          code: "approval_required",
+          message: "argument 'amount' > 50 needs an approval (rule 'refund_above_50')",
+        },
+      ],
       requirement: { approver_roles: ["support_manager"], single_use: true },
     });
     expect(

@@ -53,7 +53,7 @@ function evaluation(over: Partial<EvaluationInput> = {}): EvaluationInput {
     bindingContextMembers: ["job"],
     redactedRequest: { action: { name: "refund" }, arguments: { amount: "[redacted]" } },
     requirement: { approver_roles: ["finance"], single_use: true, ttl_seconds: 900, exclude: [] },
-    reasons: ["large refund"],
+    reasons: [{ code: "large_refund", message: "large refund" }],
     initiator: "alice",
     agentId: "agent-a",
     tool: "refund",
@@ -100,8 +100,8 @@ describe("migrations", () => {
       await c.connect();
       const rows = (await c.query("SELECT version, name FROM schema_migrations ORDER BY version"))
         .rows as Array<{ version: number; name: string }>;
-      expect(rows.map((r) => r.version)).toEqual([1, 2, 3, 4]);
-      expect(SCHEMA_VERSION).toBe(4);
+      expect(rows.map((r) => r.version)).toEqual([1, 2, 3, 4, 5]);
+      expect(SCHEMA_VERSION).toBe(5);
       // a version this toolgate does not know: refused
       await c.query("INSERT INTO schema_migrations (version, name) VALUES (99, 'from the future')");
       await c.end();
@@ -554,6 +554,71 @@ function reserveInput(decisionId: string, amount: number, over: Record<string, u
     ...over,
   };
 }
+
+describe("approvals: justification, reasons with messages, request stats (migration 5)", () => {
+  test("a task keeps the agent's justification; a bad one is refused", async () => {
+    const s = store();
+    const ev = evaluation();
+    const { task } = await s.submit(
+      submitInput(ev, { justification: "charged twice\n(ticket 42)" }),
+    );
+    expect(task.justification).toBe("charged twice\n(ticket 42)");
+    expect((await s.getTask(task.id))?.justification).toBe("charged twice\n(ticket 42)");
+    await expect(
+      s.submit(submitInput(evaluation(), { justification: "esc\u001b[31m" })),
+    ).rejects.toMatchObject({ code: "invalid_request" });
+    await expect(
+      s.submit(submitInput(evaluation(), { justification: "x".repeat(2001) })),
+    ).rejects.toMatchObject({ code: "invalid_request" });
+    const none = await s.submit(submitInput(evaluation()));
+    expect(none.task.justification).toBeNull();
+  });
+
+  test("reasons are kept with their messages; a row of codes alone reads as {code, message: ''}", async () => {
+    const s = store();
+    const ev = evaluation();
+    await s.submit(submitInput(ev));
+    expect((await s.getEvaluation(ev.evaluationId))?.reasons).toEqual([
+      { code: "large_refund", message: "large refund" },
+    ]);
+    await sql(`UPDATE approval_evaluations SET reasons = '["old_code"]' WHERE evaluation_id = $1`, [
+      ev.evaluationId,
+    ]);
+    expect((await s.getEvaluation(ev.evaluationId))?.reasons).toEqual([
+      { code: "old_code", message: "" },
+    ]);
+    await sql(
+      `UPDATE approval_evaluations SET reasons = '[{"code": 1}]' WHERE evaluation_id = $1`,
+      [ev.evaluationId],
+    );
+    await expect(s.getEvaluation(ev.evaluationId)).rejects.toMatchObject({
+      code: "fleet_store_unavailable",
+    });
+    await sql(`UPDATE approval_evaluations SET reasons = '[]' WHERE evaluation_id = $1`, [
+      ev.evaluationId,
+    ]);
+  });
+
+  test("requestStats counts an agent's requests for a tool since a time, and the approved ones", async () => {
+    const s = store();
+    const agentId = id("agent-stats");
+    const tool = id("tool");
+    const mk = () => evaluation({ agentId, tool });
+    const a = await s.submit(submitInput(mk(), { now: T0 + 10 }));
+    await s.submit(submitInput(mk(), { now: T0 + 20 }));
+    await s.submit(submitInput(evaluation({ agentId, tool: id("other") }), { now: T0 + 20 }));
+    await s.decide(a.task.id, {
+      approve: true,
+      by: "maria",
+      roles: ["finance"],
+      approvedUntil: T0 + 60_000,
+      now: T0 + 30,
+    });
+    expect(await s.requestStats(agentId, tool, T0)).toEqual({ requested: 2, approved: 1 });
+    expect(await s.requestStats(agentId, tool, T0 + 10)).toEqual({ requested: 1, approved: 0 });
+    expect(await s.requestStats("nobody", tool, T0)).toEqual({ requested: 0, approved: 0 });
+  });
+});
 
 describe("budgets", () => {
   test("400 concurrent reserves from 4 pools never reserve more than the max", async () => {

@@ -156,8 +156,10 @@ test("recorded, submitted, approved, verified, consumed once", () => {
     agent: AGENT,
     tool: "refunds.issue",
     request: { ...req, redacted_with: [{ op: "hash" }] },
-    reasons: ["approval_required"],
+    reasons: [{ code: "approval_required", message: "amount > 50" }],
     policy_revision: "rev-1",
+    agent_justification: null,
+    stats: { requested_today: 1, approved_today: 0 },
   });
   expect(u.service.list(maria, "pending", false).map((t) => t.id)).toEqual([id]);
   expect(u.service.check(withApproval(req, id))).toEqual({

@@ -60,7 +60,7 @@ function evaluation(id: string, over: Partial<EvaluationInput> = {}): Evaluation
       ttl_seconds: 900,
       exclude: [],
     },
-    reasons: ["refund_needs_manager"],
+    reasons: [{ code: "refund_needs_manager", message: "refunds over 100 need a manager" }],
     initiator: "alice",
     agentId: "support-triage",
     tool: "refunds.issue",
@@ -111,17 +111,21 @@ describe("opening, schema and migrations", () => {
     const store = open(dir);
     expect(store.path).toBe(join(dir, APPROVALS_DB_FILE));
     expect(store.schemaVersion()).toBe(SCHEMA_VERSION);
-    expect(SCHEMA_VERSION).toBe(3);
+    expect(SCHEMA_VERSION).toBe(4);
     expect(statSync(store.path).mode & 0o777).toBe(0o600);
     const raw = new DatabaseSync(store.path);
     try {
       expect(raw.prepare("PRAGMA journal_mode").get()).toEqual({ journal_mode: "wal" });
-      expect(raw.prepare("PRAGMA user_version").get()).toEqual({ user_version: 3 });
+      expect(raw.prepare("PRAGMA user_version").get()).toEqual({ user_version: 4 });
       const migrations = raw.prepare("SELECT version, name FROM schema_migrations").all();
       expect(migrations).toEqual([
         { version: 1, name: "create evaluations, tasks, task_events" },
         { version: 2, name: "index evaluations by expiry (pruning)" },
         { version: 3, name: "one task per evaluation" },
+        {
+          version: 4,
+          name: "the agent's justification on a task; reasons with their messages",
+        },
       ]);
       const tables = raw
         .prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
@@ -799,10 +803,11 @@ describe("pruning evaluations", () => {
     const v1 = open(dir);
     v1.recordEvaluation(evaluation("kept"));
     v1.close();
-    // back to schema 1: drop what migrations 2 and 3 added
+    // back to schema 1: drop what migrations 2, 3 and 4 added
     const raw = new DatabaseSync(join(dir, APPROVALS_DB_FILE));
     raw.exec(
       "DROP INDEX evaluations_by_expiry; DROP TRIGGER tasks_one_per_evaluation;" +
+        " DROP INDEX tasks_by_agent_created; ALTER TABLE tasks DROP COLUMN justification;" +
         " DELETE FROM schema_migrations WHERE version >= 2;",
     );
     raw.exec("PRAGMA user_version = 1");
@@ -821,5 +826,75 @@ describe("pruning evaluations", () => {
     } finally {
       check.close();
     }
+  });
+
+  test("migration 4: a schema-3 file's reasons (codes alone) read as {code, message}; tasks get a justification", () => {
+    const dir = tmp();
+    const v3 = open(dir);
+    v3.recordEvaluation(evaluation("old"));
+    v3.createTask({
+      evaluationId: "old",
+      agentId: "support-triage",
+      expiresAt: T0 + 60 * MIN,
+      now: T0,
+    });
+    v3.close();
+    const raw = new DatabaseSync(join(dir, APPROVALS_DB_FILE));
+    raw.exec(
+      `UPDATE evaluations SET reasons_json = '["refund_needs_manager","second"]';` +
+        " DROP INDEX tasks_by_agent_created; ALTER TABLE tasks DROP COLUMN justification;" +
+        " DELETE FROM schema_migrations WHERE version >= 4; PRAGMA user_version = 3;",
+    );
+    raw.close();
+    const store = open(dir);
+    expect(store.schemaVersion()).toBe(4);
+    expect(store.getEvaluation("old")?.reasons).toEqual([
+      { code: "refund_needs_manager", message: "" },
+      { code: "second", message: "" },
+    ]);
+    const [task] = store.listTasks();
+    expect(task?.justification).toBeNull();
+    store.recordEvaluation(evaluation("new"));
+    const { task: t2 } = store.createTask({
+      evaluationId: "new",
+      agentId: "support-triage",
+      expiresAt: T0 + 60 * MIN,
+      now: T0,
+      justification: "the customer was charged twice\n(see ticket 42)",
+    });
+    expect(store.getTask(t2.id)?.justification).toBe(
+      "the customer was charged twice\n(see ticket 42)",
+    );
+    expect(() =>
+      store.createTask({
+        evaluationId: "new",
+        agentId: "support-triage",
+        expiresAt: T0 + 60 * MIN,
+        justification: "bell\u0007",
+      }),
+    ).toThrow(/justification/);
+    expect(store.requestStats("support-triage", "refunds.issue", T0 - 1)).toEqual({
+      requested: 2,
+      approved: 0,
+    });
+    store.decide(t2.id, {
+      approve: true,
+      by: "maria",
+      roles: ["support_manager"],
+      approvedUntil: T0 + 60 * MIN,
+      now: T0 + 1,
+    });
+    expect(store.requestStats("support-triage", "refunds.issue", T0 - 1)).toEqual({
+      requested: 2,
+      approved: 1,
+    });
+    expect(store.requestStats("support-triage", "refunds.issue", T0)).toEqual({
+      requested: 0,
+      approved: 0,
+    });
+    expect(store.requestStats("support-triage", "other.tool", T0 - 1)).toEqual({
+      requested: 0,
+      approved: 0,
+    });
   });
 });

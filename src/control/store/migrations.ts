@@ -312,6 +312,23 @@ BEGIN
 END $$;
 `,
   },
+  {
+    version: 5,
+    name: "the agent's justification on a task; reasons with their messages",
+    // reasons held the codes alone (["code", …]); rows are rewritten to
+    // [{code, message: ""}] (the message was not kept). Readers accept both.
+    sql: `
+ALTER TABLE approval_tasks ADD COLUMN justification text;
+UPDATE approval_evaluations SET reasons = (
+  SELECT COALESCE(jsonb_agg(
+    CASE WHEN jsonb_typeof(x) = 'string' THEN jsonb_build_object('code', x, 'message', '') ELSE x END
+    ORDER BY n), '[]'::jsonb)
+  FROM jsonb_array_elements(reasons) WITH ORDINALITY AS r(x, n))
+WHERE jsonb_typeof(reasons) = 'array'
+  AND EXISTS (SELECT 1 FROM jsonb_array_elements(reasons) y WHERE jsonb_typeof(y) = 'string');
+CREATE INDEX approval_evaluations_by_agent_tool ON approval_evaluations (agent_id, tool);
+`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);

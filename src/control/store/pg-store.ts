@@ -29,8 +29,12 @@ import type { Logger } from "../../shared/log";
 import {
   LIMITED_STATUSES,
   TASK_STATUSES,
+  checkJustification,
   newTaskId,
+  toReasons,
+  type ApprovalReason,
   type EvaluationInput,
+  type RequestStats,
 } from "../../approvals/store";
 import { SCOPE_KEYS } from "../../containment/store";
 import type { ApprovalRequirement } from "../../model";
@@ -190,7 +194,7 @@ function toSwitch(r: Row): SwitchRow {
 
 const TASK_COLS = `id, evaluation_id, agent_id, status, idempotency_key, requester, created_at,
   expires_at, decided_at, decided_by, decided_by_roles::text AS decided_by_roles, comment,
-  approved_until, used_at, used_by_decision_id, revoked_at, revoked_by`;
+  approved_until, used_at, used_by_decision_id, revoked_at, revoked_by, justification`;
 
 function toTask(r: Row): FleetTask {
   const roles = r.decided_by_roles;
@@ -215,6 +219,7 @@ function toTask(r: Row): FleetTask {
     usedByDecisionId: textOrNull(r, "used_by_decision_id"),
     revokedAt: msOrNull(r, "revoked_at"),
     revokedBy: textOrNull(r, "revoked_by"),
+    justification: textOrNull(r, "justification"),
   };
 }
 
@@ -238,6 +243,14 @@ function toRequirement(v: unknown): ApprovalRequirement {
   return req;
 }
 
+function reasonsOf(v: unknown): ApprovalReason[] {
+  try {
+    return toReasons(v, "column reasons");
+  } catch (e) {
+    throw new RowError((e as Error).message);
+  }
+}
+
 function toEvaluation(r: Row): EvaluationRecord {
   return {
     evaluationId: text(r, "evaluation_id"),
@@ -250,7 +263,7 @@ function toEvaluation(r: Row): EvaluationRecord {
     ),
     redactedRequest: json(r, "redacted_request"),
     requirement: toRequirement(json(r, "requirement")),
-    reasons: stringArray(json(r, "reasons"), "reasons"),
+    reasons: reasonsOf(json(r, "reasons")),
     initiator: text(r, "initiator"),
     tool: text(r, "tool"),
     policyRevision: textOrNull(r, "policy_revision"),
@@ -575,6 +588,7 @@ export class PgFleetStore implements FleetStore {
     checkTime("expiresAt", input.expiresAt);
     const key = checkTextOrNull("idempotencyKey", input.idempotencyKey, 255);
     const requester = checkTextOrNull("requester", input.requester);
+    const justification = checkJustification(input.justification);
     const e = this.checkEvaluation(input.evaluation);
     if (e.agentId !== agentId)
       throw toolgateError("approval_not_found", "no recorded evaluation with that id");
@@ -662,9 +676,9 @@ export class PgFleetStore implements FleetStore {
       try {
         ins = await c.query<Row>(
           `INSERT INTO approval_tasks (id, evaluation_id, agent_id, status, idempotency_key,
-             requester, created_at, expires_at)
-           VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7) RETURNING ${TASK_COLS}`,
-          [id, ev.evaluationId, agentId, key, requester, now, input.expiresAt],
+             requester, created_at, expires_at, justification)
+           VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8) RETURNING ${TASK_COLS}`,
+          [id, ev.evaluationId, agentId, key, requester, now, input.expiresAt, justification],
         );
       } catch (err) {
         if (pgCode(err) === "23505")
@@ -727,6 +741,26 @@ export class PgFleetStore implements FleetStore {
       args,
     );
     return this.rows("list tasks", rows, toTask);
+  }
+
+  async requestStats(agentId: string, tool: string, sinceMs: number): Promise<RequestStats> {
+    checkText("agentId", agentId);
+    checkText("tool", tool);
+    checkTime("sinceMs", sinceMs);
+    const rows = await this.query(
+      "read request stats",
+      `SELECT COUNT(*)::bigint AS requested,
+         COUNT(*) FILTER (WHERE t.status = 'approved')::bigint AS approved
+       FROM approval_tasks t JOIN approval_evaluations e ON e.evaluation_id = t.evaluation_id
+       WHERE t.agent_id = $1 AND e.tool = $2 AND t.created_at > $3`,
+      [agentId, tool, sinceMs],
+    );
+    return (
+      this.rows("read request stats", rows, (r) => ({
+        requested: ms(r, "requested"),
+        approved: ms(r, "approved"),
+      }))[0] ?? { requested: 0, approved: 0 }
+    );
   }
 
   async taskEvents(id: string): Promise<TaskEvent[]> {
@@ -1185,11 +1219,13 @@ export class PgFleetStore implements FleetStore {
       e.bindingContextMembers.some((m) => typeof m !== "string")
     )
       throw toolgateError("invalid_request", "evaluation.bindingContextMembers must be strings");
-    if (
-      e.reasons !== undefined &&
-      (!Array.isArray(e.reasons) || e.reasons.some((m) => typeof m !== "string"))
-    )
-      throw toolgateError("invalid_request", "evaluation.reasons must be strings");
+    if (e.reasons !== undefined) {
+      try {
+        toReasons(e.reasons, "evaluation.reasons");
+      } catch (err) {
+        throw toolgateError("invalid_request", (err as Error).message);
+      }
+    }
     try {
       toRequirement(e.requirement);
     } catch {

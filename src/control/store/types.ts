@@ -26,11 +26,20 @@ import type {
   EvaluationInput,
   EvaluationRecord,
   RequestLimit,
+  RequestStats,
   TaskStatus,
 } from "../../approvals/store";
 import type { SwitchRow, SwitchScope } from "../../containment/store";
 
-export type { ApprovalTask, EvaluationRecord, SwitchRow, SwitchScope, TaskStatus, RequestLimit };
+export type {
+  ApprovalTask,
+  EvaluationRecord,
+  SwitchRow,
+  SwitchScope,
+  TaskStatus,
+  RequestLimit,
+  RequestStats,
+};
 
 // -- kill switches --------------------------------------------------------------
 
@@ -78,6 +87,8 @@ export interface SubmitInput {
   agentId: string;
   idempotencyKey: string | null;
   requester: string | null;
+  /** The agent's justification, redacted by the sidecar (≤ 2000 chars, no control characters). */
+  justification?: string | null | undefined;
   /** The task's expiry (epoch ms), e.g. now + 3600 s. */
   expiresAt: number;
   /** Fleet-wide per-initiator limit (approvals.request_limit.*); absent: none. */
@@ -291,6 +302,11 @@ export interface FleetStore {
   listTasks(q: ListTasksQuery): Promise<FleetTask[]>;
   /** The task's history (requested, approved, denied, used, revoked …), oldest first. */
   taskEvents(id: string): Promise<TaskEvent[]>;
+  /**
+   * Access requests of agent `agentId` for `tool` created after `sinceMs`,
+   * and how many of them were approved (fleet-wide).
+   */
+  requestStats(agentId: string, tool: string, sinceMs: number): Promise<RequestStats>;
   /**
    * Approves or denies a pending task (conditional UPDATE … WHERE
    * status='pending' AND expires_at > now): of concurrent deciders exactly one
