@@ -40,6 +40,41 @@ export interface AccessRequest extends DecisionRequest {
   justification?: string;
 }
 
+/** Longest piece of a justification line redacted as one string (under the redactor's cut). */
+const PIECE = 1000;
+
+/**
+ * A line in pieces of at most PIECE characters, each ending at whitespace that
+ * does not follow `:`, `=` or a word like "bearer" (so `key: value` and
+ * `Bearer <token>` stay in one piece for the redactor to see). A run with no
+ * such whitespace stays whole (the redactor cuts it: nothing leaks).
+ */
+function splitForRedaction(line: string): string[] {
+  if (line.length <= PIECE) return [line];
+  const out: string[] = [];
+  let rest = line;
+  while (rest.length > PIECE) {
+    let cut = -1;
+    for (let i = PIECE; i > 0; i--) {
+      const c = rest[i - 1];
+      if (c !== " " && c !== "\t") continue;
+      const before = rest.slice(0, i).trimEnd();
+      if (/[:=]$/.test(before) || /(?:bearer|basic|token|key|secret|password)$/i.test(before))
+        continue;
+      cut = i;
+      break;
+    }
+    if (cut <= 0) {
+      const next = rest.slice(PIECE).search(/[ \t]/);
+      cut = next < 0 ? rest.length : PIECE + next + 1;
+    }
+    out.push(rest.slice(0, cut));
+    rest = rest.slice(cut);
+  }
+  if (rest !== "") out.push(rest);
+  return out;
+}
+
 /**
  * The agent's justification as approvers may read it: checked (≤ 2000
  * characters, no control characters but tab and newline), then redacted line
@@ -52,11 +87,17 @@ export function redactJustification(
 ): string | null {
   const text = checkJustification(v);
   if (text === null) return null;
-  // one string per line: the redactor cuts a string past its limit (1024), a line rarely is
-  const lines = redact(text.split("\n"));
-  const out = Array.isArray(lines)
-    ? lines.map((l) => (typeof l === "string" ? l : "")).join("\n")
-    : "";
+  // one string per piece of ≤ 1000 characters: the redactor cuts a longer string (at 1024)
+  const pieces = text.split("\n").map(splitForRedaction);
+  const redacted = redact(pieces);
+  const out = pieces
+    .map((line, i) => {
+      const r: unknown = Array.isArray(redacted) ? redacted[i] : undefined;
+      return Array.isArray(r) && r.length === line.length && r.every((x) => typeof x === "string")
+        ? (r).join("")
+        : "";
+    })
+    .join("\n");
   return out.length > MAX_JUSTIFICATION ? out.slice(0, MAX_JUSTIFICATION) : out;
 }
 
