@@ -20,6 +20,7 @@ import { ApprovalNotifier } from "../../src/approvals/notify";
 import { compileConfig } from "../../src/config";
 import { startControlService, type ControlService } from "../../src/control";
 import { silentLogger, type Logger } from "../../src/shared/log";
+import { until } from "../helpers/bundles";
 import { freshDatabase, type FreshDatabase } from "../helpers/postgres";
 import { bearer, token } from "../helpers/tokens";
 import { postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
@@ -467,5 +468,60 @@ describe("toolgate control: notifies once per new task, not on a resubmission", 
     expect(text).toContain("refunds over 50 need a manager");
     expect(text).toContain(">a double charge, see the ticket");
     expect(text).toContain(`https://approvals.example.com/console/requests/${id}`);
+  });
+
+  test("a fleet-mode sidecar forwards the justification redacted and notifies nobody; the control service does, once", async () => {
+    const sidecarSlack = new Receiver();
+    const url = await sidecarSlack.start();
+    const tg = await startTestToolgate({
+      TOOLGATE_FLEET_URL: svc.url,
+      TOOLGATE_APPROVALS_NOTIFY_SLACK_WEBHOOK_URL: url,
+    });
+    try {
+      await until(() => tg.fleet?.client.status().state === "OK");
+      expect(tg.notifier).toBeUndefined();
+      const before = slack.got.length;
+      const req = refRequest({ tool: "refunds.issue", args: { amount: 120 } });
+      const d = await postJson(tg.agentServer.url, "/v1/decisions", req);
+      const evaluationId = (d.json as { access_request: { evaluation_id: string } }).access_request
+        .evaluation_id;
+      const body = {
+        ...req,
+        denial: { evaluation_id: evaluationId },
+        justification: `Charged twice.\nbearer ${JWT_LIKE}`,
+      };
+      const res = await postJson(tg.agentServer.url, "/access/v1/requests", body);
+      expect(res.status).toBe(201);
+      const id = (res.json as { task: { id: string } }).task.id;
+      expect((await postJson(tg.agentServer.url, "/access/v1/requests", body)).status).toBe(200);
+      await slack.until(before + 1);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(slack.got).toHaveLength(before + 1);
+      expect(sidecarSlack.got).toHaveLength(0);
+      const text = JSON.stringify(slack.got[before]?.json.blocks);
+      expect(text).toContain(">Charged twice.");
+      expect(text).not.toContain(JWT_LIKE);
+      expect(text).toContain(`https://approvals.example.com/console/requests/${id}`);
+      // the approvers' view on the control service
+      const list = await fetch(`${svc.url}/v1/approvals?status=pending`, {
+        headers: bearer(await token("maria", { roles: ["support_manager"] })),
+      });
+      expect(list.status).toBe(200);
+      const views = ((await list.json()) as { approvals: Array<Record<string, unknown>> })
+        .approvals;
+      const v = views.find((x) => x.id === id);
+      expect(v?.agent_justification).toMatch(/^Charged twice\.\nbearer /);
+      expect(v?.agent_justification).not.toContain(JWT_LIKE);
+      expect(v?.reasons).toEqual([
+        {
+          code: "approval_required",
+          message: "argument 'amount' > 50 needs an approval (rule 'refund_above_50')",
+        },
+      ]);
+      expect(v?.stats).toEqual({ requested_today: 1, approved_today: 0 });
+    } finally {
+      await tg.stop();
+      await sidecarSlack.stop();
+    }
   });
 });
