@@ -11,6 +11,9 @@ import type { RequestContext } from "../model";
 import type { Logger } from "../shared/log";
 import type { Readiness } from "../shared/lifecycle";
 import { HttpPort, Reply } from "./foundation";
+import { createConsole, isLoopbackHost } from "../console/app";
+import { devConsoleUsers } from "../console/dev-users";
+import { SidecarConsoleBackend } from "../console/backends/sidecar";
 import { serve, type RunningServer } from "./listen";
 import { statusView } from "./status";
 import { validator } from "./validate";
@@ -94,6 +97,9 @@ export function createControlApp(deps: ControlServerDeps): Express {
   };
   // Metrics hold no secrets: open by default, behind the token if configured.
   if (!config.control.metricsAuth) port.get("/metrics", metrics);
+
+  // the approver console: its own login (OIDC or, in development, a pick of people); before the gate
+  if (config.console.enabled) port.mount("/console", sidecarConsole(deps));
 
   // everything below needs a verified token
   port.gate(
@@ -267,6 +273,36 @@ function fleetRoutes(
     },
   });
   port.delete("/v1/killswitches/:id", { guard, handle: writes });
+}
+
+/** The console over this sidecar (its approvals, containment, bundle and trail). */
+function sidecarConsole(deps: ControlServerDeps): ReturnType<typeof createConsole> {
+  const { config, bundles, log } = deps;
+  const backend = new SidecarConsoleBackend({
+    agentId: config.agent.id,
+    adminRole: config.control.adminRole,
+    approvals: deps.fleet === undefined ? deps.approvals : undefined,
+    containment: deps.fleet === undefined ? deps.containment : undefined,
+    bundles,
+    trailDir: config.audit.trail.enabled ? config.audit.trail.dir : null,
+  });
+  return createConsole({
+    backend,
+    settings: config.console,
+    devUsers: config.control.jwt.dev
+      ? () => devConsoleUsers(bundles.active()?.data, config.control.adminRole)
+      : undefined,
+    secureCookies: !isLoopbackHost(config.control.host),
+    log,
+    onSecurityEvent: (event, fields) =>
+      deps.auditor?.record({
+        kind: "security",
+        event,
+        message: `approver console: ${event.replace(/_/g, " ")}`,
+        fields,
+        ctx: { face: "native" },
+      }),
+  });
 }
 
 export function startControlServer(deps: ControlServerDeps): Promise<RunningServer> {

@@ -170,6 +170,15 @@ export class HttpPort {
   }
 
   /**
+   * Mounts a sub-application (e.g. the approver console's router) under
+   * `path`. Mounted before `gate`, it answers without the port's bearer
+   * token: it must authenticate its callers itself.
+   */
+  mount(path: string, handler: express.Router | express.Express): void {
+    this.app.use(path, handler);
+  }
+
+  /**
    * From here on every route, 404 and 405 needs a caller `verify` accepts;
    * anyone else gets its error (401 unauthenticated), and `onRefused` hears of it.
    */

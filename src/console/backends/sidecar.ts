@@ -16,6 +16,8 @@ import { toolgateError } from "../../errors";
 import type { Principal } from "../../model";
 import { isObject } from "../../shared/guards";
 import { listTrailFiles, readTrail } from "../../trail";
+import { validator } from "../../http/validate";
+import type { NewKillSwitch } from "../../containment";
 import type {
   BudgetUse,
   ConsoleBackend,
@@ -44,6 +46,9 @@ const TIMELINE_FILES = 8;
 /** Timeline events kept per request. */
 const TIMELINE_MAX = 200;
 const ZERO_TRACE = /^0+$/;
+
+/** The API's own schema for a new switch (POST /v1/killswitches): the page sets nothing the API would refuse. */
+let killSwitchSchema: ((v: unknown) => NewKillSwitch) | undefined;
 
 const str = (v: unknown): string | null => (typeof v === "string" ? v : null);
 
@@ -121,18 +126,21 @@ export class SidecarConsoleBackend implements ConsoleBackend {
       const v = this.need().detail(id); // not found → approval_not_found, as the API
       void viewer;
       const events = this.trailTimeline(id);
-      if (events.length === 0) {
-        // no trail (or not written yet): what the task itself tells
-        const add = (at: unknown, kind: TimelineEvent["kind"], actor: unknown, detail: string) => {
-          if (typeof at === "string")
-            events.push({ at, kind, actor: str(actor), detail, trace_id: null });
-        };
-        add(v.created_at, "access_request", v.initiator, "access request submitted");
-        if (v.status === "approved") add(v.decided_at, "approval", v.decided_by, "approved");
-        if (v.status === "denied") add(v.decided_at, "denial", v.decided_by, "denied");
-        add(v.used_at, "use", v.agent, "approval used");
-        add(v.revoked_at, "revoked", v.revoked_by, "approval revoked");
-      }
+      // the trail is written in the background: what the task itself tells fills what it lacks yet
+      const has = new Set(events.map((e) => e.kind));
+      const add = (at: unknown, kind: TimelineEvent["kind"], actor: unknown, detail: string) => {
+        if (typeof at === "string" && !has.has(kind))
+          events.push({ at, kind, actor: str(actor), detail, trace_id: null });
+      };
+      add(v.created_at, "access_request", v.initiator, "access request submitted");
+      const comment = typeof v.comment === "string" && v.comment !== "" ? `: “${v.comment}”` : "";
+      if (v.status === "approved")
+        add(v.decided_at, "approval", v.decided_by, `approved${comment}`);
+      if (v.status === "denied") add(v.decided_at, "denial", v.decided_by, `denied${comment}`);
+      if (v.status === "expired")
+        add(v.expires_at, "expired", "toolgate", "expired before a decision");
+      add(v.used_at, "use", v.initiator, "approval used by a re-ask");
+      add(v.revoked_at, "revoked", v.revoked_by, "approval revoked");
       return events.sort((a, b) => a.at.localeCompare(b.at));
     });
   }
@@ -246,12 +254,16 @@ export class SidecarConsoleBackend implements ConsoleBackend {
   }
 
   setSwitch(input: NewSwitchInput, viewer: Principal): Promise<KillSwitch> {
-    return run(() =>
-      this.admin(viewer, "kill switches need").createSwitch(
-        { scope: input.scope, reason: input.reason, expires_at: input.expires_at },
-        viewer.id,
-      ),
-    );
+    return run(() => {
+      const c = this.admin(viewer, "kill switches need");
+      killSwitchSchema ??= validator<NewKillSwitch>("kill-switch.schema.json");
+      const checked = killSwitchSchema({
+        scope: input.scope,
+        reason: input.reason,
+        expires_at: input.expires_at,
+      });
+      return c.createSwitch(checked, viewer.id);
+    });
   }
 
   liftSwitch(id: string, viewer: Principal): Promise<KillSwitch> {
