@@ -31,9 +31,9 @@ export interface ConsoleDeployment {
 export interface ReasonText {
   code: string;
   /**
-   * The policy's message for this reason. Where the store holds only codes
-   * (the sidecar's approvals.db keeps reason codes only), a fallback text
-   * derived from the code; `fallback` says so.
+   * The policy's message for this reason. Rows recorded before messages
+   * were kept hold codes only (message ""): then a fallback text derived
+   * from the code, and `fallback` says so.
    */
   message: string;
   fallback: boolean;
@@ -166,12 +166,18 @@ export interface ConsoleBackend {
   deployment(): Promise<ConsoleDeployment>;
   /**
    * The viewer's inbox: pending requests `viewer` may decide; pending ones
-   * visible to them but not decidable (with `why_not`); decided ones.
-   * A request is visible to a viewer who may decide it, to its initiator, and
-   * to the admin role; nobody else sees it.
+   * listed for them but not decidable (with `why_not`); decided ones. Listed
+   * for a viewer: requests they may decide, requests they initiated,
+   * requests whose approver roles they hold (e.g. excluded by the policy),
+   * and every request for the admin role. (GET /v1/approvals lists what the
+   * caller may decide; the agent port shows an initiator her own requests.)
    */
   inbox(viewer: Principal): Promise<Inbox>;
-  /** One request in full, or `approval_not_found` (also when `viewer` may not see it). */
+  /**
+   * One request in full, for any signed-in viewer, as GET /v1/approvals/{id}
+   * answers any verified caller; `approval_not_found` for an unknown id.
+   * `can_decide` / `why_not` are computed for `viewer`.
+   */
   request(id: string, viewer: Principal): Promise<RequestDetail>;
   /** Its timeline, oldest first (same visibility as `request`). */
   timeline(id: string, viewer: Principal): Promise<TimelineEvent[]>;

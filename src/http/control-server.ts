@@ -285,6 +285,7 @@ function sidecarConsole(deps: ControlServerDeps): ReturnType<typeof createConsol
     containment: deps.fleet === undefined ? deps.containment : undefined,
     bundles,
     trailDir: config.audit.trail.enabled ? config.audit.trail.dir : null,
+    fleetUrl: deps.fleet?.url,
   });
   return createConsole({
     backend,

@@ -38,6 +38,8 @@ export interface SidecarBackendOptions {
   bundles: BundleManager;
   /** The audit trail's directory (audit.trail.dir), or null when the trail is off. */
   trailDir: string | null;
+  /** Fleet mode: approvals and switches live on the control service at this URL. */
+  fleetUrl?: string | undefined;
   now?: () => number;
 }
 
@@ -73,7 +75,12 @@ export class SidecarConsoleBackend implements ConsoleBackend {
 
   private need(): ApprovalService {
     if (this.opts.approvals === undefined)
-      throw toolgateError("not_found", "approvals are not enabled");
+      throw toolgateError(
+        "not_found",
+        this.opts.fleetUrl !== undefined
+          ? `this sidecar is in fleet mode: approvals are decided in the control service's console, ${this.opts.fleetUrl}/console/`
+          : "approvals are not enabled",
+      );
     return this.opts.approvals;
   }
 
@@ -245,7 +252,12 @@ export class SidecarConsoleBackend implements ConsoleBackend {
     if (!this.isAdmin(viewer))
       throw toolgateError("forbidden", `${what} the ${this.opts.adminRole} role`);
     if (this.opts.containment === undefined)
-      throw toolgateError("not_found", "containment is not enabled");
+      throw toolgateError(
+        "not_found",
+        this.opts.fleetUrl !== undefined
+          ? `this sidecar is in fleet mode: kill switches are set in the control service's console, ${this.opts.fleetUrl}/console/containment`
+          : "containment is not enabled",
+      );
     return this.opts.containment;
   }
 
