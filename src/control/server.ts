@@ -12,6 +12,9 @@
  */
 import type { Express, Request } from "express";
 import type { AuditService } from "../audit";
+import { createConsole, isLoopbackHost } from "../console/app";
+import { FleetConsoleBackend } from "../console/backends/fleet";
+import { devConsoleUsers } from "../console/dev-users";
 import type { NewKillSwitch } from "../containment";
 import type { CompiledConfig } from "../config";
 import { toolgateError } from "../errors";
@@ -129,6 +132,11 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
       }),
   };
   if (!config.control.metricsAuth) port.get("/metrics", metrics);
+
+  // the approver console, fleet-wide: its own login (OIDC or, in development, a pick of
+  // people) and sealed sessions (console.session_key_file, shared by the replicas); before
+  // the gate, as on a sidecar's control port. It calls what the human API calls.
+  if (config.console.enabled) port.mount("/console", fleetConsole(deps, now));
 
   // everything below needs a verified caller: a sidecar on /fleet/v1, a person elsewhere
   port.gate(
@@ -445,6 +453,42 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
 
   port.notAllowedOnEveryRoute();
   return port.finish();
+}
+
+/** The console over the fleet's approvals, switches and store (src/console/backends/fleet.ts). */
+function fleetConsole(
+  deps: ControlServiceDeps,
+  now: () => number,
+): ReturnType<typeof createConsole> {
+  const { config, log } = deps;
+  const backend = new FleetConsoleBackend({
+    approvals: deps.approvals,
+    switches: deps.switches,
+    store: deps.store,
+    health: deps.health,
+    adminRole: config.control.adminRole,
+    connectedWithinMs: 2 * SIDECAR_SEEN_MS,
+    now,
+  });
+  return createConsole({
+    backend,
+    settings: config.console,
+    // no bundle here: the reference deployment's people, olga with the admin role
+    devUsers: config.control.jwt.dev
+      ? () => devConsoleUsers(undefined, config.control.adminRole)
+      : undefined,
+    secureCookies: !isLoopbackHost(config.control.host),
+    log,
+    onSecurityEvent: (event, fields) =>
+      deps.auditor?.record({
+        kind: "security",
+        event,
+        message: `approver console: ${event.replace(/_/g, " ")}`,
+        fields: { ...fields, replica: deps.replica },
+        ctx: { face: "native" },
+      }),
+    now,
+  });
 }
 
 export function startControlServiceServer(deps: ControlServiceDeps): Promise<RunningServer> {
