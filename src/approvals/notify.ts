@@ -108,6 +108,8 @@ function scalar(v: unknown): string | undefined {
 export interface MessageFacts {
   id: string;
   tool: string;
+  /** "class, stage" of the tool as the policy named them (undefined: unknown). */
+  toolKind: string | undefined;
   initiator: string;
   agent: string;
   /** The reasons' words (the code when a reason has no message). */
@@ -158,6 +160,10 @@ export function messageFacts(view: View, base: string | null | undefined): Messa
   return {
     id: str(view.id) ?? "",
     tool: str(view.tool) ?? "(unknown tool)",
+    toolKind:
+      [str(view.tool_class), str(view.tool_stage)]
+        .filter((x): x is string => x !== undefined && x !== "")
+        .join(", ") || undefined,
     initiator: str(view.initiator) ?? "(unknown)",
     agent: str(view.agent) ?? "(unknown)",
     reasons,
@@ -177,7 +183,10 @@ export function slackEscape(s: string): string {
 /** Slack incoming-webhook message: Block Kit `blocks` (and `text`, the notification's fallback). */
 export function slackMessage(f: MessageFacts): Record<string, unknown> {
   const fields: Array<Record<string, unknown>> = [
-    { type: "mrkdwn", text: `*Tool*\n${slackEscape(cut(f.tool, 500))}` },
+    {
+      type: "mrkdwn",
+      text: `*Tool*\n${slackEscape(cut(f.tool, 500))}${f.toolKind !== undefined ? ` (${slackEscape(cut(f.toolKind, 140))})` : ""}`,
+    },
     { type: "mrkdwn", text: `*Requested by*\n${slackEscape(cut(f.initiator, 500))}` },
     { type: "mrkdwn", text: `*Agent*\n${slackEscape(cut(f.agent, 500))}` },
   ];
@@ -257,7 +266,10 @@ export function teamsEscape(s: string): string {
 /** Teams incoming-webhook message: one Adaptive Card (1.4) attachment. */
 export function teamsMessage(f: MessageFacts): Record<string, unknown> {
   const facts: Array<{ title: string; value: string }> = [
-    { title: "Tool", value: cut(f.tool, 500) },
+    {
+      title: "Tool",
+      value: cut(f.toolKind !== undefined ? `${f.tool} (${f.toolKind})` : f.tool, 640),
+    },
     { title: "Requested by", value: cut(f.initiator, 500) },
     { title: "Agent", value: cut(f.agent, 500) },
   ];

@@ -55,6 +55,8 @@ export function approverView(
     initiator: e.initiator,
     agent: e.agentId,
     tool: e.tool,
+    tool_class: e.toolClass,
+    tool_stage: e.toolStage,
     request: e.redactedRequest,
     reasons: e.reasons,
     requirement: e.requirement,

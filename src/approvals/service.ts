@@ -94,7 +94,7 @@ export function redactJustification(
     .map((line, i) => {
       const r: unknown = Array.isArray(redacted) ? redacted[i] : undefined;
       return Array.isArray(r) && r.length === line.length && r.every((x) => typeof x === "string")
-        ? (r).join("")
+        ? r.join("")
         : "";
     })
     .join("\n");
@@ -615,6 +615,11 @@ export function judgeApproval(
   };
 }
 
+/** A short label (a tool's class or stage) as kept: 1..64 characters, else null. */
+function shortText(v: unknown): string | null {
+  return typeof v === "string" && v.length > 0 && v.length <= 64 ? v : null;
+}
+
 /**
  * What is recorded of a needs_approval decision (or a deny that offers a
  * fresh request, approval_expired) so an access request can cite it;
@@ -646,6 +651,8 @@ export function evaluationOf(
     // shown to approvers and audited: redacted like the request (the binding hash covers the
     // clear name); cut to the store's limit, as redaction may lengthen it
     tool: redact(req.action.name).slice(0, 512),
+    toolClass: shortText(d.tool?.class),
+    toolStage: shortText(d.tool?.stage),
     policyRevision: d.policy.revision,
     createdAt: Date.parse(d.evaluated_at),
     expiresAt: Date.parse(d.access_request.expires_at),

@@ -144,13 +144,20 @@ export interface EvaluationInput {
   initiator: string;
   agentId: string;
   tool: string;
+  /** The tool's class and rollout stage as the policy named them (null: unknown). */
+  toolClass?: string | null | undefined;
+  toolStage?: string | null | undefined;
   policyRevision?: string | null | undefined;
   createdAt: number;
   expiresAt: number;
 }
 
-export type EvaluationRecord = Required<Omit<EvaluationInput, "policyRevision">> & {
+export type EvaluationRecord = Required<
+  Omit<EvaluationInput, "policyRevision" | "toolClass" | "toolStage">
+> & {
   policyRevision: string | null;
+  toolClass: string | null;
+  toolStage: string | null;
 };
 
 export interface ApprovalTask {
@@ -337,6 +344,14 @@ WHERE json_valid(reasons_json) AND json_type(reasons_json) = 'array'
 CREATE INDEX tasks_by_agent_created ON tasks (agent_id, created_at);
 `,
   },
+  {
+    version: 5,
+    name: "the tool's class and stage on an evaluation",
+    sql: `
+ALTER TABLE evaluations ADD COLUMN tool_class TEXT;
+ALTER TABLE evaluations ADD COLUMN tool_stage TEXT;
+`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);
@@ -402,6 +417,8 @@ function toEvaluation(row: Row): EvaluationRecord {
     initiator: str(row, "initiator"),
     agentId: str(row, "agent_id"),
     tool: str(row, "tool"),
+    toolClass: strOrNull(row, "tool_class"),
+    toolStage: strOrNull(row, "tool_stage"),
     policyRevision: strOrNull(row, "policy_revision"),
     createdAt: num(row, "created_at"),
     expiresAt: num(row, "expires_at"),
@@ -427,6 +444,10 @@ function checkText(name: string, v: unknown, max = 512): string {
   return v;
 }
 
+function optionalText(name: string, v: unknown): string | null {
+  return v === null || v === undefined ? null : checkText(name, v, 64);
+}
+
 /** Runs `fn`, turning anything that is not already coded into approval_store_unavailable. */
 /** The approval store: `<state.dir>/approvals.db` (see the header comment). */
 export class ApprovalStore extends SqliteStore {
@@ -439,8 +460,8 @@ export class ApprovalStore extends SqliteStore {
     this.insertEvaluation = this.normal.prepare(
       `INSERT INTO evaluations (evaluation_id, decision_id, binding_hash,
          binding_context_members_json, redacted_request_json, requirement_json, reasons_json,
-         initiator, agent_id, tool, policy_revision, created_at, expires_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         initiator, agent_id, tool, policy_revision, created_at, expires_at, tool_class, tool_stage)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        RETURNING *`,
     );
   }
@@ -512,6 +533,8 @@ export class ApprovalStore extends SqliteStore {
         e.policyRevision ?? null,
         e.createdAt,
         e.expiresAt,
+        optionalText("toolClass", e.toolClass),
+        optionalText("toolStage", e.toolStage),
       ) as Row[];
       const row = rows[0];
       if (rows.length !== 1 || !row) throw toolgateError("approval_not_found");

@@ -24,6 +24,8 @@ export interface EvaluationWire {
   reasons: Array<string | { code: string; message: string }>;
   initiator: string;
   tool: string;
+  tool_class?: string | null;
+  tool_stage?: string | null;
   policy_revision: string | null;
   created_at: string;
   expires_at: string;
@@ -64,6 +66,8 @@ export function evaluationWire(e: EvaluationRecord): Record<string, unknown> {
     reasons: e.reasons,
     initiator: e.initiator,
     tool: e.tool,
+    tool_class: e.toolClass,
+    tool_stage: e.toolStage,
     policy_revision: e.policyRevision,
     created_at: iso(e.createdAt),
     expires_at: iso(e.expiresAt),
@@ -99,6 +103,8 @@ export function evaluationFromWire(w: EvaluationWire): EvaluationInput {
     initiator: w.initiator,
     agentId: w.agent_id,
     tool: w.tool,
+    toolClass: w.tool_class ?? null,
+    toolStage: w.tool_stage ?? null,
     policyRevision: w.policy_revision,
     createdAt: time(w.created_at, "created_at"),
     expiresAt: time(w.expires_at, "expires_at"),

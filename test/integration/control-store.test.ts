@@ -100,8 +100,8 @@ describe("migrations", () => {
       await c.connect();
       const rows = (await c.query("SELECT version, name FROM schema_migrations ORDER BY version"))
         .rows as Array<{ version: number; name: string }>;
-      expect(rows.map((r) => r.version)).toEqual([1, 2, 3, 4, 5]);
-      expect(SCHEMA_VERSION).toBe(5);
+      expect(rows.map((r) => r.version)).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(SCHEMA_VERSION).toBe(6);
       // a version this toolgate does not know: refused
       await c.query("INSERT INTO schema_migrations (version, name) VALUES (99, 'from the future')");
       await c.end();
@@ -286,7 +286,12 @@ describe("approvals", () => {
       requester: "alice",
       createdAt: T0,
     });
-    expect(first.evaluation).toEqual({ ...ev, policyRevision: "rev1" });
+    expect(first.evaluation).toEqual({
+      ...ev,
+      policyRevision: "rev1",
+      toolClass: null,
+      toolStage: null,
+    });
     expect(await s.getEvaluation(ev.evaluationId)).toEqual(first.evaluation);
 
     const again = await s.submit(submitInput(ev));
@@ -576,8 +581,12 @@ describe("approvals: justification, reasons with messages, request stats (migrat
 
   test("reasons are kept with their messages; a row of codes alone reads as {code, message: ''}", async () => {
     const s = store();
-    const ev = evaluation();
+    const ev = evaluation({ toolClass: "execute", toolStage: "supervised" });
     await s.submit(submitInput(ev));
+    expect(await s.getEvaluation(ev.evaluationId)).toMatchObject({
+      toolClass: "execute",
+      toolStage: "supervised",
+    });
     expect((await s.getEvaluation(ev.evaluationId))?.reasons).toEqual([
       { code: "large_refund", message: "large refund" },
     ]);

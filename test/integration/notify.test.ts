@@ -218,6 +218,8 @@ describe("a sidecar: Slack, Teams and the CloudEvents webhook on a new pending r
       tool: "refunds.issue",
       status: "pending",
       console_url: link,
+      tool_class: "execute",
+      tool_stage: "autonomous",
       stats: { requested_today: 1, approved_today: 0 },
     });
     expect(data.approval.agent_justification).toContain(
@@ -519,6 +521,7 @@ describe("toolgate control: notifies once per new task, not on a resubmission", 
         },
       ]);
       expect(v?.stats).toEqual({ requested_today: 1, approved_today: 0 });
+      expect(v).toMatchObject({ tool_class: "execute", tool_stage: "autonomous" });
     } finally {
       await tg.stop();
       await sidecarSlack.stop();

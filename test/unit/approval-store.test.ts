@@ -111,12 +111,12 @@ describe("opening, schema and migrations", () => {
     const store = open(dir);
     expect(store.path).toBe(join(dir, APPROVALS_DB_FILE));
     expect(store.schemaVersion()).toBe(SCHEMA_VERSION);
-    expect(SCHEMA_VERSION).toBe(4);
+    expect(SCHEMA_VERSION).toBe(5);
     expect(statSync(store.path).mode & 0o777).toBe(0o600);
     const raw = new DatabaseSync(store.path);
     try {
       expect(raw.prepare("PRAGMA journal_mode").get()).toEqual({ journal_mode: "wal" });
-      expect(raw.prepare("PRAGMA user_version").get()).toEqual({ user_version: 4 });
+      expect(raw.prepare("PRAGMA user_version").get()).toEqual({ user_version: 5 });
       const migrations = raw.prepare("SELECT version, name FROM schema_migrations").all();
       expect(migrations).toEqual([
         { version: 1, name: "create evaluations, tasks, task_events" },
@@ -126,6 +126,7 @@ describe("opening, schema and migrations", () => {
           version: 4,
           name: "the agent's justification on a task; reasons with their messages",
         },
+        { version: 5, name: "the tool's class and stage on an evaluation" },
       ]);
       const tables = raw
         .prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
@@ -211,7 +212,7 @@ describe("evaluations", () => {
     const store = open(tmp());
     const input = evaluation("ev1");
     const rec = store.recordEvaluation(input);
-    expect(rec).toEqual({ ...input, policyRevision: "rev-1" });
+    expect(rec).toEqual({ ...input, policyRevision: "rev-1", toolClass: null, toolStage: null });
     expect(store.getEvaluation("ev1")).toEqual(rec);
     expect(store.getEvaluation("missing")).toBeUndefined();
     const noRev = store.recordEvaluation(evaluation("ev2", { policyRevision: undefined }));
@@ -808,6 +809,7 @@ describe("pruning evaluations", () => {
     raw.exec(
       "DROP INDEX evaluations_by_expiry; DROP TRIGGER tasks_one_per_evaluation;" +
         " DROP INDEX tasks_by_agent_created; ALTER TABLE tasks DROP COLUMN justification;" +
+        " ALTER TABLE evaluations DROP COLUMN tool_class; ALTER TABLE evaluations DROP COLUMN tool_stage;" +
         " DELETE FROM schema_migrations WHERE version >= 2;",
     );
     raw.exec("PRAGMA user_version = 1");
@@ -843,18 +845,24 @@ describe("pruning evaluations", () => {
     raw.exec(
       `UPDATE evaluations SET reasons_json = '["refund_needs_manager","second"]';` +
         " DROP INDEX tasks_by_agent_created; ALTER TABLE tasks DROP COLUMN justification;" +
+        " ALTER TABLE evaluations DROP COLUMN tool_class; ALTER TABLE evaluations DROP COLUMN tool_stage;" +
         " DELETE FROM schema_migrations WHERE version >= 4; PRAGMA user_version = 3;",
     );
     raw.close();
     const store = open(dir);
-    expect(store.schemaVersion()).toBe(4);
+    expect(store.schemaVersion()).toBe(SCHEMA_VERSION);
+    expect(store.getEvaluation("old")).toMatchObject({ toolClass: null, toolStage: null });
     expect(store.getEvaluation("old")?.reasons).toEqual([
       { code: "refund_needs_manager", message: "" },
       { code: "second", message: "" },
     ]);
     const [task] = store.listTasks();
     expect(task?.justification).toBeNull();
-    store.recordEvaluation(evaluation("new"));
+    store.recordEvaluation(evaluation("new", { toolClass: "execute", toolStage: "autonomous" }));
+    expect(store.getEvaluation("new")).toMatchObject({
+      toolClass: "execute",
+      toolStage: "autonomous",
+    });
     const { task: t2 } = store.createTask({
       evaluationId: "new",
       agentId: "support-triage",

@@ -64,6 +64,8 @@ const evaluation: EvaluationRecord = {
   initiator: "alice",
   agentId: "support-triage",
   tool: "refunds.issue",
+  toolClass: "execute",
+  toolStage: "autonomous",
   policyRevision: "rev-1",
   createdAt: Date.UTC(2031, 0, 1),
   expiresAt: Date.UTC(2031, 0, 1, 0, 15),
@@ -75,6 +77,7 @@ describe("the approvers' view", () => {
     expect(v.reasons).toEqual(evaluation.reasons);
     expect(v.agent_justification).toBe(task.justification);
     expect(v.stats).toEqual({ requested_today: 3, approved_today: 1 });
+    expect(v).toMatchObject({ tool_class: "execute", tool_stage: "autonomous" });
     expect("justification" in v).toBe(false);
     expect(approverView(task, evaluation).stats).toBeUndefined();
   });
@@ -85,6 +88,7 @@ describe("message facts", () => {
   test("tool, requester, amount, customer, reasons in words (the code when a reason has none), the link", () => {
     expect(facts).toMatchObject({
       tool: "refunds.issue",
+      toolKind: "execute, autonomous",
       initiator: "alice",
       agent: "support-triage",
       argument: "amount: 120 EUR",

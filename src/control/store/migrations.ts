@@ -329,6 +329,14 @@ WHERE jsonb_typeof(reasons) = 'array'
 CREATE INDEX approval_evaluations_by_agent_tool ON approval_evaluations (agent_id, tool);
 `,
   },
+  {
+    version: 6,
+    name: "the tool's class and stage on an evaluation",
+    sql: `
+ALTER TABLE approval_evaluations ADD COLUMN tool_class text;
+ALTER TABLE approval_evaluations ADD COLUMN tool_stage text;
+`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);

@@ -226,7 +226,7 @@ function toTask(r: Row): FleetTask {
 const EVAL_COLS = `evaluation_id, decision_id, agent_id, binding_hash,
   binding_context_members::text AS binding_context_members, redacted_request::text AS redacted_request,
   requirement::text AS requirement, reasons::text AS reasons, initiator, tool, policy_revision,
-  created_at, expires_at`;
+  created_at, expires_at, tool_class, tool_stage`;
 
 function toRequirement(v: unknown): ApprovalRequirement {
   if (!isObject(v)) throw new RowError("column requirement is not an object");
@@ -266,6 +266,8 @@ function toEvaluation(r: Row): EvaluationRecord {
     reasons: reasonsOf(json(r, "reasons")),
     initiator: text(r, "initiator"),
     tool: text(r, "tool"),
+    toolClass: textOrNull(r, "tool_class"),
+    toolStage: textOrNull(r, "tool_stage"),
     policyRevision: textOrNull(r, "policy_revision"),
     createdAt: ms(r, "created_at"),
     expiresAt: ms(r, "expires_at"),
@@ -603,8 +605,9 @@ export class PgFleetStore implements FleetStore {
       await c.query(
         `INSERT INTO approval_evaluations (evaluation_id, decision_id, agent_id, binding_hash,
            binding_context_members, redacted_request, requirement, reasons, initiator, tool,
-           policy_revision, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13)
+           policy_revision, created_at, expires_at, tool_class, tool_stage)
+         VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, $8::jsonb, $9, $10, $11, $12, $13,
+           $14, $15)
          ON CONFLICT (evaluation_id) DO NOTHING`,
         [
           e.evaluationId,
@@ -620,6 +623,8 @@ export class PgFleetStore implements FleetStore {
           e.policyRevision ?? null,
           e.createdAt,
           e.expiresAt,
+          checkTextOrNull("evaluation.toolClass", e.toolClass ?? null, 64),
+          checkTextOrNull("evaluation.toolStage", e.toolStage ?? null, 64),
         ],
       );
       // The evaluation row lock serializes submissions citing it, on every replica.
