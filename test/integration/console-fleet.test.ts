@@ -23,7 +23,7 @@ import { until } from "../helpers/bundles";
 import { limitsBundle } from "../helpers/containment";
 import { freePort } from "../helpers/net";
 import { freshDatabase, type FreshDatabase } from "../helpers/postgres";
-import { postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { httpExact, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
 
 jest.setTimeout(60_000);
 
@@ -174,6 +174,35 @@ test("the console answers on the control service's port without a token: the log
   });
   expect(forged.status).toBe(403);
   expect(forged.headers.getSetCookie()).toEqual([]);
+});
+
+test("the console opens no way around the gate: path tricks through /console never reach the human or sidecar API", async () => {
+  const base = a?.url ?? "";
+  const host = new URL(base).host;
+  const reached: string[] = [];
+  for (const target of [
+    "/console/../v1/approvals",
+    "/console/%2e%2e/v1/approvals",
+    "/console/..%2fv1/approvals",
+    "/CONSOLE/../v1/killswitches",
+    "/console//v1/approvals",
+    `http://${host}/console/../v1/approvals`,
+    "/console/../fleet/v1/stream",
+    "/console/requests/../../v1/approvals",
+  ]) {
+    for (const method of ["GET", "POST", "DELETE"]) {
+      const r = await httpExact(base, method, target, method === "POST" ? "{}" : undefined, {
+        "content-type": "application/json",
+      });
+      // the console's own 4xx page, or the gate's 401: never an API answer
+      if (
+        r.status < 400 ||
+        (r.status !== 401 && /^application\/json/.test(String(r.headers["content-type"])))
+      )
+        reached.push(`${method} ${target} → ${r.status} ${String(r.headers["content-type"])}`);
+    }
+  }
+  expect(reached).toEqual([]);
 });
 
 test("a request made through a sidecar: maria approves it from the inbox's form, the re-ask is allowed once; alice cannot decide it", async () => {
