@@ -30,6 +30,9 @@ h2 { font-size: 1.2rem; margin: 1.5rem 0 .5rem; }
 ul.requests, ul.switches { list-style: none; padding: 0; margin: 0; }
 li.request, ul.switches > li { border: 1px solid var(--line); border-radius: 6px; padding: .75rem 1rem; margin: 0 0 .75rem; background: var(--bg); }
 li.request .title { margin: 0 0 .25rem; }
+.meta, .args-inline { margin: .15rem 0; color: var(--muted); font-size: .95rem; overflow-wrap: anywhere; }
+.args-inline code { color: var(--fg); }
+.arg { font-weight: 600; color: var(--fg); }
 .status { display: inline-block; font-size: .85rem; padding: 0 .4rem; border-radius: 4px; border: 1px solid var(--line); background: var(--panel); color: var(--fg); }
 .status-pending { color: var(--warn); border-color: var(--warn); }
 .status-denied, .status-revoked, .status-expired { color: var(--bad); border-color: var(--bad); }

@@ -76,7 +76,11 @@ export interface RequestSummary {
   why_not: string | null;
 }
 
-/** The inbox of one viewer. */
+/**
+ * The inbox of one viewer. An entry may be a RequestDetail (it extends
+ * RequestSummary): the row then also shows class, stage, customer, job, the
+ * arguments and today's stats.
+ */
 export interface Inbox {
   /** Pending requests the viewer may decide, oldest first. */
   pending: RequestSummary[];

@@ -177,6 +177,36 @@ function justification(text: string | null): Html | string {
   </figure>`;
 }
 
+/** A short text of a value (an argument), cut to `max` characters. */
+function short(v: unknown, max = 80): string {
+  const t = typeof v === "string" ? v : (JSON.stringify(v) ?? "");
+  return t.length > max ? `${t.slice(0, max - 1)}…` : t;
+}
+
+/** A row's compact facts, when the backend gave the request in full. */
+function facts(r: RequestSummary): Html | string {
+  if (!("arguments" in r)) return "";
+  const d = r as RequestDetail;
+  const bits: string[] = [];
+  if (d.tool_class !== null) bits.push(`class ${d.tool_class}`);
+  if (d.stage !== null) bits.push(`stage ${d.stage}`);
+  if (d.customer !== null) bits.push(`customer ${d.customer}`);
+  if (d.job !== null) bits.push(`job ${d.job}`);
+  if (d.stats !== null)
+    bits.push(`${d.stats.requested_today} requested today, ${d.stats.approved_today} approved`);
+  const args =
+    d.arguments !== null && typeof d.arguments === "object" && !Array.isArray(d.arguments)
+      ? Object.entries(d.arguments as Record<string, unknown>).slice(0, 6)
+      : [];
+  return html`${bits.length > 0 ? html`<p class="meta">${bits.join(" · ")}</p>` : ""}${
+    args.length > 0
+      ? html`<p class="args-inline">
+          ${args.map(([k, v], i) => html`${i > 0 ? ", " : ""}<span class="arg">${k}</span> <code>${short(v)}</code>`)}
+        </p>`
+      : ""
+  }`;
+}
+
 function row(r: RequestSummary): Html {
   return html`<li class="request" data-request-id="${r.id}">
     <p class="title">
@@ -186,7 +216,7 @@ function row(r: RequestSummary): Html {
       <span class="status status-${r.outcome}">${OUTCOME[r.outcome] ?? r.outcome}</span>
       ${timeLeft(r.seconds_left, r.expires_at)}
     </p>
-    ${reasons(r)} ${justification(r.justification)}
+    ${facts(r)} ${reasons(r)} ${justification(r.justification)}
     ${r.why_not !== null && r.status === "pending" ? html`<p class="whynot">You cannot decide this: ${r.why_not}.</p>` : ""}
     ${r.decided_by !== null ? html`<p class="decided">${r.status === "denied" ? "Denied" : "Decided"} by ${r.decided_by} at <time datetime="${r.decided_at ?? ""}">${r.decided_at ?? ""}</time></p>` : ""}
   </li>`;

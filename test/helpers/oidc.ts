@@ -13,6 +13,7 @@
  *   // start toolgate with TOOLGATE_CONSOLE_OIDC_ISSUER: idp.issuer, then:
  *   idp.allowRedirect(`${controlUrl}/console/auth/callback`);
  */
+import { generateKeyPairSync } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 
@@ -118,8 +119,26 @@ export async function startTestOidc(
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const issuer = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 
+  // the provider's signing key (RS256), generated per run
+  const signingKey = {
+    ...generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey.export({ format: "jwk" }),
+    kid: "test-oidc",
+    alg: "RS256",
+    use: "sig",
+  };
   const build = () => {
+    // its one remaining warning (the in-memory adapter: exactly what a test wants) is not printed
+    const warn = console.warn;
+    console.warn = () => undefined;
+    try {
+      construct();
+    } finally {
+      console.warn = warn;
+    }
+  };
+  const construct = () => {
     provider = new Provider(issuer, {
+      jwks: { keys: [signingKey] },
       clients: [
         {
           client_id: clientId,

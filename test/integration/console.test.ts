@@ -213,6 +213,10 @@ describe("console on the sidecar's control port (development mode)", () => {
     expect(row).toContain("refunds.issue");
     expect(row).toContain("needs an approval"); // the policy's words, not its code
     expect(row).toContain("The customer was charged twice");
+    expect(row).toContain("class execute");
+    expect(row).toContain("customer cust_1");
+    expect(row).toMatch(/amount<\/span>\s*<code>120<\/code>/);
+    expect(row).toMatch(/\d+ requested today, \d+ approved/);
     const page = await maria.go(`/console/requests/${id}`);
     expect(page.status).toBe(200);
     expect(page.text).toContain('<textarea name="comment" id="comment"');

@@ -28,7 +28,7 @@ import type {
   RolloutStage,
   TimelineEvent,
 } from "../backend";
-import { deploymentData, detailOf, listedFor, summaryOf } from "./views";
+import { deploymentData, detailOf, listedFor } from "./views";
 
 export interface SidecarBackendOptions {
   agentId: string;
@@ -93,15 +93,18 @@ export class SidecarConsoleBackend implements ConsoleBackend {
       const svc = this.need();
       const now = this.now();
       const admin = this.isAdmin(viewer);
+      const tools = this.tools();
+      const full = (v: Record<string, unknown>) =>
+        detailOf(v, viewer, now, tools.get(str(v.tool) ?? ""), this.opts.agentId);
       const inbox: Inbox = { pending: [], readOnly: [], decided: [] };
       for (const v of svc.list(viewer, "pending", true, 500)) {
         if (!listedFor(v, viewer, admin)) continue;
-        const s = summaryOf(v, viewer, now, this.opts.agentId);
+        const s = full(v);
         (s.can_decide ? inbox.pending : inbox.readOnly).push(s);
       }
       for (const v of svc.list(viewer, undefined, true, 200)) {
         if (v.status === "pending" || !listedFor(v, viewer, admin)) continue;
-        inbox.decided.push(summaryOf(v, viewer, now, this.opts.agentId));
+        inbox.decided.push(full(v));
       }
       const byCreated = (a: { created_at: string | null }, b: { created_at: string | null }) =>
         (a.created_at ?? "").localeCompare(b.created_at ?? "");
