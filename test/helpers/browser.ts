@@ -175,13 +175,31 @@ export async function scrollsSideways(
 /**
  * A screenshot into docs/img, written only when UPDATE_SCREENSHOTS=1 or when
  * the file does not exist yet, so ordinary runs never rewrite committed files.
- * Returns whether it was written.
+ * The viewport's width; the page's height up to `maxHeight` (default: the
+ * viewport's). Returns whether it was written.
  */
-export async function docScreenshot(page: Page, name: string): Promise<boolean> {
+export async function docScreenshot(
+  page: Page,
+  name: string,
+  opts: { maxHeight?: number } = {},
+): Promise<boolean> {
   const file = join(root, "docs", "img", name);
   if (process.env.UPDATE_SCREENSHOTS !== "1" && existsSync(file)) return false;
   mkdirSync(dirname(file), { recursive: true });
-  await page.screenshot({ path: file, type: "png", fullPage: false, animations: "disabled" });
+  const viewport = page.viewportSize() ?? { width: 1280, height: 800 };
+  const pageHeight = await page.evaluate(
+    () =>
+      (globalThis as unknown as { document: { documentElement: { scrollHeight: number } } })
+        .document.documentElement.scrollHeight,
+  );
+  const height = Math.min(Math.max(viewport.height, pageHeight), opts.maxHeight ?? viewport.height);
+  await page.screenshot({
+    path: file,
+    type: "png",
+    fullPage: height > viewport.height,
+    clip: { x: 0, y: 0, width: viewport.width, height },
+    animations: "disabled",
+  });
   return true;
 }
 
