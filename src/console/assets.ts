@@ -66,6 +66,8 @@ input, textarea, select { font: inherit; color: var(--fg); background: var(--bg)
 input[type="checkbox"] { width: auto; }
 fieldset { border: 1px solid var(--line); border-radius: 6px; margin: .5rem 0; padding: .5rem 1rem; }
 button, .button { font: inherit; display: inline-block; min-height: 44px; padding: .5rem 1rem; border-radius: 6px; border: 1px solid transparent; cursor: pointer; text-decoration: none; color: #fff; background: var(--link); }
+button { white-space: nowrap; }
+.setswitch > button, ul.switches form { margin-top: .75rem; }
 button.approve { background: var(--ok); }
 button.deny { background: var(--bad); }
 button.secondary { background: var(--bg); color: var(--fg); border-color: #767676; min-height: 36px; padding: .25rem .75rem; }

@@ -216,7 +216,7 @@ function row(r: RequestSummary): Html {
       <span class="status status-${r.outcome}">${OUTCOME[r.outcome] ?? r.outcome}</span>
       ${timeLeft(r.seconds_left, r.expires_at)}
     </p>
-    ${facts(r)} ${reasons(r)} ${justification(r.justification)}
+    ${reasons(r)} ${facts(r)} ${justification(r.justification)}
     ${r.why_not !== null && r.status === "pending" ? html`<p class="whynot">You cannot decide this: ${r.why_not}.</p>` : ""}
     ${r.decided_by !== null ? html`<p class="decided">${r.status === "denied" ? "Denied" : "Decided"} by ${r.decided_by} at <time datetime="${r.decided_at ?? ""}">${r.decided_at ?? ""}</time></p>` : ""}
   </li>`;
