@@ -163,8 +163,9 @@ export function detailOf(
     str(job.customer_id) ?? (str(resource.type) === "customer" ? str(resource.id) : null);
   return {
     ...summaryOf(v, viewer, nowMs, servedAgent),
-    tool_class: tool?.class ?? null,
-    stage: tool?.stage ?? null,
+    // as recorded with the evaluation (the bundle then in force), else the active bundle's data
+    tool_class: str(v.tool_class) ?? tool?.class ?? null,
+    stage: str(v.tool_stage) ?? tool?.stage ?? null,
     arguments: props.arguments ?? null,
     request: request ?? null,
     customer,
