@@ -8,7 +8,7 @@
  * access request with its justification; Slack receives a message whose link
  * opens the request page (after a login); maria logs in, reads the request in
  * her inbox (the reason in words, the agent's justification), opens it and
- * approves with a comment; the agent's re-ask is allowed; alice sees her
+ * approves with a comment (and, with JavaScript off, denies another); the agent's re-ask is allowed; alice sees her
  * request but cannot approve it (and is told why); olga sets a kill switch on
  * refunds.issue from the containment panel and the next decision is denied.
  * axe-core finds no serious or critical violation on the login page, the
@@ -62,6 +62,7 @@ let idp: TestOidc;
 let browser: Browser;
 const people: Person[] = [];
 let taskId = "";
+let samsId = "";
 /** maria's page, left on the request she approved. */
 let mariasPage: Page | undefined;
 let req: Record<string, unknown> = {};
@@ -168,6 +169,7 @@ test("alice's agent asks for a refund of 120: needs_approval; it submits the acc
       "Goodwill credit for a delayed shipment, approved by the team lead in ticket 881",
   });
   expect(sub2.status).toBe(201);
+  samsId = (sub2.json as TaskView).task.id;
 });
 
 test("a Slack message arrives; its link asks for a login, then opens the request page", async () => {
@@ -231,6 +233,20 @@ describe("maria", () => {
     mariasPage = page;
   });
 
+  test("with JavaScript off, she denies sam's request with a comment (the form alone does it)", async () => {
+    const noJs = await person({ javaScript: false });
+    await noJs.goto(`${control}/console/`);
+    await devLogin(noJs, "maria");
+    await noJs.goto(`${control}/console/requests/${samsId}`);
+    await noJs.getByLabel("Comment").fill("Goodwill credits go through billing, not refunds");
+    await noJs.getByRole("button", { name: "Deny", exact: true }).click();
+    await noJs.waitForURL((u) => u.pathname === `/console/requests/${samsId}`);
+    expect(await mainText(noJs)).toMatch(/denied/i);
+    expect(await mainText(noJs)).toContain("Goodwill credits go through billing, not refunds");
+    const st = await http(agent, "GET", `/access/v1/requests/${samsId}`);
+    expect((st.json as TaskView).task.status).toBe("denied");
+  });
+
   test("the inbox fits a phone (390×844) without sideways scrolling", async () => {
     const phone = await person({ viewport: { width: 390, height: 844 }, phone: true });
     await phone.goto(`${control}/console/`);
@@ -238,8 +254,9 @@ describe("maria", () => {
     await phone.goto(`${control}/console/`);
     await phone.locator(`[data-request-id="${taskId}"]`).first().waitFor();
     const { scrollWidth, clientWidth } = await scrollsSideways(phone);
-    expect(clientWidth).toBe(390);
+    expect(clientWidth).toBe(390); // a viewport meta tag: laid out for the phone, not zoomed out
     expect(scrollWidth).toBeLessThanOrEqual(clientWidth);
+    await expectAccessible(phone);
   });
 });
 
@@ -289,6 +306,7 @@ test("alice sees her request but cannot approve it: no Approve button, and why",
   await page.goto(`${control}/console/requests/${pendingId}`);
   expect(await mainText(page)).toMatch(/initiator/i);
   expect(await page.getByRole("button", { name: "Approve", exact: true }).count()).toBe(0);
+  await expectAccessible(page);
 });
 
 test("olga sets a kill switch on refunds.issue from the containment panel; the next decision is denied (tool_disabled)", async () => {

@@ -57,6 +57,8 @@ export interface PersonOptions {
   viewport?: { width: number; height: number };
   /** Mobile emulation (touch, device scale) — for the phone check. */
   phone?: boolean;
+  /** false: the page's scripts never run (progressive enhancement). Default true. */
+  javaScript?: boolean;
 }
 
 /** A fresh browser context (own cookies, own storage) with one page; generous timeouts for slow machines. */
@@ -64,7 +66,7 @@ export async function newPerson(browser: Browser, opts: PersonOptions = {}): Pro
   const context = await browser.newContext({
     viewport: opts.viewport ?? { width: 1280, height: 800 },
     ...(opts.phone ? { isMobile: true, hasTouch: true, deviceScaleFactor: 2 } : {}),
-    javaScriptEnabled: true,
+    javaScriptEnabled: opts.javaScript ?? true,
     locale: "en-US",
     timezoneId: "UTC",
   });
