@@ -509,7 +509,9 @@ export function createConsole(opts: ConsoleOptions): Router {
       message = e.message;
     } else if (e instanceof ToolgateError) {
       status = e.status;
-      message = e.message;
+      // a 5xx's details (a store's failure) go to the log, not to the page
+      message =
+        e.status >= 500 ? `the console cannot answer right now (${e.code}); try again` : e.message;
     } else {
       const s =
         (e as { status?: unknown; statusCode?: unknown }).status ??
