@@ -5,7 +5,9 @@
 # package when none is found and this runs as root; otherwise says how.
 #   scripts/chromium.sh            -> e.g. /usr/bin/chromium
 #   TOOLGATE_CHROMIUM=/path/to/chrome scripts/chromium.sh   -> that path (if executable)
-# Nothing is cached in the repository.
+# Nothing is cached in the repository. Headless runs as root need --no-sandbox
+# (Chromium's sandbox refuses root: "Chromium sandboxing failed!", checked with
+# Debian's chromium 156); test/helpers/browser.ts passes it only as root.
 set -euo pipefail
 
 if [ -n "${TOOLGATE_CHROMIUM:-}" ]; then
