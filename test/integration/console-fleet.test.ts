@@ -222,6 +222,11 @@ test("a request made through a sidecar: maria approves it from the inbox's form,
   expect(inbox.status).toBe(200);
   expect(inbox.text).toContain(`data-request-id="${id}"`);
   expect(inbox.text).toContain("refunds.issue");
+  // the row in full: customer, job, the amount, this agent's requests today
+  expect(inbox.text).toContain("customer cust_1");
+  expect(inbox.text).toContain("job job_1");
+  expect(inbox.text).toMatch(/amount<\/span>\s*<code>120<\/code>/);
+  expect(inbox.text).toContain("1 requested today, 0 approved");
   // the agent's words, escaped
   expect(inbox.text).toContain("double-charged &lt;b&gt;twice&lt;/b&gt;");
   expect(inbox.text).not.toContain("<b>twice</b>");

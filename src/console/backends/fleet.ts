@@ -19,8 +19,13 @@
  * action reports (they stay in the sidecar's trail) — the timeline ends with
  * the approval's use.
  */
-import { approverView, iso } from "../../approvals/rules";
-import type { ApprovalTask, EvaluationRecord, TaskStatus } from "../../approvals/store";
+import { approverView, iso, STATS_WINDOW_MS } from "../../approvals/rules";
+import type {
+  ApprovalTask,
+  EvaluationRecord,
+  RequestStats,
+  TaskStatus,
+} from "../../approvals/store";
 import type { KillSwitch, NewKillSwitch } from "../../containment";
 import { toolgateError } from "../../errors";
 import type { Principal } from "../../model";
@@ -36,7 +41,7 @@ import type {
   RolloutStage,
   TimelineEvent,
 } from "../backend";
-import { detailOf, listedFor, summaryOf } from "./views";
+import { detailOf, listedFor } from "./views";
 
 /** What the console calls of FleetApprovals (src/control/approvals.ts). */
 export interface FleetApprovalsPort {
@@ -51,6 +56,8 @@ export interface FleetApprovalsPort {
     approve: boolean,
     comment: string | undefined,
   ): Promise<Record<string, unknown>>;
+  /** This agent's access requests for this tool since `sinceMs`, and how many were approved. */
+  requestStats(agentId: string, tool: string, sinceMs: number): Promise<RequestStats>;
 }
 
 /** What the console calls of FleetSwitches (src/control/switches.ts). */
@@ -145,19 +152,28 @@ export class FleetConsoleBackend implements ConsoleBackend {
   }
 
   /**
-   * Approvers' views of tasks, in order (without stats: the inbox does not
-   * show them), each evaluation read once, lazily (a caller that stops early
-   * reads no more).
+   * Approvers' views of tasks, in order, with today's stats (read once per
+   * agent and tool; left out if they cannot be read), each evaluation read
+   * once, lazily (a caller that stops early reads no more).
    */
   private async *views(
     tasks: ApprovalTask[],
   ): AsyncGenerator<Record<string, unknown>, void, undefined> {
     const evaluations = new Map<string, EvaluationRecord | undefined>();
+    const stats = new Map<string, RequestStats | undefined>();
+    const since = this.now() - STATS_WINDOW_MS;
     for (const t of tasks) {
       if (!evaluations.has(t.evaluationId))
         evaluations.set(t.evaluationId, await this.opts.store.getEvaluation(t.evaluationId));
       const e = evaluations.get(t.evaluationId);
-      if (e !== undefined) yield approverView(t, e);
+      if (e === undefined) continue;
+      const k = JSON.stringify([e.agentId, e.tool]);
+      if (!stats.has(k))
+        stats.set(
+          k,
+          await this.opts.approvals.requestStats(e.agentId, e.tool, since).catch(() => undefined),
+        );
+      yield approverView(t, e, stats.get(k));
     }
   }
 
@@ -169,7 +185,8 @@ export class FleetConsoleBackend implements ConsoleBackend {
     const pending = await this.opts.store.listTasks({ status: "pending", limit: PENDING_MAX });
     for await (const v of this.views(pending)) {
       if (!listedFor(v, viewer, admin)) continue;
-      const s = summaryOf(v, viewer, now);
+      // the row in full: class, stage, customer, job, arguments (as redacted), today's stats
+      const s = detailOf(v, viewer, now, undefined);
       (s.can_decide ? inbox.pending : inbox.readOnly).push(s);
     }
     // listTasks is oldest first: read each terminal status, keep the newest
@@ -178,16 +195,12 @@ export class FleetConsoleBackend implements ConsoleBackend {
       decided.push(...(await this.opts.store.listTasks({ status, limit: DECIDED_PER_STATUS })));
     decided.sort((a, b) => (b.decidedAt ?? b.createdAt) - (a.decidedAt ?? a.createdAt));
     for await (const v of this.views(decided.slice(0, DECIDED_SCANNED))) {
-      if (listedFor(v, viewer, admin)) inbox.decided.push(summaryOf(v, viewer, now));
+      if (listedFor(v, viewer, admin)) inbox.decided.push(detailOf(v, viewer, now, undefined));
       if (inbox.decided.length >= DECIDED_SHOWN) break;
     }
     return inbox;
   }
 
-  /**
-   * One request, for any signed-in viewer, as GET /v1/approvals/{id} answers
-   * any verified person; `can_decide` / `why_not` computed for `viewer`.
-   */
   async request(id: string, viewer: Principal): Promise<RequestDetail> {
     await this.opts.approvals.expire();
     return detailOf(await this.opts.approvals.detail(id), viewer, this.now(), undefined);
