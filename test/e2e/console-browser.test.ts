@@ -175,7 +175,10 @@ test("alice's agent asks for a refund of 120: needs_approval; it submits the acc
 test("a Slack message arrives; its link asks for a login, then opens the request page", async () => {
   const msg = await slack.waitFor((m) => m.text.includes(taskId), 60_000);
   expect(Array.isArray((msg.json as { blocks?: unknown }).blocks)).toBe(true);
-  expect(msg.text).toContain("refunds.issue");
+  // the tool, the requester, the amount, the policy's words and the agent's, in the message itself
+  for (const words of ["refunds.issue", "alice", "120", "needs an approval", JUSTIFICATION]) {
+    expect(msg.text).toContain(words);
+  }
   const link = linksIn(msg).find((u) => u.endsWith(`/console/requests/${taskId}`));
   expect(link).toBeDefined();
   const page = await person();
