@@ -152,7 +152,11 @@ export interface BudgetUse {
   name: string;
   tools: string[];
   per: string;
-  limit: number;
+  /**
+   * The budget's maximum; null where it is not known (on the fleet the
+   * maximum is in each sidecar's bundle, not in the control service's store).
+   */
+  limit: number | null;
   window_seconds: number;
   /** Per key currently holding spends/reservations: the amount used in the window. */
   keys: Array<{ key: string; used: number }>;

@@ -551,14 +551,14 @@ export function containmentPage(
                       <th scope="row">${b.name}</th>
                       <td>${b.tools.join(", ")}</td>
                       <td>${b.per}</td>
-                      <td>${b.limit}</td>
+                      <td>${b.limit ?? "in the sidecars' bundle"}</td>
                       <td>${humanDuration(b.window_seconds)}</td>
                       <td>
                         ${
                           b.keys.length === 0
                             ? "none"
                             : html`<ul class="plain">
-                                ${b.keys.slice(0, 20).map((k) => html`<li>${k.key}: ${k.used} of ${b.limit}</li>`)}
+                                ${b.keys.slice(0, 20).map((k) => html`<li>${k.key}: ${k.used}${b.limit !== null ? ` of ${b.limit}` : ""}</li>`)}
                               </ul>`
                         }
                       </td>

@@ -377,7 +377,9 @@ test("the panel shows the fleet's budgets' use and the bundle revisions its side
     await until(async () => (await olga.get("/console/containment")).text.includes("rev-budgeted"));
     const panel = await olga.get("/console/containment");
     expect(panel.text).toContain("refund-cap");
-    expect(panel.text).toMatch(/refund-cap\|[^<]*: 40\b/);
+    expect(panel.text).toMatch(/refund-cap\|[^<]*: 40<\/li>/);
+    expect(panel.text).toContain("in the sidecars&#39; bundle");
+    expect(panel.text).not.toContain("NaN");
     expect(panel.text).toContain("not reported to the control service");
   } finally {
     await budgeted.stop();

@@ -266,7 +266,7 @@ export class FleetConsoleBackend implements ConsoleBackend {
   /**
    * Each budget's keys and their use (spent + pending) in the window, as
    * GET /v1/budgets reads them. The maximum lives in the sidecars' bundle,
-   * not in the fleet's store: `limit` is not known here.
+   * not in the fleet's store: `limit` is null.
    */
   async budgets(viewer: Principal): Promise<BudgetUse[]> {
     this.admin(viewer, "budgets need");
@@ -278,7 +278,7 @@ export class FleetConsoleBackend implements ConsoleBackend {
           name: u.budgetId,
           tools: [],
           per: "",
-          limit: UNKNOWN_LIMIT,
+          limit: null,
           window_seconds: u.windowSeconds,
           keys: [],
         };
@@ -321,9 +321,6 @@ export class FleetConsoleBackend implements ConsoleBackend {
       }));
   }
 }
-
-/** A budget's maximum is in the sidecars' bundle, not in the fleet's store. */
-const UNKNOWN_LIMIT = Number.NaN;
 
 function reasonWords(v: unknown): string {
   if (!Array.isArray(v)) return "";
