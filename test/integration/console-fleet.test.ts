@@ -386,6 +386,44 @@ test("the panel shows the fleet's budgets' use and the bundle revisions its side
   }
 });
 
+test("decided requests are the newest (listTasks newest first); pending ones oldest first", async () => {
+  const ids: string[] = [];
+  for (const amount of [61, 62, 63]) {
+    const asked = await decide(refund(amount));
+    const sub = await postJson(sidecar?.agentServer.url ?? "", "/access/v1/requests", {
+      ...refund(amount),
+      denial: { evaluation_id: asked.access_request?.evaluation_id ?? "" },
+    });
+    expect(sub.status).toBe(201);
+    ids.push((sub.json as { task: { id: string } }).task.id);
+  }
+  const store = a?.store;
+  if (store === undefined) throw new Error("no store");
+  const newest = await store.listTasks({ order: "newest", limit: 2 });
+  expect(newest.map((t) => t.id)).toEqual([ids[2], ids[1]]);
+  const oldest = await store.listTasks({ status: "pending" });
+  const at = oldest.map((t) => t.createdAt);
+  expect(at).toEqual([...at].sort((x, y) => x - y));
+
+  const maria = new Browser(a?.url ?? "");
+  await maria.login("maria");
+  const inbox = (await maria.get("/console/")).text;
+  const pos = ids.map((id) => inbox.indexOf(`data-request-id="${id}"`));
+  expect(pos.every((p) => p > 0)).toBe(true);
+  expect(pos).toEqual([...pos].sort((x, y) => x - y));
+  // deny the last two: the decided list shows the newest decision first
+  for (const id of [ids[1], ids[2]]) {
+    const csrf = await maria.csrf(`/console/requests/${id ?? ""}`);
+    const r = await maria.post(`/console/requests/${id ?? ""}/deny`, { csrf, comment: "no" });
+    expect(r.status).toBe(303);
+  }
+  const after = (await maria.get("/console/")).text;
+  const d1 = after.indexOf(`data-request-id="${ids[1] ?? ""}"`);
+  const d2 = after.indexOf(`data-request-id="${ids[2] ?? ""}"`);
+  expect(d2).toBeGreaterThan(0);
+  expect(d2).toBeLessThan(d1);
+});
+
 test("a session made on replica A works on replica B (one session key file); not on a replica with another key", async () => {
   const onA = new Browser(a?.url ?? "");
   await onA.login("maria");

@@ -72,6 +72,7 @@ export interface FleetStorePort {
   listTasks(q: {
     status?: TaskStatus | undefined;
     limit?: number | undefined;
+    order?: "oldest" | "newest" | undefined;
   }): Promise<ApprovalTask[]>;
   getTask(id: string): Promise<ApprovalTask | undefined>;
   getEvaluation(evaluationId: string): Promise<EvaluationRecord | undefined>;
@@ -113,9 +114,9 @@ export interface FleetBackendOptions {
   now?: () => number;
 }
 
-/** Pending requests read for an inbox; decided ones read per status, newest shown. */
+/** Pending requests read for an inbox (oldest first); decided ones, the newest of each status. */
 const PENDING_MAX = 500;
-const DECIDED_PER_STATUS = 1000;
+const DECIDED_PER_STATUS = 400;
 const DECIDED_SHOWN = 100;
 /** Decided tasks looked at (newest first) to fill the viewer's list: a bound on reads per page. */
 const DECIDED_SCANNED = 400;
@@ -189,10 +190,16 @@ export class FleetConsoleBackend implements ConsoleBackend {
       const s = detailOf(v, viewer, now, undefined);
       (s.can_decide ? inbox.pending : inbox.readOnly).push(s);
     }
-    // listTasks is oldest first: read each terminal status, keep the newest
+    // the newest of each terminal status, then newest first across them
     const decided: ApprovalTask[] = [];
     for (const status of DECIDED)
-      decided.push(...(await this.opts.store.listTasks({ status, limit: DECIDED_PER_STATUS })));
+      decided.push(
+        ...(await this.opts.store.listTasks({
+          status,
+          limit: DECIDED_PER_STATUS,
+          order: "newest",
+        })),
+      );
     decided.sort((a, b) => (b.decidedAt ?? b.createdAt) - (a.decidedAt ?? a.createdAt));
     for await (const v of this.views(decided.slice(0, DECIDED_SCANNED))) {
       if (listedFor(v, viewer, admin)) inbox.decided.push(detailOf(v, viewer, now, undefined));

@@ -742,7 +742,7 @@ export class PgFleetStore implements FleetStore {
     const rows = await this.query(
       "list tasks",
       `SELECT ${TASK_COLS} FROM approval_tasks ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
-       ORDER BY created_at, id LIMIT $${args.length}`,
+       ORDER BY ${q.order === "newest" ? "created_at DESC, id DESC" : "created_at, id"} LIMIT $${args.length}`,
       args,
     );
     return this.rows("list tasks", rows, toTask);

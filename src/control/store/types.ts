@@ -99,8 +99,10 @@ export interface SubmitInput {
 export interface ListTasksQuery {
   status?: TaskStatus | undefined;
   agentId?: string | undefined;
-  /** Clamped to 1..1000 (default 100). Oldest first. */
+  /** Clamped to 1..1000 (default 100). */
   limit?: number | undefined;
+  /** Oldest first (default), or newest first (the console's decided requests). */
+  order?: "oldest" | "newest" | undefined;
 }
 
 /** The decision of an approver; `now` required (see approvals/store DecideInput). */
