@@ -426,6 +426,34 @@ describe("fleet mode: the control service (control.enabled)", () => {
       agentClaim: "kubernetes.io/serviceaccount/name",
       dev: false,
     });
+    // the approver console: OIDC login, one session key for every replica, secrets as files
+    expect(compiled.console).toMatchObject({
+      enabled: true,
+      publicUrl: "https://toolgate.example.com",
+      sessionKeyFile: "/etc/toolgate/secrets/console-session.key",
+      oidc: {
+        issuer: "https://id.example.com",
+        clientId: "toolgate-console",
+        clientSecretFile: "/etc/toolgate/secrets/console-client-secret",
+      },
+    });
+    const secrets = cpod.volumes.find((v: { name: string }) => v.name === "secrets");
+    expect(secrets.projected.sources).toEqual(
+      expect.arrayContaining([
+        {
+          secret: {
+            name: "toolgate-console-session",
+            items: [{ key: "session.key", path: "console-session.key" }],
+          },
+        },
+        {
+          secret: {
+            name: "toolgate-console-oidc",
+            items: [{ key: "client-secret", path: "console-client-secret" }],
+          },
+        },
+      ]),
+    );
     // the API server's certificate is signed by the cluster CA
     expect(main.env).toContainEqual({
       name: "NODE_EXTRA_CA_CERTS",
@@ -579,6 +607,10 @@ describe("fleet mode: the control service (control.enabled)", () => {
     [
       [...FLEET_SETS.slice(1), "serviceAccount.name=agents"],
       /the pod's service account must be named "support-triage"/,
+    ],
+    [
+      [...FLEET_SETS.slice(1), "control.console.oidc.issuer=https://id.example.com"],
+      /control\.console\.oidc\.issuer with 2 control replicas needs control\.console\.sessionKeySecret\.name/,
     ],
   ])("control.enabled refused with a clear message: %j", (sets, message) => {
     const r = template([], chart, ["control.enabled=true", ...sets]);

@@ -97,6 +97,9 @@ chart's own egress NetworkPolicy.
 {{- if not (or $c.sidecarAuth.jwksUrl $c.sidecarAuth.jwksConfigMap.name) -}}
 {{- fail "control.sidecarAuth: set jwksUrl or jwksConfigMap.name (the keys that verify sidecar credentials)" -}}
 {{- end -}}
+{{- if and $c.console.enabled $c.console.oidc.issuer (gt (int $c.replicas) 1) (not $c.console.sessionKeySecret.name) -}}
+{{- fail (printf "control.console.oidc.issuer with %d control replicas needs control.console.sessionKeySecret.name: an existing Secret holding at least 32 random bytes (e.g. `head -c 48 /dev/urandom`) that every replica seals console sessions with; without it each replica has its own key and a login made on one is refused by the others" (int $c.replicas)) -}}
+{{- end -}}
 {{- if and $c.pdb.enabled (ge (int $c.pdb.minAvailable) (int $c.replicas)) -}}
 {{- fail (printf "control.pdb.minAvailable (%d) must be below control.replicas (%d), or the PodDisruptionBudget blocks every node drain; for a single replica set control.pdb.enabled=false" (int $c.pdb.minAvailable) (int $c.replicas)) -}}
 {{- end -}}
@@ -121,6 +124,8 @@ chart's own egress NetworkPolicy.
 {{- $files := list -}}
 {{- with $c.jwt.publicKeySecret }}{{ if .name }}{{ $files = append $files (dict "kind" "secret" "name" .name "key" .key "path" "control-jwt.pem") }}{{ end }}{{ end -}}
 {{- with $c.sidecarAuth.jwksConfigMap }}{{ if .name }}{{ $files = append $files (dict "kind" "configMap" "name" .name "key" .key "path" "fleet-jwks.json") }}{{ end }}{{ end -}}
+{{- with $c.console.sessionKeySecret }}{{ if .name }}{{ $files = append $files (dict "kind" "secret" "name" .name "key" .key "path" "console-session.key") }}{{ end }}{{ end -}}
+{{- with $c.console.oidc.clientSecretSecret }}{{ if .name }}{{ $files = append $files (dict "kind" "secret" "name" .name "key" .key "path" "console-client-secret") }}{{ end }}{{ end -}}
 {{- toJson $files -}}
 {{- end -}}
 
@@ -158,6 +163,21 @@ chart's own egress NetworkPolicy.
 {{- $_ = set $fj "jwks_url" $s.jwksUrl -}}
 {{- end -}}
 {{- $_ = set $cfg "fleet" (dict "jwt" $fj) -}}
+{{- $con := $c.console -}}
+{{- $cc := dict "enabled" $con.enabled -}}
+{{- if $con.publicUrl }}{{ $_ = set $cc "public_url" $con.publicUrl }}{{ end -}}
+{{- if $con.sessionKeySecret.name }}{{ $_ = set $cc "session_key_file" (printf "%s/console-session.key" $sec) }}{{ end -}}
+{{- if $con.traceUrlTemplate }}{{ $_ = set $cc "trace_url_template" $con.traceUrlTemplate }}{{ end -}}
+{{- $co := dict -}}
+{{- with $con.oidc -}}
+{{- if .issuer }}{{ $_ = set $co "issuer" .issuer }}{{ end -}}
+{{- if .clientId }}{{ $_ = set $co "client_id" .clientId }}{{ end -}}
+{{- if .rolesClaim }}{{ $_ = set $co "roles_claim" .rolesClaim }}{{ end -}}
+{{- if .scopes }}{{ $_ = set $co "scopes" .scopes }}{{ end -}}
+{{- if .clientSecretSecret.name }}{{ $_ = set $co "client_secret_file" (printf "%s/console-client-secret" $sec) }}{{ end -}}
+{{- end -}}
+{{- if $co }}{{ $_ = set $cc "oidc" $co }}{{ end -}}
+{{- $_ = set $cfg "console" $cc -}}
 {{- $cfg = mustMergeOverwrite $cfg (deepCopy $c.config) -}}
 {{- toYaml $cfg -}}
 {{- end -}}
