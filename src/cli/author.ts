@@ -20,7 +20,7 @@ import { canonicalize } from "../shared/jcs";
 import { compileConfig } from "../config";
 import type { Decision, DecisionRequest } from "../model";
 import { toolgateError } from "../errors";
-import { validateDecisionRequest } from "../http/validate";
+import { validateDecisionRequest } from "../shared/validate";
 import { loadBundleFromPath } from "../policy/bundle";
 import { createLogger } from "../shared/log";
 import { packageRoot } from "../shared/paths";

@@ -10,7 +10,7 @@ import { explainCommand, policyBuild, policyTest, replayCommand } from "./author
 import { POLICY_CHECK_HELP, POLICY_SIGN_HELP, policyCommand } from "./policy";
 import { compileConfig, loadConfig } from "../config";
 import { normalizeError, toolgateError } from "../errors";
-import { validateDecisionRequest } from "../http/validate";
+import { validateDecisionRequest } from "../shared/validate";
 import { loadBundleFromPath } from "../policy/bundle";
 import { parseJsonOr } from "../shared/guards";
 import { createLogger } from "../shared/log";

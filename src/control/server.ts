@@ -20,7 +20,7 @@ import type { CompiledConfig } from "../config";
 import { toolgateError } from "../errors";
 import { HttpPort, Reply } from "../http/foundation";
 import { serve, type RunningServer } from "../http/listen";
-import { validator } from "../http/validate";
+import { validator } from "../shared/validate";
 import type { Principal, TokenVerifier } from "../identity";
 import { bearerToken } from "../identity";
 import type { Metrics } from "../metrics";

@@ -24,7 +24,7 @@ import { opaData, toOpaError } from "./faces/opa";
 import { HttpPort, Reply, errorBody } from "./foundation";
 import { serve, type RunningServer } from "./listen";
 import { statusView } from "./status";
-import { validator } from "./validate";
+import { validator } from "../shared/validate";
 
 /**
  * The access-request routes' service: the sidecar's own ApprovalService, or

@@ -16,7 +16,7 @@ import { devConsoleUsers } from "../console/dev-users";
 import { SidecarConsoleBackend } from "../console/backends/sidecar";
 import { serve, type RunningServer } from "./listen";
 import { statusView } from "./status";
-import { validator } from "./validate";
+import { validator } from "../shared/validate";
 
 export interface ControlServerDeps {
   config: CompiledConfig;

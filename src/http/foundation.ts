@@ -22,7 +22,7 @@ import type { Face, Principal, RequestContext, SpanRef } from "../model";
 import type { Logger } from "../shared/log";
 import { hasBody, readJson, type BodyLimits, type ParsedBody } from "./body";
 import { errorBody, sendError, sendJson, sendText, type Render } from "./respond";
-import type { Validator } from "./validate";
+import type { Validator } from "../shared/validate";
 
 export { errorBody, type Render } from "./respond";
 

@@ -5,7 +5,7 @@
  * route and ApprovalService.submit said when they checked the bodies by hand.
  */
 import { isToolgateError } from "../../src/errors";
-import { validator } from "../../src/http/validate";
+import { validator } from "../../src/shared/validate";
 
 const killSwitch = validator("kill-switch.schema.json");
 const approvalDecision = validator("approval-decision.schema.json");

@@ -30,7 +30,7 @@ import type { KillSwitch, NewKillSwitch } from "../../containment";
 import { toolgateError } from "../../errors";
 import type { Principal } from "../../model";
 import { isObject } from "../../shared/guards";
-import { validator } from "../../http/validate";
+import { validator } from "../../shared/validate";
 import type {
   BudgetUse,
   ConsoleBackend,

@@ -16,7 +16,7 @@ import { toolgateError } from "../../errors";
 import type { Principal } from "../../model";
 import { isObject } from "../../shared/guards";
 import { listTrailFiles, readTrail } from "../../trail";
-import { validator } from "../../http/validate";
+import { validator } from "../../shared/validate";
 import type { NewKillSwitch } from "../../containment";
 import type {
   BudgetUse,

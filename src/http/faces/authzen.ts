@@ -10,7 +10,7 @@ import {
   type Steps,
 } from "../../decision";
 import { isToolgateError, toolgateError, type ToolgateError } from "../../errors";
-import { validateDecisionRequest } from "../validate";
+import { validateDecisionRequest } from "../../shared/validate";
 import { isObject } from "../../shared/guards";
 
 /** AuthZEN 1.0 decision object. */

@@ -1,6 +1,6 @@
 import { mapMaybe, type Decider, type MaybePromise, type RequestContext } from "../../decision";
 import { toolgateError, type ToolgateError } from "../../errors";
-import { validateDecisionRequest } from "../validate";
+import { validateDecisionRequest } from "../../shared/validate";
 import { isObject } from "../../shared/guards";
 
 /** OPA Data API error body: `{code, message, errors?}` with OPA's codes. */

@@ -4,7 +4,7 @@ import Ajv2020, { type ErrorObject, type ValidateFunction } from "ajv/dist/2020"
 import addFormats from "ajv-formats";
 import { toolgateError } from "../errors";
 import type { DecisionRequest } from "../model";
-import { packageRoot } from "../shared/paths";
+import { packageRoot } from "./paths";
 
 /** Checks a value against a published schema: the value, typed, or `invalid_request` naming the member. */
 export type Validator<T> = (value: unknown, prefix?: string) => T;
