@@ -309,11 +309,13 @@ export class ApprovalService implements Component {
     status: string | undefined,
     isAdmin: boolean,
     limit = 100,
+    order: "oldest" | "newest" = "oldest",
   ): Array<Record<string, unknown>> {
     this.expire();
     const tasks = this.opts.store.listTasks({
       ...(status ? { status: status as ApprovalTask["status"] } : {}),
       limit,
+      order,
     });
     const out: Array<Record<string, unknown>> = [];
     for (const t of tasks) {

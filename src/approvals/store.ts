@@ -634,9 +634,14 @@ export class ApprovalStore extends SqliteStore {
     });
   }
 
-  /** Tasks, oldest first; `limit` is clamped to 1..1000. */
+  /** Tasks, oldest first (or newest first); `limit` is clamped to 1..1000. */
   listTasks(
-    options: { status?: TaskStatus; agentId?: string; limit?: number } = {},
+    options: {
+      status?: TaskStatus;
+      agentId?: string;
+      limit?: number;
+      order?: "oldest" | "newest";
+    } = {},
   ): ApprovalTask[] {
     const limit = Math.min(1000, Math.max(1, Math.trunc(options.limit ?? 100)));
     if (options.status !== undefined && !TASK_STATUSES.includes(options.status)) {
@@ -654,7 +659,7 @@ export class ApprovalStore extends SqliteStore {
         args.push(options.agentId);
       }
       const sql = `SELECT * FROM tasks ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
-        ORDER BY created_at, id LIMIT ?`;
+        ORDER BY ${options.order === "newest" ? "created_at DESC, id DESC" : "created_at, id"} LIMIT ?`;
       return (this.db.prepare(sql).all(...args, limit) as Row[]).map(toTask);
     });
   }

@@ -377,6 +377,11 @@ describe("tasks: creation and idempotency", () => {
     expect(store.listTasks({ status: "cancelled" }).map((t) => t.id)).toEqual([all[0]!.id]);
     expect(store.listTasks({ status: "pending", limit: 2 }).length).toBe(2);
     expect(store.listTasks({ agentId: "other" })).toEqual([]);
+    // newest first: the console's decided list shows the latest, not the first 200 ever
+    expect(store.listTasks({ limit: 2, order: "newest" }).map((t) => t.evaluationId)).toEqual([
+      "ev4",
+      "ev3",
+    ]);
     expect(code(() => store.listTasks({ status: "bogus" as TaskStatus }))).toBe("invalid_request");
   });
 });

@@ -102,7 +102,8 @@ export class SidecarConsoleBackend implements ConsoleBackend {
         const s = full(v);
         (s.can_decide ? inbox.pending : inbox.readOnly).push(s);
       }
-      for (const v of svc.list(viewer, undefined, true, 200)) {
+      // the most recent 200 (pending ones are listed above)
+      for (const v of svc.list(viewer, undefined, true, 200, "newest")) {
         if (v.status === "pending" || !listedFor(v, viewer, admin)) continue;
         inbox.decided.push(full(v));
       }
