@@ -22,6 +22,7 @@ import {
 import type { Resource } from "@opentelemetry/resources";
 import { encodeTraceRequest } from "./otlp-proto";
 import { OTLPTraceExporter as OTLPHttpJsonExporter } from "@opentelemetry/exporter-trace-otlp-http";
+import { OTLPTraceExporter as OTLPGrpcExporter } from "@opentelemetry/exporter-trace-otlp-grpc";
 import { OTLPExporterBase } from "@opentelemetry/otlp-exporter-base";
 import {
   convertLegacyHttpOptions,
@@ -181,23 +182,63 @@ class OTLPHttpProtoExporter extends OTLPExporterBase<ReadableSpan[]> implements 
   }
 }
 
-/** Picks the OTLP/HTTP exporter for OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL; it reads its endpoint from the env itself. */
-export function exporterFromEnv(env: Env): { exporter: SpanExporter; endpoint: string } {
-  const protocol = (
-    env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ??
-    env.OTEL_EXPORTER_OTLP_PROTOCOL ??
-    "http/protobuf"
-  ).trim();
+/** The first of the variables set to something other than blanks, trimmed. */
+function firstSet(...values: Array<string | undefined>): string | undefined {
+  for (const v of values) if (v !== undefined && v.trim() !== "") return v.trim();
+  return undefined;
+}
+
+/** The OTLP protocols toolgate exports spans with (OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL). */
+export type OtlpProtocol = "http/protobuf" | "http/json" | "grpc";
+
+/**
+ * Picks the OTLP exporter for OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL and its
+ * endpoint from `env`:
+ * - `http/protobuf` (default) and `http/json`: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+ *   as is, else OTEL_EXPORTER_OTLP_ENDPOINT + `/v1/traces`, else
+ *   `http://localhost:4318/v1/traces`;
+ * - `grpc` (@opentelemetry/exporter-trace-otlp-grpc):
+ *   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT, both
+ *   as they are (gRPC has no path), else `http://localhost:4317`; `http://` is
+ *   plaintext, `https://` TLS, a bare `host:port` TLS unless
+ *   OTEL_EXPORTER_OTLP_(TRACES_)INSECURE=true.
+ * Headers, timeout, compression and certificates
+ * (OTEL_EXPORTER_OTLP_(TRACES_)HEADERS / _TIMEOUT / _COMPRESSION /
+ * _CERTIFICATE / _CLIENT_KEY / _CLIENT_CERTIFICATE, and _INSECURE for gRPC)
+ * are read by the exporter itself from the process environment, as the SDK
+ * does (the audit worker's is a copy of the main thread's).
+ */
+export function exporterFromEnv(env: Env): {
+  exporter: SpanExporter;
+  endpoint: string;
+  protocol: OtlpProtocol;
+} {
+  const protocol =
+    firstSet(env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, env.OTEL_EXPORTER_OTLP_PROTOCOL) ??
+    "http/protobuf";
+  if (protocol === "grpc") {
+    const endpoint =
+      firstSet(env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, env.OTEL_EXPORTER_OTLP_ENDPOINT) ??
+      "http://localhost:4317";
+    try {
+      return { exporter: new OTLPGrpcExporter({ url: endpoint }), endpoint, protocol };
+    } catch (e) {
+      throw toolgateError(
+        "config_invalid",
+        `OTEL_EXPORTER_OTLP_ENDPOINT "${endpoint}" is not a usable gRPC endpoint (${(e as Error).message}). Fix: set it to http://host:4317 (plaintext) or https://host:4317 (TLS)`,
+      );
+    }
+  }
   const endpoint =
-    env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ??
-    `${(env.OTEL_EXPORTER_OTLP_ENDPOINT ?? "http://localhost:4318").replace(/\/+$/, "")}/v1/traces`;
+    firstSet(env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) ??
+    `${(firstSet(env.OTEL_EXPORTER_OTLP_ENDPOINT) ?? "http://localhost:4318").replace(/\/+$/, "")}/v1/traces`;
   if (protocol === "http/json")
-    return { exporter: new OTLPHttpJsonExporter({ url: endpoint }), endpoint };
+    return { exporter: new OTLPHttpJsonExporter({ url: endpoint }), endpoint, protocol };
   if (protocol === "http/protobuf")
-    return { exporter: new OTLPHttpProtoExporter(endpoint), endpoint };
+    return { exporter: new OTLPHttpProtoExporter(endpoint), endpoint, protocol };
   throw toolgateError(
     "config_invalid",
-    `OTEL_EXPORTER_OTLP_PROTOCOL "${protocol}" is not supported. Fix: use http/protobuf (default) or http/json`,
+    `OTEL_EXPORTER_OTLP_PROTOCOL "${protocol}" is not supported. Fix: use http/protobuf (default), http/json or grpc`,
   );
 }
 
@@ -365,7 +406,9 @@ export function extractTraceContext(
  * so several sidecars can share a process in tests), configured by the standard
  * OTEL_* variables: OTEL_SDK_DISABLED, OTEL_SERVICE_NAME,
  * OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER(_ARG), OTEL_BSP_*,
- * OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT / _PROTOCOL / _HEADERS / _TIMEOUT.
+ * OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT / _PROTOCOL (http/protobuf, http/json,
+ * grpc) / _HEADERS / _TIMEOUT / _COMPRESSION / _CERTIFICATE (see exporterFromEnv).
+ * Whatever the protocol, spans go through toolgate's BoundedBatchProcessor.
  */
 export class Tracing {
   readonly enabled: boolean;
