@@ -125,8 +125,8 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
     },
   });
   const metrics = {
-    handle: () =>
-      Reply.text(200, deps.metrics.render(), {
+    handle: async () =>
+      Reply.text(200, await deps.metrics.render(), {
         "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
         "Cache-Control": "no-store",
       }),

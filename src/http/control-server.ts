@@ -87,9 +87,9 @@ export function createControlApp(deps: ControlServerDeps): Express {
   }
 
   const metrics = {
-    handle: () => {
+    handle: async () => {
       if (deps.metrics === undefined) throw toolgateError("not_found", "metrics are off");
-      return Reply.text(200, deps.metrics.render(), {
+      return Reply.text(200, await deps.metrics.render(), {
         "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
         "Cache-Control": "no-store",
       });

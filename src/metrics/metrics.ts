@@ -1,73 +1,21 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { AuditEvent, DecisionEvent, DecisionSink } from "../model";
 
 /**
- * Prometheus metrics in the text exposition format (version 0.0.4), without a
- * client library: a handful of counters, gauges and one histogram. Counters
- * are updated on the decision path (a Map lookup and an add); gauges that
- * mirror other modules' state are read when scraped.
+ * Prometheus metrics with prom-client, in the text exposition format (0.0.4).
+ *
+ * One Registry per Metrics (per toolgate, per control service): several can
+ * live in one process (tests) without "already registered". prom-client's
+ * default process and Node metrics (process_*, nodejs_*) are process-wide, so
+ * they are collected once per process into a registry of their own and the
+ * same metric objects are registered on every instance's registry.
+ *
+ * Counters are updated on the decision path through cached labelled children
+ * (no label object per call); gauges that mirror other modules' state are read
+ * when scraped.
  */
 
 type Labels = Record<string, string>;
-
-function escapeLabel(v: string): string {
-  return v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"');
-}
-
-function labelText(labels: Labels): string {
-  const keys = Object.keys(labels);
-  if (keys.length === 0) return "";
-  return `{${keys.map((k) => `${k}="${escapeLabel(labels[k] ?? "")}"`).join(",")}}`;
-}
-
-class Counter {
-  private readonly values = new Map<string, number>();
-  constructor(
-    readonly name: string,
-    readonly help: string,
-  ) {}
-  inc(labels: Labels = {}, by = 1): void {
-    const key = labelText(labels);
-    this.values.set(key, (this.values.get(key) ?? 0) + by);
-  }
-  render(): string {
-    let out = `# HELP ${this.name} ${this.help}\n# TYPE ${this.name} counter\n`;
-    for (const [k, v] of this.values) out += `${this.name}${k} ${v}\n`;
-    return out;
-  }
-}
-
-class Histogram {
-  private readonly counts: number[];
-  private sum = 0;
-  private count = 0;
-  constructor(
-    readonly name: string,
-    readonly help: string,
-    private readonly buckets: number[],
-  ) {
-    this.counts = buckets.map(() => 0);
-  }
-  observe(v: number): void {
-    this.sum += v;
-    this.count++;
-    for (let i = 0; i < this.buckets.length; i++) {
-      if (v <= (this.buckets[i] as number)) {
-        this.counts[i] = (this.counts[i] as number) + 1;
-        break;
-      }
-    }
-  }
-  render(): string {
-    let out = `# HELP ${this.name} ${this.help}\n# TYPE ${this.name} histogram\n`;
-    let cumulative = 0;
-    for (let i = 0; i < this.buckets.length; i++) {
-      cumulative += this.counts[i] as number;
-      out += `${this.name}_bucket{le="${this.buckets[i]}"} ${cumulative}\n`;
-    }
-    out += `${this.name}_bucket{le="+Inf"} ${this.count}\n${this.name}_sum ${this.sum}\n${this.name}_count ${this.count}\n`;
-    return out;
-  }
-}
 
 /** A gauge read at scrape time. */
 export interface GaugeSource {
@@ -76,66 +24,152 @@ export interface GaugeSource {
   read(): Array<{ labels?: Labels; value: number }>;
 }
 
-export class Metrics {
-  readonly decisions = new Counter(
-    "toolgate_decisions_total",
-    'Decisions by outcome, tool (unknown tools grouped as "unknown") and first reason code.',
-  );
-  readonly refusals = new Counter(
-    "toolgate_decision_refusals_total",
-    "Decision requests refused before evaluation, by error code (e.g. policy_unavailable, agent_mismatch).",
-  );
-  readonly evaluationErrors = new Counter(
-    "toolgate_evaluation_errors_total",
-    "Decisions denied because the policy failed (evaluation_error, policy_output_invalid, unknown_obligation).",
-  );
-  readonly latency = new Histogram(
-    "toolgate_decision_duration_seconds",
-    "Time to decide (identity, policy evaluation, approvals), excluding HTTP.",
-    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05],
-  );
-  readonly approvals = new Counter(
-    "toolgate_approval_events_total",
-    "Approval events by kind (requested, approved, denied, expired, cancelled, used, refused, revoked).",
-  );
-  readonly bundleEvents = new Counter(
-    "toolgate_bundle_events_total",
-    "Bundle activations and rejections (result=activated|rejected, code for rejections).",
-  );
-  readonly candidateDivergences = new Counter(
-    "toolgate_candidate_divergences_total",
-    "Decisions where the candidate policy (policy.candidate.bundle) answered a different outcome than the active one, by tool, outcome and candidate outcome.",
-  );
-  readonly containmentStoreFailures = new Counter(
-    "toolgate_containment_store_failures_total",
-    "Writes containment.db refused (disk full, read-only, ...), by op: killswitch_create, killswitch_delete (the change applies in memory and is retried), budget_reserve (the allow is denied), budget_commit, budget_release (the reservation keeps counting).",
-  );
-  readonly actionAnomalies = new Counter(
-    "toolgate_action_anomalies_total",
-    "Action reports that contradict their decision (recorded and flagged), by kind: read_tool_changed, changed_outside_boundary, read_outside_boundary.",
-  );
-  private readonly gauges: GaugeSource[] = [];
+/** Content type of render(): the Prometheus text format 0.0.4. */
+export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
 
-  addGauge(g: GaugeSource): void {
-    this.gauges.push(g);
+let processRegistry: Registry | undefined;
+
+/** prom-client's default metrics, collected once per process (their observers are process-wide). */
+function processMetrics(): Registry {
+  if (processRegistry === undefined) {
+    processRegistry = new Registry();
+    collectDefaultMetrics({ register: processRegistry });
+  }
+  return processRegistry;
+}
+
+/** A gauge whose samples are read from their owner at each scrape (labels as the owner gives them). */
+class ScrapeGauge extends Gauge {
+  constructor(
+    private readonly source: GaugeSource,
+    registry: Registry,
+  ) {
+    super({ name: source.name, help: source.help, registers: [registry] });
+  }
+  override async get(): ReturnType<Gauge["get"]> {
+    const base = await super.get();
+    return {
+      ...base,
+      values: this.source.read().map((s) => ({ labels: s.labels ?? {}, value: s.value })),
+    };
+  }
+}
+
+type Inc = { inc(value?: number): void };
+
+/** A counter's labelled children, cached by label value: no label object per increment. */
+class Children1 {
+  private readonly cache = new Map<string, Inc>();
+  constructor(private readonly counter: Counter<string>) {}
+  get(a: string): Inc {
+    let child = this.cache.get(a);
+    if (child === undefined) {
+      child = this.counter.labels(a);
+      this.cache.set(a, child);
+    }
+    return child;
+  }
+}
+
+/** Children1 for three labels, as nested maps (no key string per call). */
+class Children3 {
+  private readonly cache = new Map<string, Map<string, Map<string, Inc>>>();
+  constructor(private readonly counter: Counter<string>) {}
+  get(a: string, b: string, c: string): Inc {
+    let byA = this.cache.get(a);
+    if (byA === undefined) this.cache.set(a, (byA = new Map<string, Map<string, Inc>>()));
+    let byB = byA.get(b);
+    if (byB === undefined) byA.set(b, (byB = new Map<string, Inc>()));
+    let child = byB.get(c);
+    if (child === undefined) {
+      child = this.counter.labels(a, b, c);
+      byB.set(c, child);
+    }
+    return child;
+  }
+}
+
+export class Metrics {
+  /** This instance's registry: its toolgate_* metrics and the process-wide default metrics. */
+  readonly registry = new Registry();
+  readonly decisions = new Counter({
+    name: "toolgate_decisions_total",
+    help: 'Decisions by outcome, tool (unknown tools grouped as "unknown") and first reason code.',
+    labelNames: ["outcome", "tool", "reason"] as const,
+    registers: [this.registry],
+  });
+  readonly refusals = new Counter({
+    name: "toolgate_decision_refusals_total",
+    help: "Decision requests refused before evaluation, by error code (e.g. policy_unavailable, agent_mismatch).",
+    labelNames: ["code"] as const,
+    registers: [this.registry],
+  });
+  readonly evaluationErrors = new Counter({
+    name: "toolgate_evaluation_errors_total",
+    help: "Decisions denied because the policy failed (evaluation_error, policy_output_invalid, unknown_obligation).",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
+  readonly latency = new Histogram({
+    name: "toolgate_decision_duration_seconds",
+    help: "Time to decide (identity, policy evaluation, approvals), excluding HTTP.",
+    buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05],
+    registers: [this.registry],
+  });
+  readonly approvals = new Counter({
+    name: "toolgate_approval_events_total",
+    help: "Approval events by kind (requested, approved, denied, expired, cancelled, used, refused, revoked).",
+    labelNames: ["event"] as const,
+    registers: [this.registry],
+  });
+  readonly bundleEvents = new Counter({
+    name: "toolgate_bundle_events_total",
+    help: "Bundle activations and rejections (result=activated|rejected, code for rejections).",
+    labelNames: ["result", "code"] as const,
+    registers: [this.registry],
+  });
+  readonly candidateDivergences = new Counter({
+    name: "toolgate_candidate_divergences_total",
+    help: "Decisions where the candidate policy (policy.candidate.bundle) answered a different outcome than the active one, by tool, outcome and candidate outcome.",
+    labelNames: ["tool", "outcome", "candidate"] as const,
+    registers: [this.registry],
+  });
+  readonly containmentStoreFailures = new Counter({
+    name: "toolgate_containment_store_failures_total",
+    help: "Writes containment.db refused (disk full, read-only, ...), by op: killswitch_create, killswitch_delete (the change applies in memory and is retried), budget_reserve (the allow is denied), budget_commit, budget_release (the reservation keeps counting).",
+    labelNames: ["op"] as const,
+    registers: [this.registry],
+  });
+  readonly actionAnomalies = new Counter({
+    name: "toolgate_action_anomalies_total",
+    help: "Action reports that contradict their decision (recorded and flagged), by kind: read_tool_changed, changed_outside_boundary, read_outside_boundary.",
+    labelNames: ["kind"] as const,
+    registers: [this.registry],
+  });
+
+  /** Cached children for the per-decision path. */
+  readonly decisionChildren = new Children3(this.decisions);
+  readonly refusalChildren = new Children1(this.refusals);
+  readonly evaluationErrorChildren = new Children1(this.evaluationErrors);
+  /** The unlabelled histogram's observer, made once (prom-client builds a closure per bare observe()). */
+  private readonly latencyChild = this.latency.labels({});
+  observeLatency(seconds: number): void {
+    this.latencyChild.observe(seconds);
   }
 
-  render(): string {
-    let out =
-      this.decisions.render() +
-      this.refusals.render() +
-      this.evaluationErrors.render() +
-      this.latency.render() +
-      this.approvals.render() +
-      this.bundleEvents.render() +
-      this.candidateDivergences.render() +
-      this.containmentStoreFailures.render() +
-      this.actionAnomalies.render();
-    for (const g of this.gauges) {
-      out += `# HELP ${g.name} ${g.help}\n# TYPE ${g.name} gauge\n`;
-      for (const s of g.read()) out += `${g.name}${labelText(s.labels ?? {})} ${s.value}\n`;
+  constructor() {
+    for (const m of processMetrics().getMetricsAsArray()) {
+      this.registry.registerMetric(m as unknown as Counter);
     }
-    return out;
+  }
+
+  addGauge(g: GaugeSource): void {
+    new ScrapeGauge(g, this.registry);
+  }
+
+  /** The exposition text (Prometheus 0.0.4; METRICS_CONTENT_TYPE). */
+  render(): Promise<string> {
+    return this.registry.metrics();
   }
 }
 
@@ -146,7 +180,7 @@ export function meteredSink(metrics: Metrics, next: DecisionSink | undefined): D
   return {
     record(event: AuditEvent): void {
       if (event.kind === "decision") countDecision(metrics, event);
-      else if (event.kind === "refusal") metrics.refusals.inc({ code: event.error.code });
+      else if (event.kind === "refusal") metrics.refusalChildren.get(event.error.code).inc();
       next?.record(event);
     },
   };
@@ -155,10 +189,10 @@ export function meteredSink(metrics: Metrics, next: DecisionSink | undefined): D
 function countDecision(metrics: Metrics, { decision: d, ctx, notes }: DecisionEvent): void {
   const tool = d.tool !== undefined && d.tool.class !== null ? d.tool.name : "unknown";
   const reason = d.reasons[0]?.code ?? "";
-  metrics.decisions.inc({ outcome: d.outcome, tool, reason });
-  if (FAIL_CLOSED.has(reason)) metrics.evaluationErrors.inc({ reason });
+  metrics.decisionChildren.get(d.outcome, tool, reason).inc();
+  if (FAIL_CLOSED.has(reason)) metrics.evaluationErrorChildren.get(reason).inc();
   if (ctx.startTimeMs !== undefined) {
-    metrics.latency.observe((performance.timeOrigin + performance.now() - ctx.startTimeMs) / 1000);
+    metrics.observeLatency((performance.timeOrigin + performance.now() - ctx.startTimeMs) / 1000);
   }
   if (notes?.candidate?.diverged === true) {
     metrics.candidateDivergences.inc({

@@ -1,4 +1,5 @@
 /** Prometheus metrics on the control port, from real decisions. */
+import { Metrics } from "../../src/metrics";
 import { bearer, token } from "../helpers/tokens";
 import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
 
@@ -99,4 +100,83 @@ test("scrape authentication can be required", async () => {
   } finally {
     await tg.stop();
   }
+});
+
+/** Every `# TYPE` line's metric name, in order. */
+function typedNames(text: string): string[] {
+  return [...text.matchAll(/^# TYPE (\S+) \S+$/gm)].map((m) => m[1] as string);
+}
+
+test("process and Node metrics (prom-client defaults) on two toolgates in one process", async () => {
+  const a = await startTestToolgate({ TOOLGATE_CONTROL_PORT: "0" });
+  const b = await startTestToolgate({ TOOLGATE_CONTROL_PORT: "0" });
+  try {
+    await postJson(a.agentServer.url, "/v1/decisions", refRequest({ tool: "tickets.read" }));
+    for (const tg of [a, b]) {
+      const res = await http(tg.controlServer?.url ?? "", "GET", "/metrics");
+      expect(res.status).toBe(200);
+      expect(res.headers["content-type"]).toBe("text/plain; version=0.0.4; charset=utf-8");
+      const m = res.text;
+      for (const name of [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "nodejs_eventloop_lag_seconds",
+        "nodejs_heap_size_used_bytes",
+      ]) {
+        expect(sample(m, name)).toBeGreaterThanOrEqual(0);
+      }
+      expect(m).toMatch(/^# TYPE nodejs_gc_duration_seconds histogram$/m);
+      expect(m).toMatch(/^# TYPE process_cpu_seconds_total counter$/m);
+      // no name twice (the default metrics are shared, not registered twice), no prefix clash
+      const names = typedNames(m);
+      expect(new Set(names).size).toBe(names.length);
+      expect(names.filter((n) => !/^(toolgate|process|nodejs)_/.test(n))).toEqual([]);
+    }
+    // each toolgate counts its own decisions: the registries are separate
+    const ma = (await http(a.controlServer?.url ?? "", "GET", "/metrics")).text;
+    const mb = (await http(b.controlServer?.url ?? "", "GET", "/metrics")).text;
+    expect(sample(ma, "toolgate_decisions_total", { outcome: "allow", tool: "tickets.read" })).toBe(
+      1,
+    );
+    expect(
+      sample(mb, "toolgate_decisions_total", { outcome: "allow", tool: "tickets.read" }),
+    ).toBeUndefined();
+  } finally {
+    await a.stop();
+    await b.stop();
+  }
+});
+
+test("Metrics: gauges read at scrape, labelled or not; instances independent", async () => {
+  const one = new Metrics();
+  const two = new Metrics();
+  let pending = 3;
+  one.addGauge({ name: "toolgate_approvals_pending", help: "p", read: () => [{ value: pending }] });
+  two.addGauge({ name: "toolgate_approvals_pending", help: "p", read: () => [{ value: 7 }] });
+  one.addGauge({
+    name: "toolgate_component_status",
+    help: "c",
+    read: () => [
+      { labels: { component: "audit" }, value: 1 },
+      { labels: { component: "bundle" }, value: -1 },
+    ],
+  });
+  one.addGauge({ name: "toolgate_bundle_active", help: "b", read: () => [] });
+  one.approvals.inc({ event: "requested" });
+  one.bundleEvents.inc({ result: "rejected", code: "bad_signature" });
+  let m = await one.render();
+  expect(sample(m, "toolgate_approvals_pending")).toBe(3);
+  expect(sample(m, "toolgate_component_status", { component: "bundle" })).toBe(-1);
+  expect(m).toMatch(/^# TYPE toolgate_bundle_active gauge$/m);
+  expect(m).not.toMatch(/^toolgate_bundle_active/m);
+  expect(
+    sample(m, "toolgate_bundle_events_total", { result: "rejected", code: "bad_signature" }),
+  ).toBe(1);
+  pending = 0;
+  m = await one.render();
+  expect(sample(m, "toolgate_approvals_pending")).toBe(0);
+  const m2 = await two.render();
+  expect(sample(m2, "toolgate_approvals_pending")).toBe(7);
+  expect(sample(m2, "toolgate_approval_events_total", { event: "requested" })).toBeUndefined();
+  expect(sample(m2, "process_cpu_seconds_total")).toBeGreaterThanOrEqual(0);
 });
