@@ -264,7 +264,7 @@ const LOG = {
     key: "log.level",
     env: "TOOLGATE_LOG_LEVEL",
     default: "info",
-    doc: "Least severity written to the log (stderr, JSON lines).",
+    doc: "Least severity written to the log (JSON lines on stdout, the one log destination).",
   }),
 };
 

@@ -1,10 +1,13 @@
 import type { Writable } from "node:stream";
 import winston from "winston";
+import { hasOwn } from "./guards";
 
 /**
- * Structured logging: one JSON object per line (winston), on stdout by
- * default. Operational events and audit records share the stream; every line
- * has `time`, `level`, `msg` and an `event` name.
+ * Structured logging: one JSON object per line (winston), on stdout, the one
+ * log destination (`toolgate serve` and `toolgate control` never log to
+ * stderr, which carries only the CLI's own messages: usage, failures).
+ * Operational events and audit records share the stream; every line has
+ * `time`, `level`, `msg` (its only message key) and an `event` name.
  */
 export type LogLevel = "error" | "warn" | "info" | "debug" | "silent";
 
@@ -30,6 +33,19 @@ export interface Logger {
   flush(): Promise<void>;
 }
 
+/**
+ * The fields without a `message` key: winston appends a meta `message` to the
+ * line's message ("x" + " x"), and the line has one message, `msg`. A
+ * security event's record carries its message, the same as `msg`: dropped. A
+ * different one is kept as `detail` (unless the fields have a `detail`).
+ */
+function withoutMessage(msg: string, fields: Record<string, unknown>): Record<string, unknown> {
+  if (!hasOwn(fields, "message")) return fields;
+  const { message, ...rest } = fields;
+  if (message !== undefined && message !== msg && rest.detail === undefined) rest.detail = message;
+  return rest;
+}
+
 const RANK: Record<Exclude<LogLevel, "silent">, number> = { error: 1, warn: 2, info: 3, debug: 4 };
 
 export function createLogger(level: LogLevel, stream: Writable = process.stdout): Logger {
@@ -53,7 +69,7 @@ export function createLogger(level: LogLevel, stream: Writable = process.stdout)
   const emit =
     (lvl: Exclude<LogLevel, "silent">) =>
     (msg: string, fields?: Record<string, unknown>): void => {
-      w.log(lvl, msg, fields);
+      w.log(lvl, msg, fields === undefined ? undefined : withoutMessage(msg, fields));
     };
   const max = level === "silent" ? 0 : RANK[level];
   let pending: string[] = [];
