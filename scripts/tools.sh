@@ -6,6 +6,7 @@
 #   scripts/tools.sh registry -> path to a pinned OCI registry (go-containerregistry) for the OCI bundle test
 #   scripts/tools.sh helm     -> path to the pinned helm CLI (chart lint/template tests)
 #   scripts/tools.sh k8s-validate -> the offline manifest validator in tools/k8s-validate
+#   scripts/tools.sh promtool -> path to the pinned promtool (alert rules check and unit tests)
 # Pins: `go install module@version` where the module allows it; otherwise a
 # tools module under tools/<name>/ (go.mod + go.sum, `tool` directive).
 set -euo pipefail
@@ -19,6 +20,7 @@ declare -A MODULE=(
   [registry]="github.com/google/go-containerregistry/cmd/registry@v0.22.1"
   [helm]="helm.sh/helm/v3/cmd/helm@v3.22.0"
   [k8s-validate]="tools/k8s-validate:."
+  [promtool]="github.com/prometheus/prometheus/cmd/promtool@v0.316.0"
 )
 
 tool="${1:?usage: scripts/tools.sh <tool>}"
