@@ -10,9 +10,9 @@ import type { AuditEvent, DecisionEvent, DecisionSink } from "../model";
  * they are collected once per process into a registry of their own and the
  * same metric objects are registered on every instance's registry.
  *
- * Counters are updated on the decision path through cached labelled children
- * (no label object per call); gauges that mirror other modules' state are read
- * when scraped.
+ * Counters updated per decision are tallied as plain numbers and added to
+ * their prom-client counters when scraped (Tally); gauges that mirror other
+ * modules' state are read when scraped.
  */
 
 type Labels = Record<string, string>;
@@ -55,37 +55,63 @@ class ScrapeGauge extends Gauge {
   }
 }
 
-type Inc = { inc(value?: number): void };
-
-/** A counter's labelled children, cached by label value: no label object per increment. */
-class Children1 {
-  private readonly cache = new Map<string, Inc>();
-  constructor(private readonly counter: Counter<string>) {}
-  get(a: string): Inc {
-    let child = this.cache.get(a);
-    if (child === undefined) {
-      child = this.counter.labels(a);
-      this.cache.set(a, child);
-    }
-    return child;
-  }
+/** One series of a tally: its labels (built once) and its count, part of it already in the counter. */
+interface Tallied {
+  readonly labels: Labels;
+  n: number;
+  flushed: number;
 }
 
-/** Children1 for three labels, as nested maps (no key string per call). */
-class Children3 {
-  private readonly cache = new Map<string, Map<string, Map<string, Inc>>>();
-  constructor(private readonly counter: Counter<string>) {}
-  get(a: string, b: string, c: string): Inc {
-    let byA = this.cache.get(a);
-    if (byA === undefined) this.cache.set(a, (byA = new Map<string, Map<string, Inc>>()));
+/**
+ * Counts for a counter's series on the decision path, kept as plain numbers
+ * and added to the prom-client counter when it is scraped (flush(), from the
+ * counter's collect). A decision costs map lookups and an add: no label
+ * object, no label hash, no validation per call (prom-client's inc() builds
+ * and checks a hash each time). Series are keyed by label values in nested
+ * maps (no key string per call); their number is bounded by the label values
+ * (tools the policy knows, reason codes, outcomes).
+ */
+class Tally {
+  private readonly root = new Map<string, unknown>();
+  private readonly series: Tallied[] = [];
+  constructor(
+    private readonly counter: Counter<string>,
+    private readonly labelNames: readonly string[],
+  ) {}
+
+  /** The series for these label values (in labelNames order), made on first use. */
+  private make(values: readonly string[]): Tallied {
+    const labels: Labels = {};
+    this.labelNames.forEach((name, i) => (labels[name] = values[i] ?? ""));
+    const t: Tallied = { labels, n: 0, flushed: 0 };
+    this.series.push(t);
+    return t;
+  }
+
+  one(a: string): Tallied {
+    let t = this.root.get(a) as Tallied | undefined;
+    if (t === undefined) this.root.set(a, (t = this.make([a])));
+    return t;
+  }
+
+  three(a: string, b: string, c: string): Tallied {
+    let byA = this.root.get(a) as Map<string, Map<string, Tallied>> | undefined;
+    if (byA === undefined) this.root.set(a, (byA = new Map<string, Map<string, Tallied>>()));
     let byB = byA.get(b);
-    if (byB === undefined) byA.set(b, (byB = new Map<string, Inc>()));
-    let child = byB.get(c);
-    if (child === undefined) {
-      child = this.counter.labels(a, b, c);
-      byB.set(c, child);
+    if (byB === undefined) byA.set(b, (byB = new Map<string, Tallied>()));
+    let t = byB.get(c);
+    if (t === undefined) byB.set(c, (t = this.make([a, b, c])));
+    return t;
+  }
+
+  /** Adds what was counted since the last scrape to the counter. */
+  flush(): void {
+    for (const t of this.series) {
+      if (t.n > t.flushed) {
+        this.counter.inc(t.labels, t.n - t.flushed);
+        t.flushed = t.n;
+      }
     }
-    return child;
   }
 }
 
@@ -97,18 +123,21 @@ export class Metrics {
     help: 'Decisions by outcome, tool (unknown tools grouped as "unknown") and first reason code.',
     labelNames: ["outcome", "tool", "reason"] as const,
     registers: [this.registry],
+    collect: (): void => this.decisionTally.flush(),
   });
   readonly refusals = new Counter({
     name: "toolgate_decision_refusals_total",
     help: "Decision requests refused before evaluation, by error code (e.g. policy_unavailable, agent_mismatch).",
     labelNames: ["code"] as const,
     registers: [this.registry],
+    collect: (): void => this.refusalTally.flush(),
   });
   readonly evaluationErrors = new Counter({
     name: "toolgate_evaluation_errors_total",
     help: "Decisions denied because the policy failed (evaluation_error, policy_output_invalid, unknown_obligation).",
     labelNames: ["reason"] as const,
     registers: [this.registry],
+    collect: (): void => this.evaluationErrorTally.flush(),
   });
   readonly latency = new Histogram({
     name: "toolgate_decision_duration_seconds",
@@ -147,15 +176,10 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  /** Cached children for the per-decision path. */
-  readonly decisionChildren = new Children3(this.decisions);
-  readonly refusalChildren = new Children1(this.refusals);
-  readonly evaluationErrorChildren = new Children1(this.evaluationErrors);
-  /** The unlabelled histogram's observer, made once (prom-client builds a closure per bare observe()). */
-  private readonly latencyChild = this.latency.labels({});
-  observeLatency(seconds: number): void {
-    this.latencyChild.observe(seconds);
-  }
+  /** The per-decision counts (toolgate_decisions_total and the two below), flushed at scrape. */
+  readonly decisionTally: Tally = new Tally(this.decisions, ["outcome", "tool", "reason"]);
+  readonly refusalTally: Tally = new Tally(this.refusals, ["code"]);
+  readonly evaluationErrorTally: Tally = new Tally(this.evaluationErrors, ["reason"]);
 
   constructor() {
     for (const m of processMetrics().getMetricsAsArray()) {
@@ -180,7 +204,7 @@ export function meteredSink(metrics: Metrics, next: DecisionSink | undefined): D
   return {
     record(event: AuditEvent): void {
       if (event.kind === "decision") countDecision(metrics, event);
-      else if (event.kind === "refusal") metrics.refusalChildren.get(event.error.code).inc();
+      else if (event.kind === "refusal") metrics.refusalTally.one(event.error.code).n++;
       next?.record(event);
     },
   };
@@ -189,10 +213,10 @@ export function meteredSink(metrics: Metrics, next: DecisionSink | undefined): D
 function countDecision(metrics: Metrics, { decision: d, ctx, notes }: DecisionEvent): void {
   const tool = d.tool !== undefined && d.tool.class !== null ? d.tool.name : "unknown";
   const reason = d.reasons[0]?.code ?? "";
-  metrics.decisionChildren.get(d.outcome, tool, reason).inc();
-  if (FAIL_CLOSED.has(reason)) metrics.evaluationErrorChildren.get(reason).inc();
+  metrics.decisionTally.three(d.outcome, tool, reason).n++;
+  if (FAIL_CLOSED.has(reason)) metrics.evaluationErrorTally.one(reason).n++;
   if (ctx.startTimeMs !== undefined) {
-    metrics.observeLatency((performance.timeOrigin + performance.now() - ctx.startTimeMs) / 1000);
+    metrics.latency.observe((performance.timeOrigin + performance.now() - ctx.startTimeMs) / 1000);
   }
   if (notes?.candidate?.diverged === true) {
     metrics.candidateDivergences.inc({

@@ -81,6 +81,17 @@ test("decisions, refusals, approvals and readiness are counted", async () => {
     );
     expect(m).toMatch(/^# TYPE toolgate_decisions_total counter$/m);
     expect(m).toMatch(/^# TYPE toolgate_decision_duration_seconds histogram$/m);
+
+    // counted per decision, added up at each scrape: the next scrape carries on from this one
+    await postJson(base, "/v1/decisions", refRequest({ tool: "tickets.read" }));
+    const again = (await http(tg.controlServer?.url ?? "", "GET", "/metrics")).text;
+    const allowed = { outcome: "allow", tool: "tickets.read", reason: "granted" };
+    expect(sample(again, "toolgate_decisions_total", allowed)).toBe(3);
+    expect(sample(again, "toolgate_decision_refusals_total", { code: "agent_mismatch" })).toBe(1);
+    expect(sample(again, "toolgate_decision_duration_seconds_count")).toBe(6);
+    expect((await http(tg.controlServer?.url ?? "", "GET", "/metrics")).text).toContain(
+      'toolgate_decisions_total{outcome="allow",tool="tickets.read",reason="granted"} 3\n',
+    );
   } finally {
     await tg.stop();
   }
