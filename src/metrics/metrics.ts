@@ -24,9 +24,6 @@ export interface GaugeSource {
   read(): Array<{ labels?: Labels; value: number }>;
 }
 
-/** Content type of render(): the Prometheus text format 0.0.4. */
-export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
-
 let processRegistry: Registry | undefined;
 
 /** prom-client's default metrics, collected once per process (their observers are process-wide). */
@@ -191,7 +188,7 @@ export class Metrics {
     new ScrapeGauge(g, this.registry);
   }
 
-  /** The exposition text (Prometheus 0.0.4; METRICS_CONTENT_TYPE). */
+  /** The exposition text: `text/plain; version=0.0.4; charset=utf-8` (the registry's contentType). */
   render(): Promise<string> {
     return this.registry.metrics();
   }
