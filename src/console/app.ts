@@ -36,6 +36,7 @@ import {
 import {
   csrfMatches,
   LOGIN_COOKIE,
+  NEXT_COOKIE,
   newCsrf,
   openLoginState,
   openSession,
@@ -92,6 +93,16 @@ class ConsoleHttpError extends Error {
 }
 
 /** True when a control host is loopback (cookies may then go without Secure). */
+/**
+ * A page to land on after login: only the console's own request pages and
+ * panel (no open redirect: never another origin, path or scheme).
+ */
+export function safeNext(v: unknown): string | undefined {
+  if (typeof v !== "string" || v.length > 200) return undefined;
+  return /^\/console\/(requests\/[A-Za-z0-9._:-]{1,128}|containment)$/.test(v) ? v : undefined;
+}
+const nextOf = safeNext;
+
 export function isLoopbackHost(host: string): boolean {
   const h = host.replace(/^\[|\]$/g, "").toLowerCase();
   return h === "localhost" || h === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
@@ -256,12 +267,17 @@ export function createConsole(opts: ConsoleOptions): Router {
       fn(req, res).catch(next);
     };
 
-  /** The session, or a redirect to the login page (GET) / 403 (POST). */
+  /** The session, or a redirect to the login page (GET, coming back here after) / 403 (POST). */
   const needSession = (req: Request, res: Response): Session | undefined => {
     const s = sessionOf(req);
     if (s !== undefined) return s;
-    if (req.method === "GET" || req.method === "HEAD") res.redirect(302, `${BASE}/login`);
-    else throw new ConsoleHttpError(403, "not signed in (or the session expired): sign in again");
+    if (req.method === "GET" || req.method === "HEAD") {
+      const back = safeNext(`${BASE}${req.path}`);
+      res.redirect(
+        302,
+        `${BASE}/login${back !== undefined ? `?next=${encodeURIComponent(back)}` : ""}`,
+      );
+    } else throw new ConsoleHttpError(403, "not signed in (or the session expired): sign in again");
     return undefined;
   };
 
@@ -293,6 +309,7 @@ export function createConsole(opts: ConsoleOptions): Router {
     h(async (req, res) => {
       const ctx = await pageCtx(sessionOf(req));
       const error = typeof req.query.error === "string" ? loginErrors[req.query.error] : undefined;
+      const next = nextOf(req.query.next);
       send(
         res,
         200,
@@ -300,6 +317,7 @@ export function createConsole(opts: ConsoleOptions): Router {
           oidc: oidc !== undefined,
           devUsers: opts.devUsers?.(),
           ...(error !== undefined ? { error } : {}),
+          ...(next !== undefined ? { next } : {}),
         }),
       );
     }),
@@ -322,7 +340,7 @@ export function createConsole(opts: ConsoleOptions): Router {
       log.warn("console development login", { event: "console.dev_login", principal: user.name });
       event("console_login", { principal: user.name, roles: user.roles, via: "dev" });
       await Promise.resolve();
-      res.redirect(303, `${BASE}/`);
+      res.redirect(303, nextOf(field(req.body, "next")) ?? `${BASE}/`);
     }),
   );
 
@@ -348,6 +366,18 @@ export function createConsole(opts: ConsoleOptions): Router {
           maxAge: LOGIN_TTL_SECONDS,
         }),
       );
+      const back = nextOf(req.query.next);
+      if (back !== undefined) {
+        res.append(
+          "Set-Cookie",
+          setCookie(NEXT_COOKIE, sealer.seal("next", back), {
+            path: `${BASE}/auth`,
+            secure,
+            sameSite: "Lax",
+            maxAge: LOGIN_TTL_SECONDS,
+          }),
+        );
+      }
       res.redirect(302, url);
     }),
   );
@@ -357,8 +387,11 @@ export function createConsole(opts: ConsoleOptions): Router {
     h(async (req, res) => {
       if (oidc === undefined)
         throw new ConsoleHttpError(404, "OpenID Connect login is not configured");
-      const st = openLoginState(sealer, parseCookies(req.headers.cookie).get(LOGIN_COOKIE), nowS());
+      const cookies = parseCookies(req.headers.cookie);
+      const st = openLoginState(sealer, cookies.get(LOGIN_COOKIE), nowS());
       clearCookie(res, LOGIN_COOKIE, `${BASE}/auth`, "Lax");
+      const back = nextOf(sealer.open("next", cookies.get(NEXT_COOKIE)));
+      if (cookies.has(NEXT_COOKIE)) clearCookie(res, NEXT_COOKIE, `${BASE}/auth`, "Lax");
       if (st === undefined) {
         res.redirect(303, `${BASE}/login?error=stale`);
         return;
@@ -383,10 +416,10 @@ export function createConsole(opts: ConsoleOptions): Router {
       if (req.headers["sec-fetch-site"] === "cross-site") {
         // a SameSite=Strict cookie set on a cross-site navigation is not sent on its redirect:
         // one same-site hop first
-        send(res, 200, continuePage(await pageCtx(undefined)));
+        send(res, 200, continuePage(await pageCtx(undefined), back));
         return;
       }
-      res.redirect(303, `${BASE}/`);
+      res.redirect(303, back ?? `${BASE}/`);
     }),
   );
 

@@ -94,11 +94,14 @@ export function loginPage(
     oidc: boolean;
     devUsers: Array<{ name: string; roles: string[] }> | undefined;
     error?: string;
+    /** Where to land after login (a page of the console, checked by the caller). */
+    next?: string;
   },
 ): string {
+  const nextQuery = opts.next !== undefined ? `?next=${encodeURIComponent(opts.next)}` : "";
   const body = html`<h1>Sign in</h1>
     ${opts.error !== undefined ? html`<p class="error" role="alert">${opts.error}</p>` : ""}
-    ${opts.oidc ? html`<p><a class="button" href="${BASE}/auth/start">Sign in with your identity provider</a></p>` : ""}
+    ${opts.oidc ? html`<p><a class="button" href="${BASE}/auth/start${nextQuery}">Sign in with your identity provider</a></p>` : ""}
     ${
       opts.devUsers !== undefined
         ? html`<section aria-labelledby="dev-login">
@@ -108,6 +111,7 @@ export function loginPage(
               act as these people. Never in production.
             </p>
             <form method="post" action="${BASE}/login/dev" class="devlogin">
+              ${opts.next !== undefined ? html`<input type="hidden" name="next" value="${opts.next}" />` : ""}
               <ul class="users">
                 ${opts.devUsers.map(
                   (u) =>
@@ -619,11 +623,16 @@ export function errorPage(ctx: PageContext, status: number, message: string): st
 }
 
 /** After an OIDC callback reached cross-site: a same-site hop so the SameSite=Strict cookie is sent. */
-export function continuePage(ctx: PageContext): string {
+export function continuePage(ctx: PageContext, next = `${BASE}/`): string {
   return layout(
     ctx,
     "Signed in",
     html`<h1>Signed in</h1>
-      <p><a class="button" id="continue" href="${BASE}/">Continue to the console</a></p>`,
-  ).replace("<head>", '<head>\n<meta http-equiv="refresh" content="0;url=/console/">');
+      <p><a class="button" id="continue" href="${next}">Continue to the console</a></p>`,
+  ).replace(
+    "<head>",
+    html`<head>
+      <meta http-equiv="refresh" content="0;url=${next}" />
+    </head>`.toString(),
+  );
 }

@@ -19,6 +19,8 @@ import { toolgateError } from "../errors";
 
 export const SESSION_COOKIE = "tg_console";
 export const LOGIN_COOKIE = "tg_console_login";
+/** Where a login started from a console link goes back to (sealed, beside the login state). */
+export const NEXT_COOKIE = "tg_console_next";
 /** A sealed cookie larger than this is refused unread. */
 const MAX_SEALED = 4096;
 

@@ -187,6 +187,34 @@ describe("console on the sidecar's control port (development mode)", () => {
     expect((await b.go("/console/")).status).toBe(302);
   });
 
+  test("a link to a request opened signed out: login, then back on that request (never elsewhere)", async () => {
+    const b = new Browser(r.control);
+    const res = await b.go("/console/requests/apr_linked");
+    expect(res.status).toBe(302);
+    expect(res.location).toBe(`${r.control}/console/login?next=%2Fconsole%2Frequests%2Fapr_linked`);
+    const login = await b.go("/console/login?next=%2Fconsole%2Frequests%2Fapr_linked");
+    expect(login.text).toContain('name="next" value="/console/requests/apr_linked"');
+    const back = await b.post("/console/login/dev", {
+      user: "maria",
+      next: "/console/requests/apr_linked",
+    });
+    expect(back.status).toBe(303);
+    expect(back.location).toBe(`${r.control}/console/requests/apr_linked`);
+    // no open redirect: another origin, a scheme-relative URL, another path land on the inbox
+    for (const next of [
+      "https://evil.example/",
+      "//evil.example/x",
+      "/v1/approvals",
+      "/console/../v1",
+    ]) {
+      const other = new Browser(r.control);
+      const page = await other.go(`/console/login?next=${encodeURIComponent(next)}`);
+      expect(page.text).not.toContain('name="next"');
+      const out = await other.post("/console/login/dev", { user: "maria", next });
+      expect(out.location).toBe(`${r.control}/console/`);
+    }
+  });
+
   test("dev login: an unknown user is refused; a post from another origin is refused", async () => {
     const b = new Browser(r.control);
     expect((await b.post("/console/login/dev", { user: "mallory" })).status).toBe(400);
