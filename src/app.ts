@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import type { SpanExporter } from "@opentelemetry/sdk-trace";
 import { Auditor, Tracing, type AuditService } from "./audit";
 import { AuditClient } from "./audit/client";
-import { Redactor, type MaskOp } from "./redaction/redact";
+import { Redactor, type MaskOp, type SecretsSeen } from "./redaction/redact";
 import { AuditTrail } from "./trail";
 import { join } from "node:path";
 import { BundleManager, sourceFromConfig, verificationFromConfig } from "./bundles";
@@ -419,8 +419,8 @@ async function assemble(
       : {}),
     onEvent: (result, code) => metrics.bundleEvents.inc(code ? { result, code } : { result }),
   });
-  const redact = <T>(v: T, mask?: readonly unknown[]): T =>
-    auditor ? auditor.redact(v, mask as readonly MaskOp[]) : v;
+  const redact = <T>(v: T, mask?: readonly unknown[], seen?: SecretsSeen): T =>
+    auditor ? auditor.redact(v, mask as readonly MaskOp[], seen) : v;
   const approvalEvents = {
     approvalEvent: (event: ApprovalEventName, fields: Record<string, unknown>) => {
       metrics.approvals.inc({ event });
@@ -566,7 +566,7 @@ function buildFleet(
   opts: BuildOptions,
   bundles: BundleManager,
   approval: {
-    redact: <T>(v: T, mask?: readonly unknown[]) => T;
+    redact: <T>(v: T, mask?: readonly unknown[], seen?: SecretsSeen) => T;
     events: { approvalEvent: (event: ApprovalEventName, fields: Record<string, unknown>) => void };
     reservationTtlSeconds: (tool: string) => number;
   },

@@ -15,6 +15,7 @@ import {
 import { isObject } from "../shared/guards";
 import { type Component, type ComponentStatus, notRunning } from "../shared/lifecycle";
 import type { Logger } from "../shared/log";
+import { SecretsSeen } from "../redaction/redact";
 
 /** Expired evaluations nobody asked approval for are kept this long, then pruned. */
 export const EVALUATION_RETENTION_MS = 60 * 60 * 1000;
@@ -83,7 +84,7 @@ function splitForRedaction(line: string): string[] {
  */
 export function redactJustification(
   v: unknown,
-  redact: <T>(v: T, mask?: readonly unknown[]) => T,
+  redact: <T>(v: T, mask?: readonly unknown[], seen?: SecretsSeen) => T,
 ): string | null {
   const text = checkJustification(v);
   if (text === null) return null;
@@ -141,7 +142,7 @@ export interface ApprovalServiceOptions {
   store: ApprovalStore;
   agentId: string;
   /** Redacts the request kept for approvers to read (with the policy's audit mask, if any). */
-  redact: <T>(v: T, mask?: readonly unknown[]) => T;
+  redact: <T>(v: T, mask?: readonly unknown[], seen?: SecretsSeen) => T;
   events?: ApprovalEvents;
   /** How long an approver has to decide a submitted request. */
   taskTtlSeconds?: number;
@@ -632,27 +633,30 @@ export function evaluationOf(
   d: Decision,
   req: DecisionRequest,
   verified: VerifiedFacts,
-  redact: <T>(v: T, mask?: readonly unknown[]) => T,
+  redact: <T>(v: T, mask?: readonly unknown[], seen?: SecretsSeen) => T,
   mask?: readonly unknown[],
 ): EvaluationInput | undefined {
   if (d.approval === undefined || d.access_request === undefined) return undefined;
+  // what the policy's mask hides in the request is hidden where its messages quote it, as in the trail
+  const seen = new SecretsSeen();
+  const redactedRequest = redact(req, mask, seen);
   return {
     evaluationId: d.access_request.evaluation_id,
     decisionId: d.decision_id,
     bindingHash: bindingHash(req, DEFAULT_BINDING_CONTEXT_MEMBERS),
     bindingContextMembers: [...DEFAULT_BINDING_CONTEXT_MEMBERS],
-    redactedRequest: redact(req, mask),
+    redactedRequest,
     requirement: { ...d.approval },
     // the words approvers read: redacted like any free text (a message may quote an argument)
     reasons: d.reasons.map((r) => ({
       code: r.code,
-      message: typeof r.message === "string" ? redact(r.message) : "",
+      message: typeof r.message === "string" ? redact(r.message, undefined, seen) : "",
     })),
     initiator: verified.subject.id,
     agentId: verified.agent.id,
     // shown to approvers and audited: redacted like the request (the binding hash covers the
     // clear name); cut to the store's limit, as redaction may lengthen it
-    tool: redact(req.action.name).slice(0, 512),
+    tool: redact(req.action.name, undefined, seen).slice(0, 512),
     toolClass: shortText(d.tool?.class),
     toolStage: shortText(d.tool?.stage),
     policyRevision: d.policy.revision,

@@ -54,7 +54,8 @@ export interface AuditService extends DecisionSink {
    */
   record(event: AuditEvent): SpanIds;
   /** Redacts with the shared redactor (action reports, approval display copies). */
-  redact<T>(value: T, mask?: readonly MaskOp[]): T;
+  /** With `seen`, what the mask hides is collected, and later strings quoting it are redacted too. */
+  redact<T>(value: T, mask?: readonly MaskOp[], seen?: SecretsSeen): T;
   tracingStats(): TracingStats;
   trailStats(): TrailStats | undefined;
   /** Audit records waiting for another thread (0 when audit runs on the calling thread). */
@@ -896,8 +897,8 @@ export class Auditor implements AuditService {
   }
 
   /** Redacts with the shared redactor (for action reports, approvals, ...). */
-  redact<T>(value: T, mask?: readonly MaskOp[]): T {
-    return this.opts.redactor.redact(value, mask);
+  redact<T>(value: T, mask?: readonly MaskOp[], seen?: SecretsSeen): T {
+    return this.opts.redactor.redact(value, mask, seen);
   }
 
   async flush(): Promise<void> {

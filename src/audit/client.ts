@@ -18,7 +18,7 @@ import { packageRoot } from "../shared/paths";
 import { newSpanId, newTraceId, type SpanIds } from "../telemetry/ids";
 import { DecisionLedger, ledgerEntry, type AuditService } from "./auditor";
 import type { AuditWorkerData, FromWorker, ToWorker, WorkerStats } from "./protocol";
-import type { MaskOp, Redactor } from "../redaction/redact";
+import type { MaskOp, Redactor, SecretsSeen } from "../redaction/redact";
 import type { TrailStats } from "../trail";
 import type { TracingStats } from "../telemetry/tracing";
 
@@ -293,8 +293,8 @@ export class AuditClient implements AuditService {
     return { traceId: parent?.traceId ?? newTraceId(), spanId: newSpanId() };
   }
 
-  redact<T>(value: T, mask?: readonly MaskOp[]): T {
-    return this.opts.redactor.redact(value, mask);
+  redact<T>(value: T, mask?: readonly MaskOp[], seen?: SecretsSeen): T {
+    return this.opts.redactor.redact(value, mask, seen);
   }
 
   // -- state --------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import type { ApprovalStore, EvaluationRecord } from "../approvals/store";
 import { toolgateError, isToolgateError } from "../errors";
 import type { Decision, DecisionRequest, VerifiedFacts } from "../model";
 import { type Component, type ComponentStatus, notRunning } from "../shared/lifecycle";
+import type { SecretsSeen } from "../redaction/redact";
 import type { Logger } from "../shared/log";
 import type { FleetClient } from "./client";
 import {
@@ -55,7 +56,7 @@ export interface FleetApprovalsOptions {
   /** This sidecar's approvals.db: the evaluations it decided. */
   store: ApprovalStore;
   agentId: string;
-  redact: <T>(v: T, mask?: readonly unknown[]) => T;
+  redact: <T>(v: T, mask?: readonly unknown[], seen?: SecretsSeen) => T;
   events?: ApprovalEvents;
   log: Logger;
   now?: () => number;
