@@ -17,6 +17,7 @@ import { ApprovalService, type ApprovalEventName } from "./approvals/service";
 import { ApprovalStore } from "./approvals/store";
 import { notifierFromConfig, type ApprovalNotifier } from "./approvals/notify";
 import { startAgentServer, type RunningServer } from "./http/agent-server";
+import { PortComponent } from "./http/listen";
 import { GrantIssuer } from "./grants";
 import { startControlServer } from "./http/control-server";
 import { Identity, TokenVerifier } from "./identity";
@@ -618,42 +619,6 @@ function buildFleet(
   return { client, containment, approvals };
 }
 
-/**
- * A port as a component: OK while it listens. Its server is opened at start
- * and closed at stop (open connections are dropped).
- */
-class Port implements Component {
-  private running: RunningServer | undefined;
-  private stopped = false;
-  constructor(
-    readonly name: string,
-    private readonly open: () => Promise<RunningServer>,
-  ) {}
-
-  get server(): RunningServer {
-    if (this.running === undefined) throw new Error(`${this.name} is not running`);
-    return this.running;
-  }
-
-  async start(): Promise<void> {
-    const running = await this.open();
-    if (this.stopped) await running.close();
-    else this.running = running;
-  }
-
-  async stop(): Promise<void> {
-    this.stopped = true;
-    const running = this.running;
-    this.running = undefined;
-    await running?.close();
-  }
-
-  status(): ComponentStatus {
-    if (this.running?.server.listening === true) return { state: "OK" };
-    return { state: "NOT_READY", detail: this.stopped ? "stopped" : "not listening" };
-  }
-}
-
 export interface Toolgate extends Parts {
   agentServer: RunningServer;
   controlServer: RunningServer | undefined;
@@ -699,7 +664,7 @@ export async function startToolgate(
   }
   if (controlVerifier?.dev === true) devKeyWarning(parts.log, "control.jwt");
   const readiness = (): Readiness => lifecycle.status();
-  const agentPort = new Port("agent_server", () =>
+  const agentPort = new PortComponent("agent_server", () =>
     startAgentServer({
       config,
       decider: parts.decider,
@@ -727,7 +692,7 @@ export async function startToolgate(
   const verifier = controlVerifier;
   const controlPort =
     verifier !== undefined
-      ? new Port("control_server", () =>
+      ? new PortComponent("control_server", () =>
           startControlServer({
             config,
             verifier,

@@ -1,5 +1,5 @@
 import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
-import { toolgateError } from "../errors";
+import { normalizeError, toolgateError } from "../errors";
 
 /** Options that take a string, by name: `{ name: { type: "string" } }` for each. */
 export function stringOptions<const K extends string>(
@@ -43,4 +43,34 @@ export function wantsHelp(args: readonly string[]): boolean {
     if (a === "--help" || a === "-h") return true;
   }
   return false;
+}
+
+/**
+ * Runs a started service until SIGTERM or SIGINT, then stops it once and
+ * exits (1 if stopping failed). Never resolves.
+ */
+export function runUntilSignal(
+  service: {
+    log: { info(msg: string, fields: Record<string, unknown>): void };
+    stop(): Promise<void>;
+  },
+  event: string,
+  stderr: (s: string) => void,
+): Promise<number> {
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    service.log.info("shutting down", { event, signal });
+    service.stop().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        stderr(`toolgate: error while stopping: ${normalizeError(e).message}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.once("SIGTERM", () => stop("SIGTERM"));
+  process.once("SIGINT", () => stop("SIGINT"));
+  return new Promise<number>(() => undefined);
 }

@@ -6,9 +6,9 @@
  */
 import { loadConfig } from "../config";
 import { migrateFleetStore, startControlService } from "../control";
-import { normalizeError, toolgateError } from "../errors";
+import { toolgateError } from "../errors";
 import { createLogger } from "../shared/log";
-import { parseCommandArgs } from "./args";
+import { parseCommandArgs, runUntilSignal } from "./args";
 
 export const CONTROL_HELP = `  toolgate control [--config FILE]           run the fleet control service (kill switches, approvals,
                                              budgets and rates for every sidecar of the fleet; state in
@@ -55,22 +55,7 @@ export async function controlCommand(args: string[], out: Out): Promise<number> 
     );
   const config = loadConfig(values.config);
   const svc = await startControlService(config);
-  let stopping = false;
-  const stop = (signal: string): void => {
-    if (stopping) return;
-    stopping = true;
-    svc.log.info("shutting down", { event: "control.stopping", signal });
-    svc.stop().then(
-      () => process.exit(0),
-      (e: unknown) => {
-        out.stderr(`toolgate: error while stopping: ${normalizeError(e).message}\n`);
-        process.exit(1);
-      },
-    );
-  };
-  process.once("SIGTERM", () => stop("SIGTERM"));
-  process.once("SIGINT", () => stop("SIGINT"));
-  return await new Promise<number>(() => undefined); // runs until a signal
+  return await runUntilSignal(svc, "control.stopping", (m) => out.stderr(m));
 }
 
 function usage(message: string, help: string): Error {

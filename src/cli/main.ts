@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { BUNDLE_AND_INPUT, stringOptions, wantsHelp } from "./args";
+import { BUNDLE_AND_INPUT, runUntilSignal, stringOptions, wantsHelp } from "./args";
 import { buildParts, packageVersion, startToolgate } from "../app";
 import { auditVerifyCommand } from "./audit";
 import { CONTROL_HELP, CONTROL_MIGRATE_HELP, controlCommand } from "./control";
@@ -119,22 +119,7 @@ async function serve(args: string[], out: Out): Promise<number> {
   });
   const config = loadConfig(values.config);
   const tg = await startToolgate(config);
-  let stopping = false;
-  const stop = (signal: string): void => {
-    if (stopping) return;
-    stopping = true;
-    tg.log.info("shutting down", { event: "server.stopping", signal });
-    tg.stop().then(
-      () => process.exit(0),
-      (e: unknown) => {
-        out.stderr(`toolgate: error while stopping: ${normalizeError(e).message}\n`);
-        process.exit(1);
-      },
-    );
-  };
-  process.once("SIGTERM", () => stop("SIGTERM"));
-  process.once("SIGINT", () => stop("SIGINT"));
-  return await new Promise<number>(() => undefined); // runs until a signal
+  return await runUntilSignal(tg, "server.stopping", (m) => out.stderr(m));
 }
 
 async function evalCommand(args: string[], out: Out): Promise<number> {

@@ -15,7 +15,7 @@ import { Auditor, Tracing, type AuditService } from "../audit";
 import { AuditComponent } from "../audit/component";
 import type { CompiledConfig } from "../config";
 import { normalizeError, toolgateError } from "../errors";
-import type { RunningServer } from "../http/listen";
+import { PortComponent, type RunningServer } from "../http/listen";
 import { TokenVerifier } from "../identity";
 import { Metrics } from "../metrics";
 import { Redactor } from "../redaction/redact";
@@ -249,37 +249,6 @@ class Housekeeping implements Component {
   }
 }
 
-/** The port as a component: OK while it listens. */
-class Port implements Component {
-  readonly name = "control_server";
-  private running: RunningServer | undefined;
-  private stopped = false;
-  constructor(private readonly open: () => Promise<RunningServer>) {}
-
-  get server(): RunningServer {
-    if (this.running === undefined) throw new Error("the control server is not running");
-    return this.running;
-  }
-
-  async start(): Promise<void> {
-    const running = await this.open();
-    if (this.stopped) await running.close();
-    else this.running = running;
-  }
-
-  async stop(): Promise<void> {
-    this.stopped = true;
-    const running = this.running;
-    this.running = undefined;
-    await running?.close();
-  }
-
-  status(): ComponentStatus {
-    if (this.running?.server.listening === true) return { state: "OK" };
-    return { state: "NOT_READY", detail: this.stopped ? "stopped" : "not listening" };
-  }
-}
-
 function devKeyWarning(log: Logger, where: string): void {
   log.warn(
     `the development signing key is trusted (${where}): anyone can mint tokens (development only; see config/dev/README.md)`,
@@ -379,7 +348,7 @@ export async function startControlService(
     now,
   );
   const version = packageVersion();
-  const port: Port = new Port(() =>
+  const port: PortComponent = new PortComponent("control_server", () =>
     startControlServiceServer({
       config,
       humans,

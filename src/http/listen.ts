@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { createServer, type RequestListener, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { toolgateError } from "../errors";
+import type { Component, ComponentStatus } from "../shared/lifecycle";
 
 export interface RunningServer {
   server: Server;
@@ -91,4 +92,40 @@ export function answerClientErrors(server: Server): void {
         `X-Request-ID: ${randomUUID()}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
     );
   });
+}
+
+/**
+ * A port as a component: OK while it listens. Its server is opened at start
+ * and closed at stop (open connections are dropped).
+ */
+export class PortComponent implements Component {
+  private running: RunningServer | undefined;
+  private stopped = false;
+  constructor(
+    readonly name: string,
+    private readonly open: () => Promise<RunningServer>,
+  ) {}
+
+  get server(): RunningServer {
+    if (this.running === undefined) throw new Error(`${this.name} is not running`);
+    return this.running;
+  }
+
+  async start(): Promise<void> {
+    const running = await this.open();
+    if (this.stopped) await running.close();
+    else this.running = running;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    const running = this.running;
+    this.running = undefined;
+    await running?.close();
+  }
+
+  status(): ComponentStatus {
+    if (this.running?.server.listening === true) return { state: "OK" };
+    return { state: "NOT_READY", detail: this.stopped ? "stopped" : "not listening" };
+  }
 }
