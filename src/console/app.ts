@@ -166,8 +166,26 @@ export function createConsole(opts: ConsoleOptions): Router {
   const deployment = async (): Promise<ConsoleDeployment> =>
     (deploymentCache ??= await backend.deployment());
 
-  const sessionOf = (req: Request): Session | undefined =>
-    openSession(sealer, parseCookies(req.headers.cookie).get(SESSION_COOKIE), nowS());
+  /** An issuer URL compared without its trailing slashes. */
+  const issuerKey = (iss: string): string => iss.replace(/\/+$/, "");
+  /**
+   * A session is only as good as a login this console offers now: a
+   * development session only while the development login is on (and names
+   * that person), an OpenID Connect session only from the configured issuer.
+   * A session key shared with (or kept from) a development setup, or from
+   * before the issuer changed, opens nothing.
+   */
+  const sessionOf = (req: Request): Session | undefined => {
+    const s = openSession(sealer, parseCookies(req.headers.cookie).get(SESSION_COOKIE), nowS());
+    if (s === undefined) return undefined;
+    if (s.via === "dev")
+      return opts.devUsers?.().some((u) => u.name === s.sub) === true ? s : undefined;
+    return oidcSettings !== undefined &&
+      s.iss !== undefined &&
+      issuerKey(s.iss) === issuerKey(oidcSettings.issuer)
+      ? s
+      : undefined;
+  };
 
   const pageCtx = async (s: Session | undefined): Promise<PageContext> => {
     const d = await deployment();
