@@ -20,7 +20,7 @@ import { startAgentServer, type RunningServer } from "./http/agent-server";
 import { PortComponent } from "./http/listen";
 import { GrantIssuer } from "./grants";
 import { startControlServer } from "./http/control-server";
-import { Identity, TokenVerifier } from "./identity";
+import { devKeyWarning, Identity, TokenVerifier } from "./identity";
 import { meteredSink, Metrics } from "./metrics";
 import type { PolicyEngine } from "./policy/engine";
 import { AuditComponent } from "./audit/component";
@@ -348,14 +348,6 @@ function registerGauges(
       read: () => [{ value: auditor.trailStats()?.writeErrors ?? 0 }],
     });
   }
-}
-
-/** Says loudly that a port trusts the committed development key. */
-function devKeyWarning(log: Logger, where: string): void {
-  log.warn(
-    `the development signing key is trusted (${where}): anyone can mint tokens (development only; see config/dev/README.md)`,
-    { event: "identity.dev_keys", keys: where },
-  );
 }
 
 /** The composition root: builds every module from the config; nothing global. */

@@ -16,7 +16,7 @@ import { AuditComponent } from "../audit/component";
 import type { CompiledConfig } from "../config";
 import { normalizeError, toolgateError } from "../errors";
 import { PortComponent, type RunningServer } from "../http/listen";
-import { TokenVerifier } from "../identity";
+import { devKeyWarning, TokenVerifier } from "../identity";
 import { Metrics } from "../metrics";
 import { Redactor } from "../redaction/redact";
 import {
@@ -247,13 +247,6 @@ class Housekeeping implements Component {
       ? { state: "OK" }
       : { state: "OK", detail: `last run failed: ${this.lastError}` };
   }
-}
-
-function devKeyWarning(log: Logger, where: string): void {
-  log.warn(
-    `the development signing key is trusted (${where}): anyone can mint tokens (development only; see config/dev/README.md)`,
-    { event: "identity.dev_keys", keys: where },
-  );
 }
 
 /**

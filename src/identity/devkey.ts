@@ -3,6 +3,7 @@ import { createPublicKey, KeyObject, type JsonWebKey } from "node:crypto";
 
 type CryptoKey = webcrypto.CryptoKey;
 import { readFileSync } from "node:fs";
+import type { Logger } from "../shared/log";
 import { devPublicKeyPath } from "../shared/paths";
 
 /**
@@ -57,5 +58,13 @@ export function jwksHoldsDevKey(jwks: unknown): boolean {
   return (
     Array.isArray(keys) &&
     keys.some((k) => k !== null && typeof k === "object" && isDevKey(k as JsonWebKey))
+  );
+}
+
+/** Says loudly that a port trusts the committed development key. */
+export function devKeyWarning(log: Logger, where: string): void {
+  log.warn(
+    `the development signing key is trusted (${where}): anyone can mint tokens (development only; see config/dev/README.md)`,
+    { event: "identity.dev_keys", keys: where },
   );
 }

@@ -5,6 +5,7 @@ import { bearerToken, type Principal } from "./jwt";
 import { isObject } from "../shared/guards";
 
 export { bearerToken, TokenVerifier, type Principal } from "./jwt";
+export { devKeyWarning } from "./devkey";
 
 export interface IdentityOptions {
   /** The agent this sidecar serves: configuration, never a request field. */
