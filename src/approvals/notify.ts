@@ -180,26 +180,55 @@ export function slackEscape(s: string): string {
   return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 }
 
+/** One line: line breaks and other control characters become a space (no fake fields or headings). */
+function oneLine(s: string): string {
+  return s.replace(/[\p{Cc}\u2028\u2029]+/gu, " ");
+}
+
+/**
+ * Escaped text cut to at most `max` characters (with an ellipsis), never in
+ * the middle of an entity: Slack limits a block's text AFTER escaping, and a
+ * text over its limit makes Slack refuse the whole message.
+ */
+function cutEscaped(e: string, max: number): string {
+  if (e.length <= max) return e;
+  let at = Math.max(0, max - 1);
+  const amp = e.lastIndexOf("&", at - 1);
+  if (amp >= 0 && e.indexOf(";", amp) >= at) at = amp;
+  return `${e.slice(0, at)}…`;
+}
+
+/** Outside text as Slack mrkdwn on one line: escaped, then cut to `max`. */
+function slackLine(s: string, max: number): string {
+  return cutEscaped(slackEscape(oneLine(s)), max);
+}
+
 /** Slack incoming-webhook message: Block Kit `blocks` (and `text`, the notification's fallback). */
 export function slackMessage(f: MessageFacts): Record<string, unknown> {
+  // every text from outside escaped AND measured after escaping (Slack's limits: a field
+  // 2000 characters, a section 3000, a header 150)
   const fields: Array<Record<string, unknown>> = [
     {
       type: "mrkdwn",
-      text: `*Tool*\n${slackEscape(cut(f.tool, 500))}${f.toolKind !== undefined ? ` (${slackEscape(cut(f.toolKind, 140))})` : ""}`,
+      text: `*Tool*\n${slackLine(f.tool, 500)}${f.toolKind !== undefined ? ` (${slackLine(f.toolKind, 140)})` : ""}`,
     },
-    { type: "mrkdwn", text: `*Requested by*\n${slackEscape(cut(f.initiator, 500))}` },
-    { type: "mrkdwn", text: `*Agent*\n${slackEscape(cut(f.agent, 500))}` },
+    { type: "mrkdwn", text: `*Requested by*\n${slackLine(f.initiator, 500)}` },
+    { type: "mrkdwn", text: `*Agent*\n${slackLine(f.agent, 500)}` },
   ];
   if (f.argument !== undefined)
-    fields.push({ type: "mrkdwn", text: `*Arguments*\n${slackEscape(cut(f.argument, 500))}` });
+    fields.push({ type: "mrkdwn", text: `*Arguments*\n${slackLine(f.argument, 500)}` });
   if (f.customer !== undefined)
-    fields.push({ type: "mrkdwn", text: `*Customer*\n${slackEscape(cut(f.customer, 500))}` });
+    fields.push({ type: "mrkdwn", text: `*Customer*\n${slackLine(f.customer, 500)}` });
   if (f.expiresAt !== undefined)
-    fields.push({ type: "mrkdwn", text: `*Expires*\n${slackEscape(f.expiresAt)}` });
+    fields.push({ type: "mrkdwn", text: `*Expires*\n${slackLine(f.expiresAt, 100)}` });
   const blocks: Array<Record<string, unknown>> = [
     {
       type: "header",
-      text: { type: "plain_text", text: cut(`Approval needed: ${f.tool}`, 150), emoji: false },
+      text: {
+        type: "plain_text",
+        text: cut(oneLine(`Approval needed: ${f.tool}`), 150),
+        emoji: false,
+      },
     },
     { type: "section", fields },
   ];
@@ -208,15 +237,15 @@ export function slackMessage(f: MessageFacts): Record<string, unknown> {
       type: "section",
       text: {
         type: "mrkdwn",
-        text: cut(
-          `*Why toolgate asks*\n${f.reasons.map((r) => `• ${slackEscape(r)}`).join("\n")}`,
+        text: cutEscaped(
+          `*Why toolgate asks*\n${f.reasons.map((r) => `• ${slackLine(r, 3000)}`).join("\n")}`,
           3000,
         ),
       },
     });
   }
   if (f.justification !== undefined) {
-    const quoted = slackEscape(cut(f.justification, 2800))
+    const quoted = slackEscape(f.justification)
       .split("\n")
       .map((l) => `>${l}`)
       .join("\n");
@@ -224,7 +253,10 @@ export function slackMessage(f: MessageFacts): Record<string, unknown> {
       type: "section",
       text: {
         type: "mrkdwn",
-        text: `*The agent's justification* (the agent's own words, not toolgate's)\n${quoted}`,
+        text: cutEscaped(
+          `*The agent's justification* (the agent's own words, not toolgate's)\n${quoted}`,
+          3000,
+        ),
       },
     });
   }
@@ -246,14 +278,16 @@ export function slackMessage(f: MessageFacts): Record<string, unknown> {
     elements: [
       {
         type: "mrkdwn",
-        text: slackEscape(
+        text: slackLine(
           `Request ${f.id}. Deciding needs a login at the console; this message cannot approve.`,
+          2000,
         ),
       },
     ],
   });
   return {
-    text: cut(`Approval needed: ${f.tool} requested by ${f.initiator}`, 300),
+    // the push notification's text is mrkdwn too: escaped like the blocks
+    text: slackLine(`Approval needed: ${f.tool} requested by ${f.initiator}`, 300),
     blocks,
   };
 }

@@ -10,6 +10,9 @@ import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import express from "express";
+import { messageFacts, slackMessage } from "../../src/approvals/notify";
+import { approverView } from "../../src/approvals/rules";
+import type { ApprovalTask, EvaluationRecord } from "../../src/approvals/store";
 import { createConsole, type ConsoleSettings } from "../../src/console/app";
 import type { ConsoleBackend } from "../../src/console/backend";
 import { newCsrf, Sealer } from "../../src/console/session";
@@ -181,5 +184,125 @@ describe("a session is only as good as a login this console offers now", () => {
     // a console without OIDC (development login only): no OIDC session
     const dev = await serve({ keyFile: key, dev: true });
     expect((await get(dev.url, "/console/", session("https://id.example.com"))).status).toBe(302);
+  });
+});
+
+// -- notifications ------------------------------------------------------------------------
+
+const task: ApprovalTask = {
+  id: "apr_1",
+  evaluationId: "ev1",
+  agentId: "support-triage",
+  status: "pending",
+  idempotencyKey: null,
+  createdAt: Date.UTC(2031, 0, 1),
+  expiresAt: Date.UTC(2031, 0, 1, 1),
+  decidedAt: null,
+  decidedBy: null,
+  decidedByRoles: null,
+  comment: null,
+  approvedUntil: null,
+  usedAt: null,
+  usedByDecisionId: null,
+  revokedAt: null,
+  revokedBy: null,
+  justification: null,
+};
+
+function evaluation(over: Partial<EvaluationRecord> = {}): EvaluationRecord {
+  return {
+    evaluationId: "ev1",
+    decisionId: "d1",
+    bindingHash: "h",
+    bindingContextMembers: ["job"],
+    redactedRequest: {
+      subject: { type: "user", id: "alice" },
+      action: {
+        name: "refunds.issue",
+        properties: { arguments: { amount: 120, currency: "EUR" } },
+      },
+      resource: { type: "customer", id: "cust_1" },
+    },
+    requirement: {
+      approver_roles: ["support_manager"],
+      single_use: true,
+      ttl_seconds: 900,
+      exclude: [],
+    },
+    reasons: [{ code: "refund_above_50", message: "argument 'amount' > 50 needs an approval" }],
+    initiator: "alice",
+    agentId: "support-triage",
+    tool: "refunds.issue",
+    toolClass: "execute",
+    toolStage: "autonomous",
+    policyRevision: "rev-1",
+    createdAt: Date.UTC(2031, 0, 1),
+    expiresAt: Date.UTC(2031, 0, 1, 0, 15),
+    ...over,
+  };
+}
+
+const slack = (e: EvaluationRecord, t: ApprovalTask = task) =>
+  slackMessage(messageFacts(approverView(t, e), "https://c.example"));
+
+/** Every mrkdwn text of a Slack message, with Slack's limit for it. */
+function slackTexts(m: Record<string, unknown>): Array<{ text: string; max: number }> {
+  const out: Array<{ text: string; max: number }> = [];
+  for (const b of m.blocks as Array<Record<string, unknown>>) {
+    const text = b.text as { type: string; text: string } | undefined;
+    if (text !== undefined) out.push({ text: text.text, max: b.type === "header" ? 150 : 3000 });
+    for (const f of (b.fields as Array<{ text: string }> | undefined) ?? [])
+      out.push({ text: f.text, max: 2000 });
+    for (const el of (b.elements as Array<Record<string, unknown>> | undefined) ?? [])
+      if (b.type === "context") out.push({ text: el.text as string, max: 3000 });
+  }
+  return out;
+}
+
+describe("Slack: the agent's text cannot format, mention or link", () => {
+  test("the message's top-level text (the push notification) escapes a hostile tool name and requester", () => {
+    const m = slack(
+      evaluation({
+        tool: "<!channel> refunds.issue <https://evil.example/approve|Approve now>",
+        initiator: "<!here>",
+      }),
+    );
+    const text = m.text as string;
+    expect(text).not.toMatch(/[<>]/);
+    expect(text).toContain("&lt;!channel&gt;");
+    expect(text).toContain("&lt;!here&gt;");
+  });
+
+  test("text that grows when escaped still fits Slack's limits (else Slack refuses the whole message and approvers hear nothing)", () => {
+    const m = slack(
+      evaluation({
+        initiator: "<".repeat(1024),
+        redactedRequest: {
+          action: {
+            name: "refunds.issue",
+            properties: { arguments: { amount: 120, currency: "&".repeat(1000) } },
+          },
+        },
+        reasons: [{ code: "x", message: "<".repeat(2000) }],
+      }),
+      { ...task, justification: "<&>".repeat(666) },
+    );
+    for (const { text, max } of slackTexts(m)) {
+      expect(text.length).toBeLessThanOrEqual(max);
+      // never half an entity at a cut
+      expect(text).not.toMatch(/&(?!amp;|lt;|gt;)/);
+    }
+  });
+
+  test("a newline in a one-line fact cannot fake another field", () => {
+    const m = slack(
+      evaluation({
+        tool: "refunds.issue\n*Approved by*\nsecurity team",
+        initiator: "alice\n\n*Customer*\nVIP",
+      }),
+    );
+    const fields = (m.blocks as Array<{ fields?: Array<{ text: string }> }>)[1]?.fields ?? [];
+    expect(fields.length).toBeGreaterThan(2);
+    for (const f of fields) expect(f.text.split("\n")).toHaveLength(2);
   });
 });
