@@ -19,6 +19,7 @@
 import express, { type NextFunction, type Request, type Response, type Router } from "express";
 import { ToolgateError } from "../errors";
 import type { Principal } from "../model";
+import type { KillSwitch } from "../containment/store";
 import type { Logger } from "../shared/log";
 import { CONSOLE_CSS, CONSOLE_JS } from "./assets";
 import type { ConsoleBackend, ConsoleDeployment, NewSwitchInput } from "./backend";
@@ -502,6 +503,21 @@ export function createConsole(opts: ConsoleOptions): Router {
 
   // --- containment (admin) ------------------------------------------------------
 
+  /**
+   * A switch change in force in memory but not written to disk (a restart
+   * before the background retry loses it): reported loudly, as the API does
+   * (src/http/control-server.ts) — an error line and a security event.
+   */
+  const notPersisted = (op: "create" | "delete", view: KillSwitch, by: string): void => {
+    if (view.persisted) return;
+    const fields = { op, killswitch: view, actor: by, error: view.persist_error };
+    log.error("kill switch change applies in memory but is not written to containment.db", {
+      event: "containment.killswitch_not_persisted",
+      ...fields,
+    });
+    event("killswitch_not_persisted", fields);
+  };
+
   router.get(
     "/containment",
     h(async (req, res) => {
@@ -523,7 +539,7 @@ export function createConsole(opts: ConsoleOptions): Router {
     h(async (req, res) => {
       const s = checkPost(req, sessionOf(req));
       const input = switchInput(req.body, now());
-      await backend.setSwitch(input, principalOf(s));
+      notPersisted("create", await backend.setSwitch(input, principalOf(s)), s.sub);
       res.redirect(303, `${BASE}/containment`);
     }),
   );
@@ -535,7 +551,7 @@ export function createConsole(opts: ConsoleOptions): Router {
       const s = checkPost(req, sessionOf(req));
       const id = String(req.params.id);
       if (!ID.test(id)) throw new ConsoleHttpError(404, "no such kill switch");
-      await backend.liftSwitch(id, principalOf(s));
+      notPersisted("delete", await backend.liftSwitch(id, principalOf(s)), s.sub);
       res.redirect(303, `${BASE}/containment`);
     }),
   );

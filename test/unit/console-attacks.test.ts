@@ -306,3 +306,60 @@ describe("Slack: the agent's text cannot format, mention or link", () => {
     for (const f of fields) expect(f.text.split("\n")).toHaveLength(2);
   });
 });
+
+describe("the containment panel reports what the API reports", () => {
+  test("a kill switch set or lifted from the panel but not written to disk: an error line and a security event, as POST /v1/killswitches gives", async () => {
+    const notWritten = (by: string, deleted: boolean): KillSwitch => ({
+      id: "ks_1",
+      scope: { tool: "refunds.issue" },
+      reason: "stop",
+      created_by: by,
+      created_at: new Date().toISOString(),
+      expires_at: null,
+      ...(deleted ? { deleted_at: new Date().toISOString(), deleted_by: by } : {}),
+      persisted: false,
+      persist_error: "SQLITE_FULL: database or disk is full",
+    });
+    const s = await serve({
+      keyFile: keyFile(),
+      dev: true,
+      backend: stubBackend({
+        setSwitch: (_i, p) => Promise.resolve(notWritten(p.id, false)),
+        liftSwitch: (_id, p) => Promise.resolve(notWritten(p.id, true)),
+      }),
+    });
+    const login = await fetch(`${s.url}/console/login/dev`, {
+      method: "POST",
+      headers: { origin: s.url, "content-type": "application/x-www-form-urlencoded" },
+      body: "user=olga",
+      redirect: "manual",
+    });
+    const cookie = sessionCookie(login);
+    const panel = await (await get(s.url, "/console/containment", cookie)).text();
+    const csrf = /name="csrf" value="([^"]+)"/.exec(panel)?.[1] ?? "";
+    const post = (path: string, form: Record<string, string>) =>
+      fetch(`${s.url}${path}`, {
+        method: "POST",
+        headers: {
+          cookie,
+          origin: s.url,
+          "content-type": "application/x-www-form-urlencoded",
+        },
+        body: new URLSearchParams({ csrf, ...form }).toString(),
+        redirect: "manual",
+      });
+    expect(
+      (await post("/console/containment/switches", { tool: "refunds.issue", reason: "stop" }))
+        .status,
+    ).toBe(303);
+    expect((await post("/console/containment/switches/ks_1/lift", {})).status).toBe(303);
+    const reported = s.events.filter((e) => e.event === "killswitch_not_persisted");
+    expect(reported.map((e) => e.fields.op)).toEqual(["create", "delete"]);
+    expect(reported[0]?.fields.actor).toBe("olga");
+    expect(reported[0]?.fields.error).toBe("SQLITE_FULL: database or disk is full");
+    const errors = s
+      .lines()
+      .filter((l) => l.event === "containment.killswitch_not_persisted" && l.level === "error");
+    expect(errors).toHaveLength(2);
+  });
+});
