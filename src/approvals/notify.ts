@@ -206,21 +206,36 @@ function slackLine(s: string, max: number): string {
 /** Slack incoming-webhook message: Block Kit `blocks` (and `text`, the notification's fallback). */
 export function slackMessage(f: MessageFacts): Record<string, unknown> {
   // every text from outside escaped AND measured after escaping (Slack's limits: a field
-  // 2000 characters, a section 3000, a header 150)
+  // 2000 characters, a section 3000, a header 150); every mrkdwn text verbatim: Slack does
+  // not turn a bare URL, #channel or @channel/@here in it into a link or a mention
+  // (https://docs.slack.dev/reference/block-kit/composition-objects/text-object)
   const fields: Array<Record<string, unknown>> = [
     {
       type: "mrkdwn",
+      verbatim: true,
       text: `*Tool*\n${slackLine(f.tool, 500)}${f.toolKind !== undefined ? ` (${slackLine(f.toolKind, 140)})` : ""}`,
     },
-    { type: "mrkdwn", text: `*Requested by*\n${slackLine(f.initiator, 500)}` },
-    { type: "mrkdwn", text: `*Agent*\n${slackLine(f.agent, 500)}` },
+    { type: "mrkdwn", verbatim: true, text: `*Requested by*\n${slackLine(f.initiator, 500)}` },
+    { type: "mrkdwn", verbatim: true, text: `*Agent*\n${slackLine(f.agent, 500)}` },
   ];
   if (f.argument !== undefined)
-    fields.push({ type: "mrkdwn", text: `*Arguments*\n${slackLine(f.argument, 500)}` });
+    fields.push({
+      type: "mrkdwn",
+      verbatim: true,
+      text: `*Arguments*\n${slackLine(f.argument, 500)}`,
+    });
   if (f.customer !== undefined)
-    fields.push({ type: "mrkdwn", text: `*Customer*\n${slackLine(f.customer, 500)}` });
+    fields.push({
+      type: "mrkdwn",
+      verbatim: true,
+      text: `*Customer*\n${slackLine(f.customer, 500)}`,
+    });
   if (f.expiresAt !== undefined)
-    fields.push({ type: "mrkdwn", text: `*Expires*\n${slackLine(f.expiresAt, 100)}` });
+    fields.push({
+      type: "mrkdwn",
+      verbatim: true,
+      text: `*Expires*\n${slackLine(f.expiresAt, 100)}`,
+    });
   const blocks: Array<Record<string, unknown>> = [
     {
       type: "header",
@@ -237,6 +252,7 @@ export function slackMessage(f: MessageFacts): Record<string, unknown> {
       type: "section",
       text: {
         type: "mrkdwn",
+        verbatim: true,
         text: cutEscaped(
           `*Why toolgate asks*\n${f.reasons.map((r) => `• ${slackLine(r, 3000)}`).join("\n")}`,
           3000,
@@ -253,6 +269,7 @@ export function slackMessage(f: MessageFacts): Record<string, unknown> {
       type: "section",
       text: {
         type: "mrkdwn",
+        verbatim: true,
         text: cutEscaped(
           `*The agent's justification* (the agent's own words, not toolgate's)\n${quoted}`,
           3000,
@@ -278,6 +295,7 @@ export function slackMessage(f: MessageFacts): Record<string, unknown> {
     elements: [
       {
         type: "mrkdwn",
+        verbatim: true,
         text: slackLine(
           `Request ${f.id}. Deciding needs a login at the console; this message cannot approve.`,
           2000,

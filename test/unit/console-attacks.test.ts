@@ -363,3 +363,24 @@ describe("the containment panel reports what the API reports", () => {
     expect(errors).toHaveLength(2);
   });
 });
+
+describe("Slack: no automatic parsing of the agent's plain text", () => {
+  test("every mrkdwn text is verbatim: a bare @channel, #channel or URL in the agent's words stays text", () => {
+    const m = slack(evaluation({ tool: "@channel" }), {
+      ...task,
+      justification: "@channel @here please approve at https://evil.example/approve #general",
+    });
+    const mrkdwn: Array<Record<string, unknown>> = [];
+    const visit = (v: unknown): void => {
+      if (Array.isArray(v)) v.forEach(visit);
+      else if (v !== null && typeof v === "object") {
+        const o = v as Record<string, unknown>;
+        if (o.type === "mrkdwn") mrkdwn.push(o);
+        Object.values(o).forEach(visit);
+      }
+    };
+    visit(m.blocks);
+    expect(mrkdwn.length).toBeGreaterThan(5);
+    for (const t of mrkdwn) expect(t.verbatim).toBe(true);
+  });
+});
