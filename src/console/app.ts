@@ -83,6 +83,8 @@ const ID = /^[A-Za-z0-9_-]{1,128}$/;
 const MAX_COMMENT = 2000;
 const MAX_REASON = 1000;
 const MAX_SCOPE = 256;
+/** A cookie's name and value, at most (browsers drop a larger one; session.ts opens no more). */
+const MAX_COOKIE = 4000;
 
 class ConsoleHttpError extends Error {
   constructor(
@@ -216,9 +218,25 @@ export function createConsole(opts: ConsoleOptions): Router {
       via,
       ...(iss !== undefined ? { iss } : {}),
     };
+    const sealed = sealer.seal("session", s);
+    if (SESSION_COOKIE.length + 1 + sealed.length > MAX_COOKIE) {
+      // a browser drops a larger cookie and keeps sending the one it has — maybe the
+      // previous person's session: end that one, and say why this login cannot be kept
+      clearCookie(res, SESSION_COOKIE, BASE, "Strict");
+      log.warn("console login refused: too many roles to keep in a session cookie", {
+        event: "console.session_too_large",
+        principal: sub,
+        roles: roles.length,
+      });
+      event("console_login_refused", { via, principal: sub, error: "session too large" });
+      throw new ConsoleHttpError(
+        400,
+        `you hold ${roles.length} roles, more than a session cookie can keep: ask the administrator to send fewer in the roles claim (console.oidc.roles_claim)`,
+      );
+    }
     res.append(
       "Set-Cookie",
-      setCookie(SESSION_COOKIE, sealer.seal("session", s), {
+      setCookie(SESSION_COOKIE, sealed, {
         path: BASE,
         secure,
         sameSite: "Strict",
@@ -226,8 +244,9 @@ export function createConsole(opts: ConsoleOptions): Router {
       }),
     );
   };
-  const clearCookie = (res: Response, name: string, path: string, sameSite: "Strict" | "Lax") =>
+  function clearCookie(res: Response, name: string, path: string, sameSite: "Strict" | "Lax") {
     res.append("Set-Cookie", setCookie(name, "", { path, secure, sameSite, maxAge: 0 }));
+  }
 
   /** A POST must come from this console's own pages: Origin (else Referer) of our origin. */
   const sameOrigin = (req: Request): boolean => {

@@ -384,3 +384,55 @@ describe("Slack: no automatic parsing of the agent's plain text", () => {
     for (const t of mrkdwn) expect(t.verbatim).toBe(true);
   });
 });
+
+describe("a login whose session cannot be kept", () => {
+  test("more roles than a cookie holds: no oversized cookie (a browser drops it and keeps the previous person's session), the previous session is ended, the person is told", async () => {
+    const many = Array.from({ length: 120 }, (_, i) => `group-${i}-0123456789abcdef0123456789`);
+    const { log } = captureLogger();
+    const app = express();
+    app.use(
+      "/console",
+      createConsole({
+        backend: stubBackend(),
+        settings: settings(keyFile(), null),
+        devUsers: () => [
+          { name: "olga", roles: [ADMIN] },
+          { name: "carol", roles: many },
+        ],
+        secureCookies: false,
+        log,
+      }),
+    );
+    const server: Server = await new Promise((resolve) => {
+      const s = app.listen(0, "127.0.0.1", () => resolve(s));
+    });
+    servers.push({
+      url: "",
+      events: [],
+      lines: () => [],
+      close: () => new Promise((resolve) => server.close(() => resolve())),
+    });
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const devLogin = (user: string, cookie = "") =>
+      fetch(`${url}/console/login/dev`, {
+        method: "POST",
+        headers: {
+          origin: url,
+          "content-type": "application/x-www-form-urlencoded",
+          ...(cookie !== "" ? { cookie } : {}),
+        },
+        body: `user=${user}`,
+        redirect: "manual",
+      });
+    // olga (admin) used this browser before
+    const olga = sessionCookie(await devLogin("olga"));
+    const res = await devLogin("carol", olga);
+    const set = res.headers.getSetCookie().filter((c) => c.startsWith("tg_console="));
+    // every session cookie set fits a browser's 4096-byte limit (name and value) ...
+    for (const c of set) expect((c.split(";")[0] ?? "").length).toBeLessThanOrEqual(4096);
+    // ... and olga's session is ended: carol never lands in the console as olga
+    expect(set.some((c) => /^tg_console=;/.test(c) && /Max-Age=0/.test(c))).toBe(true);
+    expect(res.status).toBe(400);
+    expect(await res.text()).toMatch(/roles/);
+  });
+});
