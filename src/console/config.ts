@@ -5,7 +5,7 @@
  * cookie's key, the tracing UI's link template. Leaf-level: imports only the
  * schema builder.
  */
-import { bool, int, path, section, text } from "../shared/config-spec";
+import { bool, int, isLoopback, path, section, text } from "../shared/config-spec";
 
 export const CONSOLE = section(
   {
@@ -88,6 +88,20 @@ export const CONSOLE = section(
   },
   {
     check({ oidc }, { report }) {
+      // discovery and the provider's keys decide whose tokens are believed: never over plain http off this host
+      if (typeof oidc.issuer === "string" && oidc.issuer.startsWith("http://")) {
+        let host = "";
+        try {
+          host = new URL(oidc.issuer).hostname.replace(/^\[|\]$/g, "");
+        } catch {
+          host = "";
+        }
+        if (!isLoopback(host)) {
+          report(
+            `key "console.oidc.issuer" is ${JSON.stringify(oidc.issuer)}: plain http would let anyone on the path forge logins. Fix: use the provider's https:// issuer (http:// only on loopback, for local tests).`,
+          );
+        }
+      }
       if (typeof oidc.scopes === "string" && !oidc.scopes.split(" ").includes("openid")) {
         report(
           `key "console.oidc.scopes" is ${JSON.stringify(oidc.scopes)}. Fix: include "openid" (OpenID Connect login needs it).`,

@@ -62,6 +62,16 @@ describe("config", () => {
     );
   });
 
+  test("a console OpenID provider over plain http is refused off loopback", () => {
+    const e = configError(() =>
+      compileConfig({}, { TOOLGATE_CONSOLE_OIDC_ISSUER: "http://idp.example.com/realms/x" }),
+    );
+    expect(e.message).toContain('key "console.oidc.issuer"');
+    expect(e.message).toContain("https://");
+    for (const ok of ["https://idp.example.com", "http://127.0.0.1:9000/op", "http://localhost:1/"])
+      expect(compileConfig({}, { TOOLGATE_CONSOLE_OIDC_ISSUER: ok }).console.oidc.issuer).toBe(ok);
+  });
+
   test("trusted identity off loopback is refused", () => {
     const e = configError(() => compileConfig({ server: { agent: { host: "0.0.0.0" } } }, {}));
     expect(e.message).toContain('"identity.mode" is "trusted"');
