@@ -1,11 +1,8 @@
-import { createHash, randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import type { SpanExporter } from "@opentelemetry/sdk-trace";
 import { Auditor, Tracing, type AuditService } from "./audit";
 import { AuditClient } from "./audit/client";
 import { Redactor, type MaskOp, type SecretsSeen } from "./redaction/redact";
 import { AuditTrail } from "./trail";
-import { join } from "node:path";
 import { BundleManager, sourceFromConfig, verificationFromConfig } from "./bundles";
 import type { CompiledConfig } from "./config";
 import { checkPolicyOutput, Decider, type PolicySource } from "./decision";
@@ -33,7 +30,8 @@ import {
   notRunning,
 } from "./shared/lifecycle";
 import { createLogger, type Logger } from "./shared/log";
-import { packageRoot } from "./shared/paths";
+import { packageVersion } from "./shared/paths";
+import { loadHmacKey } from "./redaction/key";
 import {
   devCredential,
   fileCredential,
@@ -42,12 +40,6 @@ import {
   FleetContainment,
   type Credential,
 } from "./fleet";
-
-export function packageVersion(): string {
-  return (
-    JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string }
-  ).version;
-}
 
 /** A request no sane policy allows: used to check a bundle before it serves. */
 const SMOKE_REQUEST = {
@@ -194,44 +186,6 @@ async function candidatePolicy(
   }
 }
 
-function hmacKey(config: CompiledConfig, log: Logger): { key: Buffer; keyId: string } {
-  const k = config.audit.hmacKey;
-  let key: Buffer;
-  if (k.source === "env") key = Buffer.from(k.value ?? "", "utf8");
-  else if (k.source === "file") {
-    try {
-      key = readFileSync(k.file ?? "");
-    } catch (e) {
-      throw toolgateError(
-        "config_invalid",
-        `audit.hmac_key_file: cannot read ${k.file}: ${(e as Error).message}`,
-        { cause: e },
-      );
-    }
-    if (key.length < 16) {
-      throw toolgateError(
-        "config_invalid",
-        `audit.hmac_key_file: ${k.file} holds ${key.length} bytes; at least 16 are needed`,
-      );
-    }
-  } else {
-    key = randomBytes(32);
-    log.warn(
-      "no audit.hmac_key_file configured: keyed hashes use a random per-process key and correlate only within this run",
-      {
-        event: "audit.random_hmac_key",
-      },
-    );
-  }
-  // The key id names the key without revealing it.
-  const keyId = createHash("sha256")
-    .update("toolgate-key-id")
-    .update(key)
-    .digest("base64url")
-    .slice(0, 8);
-  return { key, keyId };
-}
-
 /** The OTEL_* variables (what the audit worker's tracing reads). */
 function otelEnv(env: Record<string, string | undefined>): Record<string, string | undefined> {
   return Object.fromEntries(Object.entries(env).filter(([k]) => k.startsWith("OTEL_")));
@@ -247,7 +201,7 @@ async function buildAuditor(
   log: Logger,
   opts: BuildOptions,
 ): Promise<{ auditor: AuditService; component: AuditComponent }> {
-  const { key, keyId } = hmacKey(config, log);
+  const { key, keyId } = loadHmacKey(config.audit.hmacKey, log);
   const redactor = new Redactor({ hmacKey: key, keyId, mode: config.audit.redaction });
   const env = opts.env ?? process.env;
   if (config.audit.worker && opts.spanExporter === undefined) {

@@ -234,32 +234,15 @@ export class ApprovalService implements Component {
     baseUrl: string,
     requester: Requester,
   ): { created: boolean; view: Record<string, unknown> } {
-    const { denial } = request;
     const now = this.now();
     this.expire(now);
-    const evaluation = this.opts.store.getEvaluation(denial.evaluation_id);
-    if (
-      evaluation === undefined ||
-      evaluation.agentId !== this.opts.agentId ||
-      (requester !== null && evaluation.initiator !== requester)
-    ) {
-      throw toolgateError(
-        "approval_not_found",
-        `no requestable evaluation ${denial.evaluation_id}`,
-      );
-    }
-    if (evaluation.expiresAt <= now) {
-      throw toolgateError(
-        "approval_expired",
-        `evaluation ${denial.evaluation_id} is no longer requestable (expired ${iso(evaluation.expiresAt)})`,
-      );
-    }
-    if (this.hash(request) !== evaluation.bindingHash) {
-      throw toolgateError(
-        "invalid_denial_binding",
-        "the request differs from the evaluation it cites (subject, action, resource or job)",
-      );
-    }
+    const evaluation = requestableEvaluation(
+      this.opts.store,
+      request,
+      requester,
+      this.opts.agentId,
+      now,
+    );
     const justification = redactJustification(request.justification, this.opts.redact);
     const limit = this.opts.requestLimit ?? DEFAULT_REQUEST_LIMIT;
     const { task, created } = this.opts.store.createTask({
@@ -516,6 +499,43 @@ export class ApprovalService implements Component {
     }
     return rules.approverView(t, e, stats);
   }
+}
+
+/**
+ * The recorded needs_approval evaluation an access request cites, checked:
+ * this agent's, the requester's own (jwt mode), still requestable, and bound
+ * to this exact request (subject, action, resource, job). One check for the
+ * sidecar's own service and for the fleet's, which then forwards it.
+ */
+export function requestableEvaluation(
+  store: Pick<ApprovalStore, "getEvaluation">,
+  request: AccessRequest,
+  requester: Requester,
+  agentId: string,
+  nowMs: number,
+): EvaluationRecord {
+  const { denial } = request;
+  const evaluation = store.getEvaluation(denial.evaluation_id);
+  if (
+    evaluation === undefined ||
+    evaluation.agentId !== agentId ||
+    (requester !== null && evaluation.initiator !== requester)
+  ) {
+    throw toolgateError("approval_not_found", `no requestable evaluation ${denial.evaluation_id}`);
+  }
+  if (evaluation.expiresAt <= nowMs) {
+    throw toolgateError(
+      "approval_expired",
+      `evaluation ${denial.evaluation_id} is no longer requestable (expired ${iso(evaluation.expiresAt)})`,
+    );
+  }
+  if (bindingHash(request, DEFAULT_BINDING_CONTEXT_MEMBERS) !== evaluation.bindingHash) {
+    throw toolgateError(
+      "invalid_denial_binding",
+      "the request differs from the evaluation it cites (subject, action, resource or job)",
+    );
+  }
+  return evaluation;
 }
 
 /**

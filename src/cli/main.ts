@@ -1,7 +1,8 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { BUNDLE_AND_INPUT, runUntilSignal, stringOptions, wantsHelp } from "./args";
-import { buildParts, packageVersion, startToolgate } from "../app";
+import { buildParts, startToolgate } from "../app";
+import { packageVersion } from "../shared/paths";
 import { auditVerifyCommand } from "./audit";
 import { CONTROL_HELP, CONTROL_MIGRATE_HELP, controlCommand } from "./control";
 import { devTokenCommand } from "./dev-token";

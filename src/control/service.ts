@@ -6,8 +6,7 @@
  * src/shared/lifecycle.ts. Stateless: every replica over one database serves
  * the same fleet.
  */
-import { createHash, randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { SpanExporter } from "@opentelemetry/sdk-trace";
@@ -28,7 +27,8 @@ import {
   type Readiness,
 } from "../shared/lifecycle";
 import { createLogger, type Logger } from "../shared/log";
-import { packageRoot } from "../shared/paths";
+import { packageVersion } from "../shared/paths";
+import { loadHmacKey } from "../redaction/key";
 import { AuditTrail } from "../trail";
 import { notifierFromConfig } from "../approvals/notify";
 import { FleetApprovals } from "./approvals";
@@ -77,12 +77,6 @@ export interface ControlService {
   stop(): Promise<void>;
 }
 
-export function packageVersion(): string {
-  return (
-    JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string }
-  ).version;
-}
-
 /** fleet.postgres_url, or config_invalid naming the key and the fix. */
 export function postgresUrl(config: CompiledConfig): string {
   const url = config.fleet.postgresUrl;
@@ -111,41 +105,6 @@ export async function migrateFleetStore(
   }
 }
 
-/** The audit key (audit.hmac_key*), as a sidecar reads it. */
-function hmacKey(config: CompiledConfig, log: Logger): { key: Buffer; keyId: string } {
-  const k = config.audit.hmacKey;
-  let key: Buffer;
-  if (k.source === "env") key = Buffer.from(k.value ?? "", "utf8");
-  else if (k.source === "file") {
-    try {
-      key = readFileSync(k.file ?? "");
-    } catch (e) {
-      throw toolgateError(
-        "config_invalid",
-        `audit.hmac_key_file: cannot read ${k.file}: ${(e as Error).message}`,
-        { cause: e },
-      );
-    }
-    if (key.length < 16)
-      throw toolgateError(
-        "config_invalid",
-        `audit.hmac_key_file: ${k.file} holds ${key.length} bytes; at least 16 are needed`,
-      );
-  } else {
-    key = randomBytes(32);
-    log.warn(
-      "no audit.hmac_key_file configured: keyed hashes use a random per-process key and correlate only within this run",
-      { event: "audit.random_hmac_key" },
-    );
-  }
-  const keyId = createHash("sha256")
-    .update("toolgate-key-id")
-    .update(key)
-    .digest("base64url")
-    .slice(0, 8);
-  return { key, keyId };
-}
-
 /**
  * Audit on this thread: spans (tracing.*), log lines and the hash-chained
  * trail in `<audit.trail.dir>/control` (one writer per directory: a sidecar
@@ -157,7 +116,7 @@ function buildAuditor(
   opts: ControlServiceOptions,
   replica: string,
 ): Auditor {
-  const { key, keyId } = hmacKey(config, log);
+  const { key, keyId } = loadHmacKey(config.audit.hmacKey, log);
   const tracing = new Tracing({
     env: opts.env ?? process.env,
     log,

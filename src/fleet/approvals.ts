@@ -28,6 +28,7 @@ import {
   judgeApproval,
   presentedApproval,
   redactJustification,
+  requestableEvaluation,
   type AccessRequest,
   type ApprovalCheck,
   type ApprovalEvents,
@@ -206,31 +207,13 @@ export class FleetApprovals implements Component {
     baseUrl: string,
     requester: Requester,
   ): Promise<{ created: boolean; view: Record<string, unknown> }> {
-    const { denial } = request;
-    const now = this.now();
-    const evaluation = this.opts.store.getEvaluation(denial.evaluation_id);
-    if (
-      evaluation === undefined ||
-      evaluation.agentId !== this.opts.agentId ||
-      (requester !== null && evaluation.initiator !== requester)
-    ) {
-      throw toolgateError(
-        "approval_not_found",
-        `no requestable evaluation ${denial.evaluation_id}`,
-      );
-    }
-    if (evaluation.expiresAt <= now) {
-      throw toolgateError(
-        "approval_expired",
-        `evaluation ${denial.evaluation_id} is no longer requestable (expired ${new Date(evaluation.expiresAt).toISOString()})`,
-      );
-    }
-    if (this.hash(request) !== evaluation.bindingHash) {
-      throw toolgateError(
-        "invalid_denial_binding",
-        "the request differs from the evaluation it cites (subject, action, resource or job)",
-      );
-    }
+    const evaluation = requestableEvaluation(
+      this.opts.store,
+      request,
+      requester,
+      this.opts.agentId,
+      this.now(),
+    );
     // the agent's justification goes redacted, beside the request (never in clear inside it)
     const { justification: clear, ...bound } = request;
     const justification = redactJustification(clear, this.opts.redact);

@@ -51,3 +51,10 @@ export function devPublicKeyPath(): string {
 export function devPrivateKeyPath(): string {
   return join(packageRoot(), "config", "dev", "dev-signing-key.pem");
 }
+
+/** This package's version (package.json). */
+export function packageVersion(): string {
+  return (
+    JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string }
+  ).version;
+}
