@@ -174,6 +174,19 @@ export interface LimitsSource {
   readonly data: unknown;
 }
 
+const LIMITS = new WeakMap<object, Limits>();
+
+/** The limits of a bundle's data, checked once per engine (a pure function of its data). */
+export function limitsOf(engine: LimitsSource): Limits {
+  const key = engine as object;
+  let l = LIMITS.get(key);
+  if (l === undefined) {
+    l = compileLimits(engine.data);
+    LIMITS.set(key, l);
+  }
+  return l;
+}
+
 export interface ContainmentEvents {
   containmentEvent(event: string, fields: Record<string, unknown>): void;
 }
@@ -430,7 +443,6 @@ export class Containment implements Component {
   private readonly metrics: Metrics | undefined;
   /** Active (not deleted) switches; expiry is checked on read. */
   private switches: SwitchRow[];
-  private readonly limitsCache = new WeakMap<object, Limits>();
   private readonly buckets = new Map<string, Bucket>();
   /** Per budget key: spends and reservations (see Spend). */
   private readonly spent = new Map<string, Spend[]>();
@@ -788,17 +800,6 @@ export class Containment implements Component {
 
   // -- the decision path ---------------------------------------------------------
 
-  /** The limits of a bundle's data, checked once per engine. */
-  limitsOf(engine: LimitsSource): Limits {
-    const key = engine as object;
-    let l = this.limitsCache.get(key);
-    if (l === undefined) {
-      l = compileLimits(engine.data);
-      this.limitsCache.set(key, l);
-    }
-    return l;
-  }
-
   /**
    * Kill switches, then rates, then budgets. Returns the deny, or undefined
    * when the request may go on to the policy. Consumes a rate token only when
@@ -816,7 +817,7 @@ export class Containment implements Component {
     const stopped = switchDeny(this.switches, this.agentId, req, verified, nowMs);
     if (stopped !== undefined) return stopped;
     if (engine === undefined) return undefined;
-    const limits = this.limitsOf(engine);
+    const limits = limitsOf(engine);
     if (limits.rates.length === 0 && limits.budgets.length === 0) return undefined;
     const take: Bucket[] = [];
     for (const r of limits.rates) {
@@ -866,7 +867,7 @@ export class Containment implements Component {
     nowMs: number,
   ): ContainmentDeny | undefined {
     const tool = req.action.name;
-    const limits = this.limitsOf(engine);
+    const limits = limitsOf(engine);
     const items = new Map<string, number>();
     for (const { budget, key, amount } of budgetItems(limits, req, verified)) {
       const over = this.overBudget(budget, key, amount, nowMs);

@@ -24,7 +24,7 @@ import type { DecisionRequest, VerifiedFacts } from "../model";
 import {
   budgetDeny,
   budgetItems,
-  compileLimits,
+  limitsOf,
   rateDeny,
   rateWho,
   reservationTtlMs,
@@ -32,7 +32,6 @@ import {
   switchView,
   type ContainmentDeny,
   type KillSwitch,
-  type Limits,
   type LimitsSource,
   type RateSpec,
   type SwitchScope,
@@ -95,7 +94,6 @@ export class FleetContainment {
   private readonly log: Logger;
   private readonly ttlSeconds: (tool: string) => number;
   private readonly now: () => number;
-  private readonly limitsCache = new WeakMap<object, Limits>();
   private readonly leases = new Map<string, Lease>();
   /** Decisions that reserved here, until their TTL: what a report may still resolve. */
   private readonly open = new Map<string, number>();
@@ -106,16 +104,6 @@ export class FleetContainment {
     this.log = opts.log;
     this.ttlSeconds = opts.reservationTtlSeconds;
     this.now = opts.now ?? Date.now;
-  }
-
-  limitsOf(engine: LimitsSource): Limits {
-    const key = engine as object;
-    let l = this.limitsCache.get(key);
-    if (l === undefined) {
-      l = compileLimits(engine.data);
-      this.limitsCache.set(key, l);
-    }
-    return l;
   }
 
   /** Kill switches (the cache), staleness, then rates (leases). No budget work. */
@@ -130,7 +118,7 @@ export class FleetContainment {
     const stale = this.staleDeny(req.action.name, engine, nowMs);
     if (stale !== undefined) return stale;
     if (engine === undefined) return undefined;
-    const limits = this.limitsOf(engine);
+    const limits = limitsOf(engine);
     if (limits.rates.length === 0) return undefined;
     const needs: RateNeed[] = [];
     for (const r of limits.rates) {
@@ -297,7 +285,7 @@ export class FleetContainment {
     nowMs: number,
   ): ContainmentDeny | undefined | Promise<ContainmentDeny | undefined> {
     const tool = req.action.name;
-    const items = budgetItems(this.limitsOf(engine), req, verified);
+    const items = budgetItems(limitsOf(engine), req, verified);
     if (items.length === 0) return undefined;
     const ttlMs = reservationTtlMs(this.ttlSeconds, tool);
     const body = {
