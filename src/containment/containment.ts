@@ -279,6 +279,14 @@ export function switchView(s: SwitchRow, persisted = true): KillSwitch {
   return v;
 }
 
+/** A switch as switchDeny reads it: a stored row, or an entry of view() (in force, so no expiry). */
+export interface SwitchLike {
+  id: string;
+  scope: SwitchScope;
+  reason: string;
+  expiresAt?: number | null;
+}
+
 /** The most specific member of a scope decides the deny code. */
 function switchCode(scope: SwitchScope): ContainmentDeny["code"] {
   if (scope.tool !== undefined) return "tool_disabled";
@@ -298,14 +306,14 @@ function describe(scope: SwitchScope): string {
 
 /** Whether a switch in force at `nowMs` (not expired) stops this request of `agentId`. */
 function stops(
-  s: SwitchRow,
+  s: SwitchLike,
   agentId: string,
   tool: string,
   subject: string,
   jobId: string | undefined,
   nowMs: number,
 ): boolean {
-  if (s.expiresAt !== null && s.expiresAt <= nowMs) return false;
+  if (s.expiresAt != null && s.expiresAt <= nowMs) return false;
   const sc = s.scope;
   if (sc.agent !== undefined && sc.agent !== agentId) return false;
   if (sc.tool !== undefined && sc.tool !== tool) return false;
@@ -316,7 +324,7 @@ function stops(
 
 /** The deny of the first switch in `switches` that stops this request, or undefined. */
 export function switchDeny(
-  switches: readonly SwitchRow[],
+  switches: readonly SwitchLike[],
   agentId: string,
   req: DecisionRequest,
   verified: VerifiedFacts,

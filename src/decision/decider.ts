@@ -3,7 +3,7 @@ import { isToolgateError, normalizeError, toolgateError, type ToolgateError } fr
 import type { Identity } from "../identity";
 import type { ApprovalCheck } from "../approvals/service";
 import type { GrantMinter } from "../grants";
-import type { ContainmentDeny } from "../containment";
+import { switchDeny, type ContainmentDeny } from "../containment";
 import { drive, wait, type ApprovalPort, type ContainmentPort, type Steps } from "./ports";
 import type { PolicyEngine } from "../policy/engine";
 import { checkPolicyOutput } from "./output";
@@ -47,6 +47,26 @@ export interface DeciderOptions {
   containment?: ContainmentPort;
   /** A candidate policy evaluated beside the active one, for the record only. */
   candidate?: PolicySource;
+}
+
+/** The deny reason of a policy that could not answer (fail closed). */
+function failClosedReason(err: ToolgateError): {
+  code: keyof typeof FAIL_CLOSED_REASONS;
+  message: string;
+} {
+  const code =
+    err.code === "policy_output_invalid" || err.code === "unknown_obligation"
+      ? err.code
+      : "evaluation_error";
+  return { code, message: `${FAIL_CLOSED_REASONS[code]}: ${err.message}` };
+}
+
+/** One action's preview (Decider.preview): the policy's outcome, nothing done. */
+export interface Preview {
+  name: string;
+  outcome: Decision["outcome"];
+  reasons: Decision["reasons"];
+  approval?: Decision["approval"];
 }
 
 /** What decide() answers: the decision, and what audit records beside it. */
@@ -113,6 +133,64 @@ export class Decider {
     return r;
   }
 
+  /**
+   * What the policy would answer for each of `names` as the action of
+   * `base` — AuthZEN action search. The caller is verified once, as decide()
+   * does (a refusal throws); then each name is evaluated with no arguments
+   * and no side effects: no decision recorded, no grant, no budget
+   * reservation, no rate token, no access request. Kill switches in force
+   * answer `deny` as they would on decide(); rates and budgets are not
+   * consulted (they are capacity, not permission). A policy failure for a
+   * name answers `deny` with the fail-closed reason.
+   */
+  preview(
+    base: Omit<DecisionRequest, "action">,
+    names: readonly string[],
+    ctx: RequestContext,
+  ): { policy: { bundle: string; revision: string }; results: Preview[] } {
+    const nowMs = this.now();
+    const nowNs = nowMs * 1e6;
+    const probe: DecisionRequest = { ...base, action: { name: names[0] ?? "" } };
+    const verified = this.opts.identity.verify(probe, nowNs, ctx.principal);
+    const engine = this.opts.policy.active();
+    if (engine === undefined) throw toolgateError("policy_unavailable");
+    const switches = this.opts.containment?.view(nowMs).killswitches ?? [];
+    if (this.opts.containment !== undefined) verified.containment = { killswitches: switches };
+    const verifiedJson = JSON.stringify(verified);
+    const results: Preview[] = [];
+    for (const name of names) {
+      const req: DecisionRequest = { ...base, action: { name } };
+      const stop = switchDeny(switches, verified.agent.id, req, verified, nowMs);
+      if (stop !== undefined) {
+        results.push({
+          name,
+          outcome: "deny",
+          reasons: [{ code: stop.code, message: stop.message }],
+        });
+        continue;
+      }
+      let out: PolicyOutput | ToolgateError;
+      try {
+        out = checkPolicyOutput(
+          engine.evaluateJson(
+            `{"request":${JSON.stringify(req)},"verified":${verifiedJson}}`,
+            nowNs,
+          ),
+        );
+      } catch (e) {
+        out = normalizeError(e, "policy_evaluation_failed");
+      }
+      if (isToolgateError(out)) {
+        results.push({ name, outcome: "deny", reasons: [failClosedReason(out)] });
+        continue;
+      }
+      const p: Preview = { name, outcome: out.outcome, reasons: out.reasons };
+      if (out.approval !== undefined) p.approval = out.approval;
+      results.push(p);
+    }
+    return { policy: { bundle: engine.info.bundle, revision: engine.info.revision }, results };
+  }
+
   private *steps(req: DecisionRequest, ctx: RequestContext, requestJson?: string): Steps<Decided> {
     const nowMs = this.now();
     const nowNs = nowMs * 1e6;
@@ -172,11 +250,7 @@ export class Decider {
       out = isToolgateError(e) ? e : normalizeError(e, "policy_evaluation_failed");
     }
     if (isToolgateError(out)) {
-      const code =
-        out.code === "policy_output_invalid" || out.code === "unknown_obligation"
-          ? out.code
-          : "evaluation_error";
-      decision.reasons = [{ code, message: `${FAIL_CLOSED_REASONS[code]}: ${out.message}` }];
+      decision.reasons = [failClosedReason(out)];
       return this.finish(event);
     }
     const notes = this.candidate(input, nowNs, out);

@@ -20,6 +20,7 @@ import type { Readiness } from "../shared/lifecycle";
 import type { ParsedBody } from "./body";
 import { authzenConfiguration, authzenEvaluation, authzenEvaluations } from "./faces/authzen";
 import { nativeDecision } from "./faces/native";
+import { actionSearch, registeredTools, type ActionSearchRequest } from "./faces/search";
 import { opaData, toOpaError } from "./faces/opa";
 import { HttpPort, Reply, errorBody } from "./foundation";
 import { serve, type RunningServer } from "./listen";
@@ -82,6 +83,7 @@ export function createAgentApp(deps: AgentServerDeps): Express {
   const decisionRequest = validator<DecisionRequest>("decision-request.schema.json");
   const accessRequest = validator<AccessRequest>("access-request.schema.json");
   const actionReport = validator<ActionReport>("action-report.schema.json");
+  const searchRequest = validator<ActionSearchRequest>("action-search.schema.json");
   const port = new HttpPort({
     name: "agent",
     log: deps.log,
@@ -123,6 +125,25 @@ export function createAgentApp(deps: AgentServerDeps): Express {
     body: "json",
     handle: (value, ctx) =>
       authzenEvaluations(decider, value, config.server.limits.maxEvaluations, ctx, batchSpan),
+  });
+  // Action Search: the registered tools this caller may use (each previewed, nothing recorded per tool)
+  port.post("/access/v1/search/action", {
+    face: "authzen",
+    body: "json",
+    schema: searchRequest,
+    handle: (req, ctx) => {
+      const span = batchSpan?.(ctx);
+      try {
+        return actionSearch(
+          decider,
+          req,
+          registeredTools(bundles.active()?.data),
+          span?.ctx ?? ctx,
+        );
+      } finally {
+        span?.end();
+      }
+    },
   });
   port.get("/.well-known/authzen-configuration", {
     open: true,
@@ -266,6 +287,7 @@ export function createAgentApp(deps: AgentServerDeps): Express {
       "/v1/decisions",
       "/access/v1/evaluation",
       "/access/v1/evaluations",
+      "/access/v1/search/action",
       "/access/v1/requests",
       "/v1/actions",
     ],

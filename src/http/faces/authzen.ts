@@ -175,5 +175,6 @@ export function authzenConfiguration(baseUrl: string): Record<string, unknown> {
     policy_decision_point: baseUrl,
     access_evaluation_endpoint: `${baseUrl}/access/v1/evaluation`,
     access_evaluations_endpoint: `${baseUrl}/access/v1/evaluations`,
+    search_action_endpoint: `${baseUrl}/access/v1/search/action`,
   };
 }
