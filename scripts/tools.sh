@@ -7,6 +7,7 @@
 #   scripts/tools.sh helm     -> path to the pinned helm CLI (chart lint/template tests)
 #   scripts/tools.sh k8s-validate -> the offline manifest validator in tools/k8s-validate
 #   scripts/tools.sh promtool -> path to the pinned promtool (alert rules check and unit tests)
+#   scripts/tools.sh regal    -> path to the pinned Regal (Rego linter; policy test lints with it)
 # Pins: `go install module@version` where the module allows it; otherwise a
 # tools module under tools/<name>/ (go.mod + go.sum, `tool` directive).
 set -euo pipefail
@@ -21,6 +22,7 @@ declare -A MODULE=(
   [helm]="helm.sh/helm/v3/cmd/helm@v3.22.0"
   [k8s-validate]="tools/k8s-validate:."
   [promtool]="github.com/prometheus/prometheus/cmd/promtool@v0.316.0"
+  [regal]="tools/regal:github.com/open-policy-agent/regal"
 )
 
 tool="${1:?usage: scripts/tools.sh <tool>}"
