@@ -4,13 +4,15 @@ import { loadPolicy, type LoadedPolicy } from "@open-policy-agent/opa-wasm";
 import { normalizeError, toolgateError, rethrowAs } from "../errors";
 import { describeForbiddenKey, forbiddenKey } from "../shared/guards";
 import type { Bundle } from "./bundle";
+import { hostBuiltins, TIME_BUILTINS } from "./builtins";
 
 /**
- * Builtins toolgate implements on top of what opa-wasm provides. Rego's
- * capabilities file (rego/capabilities.json) lists exactly opa-wasm's set plus
- * these, so a policy needing anything else fails at `opa build`.
+ * Builtins toolgate implements on top of what opa-wasm provides (time.now_ns
+ * here, the calendar functions in ./builtins). Rego's capabilities file
+ * (rego/capabilities.json) lists exactly opa-wasm's set plus these, so a
+ * policy needing anything else fails at `opa build`.
  */
-export const TOOLGATE_BUILTINS = ["time.now_ns"] as const;
+export const TOOLGATE_BUILTINS = ["time.now_ns", ...TIME_BUILTINS] as const;
 
 let supported: Set<string> | undefined;
 /** Every builtin name a bundle may need at run time. */
@@ -32,6 +34,12 @@ export interface EngineOptions {
   nowNs?: () => number;
   /** Upper bound on wasm memory, in 64 KiB pages. */
   maxMemoryPages?: number;
+  /**
+   * OPA's strict-builtin-errors for the host builtins: a builtin error fails
+   * the evaluation (policy_evaluation_failed, so the decision denies) instead
+   * of leaving the expression undefined (OPA's default, and toolgate's).
+   */
+  strictBuiltinErrors?: boolean;
 }
 
 export interface PolicyInfo {
@@ -125,6 +133,7 @@ export class PolicyEngine {
         new Uint8Array(wasm),
         { initial: 5, maximum: opts.maxMemoryPages ?? 2048 },
         {
+          ...hostBuiltins({ strict: opts.strictBuiltinErrors === true }),
           "time.now_ns": () => holder.engine?.evalNowNs ?? nowNs(),
         },
       );
