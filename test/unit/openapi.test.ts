@@ -1,108 +1,239 @@
 /**
- * The published contract stays true: the OpenAPI document parses, references
- * the schema file the server validates with, and describes responses the
- * server actually sends.
+ * The published contracts stay true: docs/openapi.yaml (agent port) and
+ * docs/openapi-control.yaml (control port, and `toolgate control`'s human
+ * API) are valid OpenAPI 3.1; they document exactly the routes the real
+ * express apps register (read from the apps' router stacks); they reference
+ * the schema files the server validates bodies with; and every error code
+ * they name is one of the registry's, at the registry's status.
+ * Real responses are checked against them in
+ * test/integration/openapi-conformance.test.ts.
  */
-import { readFileSync } from "node:fs";
+import type { Express } from "express";
+import { METHODS as METHODS_ALL, type Server } from "node:http";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import Ajv2020 from "ajv/dist/2020";
-import addFormats from "ajv-formats";
-import { parse } from "yaml";
 import type { Toolgate } from "../../src/app";
-import { postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { compileConfig } from "../../src/config";
+import { createControlServiceApp, type ControlServiceDeps } from "../../src/control";
+import { ERRORS } from "../../src/errors/registry";
+import { silentLogger } from "../../src/shared/log";
+import {
+  DOC_FILES,
+  jsonSchemas,
+  openapiDoc,
+  type DocFile,
+  type OpenApiDoc,
+} from "../helpers/openapi";
+import { startTestToolgate } from "../helpers/toolgate";
 
-const root = join(__dirname, "..", "..");
-const doc = parse(readFileSync(join(root, "docs", "openapi.yaml"), "utf8")) as {
-  paths: Record<
-    string,
-    Record<string, { requestBody?: { content: Record<string, { schema: { $ref?: string } }> } }>
-  >;
-  components: { schemas: Record<string, unknown> };
-};
+interface OpenApiValidator {
+  validate(spec: Record<string, unknown>): Promise<{ valid: boolean; errors?: unknown }>;
+  addSpecRef(spec: Record<string, unknown>, uri: string): Promise<void>;
+}
 
-describe("docs/openapi.yaml", () => {
-  test("covers every agent-port route", () => {
-    expect(Object.keys(doc.paths).sort()).toEqual(
-      [
-        "/v1/decisions",
-        "/access/v1/evaluation",
-        "/access/v1/evaluations",
-        "/access/v1/requests",
-        "/access/v1/requests/{id}",
-        "/access/v1/requests/{id}/cancel",
-        "/.well-known/authzen-configuration",
-        "/v1/data/{path}",
-        "/health/live",
-        "/health/ready",
-        "/v1/status",
-      ].sort(),
+/** The validator is an ES module: loaded with import() (jest runs with --experimental-vm-modules). */
+async function newValidator(): Promise<OpenApiValidator> {
+  const name = "@seriousme/openapi-schema-validator";
+  const mod = (await import(name)) as { Validator: new () => OpenApiValidator };
+  return new mod.Validator();
+}
+
+/** Registry codes the CLI raises, never an HTTP port. */
+const NOT_ON_A_PORT = ["usage", "config_invalid", "config_unreadable", "port_in_use"];
+
+/** docs/openapi.yaml's ErrorCode: the codes an error body may carry (both documents use it). */
+const errorCodeEnum = (): string[] =>
+  (openapiDoc("openapi.yaml").components.schemas as Record<string, { enum?: string[] }>).ErrorCode
+    ?.enum ?? [];
+
+const METHODS = ["get", "put", "post", "delete", "patch", "head", "options", "trace"];
+
+/** `METHOD /template` for every operation a document describes. */
+function documented(doc: OpenApiDoc): string[] {
+  const out: string[] = [];
+  for (const [path, item] of Object.entries(doc.paths)) {
+    for (const m of Object.keys(item))
+      if (METHODS.includes(m)) out.push(`${m.toUpperCase()} ${path}`);
+  }
+  return out.sort();
+}
+
+/** express's `:id` and `*path` as OpenAPI's `{id}` and `{path}`. */
+const template = (p: string): string =>
+  p.replace(/:([A-Za-z_]\w*)/g, "{$1}").replace(/\*([A-Za-z_]\w*)/g, "{$1}");
+
+/** `METHOD /template` for every route an express app registers (app.all handlers, the 405s, skipped). */
+function registered(app: Express): string[] {
+  const out = new Set<string>();
+  for (const layer of app.router.stack) {
+    const route = layer.route as
+      { path: string | string[]; stack: Array<{ method?: string }> } | undefined;
+    if (route === undefined) continue;
+    const paths = Array.isArray(route.path) ? route.path : [route.path];
+    // app.all (the 405 answers) registers every method
+    if (new Set(route.stack.map((l) => l.method)).size >= METHODS_ALL.length) continue;
+    for (const l of route.stack) {
+      if (typeof l.method !== "string" || l.method === "") continue;
+      for (const p of paths) out.add(`${l.method.toUpperCase()} ${template(p)}`);
+    }
+  }
+  return [...out].sort();
+}
+
+/** The express app a started server runs. */
+const appOf = (server: Server): Express => server.listeners("request")[0] as Express;
+
+/** Deep copy with every `$ref` that leaves a schema file made relative to docs/ (the validator resolves no relative URIs). */
+function relocated(schema: unknown): unknown {
+  if (Array.isArray(schema)) return schema.map(relocated);
+  if (typeof schema !== "object" || schema === null) return schema;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(schema)) {
+    out[k] =
+      k === "$ref" && typeof v === "string" && !v.startsWith("#")
+        ? `../schemas/${v}`
+        : relocated(v);
+  }
+  return out;
+}
+
+describe.each(DOC_FILES)("docs/%s", (file: DocFile) => {
+  const doc = openapiDoc(file);
+
+  test("is a valid OpenAPI 3.1 document, every $ref resolving", async () => {
+    expect(doc.openapi).toMatch(/^3\.1\./);
+    const v = await newValidator();
+    for (const [name, schema] of jsonSchemas()) {
+      await v.addSpecRef(relocated(schema) as Record<string, unknown>, `../schemas/${name}`);
+    }
+    if (file !== "openapi.yaml")
+      await v.addSpecRef(structuredClone(openapiDoc("openapi.yaml")), "openapi.yaml");
+    const res = await v.validate(structuredClone(doc));
+    expect(res.errors).toBeUndefined();
+    expect(res.valid).toBe(true);
+  });
+
+  test("every error code it names is in the registry, at the registry's status", () => {
+    for (const [path, item] of Object.entries(doc.paths)) {
+      for (const [method, op] of Object.entries(item)) {
+        if (!METHODS.includes(method)) continue;
+        const where = `${method.toUpperCase()} ${path}`;
+        const codes = op["x-error-codes"] ?? {};
+        for (const [status, list] of Object.entries(codes)) {
+          expect({ where, status, documented: op.responses[status] !== undefined }).toEqual({
+            where,
+            status,
+            documented: true,
+          });
+          for (const code of list) {
+            const entry = (ERRORS as Record<string, { status: number }>)[code];
+            expect({ where, code, status: entry?.status }).toEqual({
+              where,
+              code,
+              status: Number(status),
+            });
+          }
+        }
+        // every coded error response lists its codes
+        for (const [status, r] of Object.entries(op.responses)) {
+          const coded = JSON.stringify(r).includes("#/components/responses/Error");
+          if (coded)
+            expect({ where, status, listed: codes[status] !== undefined }).toEqual({
+              where,
+              status,
+              listed: true,
+            });
+        }
+      }
+    }
+  });
+
+  test("the error body's code is one of the codes the ports answer: every registry code but the verifier's, the MCP proxy's and the CLI's", () => {
+    const error = doc.components.schemas?.Error as { properties: { code: { $ref: string } } };
+    expect(error.properties.code.$ref).toBe(
+      file === "openapi.yaml"
+        ? "#/components/schemas/ErrorCode"
+        : "openapi.yaml#/components/schemas/ErrorCode",
+    );
+    const listed = [...errorCodeEnum()].sort();
+    const offPort = (c: string): boolean =>
+      c.startsWith("grant_") || c.startsWith("mcp_") || NOT_ON_A_PORT.includes(c);
+    expect(listed).toEqual(
+      Object.keys(ERRORS)
+        .filter((c) => !offPort(c))
+        .sort(),
+    );
+    // and each operation's codes are among them
+    for (const item of Object.values(doc.paths))
+      for (const op of Object.values(item))
+        for (const codes of Object.values(op["x-error-codes"] ?? {}))
+          for (const c of codes) expect(listed).toContain(c);
+  });
+});
+
+describe("request bodies reference the schema the server validates with", () => {
+  const body = (file: DocFile, method: string, path: string): string | undefined =>
+    (
+      openapiDoc(file).paths[path]?.[method]?.requestBody as
+        { content: Record<string, { schema: { $ref?: string } }> } | undefined
+    )?.content["application/json"]?.schema.$ref;
+
+  test.each([
+    ["openapi.yaml", "post", "/v1/decisions", "decision-request"],
+    ["openapi.yaml", "post", "/access/v1/evaluation", "decision-request"],
+    ["openapi.yaml", "post", "/access/v1/search/action", "action-search"],
+    ["openapi.yaml", "post", "/access/v1/requests", "access-request"],
+    ["openapi.yaml", "post", "/v1/actions", "action-report"],
+    ["openapi-control.yaml", "post", "/v1/killswitches", "kill-switch"],
+    ["openapi-control.yaml", "post", "/v1/approvals/{id}/approve", "approval-decision"],
+    ["openapi-control.yaml", "post", "/v1/approvals/{id}/deny", "approval-decision"],
+  ] as const)("%s %s %s: %s", (file, method, path, schema) => {
+    expect(body(file, method, path)).toBe(`../schemas/${schema}.schema.json`);
+  });
+});
+
+describe("the documents cover the real apps' routes, and nothing else", () => {
+  let tg: Toolgate;
+  beforeAll(async () => {
+    tg = await startTestToolgate({ TOOLGATE_CONTROL_PORT: "0" });
+  });
+  afterAll(async () => {
+    await tg.stop();
+  });
+
+  test("agent port", () => {
+    expect(documented(openapiDoc("openapi.yaml"))).toEqual(
+      registered(appOf(tg.agentServer.server)),
     );
   });
 
-  test("decision requests reference the schema the server validates with", () => {
-    for (const p of ["/v1/decisions", "/access/v1/evaluation"]) {
-      expect(doc.paths[p]?.post?.requestBody?.content["application/json"]?.schema.$ref).toBe(
-        "../schemas/decision-request.schema.json",
-      );
-    }
-  });
-
-  describe("responses match the documented schemas", () => {
-    let tg: Toolgate;
-    const ajv = new Ajv2020({ strict: false });
-    addFormats(ajv);
-    for (const [name, schema] of Object.entries(doc.components.schemas)) {
-      ajv.addSchema(schema as object, `#/components/schemas/${name}`);
-    }
-    const check = (name: string, value: unknown): void => {
-      const v = ajv.getSchema(`#/components/schemas/${name}`);
-      if (!v) throw new Error(`no schema ${name}`);
-      const ok = v(value);
-      expect(v.errors ?? []).toEqual([]);
-      expect(ok).toBe(true);
-    };
-    beforeAll(async () => {
-      tg = await startTestToolgate({ TOOLGATE_APPROVAL_REQUEST_LIMIT_MAX: "1" });
-    });
-    afterAll(async () => {
-      await tg.stop();
-    });
-
-    test.each([
-      ["allow", refRequest({ tool: "accounts.summary.read" })],
-      ["deny", refRequest({ tool: "billing.update" })],
-      ["needs_approval", refRequest({ tool: "refunds.issue", args: { amount: 120 } })],
-    ])("native %s", async (outcome, req) => {
-      const res = await postJson(tg.agentServer.url, "/v1/decisions", req);
-      expect((res.json as { outcome: string }).outcome).toBe(outcome);
-      check("Decision", res.json);
-      const az = await postJson(tg.agentServer.url, "/access/v1/evaluation", req);
-      check("AuthzenDecision", az.json);
-    });
-
-    test("access requests: the task, and the rate-limit error", async () => {
-      const ask = async (amount: number) => {
-        const req = refRequest({ tool: "refunds.issue", args: { amount } });
-        const d = await postJson(tg.agentServer.url, "/v1/decisions", req);
-        const evaluationId = (d.json as { access_request: { evaluation_id: string } })
-          .access_request.evaluation_id;
-        return postJson(tg.agentServer.url, "/access/v1/requests", {
-          ...req,
-          denial: { evaluation_id: evaluationId },
-        });
-      };
-      const first = await ask(120);
-      expect(first.status).toBe(201);
-      check("AccessRequestTask", first.json);
-      const limited = await ask(121);
-      expect(limited.status).toBe(429);
-      check("RateLimitError", limited.json);
-    });
-
-    test("errors", async () => {
-      const res = await postJson(tg.agentServer.url, "/v1/decisions", { subject: 1 });
-      expect(res.status).toBe(400);
-      check("Error", res.json);
-    });
+  test("control port: a sidecar's, and toolgate control's human API", () => {
+    const sidecar = registered(appOf(tg.controlServer!.server));
+    expect(sidecar).toContain("GET /.well-known/jwks.json"); // grants on: the keys are served
+    // toolgate control's routes; its deps are only reached once a request comes
+    const config = compileConfig(
+      {},
+      {
+        TOOLGATE_CONTROL_PORT: "0",
+        TOOLGATE_LOG_LEVEL: "silent",
+        TOOLGATE_STATE_DIR: mkdtempSync(join(tmpdir(), "toolgate-openapi-")),
+        TOOLGATE_AUDIT_HMAC_KEY: "test-key-0123456789abcdef",
+        TOOLGATE_POSTGRES_URL: "postgres://127.0.0.1:1/none",
+      },
+    );
+    const service = registered(
+      createControlServiceApp({
+        config,
+        log: silentLogger,
+        version: "0",
+        replica: "r1",
+      } as unknown as ControlServiceDeps),
+    );
+    const human = service.filter((r) => !r.split(" ")[1]!.startsWith("/fleet/v1/"));
+    expect(human.length).toBeLessThan(service.length); // the sidecar API is there, and left out
+    expect(documented(openapiDoc("openapi-control.yaml"))).toEqual(
+      [...new Set([...sidecar, ...human])].sort(),
+    );
   });
 });
