@@ -18,12 +18,14 @@ import {
 } from "./http";
 import { applyRedactions, unknownObligation } from "./obligations";
 import type {
+  AccessRequestBody,
   AccessRequestTask,
   ActionReport,
   ActionSearchRequest,
   ActionSearchResponse,
   Approval,
   Decision,
+  DecisionContext,
   DecisionRequest,
   Entity,
 } from "./types";
@@ -74,7 +76,7 @@ export interface WaitOptions extends SignalOptions {
 export interface CallDescription {
   subject: Entity;
   resource: Entity;
-  context?: DecisionRequest["context"];
+  context?: DecisionContext;
   /** The tool's arguments as the policy should see them; default: `args` when it is a plain object. */
   arguments?: Record<string, unknown>;
   /** Shown to the approver when the call needs an approval. */
@@ -209,7 +211,7 @@ export function createClient(options: ClientOptions): ToolgateClient {
     },
 
     async requestAccess(req, evaluationId, opts = {}) {
-      const body: Record<string, unknown> = { ...req, denial: { evaluation_id: evaluationId } };
+      const body: AccessRequestBody = { ...req, denial: { evaluation_id: evaluationId } };
       if (opts.justification !== undefined) body.justification = opts.justification;
       const call: CallOptions = sig(opts);
       if (opts.idempotencyKey !== undefined)

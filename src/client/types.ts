@@ -13,6 +13,13 @@ export interface Entity {
   properties?: Record<string, unknown>;
 }
 
+/** A request's context: the job, and (re-asking) the approval. Unknown members reach the policy. */
+export interface DecisionContext {
+  job?: { id?: string; purpose?: string; customer_id?: string; [key: string]: unknown };
+  agent?: { id?: string; [key: string]: unknown };
+  [key: string]: unknown;
+}
+
 /** The decision request (schemas/decision-request.schema.json). */
 export interface DecisionRequest {
   /** The human (or service) the agent acts for. */
@@ -31,11 +38,7 @@ export interface DecisionRequest {
   /** The record the call touches. */
   resource: Entity;
   /** `job` selects the grant (`purpose`) and the data boundary (`customer_id`); `approval` re-asks with an approval. */
-  context?: {
-    job?: { id?: string; purpose?: string; customer_id?: string; [key: string]: unknown };
-    agent?: { id?: string; [key: string]: unknown };
-    [key: string]: unknown;
-  };
+  context?: DecisionContext;
   [key: string]: unknown;
 }
 
@@ -104,6 +107,13 @@ export interface AccessRequestTask {
   result?: { mode: "reevaluate"; approval: Approval };
 }
 
+/** POST /access/v1/requests: the request that was answered needs_approval, citing that answer. */
+export type AccessRequestBody = DecisionRequest & {
+  denial: { evaluation_id: string };
+  /** ≤ 2000 characters, no control characters but tab and newline. */
+  justification?: string;
+};
+
 /** A record reference in an action report. */
 export interface RecordRef {
   type: string;
@@ -130,19 +140,22 @@ export interface ActionReport {
 export interface ActionSearchRequest {
   subject: Entity;
   resource: Entity;
-  context?: DecisionRequest["context"];
-  page?: { token?: string; limit?: number };
+  context?: DecisionContext;
+  page?: { token?: string; limit?: number; properties?: Record<string, unknown> };
 }
 
 export interface ActionSearchResponse {
   /** Present when a `limit` was given or more pages remain; `next_token` is "" on the last page. */
   page?: { next_token: string; count: number; total: number };
   context: { policy: { bundle: string; revision: string } };
-  /** Allowed tools, and tools that need an approval (marked); denied tools are left out. */
-  results: Array<
-    | { name: string }
-    | { name: string; properties: { needs_approval: true; approval: ApprovalRequirement } }
-  >;
+  /** Allowed tools, and tools that need an approval (marked); denied tools are left out. Sorted by name. */
+  results: ActionSearchResult[];
+}
+
+/** One tool of an action search: `properties` only on a tool that needs an approval. */
+export interface ActionSearchResult {
+  name: string;
+  properties?: { needs_approval: true; approval?: ApprovalRequirement };
 }
 
 /** toolgate's error body: `{code, message}` (docs/errors.md). */

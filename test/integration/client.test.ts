@@ -296,7 +296,9 @@ describe("searchActions", () => {
     expect(names).toContain("tickets.read");
     expect(names).not.toContain("billing.update");
     const send = res.results.find((r) => r.name === "replies.send");
-    expect(send && "properties" in send && send.properties.needs_approval).toBe(true);
+    expect(send?.properties?.needs_approval).toBe(true);
+    expect(send?.properties?.approval?.approver_roles).toContain("support_manager");
+    expect(res.results.find((r) => r.name === "tickets.read")?.properties).toBeUndefined();
     expect(names).toEqual([...names].sort());
   });
 });
