@@ -170,6 +170,24 @@ export const ERRORS = {
   },
   grant_replayed: { status: 409, message: "the single-use grant was already used" },
   grant_scope_violation: { status: 403, message: "the request exceeds the grant's scope" },
+  // -- MCP proxy (toolgate mcp; reason codes in its tool errors) ---------------
+  mcp_upstream_unavailable: {
+    status: 502,
+    message: "an upstream MCP server could not be started, reached or called",
+  },
+  mcp_unknown_tool: { status: 404, message: "no upstream MCP server offers this tool" },
+  mcp_mapping_failed: {
+    status: 400,
+    message: "the tool's resource/job mapping cannot be applied to the call's arguments",
+  },
+  mcp_result_too_large: {
+    status: 502,
+    message: "the upstream tool's result exceeds the proxy's size limit",
+  },
+  mcp_sidecar_unavailable: {
+    status: 503,
+    message: "the toolgate sidecar could not be asked; the tool call was not made",
+  },
   // -- containment (kill switches, rate limits, budgets) ----------------------
   killswitch_not_found: { status: 404, message: "no such active kill switch" },
   containment_store_unavailable: {

@@ -1,0 +1,605 @@
+/**
+ * The enforcement core of `toolgate mcp`: an MCP server (the SDK's low-level
+ * `Server`, one per agent session) whose only methods are initialize, ping,
+ * tools/list and tools/call — plus the read-only list methods the config
+ * passes through explicitly. Every other method is MethodNotFound: no
+ * upstream tool, resource or prompt is reachable except through a decision.
+ *
+ * tools/list: the upstream tools filtered by AuthZEN action search for the
+ * session (allowed: listed; needs_approval: listed and marked; denied:
+ * hidden). tools/call: decided first; deny → a tool error with the reasons;
+ * needs_approval → the access request, then URL elicitation of the console's
+ * page (or a tool error with the link, and the same call goes through once
+ * approved); allow → forwarded with the grant, then an action report.
+ */
+import { createHash } from "node:crypto";
+import { Server } from "@modelcontextprotocol/sdk/server/index.js";
+import {
+  CallToolRequestSchema,
+  ElicitResultSchema,
+  ListPromptsRequestSchema,
+  ListResourceTemplatesRequestSchema,
+  ListResourcesRequestSchema,
+  ListToolsRequestSchema,
+  type CallToolResult,
+  type ServerCapabilities,
+  type Tool,
+} from "@modelcontextprotocol/sdk/types.js";
+import {
+  applyRedactions,
+  ToolDenied,
+  ToolgateError,
+  unknownObligation,
+  type Approval,
+  type Decision,
+  type DecisionRequest,
+  type Reason,
+  type ToolgateClient,
+} from "../client";
+import { forbiddenKey, isObject } from "../shared/guards";
+import type { Logger } from "../shared/log";
+import { packageVersion } from "../shared/paths";
+import type { McpProxyConfig, PassthroughMethod } from "./config";
+import { buildRequest, MappingError } from "./mapping";
+import type { CatalogTool, Upstreams } from "./upstream";
+
+/** `_meta` keys the proxy sets (docs/mcp.md). */
+export const META = {
+  grant: "io.toolgate/grant",
+  needsApproval: "io.toolgate/needs_approval",
+  approval: "io.toolgate/approval",
+  outcome: "io.toolgate/outcome",
+  reasons: "io.toolgate/reasons",
+  decisionId: "io.toolgate/decision_id",
+  approvalUrl: "io.toolgate/approval_url",
+  taskId: "io.toolgate/access_request_id",
+} as const;
+
+export const NEEDS_APPROVAL_NOTE =
+  "[toolgate] Calls of this tool need a person's approval: the call returns a link to the approval page, and the same call goes through once approved.";
+
+interface Pending {
+  taskId: string;
+  url: string;
+  /** ms since epoch: the pending entry is forgotten after this. */
+  until: number;
+}
+
+/** One agent session's state: the approvals it waits for, by the call they bind. */
+class Session {
+  readonly pending = new Map<string, Pending>();
+  constructor(readonly key: string) {}
+  sweep(now: number): void {
+    for (const [k, p] of this.pending) if (p.until <= now) this.pending.delete(k);
+  }
+}
+
+export interface ProxyDeps {
+  config: McpProxyConfig;
+  upstreams: Upstreams;
+  sidecar: ToolgateClient;
+  log: Logger;
+}
+
+type Extra = {
+  signal: AbortSignal;
+  sendRequest: Server["request"];
+  sendNotification: (n: { method: string; params?: Record<string, unknown> }) => Promise<void>;
+};
+
+/** JSON with sorted keys (the arguments' binding for pending approvals). */
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`;
+  if (isObject(v))
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical(v[k])}`)
+      .join(",")}}`;
+  return JSON.stringify(v) ?? "null";
+}
+
+function bindingKey(req: DecisionRequest): string {
+  const { subject, action, resource, context } = req;
+  return createHash("sha256")
+    .update(canonical({ subject, action, resource, job: context?.job ?? null }))
+    .digest("base64url");
+}
+
+function toolError(
+  code: string,
+  message: string,
+  meta: Record<string, unknown> = {},
+  reasons: Reason[] = [{ code, message }],
+): CallToolResult {
+  return {
+    content: [
+      {
+        type: "text",
+        text: `${message}\n${reasons.map((r) => `- ${r.code}: ${r.message}`).join("\n")}`,
+      },
+    ],
+    isError: true,
+    _meta: { [META.reasons]: reasons, ...meta },
+  };
+}
+
+function denied(tool: string, d: Decision): CallToolResult {
+  return toolError(
+    d.reasons[0]?.code ?? "denied",
+    `toolgate denied ${tool}.`,
+    { [META.outcome]: d.outcome, [META.decisionId]: d.decision_id },
+    d.reasons.map((r) => ({ code: String(r.code), message: String(r.message) })),
+  );
+}
+
+function errorText(e: unknown): { type: string; message: string } {
+  const type = e instanceof Error ? e.name : typeof e;
+  const message = e instanceof Error ? e.message : String(e);
+  return { type: type.slice(0, 256), message: message.slice(0, 4096) };
+}
+
+/** A sidecar failure as the tool error the agent sees (fail closed). */
+function sidecarFailure(e: unknown, tool: string): CallToolResult {
+  if (e instanceof ToolDenied)
+    return toolError(
+      e.code,
+      `toolgate did not allow ${tool}: ${e.message}`,
+      {},
+      e.reasons.length ? e.reasons : undefined,
+    );
+  if (e instanceof ToolgateError && e.status !== 0)
+    return toolError(e.code, `toolgate refused to decide ${tool} (HTTP ${e.status}): ${e.message}`);
+  return toolError(
+    "mcp_sidecar_unavailable",
+    `toolgate could not be asked about ${tool} (${e instanceof ToolgateError ? e.code : "error"}); the call was not made.`,
+  );
+}
+
+export class McpProxy {
+  private readonly cfg: McpProxyConfig;
+  private readonly upstreams: Upstreams;
+  private readonly sidecar: ToolgateClient;
+  private readonly log: Logger;
+
+  constructor(deps: ProxyDeps) {
+    this.cfg = deps.config;
+    this.upstreams = deps.upstreams;
+    this.sidecar = deps.sidecar;
+    this.log = deps.log;
+  }
+
+  /** A new agent-facing MCP server for one session (one per HTTP session; one for stdio). */
+  createServer(sessionKey: string): Server {
+    const capabilities: ServerCapabilities = { tools: { listChanged: false } };
+    const pass = new Set<PassthroughMethod>(this.cfg.passthrough);
+    if (pass.has("resources/list") || pass.has("resources/templates/list"))
+      capabilities.resources = {};
+    if (pass.has("prompts/list")) capabilities.prompts = {};
+    const server = new Server(
+      { name: "toolgate-mcp-proxy", version: packageVersion() },
+      {
+        capabilities,
+        instructions:
+          "Tools behind toolgate: each call is authorized first. A denied call returns an error with the reasons; a call that needs a person's approval returns (or opens) the approval page.",
+      },
+    );
+    const session = new Session(sessionKey);
+    server.setRequestHandler(ListToolsRequestSchema, async () => ({
+      tools: await this.listTools(),
+    }));
+    server.setRequestHandler(CallToolRequestSchema, async (request, extra) =>
+      this.callTool(server, session, request.params, extra as unknown as Extra),
+    );
+    if (pass.has("resources/list"))
+      server.setRequestHandler(ListResourcesRequestSchema, async (r) =>
+        this.passthrough("resources/list", "resources", r.params),
+      );
+    if (pass.has("resources/templates/list"))
+      server.setRequestHandler(ListResourceTemplatesRequestSchema, async (r) =>
+        this.passthrough("resources/templates/list", "resourceTemplates", r.params),
+      );
+    if (pass.has("prompts/list"))
+      server.setRequestHandler(ListPromptsRequestSchema, async (r) =>
+        this.passthrough("prompts/list", "prompts", r.params),
+      );
+    return server;
+  }
+
+  /** The tools the session may see: action search over the upstream catalog. */
+  async listTools(): Promise<Tool[]> {
+    const catalog = await this.upstreams.refresh();
+    const verdicts = await this.searchActions();
+    const out: Tool[] = [];
+    for (const [name, c] of catalog) {
+      const v = verdicts.get(name);
+      if (v === undefined) continue; // denied (or not registered): hidden
+      const tool: Tool = { ...c.tool, name };
+      if (v.needsApproval) {
+        tool.description = `${c.tool.description ? `${c.tool.description}\n\n` : ""}${NEEDS_APPROVAL_NOTE}`;
+        tool._meta = {
+          [META.needsApproval]: true,
+          ...(v.approval !== undefined ? { [META.approval]: v.approval } : {}),
+        };
+      }
+      out.push(tool);
+    }
+    return out;
+  }
+
+  private async searchActions(): Promise<
+    Map<string, { needsApproval: boolean; approval?: unknown }>
+  > {
+    const { subject, resource, context } = this.cfg.session;
+    const out = new Map<string, { needsApproval: boolean; approval?: unknown }>();
+    let token: string | undefined;
+    for (let page = 0; page < 50; page++) {
+      const res = await this.sidecar.searchActions({
+        subject,
+        resource,
+        context,
+        page: token !== undefined ? { token, limit: 1000 } : { limit: 1000 },
+      });
+      for (const r of res.results) {
+        if (typeof r.name !== "string") continue;
+        const props = "properties" in r && isObject(r.properties) ? r.properties : undefined;
+        out.set(
+          r.name,
+          props?.needs_approval === true
+            ? { needsApproval: true, approval: props.approval }
+            : { needsApproval: false },
+        );
+      }
+      token = res.page?.next_token;
+      if (token === undefined || token === "") break;
+    }
+    return out;
+  }
+
+  private async passthrough(
+    method: PassthroughMethod,
+    key: string,
+    params: Record<string, unknown> | undefined,
+  ): Promise<Record<string, unknown>> {
+    const items: unknown[] = [];
+    const p =
+      isObject(params) && typeof params.cursor === "string" ? { cursor: params.cursor } : {};
+    for (const s of this.upstreams.servers) {
+      try {
+        const res = await s.request(method, p);
+        const list = res[key];
+        if (Array.isArray(list))
+          for (const it of list.slice(0, this.cfg.limits.toolsPerServer))
+            if (
+              isObject(it) &&
+              forbiddenKey(it) === undefined &&
+              JSON.stringify(it).length <= this.cfg.limits.schemaBytes
+            )
+              items.push(it);
+      } catch (e) {
+        this.log.warn("passthrough failed on an upstream", {
+          event: "mcp.passthrough_failed",
+          server: s.name,
+          method,
+          error: (e as Error).message,
+        });
+      }
+    }
+    return { [key]: items };
+  }
+
+  private async callTool(
+    server: Server,
+    session: Session,
+    params: { name: string; arguments?: Record<string, unknown> | undefined },
+    extra: Extra,
+  ): Promise<CallToolResult> {
+    const started = Date.now();
+    const name = params.name;
+    const args = params.arguments ?? {};
+    const logCall = (outcome: string, fields: Record<string, unknown> = {}) =>
+      this.log.info("tools/call", {
+        event: "mcp.call",
+        session: session.key,
+        tool: name.slice(0, 256),
+        outcome,
+        duration_ms: Date.now() - started,
+        ...fields,
+      });
+    if (!isObject(args) || forbiddenKey(args) !== undefined) {
+      logCall("refused");
+      return toolError(
+        "forbidden_key",
+        `the arguments of ${name} hold a forbidden key or are not an object; the call was not made.`,
+      );
+    }
+    const c = typeof name === "string" ? await this.upstreams.find(name) : undefined;
+    if (c === undefined) {
+      logCall("unknown_tool");
+      return toolError(
+        "mcp_unknown_tool",
+        `no tool ${JSON.stringify(String(name).slice(0, 128))} behind this proxy.`,
+      );
+    }
+    if (c.mapping instanceof Error) {
+      logCall("mapping_failed");
+      return toolError(
+        "mcp_mapping_failed",
+        `${name}: its server's x-authzen-mapping cannot be applied (${c.mapping.message}); the call was not made.`,
+      );
+    }
+    let req: DecisionRequest;
+    try {
+      req = buildRequest(
+        this.cfg.session,
+        { action: c.name, upstreamName: c.upstreamName, arguments: args },
+        c.mapping,
+        this.cfg.tools.get(c.name),
+      );
+    } catch (e) {
+      if (!(e instanceof MappingError)) throw e;
+      logCall("mapping_failed");
+      return toolError("mcp_mapping_failed", `${name}: ${e.message}; the call was not made.`);
+    }
+
+    let decision: Decision;
+    try {
+      session.sweep(Date.now());
+      const key = bindingKey(req);
+      const waiting = session.pending.get(key);
+      let asked: DecisionRequest = req;
+      if (waiting !== undefined) {
+        const task = await this.sidecar.getAccessRequest(waiting.taskId);
+        const status = task.task.status;
+        if (status === "pending") {
+          logCall("approval_pending", { access_request: waiting.taskId });
+          return this.approvalRequired(
+            name,
+            waiting.taskId,
+            waiting.url,
+            "approval_pending",
+            "is still waiting for approval",
+          );
+        }
+        session.pending.delete(key);
+        if (status === "approved" && task.result?.approval !== undefined)
+          asked = withApproval(req, task.result.approval);
+        // denied, expired, cancelled: a fresh decision (a new request if still needed)
+      }
+      decision = await this.sidecar.decide(asked);
+      if (decision.outcome === "needs_approval") {
+        const r = await this.needsApproval(server, session, c, req, decision, extra);
+        if ("result" in r) {
+          logCall(r.outcome, { decision_id: decision.decision_id });
+          return r.result;
+        }
+        decision = r.decision;
+      }
+    } catch (e) {
+      logCall("error", { error: errorText(e).message });
+      return sidecarFailure(e, name);
+    }
+    if (decision.outcome !== "allow") {
+      logCall(decision.outcome, {
+        decision_id: decision.decision_id,
+        reasons: decision.reasons.map((r) => r.code),
+      });
+      return denied(name, decision);
+    }
+    const odd = unknownObligation(decision.obligations);
+    if (odd !== undefined) {
+      logCall("refused", { decision_id: decision.decision_id });
+      return toolError(
+        "unknown_obligation",
+        `${name}: the decision carries an obligation the proxy cannot honour ("${odd.type}"); the call was not made.`,
+        { [META.decisionId]: decision.decision_id },
+      );
+    }
+    return this.forward(c, args, decision, extra, logCall);
+  }
+
+  /** needs_approval: submit the access request, then elicit (URL mode) and wait, or return the link. */
+  private async needsApproval(
+    server: Server,
+    session: Session,
+    c: CatalogTool,
+    req: DecisionRequest,
+    decision: Decision,
+    extra: Extra,
+  ): Promise<{ result: CallToolResult; outcome: string } | { decision: Decision }> {
+    const ar = decision.access_request;
+    if (ar === undefined) return { result: denied(c.name, decision), outcome: "needs_approval" };
+    const task = await this.sidecar.requestAccess(req, ar.evaluation_id, {
+      justification: `MCP tools/call of ${c.name} through toolgate mcp`,
+    });
+    const id = task.task.id;
+    const url = `${this.cfg.consoleUrl}/console/requests/${encodeURIComponent(id)}`;
+    const waitUntil = Math.min(
+      Date.parse(task.task.expires_at) || Infinity,
+      Date.now() + this.cfg.approval.waitSeconds * 1000,
+    );
+    const caps = server.getClientCapabilities();
+    if (!isObject(caps?.elicitation) || !isObject(caps.elicitation.url)) {
+      session.pending.set(bindingKey(req), {
+        taskId: id,
+        url,
+        until: Number.isFinite(waitUntil) ? waitUntil : Date.now() + 3600_000,
+      });
+      return {
+        result: this.approvalRequired(
+          c.name,
+          id,
+          url,
+          "approval_required",
+          "needs a person's approval",
+        ),
+        outcome: "approval_required",
+      };
+    }
+    const answer = await extra.sendRequest(
+      {
+        method: "elicitation/create",
+        params: {
+          mode: "url",
+          elicitationId: id,
+          url,
+          message: `${c.name} needs a person's approval before it runs. Open the approval page; the call continues once it is approved.`,
+        },
+      },
+      ElicitResultSchema,
+      { signal: extra.signal, timeout: Math.max(1000, waitUntil - Date.now()) },
+    );
+    if (answer.action !== "accept") {
+      await this.sidecar.cancelAccessRequest(id).catch(() => undefined);
+      return {
+        result: toolError(
+          "approval_declined",
+          `${c.name}: the approval was ${answer.action === "decline" ? "declined" : "cancelled"} by the user; the call was not made.`,
+          { [META.taskId]: id },
+        ),
+        outcome: "approval_declined",
+      };
+    }
+    let approval: Approval;
+    try {
+      approval = await this.sidecar.waitForApproval(id, {
+        signal: extra.signal,
+        expiresAt: waitUntil,
+        minDelayMs: 200,
+        maxDelayMs: 5000,
+      });
+    } catch (e) {
+      if (e instanceof ToolDenied)
+        return {
+          result: toolError(e.code, `${c.name}: ${e.message}; the call was not made.`, {
+            [META.taskId]: id,
+          }),
+          outcome: e.code,
+        };
+      throw e;
+    }
+    await extra
+      .sendNotification({
+        method: "notifications/elicitation/complete",
+        params: { elicitationId: id },
+      })
+      .catch(() => undefined);
+    return { decision: await this.sidecar.decide(withApproval(req, approval)) };
+  }
+
+  private approvalRequired(
+    tool: string,
+    id: string,
+    url: string,
+    code: string,
+    what: string,
+  ): CallToolResult {
+    return toolError(
+      code,
+      `${tool} ${what}. Ask an approver to open ${url} ; once approved, make the same call again (same tool, same arguments).`,
+      { [META.outcome]: "needs_approval", [META.approvalUrl]: url, [META.taskId]: id },
+    );
+  }
+
+  /** allow: call the upstream with the grant, cap and redact the result, report the action. */
+  private async forward(
+    c: CatalogTool,
+    args: Record<string, unknown>,
+    decision: Decision,
+    extra: Extra,
+    logCall: (outcome: string, fields?: Record<string, unknown>) => void,
+  ): Promise<CallToolResult> {
+    const started_at = new Date().toISOString();
+    let result: CallToolResult;
+    let failure: { type: string; message: string } | undefined;
+    try {
+      const raw = await c.server.callTool(
+        c.upstreamName,
+        args,
+        decision.grant,
+        { [META.decisionId]: decision.decision_id },
+        extra.signal,
+      );
+      result = this.sanitiseResult(raw, decision);
+      if (result.isError === true)
+        failure = { type: "tool_error", message: firstText(result).slice(0, 4096) };
+    } catch (e) {
+      failure = errorText(e);
+      result = toolError(
+        "mcp_upstream_unavailable",
+        `${c.name}: the MCP server "${c.server.name}" failed: ${failure.message}`,
+      );
+    }
+    try {
+      await this.sidecar.reportAction({
+        decision_id: decision.decision_id,
+        tool: c.name,
+        status: failure === undefined ? "ok" : "error",
+        ...(failure !== undefined ? { error: failure } : {}),
+        started_at,
+        ended_at: new Date().toISOString(),
+      });
+    } catch (e) {
+      this.log.warn("action report failed", {
+        event: "mcp.report_failed",
+        tool: c.name,
+        decision_id: decision.decision_id,
+        error: errorText(e).message,
+      });
+    }
+    logCall(failure === undefined ? "allow" : "allow_error", { decision_id: decision.decision_id });
+    result._meta = {
+      ...(result._meta ?? {}),
+      [META.outcome]: "allow",
+      [META.decisionId]: decision.decision_id,
+    };
+    return result;
+  }
+
+  private sanitiseResult(raw: Record<string, unknown>, decision: Decision): CallToolResult {
+    let size = 0;
+    try {
+      size = JSON.stringify(raw).length;
+    } catch {
+      size = Infinity;
+    }
+    if (size > this.cfg.limits.resultBytes)
+      return toolError(
+        "mcp_result_too_large",
+        `the tool's result exceeds the proxy's limit (${this.cfg.limits.resultBytes} bytes); it was dropped.`,
+      );
+    if (forbiddenKey(raw) !== undefined)
+      return toolError("forbidden_key", "the tool's result holds a forbidden key; it was dropped.");
+    const content = Array.isArray(raw.content) ? (raw.content as CallToolResult["content"]) : [];
+    const out: CallToolResult = {
+      content: content.map((b) =>
+        b.type === "text" ? { ...b, text: redactText(b.text, decision) } : b,
+      ),
+    };
+    if (raw.isError === true) out.isError = true;
+    if (isObject(raw.structuredContent))
+      out.structuredContent = applyRedactions(raw.structuredContent, decision.obligations);
+    return out;
+  }
+}
+
+function withApproval(req: DecisionRequest, approval: Approval): DecisionRequest {
+  return { ...req, context: { ...(req.context ?? {}), approval } };
+}
+
+function firstText(r: CallToolResult): string {
+  const t = r.content.find((b) => b.type === "text");
+  return t !== undefined && t.type === "text" ? t.text : "the tool reported an error";
+}
+
+/** `redact` obligations on a text block that holds JSON (objects or arrays); other text as is. */
+function redactText(text: string, d: Decision): string {
+  if (!d.obligations.some((o) => o.type === "redact")) return text;
+  const t = text.trim();
+  if (!t.startsWith("{") && !t.startsWith("[")) return text;
+  try {
+    const v = JSON.parse(t) as unknown;
+    return JSON.stringify(applyRedactions(v, d.obligations));
+  } catch {
+    return text;
+  }
+}

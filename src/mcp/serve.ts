@@ -1,0 +1,226 @@
+/**
+ * Serving the proxy to the agent: streamable HTTP (one SDK transport and one
+ * proxy `Server` per MCP session, on loopback by default, with the SDK's DNS
+ * rebinding protection — Host and Origin must be this listener's) and/or
+ * stdio (one session on stdin/stdout; logs go to stderr, stdout carries only
+ * the protocol).
+ */
+import { randomUUID } from "node:crypto";
+import {
+  createServer,
+  type IncomingMessage,
+  type Server as HttpServer,
+  type ServerResponse,
+} from "node:http";
+import type { AddressInfo } from "node:net";
+import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
+import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
+import type { Server } from "@modelcontextprotocol/sdk/server/index.js";
+import { createClient, type ToolgateClient } from "../client";
+import { parseUntrustedJson } from "../shared/guards";
+import { createLogger, type Logger } from "../shared/log";
+import type { McpProxyConfig } from "./config";
+import { McpProxy } from "./proxy";
+import { Upstreams } from "./upstream";
+
+const MAX_SESSIONS = 1000;
+
+export interface RunningProxy {
+  /** The HTTP endpoint (`http://host:port/mcp`) when serving HTTP. */
+  url?: string;
+  proxy: McpProxy;
+  log: Logger;
+  stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  log?: Logger;
+  /** Streams for stdio serving (default process.stdin/stdout). */
+  stdin?: NodeJS.ReadableStream;
+  stdout?: NodeJS.WritableStream;
+  /** A sidecar client to use instead of one built from the config. */
+  sidecar?: ToolgateClient;
+}
+
+/** Connects the upstreams, then serves the agent as configured. */
+export async function startMcpProxy(
+  config: McpProxyConfig,
+  opts: StartOptions = {},
+): Promise<RunningProxy> {
+  // stdio serving: stdout is the protocol, so logs go to stderr (always, for one rule)
+  const log = opts.log ?? createLogger(config.logLevel, process.stderr);
+  const sidecar =
+    opts.sidecar ??
+    createClient({
+      url: config.sidecar.url,
+      timeoutMs: config.sidecar.timeoutMs,
+      ...(config.sidecar.token !== undefined ? { token: config.sidecar.token } : {}),
+    });
+  const upstreams = new Upstreams(config, log);
+  await upstreams.connect();
+  const proxy = new McpProxy({ config, upstreams, sidecar, log });
+  const closers: Array<() => Promise<void>> = [];
+  let url: string | undefined;
+  try {
+    await upstreams.refresh();
+    if (config.serve.http !== undefined) {
+      const h = await serveHttp(proxy, config, log);
+      url = h.url;
+      closers.push(h.close);
+    }
+    if (config.serve.stdio) {
+      const server = proxy.createServer("stdio");
+      const transport = new StdioServerTransport(
+        (opts.stdin ?? process.stdin) as never,
+        (opts.stdout ?? process.stdout) as never,
+      );
+      await server.connect(transport);
+      closers.push(() => server.close());
+    }
+  } catch (e) {
+    for (const c of closers) await c().catch(() => undefined);
+    await upstreams.close();
+    throw e;
+  }
+  log.info("MCP proxy started", {
+    event: "mcp.started",
+    http: url ?? null,
+    stdio: config.serve.stdio,
+    servers: config.servers.map((s) => s.name),
+    sidecar: config.sidecar.url,
+  });
+  let stopped: Promise<void> | undefined;
+  return {
+    ...(url !== undefined ? { url } : {}),
+    proxy,
+    log,
+    stop: () =>
+      (stopped ??= (async () => {
+        for (const c of closers) await c().catch(() => undefined);
+        await upstreams.close();
+      })()),
+  };
+}
+
+function jsonRpcError(res: ServerResponse, status: number, code: number, message: string): void {
+  if (res.headersSent) return;
+  res.writeHead(status, { "content-type": "application/json" });
+  res.end(JSON.stringify({ jsonrpc: "2.0", error: { code, message }, id: null }));
+}
+
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer | "too_large"> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on("data", (c: Buffer) => {
+      size += c.length;
+      if (size > limit) {
+        resolve("too_large");
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on("end", () => resolve(Buffer.concat(chunks)));
+    req.on("error", reject);
+  });
+}
+
+function isInitialize(body: unknown): boolean {
+  const msgs = Array.isArray(body) ? body : [body];
+  return msgs.some(
+    (m) =>
+      typeof m === "object" && m !== null && (m as { method?: unknown }).method === "initialize",
+  );
+}
+
+async function serveHttp(
+  proxy: McpProxy,
+  config: McpProxyConfig,
+  log: Logger,
+): Promise<{ url: string; close: () => Promise<void> }> {
+  const sessions = new Map<string, { transport: StreamableHTTPServerTransport; server: Server }>();
+  const http = config.serve.http as { host: string; port: number };
+  let allowedHosts: string[] = [];
+  let allowedOrigins: string[] = [];
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const path = (req.url ?? "/").split("?")[0];
+    if (path !== config.serve.path)
+      return jsonRpcError(res, 404, -32601, `no MCP endpoint here; use ${config.serve.path}`);
+    let body: unknown;
+    if (req.method === "POST") {
+      const raw = await readBody(req, config.limits.bodyBytes);
+      if (raw === "too_large") return jsonRpcError(res, 413, -32600, "request body too large");
+      try {
+        body = parseUntrustedJson(raw.toString("utf8"));
+      } catch {
+        return jsonRpcError(res, 400, -32700, "parse error (or a forbidden key)");
+      }
+    }
+    const sid = req.headers["mcp-session-id"];
+    if (typeof sid === "string") {
+      const s = sessions.get(sid);
+      if (s === undefined) return jsonRpcError(res, 404, -32001, "session not found");
+      return s.transport.handleRequest(req, res, body);
+    }
+    if (req.method !== "POST" || !isInitialize(body))
+      return jsonRpcError(
+        res,
+        400,
+        -32000,
+        "no session: initialize first (POST without Mcp-Session-Id)",
+      );
+    if (sessions.size >= MAX_SESSIONS) return jsonRpcError(res, 503, -32000, "too many sessions");
+    const id = randomUUID();
+    const transport = new StreamableHTTPServerTransport({
+      sessionIdGenerator: () => id,
+      enableDnsRebindingProtection: true,
+      allowedHosts,
+      allowedOrigins,
+      onsessioninitialized: () => undefined,
+    });
+    const server = proxy.createServer(`http:${id.slice(0, 8)}`);
+    sessions.set(id, { transport, server });
+    transport.onclose = () => {
+      sessions.delete(id);
+    };
+    await server.connect(transport);
+    await transport.handleRequest(req, res, body);
+    if (transport.sessionId === undefined) {
+      // initialize failed (e.g. a bad Host header): no session
+      sessions.delete(id);
+      await server.close().catch(() => undefined);
+    }
+  };
+
+  const srv: HttpServer = createServer((req, res) => {
+    handle(req, res).catch((e: unknown) => {
+      log.error("MCP HTTP request failed", {
+        event: "mcp.http_error",
+        error: (e as Error).message,
+      });
+      jsonRpcError(res, 500, -32603, "internal error");
+    });
+  });
+  srv.requestTimeout = 0; // SSE responses stay open while a call waits for its approval
+  srv.headersTimeout = 30_000;
+  await new Promise<void>((resolve, reject) => {
+    srv.once("error", reject);
+    srv.listen(http.port, http.host, () => resolve());
+  });
+  const port = (srv.address() as AddressInfo).port;
+  const hostPart = http.host.includes(":") ? `[${http.host}]` : http.host;
+  allowedHosts = [`${hostPart}:${port}`, `localhost:${port}`, `127.0.0.1:${port}`, `[::1]:${port}`];
+  allowedOrigins = allowedHosts.map((h) => `http://${h}`);
+  const url = `http://${hostPart}:${port}${config.serve.path}`;
+  return {
+    url,
+    close: async () => {
+      for (const { server } of sessions.values()) await server.close().catch(() => undefined);
+      sessions.clear();
+      srv.closeAllConnections();
+      await new Promise<void>((resolve) => srv.close(() => resolve()));
+    },
+  };
+}

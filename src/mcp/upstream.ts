@@ -1,0 +1,295 @@
+/**
+ * The proxy's side toward the real MCP servers: one SDK `Client` per
+ * configured server, over stdio (a child process, no shell, a minimal
+ * environment plus the configured one) or streamable HTTP.
+ *
+ * Upstream servers are treated as hostile: tool names are checked (MCP's
+ * charset, 1-128), descriptions cut, input schemas capped in size and copied
+ * through JSON with forbidden keys (`__proto__`, `constructor`, `prototype`)
+ * refused, lists capped, results capped; nothing from them becomes an object
+ * key with a prototype.
+ */
+import { AsyncLocalStorage } from "node:async_hooks";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import {
+  StdioClientTransport,
+  getDefaultEnvironment,
+} from "@modelcontextprotocol/sdk/client/stdio.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import type { Tool } from "@modelcontextprotocol/sdk/types.js";
+import { toolgateError } from "../errors";
+import { forbiddenKey, isObject } from "../shared/guards";
+import type { Logger } from "../shared/log";
+import type { McpProxyConfig, UpstreamConfig } from "./config";
+import { readSchemaMapping, type SchemaMapping } from "./mapping";
+
+/** MCP's tool name rule (SEP-986): 1-128 of A-Z a-z 0-9 _ - . */
+export const TOOL_NAME = /^[A-Za-z0-9_.-]{1,128}$/;
+const MAX_PAGES = 50;
+
+/** One upstream tool as the proxy publishes it. */
+export interface CatalogTool {
+  /** The agent-facing name = the action name (tool, or `<server>.<tool>` with several servers). */
+  name: string;
+  server: Upstream;
+  /** The upstream's own name. */
+  upstreamName: string;
+  /** What the agent sees (sanitised copy). */
+  tool: Tool;
+  /** The tool's COAZ mapping, an Error when it has one the proxy cannot apply. */
+  mapping: SchemaMapping | Error | undefined;
+}
+
+/** The grant of the call in flight: the HTTP transport's fetch sends it as Authorization. */
+const currentGrant = new AsyncLocalStorage<string | undefined>();
+
+export class Upstream {
+  readonly name: string;
+  readonly client: Client;
+  private readonly cfg: UpstreamConfig;
+  private readonly limits: McpProxyConfig["limits"];
+  private readonly log: Logger;
+  private connected = false;
+
+  constructor(cfg: UpstreamConfig, limits: McpProxyConfig["limits"], log: Logger) {
+    this.name = cfg.name;
+    this.cfg = cfg;
+    this.limits = limits;
+    this.log = log;
+    this.client = new Client({ name: "toolgate-mcp-proxy", version: "1" }, { capabilities: {} });
+  }
+
+  get honorSchemaMapping(): boolean {
+    return this.cfg.honorSchemaMapping;
+  }
+
+  get kind(): "stdio" | "http" {
+    return this.cfg.url !== undefined ? "http" : "stdio";
+  }
+
+  async connect(): Promise<void> {
+    const transport =
+      this.cfg.url !== undefined
+        ? new StreamableHTTPClientTransport(new URL(this.cfg.url), {
+            requestInit: { headers: { ...this.cfg.headers } },
+            fetch: (input, init) => {
+              const grant = currentGrant.getStore();
+              if (grant === undefined) return fetch(input, init);
+              const headers = new Headers(init?.headers);
+              headers.set("authorization", `Bearer ${grant}`);
+              return fetch(input, { ...init, headers });
+            },
+          })
+        : new StdioClientTransport({
+            command: this.cfg.command as string,
+            args: this.cfg.args,
+            env: { ...getDefaultEnvironment(), ...this.cfg.env },
+            ...(this.cfg.cwd !== undefined ? { cwd: this.cfg.cwd } : {}),
+            stderr: "pipe",
+            maxBufferSize: this.limits.resultBytes * 2,
+          });
+    if (transport instanceof StdioClientTransport) {
+      // the child's stderr goes to our log (stderr in stdio mode), a line at a time, cut
+      const err = transport.stderr;
+      err?.on("data", (chunk: Buffer) => {
+        const text = chunk.toString("utf8").slice(0, 2048).trim();
+        if (text !== "")
+          this.log.debug("upstream stderr", {
+            event: "mcp.upstream_stderr",
+            server: this.name,
+            text,
+          });
+      });
+    }
+    try {
+      await this.client.connect(transport, { timeout: this.limits.callTimeoutMs });
+    } catch (e) {
+      throw toolgateError(
+        "mcp_upstream_unavailable",
+        `MCP server "${this.name}" (${this.kind}) could not be started or reached: ${(e as Error).message}`,
+        { cause: e },
+      );
+    }
+    this.connected = true;
+    this.client.onerror = (e) =>
+      this.log.warn("upstream error", {
+        event: "mcp.upstream_error",
+        server: this.name,
+        error: e.message,
+      });
+  }
+
+  /** The server's tools, sanitised; invalid ones are skipped (and logged). */
+  async listTools(): Promise<Tool[]> {
+    const out: Tool[] = [];
+    let cursor: string | undefined;
+    for (let page = 0; page < MAX_PAGES; page++) {
+      const res = await this.client.listTools(cursor !== undefined ? { cursor } : {}, {
+        timeout: this.limits.callTimeoutMs,
+      });
+      for (const t of res.tools) {
+        if (out.length >= this.limits.toolsPerServer) {
+          this.log.warn("upstream lists too many tools; the rest are left out", {
+            event: "mcp.tools_capped",
+            server: this.name,
+            limit: this.limits.toolsPerServer,
+          });
+          return out;
+        }
+        const clean = this.sanitise(t);
+        if (clean !== undefined) out.push(clean);
+      }
+      cursor = res.nextCursor;
+      if (cursor === undefined || cursor === "") return out;
+    }
+    return out;
+  }
+
+  private sanitise(t: Tool): Tool | undefined {
+    const skip = (why: string): undefined => {
+      this.log.warn("upstream tool skipped", {
+        event: "mcp.tool_skipped",
+        server: this.name,
+        tool: typeof t.name === "string" ? t.name.slice(0, 128) : null,
+        why,
+      });
+      return undefined;
+    };
+    if (typeof t.name !== "string" || !TOOL_NAME.test(t.name)) return skip("invalid tool name");
+    let schemaText: string;
+    try {
+      schemaText = JSON.stringify(t.inputSchema ?? { type: "object" });
+    } catch {
+      return skip("input schema is not JSON");
+    }
+    if (schemaText.length > this.limits.schemaBytes) return skip("input schema too large");
+    const inputSchema = JSON.parse(schemaText) as unknown;
+    if (!isObject(inputSchema) || forbiddenKey(inputSchema) !== undefined)
+      return skip("input schema has a forbidden key or is not an object");
+    const tool: Record<string, unknown> = {
+      name: t.name,
+      inputSchema,
+    };
+    if (typeof t.title === "string") tool.title = t.title.slice(0, 256);
+    if (typeof t.description === "string")
+      tool.description = t.description.slice(0, this.limits.descriptionChars);
+    if (t.outputSchema !== undefined) {
+      const text = JSON.stringify(t.outputSchema);
+      const os = text.length <= this.limits.schemaBytes ? (JSON.parse(text) as unknown) : undefined;
+      if (isObject(os) && forbiddenKey(os) === undefined) tool.outputSchema = os;
+    }
+    const ann: unknown = t.annotations;
+    if (isObject(ann)) {
+      const a: Record<string, unknown> = {};
+      for (const k of ["readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"])
+        if (typeof ann[k] === "boolean") a[k] = ann[k];
+      if (typeof ann.title === "string") a.title = ann.title.slice(0, 256);
+      tool.annotations = a;
+    }
+    return tool as unknown as Tool;
+  }
+
+  /** Calls the tool with the grant in `_meta` (and, over HTTP, as Authorization on that request). */
+  async callTool(
+    name: string,
+    args: Record<string, unknown>,
+    grant: string | undefined,
+    meta: Record<string, unknown>,
+    signal: AbortSignal | undefined,
+  ): Promise<Record<string, unknown>> {
+    const _meta = { ...meta, ...(grant !== undefined ? { "io.toolgate/grant": grant } : {}) };
+    const res = await currentGrant.run(grant, () =>
+      this.client.callTool({ name, arguments: args, _meta }, undefined, {
+        timeout: this.limits.callTimeoutMs,
+        ...(signal !== undefined ? { signal } : {}),
+      }),
+    );
+    return res;
+  }
+
+  /** A read-only list method passed through (resources/list …), sanitised by the caller. */
+  async request(method: string, params: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const { ResultSchema } = await import("@modelcontextprotocol/sdk/types.js");
+    const res = await this.client.request({ method, params }, ResultSchema, {
+      timeout: this.limits.callTimeoutMs,
+    });
+    return res;
+  }
+
+  async close(): Promise<void> {
+    if (!this.connected) return;
+    this.connected = false;
+    await this.client.close().catch(() => undefined);
+  }
+}
+
+/** All upstreams and the merged tool catalog (by agent-facing name, never an object key). */
+export class Upstreams {
+  readonly servers: Upstream[];
+  private catalog = new Map<string, CatalogTool>();
+  private readonly log: Logger;
+  private refreshing: Promise<Map<string, CatalogTool>> | undefined;
+
+  constructor(cfg: McpProxyConfig, log: Logger) {
+    this.log = log;
+    this.servers = cfg.servers.map((s) => new Upstream(s, cfg.limits, log));
+  }
+
+  /** Connects every server (all must come up). */
+  async connect(): Promise<void> {
+    try {
+      await Promise.all(this.servers.map((s) => s.connect()));
+    } catch (e) {
+      await this.close();
+      throw e;
+    }
+  }
+
+  actionName(server: Upstream, tool: string): string {
+    return this.servers.length === 1 ? tool : `${server.name}.${tool}`;
+  }
+
+  /** Re-reads every server's tools (concurrent callers share one refresh). */
+  refresh(): Promise<Map<string, CatalogTool>> {
+    this.refreshing ??= (async () => {
+      try {
+        const next = new Map<string, CatalogTool>();
+        const lists = await Promise.all(
+          this.servers.map(async (s) => {
+            try {
+              return { s, tools: await s.listTools() };
+            } catch (e) {
+              this.log.warn("upstream tools/list failed; its tools are not offered", {
+                event: "mcp.list_failed",
+                server: s.name,
+                error: (e as Error).message,
+              });
+              return { s, tools: [] as Tool[] };
+            }
+          }),
+        );
+        for (const { s, tools } of lists)
+          for (const tool of tools) {
+            const name = this.actionName(s, tool.name);
+            if (next.has(name)) continue; // a server listing a name twice: first wins
+            const mapping = s.honorSchemaMapping ? readSchemaMapping(tool.inputSchema) : undefined;
+            next.set(name, { name, server: s, upstreamName: tool.name, tool, mapping });
+          }
+        this.catalog = next;
+        return next;
+      } finally {
+        this.refreshing = undefined;
+      }
+    })();
+    return this.refreshing;
+  }
+
+  /** The tool by agent-facing name; refreshes once when it is not known yet. */
+  async find(name: string): Promise<CatalogTool | undefined> {
+    return this.catalog.get(name) ?? (await this.refresh()).get(name);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.servers.map((s) => s.close()));
+  }
+}
