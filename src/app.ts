@@ -14,6 +14,7 @@ import { ApprovalService, type ApprovalEventName } from "./approvals/service";
 import { ApprovalStore } from "./approvals/store";
 import { notifierFromConfig, type ApprovalNotifier } from "./approvals/notify";
 import { startAgentServer, type RunningServer } from "./http/agent-server";
+import { SessionStore } from "./session";
 import { PortComponent } from "./http/listen";
 import { GrantIssuer } from "./grants";
 import { startControlServer } from "./http/control-server";
@@ -85,6 +86,8 @@ export interface Parts {
   metrics: Metrics;
   /** Kill switches, rates and budgets (undefined: built without state, e.g. `toolgate eval`, or in fleet mode). */
   containment: Containment | undefined;
+  /** What each session did, for the policy (undefined: session.max_events 0). */
+  sessions: SessionStore | undefined;
   /**
    * Fleet mode (`fleet.url`): the control service's client and the ports
    * over it, in place of `containment` and `approvals` (both undefined then).
@@ -429,6 +432,15 @@ async function assemble(
         });
   const candidate = await candidatePolicy(config, log);
   const candidateSource = candidate?.source;
+  const sessions =
+    config.session.maxEvents > 0
+      ? new SessionStore({
+          maxEvents: config.session.maxEvents,
+          maxSessions: config.session.maxSessions,
+          retentionSeconds: config.session.retentionSeconds,
+          onEvict: () => metrics.sessionsEvicted.inc(),
+        })
+      : undefined;
   const decider = new Decider({
     policy: bundles,
     identity,
@@ -439,8 +451,16 @@ async function assemble(
     ...(grants ? { grants } : {}),
     ...(containment ? { containment } : fleet ? { containment: fleet.containment } : {}),
     ...(candidateSource ? { candidate: candidateSource } : {}),
+    ...(sessions ? { session: sessions } : {}),
   });
   registerGauges(metrics, bundles, approvals, auditor);
+  if (sessions) {
+    metrics.addGauge({
+      name: "toolgate_sessions",
+      help: "Sessions whose history toolgate keeps for the policy (session.max_sessions at most).",
+      read: () => [{ value: sessions.size() }],
+    });
+  }
   if (fleet) {
     const client = fleet.client;
     metrics.addGauge({
@@ -473,6 +493,7 @@ async function assemble(
     grants,
     metrics,
     containment,
+    sessions,
     fleet,
     notifier,
     components: [
@@ -626,6 +647,7 @@ export async function startToolgate(
         : parts.fleet
           ? { containment: parts.fleet.containment }
           : {}),
+      ...(parts.sessions ? { sessions: parts.sessions } : {}),
       metrics: parts.metrics,
       bundles: parts.bundles,
       readiness,

@@ -11,6 +11,7 @@ import { APPROVALS } from "../approvals/config";
 import { POLICY } from "../bundles/config";
 import { CONSOLE } from "../console/config";
 import { CONTAINMENT } from "../containment/config";
+import { SESSION } from "../session/config";
 import { FLEET } from "../fleet/config";
 import { GRANTS } from "../grants/config";
 import { IDENTITY, tokenSpec, usesDevKey } from "../identity/config";
@@ -278,6 +279,7 @@ export const SPEC = section(
     control: CONTROL,
     approvals: APPROVALS,
     containment: CONTAINMENT,
+    session: SESSION,
     grants: GRANTS,
     fleet: FLEET,
     console: CONSOLE,

@@ -4,7 +4,14 @@ import type { Identity } from "../identity";
 import type { ApprovalCheck } from "../approvals/service";
 import type { GrantMinter } from "../grants";
 import { switchDeny, type ContainmentDeny } from "../containment";
-import { drive, wait, type ApprovalPort, type ContainmentPort, type Steps } from "./ports";
+import {
+  drive,
+  wait,
+  type ApprovalPort,
+  type ContainmentPort,
+  type SessionPort,
+  type Steps,
+} from "./ports";
 import type { PolicyEngine } from "../policy/engine";
 import { checkPolicyOutput } from "./output";
 import type {
@@ -15,6 +22,7 @@ import type {
   DecisionSink,
   GrantInfo,
   PolicyOutput,
+  Principal,
   RefusalEvent,
   RequestContext,
   VerifiedFacts,
@@ -22,7 +30,7 @@ import type {
 
 export type * from "../model";
 export { checkPolicyOutput, KNOWN_OBLIGATIONS } from "./output";
-export type { ApprovalPort, ContainmentPort, MaybePromise } from "./ports";
+export type { ApprovalPort, ContainmentPort, MaybePromise, SessionPort } from "./ports";
 export { drive, mapMaybe, wait, type Steps } from "./ports";
 
 /** Where the active policy comes from; the bundle manager implements it. */
@@ -45,8 +53,22 @@ export interface DeciderOptions {
   grants?: GrantMinter;
   /** Containment: kill switches, rates and budgets, enforced before evaluation. */
   containment?: ContainmentPort;
+  /** Session state: the policy sees the session's history (verified.session); every decision adds to it. */
+  session?: SessionPort;
   /** A candidate policy evaluated beside the active one, for the record only. */
   candidate?: PolicySource;
+}
+
+/**
+ * The session a request belongs to: the token's session claim when it has
+ * one, else `context.session.id` (a non-empty string of at most 256).
+ */
+function sessionIdOf(req: DecisionRequest, caller: Principal | undefined): string | undefined {
+  if (caller?.session !== undefined) return caller.session;
+  const s = req.context?.session;
+  if (s === null || typeof s !== "object") return undefined;
+  const id = (s as Record<string, unknown>).id;
+  return typeof id === "string" && id.length > 0 && id.length <= 256 ? id : undefined;
 }
 
 /** The deny reason of a policy that could not answer (fail closed). */
@@ -214,7 +236,17 @@ export class Decider {
       policy: { bundle: engine.info.bundle, revision: engine.info.revision },
       evaluated_at: new Date(nowMs).toISOString(),
     };
+    const session = this.opts.session;
+    const sessionId = session === undefined ? undefined : sessionIdOf(req, ctx.principal);
+    if (session !== undefined && sessionId !== undefined)
+      verified.session = session.view(sessionId, nowMs);
+    const policy: PolicyEngine = engine;
     const event: DecisionEvent = { kind: "decision", decision, request: req, verified, ctx };
+    /** Every decision exit: into the session's history, then answered. */
+    const done = (e: DecisionEvent): Decided => {
+      if (sessionId !== undefined) session?.record(sessionId, e.decision, req, policy, nowMs);
+      return this.finish(e);
+    };
     // Containment first: a kill switch or limit denies whatever the bundle says.
     const containment = this.opts.containment;
     if (containment !== undefined) {
@@ -232,14 +264,14 @@ export class Decider {
         decision.reasons = [{ code: held.code, message: held.message }];
         if (held.retry_after !== undefined) decision.retry_after = held.retry_after;
         if (held.killswitch_id !== undefined) event.notes = { killswitch_id: held.killswitch_id };
-        return this.finish(event);
+        return done(event);
       }
       verified.containment = containment.view(nowMs);
     }
     const check = yield* this.approvalCheck(req, nowMs);
     if (check.kind === "deny") {
       decision.reasons = [{ code: check.code, message: check.message }];
-      return this.finish(event);
+      return done(event);
     }
     if (check.kind === "verified") verified.approval = check.approval;
     const input = `{"request":${requestJson ?? JSON.stringify(req)},"verified":${JSON.stringify(verified)}}`;
@@ -251,7 +283,7 @@ export class Decider {
     }
     if (isToolgateError(out)) {
       decision.reasons = [failClosedReason(out)];
-      return this.finish(event);
+      return done(event);
     }
     const notes = this.candidate(input, nowNs, out);
     if (notes !== undefined && out.shadow !== undefined) notes.shadow = out.shadow;
@@ -280,7 +312,7 @@ export class Decider {
     if (out.mask !== undefined) event.mask = out.mask;
     if (grant !== undefined) event.grant = grant;
     if (notes !== undefined) event.notes = notes;
-    return this.finish(event);
+    return done(event);
   }
 
   /**

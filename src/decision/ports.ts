@@ -49,6 +49,23 @@ export interface ApprovalPort {
   ): void;
 }
 
+/**
+ * Session state (src/session): the history the policy sees for a session,
+ * and each decision added to it. `engine` is the policy the decision was
+ * made with: its tool registry says what a tool reads and whether it sends
+ * data out.
+ */
+export interface SessionPort {
+  view(sessionId: string, nowMs: number): { id: string } & Record<string, unknown>;
+  record(
+    sessionId: string,
+    decision: Decision,
+    req: DecisionRequest,
+    engine: { readonly data: unknown },
+    nowMs: number,
+  ): void;
+}
+
 /** The steps of a decision: a generator that yields only the promises it must wait for. */
 export type Steps<T> = Generator<Promise<unknown>, T, unknown>;
 

@@ -62,6 +62,8 @@ export interface AgentServerDeps {
   auditor?: AuditService;
   /** Resolves budget reservations when an action report names their decision. */
   containment?: BudgetReports;
+  /** Session state: an action report counts on its decision's session. */
+  sessions?: { reported(decisionId: string, status: "ok" | "error", nowMs: number): void };
   /** toolgate_action_anomalies_total (action reports that contradict their decision). */
   metrics?: Metrics;
   bundles: BundleManager;
@@ -229,14 +231,16 @@ export function createAgentApp(deps: AgentServerDeps): Express {
     handle: (report, ctx) => {
       if (auditor === undefined)
         throw toolgateError("not_found", "audit is off: no action reports");
-      const containment = deps.containment;
+      const { containment, sessions } = deps;
       return recordAction(auditor, report, ctx, {
-        // resolves the decision's budget reservations: ok commits, an error that changed nothing releases
-        ...(containment === undefined
+        // resolves the decision's budget reservations: ok commits, an error that changed nothing
+        // releases; and counts the report on the decision's session
+        ...(containment === undefined && sessions === undefined
           ? {}
           : {
               onReported: (id, status, changed) => {
-                const r = containment.reported(id, status, changed);
+                sessions?.reported(id, status, Date.now());
+                const r = containment?.reported(id, status, changed) ?? "none";
                 return r === "none" ? undefined : r;
               },
             }),

@@ -135,12 +135,26 @@ export const IDENTITY = section(
       default: null,
       doc: "identity.mode jwt: the token claim naming the job the caller may work on (e.g. `job`). When set, every decision needs a token carrying it, `context.job.id` must equal it (else 403 `job_mismatch`), and the policy sees it as `verified.job.id`: job-scoped kill switches, limits and budgets then hold even against an agent that lies about its job. Unset: the job is as the caller sends it (it scopes only a cooperating agent).",
     }),
+    sessionClaim: text({
+      key: "identity.jwt.session_claim",
+      env: "TOOLGATE_IDENTITY_JWT_SESSION_CLAIM",
+      pattern: /^[A-Za-z0-9_:./-]{1,128}$/,
+      hint: "a claim name",
+      default: "sid",
+      doc: "identity.mode jwt: the token claim naming the session (OpenID Connect's `sid`). When the token carries it, it is the session whose history the policy sees (`verified.session`), whatever `context.session.id` says; without it the body's `context.session.id` is used (docs/sessions.md).",
+    }),
   },
   {
-    // The claim naming the caller's job is read from the agent port's tokens.
-    compile: ({ jwt, jobClaim, ...rest }) => ({ ...rest, jwt: { ...jwt, jobClaim } }),
+    // The claims naming the caller's job and session are read from the agent port's tokens.
+    compile: ({ jwt, jobClaim, sessionClaim, ...rest }) => ({
+      ...rest,
+      jwt: { ...jwt, jobClaim, sessionClaim },
+    }),
   },
 );
 
 /** How tokens are verified on one port (the compiled `identity.jwt`, and `control.jwt`). */
-export type JwtConfig = Infer<typeof IDENTITY>["jwt"];
+export type JwtConfig = Omit<Infer<typeof IDENTITY>["jwt"], "sessionClaim"> & {
+  /** Null on ports whose tokens name no session (control, fleet). */
+  sessionClaim?: string | null;
+};

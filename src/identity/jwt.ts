@@ -158,6 +158,13 @@ export class TokenVerifier {
       const job = payload[this.cfg.jobClaim];
       if (typeof job === "string" && job !== "") principal.job = job;
     }
+    if (
+      typeof this.cfg.sessionClaim === "string" &&
+      Object.hasOwn(payload, this.cfg.sessionClaim)
+    ) {
+      const sid = payload[this.cfg.sessionClaim];
+      if (typeof sid === "string" && sid !== "" && sid.length <= 256) principal.session = sid;
+    }
     const expMs = (payload.exp ?? 0) * 1000;
     this.cache.set(token, { principal, expMs });
     if (this.cache.size > 10_000) {

@@ -166,6 +166,11 @@ export class Metrics {
     labelNames: ["op"] as const,
     registers: [this.registry],
   });
+  readonly sessionsEvicted = new Counter({
+    name: "toolgate_sessions_evicted_total",
+    help: "Sessions forgotten to make room (session.max_sessions) before they went idle: their next decision starts a fresh history.",
+    registers: [this.registry],
+  });
   readonly actionAnomalies = new Counter({
     name: "toolgate_action_anomalies_total",
     help: "Action reports that contradict their decision (recorded and flagged), by kind: read_tool_changed, changed_outside_boundary, read_outside_boundary.",

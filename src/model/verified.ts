@@ -5,6 +5,8 @@ export interface Principal {
   method: "jwt";
   /** The token's job claim (identity.jwt.job_claim), when configured and present. */
   job?: string;
+  /** The token's session claim (identity.jwt.session_claim, `sid`), when present. */
+  session?: string;
   /** The token's claims that matter to policy and audit (never the token itself). */
   claims: {
     iss: string | undefined;
@@ -33,6 +35,12 @@ export interface VerifiedFacts {
       reason: string;
     }>;
   };
+  /**
+   * The session's history as toolgate recorded it (src/session, docs/sessions.md):
+   * present when the request names a session (the token's session claim, else
+   * context.session.id) and session state is on.
+   */
+  session?: { id: string } & Record<string, unknown>;
   /** Present only when toolgate verified an approval bound to this exact request. */
   approval?: {
     id: string;

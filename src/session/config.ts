@@ -1,0 +1,33 @@
+/**
+ * The `session` section of the config schema: what toolgate keeps of each
+ * session for the policy (`input.verified.session`, docs/sessions.md).
+ * Leaf-level: imports only the schema builder.
+ */
+import { int } from "../shared/config-spec";
+
+export const SESSION = {
+  maxEvents: int({
+    key: "session.max_events",
+    env: "TOOLGATE_SESSION_MAX_EVENTS",
+    min: 0,
+    max: 100_000,
+    default: 1000,
+    doc: "Decisions kept per session for the policy's windowed counts and sums (the oldest go first). The per-tool and per-label totals count every decision of the session whatever this is. 0 turns session state off: the policy sees no `verified.session`.",
+  }),
+  maxSessions: int({
+    key: "session.max_sessions",
+    env: "TOOLGATE_SESSION_MAX_SESSIONS",
+    min: 1,
+    max: 1_000_000,
+    default: 1000,
+    doc: "Sessions kept at once; beyond this the least recently active is forgotten (its next decision starts a fresh summary, which is logged and counted).",
+  }),
+  retentionSeconds: int({
+    key: "session.retention_seconds",
+    env: "TOOLGATE_SESSION_RETENTION_SECONDS",
+    min: 60,
+    max: 31 * 24 * 3600,
+    default: 86_400,
+    doc: "A session idle this long is forgotten (and its events leave the windows when older than this).",
+  }),
+};

@@ -1,0 +1,10 @@
+/** The public surface of src/session: session state for the policy. */
+export { SESSION } from "./config";
+export {
+  SESSION_WINDOWS_SECONDS,
+  SessionStore,
+  toolRegistry,
+  type SessionOptions,
+  type SessionView,
+  type ToolFacts,
+} from "./store";

@@ -1,0 +1,366 @@
+/**
+ * Session state for the policy (#19): a bounded summary of what a session has
+ * already done — the tools it called with their class and outcome, the data
+ * labels its allowed calls touched, counts and sums within windows — kept by
+ * toolgate from its own decisions and action reports, never taken from the
+ * caller. The policy reads it as `input.verified.session` (docs/sessions.md).
+ *
+ * Bounded: at most `maxSessions` sessions (least recently active forgotten
+ * first), each forgotten after `retentionSeconds` idle, each keeping at most
+ * `maxEvents` recent decisions for the windows. Totals per tool and per label
+ * are O(registered tools + labels) and survive the event cap: a label touched
+ * 10,001 decisions ago still counts.
+ */
+import type { SessionPort } from "../decision/ports";
+import type { Decision, DecisionRequest } from "../model";
+import { isObject } from "../shared/guards";
+
+/** The windows counts and sums are kept for, in seconds (`in_window["3600"]`). */
+export const SESSION_WINDOWS_SECONDS = [60, 3600, 86_400] as const;
+const WIDEST_WINDOW_SECONDS = 86_400;
+/** Numeric arguments summed per tool at most (the first seen). */
+const MAX_SUMMED_ARGUMENTS = 8;
+/** Decisions remembered for their action report (decision id → session) at most. */
+const MAX_PENDING_REPORTS = 10_000;
+/** Labels per tool, and label names, at most. */
+const MAX_LABELS = 32;
+
+export interface SessionOptions {
+  maxEvents: number;
+  maxSessions: number;
+  retentionSeconds: number;
+  /** Told when a session is forgotten to make room (not when it retires idle). */
+  onEvict?: (sessionId: string) => void;
+}
+
+/** What the registry says of a tool: `data.toolgate.deployment.tools[name]`. */
+export interface ToolFacts {
+  class: string | null;
+  reads: string[];
+  egress: boolean;
+}
+
+/** The tool registry of a bundle, read once per engine. */
+export interface RegistrySource {
+  readonly data: unknown;
+}
+
+const registries = new WeakMap<RegistrySource, Map<string, ToolFacts>>();
+
+/** The tools a bundle registers, with their class, the labels they read and whether they send data out. */
+export function toolRegistry(engine: RegistrySource): Map<string, ToolFacts> {
+  let reg = registries.get(engine);
+  if (reg !== undefined) return reg;
+  reg = new Map();
+  const d = engine.data;
+  const tools = isObject(d) && isObject(d.toolgate) ? d.toolgate.deployment : undefined;
+  const entries = isObject(tools) && isObject(tools.tools) ? tools.tools : {};
+  for (const [name, t] of Object.entries(entries)) {
+    if (!isObject(t) || name.length === 0 || name.length > 256) continue;
+    const reads = Array.isArray(t.reads)
+      ? [
+          ...new Set(
+            t.reads.filter(
+              (l): l is string => typeof l === "string" && /^[A-Za-z0-9_.:-]{1,64}$/.test(l),
+            ),
+          ),
+        ].slice(0, MAX_LABELS)
+      : [];
+    reg.set(name, {
+      class: typeof t.class === "string" ? t.class : null,
+      reads,
+      egress: t.egress === true,
+    });
+  }
+  registries.set(engine, reg);
+  return reg;
+}
+
+type Outcome = Decision["outcome"];
+
+interface ToolTotals {
+  class: string | null;
+  allowed: number;
+  denied: number;
+  needs_approval: number;
+  reported_ok: number;
+  reported_error: number;
+  last_ns: number;
+  last_outcome: Outcome;
+  last_decision_id: string;
+}
+
+interface LabelTotals {
+  count: number;
+  first_ns: number;
+  last_ns: number;
+  tools: string[];
+  first_decision_id: string;
+  last_decision_id: string;
+}
+
+/** One allowed decision in the window ring: when, which tool, its numeric arguments. */
+interface WindowEvent {
+  atMs: number;
+  tool: string;
+  sums: Array<[string, number]> | undefined;
+}
+
+class Session {
+  readonly id: string;
+  startedMs: number;
+  lastMs: number;
+  decisions = 0;
+  /** Allowed decisions, oldest first, at most maxEvents (a ring: `head` is the oldest). */
+  ring: WindowEvent[] = [];
+  head = 0;
+  dropped = 0;
+  tools = new Map<string, ToolTotals>();
+  labels = new Map<string, LabelTotals>();
+  egress = { count: 0, last_ns: 0 };
+  /** Argument names summed per tool (the first MAX_SUMMED_ARGUMENTS numeric ones seen). */
+  summed = new Map<string, string[]>();
+
+  constructor(id: string, nowMs: number) {
+    this.id = id;
+    this.startedMs = nowMs;
+    this.lastMs = nowMs;
+  }
+}
+
+/** The decision a later action report names: its session and tool. */
+interface Pending {
+  session: string;
+  tool: string;
+}
+
+/** `input.verified.session`: what the policy sees (docs/sessions.md). */
+export type SessionView = {
+  id: string;
+  started_ns: number;
+  decisions: number;
+  /** Allowed decisions no longer in the windows (beyond session.max_events). */
+  dropped: number;
+  tools: Record<
+    string,
+    ToolTotals & { in_window: Record<string, number>; sums: Record<string, Record<string, number>> }
+  >;
+  labels: Record<string, LabelTotals>;
+  egress: { count: number; last_ns: number };
+};
+
+export class SessionStore implements SessionPort {
+  private readonly opts: SessionOptions;
+  /** Least recently active first. */
+  private readonly sessions = new Map<string, Session>();
+  private readonly pending = new Map<string, Pending>();
+
+  constructor(opts: SessionOptions) {
+    this.opts = opts;
+  }
+
+  get enabled(): boolean {
+    return this.opts.maxEvents > 0;
+  }
+
+  size(): number {
+    return this.sessions.size;
+  }
+
+  private live(id: string, nowMs: number): Session | undefined {
+    const s = this.sessions.get(id);
+    if (s === undefined) return undefined;
+    if (s.lastMs + this.opts.retentionSeconds * 1000 <= nowMs) {
+      this.sessions.delete(id);
+      return undefined;
+    }
+    return s;
+  }
+
+  /** The summary the policy sees for this session now (a fresh one when it has no history). */
+  view(id: string, nowMs: number): SessionView {
+    const s = this.live(id, nowMs);
+    const out: SessionView = {
+      id,
+      started_ns: (s?.startedMs ?? nowMs) * 1e6,
+      decisions: s?.decisions ?? 0,
+      dropped: s?.dropped ?? 0,
+      tools: Object.create(null) as SessionView["tools"],
+      labels: Object.create(null) as SessionView["labels"],
+      egress: { ...(s?.egress ?? { count: 0, last_ns: 0 }) },
+    };
+    if (s === undefined) return out;
+    for (const [name, t] of s.tools) {
+      const in_window = Object.create(null) as Record<string, number>;
+      const sums = Object.create(null) as Record<string, Record<string, number>>;
+      for (const w of SESSION_WINDOWS_SECONDS) in_window[w] = 0;
+      for (const a of s.summed.get(name) ?? []) {
+        const per = Object.create(null) as Record<string, number>;
+        for (const w of SESSION_WINDOWS_SECONDS) per[w] = 0;
+        sums[a] = per;
+      }
+      out.tools[name] = { ...t, in_window, sums };
+    }
+    for (const [name, l] of s.labels) out.labels[name] = { ...l, tools: [...l.tools] };
+    // windows: newest first, until older than the widest window
+    const widest = WIDEST_WINDOW_SECONDS * 1000;
+    const ring = s.ring;
+    const n = ring.length;
+    for (let k = n - 1; k >= 0; k--) {
+      const e = ring[(s.head + k) % n] as WindowEvent;
+      const age = nowMs - e.atMs;
+      if (age >= widest) break;
+      const t = out.tools[e.tool];
+      if (t === undefined) continue;
+      for (const w of SESSION_WINDOWS_SECONDS) {
+        if (age >= w * 1000) continue;
+        t.in_window[w] = (t.in_window[w] ?? 0) + 1;
+        if (e.sums === undefined) continue;
+        for (const [a, v] of e.sums) {
+          const per = t.sums[a];
+          if (per !== undefined) per[w] = (per[w] ?? 0) + v;
+        }
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Records one decision of the session. Only tools the registry knows are
+   * recorded by name (an unknown name cannot grow the summary); an allow
+   * touches the tool's labels and counts its egress.
+   */
+  record(
+    id: string,
+    decision: Decision,
+    req: DecisionRequest,
+    engine: RegistrySource,
+    nowMs: number,
+  ): void {
+    if (!this.enabled) return;
+    const facts = toolRegistry(engine).get(req.action.name);
+    let s = this.live(id, nowMs);
+    if (s === undefined) {
+      s = new Session(id, nowMs);
+      this.sessions.set(id, s);
+      this.sweep(nowMs);
+    } else {
+      // most recently active last
+      this.sessions.delete(id);
+      this.sessions.set(id, s);
+    }
+    s.lastMs = nowMs;
+    s.decisions++;
+    if (facts === undefined) return;
+    const tool = req.action.name;
+    const nowNs = nowMs * 1e6;
+    let t = s.tools.get(tool);
+    if (t === undefined) {
+      t = {
+        class: facts.class,
+        allowed: 0,
+        denied: 0,
+        needs_approval: 0,
+        reported_ok: 0,
+        reported_error: 0,
+        last_ns: nowNs,
+        last_outcome: decision.outcome,
+        last_decision_id: decision.decision_id,
+      };
+      s.tools.set(tool, t);
+    }
+    t.last_ns = nowNs;
+    t.last_outcome = decision.outcome;
+    t.last_decision_id = decision.decision_id;
+    if (decision.outcome === "deny") {
+      t.denied++;
+      return;
+    }
+    if (decision.outcome === "needs_approval") {
+      t.needs_approval++;
+      return;
+    }
+    t.allowed++;
+    for (const label of facts.reads) {
+      let l = s.labels.get(label);
+      if (l === undefined) {
+        if (s.labels.size >= MAX_LABELS) continue;
+        l = {
+          count: 0,
+          first_ns: nowNs,
+          last_ns: nowNs,
+          tools: [],
+          first_decision_id: decision.decision_id,
+          last_decision_id: decision.decision_id,
+        };
+        s.labels.set(label, l);
+      }
+      l.count++;
+      l.last_ns = nowNs;
+      l.last_decision_id = decision.decision_id;
+      if (!l.tools.includes(tool)) l.tools.push(tool);
+    }
+    if (facts.egress) {
+      s.egress.count++;
+      s.egress.last_ns = nowNs;
+    }
+    this.window(s, tool, req, nowMs);
+    this.pending.set(decision.decision_id, { session: id, tool });
+    if (this.pending.size > MAX_PENDING_REPORTS) {
+      const oldest = this.pending.keys().next().value;
+      if (oldest !== undefined) this.pending.delete(oldest);
+    }
+  }
+
+  /** An action report for an allowed decision of a session: counted on its tool. */
+  reported(decisionId: string, status: "ok" | "error", nowMs: number): void {
+    const p = this.pending.get(decisionId);
+    if (p === undefined) return;
+    this.pending.delete(decisionId);
+    const t = this.live(p.session, nowMs)?.tools.get(p.tool);
+    if (t === undefined) return;
+    if (status === "ok") t.reported_ok++;
+    else t.reported_error++;
+  }
+
+  /** Adds an allowed decision to the session's window ring (dropping the oldest beyond maxEvents). */
+  private window(s: Session, tool: string, req: DecisionRequest, nowMs: number): void {
+    const args = req.action.properties?.arguments;
+    let sums: Array<[string, number]> | undefined;
+    if (isObject(args)) {
+      let names = s.summed.get(tool);
+      for (const [a, v] of Object.entries(args)) {
+        if (typeof v !== "number" || !Number.isFinite(v)) continue;
+        if (names === undefined) s.summed.set(tool, (names = []));
+        if (!names.includes(a)) {
+          if (names.length >= MAX_SUMMED_ARGUMENTS) continue;
+          names.push(a);
+        }
+        (sums ??= []).push([a, v]);
+      }
+    }
+    const e: WindowEvent = { atMs: nowMs, tool, sums };
+    if (s.ring.length < this.opts.maxEvents) {
+      s.ring.push(e);
+      return;
+    }
+    s.ring[s.head] = e;
+    s.head = (s.head + 1) % s.ring.length;
+    s.dropped++;
+  }
+
+  /** Forgets sessions idle beyond retention (oldest first), then the least active beyond maxSessions. */
+  private sweep(nowMs: number): void {
+    const idle = nowMs - this.opts.retentionSeconds * 1000;
+    for (const [id, s] of this.sessions) {
+      if (s.lastMs > idle) break;
+      this.sessions.delete(id);
+    }
+    while (this.sessions.size > this.opts.maxSessions) {
+      const oldest = this.sessions.keys().next().value;
+      if (oldest === undefined) break;
+      this.sessions.delete(oldest);
+      this.opts.onEvict?.(oldest);
+    }
+  }
+}

@@ -1,0 +1,165 @@
+/**
+ * Session state (#19): what toolgate keeps of a session for the policy — the
+ * real SessionStore, fed the decisions a Decider would give it.
+ */
+import type { Decision, DecisionRequest } from "../../src/model";
+import { SessionStore, toolRegistry } from "../../src/session";
+
+const engine = {
+  data: {
+    toolgate: {
+      deployment: {
+        tools: {
+          "accounts.summary.read": { class: "read", stage: "autonomous", reads: ["customer_pii"] },
+          "tickets.read": {
+            class: "read",
+            stage: "autonomous",
+            reads: ["customer_pii", "untrusted_content"],
+          },
+          "refunds.issue": { class: "execute", stage: "autonomous" },
+          "web.post": { class: "execute", stage: "autonomous", egress: true },
+          "odd.tool": { class: "read", reads: ["ok", 7, "bad label!", null] },
+        },
+      },
+    },
+  },
+};
+
+let n = 0;
+function decision(outcome: Decision["outcome"]): Decision {
+  return {
+    decision_id: `d${++n}`,
+    outcome,
+    reasons: [],
+    obligations: [],
+    policy: { bundle: "b", revision: "r" },
+    evaluated_at: new Date(0).toISOString(),
+  };
+}
+const req = (tool: string, args?: Record<string, unknown>): DecisionRequest => ({
+  subject: { type: "user", id: "alice" },
+  action: { name: tool, ...(args ? { properties: { arguments: args } } : {}) },
+  resource: { type: "customer", id: "cust_1" },
+});
+const store = (o: Partial<ConstructorParameters<typeof SessionStore>[0]> = {}) =>
+  new SessionStore({ maxEvents: 100, maxSessions: 10, retentionSeconds: 3600, ...o });
+
+test("the registry keeps only well-formed labels and the egress flag", () => {
+  const reg = toolRegistry(engine);
+  expect(reg.get("odd.tool")?.reads).toEqual(["ok"]);
+  expect(reg.get("web.post")).toEqual({ class: "execute", reads: [], egress: true });
+  expect(toolRegistry(engine)).toBe(reg);
+});
+
+test("a session with no history is empty", () => {
+  const v = store().view("s-1", 1000);
+  expect(v).toMatchObject({ id: "s-1", decisions: 0, dropped: 0, egress: { count: 0 } });
+  expect(Object.keys(v.tools)).toEqual([]);
+  expect(Object.keys(v.labels)).toEqual([]);
+});
+
+test("an allowed read touches its labels; a denied or gated one does not", () => {
+  const s = store();
+  s.record("s-1", decision("deny"), req("accounts.summary.read"), engine, 1000);
+  s.record("s-1", decision("needs_approval"), req("tickets.read"), engine, 1000);
+  expect(Object.keys(s.view("s-1", 1000).labels)).toEqual([]);
+  const allowed = decision("allow");
+  s.record("s-1", allowed, req("accounts.summary.read"), engine, 2000);
+  const v = s.view("s-1", 2000);
+  expect(v.labels.customer_pii).toEqual({
+    count: 1,
+    first_ns: 2000 * 1e6,
+    last_ns: 2000 * 1e6,
+    tools: ["accounts.summary.read"],
+    first_decision_id: allowed.decision_id,
+    last_decision_id: allowed.decision_id,
+  });
+  expect(v.tools["accounts.summary.read"]).toMatchObject({
+    class: "read",
+    allowed: 1,
+    denied: 1,
+    needs_approval: 0,
+    last_outcome: "allow",
+  });
+  expect(v.tools["tickets.read"]).toMatchObject({ needs_approval: 1, allowed: 0 });
+  expect(v.decisions).toBe(3);
+  // other sessions are unaffected
+  expect(Object.keys(s.view("s-2", 2000).labels)).toEqual([]);
+});
+
+test("unregistered tool names are counted but never become keys", () => {
+  const s = store();
+  for (const name of ["__proto__", "constructor", "nope", "x".repeat(300)])
+    s.record("s-1", decision("allow"), req(name), engine, 1000);
+  const v = s.view("s-1", 1000);
+  expect(v.decisions).toBe(4);
+  expect(Object.keys(v.tools)).toEqual([]);
+  expect(JSON.parse(JSON.stringify(v)).tools).toEqual({});
+});
+
+test("egress is counted on allow", () => {
+  const s = store();
+  s.record("s-1", decision("allow"), req("web.post"), engine, 5000);
+  s.record("s-1", decision("deny"), req("web.post"), engine, 6000);
+  expect(s.view("s-1", 6000).egress).toEqual({ count: 1, last_ns: 5000 * 1e6 });
+});
+
+test("windows count allowed calls and sum their numeric arguments", () => {
+  const s = store({ retentionSeconds: 7 * 86_400 });
+  const h = 3600_000;
+  s.record("s-1", decision("allow"), req("refunds.issue", { amount: 50, note: "x" }), engine, 0);
+  s.record("s-1", decision("allow"), req("refunds.issue", { amount: 20 }), engine, h - 30_000);
+  s.record("s-1", decision("deny"), req("refunds.issue", { amount: 999 }), engine, h - 20_000);
+  s.record("s-1", decision("allow"), req("refunds.issue", { amount: 5 }), engine, h);
+  const t = s.view("s-1", h + 10_000).tools["refunds.issue"];
+  expect(t?.in_window).toEqual({ "60": 2, "3600": 2, "86400": 3 });
+  expect(t?.sums).toEqual({ amount: { "60": 25, "3600": 25, "86400": 75 } });
+  expect(s.view("s-1", h + 2 * 86_400_000 - 1).tools["refunds.issue"]?.in_window["86400"]).toBe(0);
+});
+
+test("beyond max_events the oldest leave the windows; labels and totals stay", () => {
+  const s = store({ maxEvents: 3 });
+  s.record("s-1", decision("allow"), req("accounts.summary.read"), engine, 0);
+  for (let i = 1; i <= 5; i++)
+    s.record("s-1", decision("allow"), req("refunds.issue", { amount: i }), engine, i);
+  const v = s.view("s-1", 10);
+  expect(v.dropped).toBe(3);
+  expect(v.tools["refunds.issue"]?.sums.amount?.["60"]).toBe(3 + 4 + 5);
+  expect(v.tools["refunds.issue"]?.allowed).toBe(5);
+  expect(v.tools["accounts.summary.read"]?.in_window["60"]).toBe(0);
+  expect(v.labels.customer_pii?.count).toBe(1);
+});
+
+test("the least recently active session goes first beyond max_sessions; idle ones retire", () => {
+  const evicted: string[] = [];
+  const s = store({ maxSessions: 2, onEvict: (id) => evicted.push(id) });
+  s.record("a", decision("allow"), req("accounts.summary.read"), engine, 0);
+  s.record("b", decision("allow"), req("accounts.summary.read"), engine, 1);
+  s.record("a", decision("allow"), req("tickets.read"), engine, 2);
+  s.record("c", decision("allow"), req("tickets.read"), engine, 3);
+  expect(evicted).toEqual(["b"]);
+  expect(s.view("b", 4).decisions).toBe(0);
+  expect(s.view("a", 4).decisions).toBe(2);
+  expect(s.view("a", 3600_000 + 2).decisions).toBe(0);
+  expect(s.size()).toBeLessThanOrEqual(2);
+});
+
+test("action reports count on their decision's tool, once", () => {
+  const s = store();
+  const d = decision("allow");
+  s.record("s-1", d, req("accounts.summary.read"), engine, 0);
+  s.reported(d.decision_id, "ok", 1);
+  s.reported(d.decision_id, "ok", 2);
+  s.reported("unknown", "error", 2);
+  expect(s.view("s-1", 3).tools["accounts.summary.read"]).toMatchObject({
+    reported_ok: 1,
+    reported_error: 0,
+  });
+});
+
+test("max_events 0 keeps nothing", () => {
+  const s = store({ maxEvents: 0 });
+  s.record("s-1", decision("allow"), req("accounts.summary.read"), engine, 0);
+  expect(s.enabled).toBe(false);
+  expect(s.size()).toBe(0);
+});
