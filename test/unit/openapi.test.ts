@@ -20,6 +20,7 @@ import { ERRORS } from "../../src/errors/registry";
 import { silentLogger } from "../../src/shared/log";
 import {
   DOC_FILES,
+  expectResponseMatches,
   jsonSchemas,
   openapiDoc,
   type DocFile,
@@ -235,5 +236,59 @@ describe("the documents cover the real apps' routes, and nothing else", () => {
     expect(documented(openapiDoc("openapi-control.yaml"))).toEqual(
       [...new Set([...sidecar, ...human])].sort(),
     );
+  });
+});
+
+describe("expectResponseMatches, the conformance test's oracle, refuses what the documents do not say", () => {
+  const agent = openapiDoc("openapi.yaml");
+  const control = openapiDoc("openapi-control.yaml");
+  const decision = {
+    decision_id: "6f1c1c4e-7f1b-4c1e-9d55-2d1f0f3c1a00",
+    outcome: "allow",
+    reasons: [],
+    obligations: [],
+    policy: { bundle: "support", revision: "r1" },
+    evaluated_at: "2026-01-01T00:00:00.000Z",
+  };
+
+  test("a body that matches passes", () => {
+    expect(() =>
+      expectResponseMatches(agent, "POST", "/v1/decisions", 200, decision),
+    ).not.toThrow();
+    expect(() =>
+      expectResponseMatches(agent, "POST", "/v1/actions", 409, {
+        code: "action_not_allowed",
+        message: "m",
+      }),
+    ).not.toThrow();
+  });
+
+  test.each([
+    ["an unknown outcome", 200, { ...decision, outcome: "maybe" }, /does not match/],
+    ["a missing member", 200, { ...decision, policy: undefined }, /does not match/],
+    ["a bad $ref'd member", 200, { ...decision, reasons: [{ code: 1 }] }, /does not match/],
+    ["an undocumented status", 418, { code: "not_found", message: "m" }, /not documented/],
+    [
+      "a code the operation does not list",
+      409,
+      { code: "idempotency_conflict", message: "m" },
+      /x-error-codes/,
+    ],
+    ["a code no registry has", 409, { code: "no_such_code", message: "m" }, /does not match/],
+  ])("%s", (_what, status, body, error) => {
+    const path = status === 409 ? "/v1/actions" : "/v1/decisions";
+    expect(() => expectResponseMatches(agent, "POST", path, status, body)).toThrow(error);
+  });
+
+  test("across documents and into schemas/: the control port's error codes come from the agent document", () => {
+    expect(() =>
+      expectResponseMatches(control, "DELETE", "/v1/killswitches/{id}", 404, {
+        code: "killswitch_not_found",
+        message: "m",
+      }),
+    ).not.toThrow();
+    expect(() =>
+      expectResponseMatches(control, "GET", "/v1/approvals", 200, { approvals: [{ id: "x" }] }),
+    ).toThrow(/does not match/);
   });
 });
