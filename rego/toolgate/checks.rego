@@ -58,17 +58,14 @@ deny_reasons contains {"code": "subject_mismatch", "message": "request.subject.i
 deny_reasons contains {"code": "role_not_permitted", "message": msg} if {
 	tool
 	user
-	not roles_permit(user, tool_name)
+	not roles_permit(tool_name)
 	msg := concat("", [
 		"subject '", subject_id, "' (roles: ", concat(", ", sort(user_roles)), ") may not request '", tool_name, "'",
 	])
 }
 
-roles_permit(u, name) if {
-	rs := u.roles
-	is_array(rs)
-	some role in rs
-	is_string(role)
+roles_permit(name) if {
+	some role in user_roles
 	ts := data.toolgate.deployment.roles[role].tools
 	is_array(ts)
 	name in ts

@@ -117,13 +117,50 @@ agent := a if {
 	is_object(a)
 }
 
-user := u if {
+# Where the subject's roles come from (data.toolgate.deployment.settings.roles_from,
+# docs/policy-authors.md "Roles from token claims"): "data" (the default, and
+# the fallback for any other value) takes them from
+# data.toolgate.deployment.users; "claims" from the verified token's roles
+# claim (input.verified.subject.claims.roles, identity mode jwt only: toolgate
+# fills it after checking the signature); "both" takes the union. Roles never
+# come from the request body.
+roles_from := s if {
+	s := data.toolgate.deployment.settings.roles_from
+	s in {"data", "claims", "both"}
+} else := "data"
+
+data_user := u if {
 	u := data.toolgate.deployment.users[subject_id]
 	is_object(u)
 }
 
-# Roles come ONLY from the deployment's data, never from the request.
-user_roles := {r | rs := user.roles; is_array(rs); some r in rs; is_string(r)}
+claim_roles := {r |
+	input.verified.subject.method == "jwt"
+	rs := input.verified.subject.claims.roles
+	is_array(rs)
+	some r in rs
+	is_string(r)
+}
+
+# The subject as a user of this deployment: listed in data (roles_from data or
+# both), else, with roles_from claims or both, any subject a verified token
+# names (it may still hold no role).
+user := u if {
+	roles_from != "claims"
+	u := data_user
+} else := {"roles": sort(claim_roles)} if {
+	roles_from != "data"
+	input.verified.subject.method == "jwt"
+	subject_id
+}
+
+data_roles := {r | rs := data_user.roles; is_array(rs); some r in rs; is_string(r)}
+
+user_roles := data_roles if {
+	roles_from == "data"
+} else := claim_roles if {
+	roles_from == "claims"
+} else := data_roles | claim_roles
 
 approval_defaults := d if {
 	d := data.toolgate.deployment.approval_defaults

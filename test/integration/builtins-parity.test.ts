@@ -1,6 +1,7 @@
 import { execFileSync } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { ToolgateError } from "../../src/errors";
 import { loadBundleFromPath } from "../../src/policy/bundle";
 import { PolicyEngine } from "../../src/policy/engine";
 import { buildWasmBundle, opaPath, tempDir } from "../helpers/opa";
@@ -44,6 +45,11 @@ run("parse_duration_ns", a) := v if {
 	v := ns(time.parse_duration_ns(a[0]))
 } else := "undefined"
 
+# the reference library's helper (rego/toolgate/time.rego)
+run("within_hours", a) := v if {
+	v := data.toolgate.within_hours(a[0], a[1], a[2], a[3], a[4])
+} else := "undefined"
+
 # business hours, as a policy author writes them
 run("business_hours", a) := v if {
 	[h, _, _] := time.clock([a[0], a[1]])
@@ -51,6 +57,11 @@ run("business_hours", a) := v if {
 	v := {"open": day in {"Monday", "Tuesday", "Wednesday", "Thursday", "Friday"}, "hour": h}
 } else := "undefined"
 `;
+
+const TIME_REGO = readFileSync(
+  join(__dirname, "..", "..", "rego", "toolgate", "time.rego"),
+  "utf8",
+);
 
 type Case = { id: string; fn: string; args: unknown[] };
 
@@ -267,6 +278,28 @@ function cases(): Case[] {
   for (const [name, args] of Object.entries(hours)) {
     out.push({ id: `business_hours/${name}`, fn: "business_hours", args });
   }
+  const windows: Array<[string, string, string, unknown]> = [
+    ["UTC", "09:00", "17:00", ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]],
+    [
+      "America/New_York",
+      "09:00",
+      "17:30",
+      ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"],
+    ],
+    ["Europe/Berlin", "22:00", "06:00", ["Friday", "Sunday"]],
+    ["Asia/Kathmandu", "00:00", "24:00", ["Saturday"]],
+    ["Mars/Olympus", "09:00", "17:00", ["Friday"]],
+    ["UTC", "9:00", "17:00", ["Friday"]],
+  ];
+  for (const [name, ns] of Object.entries(INSTANTS)) {
+    windows.forEach(([tz, from, to, days], i) =>
+      out.push({
+        id: `within_hours/${name}#${i}`,
+        fn: "within_hours",
+        args: [ns, tz, from, to, days],
+      }),
+    );
+  }
   return out;
 }
 
@@ -297,7 +330,10 @@ describe("time builtins: toolgate's opa-wasm host functions match opa eval", () 
   let viaOpa: Record<string, unknown>;
 
   beforeAll(async () => {
-    const bundle = buildWasmBundle({ "parity.rego": POLICY }, { entrypoints: ["parity/results"] });
+    const bundle = buildWasmBundle(
+      { "parity.rego": POLICY, "time.rego": TIME_REGO },
+      { entrypoints: ["parity/results"] },
+    );
     const engine = await PolicyEngine.create(await loadBundleFromPath(bundle), {
       entrypoint: "parity/results",
     });
@@ -305,6 +341,7 @@ describe("time builtins: toolgate's opa-wasm host functions match opa eval", () 
 
     const dir = tempDir("toolgate-parity-");
     writeFileSync(join(dir, "parity.rego"), POLICY);
+    writeFileSync(join(dir, "time.rego"), TIME_REGO);
     writeFileSync(join(dir, "input.json"), input);
     const out = execFileSync(
       opaPath(),
@@ -314,9 +351,9 @@ describe("time builtins: toolgate's opa-wasm host functions match opa eval", () 
         "json",
         "-d",
         join(dir, "parity.rego"),
-        "-i",
-        join(dir, "input.json"),
-      ].concat(["data.parity.results"]),
+        "-d",
+        join(dir, "time.rego"),
+      ].concat(["-i", join(dir, "input.json"), "data.parity.results"]),
       { encoding: "utf8", maxBuffer: 64 * 1024 * 1024, env: process.env },
     );
     const parsed = JSON.parse(out) as { result: Array<{ expressions: Array<{ value: unknown }> }> };
@@ -336,6 +373,7 @@ describe("time builtins: toolgate's opa-wasm host functions match opa eval", () 
     "parse_rfc3339_ns",
     "parse_duration_ns",
     "business_hours",
+    "within_hours",
   ])("%s: same results as opa eval", (fn) => {
     const ids = table.filter((c) => c.fn === fn).map((c) => c.id);
     const mismatches = ids
@@ -345,7 +383,13 @@ describe("time builtins: toolgate's opa-wasm host functions match opa eval", () 
   });
 
   test("the table exercises both defined and undefined results", () => {
-    for (const fn of ["clock", "add_date", "parse_rfc3339_ns", "parse_duration_ns"]) {
+    for (const fn of [
+      "clock",
+      "add_date",
+      "parse_rfc3339_ns",
+      "parse_duration_ns",
+      "within_hours",
+    ]) {
       const ids = table.filter((c) => c.fn === fn).map((c) => c.id);
       const undef = ids.filter((id) => viaOpa[id] === "undefined").length;
       expect(undef).toBeGreaterThan(0);
@@ -380,11 +424,16 @@ hour := h if [h, _, _] := time.clock([input.ns, input.tz])
       entrypoint: "errs/hour",
       strictBuiltinErrors: true,
     });
-    expect(() => engine.evaluateJson(JSON.stringify({ ns: 0, tz: "Mars/Olympus" }))).toThrow(
-      expect.objectContaining({
-        code: "policy_evaluation_failed",
-        message: expect.stringContaining("time.clock: unknown time zone Mars/Olympus"),
-      }),
+    let caught: unknown;
+    try {
+      engine.evaluateJson(JSON.stringify({ ns: 0, tz: "Mars/Olympus" }));
+    } catch (e) {
+      caught = e;
+    }
+    expect(caught).toBeInstanceOf(ToolgateError);
+    expect((caught as ToolgateError).code).toBe("policy_evaluation_failed");
+    expect((caught as ToolgateError).message).toContain(
+      "time.clock: unknown time zone Mars/Olympus",
     );
     for (let i = 0; i < 50; i++) {
       expect(() => engine.evaluateJson(JSON.stringify({ ns: i, tz: "Nowhere/" + i }))).toThrow();
