@@ -5,6 +5,7 @@ import { buildParts, startToolgate } from "../app";
 import { packageVersion } from "../shared/paths";
 import { auditVerifyCommand } from "./audit";
 import { CONTROL_HELP, CONTROL_MIGRATE_HELP, controlCommand } from "./control";
+import { MCP_HELP, mcpCommand } from "./mcp";
 import { devTokenCommand } from "./dev-token";
 import { REPORT_HELP, reportCommand } from "./report";
 import { explainCommand, policyBuild, policyTest, replayCommand } from "./author";
@@ -25,6 +26,7 @@ const USAGE = new Map<string, string>([
   ],
   ["control", CONTROL_HELP],
   ["control migrate", CONTROL_MIGRATE_HELP],
+  ["mcp", MCP_HELP],
   [
     "eval",
     `  toolgate eval --bundle B --input I [--agent ID] [--entrypoint E]
@@ -183,6 +185,7 @@ const policy: Command = (args, out) =>
 const COMMANDS = new Map<string, Command>([
   ["serve", serve],
   ["control", controlCommand],
+  ["mcp", mcpCommand],
   ["eval", evalCommand],
   ["dev-token", devTokenCommand],
   ["policy", policy],

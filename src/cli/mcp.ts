@@ -6,11 +6,12 @@ import { loadMcpConfig, startMcpProxy, type Overrides } from "../mcp";
 import { toolgateError } from "../errors";
 import { parseCommandArgs, runUntilSignal } from "./args";
 
-export const MCP_HELP = `  toolgate mcp --config FILE [--http HOST:PORT] [--stdio] [--sidecar URL] [--console URL]
-              [--log-level L]            the MCP enforcement proxy: every tools/call decided by
-                                             the toolgate sidecar first; tools/list shows only what
-                                             the policy allows or gates (docs/mcp.md). HTTP serving
-                                             defaults to loopback; with --stdio, logs go to stderr`;
+export const MCP_HELP = `  toolgate mcp --config FILE [--http HOST:PORT] [--stdio] [--sidecar URL] [--console URL] [--log-level L]
+                                             the MCP enforcement proxy in front of MCP servers: every
+                                             tools/call is decided by the toolgate sidecar first and
+                                             tools/list shows only what the policy allows or gates
+                                             (docs/mcp.md); HTTP on loopback by default; --stdio
+                                             serves one agent on stdin/stdout (logs on stderr)`;
 
 type Out = { stdout(s: string): void; stderr(s: string): void };
 
