@@ -20,6 +20,7 @@ import { compileConfig } from "../../src/config";
 import { startControlService, type ControlService } from "../../src/control";
 import { silentLogger } from "../../src/shared/log";
 import { expectResponseMatches, openapiDoc, type DocFile } from "../helpers/openapi";
+import { until } from "../helpers/bundles";
 import { freshDatabase, type FreshDatabase } from "../helpers/postgres";
 import { bearer, token } from "../helpers/tokens";
 import { http, refRequest, startTestToolgate, type HttpResult } from "../helpers/toolgate";
@@ -670,6 +671,134 @@ describe("toolgate control answers as docs/openapi-control.yaml says", () => {
       "sc-1",
     );
     await call(C, u, "GET", "/v1/fleet/sidecars", "/v1/fleet/sidecars", 401, { headers: bot });
+  });
+});
+
+describe("a sidecar in fleet mode answers as the documents say", () => {
+  let db: FreshDatabase;
+  let svc: ControlService;
+  let tg: Toolgate;
+  let maria: Record<string, string>;
+  let olga: Record<string, string>;
+  const A = "openapi.yaml" as const;
+  const C = "openapi-control.yaml" as const;
+
+  beforeAll(async () => {
+    db = await freshDatabase();
+    const config = compileConfig(
+      {},
+      {
+        TOOLGATE_CONTROL_PORT: "0",
+        TOOLGATE_LOG_LEVEL: "silent",
+        TOOLGATE_STATE_DIR: mkdtempSync(join(tmpdir(), "toolgate-control-")),
+        TOOLGATE_AUDIT_HMAC_KEY: HMAC,
+        TOOLGATE_POSTGRES_URL: db.url,
+      },
+    );
+    svc = await startControlService(config, {
+      log: silentLogger,
+      env: { OTEL_SDK_DISABLED: "true" },
+      replica: "replica-f",
+    });
+    tg = await startTestToolgate({ TOOLGATE_CONTROL_PORT: "0", TOOLGATE_FLEET_URL: svc.url });
+    await until(() => tg.fleet?.client.status().state === "OK");
+    maria = bearer(await token("maria", { roles: ["support_manager"] }));
+    olga = bearer(await token("olga", { roles: ["admin"] }));
+  });
+  afterAll(async () => {
+    await tg?.stop();
+    await svc?.stop();
+    await db?.drop();
+  });
+
+  test("access requests decided on the control service; the sidecar's control port refers there", async () => {
+    const agent = tg.agentServer.url;
+    const sidecarControl = tg.controlServer?.url ?? "";
+    await call(A, agent, "GET", "/v1/status", "/v1/status", 200);
+    const r = "/access/v1/requests";
+    const ask = async (amount: number): Promise<TaskView> => {
+      const req = refund(amount);
+      const d = (await call(A, agent, "POST", "/v1/decisions", "/v1/decisions", 200, { body: req }))
+        .json as Decision;
+      expect(d.outcome).toBe("needs_approval");
+      return (
+        await call(A, agent, "POST", r, r, 201, {
+          body: { ...req, denial: { evaluation_id: d.access_request?.evaluation_id } },
+        })
+      ).json as TaskView;
+    };
+    const first = await ask(120);
+    const id = first.task.id;
+    await call(A, agent, "GET", "/access/v1/requests/{id}", `${r}/${id}`, 200);
+    const list = await call(C, svc.url, "GET", "/v1/approvals", "/v1/approvals", 200, {
+      headers: maria,
+    });
+    expect(
+      (list.json as { approvals: Array<{ id: string }> }).approvals.map((a) => a.id),
+    ).toContain(id);
+    await call(C, svc.url, "GET", "/v1/approvals/{id}", `/v1/approvals/${id}`, 200, {
+      headers: maria,
+    });
+    await call(
+      C,
+      svc.url,
+      "POST",
+      "/v1/approvals/{id}/approve",
+      `/v1/approvals/${id}/approve`,
+      200,
+      {
+        body: { comment: "ok" },
+        headers: maria,
+      },
+    );
+    const approved = await call(A, agent, "GET", "/access/v1/requests/{id}", `${r}/${id}`, 200);
+    expect((approved.json as TaskView).result?.approval).toBeDefined();
+    await call(C, svc.url, "POST", "/v1/approvals/{id}/revoke", `/v1/approvals/${id}/revoke`, 200, {
+      headers: olga,
+    });
+    const second = await ask(130);
+    await call(
+      C,
+      svc.url,
+      "POST",
+      "/v1/approvals/{id}/deny",
+      `/v1/approvals/${second.task.id}/deny`,
+      200,
+      { headers: maria },
+    );
+    const third = await ask(140);
+    await call(
+      A,
+      agent,
+      "POST",
+      "/access/v1/requests/{id}/cancel",
+      `${r}/${third.task.id}/cancel`,
+      200,
+    );
+
+    // the sidecar's control port: approvals and switch writes are the control service's
+    for (const [method, template, path, body] of [
+      ["GET", "/v1/approvals", "/v1/approvals", undefined],
+      ["GET", "/v1/approvals/{id}", `/v1/approvals/${id}`, undefined],
+      ["POST", "/v1/approvals/{id}/approve", `/v1/approvals/${id}/approve`, undefined],
+      ["POST", "/v1/approvals/{id}/revoke", `/v1/approvals/${id}/revoke`, undefined],
+      ["POST", "/v1/killswitches", "/v1/killswitches", { reason: "stop" }],
+      ["GET", "/v1/killswitches", "/v1/killswitches?history=true", undefined],
+      ["DELETE", "/v1/killswitches/{id}", "/v1/killswitches/ks_1", undefined],
+    ] as const) {
+      const res = await call(C, sidecarControl, method, template, path, 409, {
+        headers: olga,
+        ...(body === undefined ? {} : { body }),
+      });
+      expect((res.json as { code: string }).code).toBe("fleet_mode");
+    }
+    await call(C, sidecarControl, "GET", "/v1/killswitches", "/v1/killswitches", 200, {
+      headers: olga,
+    });
+    const status = await call(C, sidecarControl, "GET", "/v1/status", "/v1/status", 200, {
+      headers: olga,
+    });
+    expect(status.json).toHaveProperty("fleet");
   });
 });
 
