@@ -83,6 +83,7 @@ export interface ProxyDeps {
 
 type Extra = {
   signal: AbortSignal;
+  _meta?: { progressToken?: string | number };
   sendRequest: Server["request"];
   sendNotification: (n: { method: string; params?: Record<string, unknown> }) => Promise<void>;
 };
@@ -341,7 +342,7 @@ export class McpProxy {
       return toolError("mcp_mapping_failed", `${name}: ${e.message}; the call was not made.`);
     }
 
-    let decision: Decision;
+    let decision: Decision | undefined;
     try {
       session.sweep(Date.now());
       const key = bindingKey(req);
@@ -351,21 +352,30 @@ export class McpProxy {
         const task = await this.sidecar.getAccessRequest(waiting.taskId);
         const status = task.task.status;
         if (status === "pending") {
-          logCall("approval_pending", { access_request: waiting.taskId });
-          return this.approvalRequired(
-            name,
-            waiting.taskId,
-            waiting.url,
-            "approval_pending",
-            "is still waiting for approval",
-          );
+          if (!urlElicitation(server)) {
+            logCall("approval_pending", { access_request: waiting.taskId });
+            return this.approvalRequired(
+              name,
+              waiting.taskId,
+              waiting.url,
+              "approval_pending",
+              "is still waiting for approval",
+            );
+          }
+          const r = await this.elicitAndWait(session, c, req, key, waiting, extra);
+          if ("result" in r) {
+            logCall(r.outcome, { access_request: waiting.taskId });
+            return r.result;
+          }
+          decision = r.decision;
+        } else {
+          session.pending.delete(key);
+          if (status === "approved" && task.result?.approval !== undefined)
+            asked = withApproval(req, task.result.approval);
+          // denied, expired, cancelled: a fresh decision (a new request if still needed)
         }
-        session.pending.delete(key);
-        if (status === "approved" && task.result?.approval !== undefined)
-          asked = withApproval(req, task.result.approval);
-        // denied, expired, cancelled: a fresh decision (a new request if still needed)
       }
-      decision = await this.sidecar.decide(asked);
+      decision ??= await this.sidecar.decide(asked);
       if (decision.outcome === "needs_approval") {
         const r = await this.needsApproval(server, session, c, req, decision, extra);
         if ("result" in r) {
@@ -417,13 +427,14 @@ export class McpProxy {
       Date.parse(task.task.expires_at) || Infinity,
       Date.now() + this.cfg.approval.waitSeconds * 1000,
     );
-    const caps = server.getClientCapabilities();
-    if (!isObject(caps?.elicitation) || !isObject(caps.elicitation.url)) {
-      session.pending.set(bindingKey(req), {
-        taskId: id,
-        url,
-        until: Number.isFinite(waitUntil) ? waitUntil : Date.now() + 3600_000,
-      });
+    // remembered in both flows: a retry of the same call (after an agent-side timeout, say) finds it
+    const key = bindingKey(req);
+    session.pending.set(key, {
+      taskId: id,
+      url,
+      until: Number.isFinite(waitUntil) ? waitUntil : Date.now() + 3600_000,
+    });
+    if (!urlElicitation(server)) {
       return {
         result: this.approvalRequired(
           c.name,
@@ -435,20 +446,43 @@ export class McpProxy {
         outcome: "approval_required",
       };
     }
-    const answer = await extra.sendRequest(
-      {
-        method: "elicitation/create",
-        params: {
-          mode: "url",
-          elicitationId: id,
-          url,
-          message: `${c.name} needs a person's approval before it runs. Open the approval page; the call continues once it is approved.`,
+    return this.elicitAndWait(session, c, req, key, session.pending.get(key) as Pending, extra);
+  }
+
+  /** URL elicitation of the approval page, then polling the task; the re-asked decision once approved. */
+  private async elicitAndWait(
+    session: Session,
+    c: CatalogTool,
+    req: DecisionRequest,
+    key: string,
+    pending: Pending,
+    extra: Extra,
+  ): Promise<{ result: CallToolResult; outcome: string } | { decision: Decision }> {
+    const { taskId: id, url, until: waitUntil } = pending;
+    let answer: { action: string };
+    try {
+      answer = await extra.sendRequest(
+        {
+          method: "elicitation/create",
+          params: {
+            mode: "url",
+            elicitationId: id,
+            url,
+            message: `${c.name} needs a person's approval before it runs. Open the approval page; the call continues once it is approved.`,
+          },
         },
-      },
-      ElicitResultSchema,
-      { signal: extra.signal, timeout: Math.max(1000, waitUntil - Date.now()) },
-    );
+        ElicitResultSchema,
+        { signal: extra.signal, timeout: Math.max(1000, waitUntil - Date.now()) },
+      );
+    } catch {
+      // the client failed or timed out on the elicitation: the link, as for a client without it
+      return {
+        result: this.approvalRequired(c.name, id, url, "approval_pending", "waits for approval"),
+        outcome: "approval_pending",
+      };
+    }
     if (answer.action !== "accept") {
+      session.pending.delete(key);
       await this.sidecar.cancelAccessRequest(id).catch(() => undefined);
       return {
         result: toolError(
@@ -460,14 +494,27 @@ export class McpProxy {
       };
     }
     let approval: Approval;
+    let polls = 0;
+    const progressToken = extra._meta?.progressToken;
     try {
       approval = await this.sidecar.waitForApproval(id, {
         signal: extra.signal,
         expiresAt: waitUntil,
         minDelayMs: 200,
         maxDelayMs: 5000,
+        // progress keeps a client's request timer alive (resetTimeoutOnProgress) while a person decides
+        onProgress: () => {
+          if (progressToken === undefined) return;
+          void extra
+            .sendNotification({
+              method: "notifications/progress",
+              params: { progressToken, progress: ++polls, message: `waiting for approval ${id}` },
+            })
+            .catch(() => undefined);
+        },
       });
     } catch (e) {
+      if (e instanceof ToolDenied) session.pending.delete(key);
       if (e instanceof ToolDenied)
         return {
           result: toolError(e.code, `${c.name}: ${e.message}; the call was not made.`, {
@@ -483,6 +530,7 @@ export class McpProxy {
         params: { elicitationId: id },
       })
       .catch(() => undefined);
+    session.pending.delete(key);
     return { decision: await this.sidecar.decide(withApproval(req, approval)) };
   }
 
@@ -580,6 +628,11 @@ export class McpProxy {
       out.structuredContent = applyRedactions(raw.structuredContent, decision.obligations);
     return out;
   }
+}
+
+function urlElicitation(server: Server): boolean {
+  const caps = server.getClientCapabilities();
+  return isObject(caps?.elicitation) && isObject(caps.elicitation.url);
 }
 
 function withApproval(req: DecisionRequest, approval: Approval): DecisionRequest {

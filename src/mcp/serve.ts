@@ -24,6 +24,8 @@ import { McpProxy } from "./proxy";
 import { Upstreams } from "./upstream";
 
 const MAX_SESSIONS = 1000;
+/** An HTTP session unused this long is closed (its pending approvals are forgotten; the tasks stay). */
+const SESSION_IDLE_MS = 3600_000;
 
 export interface RunningProxy {
   /** The HTTP endpoint (`http://host:port/mcp`) when serving HTTP. */
@@ -139,7 +141,17 @@ async function serveHttp(
   config: McpProxyConfig,
   log: Logger,
 ): Promise<{ url: string; close: () => Promise<void> }> {
-  const sessions = new Map<string, { transport: StreamableHTTPServerTransport; server: Server }>();
+  const sessions = new Map<
+    string,
+    { transport: StreamableHTTPServerTransport; server: Server; seen: number }
+  >();
+  const sweep = (now: number): void => {
+    for (const [id, s] of sessions)
+      if (now - s.seen > SESSION_IDLE_MS) {
+        sessions.delete(id);
+        void s.server.close().catch(() => undefined);
+      }
+  };
   const http = config.serve.http as { host: string; port: number };
   let allowedHosts: string[] = [];
   let allowedOrigins: string[] = [];
@@ -162,6 +174,7 @@ async function serveHttp(
     if (typeof sid === "string") {
       const s = sessions.get(sid);
       if (s === undefined) return jsonRpcError(res, 404, -32001, "session not found");
+      s.seen = Date.now();
       return s.transport.handleRequest(req, res, body);
     }
     if (req.method !== "POST" || !isInitialize(body))
@@ -171,6 +184,7 @@ async function serveHttp(
         -32000,
         "no session: initialize first (POST without Mcp-Session-Id)",
       );
+    sweep(Date.now());
     if (sessions.size >= MAX_SESSIONS) return jsonRpcError(res, 503, -32000, "too many sessions");
     const id = randomUUID();
     const transport = new StreamableHTTPServerTransport({
@@ -181,7 +195,7 @@ async function serveHttp(
       onsessioninitialized: () => undefined,
     });
     const server = proxy.createServer(`http:${id.slice(0, 8)}`);
-    sessions.set(id, { transport, server });
+    sessions.set(id, { transport, server, seen: Date.now() });
     transport.onclose = () => {
       sessions.delete(id);
     };

@@ -16,7 +16,7 @@ import {
   getDefaultEnvironment,
 } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import type { Tool } from "@modelcontextprotocol/sdk/types.js";
+import { ResultSchema, type Tool } from "@modelcontextprotocol/sdk/types.js";
 import { toolgateError } from "../errors";
 import { forbiddenKey, isObject } from "../shared/guards";
 import type { Logger } from "../shared/log";
@@ -209,7 +209,6 @@ export class Upstream {
 
   /** A read-only list method passed through (resources/list …), sanitised by the caller. */
   async request(method: string, params: Record<string, unknown>): Promise<Record<string, unknown>> {
-    const { ResultSchema } = await import("@modelcontextprotocol/sdk/types.js");
     const res = await this.client.request({ method, params }, ResultSchema, {
       timeout: this.limits.callTimeoutMs,
     });

@@ -32,6 +32,8 @@ import {
 
 jest.setTimeout(60_000);
 
+const eid = (params: unknown): string => (params as { elicitationId: string }).elicitationId;
+
 let sc: Sidecar;
 let proxy: RunningProxy;
 let calls: string;
@@ -328,7 +330,7 @@ describe("needs_approval", () => {
     const seen: Array<Record<string, unknown>> = [];
     client.setRequestHandler(ElicitRequestSchema, async (req) => {
       seen.push(req.params);
-      await approve(sc, req.params.elicitationId as string);
+      await approve(sc, eid(req.params));
       return { action: "accept" };
     });
     try {
@@ -348,6 +350,33 @@ describe("needs_approval", () => {
     }
   });
 
+  test("with URL elicitation: a failed elicitation leaves the link; the same call again elicits the same request", async () => {
+    const client = await httpClient(proxy.url as string, {
+      capabilities: { elicitation: { url: {} } },
+    });
+    const ids: string[] = [];
+    client.setRequestHandler(ElicitRequestSchema, async (req) => {
+      ids.push(eid(req.params));
+      if (ids.length === 1) throw new Error("the user closed the window");
+      await approve(sc, eid(req.params));
+      return { action: "accept" };
+    });
+    try {
+      const args = { customer_id: "cust_1", amount: 15 };
+      const first = await client.callTool({ name: "fx.refund", arguments: args });
+      expect(first.isError).toBe(true);
+      expect(textOf(first)).toMatch(/approval_pending/);
+      expect(metaOf(first)["io.toolgate/access_request_id"]).toBe(ids[0]);
+      const second = await client.callTool({ name: "fx.refund", arguments: args });
+      expect(ids).toHaveLength(2);
+      expect(ids[1]).toBe(ids[0]); // the request already submitted, not a new one
+      expect(second.isError).toBeFalsy();
+      expect(JSON.parse(textOf(second))).toMatchObject({ tool: "refund", arguments: args });
+    } finally {
+      await client.close();
+    }
+  });
+
   test("with URL elicitation: declined by the user → a tool error, the request is cancelled; denied by the approver → approval_denied", async () => {
     const client = await httpClient(proxy.url as string, {
       capabilities: { elicitation: { url: {} } },
@@ -355,7 +384,7 @@ describe("needs_approval", () => {
     let mode: "decline" | "deny" = "decline";
     client.setRequestHandler(ElicitRequestSchema, async (req) => {
       if (mode === "decline") return { action: "decline" };
-      await deny(sc, req.params.elicitationId as string);
+      await deny(sc, eid(req.params));
       return { action: "accept" };
     });
     try {
