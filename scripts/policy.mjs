@@ -2,11 +2,12 @@
 // Policy tooling for toolgate's Rego library (rego/) and its bundle (bundles/).
 //
 //   node scripts/policy.mjs capabilities   regenerate rego/capabilities.json
-//   node scripts/policy.mjs test           opa fmt --list, opa check --strict, opa test --coverage (>= 90 %)
+//   node scripts/policy.mjs test           opa fmt --list, opa check --strict, opa test --coverage (>= 90 %), regal lint
+//   node scripts/policy.mjs lint           regal lint rego (config: .regal/config.yaml)
 //   node scripts/policy.mjs build          build bundles/support-triage.tar.gz (wasm, content-derived revision)
 //   node scripts/policy.mjs check-drift    fail if the committed bundle or capabilities.json is stale
 //
-// opa comes from scripts/tools.sh (the pinned version, built on first use).
+// opa and regal come from scripts/tools.sh (the pinned versions, built on first use).
 // Plain ESM, node: built-ins only.
 
 import { spawnSync } from "node:child_process";
@@ -38,17 +39,21 @@ function fail(message) {
   throw new Fail(message);
 }
 
-function opaPath() {
-  const r = spawnSync(path.join(ROOT, "scripts", "tools.sh"), ["opa"], {
+function toolPath(tool) {
+  const r = spawnSync(path.join(ROOT, "scripts", "tools.sh"), [tool], {
     cwd: ROOT,
     encoding: "utf8",
     stdio: ["ignore", "pipe", "inherit"],
   });
   if (r.error) fail(`cannot run scripts/tools.sh: ${r.error.message}`);
-  if (r.status !== 0) fail(`scripts/tools.sh opa failed (exit ${r.status}); is Go installed?`);
+  if (r.status !== 0) fail(`scripts/tools.sh ${tool} failed (exit ${r.status}); is Go installed?`);
   const p = r.stdout.trim().split("\n").pop();
-  if (!p || !fs.existsSync(p)) fail(`scripts/tools.sh printed no usable opa path: '${p}'`);
+  if (!p || !fs.existsSync(p)) fail(`scripts/tools.sh printed no usable ${tool} path: '${p}'`);
   return p;
+}
+
+function opaPath() {
+  return toolPath("opa");
 }
 
 let opaBin;
@@ -183,6 +188,25 @@ function cmdTest() {
   console.log(`coverage (policy files, tests excluded):\n${rows.sort().join("\n")}`);
   console.log(`coverage: ${total.toFixed(2)} % (minimum ${COVERAGE_MIN} %)`);
   if (total < COVERAGE_MIN) fail(`coverage ${total.toFixed(2)} % is below ${COVERAGE_MIN} %`);
+
+  cmdLint();
+}
+
+// ---- lint -----------------------------------------------------------------------
+
+// Regal with the repo's .regal/config.yaml (Regal finds it above rego/): its
+// defaults, less the rules the library breaks on purpose (each one says why).
+function cmdLint() {
+  const r = spawnSync(
+    toolPath("regal"),
+    ["lint", ...(process.stdout.isTTY ? [] : ["--no-color"]), REGO_DIR],
+    { cwd: ROOT, stdio: "inherit" },
+  );
+  if (r.error) fail(`cannot run regal: ${r.error.message}`);
+  if (r.status === 3)
+    fail("regal lint: violations (see above; rules and waivers in .regal/config.yaml)");
+  if (r.status !== 0) fail(`regal lint failed (exit ${r.status})`);
+  console.log("regal lint: ok");
 }
 
 // ---- build --------------------------------------------------------------------
@@ -329,6 +353,7 @@ function cmdCheckDrift() {
 const COMMANDS = {
   capabilities: cmdCapabilities,
   test: cmdTest,
+  lint: cmdLint,
   build: cmdBuild,
   "check-drift": cmdCheckDrift,
 };

@@ -1,15 +1,18 @@
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
+  copyFileSync,
   existsSync,
+  mkdirSync,
   mkdtempSync,
   readFileSync,
   readdirSync,
+  rmSync,
   statSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
-import { basename, join, relative, resolve, sep } from "node:path";
+import { basename, dirname, join, relative, resolve, sep } from "node:path";
 import { parseArgs } from "node:util";
 import { BUNDLE_AND_INPUT, stringOptions } from "./args";
 import { buildParts } from "../app";
@@ -24,26 +27,52 @@ import { validateDecisionRequest } from "../shared/validate";
 import { loadBundleFromPath } from "../policy/bundle";
 import { createLogger } from "../shared/log";
 import { packageRoot } from "../shared/paths";
+import { libraryFiles, providesDecision, regalConfigFor, runtimeCapabilities } from "./scaffold";
 
 type Out = { stdout(s: string): void; stderr(s: string): void };
 
-/** The opa CLI: $TOOLGATE_OPA, `opa` on PATH, or the repo's pinned build (.tools/bin, scripts/tools.sh). */
-export function findOpa(): string {
-  const env = process.env.TOOLGATE_OPA;
+/**
+ * A pinned Go tool (opa, regal): $TOOLGATE_<NAME>, the tool on PATH, or the
+ * package's pinned build (.tools/bin, made by scripts/tools.sh with Go).
+ */
+const found = new Map<string, string>();
+
+function findTool(name: "opa" | "regal"): string {
+  const known = found.get(name);
+  if (known !== undefined) return known;
+  const path = locate(name);
+  found.set(name, path);
+  return path;
+}
+
+function locate(name: "opa" | "regal"): string {
+  const envVar = `TOOLGATE_${name.toUpperCase()}`;
+  const env = process.env[envVar];
   if (env) return env;
-  const onPath = spawnSync("opa", ["version"], { stdio: "ignore" });
-  if (onPath.status === 0) return "opa";
-  const pinned = join(packageRoot(), ".tools", "bin", "opa");
+  const onPath = spawnSync(name, ["version"], { stdio: "ignore" });
+  if (onPath.status === 0) return name;
+  const pinned = join(packageRoot(), ".tools", "bin", name);
   if (existsSync(pinned)) return pinned;
   const script = join(packageRoot(), "scripts", "tools.sh");
   if (existsSync(script)) {
-    const r = spawnSync("bash", [script, "opa"], { encoding: "utf8" });
+    const r = spawnSync("bash", [script, name], { encoding: "utf8" });
     if (r.status === 0) return r.stdout.trim();
   }
   throw toolgateError(
     "usage",
-    "this command needs the opa CLI: put it on PATH or set TOOLGATE_OPA (in the repo, Go builds the pinned one)",
+    `this command needs the ${name} CLI: put it on PATH or set ${envVar} (scripts/tools.sh ${name} builds the pinned one with Go)` +
+      (name === "regal" ? "; or skip the lint with --no-lint" : ""),
   );
+}
+
+/** The opa CLI: $TOOLGATE_OPA, `opa` on PATH, or the repo's pinned build (.tools/bin, scripts/tools.sh). */
+export function findOpa(): string {
+  return findTool("opa");
+}
+
+/** The Regal CLI (Rego linter): $TOOLGATE_REGAL, `regal` on PATH, or the pinned build. */
+export function findRegal(): string {
+  return findTool("regal");
 }
 
 function opa(args: string[], capture = true): { status: number; stdout: string; stderr: string } {
@@ -83,6 +112,79 @@ export function contentRevision(dir: string): string {
   return h.digest("hex").slice(0, 16);
 }
 
+export const POLICY_BUILD_HELP = `  toolgate policy build [DIR] [-o OUT] [--entrypoint E] [--capabilities F] [--revision R] [--json]
+                                             opa build -t wasm with the runtime's capabilities and a
+                                             content-derived revision (needs the opa CLI); a DIR that
+                                             defines no decision (policy init's) is built with toolgate's library`;
+
+export const POLICY_TEST_HELP = `  toolgate policy test [DIR] [--coverage-min 90] [--no-lint] [--json]
+                                             opa fmt --list, opa check --strict, opa test --coverage
+                                             (of DIR's own rules), then Regal lint (needs opa and regal);
+                                             a DIR that defines no decision is tested with toolgate's library`;
+
+/** What the Rego commands run on for DIR: DIR alone, or toolgate's library and DIR. */
+interface RegoSources {
+  dir: string;
+  /** "own": DIR defines the decision itself; "toolgate": the package's library is added. */
+  library: "own" | "toolgate";
+  /** The paths to give opa: the library's files (if added), then DIR. */
+  paths: string[];
+  /** The capabilities file: --capabilities, DIR's capabilities.json, or (library added) the runtime's. */
+  capabilities: string | undefined;
+}
+
+function regoSources(dirArg: string | undefined, capabilities?: string): RegoSources {
+  const dir = resolve(dirArg ?? "rego");
+  if (!existsSync(dir) || !statSync(dir).isDirectory())
+    throw toolgateError("usage", `${dir} is not a directory of Rego sources`);
+  const own = providesDecision(dir);
+  const inDir = join(dir, "capabilities.json");
+  return {
+    dir,
+    library: own ? "own" : "toolgate",
+    paths: own ? [dir] : [...libraryFiles(), dir],
+    capabilities:
+      capabilities ?? (existsSync(inDir) ? inDir : own ? undefined : runtimeCapabilities()),
+  };
+}
+
+/**
+ * The sources of a bundle in one directory, as `opa build --bundle` wants
+ * them: DIR itself, or a temporary copy of DIR's bundle sources with the
+ * library in LIBRARY_DIR (error messages are mapped back to the real paths).
+ */
+const LIBRARY_DIR = ".toolgate-library";
+
+function stageBundle(src: RegoSources): { root: string; unmap: (s: string) => string } {
+  if (src.library === "own") return { root: src.dir, unmap: (s) => s };
+  const root = join(mkdtempSync(join(tmpdir(), "toolgate-build-")), "deployment");
+  const libRoot = join(packageRoot(), "rego", "toolgate");
+  for (const f of sources(src.dir)) {
+    const to = join(root, relative(src.dir, f));
+    mkdirSync(dirname(to), { recursive: true });
+    copyFileSync(f, to);
+  }
+  if (existsSync(join(root, LIBRARY_DIR)))
+    throw toolgateError(
+      "usage",
+      `${join(src.dir, LIBRARY_DIR)}: a name policy build keeps for toolgate's library`,
+    );
+  for (const f of libraryFiles()) {
+    const to = join(root, LIBRARY_DIR, relative(libRoot, f));
+    mkdirSync(dirname(to), { recursive: true });
+    copyFileSync(f, to);
+  }
+  return {
+    root,
+    unmap: (s) =>
+      s
+        .split(join(root, LIBRARY_DIR) + sep)
+        .join(libRoot + sep)
+        .split(root + sep)
+        .join(src.dir + sep),
+  };
+}
+
 /** `toolgate policy build [DIR] [-o OUT] [--entrypoint E] [--capabilities F] [--revision R]` */
 export async function policyBuild(args: string[], out: Out): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -96,69 +198,151 @@ export async function policyBuild(args: string[], out: Out): Promise<number> {
       json: { type: "boolean" },
     },
   });
-  const dir = resolve(positionals[0] ?? "rego");
-  if (!existsSync(dir) || !statSync(dir).isDirectory())
-    throw toolgateError("usage", `${dir} is not a directory of Rego sources`);
-  const caps =
-    values.capabilities ??
-    (existsSync(join(dir, "capabilities.json")) ? join(dir, "capabilities.json") : undefined);
+  const src = regoSources(positionals[0], values.capabilities);
+  const caps = src.capabilities;
   const output = resolve(values.output ?? "bundle.tar.gz");
-  const revision = values.revision ?? contentRevision(dir);
-  const r = opa([
-    "build",
-    "--bundle",
-    "--target",
-    "wasm",
-    "--entrypoint",
-    values.entrypoint,
-    ...(caps ? ["--capabilities", caps] : []),
-    "--revision",
-    revision,
-    "--ignore",
-    "*_test.rego",
-    "--ignore",
-    "capabilities.json",
-    "--output",
-    output,
-    dir,
-  ]);
-  if (r.status !== 0) {
-    out.stderr(r.stdout + r.stderr);
-    throw toolgateError(
-      "usage",
-      `opa build failed${caps ? " (a builtin outside the capabilities file fails here on purpose)" : ""}`,
+  const staged = stageBundle(src);
+  try {
+    const revision = values.revision ?? contentRevision(staged.root);
+    const r = opa([
+      "build",
+      "--bundle",
+      "--target",
+      "wasm",
+      "--entrypoint",
+      values.entrypoint,
+      ...(caps ? ["--capabilities", caps] : []),
+      "--revision",
+      revision,
+      "--ignore",
+      "*_test.rego",
+      "--ignore",
+      "capabilities.json",
+      "--output",
+      output,
+      staged.root,
+    ]);
+    if (r.status !== 0) {
+      out.stderr(staged.unmap(r.stdout + r.stderr));
+      throw toolgateError(
+        "usage",
+        `opa build failed${caps ? " (a builtin outside the capabilities file fails here on purpose)" : ""}`,
+      );
+    }
+    const bundle = await loadBundleFromPath(output);
+    const result = {
+      bundle: output,
+      revision,
+      files: bundle.files.size,
+      entrypoints: bundle.manifest.wasm.map((w) => w.entrypoint),
+      capabilities: caps ?? null,
+      library: src.library,
+    };
+    out.stdout(
+      values.json
+        ? JSON.stringify(result) + "\n"
+        : `built ${output} (revision ${revision}, ${result.files} files${src.library === "toolgate" ? ", with toolgate's library" : ""})\n`,
     );
+    return 0;
+  } finally {
+    if (staged.root !== src.dir) rmSync(dirname(staged.root), { recursive: true, force: true });
   }
-  const bundle = await loadBundleFromPath(output);
-  const result = {
-    bundle: output,
-    revision,
-    files: bundle.files.size,
-    entrypoints: bundle.manifest.wasm.map((w) => w.entrypoint),
-    capabilities: caps ?? null,
-  };
-  out.stdout(
-    values.json
-      ? JSON.stringify(result) + "\n"
-      : `built ${output} (revision ${revision}, ${result.files} files)\n`,
-  );
-  return 0;
 }
 
-/** `toolgate policy test [DIR] [--coverage-min N]`: opa fmt --list, opa check --strict, opa test --coverage. */
+/** One Regal finding, as `policy test` reports it. */
+interface LintViolation {
+  rule: string;
+  category: string;
+  level: string;
+  description: string;
+  file: string;
+  row: number;
+  col: number;
+}
+
+/**
+ * `regal lint` over DIR's Rego (with the library beside it, so references to
+ * the library resolve), reporting only what is in DIR. The config is DIR's
+ * nearest .regal/config.yaml, else the scaffold's.
+ */
+function lint(src: RegoSources): { ok: boolean; config: string; violations: LintViolation[] } {
+  const config = regalConfigFor(src.dir);
+  const r = spawnSync(
+    findRegal(),
+    ["lint", "--format", "json", "--no-color", "--config-file", config, ...src.paths],
+    { encoding: "utf8", maxBuffer: 64 * 1024 * 1024 },
+  );
+  // 0: no violation; 3: violations at the failing level; anything else: regal failed
+  let report: { violations?: unknown } | undefined;
+  try {
+    report = JSON.parse(r.stdout ?? "") as { violations?: unknown };
+  } catch {
+    report = undefined;
+  }
+  if ((r.status !== 0 && r.status !== 3) || report === undefined)
+    throw toolgateError(
+      "usage",
+      `regal lint failed (exit ${r.status ?? "signal"}): ${(r.stderr || r.stdout || "").trim().slice(0, 2000)}`,
+    );
+  const violations: LintViolation[] = [];
+  for (const v of Array.isArray(report.violations) ? report.violations : []) {
+    if (!isObject(v)) continue;
+    const loc = isObject(v.location) ? v.location : {};
+    const file = typeof loc.file === "string" && loc.file !== "" ? resolve(loc.file) : "";
+    // the library's own findings are toolgate's business, not the author's
+    if (file !== "" && file !== src.dir && !file.startsWith(src.dir + sep)) continue;
+    violations.push({
+      rule: String(v.title),
+      category: String(v.category),
+      level: String(v.level),
+      description: String(v.description),
+      file: file === "" ? "" : relative(process.cwd(), file),
+      row: Number(loc.row ?? 0),
+      col: Number(loc.col ?? 0),
+    });
+  }
+  violations.sort((a, b) => a.file.localeCompare(b.file) || a.row - b.row || a.col - b.col);
+  return { ok: !violations.some((v) => v.level === "error"), config, violations };
+}
+
+/** Coverage of DIR's own rules (tests excluded), from `opa test --coverage --format json`. */
+function ownCoverage(dir: string, files: unknown): number | null {
+  let covered = 0;
+  let notCovered = 0;
+  if (!isObject(files)) return null;
+  for (const [file, f] of Object.entries(files)) {
+    if (file.endsWith("_test.rego") || !isObject(f)) continue;
+    const abs = resolve(file);
+    if (abs !== dir && !abs.startsWith(dir + sep)) continue;
+    covered += typeof f.covered_lines === "number" ? f.covered_lines : 0;
+    notCovered += typeof f.not_covered_lines === "number" ? f.not_covered_lines : 0;
+  }
+  return covered + notCovered === 0 ? null : (100 * covered) / (covered + notCovered);
+}
+
+/**
+ * `toolgate policy test [DIR] [--coverage-min N] [--no-lint]`: opa fmt --list,
+ * opa check --strict, opa test --coverage, regal lint.
+ */
 export function policyTest(args: string[], out: Out): number {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { "coverage-min": { type: "string", default: "90" }, json: { type: "boolean" } },
+    options: {
+      "coverage-min": { type: "string", default: "90" },
+      "no-lint": { type: "boolean" },
+      json: { type: "boolean" },
+    },
   });
-  const dir = resolve(positionals[0] ?? "rego");
-  const caps = existsSync(join(dir, "capabilities.json"))
-    ? ["--capabilities", join(dir, "capabilities.json")]
-    : [];
+  const min = Number(values["coverage-min"]);
+  if (!Number.isFinite(min) || min < 0 || min > 100)
+    throw toolgateError("usage", "--coverage-min must be a number from 0 to 100");
+  const src = regoSources(positionals[0]);
+  const { dir } = src;
+  const caps = src.capabilities ? ["--capabilities", src.capabilities] : [];
   const fmt = opa(["fmt", "--list", dir]);
   const unformatted = fmt.stdout.split("\n").filter(Boolean);
-  const check = opa(["check", "--strict", ...caps, "--ignore", "capabilities.json", dir]);
+  const check = opa(["check", "--strict", ...caps, "--ignore", "capabilities.json", ...src.paths]);
   const test = opa([
     "test",
     "--coverage",
@@ -166,35 +350,42 @@ export function policyTest(args: string[], out: Out): number {
     "json",
     "--ignore",
     "capabilities.json",
-    dir,
+    ...src.paths,
   ]);
-  let coverage = 0;
-  let failures: string[] = [];
+  let coverage: number | null = null;
+  const failures: string[] = [];
   try {
-    const report = JSON.parse(test.stdout) as {
-      coverage?: number;
-      files?: Record<string, unknown>;
-    };
-    coverage = report.coverage ?? 0;
+    const report = JSON.parse(test.stdout) as { files?: unknown };
+    coverage = ownCoverage(dir, report.files);
   } catch {
-    failures = ["opa test did not produce a coverage report"];
+    failures.push("opa test did not produce a coverage report");
   }
   if (test.status !== 0) {
-    const run = opa(["test", "--ignore", "capabilities.json", dir]);
+    const run = opa(["test", "--ignore", "capabilities.json", ...src.paths]);
     failures.push(run.stdout.trim() || run.stderr.trim());
   }
-  const min = Number(values["coverage-min"]);
-  const ok = unformatted.length === 0 && check.status === 0 && test.status === 0 && coverage >= min;
+  const lintResult = values["no-lint"] ? undefined : lint(src);
+  const ok =
+    unformatted.length === 0 &&
+    check.status === 0 &&
+    test.status === 0 &&
+    failures.length === 0 &&
+    (coverage ?? 100) >= min &&
+    (lintResult?.ok ?? true);
   const result = {
     ok,
+    library: src.library,
     unformatted,
     check: check.status === 0 ? "ok" : check.stderr.trim(),
     coverage,
     coverage_min: min,
     failures,
+    lint: lintResult ?? "skipped",
   };
   if (values.json) out.stdout(JSON.stringify(result) + "\n");
   else {
+    if (src.library === "toolgate")
+      out.stdout(`library: toolgate's (${dir} defines no decision)\n`);
     out.stdout(
       `fmt: ${unformatted.length === 0 ? "ok" : `unformatted: ${unformatted.join(", ")}`}\n`,
     );
@@ -202,7 +393,22 @@ export function policyTest(args: string[], out: Out): number {
     out.stdout(
       `test: ${test.status === 0 ? "pass" : "FAIL"}${failures.length ? "\n" + failures.join("\n") : ""}\n`,
     );
-    out.stdout(`coverage: ${coverage.toFixed(2)} % (minimum ${min} %)\n`);
+    out.stdout(
+      coverage === null
+        ? "coverage: no rules of its own to cover (toolgate's library is tested with toolgate)\n"
+        : `coverage: ${coverage.toFixed(2)} % of its own rules (minimum ${min} %)\n`,
+    );
+    if (lintResult === undefined) out.stdout("lint: skipped (--no-lint)\n");
+    else {
+      const n = lintResult.violations.length;
+      out.stdout(
+        `lint (regal, ${relative(process.cwd(), lintResult.config)}): ${n === 0 ? "ok" : `${n} violation${n === 1 ? "" : "s"}`}\n`,
+      );
+      for (const v of lintResult.violations)
+        out.stdout(
+          `  ${v.file || "(all files)"}${v.row ? `:${v.row}:${v.col}` : ""}: ${v.rule} (${v.category}, ${v.level}): ${v.description}\n`,
+        );
+    }
   }
   return ok ? 0 : 1;
 }
@@ -284,8 +490,7 @@ export async function explainCommand(args: string[], out: Out): Promise<number> 
       "*_test.rego",
       "--ignore",
       "capabilities.json",
-      "-d",
-      values.rego,
+      ...regoSources(values.rego).paths.flatMap((p) => ["-d", p]),
       "-i",
       inputFile,
       "data.toolgate.decision",

@@ -19,6 +19,9 @@ import { writeTarGz } from "../shared/tar";
 import { normalizeError, toolgateError, rethrowAs } from "../errors";
 import { bundleNameOf, parseBundle, readBundleFiles } from "../policy/bundle";
 import { PolicyEngine } from "../policy/engine";
+import { policyInit } from "./scaffold";
+
+export { POLICY_INIT_HELP } from "./scaffold";
 
 type Out = { stdout: (s: string) => void; stderr: (s: string) => void };
 
@@ -152,13 +155,14 @@ async function check(args: string[], out: Out): Promise<number> {
   }
 }
 
-/** `toolgate policy sign|check …` */
+/** `toolgate policy init|sign|check …` (build and test: author.ts) */
 export async function policyCommand(args: string[], out: Out): Promise<number> {
   const [sub, ...rest] = args;
+  if (sub === "init") return policyInit(rest, out);
   if (sub === "sign") return sign(rest, out);
   if (sub === "check") return check(rest, out);
   throw toolgateError(
     "usage",
-    `${sub === undefined ? "policy needs a subcommand" : `unknown policy subcommand "${sub}"`}: build, test, sign or check; run \`toolgate policy --help\``,
+    `${sub === undefined ? "policy needs a subcommand" : `unknown policy subcommand "${sub}"`}: init, build, test, sign or check; run \`toolgate policy --help\``,
   );
 }
