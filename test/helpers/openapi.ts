@@ -1,5 +1,6 @@
 /**
- * The OpenAPI documents (docs/openapi.yaml, docs/openapi-control.yaml) as
+ * The OpenAPI documents (docs/openapi.yaml, docs/openapi-control.yaml,
+ * docs/openapi-fleet.yaml) as
  * test oracles: a real response is checked against the schema the document
  * gives for its operation and status, compiled with ajv (JSON Schema
  * 2020-12, as OpenAPI 3.1 is), every $ref resolved — within the document,
@@ -34,7 +35,7 @@ export interface Operation {
   [k: string]: unknown;
 }
 
-export const DOC_FILES = ["openapi.yaml", "openapi-control.yaml"] as const;
+export const DOC_FILES = ["openapi.yaml", "openapi-control.yaml", "openapi-fleet.yaml"] as const;
 export type DocFile = (typeof DOC_FILES)[number];
 
 const docs = new Map<DocFile, OpenApiDoc>();
@@ -144,4 +145,16 @@ export function expectResponseMatches(
         `${where}: code ${String(code)} is not in x-error-codes (${codes.join(", ")})`,
       );
   }
+}
+
+/** The document's path template a concrete path matches (`/a/{id}` matches `/a/x`), if any. */
+export function templateOf(doc: OpenApiDoc, path: string): string | undefined {
+  const bare = path.split("?")[0] ?? path;
+  for (const t of Object.keys(doc.paths)) {
+    const re = new RegExp(
+      `^${t.replace(/[.*+?^$()|[\]\\]/g, "\\$&").replace(/\\?\{[^}]+\\?\}/g, "[^/]+")}$`,
+    );
+    if (re.test(bare)) return t;
+  }
+  return undefined;
 }

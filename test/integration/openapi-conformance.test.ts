@@ -13,13 +13,21 @@
  * every documented operation was seen succeeding.
  */
 import { mkdtempSync } from "node:fs";
+import { createServer, request as httpRequest } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Toolgate } from "../../src/app";
 import { compileConfig } from "../../src/config";
 import { startControlService, type ControlService } from "../../src/control";
 import { silentLogger } from "../../src/shared/log";
-import { expectResponseMatches, openapiDoc, type DocFile } from "../helpers/openapi";
+import {
+  DOC_FILES,
+  expectResponseMatches,
+  openapiDoc,
+  templateOf,
+  type DocFile,
+} from "../helpers/openapi";
 import { until } from "../helpers/bundles";
 import { freshDatabase, type FreshDatabase } from "../helpers/postgres";
 import { bearer, token } from "../helpers/tokens";
@@ -34,6 +42,7 @@ const METHODS = ["get", "put", "post", "delete", "patch"];
 const seen: Record<DocFile, Map<string, Set<number>>> = {
   "openapi.yaml": new Map(),
   "openapi-control.yaml": new Map(),
+  "openapi-fleet.yaml": new Map(),
 };
 
 interface Call {
@@ -73,6 +82,75 @@ async function call(
   statuses.add(res.status);
   seen[file].set(key, statuses);
   return res;
+}
+
+interface Exchange {
+  method: string;
+  path: string;
+  status: number;
+  body: unknown;
+}
+
+/**
+ * A pass-through HTTP proxy in front of `target` that keeps every exchange
+ * (the event stream passed through as it flows, its body not kept): what a
+ * fleet sidecar really sends `toolgate control`, and what it gets back.
+ */
+async function recordingProxy(
+  target: string,
+): Promise<{ url: string; exchanges: Exchange[]; close(): Promise<void> }> {
+  const exchanges: Exchange[] = [];
+  const t = new URL(target);
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      const up = httpRequest(
+        {
+          host: t.hostname,
+          port: t.port,
+          method: req.method,
+          path: req.url,
+          headers: { ...req.headers, host: t.host },
+        },
+        (r) => {
+          res.writeHead(r.statusCode ?? 502, r.headers);
+          const record = (body: unknown) =>
+            exchanges.push({
+              method: req.method ?? "",
+              path: req.url ?? "",
+              status: r.statusCode ?? 0,
+              body,
+            });
+          if (String(r.headers["content-type"]).startsWith("text/event-stream")) {
+            record("");
+            r.pipe(res);
+            return;
+          }
+          const out: Buffer[] = [];
+          r.on("data", (c: Buffer) => out.push(c));
+          r.on("end", () => {
+            const text = Buffer.concat(out).toString("utf8");
+            record(text === "" ? "" : (JSON.parse(text) as unknown));
+            res.end(text);
+          });
+        },
+      );
+      up.on("error", () => res.destroy());
+      up.end(Buffer.concat(chunks));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    exchanges,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
 }
 
 interface Decision {
@@ -629,41 +707,53 @@ describe("toolgate control answers as docs/openapi-control.yaml says", () => {
         claims: { toolgate_agent: "support-bot" },
       }),
     );
-    const hello = await http(
-      u,
-      "POST",
-      "/fleet/v1/hello",
-      JSON.stringify({
-        instance: "sc-1",
-        bundle: { name: "support", revision: "r1" },
-        version: "0.1.0",
-      }),
-      { ...bot, "content-type": "application/json" },
-    );
-    expect(hello.status).toBe(200);
-    const reserve = await http(
-      u,
-      "POST",
-      "/fleet/v1/budgets/reserve",
-      JSON.stringify({
-        decision_id: "d-1",
-        ttl_seconds: 60,
-        items: [
-          {
-            budget_id: "refunds",
-            key: "refunds|cust_1",
-            amount: 60,
-            max_total: 100,
-            window_seconds: 3600,
-          },
-        ],
-      }),
-      { ...bot, "content-type": "application/json" },
-    );
+    const F = "openapi-fleet.yaml" as const;
+    const hello = await call(F, u, "POST", "/fleet/v1/hello", "/fleet/v1/hello", 200, {
+      body: { instance: "sc-1", bundle: { name: "support", revision: "r1" }, version: "0.1.0" },
+      headers: bot,
+    });
+    expect(hello.json).toEqual({ replica: "replica-a" });
+    await call(F, u, "POST", "/fleet/v1/hello", "/fleet/v1/hello", 401, {
+      body: { instance: "sc-1", bundle: null, version: null },
+      headers: olga,
+    });
+    const item = {
+      budget_id: "refunds",
+      key: "refunds|cust_1",
+      amount: 60,
+      max_total: 100,
+      window_seconds: 3600,
+    };
+    const r = "/fleet/v1/budgets/reserve";
+    const reserve = await call(F, u, "POST", r, r, 200, {
+      body: { decision_id: "d-1", ttl_seconds: 60, items: [item] },
+      headers: bot,
+    });
     expect(reserve.json).toEqual({ ok: true });
+    const over = await call(F, u, "POST", r, r, 200, {
+      body: { decision_id: "d-2", ttl_seconds: 60, items: [item] },
+      headers: bot,
+    });
+    expect(over.json).toMatchObject({ ok: false, budget_id: "refunds" });
+    await call(F, u, "POST", r, r, 400, { body: { decision_id: "d-3" }, headers: bot });
+    const lease = "/fleet/v1/rates/lease";
+    await call(F, u, "POST", lease, lease, 200, {
+      body: { rate_id: "sends", key: "replies.send", rate_per_second: 1, burst: 2, want: 1 },
+      headers: bot,
+    });
     const budgets = await call(C, u, "GET", "/v1/budgets", "/v1/budgets", 200, { headers: olga });
     expect((budgets.json as { budgets: unknown[] }).budgets.length).toBe(1);
     await call(C, u, "GET", "/v1/budgets", "/v1/budgets", 403, { headers: maria });
+    const resolved = await call(
+      F,
+      u,
+      "POST",
+      "/fleet/v1/budgets/resolve",
+      "/fleet/v1/budgets/resolve",
+      200,
+      { body: { decision_id: "d-1", outcome: "commit" }, headers: bot },
+    );
+    expect(resolved.json).toEqual({ resolution: "committed" });
     const sidecars = await call(C, u, "GET", "/v1/fleet/sidecars", "/v1/fleet/sidecars", 200, {
       headers: olga,
     });
@@ -674,9 +764,10 @@ describe("toolgate control answers as docs/openapi-control.yaml says", () => {
   });
 });
 
-describe("a sidecar in fleet mode answers as the documents say", () => {
+describe("a sidecar in fleet mode, and what it sends toolgate control, answer as the documents say", () => {
   let db: FreshDatabase;
   let svc: ControlService;
+  let proxy: Awaited<ReturnType<typeof recordingProxy>>;
   let tg: Toolgate;
   let maria: Record<string, string>;
   let olga: Record<string, string>;
@@ -700,13 +791,15 @@ describe("a sidecar in fleet mode answers as the documents say", () => {
       env: { OTEL_SDK_DISABLED: "true" },
       replica: "replica-f",
     });
-    tg = await startTestToolgate({ TOOLGATE_CONTROL_PORT: "0", TOOLGATE_FLEET_URL: svc.url });
+    proxy = await recordingProxy(svc.url);
+    tg = await startTestToolgate({ TOOLGATE_CONTROL_PORT: "0", TOOLGATE_FLEET_URL: proxy.url });
     await until(() => tg.fleet?.client.status().state === "OK");
     maria = bearer(await token("maria", { roles: ["support_manager"] }));
     olga = bearer(await token("olga", { roles: ["admin"] }));
   });
   afterAll(async () => {
     await tg?.stop();
+    await proxy?.close();
     await svc?.stop();
     await db?.drop();
   });
@@ -752,7 +845,13 @@ describe("a sidecar in fleet mode answers as the documents say", () => {
       },
     );
     const approved = await call(A, agent, "GET", "/access/v1/requests/{id}", `${r}/${id}`, 200);
-    expect((approved.json as TaskView).result?.approval).toBeDefined();
+    const approval = (approved.json as TaskView).result?.approval;
+    expect(approval).toBeDefined();
+    // re-asked with the approval: allowed (the sidecar uses it on the control service)
+    const reasked = await call(A, agent, "POST", "/v1/decisions", "/v1/decisions", 200, {
+      body: withApproval(refund(120), approval),
+    });
+    expect((reasked.json as Decision).outcome).toBe("allow");
     await call(C, svc.url, "POST", "/v1/approvals/{id}/revoke", `/v1/approvals/${id}/revoke`, 200, {
       headers: olga,
     });
@@ -799,11 +898,32 @@ describe("a sidecar in fleet mode answers as the documents say", () => {
       headers: olga,
     });
     expect(status.json).toHaveProperty("fleet");
+
+    // everything the sidecar said to toolgate control, and its answers, as docs/openapi-fleet.yaml says
+    const fleet = openapiDoc("openapi-fleet.yaml");
+    const F = "openapi-fleet.yaml" as const;
+    expect(proxy.exchanges.length).toBeGreaterThan(0);
+    for (const x of proxy.exchanges) {
+      const template = templateOf(fleet, x.path);
+      if (template === undefined)
+        throw new Error(`${x.method} ${x.path}: not in the fleet document`);
+      expectResponseMatches(fleet, x.method, template, x.status, x.body);
+      const key = `${x.method} ${template}`;
+      seen[F].set(key, (seen[F].get(key) ?? new Set<number>()).add(x.status));
+    }
+    const used = proxy.exchanges.map((x) => `${x.method} ${templateOf(fleet, x.path) ?? ""}`);
+    for (const op of [
+      "GET /fleet/v1/stream",
+      "POST /fleet/v1/access-requests",
+      "POST /fleet/v1/approvals/{id}/use",
+      "POST /fleet/v1/access-requests/{id}/cancel",
+    ])
+      expect(used).toContain(op);
   });
 });
 
 test("every documented operation was seen succeeding", () => {
-  for (const file of ["openapi.yaml", "openapi-control.yaml"] as const) {
+  for (const file of DOC_FILES) {
     const missing: string[] = [];
     for (const [path, item] of Object.entries(openapiDoc(file).paths)) {
       for (const m of Object.keys(item).filter((k) => METHODS.includes(k))) {

@@ -1,7 +1,8 @@
 /**
- * The published contracts stay true: docs/openapi.yaml (agent port) and
+ * The published contracts stay true: docs/openapi.yaml (agent port),
  * docs/openapi-control.yaml (control port, and `toolgate control`'s human
- * API) are valid OpenAPI 3.1; they document exactly the routes the real
+ * API) and docs/openapi-fleet.yaml (`toolgate control`'s sidecar API) are
+ * valid OpenAPI 3.1; they document exactly the routes the real
  * express apps register (read from the apps' router stacks); they reference
  * the schema files the server validates bodies with; and every error code
  * they name is one of the registry's, at the registry's status.
@@ -189,6 +190,13 @@ describe("request bodies reference the schema the server validates with", () => 
     ["openapi-control.yaml", "post", "/v1/killswitches", "kill-switch"],
     ["openapi-control.yaml", "post", "/v1/approvals/{id}/approve", "approval-decision"],
     ["openapi-control.yaml", "post", "/v1/approvals/{id}/deny", "approval-decision"],
+    ["openapi-fleet.yaml", "post", "/fleet/v1/access-requests", "fleet-access-request"],
+    ["openapi-fleet.yaml", "post", "/fleet/v1/access-requests/{id}/cancel", "fleet-cancel"],
+    ["openapi-fleet.yaml", "post", "/fleet/v1/approvals/{id}/use", "fleet-approval-use"],
+    ["openapi-fleet.yaml", "post", "/fleet/v1/budgets/reserve", "fleet-budget-reserve"],
+    ["openapi-fleet.yaml", "post", "/fleet/v1/budgets/resolve", "fleet-budget-resolve"],
+    ["openapi-fleet.yaml", "post", "/fleet/v1/rates/lease", "fleet-rate-lease"],
+    ["openapi-fleet.yaml", "post", "/fleet/v1/hello", "fleet-hello"],
   ] as const)("%s %s %s: %s", (file, method, path, schema) => {
     expect(body(file, method, path)).toBe(`../schemas/${schema}.schema.json`);
   });
@@ -209,7 +217,7 @@ describe("the documents cover the real apps' routes, and nothing else", () => {
     );
   });
 
-  test("control port: a sidecar's, and toolgate control's human API", () => {
+  test("control port: a sidecar's, and toolgate control's human API and sidecar API", () => {
     const sidecar = registered(appOf(tg.controlServer!.server));
     expect(sidecar).toContain("GET /.well-known/jwks.json"); // grants on: the keys are served
     // toolgate control's routes; its deps are only reached once a request comes
@@ -231,11 +239,13 @@ describe("the documents cover the real apps' routes, and nothing else", () => {
         replica: "r1",
       } as unknown as ControlServiceDeps),
     );
-    const human = service.filter((r) => !r.split(" ")[1]!.startsWith("/fleet/v1/"));
-    expect(human.length).toBeLessThan(service.length); // the sidecar API is there, and left out
+    const wire = (r: string): boolean => r.split(" ")[1]!.startsWith("/fleet/v1/");
+    const human = service.filter((r) => !wire(r));
     expect(documented(openapiDoc("openapi-control.yaml"))).toEqual(
       [...new Set([...sidecar, ...human])].sort(),
     );
+    // the sidecar API: its own document
+    expect(documented(openapiDoc("openapi-fleet.yaml"))).toEqual(service.filter(wire));
   });
 });
 
