@@ -17,6 +17,8 @@ export interface Entity {
 export interface DecisionContext {
   job?: { id?: string; purpose?: string; customer_id?: string; [key: string]: unknown };
   agent?: { id?: string; [key: string]: unknown };
+  /** The agent session this call belongs to: the policy sees what the session did before (identity mode jwt: the token's claim wins). */
+  session?: { id?: string; [key: string]: unknown };
   [key: string]: unknown;
 }
 
