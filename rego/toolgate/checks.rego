@@ -64,8 +64,23 @@ deny_reasons contains {"code": "role_not_permitted", "message": msg} if {
 	])
 }
 
+# user is the data entry here (or, with "both", the claims' roles again)
 roles_permit(name) if {
-	some role in user_roles
+	roles_from != "claims"
+	rs := user.roles
+	is_array(rs)
+	some role in rs
+	role_permits(role, name)
+}
+
+roles_permit(name) if {
+	roles_from != "data"
+	some role in claim_roles
+	role_permits(role, name)
+}
+
+role_permits(role, name) if {
+	is_string(role)
 	ts := data.toolgate.deployment.roles[role].tools
 	is_array(ts)
 	name in ts

@@ -126,8 +126,14 @@ agent := a if {
 # come from the request body.
 roles_from := s if {
 	s := data.toolgate.deployment.settings.roles_from
-	s in {"data", "claims", "both"}
+	roles_source(s)
 } else := "data"
+
+roles_source("data")
+
+roles_source("claims")
+
+roles_source("both")
 
 data_user := u if {
 	u := data.toolgate.deployment.users[subject_id]
@@ -147,7 +153,8 @@ claim_roles := {r |
 # names (it may still hold no role).
 user := u if {
 	roles_from != "claims"
-	u := data_user
+	u := data.toolgate.deployment.users[subject_id]
+	is_object(u)
 } else := {"roles": sort(claim_roles)} if {
 	roles_from != "data"
 	input.verified.subject.method == "jwt"

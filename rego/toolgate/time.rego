@@ -67,7 +67,10 @@ in_window(ns, tz, f, t) if {
 	now < t
 }
 
-day_before(d) := week[(i + 6) % 7] if week[i] == d
+day_before(d) := week[(i + 6) % 7] if {
+	some i, x in week
+	x == d
+}
 
 set_of(days) := {d | some d in days} if is_array(days)
 
