@@ -150,10 +150,9 @@ test_every_granted_or_role_tool_is_registered if {
 
 test_labels_and_egress_are_well_formed if {
 	every _, t in deployment.tools {
-		is_array(object.get(t, "reads", []))
-		every label in object.get(t, "reads", []) {
-			is_string(label)
-		}
 		is_boolean(object.get(t, "egress", false))
+		every label in object.get(t, "reads", []) {
+			deployment.labels[label]
+		}
 	}
 }
