@@ -154,10 +154,19 @@ export interface ActionSearchResponse {
   results: ActionSearchResult[];
 }
 
-/** One tool of an action search: `properties` only on a tool that needs an approval. */
+/**
+ * One tool of an action search: `properties` only on a tool that needs an
+ * approval, or whose answer depends on the call's arguments (it was denied
+ * only for `invalid_arguments`/`limit_exceeded` when asked without any).
+ */
 export interface ActionSearchResult {
   name: string;
-  properties?: { needs_approval: true; approval?: ApprovalRequirement };
+  properties?: {
+    needs_approval?: true;
+    approval?: ApprovalRequirement;
+    depends_on_arguments?: true;
+    reasons?: string[];
+  };
 }
 
 /** toolgate's error body: `{code, message}` (docs/errors.md). */

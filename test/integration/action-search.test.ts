@@ -11,7 +11,10 @@ import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolga
 interface SearchResponse {
   page?: { next_token: string; count: number; total: number };
   context: { policy: { bundle: string; revision: string } };
-  results: Array<{ name: string; properties?: { needs_approval: true; approval?: unknown } }>;
+  results: Array<{
+    name: string;
+    properties?: { needs_approval?: true; approval?: unknown; depends_on_arguments?: true };
+  }>;
 }
 
 let tg: Toolgate;
@@ -69,7 +72,16 @@ test("every registered tool is listed exactly as a decision without arguments an
       const outcome = (d.json as { outcome: string }).outcome;
       outcomes.add(outcome);
       const r = listed.get(tool);
-      if (outcome === "deny")
+      const codes = (d.json as { reasons: Array<{ code: string }> }).reasons.map((x) => x.code);
+      const onlyArguments =
+        codes.length > 0 && codes.every((c) => c === "invalid_arguments" || c === "limit_exceeded");
+      if (outcome === "deny" && onlyArguments) {
+        expect({ user, tool, props: r?.properties }).toEqual({
+          user,
+          tool,
+          props: { depends_on_arguments: true, reasons: [...new Set(codes)] },
+        });
+      } else if (outcome === "deny")
         expect({ user, tool, listed: r }).toEqual({ user, tool, listed: undefined });
       else
         expect({ user, tool, needs: r?.properties?.needs_approval === true }).toEqual({
@@ -81,6 +93,15 @@ test("every registered tool is listed exactly as a decision without arguments an
     if (user === "alice") expect(outcomes).toEqual(new Set(["allow", "deny", "needs_approval"]));
     if (user === "nobody") expect(s.results).toEqual([]);
   }
+});
+
+test("a tool denied only for its missing arguments is listed, marked; not for a contractor", async () => {
+  const refunds = (await search(query())).results.find((r) => r.name === "refunds.issue");
+  expect(refunds?.properties).toEqual({
+    depends_on_arguments: true,
+    reasons: ["invalid_arguments"],
+  });
+  expect(names(await search(query("carol")))).not.toContain("refunds.issue");
 });
 
 test("a needs_approval tool carries the approval requirement", async () => {

@@ -3,8 +3,9 @@
  * this subject use on this resource in this context. Every tool the active
  * bundle registers (`data.toolgate.deployment.tools`) is previewed by the
  * Decider — no arguments, nothing recorded, granted or reserved — and the
- * allowed ones are listed; needs_approval ones are listed and marked; denied
- * ones are left out. Paging as the spec says: `page.limit`, and an opaque
+ * allowed ones are listed; needs_approval ones are listed and marked; ones
+ * denied only for their (absent) arguments are listed and marked
+ * `depends_on_arguments`; other denied ones are left out. Paging as the spec says: `page.limit`, and an opaque
  * `next_token` ("" on the last page) bound to the query it continues.
  */
 import { createHash } from "node:crypto";
@@ -22,8 +23,20 @@ export interface ActionSearchRequest {
 
 export interface ActionSearchResult {
   name: string;
-  properties?: { needs_approval: true; approval?: unknown };
+  properties?:
+    | { needs_approval: true; approval?: unknown }
+    | { depends_on_arguments: true; reasons: string[] };
 }
+
+/**
+ * Deny reasons about the call's arguments: a search evaluates without any,
+ * so a tool denied for these alone may still be allowed with the right
+ * arguments — it is listed, marked `depends_on_arguments`.
+ */
+export const ARGUMENT_REASONS: ReadonlySet<string> = new Set([
+  "invalid_arguments",
+  "limit_exceeded",
+]);
 
 /** Results per page at most (and by default). */
 export const MAX_SEARCH_PAGE = 1000;
@@ -89,7 +102,11 @@ export function actionSearch(
   const found: ActionSearchResult[] = [];
   for (const r of results) {
     if (r.outcome === "allow") found.push({ name: r.name });
-    else if (r.outcome === "needs_approval") {
+    else if (r.outcome === "deny") {
+      const codes = [...new Set(r.reasons.map((x) => x.code))];
+      if (codes.length > 0 && codes.every((c) => ARGUMENT_REASONS.has(c)))
+        found.push({ name: r.name, properties: { depends_on_arguments: true, reasons: codes } });
+    } else if (r.outcome === "needs_approval") {
       found.push({
         name: r.name,
         properties: {
