@@ -6,7 +6,7 @@ export default tseslint.config(
   { ignores: ["dist/", "node_modules/", ".tools/", "coverage/", "bundles/"] },
   js.configs.recommended,
   {
-    files: ["**/*.ts"],
+    files: ["**/*.ts", "**/*.mts"],
     extends: [...tseslint.configs.recommendedTypeChecked],
     languageOptions: {
       parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
