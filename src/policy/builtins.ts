@@ -225,19 +225,28 @@ function resolveZone(name: string): Zone {
 const FIRST_SEC = -11644473600; // 1601-01-01T00:00:00Z
 const LAST_SEC = 253402300799; // 9999-12-31T23:59:59Z
 
+// The last lookup per zone: a rule reading time.clock and time.weekday of one
+// instant (business hours) asks twice; ICU's formatToParts costs ~5 µs.
+const lastOffset = new Map<string, { sec: number; offset: number }>();
+
 /** The zone's UTC offset in seconds at an instant (seconds since the epoch). */
 function offsetAt(zone: Zone, sec: bigint): number {
   if (zone === null) return 0;
+  const s = Math.min(Math.max(Number(sec), FIRST_SEC), LAST_SEC);
+  const last = lastOffset.get(zone);
+  if (last !== undefined && last.sec === s) return last.offset;
   const f = formatter(zone);
   if (f === undefined) throw new BuiltinError(`unknown time zone ${zone}`);
-  const s = Math.min(Math.max(Number(sec), FIRST_SEC), LAST_SEC);
   const parts: Record<string, string> = {};
   for (const p of f.formatToParts(new Date(s * 1000))) parts[p.type] = p.value;
   const wall =
     daysFromCivil(BigInt(parts.year ?? "0"), BigInt(parts.month ?? "0"), BigInt(parts.day ?? "0")) *
       86400n +
     BigInt(Number(parts.hour) * 3600 + Number(parts.minute) * 60 + Number(parts.second));
-  return Number(wall - BigInt(s));
+  const offset = Number(wall - BigInt(s));
+  if (lastOffset.size >= MAX_CACHED_ZONES) lastOffset.clear();
+  lastOffset.set(zone, { sec: s, offset });
+  return offset;
 }
 
 // ---- operands -----------------------------------------------------------------
