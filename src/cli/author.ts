@@ -265,7 +265,12 @@ interface LintViolation {
  * the library resolve), reporting only what is in DIR. The config is DIR's
  * nearest .regal/config.yaml, else the scaffold's.
  */
-function lint(src: RegoSources): { ok: boolean; config: string; violations: LintViolation[] } {
+function lint(src: RegoSources): {
+  ok: boolean;
+  config: string;
+  violations: LintViolation[];
+  error?: string;
+} {
   const config = regalConfigFor(src.dir);
   const r = spawnSync(
     findRegal(),
@@ -279,11 +284,15 @@ function lint(src: RegoSources): { ok: boolean; config: string; violations: Lint
   } catch {
     report = undefined;
   }
-  if ((r.status !== 0 && r.status !== 3) || report === undefined)
-    throw toolgateError(
-      "usage",
-      `regal lint failed (exit ${r.status ?? "signal"}): ${(r.stderr || r.stdout || "").trim().slice(0, 2000)}`,
-    );
+  if ((r.status !== 0 && r.status !== 3) || report === undefined) {
+    const why = (r.stderr || r.stdout || "").trim().slice(0, 2000);
+    return {
+      ok: false,
+      config,
+      violations: [],
+      error: `regal exited ${r.status ?? "on a signal"}: ${why}`,
+    };
+  }
   const violations: LintViolation[] = [];
   for (const v of Array.isArray(report.violations) ? report.violations : []) {
     if (!isObject(v)) continue;
@@ -353,19 +362,24 @@ export function policyTest(args: string[], out: Out): number {
     ...src.paths,
   ]);
   let coverage: number | null = null;
+  let reported = true;
   const failures: string[] = [];
   try {
     const report = JSON.parse(test.stdout) as { files?: unknown };
     coverage = ownCoverage(dir, report.files);
   } catch {
+    reported = false;
     failures.push("opa test did not produce a coverage report");
   }
   if (test.status !== 0) {
     const run = opa(["test", "--ignore", "capabilities.json", ...src.paths]);
     failures.push(run.stdout.trim() || run.stderr.trim());
   }
-  const lintResult = values["no-lint"] ? undefined : lint(src);
+  // Regal parses what opa check refused no better: lint a directory that compiles
+  const lintResult = values["no-lint"] || check.status !== 0 ? undefined : lint(src);
+  const fmtError = fmt.status !== 0 ? (fmt.stderr.trim().split("\n")[0] ?? "") : undefined;
   const ok =
+    fmtError === undefined &&
     unformatted.length === 0 &&
     check.status === 0 &&
     test.status === 0 &&
@@ -376,29 +390,35 @@ export function policyTest(args: string[], out: Out): number {
     ok,
     library: src.library,
     unformatted,
+    ...(fmtError !== undefined ? { fmt_error: fmtError } : {}),
     check: check.status === 0 ? "ok" : check.stderr.trim(),
     coverage,
     coverage_min: min,
     failures,
-    lint: lintResult ?? "skipped",
+    lint: lintResult ?? (values["no-lint"] ? "skipped" : "not run: check failed"),
   };
   if (values.json) out.stdout(JSON.stringify(result) + "\n");
   else {
     if (src.library === "toolgate")
       out.stdout(`library: toolgate's (${dir} defines no decision)\n`);
     out.stdout(
-      `fmt: ${unformatted.length === 0 ? "ok" : `unformatted: ${unformatted.join(", ")}`}\n`,
+      `fmt: ${fmtError !== undefined ? `failed: ${fmtError}` : unformatted.length === 0 ? "ok" : `unformatted: ${unformatted.join(", ")}`}\n`,
     );
     out.stdout(`check --strict: ${result.check}\n`);
     out.stdout(
       `test: ${test.status === 0 ? "pass" : "FAIL"}${failures.length ? "\n" + failures.join("\n") : ""}\n`,
     );
     out.stdout(
-      coverage === null
-        ? "coverage: no rules of its own to cover (toolgate's library is tested with toolgate)\n"
-        : `coverage: ${coverage.toFixed(2)} % of its own rules (minimum ${min} %)\n`,
+      !reported
+        ? "coverage: unknown\n"
+        : coverage === null
+          ? "coverage: no rules of its own to cover (toolgate's library is tested with toolgate)\n"
+          : `coverage: ${coverage.toFixed(2)} % of its own rules (minimum ${min} %)\n`,
     );
-    if (lintResult === undefined) out.stdout("lint: skipped (--no-lint)\n");
+    if (lintResult === undefined)
+      out.stdout(`lint: ${values["no-lint"] ? "skipped (--no-lint)" : "not run (check failed)"}\n`);
+    else if (lintResult.error !== undefined)
+      out.stdout(`lint (regal): FAIL\n${lintResult.error}\n`);
     else {
       const n = lintResult.violations.length;
       out.stdout(

@@ -138,6 +138,15 @@ test("a Regal violation fails policy test, naming the rule; --no-lint skips the 
   expect(JSON.parse(skipped.stdout)).toMatchObject({ ok: true, lint: "skipped" });
 });
 
+test("a scaffold that does not compile fails policy test at check, without a lint", () => {
+  const dir = scaffold();
+  appendFileSync(join(dir, "toolgate", "rules.rego"), "\nbroken := {\n");
+  const r = run("policy", "test", dir);
+  expect(r.status).toBe(1);
+  expect(r.stdout).toMatch(/check --strict: .*\n.*toolgate\/rules\.rego:\d+: rego_parse_error/);
+  expect(r.stdout).toContain("lint: not run (check failed)");
+});
+
 test("policy init refuses a directory that is not empty, and leaves it as it was", () => {
   const dir = tempDir("toolgate-init-");
   writeFileSync(join(dir, "data.json"), "{}\n");
