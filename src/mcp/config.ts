@@ -545,7 +545,13 @@ function mappedFields(
   onlyKeys(v, key, allowed, report);
   for (const [k, m] of Object.entries(v)) {
     if (!allowed.includes(k)) continue;
-    if (typeof m === "string" && m !== "") out[k] = m;
+    if (typeof m === "string" && m.startsWith("/"))
+      report(
+        `${key}.${k}`,
+        `is the literal ${JSON.stringify(m)}, which looks like a JSON pointer`,
+        `write {arg: "${m}"} to take the value from the arguments`,
+      );
+    else if (typeof m === "string" && m !== "") out[k] = m;
     else if (
       isObject(m) &&
       typeof m.arg === "string" &&
