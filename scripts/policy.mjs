@@ -27,7 +27,16 @@ const WASM_CAPABILITIES = path.join(
   "opa-wasm",
   "capabilities.json",
 );
-const EXTRA_BUILTINS = ["time.now_ns"]; // implemented by toolgate itself
+// implemented by toolgate itself (src/policy/engine.ts; the calendar builtins in src/policy/builtins.ts)
+const EXTRA_BUILTINS = [
+  "time.now_ns",
+  "time.clock",
+  "time.date",
+  "time.weekday",
+  "time.add_date",
+  "time.parse_rfc3339_ns",
+  "time.parse_duration_ns",
+];
 const BUNDLE = path.join("bundles", "support-triage.tar.gz");
 const ENTRYPOINT = "toolgate/decision";
 const COVERAGE_MIN = 90;
