@@ -228,6 +228,7 @@ export class Upstreams {
   private catalog = new Map<string, CatalogTool>();
   private readonly log: Logger;
   private refreshing: Promise<Map<string, CatalogTool>> | undefined;
+  private refreshedAt = 0;
 
   constructor(cfg: McpProxyConfig, log: Logger) {
     this.log = log;
@@ -275,6 +276,7 @@ export class Upstreams {
             next.set(name, { name, server: s, upstreamName: tool.name, tool, mapping });
           }
         this.catalog = next;
+        this.refreshedAt = Date.now();
         return next;
       } finally {
         this.refreshing = undefined;
@@ -283,9 +285,14 @@ export class Upstreams {
     return this.refreshing;
   }
 
-  /** The tool by agent-facing name; refreshes once when it is not known yet. */
+  /**
+   * The tool by agent-facing name; an unknown name re-reads the lists, at
+   * most once a second (unknown names cannot make the proxy hammer its servers).
+   */
   async find(name: string): Promise<CatalogTool | undefined> {
-    return this.catalog.get(name) ?? (await this.refresh()).get(name);
+    const known = this.catalog.get(name);
+    if (known !== undefined || Date.now() - this.refreshedAt < 1000) return known;
+    return (await this.refresh()).get(name);
   }
 
   async close(): Promise<void> {
