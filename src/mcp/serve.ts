@@ -217,8 +217,10 @@ async function serveHttp(
       jsonRpcError(res, 500, -32603, "internal error");
     });
   });
-  srv.requestTimeout = 0; // SSE responses stay open while a call waits for its approval
-  srv.headersTimeout = 30_000;
+  // receiving a request (headers and body) is bounded; the SSE response of a call that waits
+  // for an approval is not (requestTimeout does not cover the response)
+  srv.requestTimeout = 30_000;
+  srv.headersTimeout = 15_000;
   await new Promise<void>((resolve, reject) => {
     srv.once("error", reject);
     srv.listen(http.port, http.host, () => resolve());
