@@ -171,7 +171,7 @@ export class McpProxy {
 
   /** A new agent-facing MCP server for one session (one per HTTP session; one for stdio). */
   createServer(sessionKey: string): Server {
-    const capabilities: ServerCapabilities = { tools: { listChanged: false } };
+    const capabilities: ServerCapabilities = { tools: { listChanged: true } };
     const pass = new Set<PassthroughMethod>(this.cfg.passthrough);
     if (pass.has("resources/list") || pass.has("resources/templates/list"))
       capabilities.resources = {};
@@ -185,6 +185,13 @@ export class McpProxy {
       },
     );
     const session = new Session(sessionKey);
+    // an upstream's list changed: this agent should list again (filtered anew)
+    const off = this.upstreams.onToolsChanged(() => {
+      server.sendToolListChanged().catch(() => undefined);
+    });
+    server.onclose = () => {
+      off();
+    };
     server.setRequestHandler(ListToolsRequestSchema, async () => ({
       tools: await this.listTools(),
     }));

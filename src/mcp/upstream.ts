@@ -16,7 +16,11 @@ import {
   getDefaultEnvironment,
 } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import { ResultSchema, type Tool } from "@modelcontextprotocol/sdk/types.js";
+import {
+  ResultSchema,
+  ToolListChangedNotificationSchema,
+  type Tool,
+} from "@modelcontextprotocol/sdk/types.js";
 import { toolgateError } from "../errors";
 import { forbiddenKey, isObject } from "../shared/guards";
 import type { Logger } from "../shared/log";
@@ -50,6 +54,8 @@ export class Upstream {
   private readonly limits: McpProxyConfig["limits"];
   private readonly log: Logger;
   private connected = false;
+  /** Called when the server sends notifications/tools/list_changed. */
+  onToolsChanged: (() => void) | undefined;
 
   constructor(cfg: UpstreamConfig, limits: McpProxyConfig["limits"], log: Logger) {
     this.name = cfg.name;
@@ -111,6 +117,9 @@ export class Upstream {
       );
     }
     this.connected = true;
+    this.client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
+      this.onToolsChanged?.();
+    });
     this.client.onerror = (e) =>
       this.log.warn("upstream error", {
         event: "mcp.upstream_error",
@@ -233,6 +242,19 @@ export class Upstreams {
   constructor(cfg: McpProxyConfig, log: Logger) {
     this.log = log;
     this.servers = cfg.servers.map((s) => new Upstream(s, cfg.limits, log));
+    for (const s of this.servers)
+      s.onToolsChanged = () => {
+        this.refreshedAt = 0; // the next lookup of an unknown name re-reads at once
+        for (const fn of this.listeners) fn();
+      };
+  }
+
+  private readonly listeners = new Set<() => void>();
+
+  /** `fn` runs whenever an upstream's tool list changes (to tell the agents to list again). */
+  onToolsChanged(fn: () => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
   }
 
   /** Connects every server (all must come up). */

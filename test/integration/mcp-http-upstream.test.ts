@@ -9,6 +9,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { createInterface } from "node:readline";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { ToolListChangedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
 import { startMcpProxy, type RunningProxy } from "../../src/mcp";
 import {
   FIXTURE,
@@ -31,6 +32,8 @@ const HOSTILE = {
   chatty: { class: "read", stage: "autonomous", granted: true },
   sneaky: { class: "read", stage: "autonomous", granted: true },
   protoish: { class: "read", stage: "autonomous", granted: true },
+  add_tool: { class: "read", stage: "autonomous", granted: true },
+  late: { class: "read", stage: "autonomous", granted: true },
 };
 
 let sc: Sidecar;
@@ -148,5 +151,38 @@ describe("a hostile upstream", () => {
     // the session is still usable
     const ok = await client.callTool({ name: "lookup", arguments: { customer_id: "cust_1" } });
     expect(ok.isError).toBeFalsy();
+  });
+});
+
+describe("an upstream whose tools change", () => {
+  let proxy: RunningProxy;
+  let client: Client;
+  beforeAll(async () => {
+    proxy = await startMcpProxy(
+      proxyConfig(sc, {
+        servers: [
+          { name: "fx", command: NODE, args: [FIXTURE], env: { MCP_FIXTURE_DYNAMIC: "1" } },
+        ],
+      }),
+    );
+    client = await httpClient(proxy.url as string);
+  });
+  afterAll(async () => {
+    await client?.close();
+    await proxy?.stop();
+  });
+
+  test("notifications/tools/list_changed reaches the agent; the new tool is listed and decided", async () => {
+    expect((await client.listTools()).tools.map((t) => t.name)).not.toContain("late");
+    const changed = new Promise<void>((resolve) =>
+      client.setNotificationHandler(ToolListChangedNotificationSchema, () => resolve()),
+    );
+    const r = await client.callTool({ name: "add_tool", arguments: {} });
+    expect(textOf(r)).toBe("added");
+    await changed;
+    expect((await client.listTools()).tools.map((t) => t.name)).toContain("late");
+    const late = await client.callTool({ name: "late", arguments: {} });
+    expect(late.isError).toBeFalsy();
+    expect(metaOf(late)["io.toolgate/outcome"]).toBe("allow");
   });
 });
