@@ -47,13 +47,19 @@ export interface CatalogTool {
 /** The grant of the call in flight: the HTTP transport's fetch sends it as Authorization. */
 const currentGrant = new AsyncLocalStorage<string | undefined>();
 
+/** A server that exited is started again on demand, at most once per this interval. */
+export const RESTART_INTERVAL_MS = 1000;
+
 export class Upstream {
   readonly name: string;
-  readonly client: Client;
+  client: Client;
   private readonly cfg: UpstreamConfig;
   private readonly limits: McpProxyConfig["limits"];
   private readonly log: Logger;
   private connected = false;
+  private closing = false;
+  private lastAttempt = 0;
+  private reconnecting: Promise<void> | undefined;
   /** Called when the server sends notifications/tools/list_changed. */
   onToolsChanged: (() => void) | undefined;
 
@@ -74,6 +80,8 @@ export class Upstream {
   }
 
   async connect(): Promise<void> {
+    this.lastAttempt = Date.now();
+    const client = new Client({ name: "toolgate-mcp-proxy", version: "1" }, { capabilities: {} });
     const transport =
       this.cfg.url !== undefined
         ? new StreamableHTTPClientTransport(new URL(this.cfg.url), {
@@ -108,19 +116,30 @@ export class Upstream {
       });
     }
     try {
-      await this.client.connect(transport, { timeout: this.limits.callTimeoutMs });
+      await client.connect(transport, { timeout: this.limits.callTimeoutMs });
     } catch (e) {
+      await client.close().catch(() => undefined);
       throw toolgateError(
         "mcp_upstream_unavailable",
         `MCP server "${this.name}" (${this.kind}) could not be started or reached: ${(e as Error).message}`,
         { cause: e },
       );
     }
+    this.client = client;
     this.connected = true;
-    this.client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
+    client.setNotificationHandler(ToolListChangedNotificationSchema, () => {
       this.onToolsChanged?.();
     });
-    this.client.onerror = (e) =>
+    client.onclose = () => {
+      if (this.client !== client) return;
+      this.connected = false;
+      if (!this.closing)
+        this.log.warn("upstream MCP server closed; it is started again on the next use", {
+          event: "mcp.upstream_closed",
+          server: this.name,
+        });
+    };
+    client.onerror = (e) =>
       this.log.warn("upstream error", {
         event: "mcp.upstream_error",
         server: this.name,
@@ -128,12 +147,40 @@ export class Upstream {
       });
   }
 
+  /** The connected client; a server that exited is started (or reached) again, rate-limited. */
+  private async ready(): Promise<Client> {
+    if (this.connected) return this.client;
+    if (this.closing)
+      throw toolgateError("mcp_upstream_unavailable", `MCP server "${this.name}" is stopped`);
+    if (this.reconnecting === undefined) {
+      if (Date.now() - this.lastAttempt < RESTART_INTERVAL_MS)
+        throw toolgateError(
+          "mcp_upstream_unavailable",
+          `MCP server "${this.name}" is down; it is started again at most once a second`,
+        );
+      this.reconnecting = this.connect()
+        .then(() => {
+          this.log.info("upstream MCP server started again", {
+            event: "mcp.upstream_restarted",
+            server: this.name,
+          });
+          this.onToolsChanged?.();
+        })
+        .finally(() => {
+          this.reconnecting = undefined;
+        });
+    }
+    await this.reconnecting;
+    return this.client;
+  }
+
   /** The server's tools, sanitised; invalid ones are skipped (and logged). */
   async listTools(): Promise<Tool[]> {
     const out: Tool[] = [];
     let cursor: string | undefined;
     for (let page = 0; page < MAX_PAGES; page++) {
-      const res = await this.client.listTools(cursor !== undefined ? { cursor } : {}, {
+      const client = await this.ready();
+      const res = await client.listTools(cursor !== undefined ? { cursor } : {}, {
         timeout: this.limits.callTimeoutMs,
       });
       for (const t of res.tools) {
@@ -207,8 +254,9 @@ export class Upstream {
     signal: AbortSignal | undefined,
   ): Promise<Record<string, unknown>> {
     const _meta = { ...meta, ...(grant !== undefined ? { "io.toolgate/grant": grant } : {}) };
+    const client = await this.ready();
     const res = await currentGrant.run(grant, () =>
-      this.client.callTool({ name, arguments: args, _meta }, undefined, {
+      client.callTool({ name, arguments: args, _meta }, undefined, {
         timeout: this.limits.callTimeoutMs,
         ...(signal !== undefined ? { signal } : {}),
       }),
@@ -218,13 +266,16 @@ export class Upstream {
 
   /** A read-only list method passed through (resources/list …), sanitised by the caller. */
   async request(method: string, params: Record<string, unknown>): Promise<Record<string, unknown>> {
-    const res = await this.client.request({ method, params }, ResultSchema, {
+    const client = await this.ready();
+    const res = await client.request({ method, params }, ResultSchema, {
       timeout: this.limits.callTimeoutMs,
     });
     return res;
   }
 
   async close(): Promise<void> {
+    this.closing = true;
+    await this.reconnecting?.catch(() => undefined);
     if (!this.connected) return;
     this.connected = false;
     await this.client.close().catch(() => undefined);

@@ -34,6 +34,7 @@ const HOSTILE = {
   protoish: { class: "read", stage: "autonomous", granted: true },
   add_tool: { class: "read", stage: "autonomous", granted: true },
   late: { class: "read", stage: "autonomous", granted: true },
+  crash: { class: "read", stage: "autonomous", granted: true },
 };
 
 let sc: Sidecar;
@@ -184,5 +185,21 @@ describe("an upstream whose tools change", () => {
     const late = await client.callTool({ name: "late", arguments: {} });
     expect(late.isError).toBeFalsy();
     expect(metaOf(late)["io.toolgate/outcome"]).toBe("allow");
+  });
+
+  test("a stdio server that exits is started again on the next use (at most once a second)", async () => {
+    const pidOf = async () =>
+      (
+        JSON.parse(
+          textOf(await client.callTool({ name: "lookup", arguments: { customer_id: "cust_1" } })),
+        ) as { pid: number }
+      ).pid;
+    const before = await pidOf();
+    expect(textOf(await client.callTool({ name: "crash", arguments: {} }))).toBe("exiting");
+    await new Promise((r) => setTimeout(r, 1200));
+    const r = await client.callTool({ name: "lookup", arguments: { customer_id: "cust_1" } });
+    expect(r.isError).toBeFalsy();
+    expect(JSON.parse(textOf(r))).toMatchObject({ tool: "lookup" });
+    expect((JSON.parse(textOf(r)) as { pid: number }).pid).not.toBe(before);
   });
 });
