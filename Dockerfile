@@ -2,7 +2,13 @@
 # toolgate — authorization sidecar for AI agents (see docs/deploy.md).
 #
 #   docker build -t toolgate:0.1.0 .
-#   docker run --rm -p 127.0.0.1:8181:8181 -e TOOLGATE_AGENT_HOST=0.0.0.0 toolgate:0.1.0
+#   scripts/image.sh build     # the same build without a Docker daemon (buildah)
+#
+# Running it: the quick start in docs/deploy.md. A port published with -p
+# needs TOOLGATE_AGENT_HOST=0.0.0.0, and off loopback the agent port must
+# verify callers: identity.mode jwt with a key of yours
+# (TOOLGATE_IDENTITY_MODE=jwt, TOOLGATE_IDENTITY_JWT_PUBLIC_KEY_FILE or
+# _JWKS_URL). The default trusted mode there exits with config_invalid.
 #
 # Stages: build (npm ci + tsc) → runtime (production dependencies + what runs).
 # The base is pinned by exact tag; pin it by digest too in your own registry
@@ -58,7 +64,7 @@ RUN groupadd --system --gid 10001 toolgate \
 
 # The agent port stays on loopback (toolgate's default, 127.0.0.1:8181): the
 # agent runs in the same pod. With plain Docker set TOOLGATE_AGENT_HOST=0.0.0.0
-# and publish to 127.0.0.1 only. Ports and hosts are deliberately not set here:
+# with identity.mode jwt (see above) and publish to 127.0.0.1 only. Ports and hosts are deliberately not set here:
 # environment variables win over a config file, so an ENV line would silently
 # override a mounted /etc/toolgate/config.yaml (TOOLGATE_CONFIG). Without a
 # bundle setting the embedded reference bundle bundles/support-triage.tar.gz
