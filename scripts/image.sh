@@ -4,6 +4,7 @@
 # own image store in the git-ignored .tools/image/ (podman reads the same store
 # through CONTAINERS_STORAGE_CONF, so the image can be run as built).
 #   scripts/image.sh build   -> builds (cached), prints the image reference, e.g. localhost/toolgate:0.1.0
+#   scripts/image.sh base    -> installs the tools and builds the base only (what `npm run tools` prepares)
 #   scripts/image.sh env     -> prints `export CONTAINERS_STORAGE_CONF=… CONTAINERS_CONF=…` for buildah/podman on that store
 #   scripts/image.sh podman run --rm localhost/toolgate:0.1.0 version   -> podman (or buildah) on that store
 #   scripts/image.sh size    -> the built image's size: uncompressed (as stored) and gzip-compressed (as pushed)
@@ -98,9 +99,9 @@ case "$cmd" in
     rm -rf "$dir"
     exit 0
     ;;
-  build | size) ;;
+  build | base | size) ;;
   *)
-    echo "usage: scripts/image.sh build|env|size|clean" >&2
+    echo "usage: scripts/image.sh build|base|env|size|podman …|buildah …|clean" >&2
     exit 2
     ;;
 esac
@@ -211,12 +212,16 @@ base_recipe() {
   buildah inspect --type image --format '{{index .OCIv1.Config.Labels "org.toolgate.base.recipe"}}' "$BASE" 2>/dev/null || true
 }
 
-if [ "$cmd" = build ]; then
+if [ "$cmd" = build ] || [ "$cmd" = base ]; then
   base="${TOOLGATE_IMAGE_BASE:-$BASE}"
   if [ -z "${TOOLGATE_IMAGE_BASE:-}" ] && [ "$(base_recipe)" != "$RECIPE" ]; then
     started=$SECONDS
     build_base
     log "base: $BASE built in $((SECONDS - started)) s"
+  fi
+  if [ "$cmd" = base ]; then
+    echo "$base"
+    exit 0
   fi
   started=$SECONDS
   log "building $IMAGE from the Dockerfile (buildah bud --isolation chroot --layers)"
