@@ -643,6 +643,11 @@ async function main() {
   const fleet = measureFleet();
   if (fleet.failed) process.exitCode = 1;
 
+  // Session state (#19) and the MCP proxy (#17), each in its own process.
+  const session = measureScript("session", ["--expose-gc"], QUICK ? ["--iterations", "1000"] : []);
+  const mcp = measureScript("mcp", [], QUICK ? ["--calls", "100", "--rounds", "1"] : []);
+  if (session.failed || mcp.failed) process.exitCode = 1;
+
   // In separate processes, several times: on this VM one process's p50 swings 1.5-2x from the next's.
   log(`in-process timings (scripts/bench/inproc.mjs, ${INPROC_RUNS} processes)`);
   let inproc;
@@ -726,6 +731,8 @@ async function main() {
     trailBytes,
     swap,
     fleet,
+    session,
+    mcp,
     seconds: (Date.now() - started) / 1000,
   });
   fs.mkdirSync(path.dirname(OUT), { recursive: true });
@@ -734,6 +741,24 @@ async function main() {
   log(
     `wrote ${path.relative(process.cwd(), OUT) || OUT} in ${f((Date.now() - started) / 1000, 0)} s`,
   );
+}
+
+/**
+ * scripts/bench/<name>.mjs in its own process: its markdown (stdout, or the
+ * --md file it writes), or {failed}. Never throws.
+ */
+function measureScript(name, nodeFlags, args) {
+  log(`${name} (scripts/bench/${name}.mjs)`);
+  const script = path.join(ROOT, "scripts", "bench", `${name}.mjs`);
+  const r = spawnSync(process.execPath, [...nodeFlags, script, ...args], {
+    cwd: ROOT,
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+    maxBuffer: 16 * 1024 * 1024,
+  });
+  if (r.status !== 0 || !r.stdout.trim())
+    return { failed: `scripts/bench/${name}.mjs exited ${r.status}` };
+  return { md: r.stdout.trim() };
 }
 
 /**
@@ -1235,10 +1260,24 @@ function renderReport(R) {
       `fleet-mode throughput ratio (fleet/single-pod, no fleet state, c=${fl.throughput.connections}): ${f(fl.throughput.ratio, 3)} — target ≥ 0.9: ${met(fl.throughput.ratio >= 0.9)}  `,
     );
   } else p(`fleet: not measured (${R.fleet.failed})  `);
+  const sessionLine = R.session.md?.split("\n").find((l) => l.startsWith("decision cost with"));
+  p(
+    sessionLine !== undefined
+      ? `${sessionLine}  `
+      : `session: not measured (${R.session.failed})  `,
+  );
   p();
   p("## Fleet");
   p();
   p(R.fleet.md ?? `Not measured: ${R.fleet.failed}`);
+  p();
+  p("## Session state");
+  p();
+  p(R.session.md ?? `Not measured: ${R.session.failed}`);
+  p();
+  p("## MCP proxy: added latency per tools/call");
+  p();
+  p(R.mcp.md ?? `Not measured: ${R.mcp.failed}`);
   return L.join("\n");
 }
 

@@ -83,9 +83,14 @@ granted(_) := {"code": "granted", "message": concat("", [
 	"' for job purpose '", job.purpose, "' on behalf of '", subject_id, "'",
 ])}
 
-approval_reasons contains {"code": "approval_required", "message": r.message} if {
+approval_reasons contains {"code": requirement_code(r), "message": r.message} if {
 	some r in approval_requirements
 }
+
+# A requirement names its reason code (e.g. egress_after_sensitive_read), else approval_required.
+requirement_code(r) := r.code if is_string(r.code)
+
+else := "approval_required"
 
 approval_reasons contains {"code": "approval_invalid", "message": concat("", ["the presented approval does not satisfy this request: ", p])} if {
 	approval

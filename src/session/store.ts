@@ -17,7 +17,6 @@ import { isObject } from "../shared/guards";
 
 /** The windows counts and sums are kept for, in seconds (`in_window["3600"]`). */
 export const SESSION_WINDOWS_SECONDS = [60, 3600, 86_400] as const;
-const WIDEST_WINDOW_SECONDS = 86_400;
 /** Numeric arguments summed per tool at most (the first seen). */
 const MAX_SUMMED_ARGUMENTS = 8;
 /** Decisions remembered for their action report (decision id → session) at most. */
@@ -99,6 +98,40 @@ interface LabelTotals {
   last_decision_id: string;
 }
 
+/**
+ * One window's running totals: counts per tool and sums per tool and
+ * argument of the events from number `tail` to the newest. An event enters
+ * every window when recorded and leaves each as it ages out (or is dropped
+ * from the ring), so a view costs O(tools × windows), never O(events).
+ */
+interface WindowTotals {
+  tail: number;
+  count: Map<string, number>;
+  sums: Map<string, Map<string, number>>;
+}
+
+function enter(w: WindowTotals, e: WindowEvent): void {
+  w.count.set(e.tool, (w.count.get(e.tool) ?? 0) + 1);
+  if (e.sums === undefined) return;
+  let per = w.sums.get(e.tool);
+  if (per === undefined) w.sums.set(e.tool, (per = new Map()));
+  for (const [a, v] of e.sums) per.set(a, (per.get(a) ?? 0) + v);
+}
+
+function leave(w: WindowTotals, e: WindowEvent): void {
+  const n = (w.count.get(e.tool) ?? 1) - 1;
+  if (n > 0) w.count.set(e.tool, n);
+  else {
+    // the last of this tool in the window: exact zeros, no floating-point residue
+    w.count.delete(e.tool);
+    w.sums.delete(e.tool);
+    return;
+  }
+  const per = w.sums.get(e.tool);
+  if (e.sums === undefined || per === undefined) return;
+  for (const [a, v] of e.sums) per.set(a, (per.get(a) ?? 0) - v);
+}
+
 /** One allowed decision in the window ring: when, which tool, its numeric arguments. */
 interface WindowEvent {
   atMs: number;
@@ -111,10 +144,21 @@ class Session {
   startedMs: number;
   lastMs: number;
   decisions = 0;
-  /** Allowed decisions, oldest first, at most maxEvents (a ring: `head` is the oldest). */
+  /**
+   * Allowed decisions, at most maxEvents: event number `seq` (0, 1, …) sits
+   * at `ring[seq % maxEvents]`; `seq` is the next number. Their times never
+   * go backwards (a clock step back is clamped).
+   */
   ring: WindowEvent[] = [];
-  head = 0;
+  seq = 0;
+  lastAtMs = -Infinity;
   dropped = 0;
+  /** Per window: running counts and sums of the events inside it, from event `tail` on. */
+  windows: WindowTotals[] = SESSION_WINDOWS_SECONDS.map(() => ({
+    tail: 0,
+    count: new Map<string, number>(),
+    sums: new Map<string, Map<string, number>>(),
+  }));
   tools = new Map<string, ToolTotals>();
   labels = new Map<string, LabelTotals>();
   egress = { count: 0, last_ns: 0 };
@@ -202,26 +246,22 @@ export class SessionStore implements SessionPort {
       out.tools[name] = { ...t, in_window, sums };
     }
     for (const [name, l] of s.labels) out.labels[name] = { ...l, tools: [...l.tools] };
-    // windows: newest first, until older than the widest window
-    const widest = WIDEST_WINDOW_SECONDS * 1000;
-    const ring = s.ring;
-    const n = ring.length;
-    for (let k = n - 1; k >= 0; k--) {
-      const e = ring[(s.head + k) % n] as WindowEvent;
-      const age = nowMs - e.atMs;
-      if (age >= widest) break;
-      const t = out.tools[e.tool];
-      if (t === undefined) continue;
-      for (const w of SESSION_WINDOWS_SECONDS) {
-        if (age >= w * 1000) continue;
-        t.in_window[w] = (t.in_window[w] ?? 0) + 1;
-        if (e.sums === undefined) continue;
-        for (const [a, v] of e.sums) {
-          const per = t.sums[a];
-          if (per !== undefined) per[w] = (per[w] ?? 0) + v;
+    this.expire(s, nowMs);
+    SESSION_WINDOWS_SECONDS.forEach((seconds, i) => {
+      const w = s.windows[i] as WindowTotals;
+      for (const [tool, n] of w.count) {
+        const t = out.tools[tool];
+        if (t !== undefined) t.in_window[seconds] = n;
+      }
+      for (const [tool, per] of w.sums) {
+        const t = out.tools[tool];
+        if (t === undefined) continue;
+        for (const [a, v] of per) {
+          const sums = t.sums[a];
+          if (sums !== undefined) sums[seconds] = v;
         }
       }
-    }
+    });
     return out;
   }
 
@@ -339,14 +379,39 @@ export class SessionStore implements SessionPort {
         (sums ??= []).push([a, v]);
       }
     }
-    const e: WindowEvent = { atMs: nowMs, tool, sums };
-    if (s.ring.length < this.opts.maxEvents) {
-      s.ring.push(e);
-      return;
-    }
-    s.ring[s.head] = e;
-    s.head = (s.head + 1) % s.ring.length;
-    s.dropped++;
+    const atMs = Math.max(nowMs, s.lastAtMs);
+    s.lastAtMs = atMs;
+    const e: WindowEvent = { atMs, tool, sums };
+    const cap = this.opts.maxEvents;
+    if (s.ring.length === cap) {
+      // the oldest leaves the ring, and every window it is still in
+      const oldest = s.seq - cap;
+      const gone = s.ring[oldest % cap] as WindowEvent;
+      for (const w of s.windows) {
+        if (w.tail > oldest) continue;
+        leave(w, gone);
+        w.tail = oldest + 1;
+      }
+      s.dropped++;
+      s.ring[s.seq % cap] = e;
+    } else s.ring.push(e);
+    s.seq++;
+    for (const w of s.windows) enter(w, e);
+  }
+
+  /** Moves each window's tail past the events that have aged out of it by `nowMs`. */
+  private expire(s: Session, nowMs: number): void {
+    const cap = this.opts.maxEvents;
+    SESSION_WINDOWS_SECONDS.forEach((seconds, i) => {
+      const w = s.windows[i] as WindowTotals;
+      const limit = nowMs - seconds * 1000;
+      while (w.tail < s.seq) {
+        const e = s.ring[w.tail % cap] as WindowEvent;
+        if (e.atMs > limit) break;
+        leave(w, e);
+        w.tail++;
+      }
+    });
   }
 
   /** Forgets sessions idle beyond retention (oldest first), then the least active beyond maxSessions. */

@@ -163,3 +163,39 @@ test("max_events 0 keeps nothing", () => {
   expect(s.enabled).toBe(false);
   expect(s.size()).toBe(0);
 });
+
+test("the running window totals equal a recount, over random histories and caps", () => {
+  let seed = 7;
+  const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+  for (const cap of [1, 5, 50]) {
+    const s = store({ maxEvents: cap, retentionSeconds: 7 * 86_400 });
+    const kept: Array<{ at: number; tool: string; amount: number }> = [];
+    let now = 0;
+    for (let i = 0; i < 600; i++) {
+      now += Math.floor(rand() * 3 * 60_000);
+      const tool = rand() < 0.5 ? "refunds.issue" : "accounts.summary.read";
+      const amount = Math.floor(rand() * 100);
+      s.record("s", decision("allow"), req(tool, { amount }), engine, now);
+      kept.push({ at: now, tool, amount });
+      if (kept.length > cap) kept.shift();
+      if (i % 7 !== 0) continue;
+      const probe = now + Math.floor(rand() * 90_000);
+      const v = s.view("s", probe);
+      for (const w of [60, 3600, 86_400]) {
+        for (const tool of ["refunds.issue", "accounts.summary.read"]) {
+          const inside = kept.filter((e) => e.tool === tool && probe - e.at < w * 1000);
+          const t = v.tools[tool];
+          if (t === undefined) continue;
+          expect([cap, i, w, tool, t.in_window[w]]).toEqual([cap, i, w, tool, inside.length]);
+          expect([cap, i, w, tool, t.sums.amount?.[w]]).toEqual([
+            cap,
+            i,
+            w,
+            tool,
+            inside.reduce((n, e) => n + e.amount, 0),
+          ]);
+        }
+      }
+    }
+  }
+});
