@@ -54,11 +54,18 @@ approval_requirements contains object.union(requirement("egress_after_sensitive_
 	some label, seen in session.labels
 	sensitive_label(label)
 	seen.count > 0
-	msg := concat("", [
-		"tool '", tool_name, "' sends data out, and this session read '", label, "' data earlier (",
-		concat(", ", [t | some t in seen.tools; is_string(t)]), "; decision ", seen.last_decision_id, ")",
-	])
+	msg := egress_message(label, seen)
 }
+
+egress_message(label, seen) := concat("", [
+	"tool '", tool_name, "' sends data out, and this session may have read '", label,
+	"' data before toolgate had to forget it (session.max_sessions)",
+]) if {
+	seen.forgotten == true
+} else := concat("", [
+	"tool '", tool_name, "' sends data out, and this session read '", label, "' data earlier (",
+	concat(", ", [t | some t in seen.tools; is_string(t)]), "; decision ", seen.last_decision_id, ")",
+])
 
 # Without a session toolgate cannot know what was read before: egress needs an approval.
 approval_requirements contains object.union(requirement("egress_without_session", approval_defaults, msg), {"code": "egress_without_session"}) if {

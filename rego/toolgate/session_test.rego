@@ -38,6 +38,16 @@ test_web_post_needs_a_manager_after_a_pii_read if {
 	contains(r.message, "d-1")
 }
 
+test_a_forgotten_session_still_gates_egress if {
+	forgotten := {"forgotten": true, "count": 1, "tools": [], "last_decision_id": ""}
+	s := object.union(fresh, {"labels": {"customer_pii": forgotten}})
+	d := decide(in_session("alice", "web.post", {}, s))
+	d.outcome == "needs_approval"
+	codes(d) == {"egress_after_sensitive_read"}
+	some r in d.reasons
+	contains(r.message, "forget")
+}
+
 test_a_label_that_is_not_sensitive_does_not_gate if {
 	s := object.union(fresh, {"labels": {"public_docs": read_pii}})
 	decide(in_session("alice", "web.post", {}, s)).outcome == "allow"

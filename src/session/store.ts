@@ -32,6 +32,56 @@ export interface SessionOptions {
   onEvict?: (sessionId: string) => void;
 }
 
+/**
+ * Sessions forgotten to make room must not come back clean: an agent that
+ * opens `max_sessions` new sessions would otherwise evict the one that read
+ * sensitive data, then egress from it. Per label, the ids of evicted sessions
+ * that had touched it go into a Bloom filter (2^20 bits, 3 hashes: 128 KiB a
+ * label); a session id found there starts with that label marked touched
+ * (`forgotten: true`). A false positive (about 1.6 % after 100,000 evictions
+ * of one label) fails closed: egress then needs an approval.
+ */
+class EvictedLabels {
+  private static readonly BITS = 1 << 20;
+  private readonly filters = new Map<string, Uint8Array>();
+
+  private static hashes(id: string): [number, number, number] {
+    // FNV-1a, three seeds: collisions only ever add false positives (fail closed)
+    const h = [0x811c9dc5, 0x01000193, 0x9e3779b9].map((seed) => {
+      let x = seed >>> 0;
+      for (let i = 0; i < id.length; i++) {
+        x ^= id.charCodeAt(i);
+        x = Math.imul(x, 0x01000193) >>> 0;
+      }
+      return x % EvictedLabels.BITS;
+    });
+    return h as [number, number, number];
+  }
+
+  add(id: string, labels: Iterable<string>): void {
+    const hs = EvictedLabels.hashes(id);
+    for (const label of labels) {
+      let f = this.filters.get(label);
+      if (f === undefined) {
+        if (this.filters.size >= MAX_LABELS) continue;
+        this.filters.set(label, (f = new Uint8Array(EvictedLabels.BITS / 8)));
+      }
+      for (const b of hs) f[b >>> 3] = (f[b >>> 3] as number) | (1 << (b & 7));
+    }
+  }
+
+  /** The labels an evicted session of this id may have touched. */
+  of(id: string): string[] {
+    if (this.filters.size === 0) return [];
+    const hs = EvictedLabels.hashes(id);
+    const out: string[] = [];
+    for (const [label, f] of this.filters) {
+      if (hs.every((b) => ((f[b >>> 3] as number) & (1 << (b & 7))) !== 0)) out.push(label);
+    }
+    return out;
+  }
+}
+
 /** What the registry says of a tool: `data.toolgate.deployment.tools[name]`. */
 export interface ToolFacts {
   class: string | null;
@@ -90,6 +140,8 @@ interface ToolTotals {
 }
 
 interface LabelTotals {
+  /** Set when the session was forgotten to make room and came back: the label may have been read. */
+  forgotten?: true;
   count: number;
   first_ns: number;
   last_ns: number;
@@ -172,6 +224,19 @@ class Session {
   }
 }
 
+/** A label an evicted session may have touched (see EvictedLabels). */
+function forgottenLabel(nowMs: number): LabelTotals {
+  return {
+    forgotten: true,
+    count: 1,
+    first_ns: nowMs * 1e6,
+    last_ns: nowMs * 1e6,
+    tools: [],
+    first_decision_id: "",
+    last_decision_id: "",
+  };
+}
+
 /** The decision a later action report names: its session and tool. */
 interface Pending {
   session: string;
@@ -198,6 +263,7 @@ export class SessionStore implements SessionPort {
   /** Least recently active first. */
   private readonly sessions = new Map<string, Session>();
   private readonly pending = new Map<string, Pending>();
+  private readonly evicted = new EvictedLabels();
 
   constructor(opts: SessionOptions) {
     this.opts = opts;
@@ -233,7 +299,10 @@ export class SessionStore implements SessionPort {
       labels: Object.create(null) as SessionView["labels"],
       egress: { ...(s?.egress ?? { count: 0, last_ns: 0 }) },
     };
-    if (s === undefined) return out;
+    if (s === undefined) {
+      for (const label of this.evicted.of(id)) out.labels[label] = forgottenLabel(nowMs);
+      return out;
+    }
     for (const [name, t] of s.tools) {
       const in_window = Object.create(null) as Record<string, number>;
       const sums = Object.create(null) as Record<string, Record<string, number>>;
@@ -282,6 +351,7 @@ export class SessionStore implements SessionPort {
     let s = this.live(id, nowMs);
     if (s === undefined) {
       s = new Session(id, nowMs);
+      for (const label of this.evicted.of(id)) s.labels.set(label, forgottenLabel(nowMs));
       this.sessions.set(id, s);
       this.sweep(nowMs);
     } else {
@@ -424,7 +494,9 @@ export class SessionStore implements SessionPort {
     while (this.sessions.size > this.opts.maxSessions) {
       const oldest = this.sessions.keys().next().value;
       if (oldest === undefined) break;
+      const gone = this.sessions.get(oldest);
       this.sessions.delete(oldest);
+      if (gone !== undefined && gone.labels.size > 0) this.evicted.add(oldest, gone.labels.keys());
       this.opts.onEvict?.(oldest);
     }
   }

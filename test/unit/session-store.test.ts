@@ -199,3 +199,21 @@ test("the running window totals equal a recount, over random histories and caps"
     }
   }
 });
+
+test("a session evicted to make room comes back with its sensitive labels (no laundering by flooding)", () => {
+  const s = store({ maxSessions: 3 });
+  s.record("victim", decision("allow"), req("accounts.summary.read"), engine, 0);
+  s.record("clean", decision("allow"), req("refunds.issue", { amount: 1 }), engine, 0);
+  // the agent floods new sessions until both are evicted
+  for (let i = 0; i < 50; i++)
+    s.record(`flood-${i}`, decision("allow"), req("refunds.issue"), engine, 1 + i);
+  const back = s.view("victim", 100);
+  expect(back.labels.customer_pii).toMatchObject({ forgotten: true, count: 1 });
+  // and stays marked once it records again
+  s.record("victim", decision("allow"), req("refunds.issue"), engine, 101);
+  expect(s.view("victim", 102).labels.customer_pii?.forgotten).toBe(true);
+  // a session that read nothing sensitive comes back clean
+  expect(Object.keys(s.view("clean", 103).labels)).toEqual([]);
+  // ids never evicted are clean (no false positive among these)
+  for (let i = 0; i < 200; i++) expect(Object.keys(s.view(`new-${i}`, 104).labels)).toEqual([]);
+});
