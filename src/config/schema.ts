@@ -45,22 +45,58 @@ const AGENT = {
 };
 
 const SERVER = {
-  agent: {
-    host: host({
-      key: "server.agent.host",
-      env: "TOOLGATE_AGENT_HOST",
-      default: "127.0.0.1",
-      doc: "Listen address of the agent port. Keep it on loopback: the agent runs in the same pod.",
-    }),
-    port: int({
-      key: "server.agent.port",
-      env: "TOOLGATE_AGENT_PORT",
-      min: 0,
-      max: 65535,
-      default: 8181,
-      doc: "Port of the agent-facing API (decisions, AuthZEN, OPA Data API, health). 0 picks a free port.",
-    }),
-  },
+  agent: section(
+    {
+      host: host({
+        key: "server.agent.host",
+        env: "TOOLGATE_AGENT_HOST",
+        default: "127.0.0.1",
+        doc: "Listen address of the agent port. Keep it on loopback: the agent runs in the same pod.",
+      }),
+      port: int({
+        key: "server.agent.port",
+        env: "TOOLGATE_AGENT_PORT",
+        min: 0,
+        max: 65535,
+        default: 8181,
+        doc: "Port of the agent-facing API (decisions, AuthZEN, OPA Data API, health). 0 picks a free port.",
+      }),
+      socket: path({
+        key: "server.agent.socket",
+        env: "TOOLGATE_AGENT_SOCKET",
+        default: null,
+        doc:
+          "A Unix domain socket the agent port also listens on, beside TCP (the same routes; health probes keep using TCP). " +
+          "Its directory must exist and must not be writable by everyone without the sticky bit; a stale socket there is replaced, any other file is refused. " +
+          "In Kubernetes: a volume shared by the agent and the sidecar (docs/deploy.md).",
+      }),
+      socketMode: text({
+        key: "server.agent.socket_mode",
+        env: "TOOLGATE_AGENT_SOCKET_MODE",
+        pattern: /^0?[0-7]{3}$/,
+        hint: "an octal file mode such as 0660",
+        default: "0660",
+        doc: "File mode of `server.agent.socket`: who may connect (write permission). 0660: toolgate's user and group. Modes that let others write are refused.",
+      }),
+    },
+    {
+      check({ socket, socketMode }, { report, resolve: at }) {
+        if (typeof socketMode === "string" && (parseInt(socketMode, 8) & 0o002) !== 0) {
+          report(
+            `key "server.agent.socket_mode" is ${JSON.stringify(socketMode)}: every local user could connect to the agent port. ` +
+              `Fix: use 0660 (toolgate's user and group) or 0600.`,
+          );
+        }
+        if (typeof socket === "string" && Buffer.byteLength(at(socket)) > 107) {
+          report(
+            `key "server.agent.socket" is ${JSON.stringify(socket)}: a Unix socket path may have at most 107 bytes, it has ${Buffer.byteLength(at(socket))}. ` +
+              `Fix: choose a shorter path (e.g. /var/run/toolgate/agent.sock).`,
+          );
+        }
+      },
+      compile: ({ socketMode, ...v }) => ({ ...v, socketMode: parseInt(socketMode, 8) }),
+    },
+  ),
   limits: {
     bodyBytes: int({
       key: "server.limits.body_bytes",

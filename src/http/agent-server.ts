@@ -312,15 +312,35 @@ function notReadyReason(components: Readiness["components"]): string {
 
 export type { RunningServer } from "./listen";
 
-/** Starts the agent port. Resolves once it listens. */
-export function startAgentServer(deps: AgentServerDeps): Promise<RunningServer> {
+/**
+ * Starts the agent port: TCP, and beside it the Unix domain socket
+ * `server.agent.socket` when one is set (the same app). Resolves once it listens.
+ */
+export async function startAgentServer(deps: AgentServerDeps): Promise<RunningServer> {
   const { requestTimeoutMs, agent } = deps.config.server;
-  return serve(createAgentApp(deps), {
+  const running = await serve(createAgentApp(deps), {
     host: agent.host,
     port: agent.port,
     requestTimeoutMs,
     headersTimeoutMs: Math.min(requestTimeoutMs, 60_000),
     keepAliveTimeoutMs: 5_000,
     setting: "server.agent.port / TOOLGATE_AGENT_PORT",
+    ...(agent.socket !== null
+      ? {
+          socket: {
+            path: agent.socket,
+            mode: agent.socketMode,
+            setting: "server.agent.socket / TOOLGATE_AGENT_SOCKET",
+          },
+        }
+      : {}),
   });
+  if (running.socket) {
+    deps.log.info("agent port listening on a Unix domain socket", {
+      event: "server.agent_socket",
+      socket: running.socket.path,
+      mode: `0${agent.socketMode.toString(8)}`,
+    });
+  }
+  return running;
 }

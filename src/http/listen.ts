@@ -1,13 +1,27 @@
 import { randomUUID } from "node:crypto";
+import { chmodSync, lstatSync, statSync, unlinkSync } from "node:fs";
 import { createServer, type RequestListener, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { connect, type AddressInfo } from "node:net";
+import { dirname } from "node:path";
 import { toolgateError } from "../errors";
 import type { Component, ComponentStatus } from "../shared/lifecycle";
 
 export interface RunningServer {
   server: Server;
   url: string;
+  /** The Unix domain socket the port also listens on (its own server, the same app), if any. */
+  socket?: { path: string; server: Server };
   close(): Promise<void>;
+}
+
+/** A Unix domain socket to listen on beside TCP (`server.agent.socket`). */
+export interface SocketOptions {
+  /** Absolute path of the socket file. */
+  path: string;
+  /** File mode of the socket (0o660: owner and group may connect). */
+  mode: number;
+  /** The settings that choose it, named in messages. */
+  setting: string;
 }
 
 export interface ServeOptions {
@@ -19,16 +33,149 @@ export interface ServeOptions {
   keepAliveTimeoutMs?: number;
   /** The settings that choose this port (`server.agent.port / TOOLGATE_AGENT_PORT`), named when it is taken. */
   setting?: string;
+  /** Also listen on this Unix domain socket (a second server with the same app and timeouts). */
+  socket?: SocketOptions;
 }
 
 /** A port's HTTP server: its timeouts, malformed HTTP answered in JSON, listening. */
-export function serve(app: RequestListener, opts: ServeOptions): Promise<RunningServer> {
-  const server = createServer(app);
-  server.requestTimeout = opts.requestTimeoutMs;
-  server.headersTimeout = opts.headersTimeoutMs;
-  if (opts.keepAliveTimeoutMs !== undefined) server.keepAliveTimeout = opts.keepAliveTimeoutMs;
-  answerClientErrors(server);
-  return listen(server, opts.host, opts.port, opts.setting);
+export async function serve(app: RequestListener, opts: ServeOptions): Promise<RunningServer> {
+  const make = (): Server => {
+    const server = createServer(app);
+    server.requestTimeout = opts.requestTimeoutMs;
+    server.headersTimeout = opts.headersTimeoutMs;
+    if (opts.keepAliveTimeoutMs !== undefined) server.keepAliveTimeout = opts.keepAliveTimeoutMs;
+    answerClientErrors(server);
+    return server;
+  };
+  const tcp = await listen(make(), opts.host, opts.port, opts.setting);
+  if (opts.socket === undefined) return tcp;
+  let unix: Server;
+  try {
+    unix = await listenSocket(make(), opts.socket);
+  } catch (e) {
+    await tcp.close();
+    throw e;
+  }
+  const socket = { path: opts.socket.path, server: unix };
+  return {
+    ...tcp,
+    socket,
+    close: async () => {
+      await Promise.all([tcp.close(), closeServer(unix)]);
+    },
+  };
+}
+
+function closeServer(server: Server): Promise<void> {
+  return new Promise<void>((res) => {
+    server.close(() => res());
+    server.closeAllConnections();
+  });
+}
+
+/**
+ * Listens on a Unix domain socket, safely: the socket's directory must exist
+ * and must not be writable by others unless it has the sticky bit (anyone
+ * could otherwise swap the socket for their own); a file already at the path
+ * is removed only when it is a socket nobody answers on (left over from a
+ * process that died), never when it is anything else or a live server's. The
+ * socket is created with `mode` (the umask narrowed while it is bound, so it
+ * is never more open than that) and removed when the server closes.
+ */
+export async function listenSocket(server: Server, opts: SocketOptions): Promise<Server> {
+  const { path, mode, setting } = opts;
+  const dir = dirname(path);
+  let dirStat;
+  try {
+    dirStat = statSync(dir);
+  } catch (e) {
+    throw toolgateError(
+      "config_invalid",
+      `${setting} is ${JSON.stringify(path)} but its directory cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}). ` +
+        `Fix: create the directory (in Kubernetes, a volume shared by the agent and the sidecar) or choose another path.`,
+      { cause: e },
+    );
+  }
+  if (!dirStat.isDirectory()) {
+    throw toolgateError(
+      "config_invalid",
+      `${setting} is ${JSON.stringify(path)} but ${dir} is not a directory. Fix: choose a path in a directory.`,
+    );
+  }
+  if ((dirStat.mode & 0o002) !== 0 && (dirStat.mode & 0o1000) === 0) {
+    throw toolgateError(
+      "config_invalid",
+      `${setting} is ${JSON.stringify(path)} but ${dir} is writable by everyone and has no sticky bit: ` +
+        `any local user could replace the socket with their own. Fix: put the socket in a directory only toolgate (and the agent's group) can write to.`,
+    );
+  }
+  await removeStale(path, setting);
+  await new Promise<void>((resolve, reject) => {
+    const failed = (e: NodeJS.ErrnoException): void =>
+      reject(
+        e.code === "EADDRINUSE"
+          ? toolgateError(
+              "port_in_use",
+              `${path} is already in use by another process; stop it or choose another path with ${setting}`,
+              { cause: e },
+            )
+          : e,
+      );
+    server.once("error", failed);
+    // bind creates the socket file as 0o777 & ~umask: narrowed to `mode` for the bind only
+    const umask = process.umask(0o777 & ~mode);
+    try {
+      server.listen(path, () => {
+        server.off("error", failed);
+        resolve();
+      });
+    } finally {
+      process.umask(umask);
+    }
+  });
+  try {
+    chmodSync(path, mode);
+  } catch (e) {
+    await closeServer(server);
+    throw e;
+  }
+  return server;
+}
+
+/** Removes a socket file left behind by a process that is gone; refuses anything else at the path. */
+async function removeStale(path: string, setting: string): Promise<void> {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
+    throw e;
+  }
+  if (!st.isSocket()) {
+    throw toolgateError(
+      "config_invalid",
+      `${setting} is ${JSON.stringify(path)} but a file that is not a socket is there; toolgate removes only a stale socket. ` +
+        `Fix: remove that file or choose another path.`,
+    );
+  }
+  // stale only when nobody listens (ECONNREFUSED); a live server or a socket we may not use is left alone
+  const outcome = await new Promise<string>((resolve) => {
+    const s = connect(path);
+    s.once("connect", () => {
+      s.destroy();
+      resolve("live");
+    });
+    s.once("error", (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+  });
+  if (outcome !== "ECONNREFUSED") {
+    throw toolgateError(
+      "port_in_use",
+      outcome === "live"
+        ? `${path} is already in use by another process (it answers); stop it or choose another path with ${setting}`
+        : `${path} is a socket toolgate cannot check (${outcome}); remove it or choose another path with ${setting}`,
+    );
+  }
+  unlinkSync(path);
 }
 
 /** Listens on host:port; resolves once listening, with the URL and a closer that drops open connections. */
@@ -125,7 +272,9 @@ export class PortComponent implements Component {
   }
 
   status(): ComponentStatus {
-    if (this.running?.server.listening === true) return { state: "OK" };
+    const r = this.running;
+    if (r?.server.listening === true && (r.socket === undefined || r.socket.server.listening))
+      return { state: "OK" };
     return { state: "NOT_READY", detail: this.stopped ? "stopped" : "not listening" };
   }
 }

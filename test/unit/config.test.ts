@@ -18,7 +18,12 @@ describe("config", () => {
   test("no file, no env: the embedded default", () => {
     const c = compileConfig({}, {});
     expect(c.agent.id).toBe("support-triage");
-    expect(c.server.agent).toEqual({ host: "127.0.0.1", port: 8181 });
+    expect(c.server.agent).toEqual({
+      host: "127.0.0.1",
+      port: 8181,
+      socket: null,
+      socketMode: 0o660,
+    });
     expect(c.policy.embedded).toBe(true);
     expect(c.policy.bundle).toMatch(/bundles[/\\]support-triage\.tar\.gz$/);
     expect(c.policy.entrypoint).toBe("toolgate/decision");
