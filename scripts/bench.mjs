@@ -648,6 +648,14 @@ async function main() {
   const mcp = measureScript("mcp", [], QUICK ? ["--calls", "100", "--rounds", "1"] : []);
   if (session.failed || mcp.failed) process.exitCode = 1;
 
+  // OTLP encoder A/B (#18): stock serializer vs the hand-written encoder, its own processes.
+  const encoderAb = measureScript(
+    "encoder-ab",
+    [],
+    QUICK ? ["--rounds", "2", "--seconds", "2", "--warmup", "1"] : [],
+  );
+  if (encoderAb.failed) process.exitCode = 1;
+
   // In separate processes, several times: on this VM one process's p50 swings 1.5-2x from the next's.
   log(`in-process timings (scripts/bench/inproc.mjs, ${INPROC_RUNS} processes)`);
   let inproc;
@@ -733,6 +741,7 @@ async function main() {
     fleet,
     session,
     mcp,
+    encoderAb,
     seconds: (Date.now() - started) / 1000,
   });
   fs.mkdirSync(path.dirname(OUT), { recursive: true });
@@ -1144,6 +1153,11 @@ function renderReport(R) {
   );
   p();
 
+  p("## OTLP encoder A/B (stock serializer vs hand-written)");
+  p();
+  p(R.encoderAb.md ?? `Not measured: ${R.encoderAb.failed}`);
+  p();
+
   renderProfile(R.profile, p, R.auditRuns);
 
   p("## Memory");
@@ -1245,6 +1259,12 @@ function renderReport(R) {
   const cost = median(costs);
   p(
     `audit cost (throughput, /v1/decisions, c=${AUDIT_CONNS}): ${f(cost, 1)} % — target ≤ 10 %: ${met(cost <= 10)} (rounds ${spread(costs, 1)} %)  `,
+  );
+  const encoderLine = R.encoderAb.md?.split("\n").find((l) => l.startsWith("encoder A/B"));
+  p(
+    encoderLine !== undefined
+      ? `${encoderLine}  `
+      : `encoder A/B: not measured (${R.encoderAb.failed})  `,
   );
   p(`idle RSS: ${f(R.idleRssMB, 1)} MB — target ≤ 150 MB: ${met(R.idleRssMB <= 150)}  `);
   p(swapSummary(R.swap));

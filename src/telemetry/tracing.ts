@@ -156,10 +156,22 @@ export function batchSettingsFromEnv(env: Env, log: Logger, given: BatchSettings
 }
 
 /** The transformer's protobuf serializer with toolgate's encoder for requests (same bytes, ./otlp-proto). */
-const protobufSerializer: ISerializer<ReadableSpan[], IExportTraceServiceResponse> = {
+const toolgateSerializer: ISerializer<ReadableSpan[], IExportTraceServiceResponse> = {
   serializeRequest: (spans) => encodeTraceRequest(spans),
   deserializeResponse: (data) => ProtobufTraceSerializer.deserializeResponse(data),
 };
+
+/**
+ * TEMPORARY (issue #18, the encoder A/B in scripts/bench/encoder-ab.mjs):
+ * TOOLGATE_OTLP_ENCODER=stock uses the transformer's ProtobufTraceSerializer,
+ * anything else toolgate's encoder. Read from the process environment (the
+ * audit worker's is a copy of the main thread's).
+ */
+function protobufSerializer(): ISerializer<ReadableSpan[], IExportTraceServiceResponse> {
+  return process.env.TOOLGATE_OTLP_ENCODER === "stock"
+    ? ProtobufTraceSerializer
+    : toolgateSerializer;
+}
 
 /**
  * OTLP/HTTP protobuf, as @opentelemetry/exporter-trace-otlp-proto builds it
@@ -173,7 +185,7 @@ class OTLPHttpProtoExporter extends OTLPExporterBase<ReadableSpan[]> implements 
         convertLegacyHttpOptions({ url }, "TRACES", "v1/traces", {
           "Content-Type": "application/x-protobuf",
         }),
-        protobufSerializer,
+        protobufSerializer(),
         "otlp_http_span_exporter",
         TraceExporterMetricsHelper,
         undefined,
