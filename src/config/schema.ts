@@ -67,7 +67,7 @@ const SERVER = {
         default: null,
         doc:
           "A Unix domain socket the agent port also listens on, beside TCP (the same routes; health probes keep using TCP). " +
-          "Its directory must exist and must not be writable by everyone without the sticky bit; a stale socket there is replaced, any other file is refused. " +
+          "Its directory is created (0750) when only it is missing; it must belong to toolgate's user or root and must not be writable by everyone without the sticky bit. A stale socket there is replaced, any other file is refused. " +
           "In Kubernetes: a volume shared by the agent and the sidecar (docs/deploy.md).",
       }),
       socketMode: text({

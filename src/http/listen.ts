@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { chmodSync, lstatSync, statSync, unlinkSync } from "node:fs";
+import { chmodSync, lstatSync, mkdirSync, statSync, unlinkSync, type Stats } from "node:fs";
 import { createServer, type RequestListener, type Server } from "node:http";
 import { connect, type AddressInfo } from "node:net";
 import { dirname } from "node:path";
@@ -74,39 +74,53 @@ function closeServer(server: Server): Promise<void> {
 }
 
 /**
- * Listens on a Unix domain socket, safely: the socket's directory must exist
- * and must not be writable by others unless it has the sticky bit (anyone
- * could otherwise swap the socket for their own); a file already at the path
- * is removed only when it is a socket nobody answers on (left over from a
- * process that died), never when it is anything else or a live server's. The
- * socket is created with `mode` (the umask narrowed while it is bound, so it
- * is never more open than that) and removed when the server closes.
+ * Listens on a Unix domain socket, safely. The socket's directory is created
+ * (one level, mode 0750 — or 0700 when `mode` gives the group nothing) when
+ * only it is missing: a Kubernetes emptyDir is world-writable, so the chart
+ * puts the socket in a directory toolgate makes inside it. The directory must
+ * belong to toolgate's user or root and must not be writable by others
+ * unless it has the sticky bit (anyone could otherwise swap the socket for
+ * their own). A file already at the path is removed only when it is a socket
+ * nobody answers on (left over from a process that died), never when it is
+ * anything else or a live server's. The socket is created with `mode` (the
+ * umask narrowed while it is bound, so it is never more open than that) and
+ * removed when the server closes.
  */
 export async function listenSocket(server: Server, opts: SocketOptions): Promise<Server> {
   const { path, mode, setting } = opts;
   const dir = dirname(path);
-  let dirStat;
-  try {
-    dirStat = statSync(dir);
-  } catch (e) {
+  const refuse = (why: string, fix: string, cause?: unknown): never => {
     throw toolgateError(
       "config_invalid",
-      `${setting} is ${JSON.stringify(path)} but its directory cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}). ` +
-        `Fix: create the directory (in Kubernetes, a volume shared by the agent and the sidecar) or choose another path.`,
-      { cause: e },
+      `${setting} is ${JSON.stringify(path)} but ${why}. Fix: ${fix}.`,
+      cause === undefined ? undefined : { cause },
     );
+  };
+  let dirStat = statOrUndefined(dir);
+  if (dirStat === undefined) {
+    try {
+      mkdirSync(dir, { mode: (mode & 0o070) !== 0 ? 0o750 : 0o700 });
+    } catch (e) {
+      refuse(
+        `its directory ${dir} is missing and cannot be created (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+        "create the directory above it (in Kubernetes, a volume shared by the agent and the sidecar) or choose another path",
+        e,
+      );
+    }
+    dirStat = statSync(dir);
   }
-  if (!dirStat.isDirectory()) {
-    throw toolgateError(
-      "config_invalid",
-      `${setting} is ${JSON.stringify(path)} but ${dir} is not a directory. Fix: choose a path in a directory.`,
+  if (!dirStat.isDirectory()) refuse(`${dir} is not a directory`, "choose a path in a directory");
+  const uid = process.geteuid?.();
+  if (uid !== undefined && dirStat.uid !== uid && dirStat.uid !== 0) {
+    refuse(
+      `${dir} belongs to another user (uid ${dirStat.uid}), who could replace the socket`,
+      "put the socket in a directory of toolgate's user (or root's)",
     );
   }
   if ((dirStat.mode & 0o002) !== 0 && (dirStat.mode & 0o1000) === 0) {
-    throw toolgateError(
-      "config_invalid",
-      `${setting} is ${JSON.stringify(path)} but ${dir} is writable by everyone and has no sticky bit: ` +
-        `any local user could replace the socket with their own. Fix: put the socket in a directory only toolgate (and the agent's group) can write to.`,
+    refuse(
+      `${dir} is writable by everyone and has no sticky bit: any local user could replace the socket with their own`,
+      "put the socket in a directory only toolgate (and the agent's group) can write to, e.g. a subdirectory toolgate creates (<dir>/agent/agent.sock)",
     );
   }
   await removeStale(path, setting);
@@ -140,6 +154,15 @@ export async function listenSocket(server: Server, opts: SocketOptions): Promise
     throw e;
   }
   return server;
+}
+
+function statOrUndefined(p: string): Stats | undefined {
+  try {
+    return statSync(p);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw e;
+  }
 }
 
 /** Removes a socket file left behind by a process that is gone; refuses anything else at the path. */

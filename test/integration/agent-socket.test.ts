@@ -264,11 +264,33 @@ describe("the socket file's rules", () => {
     }
   });
 
-  test("a missing directory is refused, naming the key", async () => {
-    const e = await startError({ TOOLGATE_AGENT_SOCKET: join(sockDir(), "nope", "agent.sock") });
+  test("a missing directory is created (0750, one level); two missing levels are refused", async () => {
+    const dir = join(sockDir(), "agent");
+    const tg = await startTestToolgate({ TOOLGATE_AGENT_SOCKET: join(dir, "agent.sock") });
+    try {
+      expect(statSync(dir).mode & 0o7777).toBe(0o750);
+      expect((await overSocket(join(dir, "agent.sock"), "GET", "/health/live")).status).toBe(200);
+    } finally {
+      await tg.stop();
+    }
+    const e = await startError({ TOOLGATE_AGENT_SOCKET: join(sockDir(), "a", "b", "agent.sock") });
     expect(e.code).toBe("config_invalid");
     expect(e.message).toContain("server.agent.socket");
+    expect(e.message).toContain("cannot be created");
     expect(e.message).toContain("Fix:");
+  });
+
+  test("in a world-writable directory without the sticky bit (a Kubernetes emptyDir), a subdirectory toolgate creates is taken", async () => {
+    const shared = join(sockDir(), "emptydir");
+    mkdirSync(shared);
+    chmodSync(shared, 0o2777);
+    const sock = join(shared, "agent", "agent.sock");
+    const tg = await startTestToolgate({ TOOLGATE_AGENT_SOCKET: sock });
+    try {
+      expect((await overSocket(sock, "GET", "/health/live")).status).toBe(200);
+    } finally {
+      await tg.stop();
+    }
   });
 
   test("server.agent.socket_mode sets the mode; modes that let others write are refused", async () => {
