@@ -289,6 +289,59 @@ describe("the control port exposed", () => {
   });
 });
 
+describe("the agent port on a Unix domain socket (toolgate.socket.enabled)", () => {
+  const r = template([join(chart, "ci", "socket-values.yaml")]);
+  const objs = objects(r.stdout);
+  const pod = objs.find((o) => o.kind === "Deployment")!.spec.template.spec;
+  const sidecar = pod.initContainers[0];
+  const agent = pod.containers[0];
+
+  test("golden file (UPDATE_GOLDEN=1 rewrites it)", () => {
+    const golden = join(root, "test", "golden", "helm", "socket.yaml");
+    if (process.env.UPDATE_GOLDEN === "1") writeFileSync(golden, r.stdout);
+    expect(r.stdout).toBe(readFileSync(golden, "utf8"));
+  });
+
+  test("an emptyDir mounted in toolgate and the agent; the socket in a directory toolgate creates in it", () => {
+    expect(pod.volumes).toContainEqual({
+      name: "toolgate-socket",
+      emptyDir: { medium: "Memory", sizeLimit: "1Mi" },
+    });
+    const mount = { name: "toolgate-socket", mountPath: "/var/run/toolgate" };
+    expect(sidecar.volumeMounts).toContainEqual(mount);
+    // the agent keeps its own mounts beside it
+    expect(agent.volumeMounts).toEqual([mount, { name: "scratch", mountPath: "/tmp" }]);
+    expect(agent.env).toContainEqual({
+      name: "TOOLGATE_SOCKET",
+      value: "/var/run/toolgate/agent/agent.sock",
+    });
+    const cfg = parseYaml(objs.find((o) => o.kind === "ConfigMap")!.data!["config.yaml"]!);
+    expect(cfg.server.agent).toEqual({
+      host: "127.0.0.1",
+      port: 8181,
+      socket: "/var/run/toolgate/agent/agent.sock",
+      socket_mode: "0660",
+    });
+    const compiled = compileConfig(cfg, {});
+    expect(compiled.server.agent.socket).toBe("/var/run/toolgate/agent/agent.sock");
+    expect(compiled.server.agent.socketMode).toBe(0o660);
+    // probes stay on TCP (kubelet cannot probe a socket)
+    expect(sidecar.readinessProbe.exec.command.join(" ")).toContain("http://127.0.0.1:8181/");
+  });
+
+  test("a mode that lets others connect is refused by values.schema.json", () => {
+    const bad = template([], chart, ["toolgate.socket.enabled=true", "toolgate.socket.mode=0666"]);
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toMatch(/socket\.mode|socket\/mode/);
+  });
+
+  test("off by default: no socket volume, no TOOLGATE_SOCKET", () => {
+    const d = objects(template().stdout).find((o) => o.kind === "Deployment")!.spec.template.spec;
+    expect(d.volumes.map((v: { name: string }) => v.name)).not.toContain("toolgate-socket");
+    expect(JSON.stringify(d)).not.toContain("TOOLGATE_SOCKET");
+  });
+});
+
 describe("values.schema.json and the chart README", () => {
   test("additionalProperties: false on every object schema with properties", () => {
     const schema = JSON.parse(readFileSync(join(chart, "values.schema.json"), "utf8"));

@@ -93,7 +93,9 @@ parent, "." inside this chart).
 {{- $sec := $paths.secrets -}}
 {{- $cfg := dict -}}
 {{- $_ := set $cfg "agent" (dict "id" $t.agentId) -}}
-{{- $_ = set $cfg "server" (dict "agent" (dict "host" "127.0.0.1" "port" (int $t.agentPort))) -}}
+{{- $agentPort := dict "host" "127.0.0.1" "port" (int $t.agentPort) -}}
+{{- if $t.socket.enabled }}{{ $_ = set $agentPort "socket" (include "toolgate.socketPath" .) }}{{ $_ = set $agentPort "socket_mode" $t.socket.mode }}{{ end -}}
+{{- $_ = set $cfg "server" (dict "agent" $agentPort) -}}
 {{- $_ = set $cfg "log" (dict "level" $t.logLevel) -}}
 {{- $_ = set $cfg "state" (dict "dir" $t.state.mountPath) -}}
 {{- /* identity */ -}}
@@ -171,10 +173,27 @@ parent, "." inside this chart).
 checksum/toolgate-config: {{ include "toolgate.config" . | sha256sum }}
 {{- end -}}
 
-{{/* Environment for the agent container: where its sidecar answers. */}}
+{{/* The agent port's Unix domain socket (toolgate.socket.enabled): a directory toolgate creates in the shared emptyDir. */}}
+{{- define "toolgate.socketPath" -}}
+{{- printf "%s/agent/agent.sock" (trimSuffix "/" .Values.toolgate.socket.mountPath) -}}
+{{- end -}}
+
+{{/* Environment for the agent container: where its sidecar answers (and its socket, when enabled). */}}
 {{- define "toolgate.agentEnv" -}}
 - name: TOOLGATE_URL
   value: {{ printf "http://127.0.0.1:%d" (int .Values.toolgate.agentPort) | quote }}
+{{- if .Values.toolgate.socket.enabled }}
+- name: TOOLGATE_SOCKET
+  value: {{ include "toolgate.socketPath" . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* volumeMounts items for the agent container: the shared socket volume (toolgate.socket.enabled); empty otherwise. */}}
+{{- define "toolgate.agentVolumeMounts" -}}
+{{- if .Values.toolgate.socket.enabled -}}
+- name: toolgate-socket
+  mountPath: {{ .Values.toolgate.socket.mountPath }}
+{{- end -}}
 {{- end -}}
 
 {{- define "toolgate.probeHandler" -}}
@@ -314,6 +333,10 @@ exec:
       mountPath: {{ include "toolgate.fleetTokenDir" . }}
       readOnly: true
     {{- end }}
+    {{- if $t.socket.enabled }}
+    - name: toolgate-socket
+      mountPath: {{ $t.socket.mountPath }}
+    {{- end }}
 {{- end -}}
 
 {{/* The sidecar's volumes: items for the pod's volumes list. */}}
@@ -355,6 +378,14 @@ exec:
             - key: {{ .key }}
               path: {{ .path }}
       {{- end }}
+{{- end }}
+{{- if $t.socket.enabled }}
+- name: toolgate-socket
+  emptyDir:
+    {{- with $t.socket.medium }}
+    medium: {{ . }}
+    {{- end }}
+    sizeLimit: 1Mi
 {{- end }}
 {{- if include "toolgate.fleetUrl" . }}
 - name: toolgate-fleet-token
