@@ -108,6 +108,15 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
   const resolveBody = validator<ResolveBody>("fleet-budget-resolve.schema.json");
   const leaseBody = validator<LeaseBody>("fleet-rate-lease.schema.json");
   const helloBody = validator<HelloBody>("fleet-hello.schema.json");
+  const touchBody = validator<{
+    session_id: string;
+    labels: string[];
+    tool: string;
+    decision_id: string;
+  }>("fleet-session-touch.schema.json");
+  const labelsBody = validator<{ session_id: string; retention_seconds: number }>(
+    "fleet-session-labels.schema.json",
+  );
   const port = new HttpPort({
     name: "control",
     log,
@@ -428,6 +437,48 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
         now: now(),
       });
       return { granted: r.granted, retry_after: r.retryAfter };
+    },
+  });
+  // session state, fleet-wide (docs/sessions.md): the labels a session's allowed calls read
+  port.post("/fleet/v1/sessions/touch", {
+    guard: sidecar,
+    body: "json",
+    schema: touchBody,
+    handle: async (body, ctx) => {
+      await health.assertUp();
+      await store.touchSession({
+        agentId: agent(ctx),
+        sessionId: body.session_id,
+        labels: body.labels,
+        tool: body.tool,
+        decisionId: body.decision_id,
+        now: now(),
+      });
+      return { ok: true };
+    },
+  });
+  port.post("/fleet/v1/sessions/labels", {
+    guard: sidecar,
+    body: "json",
+    schema: labelsBody,
+    handle: async (body, ctx) => {
+      await health.assertUp();
+      const rows = await store.sessionLabels(
+        agent(ctx),
+        body.session_id,
+        now() - body.retention_seconds * 1000,
+      );
+      return {
+        labels: rows.map((r) => ({
+          label: r.label,
+          count: r.count,
+          first_at: r.firstAt,
+          last_at: r.lastAt,
+          tools: r.tools,
+          first_decision_id: r.firstDecisionId,
+          last_decision_id: r.lastDecisionId,
+        })),
+      };
     },
   });
   port.post("/fleet/v1/hello", {

@@ -741,6 +741,36 @@ describe("toolgate control answers as docs/openapi-control.yaml says", () => {
       body: { rate_id: "sends", key: "replies.send", rate_per_second: 1, burst: 2, want: 1 },
       headers: bot,
     });
+    // session labels, fleet-wide: recorded, read back, refused for another agent's credential
+    const touch = "/fleet/v1/sessions/touch";
+    const touched = await call(F, u, "POST", touch, touch, 200, {
+      body: {
+        session_id: "s-1",
+        labels: ["customer_pii"],
+        tool: "tickets.read",
+        decision_id: "d-9",
+      },
+      headers: bot,
+    });
+    expect(touched.json).toEqual({ ok: true });
+    await call(F, u, "POST", touch, touch, 400, {
+      body: { session_id: "s-1", labels: ["bad label!"], tool: "t", decision_id: "d" },
+      headers: bot,
+    });
+    const sl = "/fleet/v1/sessions/labels";
+    const labels = await call(F, u, "POST", sl, sl, 200, {
+      body: { session_id: "s-1", retention_seconds: 3600 },
+      headers: bot,
+    });
+    expect(labels.json).toMatchObject({
+      labels: [
+        { label: "customer_pii", count: 1, tools: ["tickets.read"], last_decision_id: "d-9" },
+      ],
+    });
+    await call(F, u, "POST", sl, sl, 401, {
+      body: { session_id: "s-1", retention_seconds: 3600 },
+      headers: olga,
+    });
     const budgets = await call(C, u, "GET", "/v1/budgets", "/v1/budgets", 200, { headers: olga });
     expect((budgets.json as { budgets: unknown[] }).budgets.length).toBe(1);
     await call(C, u, "GET", "/v1/budgets", "/v1/budgets", 403, { headers: maria });

@@ -337,6 +337,25 @@ ALTER TABLE approval_evaluations ADD COLUMN tool_class text;
 ALTER TABLE approval_evaluations ADD COLUMN tool_stage text;
 `,
   },
+  {
+    version: 7,
+    name: "create session_labels",
+    sql: `
+CREATE TABLE session_labels (
+  agent_id text NOT NULL,
+  session_id text NOT NULL,
+  label text NOT NULL,
+  count bigint NOT NULL CHECK (count > 0),
+  first_at bigint NOT NULL,
+  last_at bigint NOT NULL,
+  tools text[] NOT NULL,
+  first_decision_id text NOT NULL,
+  last_decision_id text NOT NULL,
+  PRIMARY KEY (agent_id, session_id, label)
+);
+CREATE INDEX session_labels_last_at ON session_labels (last_at);
+`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);

@@ -54,6 +54,8 @@ import type {
   ReserveInput,
   ReserveResult,
   ResolveResult,
+  SessionLabelRow,
+  SessionTouchInput,
   SidecarRow,
   SidecarUpsert,
   SubmitInput,
@@ -941,6 +943,76 @@ export class PgFleetStore implements FleetStore {
     });
   }
 
+  // -- sessions -----------------------------------------------------------------------
+
+  async touchSession(input: SessionTouchInput): Promise<void> {
+    const now = checkTime("now", input.now);
+    const agentId = checkText("agentId", input.agentId);
+    const sessionId = checkText("sessionId", input.sessionId);
+    const tool = checkText("tool", input.tool);
+    const decisionId = checkText("decisionId", input.decisionId);
+    if (!Array.isArray(input.labels) || input.labels.length === 0 || input.labels.length > 32)
+      throw toolgateError("invalid_request", "labels must be an array of 1..32");
+    const labels = [...new Set(input.labels.map((l, i) => checkText(`labels[${i}]`, l, 64)))];
+    const r = await this.single(
+      "touch session",
+      "toolgate_session_touch",
+      `WITH up AS (
+         INSERT INTO session_labels AS s (agent_id, session_id, label, count, first_at, last_at,
+                                          tools, first_decision_id, last_decision_id)
+         SELECT $1, $2, l, 1, $3, $3, ARRAY[$4::text], $5, $5 FROM unnest($6::text[]) AS l
+         ON CONFLICT (agent_id, session_id, label) DO UPDATE SET
+           count = s.count + 1,
+           last_at = GREATEST(s.last_at, EXCLUDED.last_at),
+           tools = CASE WHEN $4 = ANY (s.tools) OR cardinality(s.tools) >= 16 THEN s.tools
+                        ELSE s.tools || $4::text END,
+           last_decision_id = EXCLUDED.last_decision_id
+         RETURNING 1)
+       SELECT count(*)::int AS n FROM up`,
+      [agentId, sessionId, now, tool, decisionId, labels],
+    );
+    this.row("touch session", r, (row) => {
+      if (dbl(row, "n") !== labels.length) throw new RowError("not every label was written");
+    });
+  }
+
+  async sessionLabels(
+    agentId: string,
+    sessionId: string,
+    since: number,
+  ): Promise<SessionLabelRow[]> {
+    checkText("agentId", agentId);
+    checkText("sessionId", sessionId);
+    checkTime("since", since);
+    const c = await this.connect("read session labels");
+    let broken: Error | undefined;
+    let rows: Row[];
+    try {
+      const res = await c.query<Row>({
+        name: "toolgate_session_labels",
+        text: `SELECT label, count, first_at, last_at, tools, first_decision_id, last_decision_id
+               FROM session_labels WHERE agent_id = $1 AND session_id = $2 AND last_at >= $3
+               ORDER BY label LIMIT 32`,
+        values: [agentId, sessionId, since],
+      });
+      rows = res.rows;
+    } catch (e) {
+      broken = e as Error;
+      throw this.unavailable("read session labels", e);
+    } finally {
+      c.release(broken);
+    }
+    return this.rows("read session labels", rows, (row): SessionLabelRow => ({
+      label: text(row, "label"),
+      count: ms(row, "count"),
+      firstAt: ms(row, "first_at"),
+      lastAt: ms(row, "last_at"),
+      tools: stringArray(row.tools, "tools"),
+      firstDecisionId: text(row, "first_decision_id"),
+      lastDecisionId: text(row, "last_decision_id"),
+    }));
+  }
+
   // -- budgets ------------------------------------------------------------------------
 
   async reserve(input: ReserveInput): Promise<ReserveResult> {
@@ -1203,7 +1275,13 @@ export class PgFleetStore implements FleetStore {
          SELECT agent_id, instance FROM sidecars WHERE last_seen < $1 LIMIT $2)`,
       [now - 7 * DAY_MS, n],
     );
-    return { budgetRows, evaluations, rateBuckets, sidecars };
+    const sessionLabels = await count(
+      "prune session labels",
+      `DELETE FROM session_labels WHERE (agent_id, session_id, label) IN (
+         SELECT agent_id, session_id, label FROM session_labels WHERE last_at < $1 LIMIT $2)`,
+      [now - MAX_WINDOW_MS, n],
+    );
+    return { budgetRows, evaluations, rateBuckets, sidecars, sessionLabels };
   }
 
   // -- internals ---------------------------------------------------------------------

@@ -223,7 +223,29 @@ export interface SidecarRow {
   version: string | null;
 }
 
+/** A data label a session's allowed calls touched, fleet-wide (sessions.md). */
+export interface SessionLabelRow {
+  label: string;
+  count: number;
+  firstAt: number;
+  lastAt: number;
+  /** The tools that touched it (at most 16, first seen first). */
+  tools: string[];
+  firstDecisionId: string;
+  lastDecisionId: string;
+}
+
+export interface SessionTouchInput {
+  agentId: string;
+  sessionId: string;
+  labels: string[];
+  tool: string;
+  decisionId: string;
+  now: number;
+}
+
 export interface PruneResult {
+  sessionLabels: number;
   budgetRows: number;
   evaluations: number;
   rateBuckets: number;
@@ -379,6 +401,15 @@ export interface FleetStore {
    */
   lease(input: LeaseInput): Promise<LeaseResult>;
 
+  // sessions
+  /**
+   * An allowed call of a session read these labels: one row per (agent,
+   * session, label), counted, its tool remembered (≤ 16), the last decision.
+   */
+  touchSession(input: SessionTouchInput): Promise<void>;
+  /** The labels a session of `agentId` touched at or after `since`. */
+  sessionLabels(agentId: string, sessionId: string, since: number): Promise<SessionLabelRow[]>;
+
   // sidecars
   /** Registers or refreshes a sidecar (connected_at set on insert, last_seen = now). */
   upsertSidecar(s: SidecarUpsert): Promise<void>;
@@ -388,7 +419,8 @@ export interface FleetStore {
   /**
    * Housekeeping: deletes budget rows that no longer count in their window,
    * expired evaluations no task cites (expired before now − 1 h), rate buckets
-   * idle for a day, sidecars not seen for 7 days. At most `limit` rows each
+   * idle for a day, sidecars not seen for 7 days, session labels untouched for
+   * 31 days (the most session.retention_seconds allows). At most `limit` rows each
    * (default 1000).
    */
   prune(now: number, limit?: number): Promise<PruneResult>;
