@@ -16,6 +16,22 @@ import { isObject } from "../shared/guards";
 import { type Component, type ComponentStatus, notRunning } from "../shared/lifecycle";
 import type { Logger } from "../shared/log";
 import { SecretsSeen } from "../redaction/redact";
+import type { ApprovalRequirement } from "../model";
+import type { PlanClaim, PlanRecord } from "./store";
+import {
+  DEFAULT_PLAN_TTL_SECONDS,
+  envelopesOf,
+  jobHash,
+  mergeRequirements,
+  outside,
+  planBindingHash,
+  planIneligible,
+  planRequirement,
+  presentedPlan,
+  representativeArguments,
+  subjectHash,
+  type PlanRequest,
+} from "./plans";
 
 /** Expired evaluations nobody asked approval for are kept this long, then pruned. */
 export const EVALUATION_RETENTION_MS = 60 * 60 * 1000;
@@ -129,6 +145,39 @@ export type ApprovalCheck =
       code: "approval_mismatch" | "approval_pending" | "approval_unknown" | "approval_not_usable";
       message: string;
     };
+
+/** The result of checking the plan a request presents in `context.plan` (see ApprovalService.checkPlan). */
+export type PlanCheck =
+  | { kind: "none" }
+  /** The plan does not apply to this call: its needs_approval stands, with this reason. */
+  | {
+      kind: "ignored";
+      code:
+        | "plan_unknown"
+        | "plan_mismatch"
+        | "plan_pending"
+        | "plan_not_usable"
+        | "plan_revoked"
+        | "plan_expired"
+        | "plan_used_up"
+        | "plan_unavailable";
+      message: string;
+    }
+  /** Inside these envelopes (indexes), uses left: what the policy sees as verified.approval. */
+  | { kind: "verified"; planId: string; envelopes: number[]; approval: VerifiedApproval };
+
+/** One policy evaluation of a planned call at submission (Decider.previewRequests). */
+export interface PlanPreview {
+  outcome: Decision["outcome"];
+  reasons: Decision["reasons"];
+  approval?: ApprovalRequirement | undefined;
+}
+
+/** Evaluates planned calls with the policy, without side effects. */
+export type PlanPreviewer = (requests: DecisionRequest[]) => {
+  policy: { bundle: string; revision: string };
+  results: PlanPreview[];
+};
 
 export type ApprovalEventName =
   "requested" | "approved" | "denied" | "expired" | "cancelled" | "used" | "refused" | "revoked";
@@ -308,10 +357,26 @@ export class ApprovalService implements Component {
       if (!isAdmin && this.ineligible(principal, e) !== undefined) continue;
       out.push(this.approverView(t, e, true));
     }
-    return out;
+    // plans share the queue (kind "plan"), in the same order
+    for (const p of this.opts.store.listPlans({
+      ...(status ? { status: status as ApprovalTask["status"] } : {}),
+      agentId: this.opts.agentId,
+      limit,
+      order,
+    })) {
+      if (!isAdmin && planIneligible(principal, p, this.opts.agentId) !== undefined) continue;
+      out.push(this.planApproverView(p));
+    }
+    const at = (v: Record<string, unknown>): string =>
+      typeof v.created_at === "string" ? v.created_at : "";
+    out.sort((a, b) =>
+      order === "newest" ? at(b).localeCompare(at(a)) : at(a).localeCompare(at(b)),
+    );
+    return out.slice(0, limit);
   }
 
   detail(taskId: string): Record<string, unknown> {
+    if (isPlanId(taskId)) return this.planApproverView(this.plan(taskId));
     const t = this.task(taskId);
     const e = this.opts.store.getEvaluation(t.evaluationId);
     return e ? this.approverView(t, e, true) : { id: t.id, status: t.status };
@@ -339,6 +404,7 @@ export class ApprovalService implements Component {
     comment: string | undefined,
   ): Record<string, unknown> {
     this.expire();
+    if (isPlanId(taskId)) return this.decidePlan(taskId, principal, approve, comment);
     const task = this.task(taskId);
     const e = this.opts.store.getEvaluation(task.evaluationId);
     if (e === undefined)
@@ -374,9 +440,351 @@ export class ApprovalService implements Component {
 
   /** Admin: revoke an approval; no new decision will honour it. */
   revoke(taskId: string, principal: Principal): Record<string, unknown> {
+    if (isPlanId(taskId)) {
+      const p = this.opts.store.revokePlan(this.plan(taskId).id, principal.id, this.now());
+      this.opts.events?.approvalEvent("revoked", planEventFields(p));
+      return this.planApproverView(p);
+    }
     const t = this.opts.store.revoke(this.task(taskId).id, principal.id, this.now());
     this.opts.events?.approvalEvent("revoked", this.eventFields(t));
     return this.detail(t.id);
+  }
+
+  // -- plan approvals (src/approvals/plans.ts) ---------------------------------
+
+  /**
+   * POST /access/v1/plans: the agent submits a plan. Each envelope is
+   * previewed with the policy on its most demanding representative
+   * arguments (no side effects); a deny refuses the whole plan
+   * (`plan_denied`, naming the envelope), a plan none of whose calls needs
+   * an approval is refused (`plan_unneeded`). The plan's requirement is the
+   * envelopes' requirements together: its approver must satisfy each.
+   */
+  submitPlan(
+    request: PlanRequest,
+    preview: PlanPreviewer,
+    idempotencyKey: string | undefined,
+    baseUrl: string,
+    requester: Requester,
+  ): { created: boolean; view: Record<string, unknown> } {
+    const now = this.now();
+    this.expire(now);
+    if (requester !== null && requester !== request.subject.id)
+      throw toolgateError("subject_mismatch", "the plan's subject is not the token's subject");
+    const envelopes = envelopesOf(request);
+    const calls = request.plan.calls;
+    // every representative call of every envelope, evaluated at once
+    const asked: Array<{ envelope: number; req: DecisionRequest }> = [];
+    calls.forEach((c, i) => {
+      const envelope = envelopes[i];
+      if (envelope === undefined) return;
+      for (const args of representativeArguments(c)) {
+        asked.push({
+          envelope: i,
+          req: {
+            subject: request.subject,
+            action: { name: c.tool, properties: { arguments: args } },
+            resource: envelope.resource,
+            context: request.context,
+          },
+        });
+      }
+    });
+    const { policy, results } = preview(asked.map((a) => a.req));
+    const perEnvelope: ApprovalRequirement[][] = envelopes.map(() => []);
+    const reasons: Array<Array<{ code: string; message: string }>> = envelopes.map(() => []);
+    results.forEach((r, k) => {
+      const i = asked[k]?.envelope ?? 0;
+      if (r.outcome === "deny") {
+        throw toolgateError(
+          "plan_denied",
+          `plan.calls[${i}] (${calls[i]?.tool ?? "?"}) is denied by the policy: ` +
+            r.reasons.map((x) => `${x.code}: ${x.message}`).join("; "),
+          { envelope: i, reasons: r.reasons },
+        );
+      }
+      if (r.outcome === "needs_approval" && r.approval !== undefined) {
+        perEnvelope[i]?.push(r.approval);
+        for (const x of r.reasons)
+          if (!reasons[i]?.some((y) => y.code === x.code)) reasons[i]?.push(x);
+      }
+    });
+    const requirement = planRequirement(perEnvelope.map(mergeRequirements));
+    if (requirement.envelopes.every((r) => r === null)) {
+      throw toolgateError(
+        "plan_unneeded",
+        "no call of this plan needs an approval: the policy allows each of them as planned",
+      );
+    }
+    for (const [i, r] of requirement.envelopes.entries()) {
+      if (r !== null && r.approver_roles.length === 0)
+        throw toolgateError(
+          "plan_denied",
+          `plan.calls[${i}] (${calls[i]?.tool ?? "?"}): no approver role satisfies every approval rule that applies`,
+          { envelope: i },
+        );
+    }
+    const ttlSeconds = Math.min(
+      request.plan.ttl_seconds ?? DEFAULT_PLAN_TTL_SECONDS,
+      requirement.ttl_seconds,
+    );
+    const seen = new SecretsSeen();
+    const redacted = this.opts.redact(
+      {
+        subject: request.subject,
+        ...(request.resource ? { resource: request.resource } : {}),
+        context: { job: request.context.job },
+        calls,
+        reasons: reasons.map((rs) =>
+          rs.map((r) => ({ code: r.code, message: this.opts.redact(r.message, undefined, seen) })),
+        ),
+      },
+      undefined,
+      seen,
+    );
+    const limit = this.opts.requestLimit ?? DEFAULT_REQUEST_LIMIT;
+    const { plan, created } = this.opts.store.createPlan({
+      agentId: this.opts.agentId,
+      initiator: request.subject.id,
+      bindingHash: planBindingHash({
+        subject: request.subject,
+        agent: this.opts.agentId,
+        context: request.context,
+        envelopes,
+        ttlSeconds,
+      }),
+      subjectHash: subjectHash(request.subject),
+      jobHash: jobHash(request.context),
+      envelopes,
+      redacted,
+      requirement,
+      ttlSeconds,
+      idempotencyKey: idempotencyKey ?? null,
+      justification: redactJustification(request.justification, this.opts.redact),
+      policyRevision: policy.revision,
+      expiresAt: now + (this.opts.taskTtlSeconds ?? 3600) * 1000,
+      now,
+      limit: { max: limit.max, windowMs: limit.windowSeconds * 1000 },
+    });
+    if (created) {
+      this.opts.events?.approvalEvent("requested", planEventFields(plan));
+      if (this.opts.onPending) {
+        try {
+          this.opts.onPending(this.planApproverView(plan));
+        } catch (e) {
+          this.opts.log?.error("approval notification failed", {
+            event: "approvals.notify_error",
+            error: (e as Error).message,
+          });
+        }
+      }
+    }
+    return { created, view: planAgentView(plan, baseUrl) };
+  }
+
+  /** GET /access/v1/plans/{id}: the initiator's (jwt) plan; anyone else's is "not found". */
+  getPlan(planId: string, baseUrl: string, requester: Requester): Record<string, unknown> {
+    this.expire();
+    return planAgentView(this.ownPlan(planId, requester), baseUrl);
+  }
+
+  /** The initiator (jwt) cancels her own pending plan. */
+  cancelPlan(planId: string, baseUrl: string, requester: Requester): Record<string, unknown> {
+    const own = this.ownPlan(planId, requester);
+    const p = this.opts.store.cancelPlan(own.id, this.opts.agentId, this.now());
+    this.opts.events?.approvalEvent("cancelled", planEventFields(p));
+    return planAgentView(p, baseUrl);
+  }
+
+  /**
+   * Checks the plan a request presents in `context.plan` (asked only when
+   * the policy answered needs_approval): this agent's, bound to this
+   * subject and job, approved, unrevoked, unexpired, and the call inside
+   * one of its envelopes with uses left. Nothing is claimed here
+   * (claimPlan, once the policy allowed with the approval).
+   */
+  checkPlan(req: DecisionRequest, nowMs: number = this.now()): PlanCheck {
+    const id = presentedPlan(req);
+    if (id === undefined) return { kind: "none" };
+    const unknown = (): PlanCheck => ({
+      kind: "ignored",
+      code: "plan_unknown",
+      message: `no plan ${String(id)} on this sidecar`,
+    });
+    if (id === null || !isPlanId(id)) return unknown();
+    const p = this.opts.store.getPlan(id);
+    if (p === undefined || p.agentId !== this.opts.agentId) return unknown();
+    if (p.subjectHash !== subjectHash(req.subject) || p.jobHash !== jobHash(req.context))
+      return {
+        kind: "ignored",
+        code: "plan_mismatch",
+        message: `plan ${id} is bound to another subject or job`,
+      };
+    if (p.status === "pending" && p.expiresAt > nowMs)
+      return { kind: "ignored", code: "plan_pending", message: `plan ${id} is still pending` };
+    if (p.status !== "approved")
+      return {
+        kind: "ignored",
+        code: p.status === "expired" || p.status === "pending" ? "plan_expired" : "plan_not_usable",
+        message: `plan ${id} is ${p.status === "pending" ? "expired" : p.status}`,
+      };
+    if (p.revokedAt !== null)
+      return {
+        kind: "ignored",
+        code: "plan_revoked",
+        message: `plan ${id} was revoked by ${p.revokedBy ?? "an admin"}`,
+      };
+    if (p.approvedUntil === null || p.approvedUntil <= nowMs)
+      return {
+        kind: "ignored",
+        code: "plan_expired",
+        message: `plan ${id} expired at ${iso(p.approvedUntil)}`,
+      };
+    const inside: number[] = [];
+    const why: string[] = [];
+    p.envelopes.forEach((e, i) => {
+      const no = outside(e, req);
+      if (no === undefined) inside.push(i);
+      else why.push(`envelope ${i}: ${no}`);
+    });
+    if (inside.length === 0)
+      return {
+        kind: "ignored",
+        code: "plan_mismatch",
+        message: `the call is outside every envelope of plan ${id} (${why.slice(0, 5).join("; ")})`,
+      };
+    const usable = inside.filter((i) => {
+      const u = p.uses[i];
+      return u !== undefined && u.uses < u.maxUses && (u.expiresAt === null || u.expiresAt > nowMs);
+    });
+    if (usable.length === 0) {
+      const allUsed = inside.every((i) => {
+        const u = p.uses[i];
+        return u === undefined || u.uses >= u.maxUses;
+      });
+      return allUsed
+        ? {
+            kind: "ignored",
+            code: "plan_used_up",
+            message: `every envelope of plan ${id} this call fits is used up`,
+          }
+        : {
+            kind: "ignored",
+            code: "plan_expired",
+            message: `every envelope of plan ${id} this call fits has expired`,
+          };
+    }
+    const until = Math.min(
+      p.approvedUntil,
+      ...usable.map((i) => p.uses[i]?.expiresAt ?? p.approvedUntil ?? 0),
+    );
+    return {
+      kind: "verified",
+      planId: p.id,
+      envelopes: usable,
+      approval: {
+        id: p.id,
+        state: "approved",
+        approver: { id: p.decidedBy ?? "", roles: p.decidedByRoles ?? [] },
+        // each use of a plan is claimed once, atomically: a use is single use
+        single_use: true,
+        expires_at_ns: until * 1e6,
+      },
+    };
+  }
+
+  /**
+   * Claims one use of the first of `envelopes` with uses left for decision
+   * `decisionId` (the store's guarded UPDATE: never more than max_uses).
+   * Audited as an approval use.
+   */
+  claimPlan(
+    planId: string,
+    envelopes: readonly number[],
+    decisionId: string,
+    nowMs: number = this.now(),
+  ): PlanClaim {
+    let last: PlanClaim = { claimed: false, reason: "not_found" };
+    for (const i of envelopes) {
+      last = this.opts.store.claimPlanUse(planId, i, decisionId, nowMs);
+      if (last.claimed) {
+        const p = this.opts.store.getPlan(planId);
+        if (p)
+          this.opts.events?.approvalEvent(
+            "used",
+            planEventFields(p, {
+              decision_id: decisionId,
+              envelope: last.envelope,
+              uses: last.uses,
+              max_uses: last.maxUses,
+            }),
+          );
+        return last;
+      }
+    }
+    return last;
+  }
+
+  private decidePlan(
+    planId: string,
+    principal: Principal,
+    approve: boolean,
+    comment: string | undefined,
+  ): Record<string, unknown> {
+    const plan = this.plan(planId);
+    const why = planIneligible(principal, plan, this.opts.agentId);
+    if (why !== undefined) {
+      this.opts.events?.approvalEvent(
+        "refused",
+        planEventFields(plan, {
+          approver: principal.id,
+          approver_roles: principal.roles,
+          why,
+          wanted: approve ? "approve" : "deny",
+        }),
+      );
+      throw toolgateError("forbidden", `not eligible to decide ${planId}: ${why}`);
+    }
+    const now = this.now();
+    const approvedUntil = now + plan.ttlSeconds * 1000;
+    const decided = this.opts.store.decidePlan(plan.id, {
+      approve,
+      by: principal.id,
+      roles: principal.roles,
+      comment: comment ?? null,
+      approvedUntil: approve ? approvedUntil : null,
+      envelopeEnds: plan.envelopes.map((e) =>
+        e.ttl_seconds !== null && now + e.ttl_seconds * 1000 < approvedUntil
+          ? now + e.ttl_seconds * 1000
+          : null,
+      ),
+      now,
+    });
+    this.opts.events?.approvalEvent(
+      approve ? "approved" : "denied",
+      planEventFields(decided, { comment }),
+    );
+    return this.planApproverView(decided);
+  }
+
+  private plan(planId: string): PlanRecord {
+    const p = isPlanId(planId) ? this.opts.store.getPlan(planId) : undefined;
+    if (p === undefined || p.agentId !== this.opts.agentId)
+      throw toolgateError("approval_not_found", `no plan ${planId}`);
+    return p;
+  }
+
+  /** The plan, if `requester` may see it (jwt: only its initiator); else "not found". */
+  private ownPlan(planId: string, requester: Requester): PlanRecord {
+    const p = this.plan(planId);
+    if (requester !== null && p.initiator !== requester)
+      throw toolgateError("approval_not_found", `no plan ${planId}`);
+    return p;
+  }
+
+  /** A plan as approvers see it (kind "plan"), with stats as for a request. */
+  planApproverView(p: PlanRecord): Record<string, unknown> {
+    return planApproverView(p);
   }
 
   /** Moves overdue pending tasks to expired (and audits each). */
@@ -384,6 +792,10 @@ export class ApprovalService implements Component {
     for (const id of this.opts.store.expireDue(nowMs)) {
       const t = this.opts.store.getTask(id);
       if (t) this.opts.events?.approvalEvent("expired", this.eventFields(t));
+    }
+    for (const id of this.opts.store.expireDuePlans(nowMs)) {
+      const p = this.opts.store.getPlan(id);
+      if (p) this.opts.events?.approvalEvent("expired", planEventFields(p));
     }
   }
 
@@ -682,5 +1094,127 @@ export function evaluationOf(
     policyRevision: d.policy.revision,
     createdAt: Date.parse(d.evaluated_at),
     expiresAt: Date.parse(d.access_request.expires_at),
+  };
+}
+
+/** Plan ids (`pln_…`) share the approval routes with task ids (`apr_…`). */
+export function isPlanId(id: string): boolean {
+  return id.startsWith("pln_");
+}
+
+/** The envelopes as approvers read them: the redacted calls with their uses. */
+function planEnvelopes(p: PlanRecord): Array<Record<string, unknown>> {
+  const r = isObject(p.redacted) ? p.redacted : {};
+  const calls = Array.isArray(r.calls) ? (r.calls as unknown[]) : [];
+  const reasons = Array.isArray(r.reasons) ? (r.reasons as unknown[]) : [];
+  return p.envelopes.map((e, i) => {
+    const c = isObject(calls[i]) ? calls[i] : {};
+    const u = p.uses[i];
+    return {
+      index: i,
+      tool: typeof c.tool === "string" ? c.tool : e.tool,
+      resource: e.resource,
+      arguments: isObject(c.arguments) ? c.arguments : {},
+      other_arguments: e.other_arguments,
+      max_uses: e.max_uses,
+      uses: u?.uses ?? 0,
+      ttl_seconds: e.ttl_seconds,
+      expires_at: iso(u?.expiresAt ?? null),
+      requirement: p.requirement.envelopes[i] ?? null,
+      reasons: Array.isArray(reasons[i]) ? reasons[i] : [],
+    };
+  });
+}
+
+/** A plan in the approvers' queue (GET /v1/approvals, `kind: "plan"`). */
+export function planApproverView(p: PlanRecord): Record<string, unknown> {
+  const r = isObject(p.redacted) ? p.redacted : {};
+  const envelopes = planEnvelopes(p);
+  const reasons: Array<{ code: string; message: string }> = [];
+  for (const e of envelopes)
+    for (const x of e.reasons as Array<{ code: string; message: string }>)
+      if (!reasons.some((y) => y.code === x.code && y.message === x.message)) reasons.push(x);
+  const tools = [...new Set(envelopes.map((e) => String(e.tool)))];
+  return {
+    id: p.id,
+    kind: "plan",
+    status: p.status,
+    created_at: iso(p.createdAt),
+    expires_at: iso(p.expiresAt),
+    initiator: p.initiator,
+    agent: p.agentId,
+    tool: `plan: ${tools.join(", ")}`,
+    tool_class: null,
+    tool_stage: null,
+    request: { subject: r.subject, resource: r.resource, context: r.context },
+    plan: { envelopes, ttl_seconds: p.ttlSeconds, binding_hash: p.bindingHash },
+    reasons,
+    requirement: {
+      approver_roles: p.requirement.approver_roles,
+      single_use: false,
+      ttl_seconds: p.ttlSeconds,
+      exclude: p.requirement.exclude,
+    },
+    policy_revision: p.policyRevision,
+    decided_by: p.decidedBy,
+    decided_at: iso(p.decidedAt),
+    comment: p.comment,
+    approved_until: iso(p.approvedUntil),
+    used_at: null,
+    revoked_at: iso(p.revokedAt),
+    agent_justification: p.justification,
+  };
+}
+
+/** What the agent sees of its plan (POST/GET /access/v1/plans). */
+export function planAgentView(p: PlanRecord, baseUrl: string): Record<string, unknown> {
+  const task = {
+    id: p.id,
+    kind: "plan",
+    status: p.status,
+    status_endpoint: `${baseUrl}/access/v1/plans/${p.id}`,
+    created_at: iso(p.createdAt),
+    expires_at: iso(p.expiresAt),
+    links: { cancel: `${baseUrl}/access/v1/plans/${p.id}/cancel` },
+  };
+  const out: Record<string, unknown> = { task };
+  if (p.status === "approved" && p.approvedUntil !== null) {
+    out.result = {
+      mode: "plan",
+      plan: {
+        id: p.id,
+        approved_at: iso(p.decidedAt),
+        approved_until: iso(p.approvedUntil),
+        revoked: p.revokedAt !== null,
+        binding_hash: p.bindingHash,
+        envelopes: p.envelopes.map((e, i) => ({
+          index: i,
+          tool: e.tool,
+          max_uses: e.max_uses,
+          uses: p.uses[i]?.uses ?? 0,
+          expires_at: iso(p.uses[i]?.expiresAt ?? p.approvedUntil),
+        })),
+      },
+    };
+  }
+  return out;
+}
+
+/** The fields of a plan's approval audit event. */
+export function planEventFields(
+  p: PlanRecord,
+  extra: Record<string, unknown> = {},
+): Record<string, unknown> {
+  return {
+    approval_id: p.id,
+    kind: "plan",
+    status: p.status,
+    tool: [...new Set(p.envelopes.map((e) => e.tool))].join(","),
+    initiator: p.initiator,
+    approver: p.decidedBy,
+    approver_roles: p.decidedByRoles,
+    approved_until: iso(p.approvedUntil),
+    binding_hash: p.bindingHash,
+    ...extra,
   };
 }

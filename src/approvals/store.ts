@@ -62,6 +62,7 @@ import { synchronousOf, type Migration, SqliteStore, type OpenedStore } from "..
 import { toolgateError } from "../errors";
 import { parseUntrustedJson } from "../shared/guards";
 import type { ApprovalRequirement } from "../model";
+import type { Envelope, PlanRequirement } from "./plans";
 
 export const APPROVALS_DB_FILE = "approvals.db";
 export const BUSY_TIMEOUT_MS = 5000;
@@ -238,6 +239,59 @@ export type ConsumeResult =
       task: ApprovalTask | undefined;
     };
 
+/** A plan as kept (src/approvals/plans.ts has the rules). */
+export interface PlanRecord {
+  id: string;
+  agentId: string;
+  initiator: string;
+  bindingHash: string;
+  subjectHash: string;
+  jobHash: string;
+  /** The envelopes' matching form (exact values and enum members only as hashes). */
+  envelopes: Envelope[];
+  /** What approvers read: subject, resource, job and envelopes, redacted. */
+  redacted: unknown;
+  requirement: PlanRequirement;
+  ttlSeconds: number;
+  status: TaskStatus;
+  idempotencyKey: string | null;
+  justification: string | null;
+  policyRevision: string | null;
+  createdAt: number;
+  expiresAt: number;
+  decidedAt: number | null;
+  decidedBy: string | null;
+  decidedByRoles: string[] | null;
+  comment: string | null;
+  approvedUntil: number | null;
+  revokedAt: number | null;
+  revokedBy: string | null;
+  /** Per envelope, in order: uses claimed, the most, and when it stops (null: with the plan). */
+  uses: Array<{ uses: number; maxUses: number; expiresAt: number | null }>;
+}
+
+export interface CreatePlanInput {
+  agentId: string;
+  initiator: string;
+  bindingHash: string;
+  subjectHash: string;
+  jobHash: string;
+  envelopes: Envelope[];
+  redacted: unknown;
+  requirement: PlanRequirement;
+  ttlSeconds: number;
+  idempotencyKey?: string | null;
+  justification?: string | null;
+  policyRevision?: string | null;
+  expiresAt: number;
+  now?: number;
+  limit?: RequestLimit;
+}
+
+export type PlanClaim =
+  | { claimed: true; envelope: number; uses: number; maxUses: number }
+  | { claimed: false; reason: "not_found" | "not_approved" | "revoked" | "expired" | "used_up" };
+
 const STATUS_CHECK = TASK_STATUSES.map((s) => `'${s}'`).join(", ");
 
 /** Append only: never edit a released migration, add the next one. */
@@ -352,6 +406,73 @@ ALTER TABLE evaluations ADD COLUMN tool_class TEXT;
 ALTER TABLE evaluations ADD COLUMN tool_stage TEXT;
 `,
   },
+  {
+    version: 6,
+    name: "plan approvals: plans, their envelopes' uses, plan_events",
+    sql: `
+CREATE TABLE plans (
+  id TEXT PRIMARY KEY,
+  agent_id TEXT NOT NULL,
+  initiator TEXT NOT NULL,
+  binding_hash TEXT NOT NULL,
+  subject_hash TEXT NOT NULL,
+  job_hash TEXT NOT NULL,
+  envelopes_json TEXT NOT NULL,
+  redacted_json TEXT NOT NULL,
+  requirement_json TEXT NOT NULL,
+  ttl_seconds INTEGER NOT NULL,
+  status TEXT NOT NULL CHECK (status IN (${STATUS_CHECK})),
+  idempotency_key TEXT,
+  justification TEXT,
+  policy_revision TEXT,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  decided_at INTEGER,
+  decided_by TEXT,
+  decided_by_roles_json TEXT,
+  comment TEXT,
+  approved_until INTEGER,
+  revoked_at INTEGER,
+  revoked_by TEXT,
+  UNIQUE (agent_id, idempotency_key)
+) STRICT;
+CREATE INDEX plans_by_status ON plans (status, created_at);
+
+CREATE TABLE plan_envelopes (
+  plan_id TEXT NOT NULL REFERENCES plans(id),
+  idx INTEGER NOT NULL,
+  max_uses INTEGER NOT NULL CHECK (max_uses BETWEEN 1 AND 1000),
+  uses INTEGER NOT NULL DEFAULT 0 CHECK (uses >= 0 AND uses <= max_uses),
+  expires_at INTEGER,
+  PRIMARY KEY (plan_id, idx)
+) STRICT;
+
+CREATE TABLE plan_events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  plan_id TEXT NOT NULL REFERENCES plans(id),
+  at INTEGER NOT NULL,
+  event TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  details_json TEXT NOT NULL
+) STRICT;
+CREATE INDEX plan_events_by_plan ON plan_events (plan_id, seq);
+
+CREATE TRIGGER plans_terminal_status BEFORE UPDATE OF status ON plans
+WHEN OLD.status <> 'pending' AND NEW.status IS NOT OLD.status
+BEGIN SELECT RAISE(ABORT, 'plan status is terminal'); END;
+CREATE TRIGGER plans_revoked_once BEFORE UPDATE OF revoked_at, revoked_by ON plans
+WHEN OLD.revoked_at IS NOT NULL
+  AND (NEW.revoked_at IS NOT OLD.revoked_at OR NEW.revoked_by IS NOT OLD.revoked_by)
+BEGIN SELECT RAISE(ABORT, 'plan already revoked'); END;
+CREATE TRIGGER plan_uses_only_grow BEFORE UPDATE OF uses ON plan_envelopes
+WHEN NEW.uses < OLD.uses
+BEGIN SELECT RAISE(ABORT, 'plan uses never decrease'); END;
+CREATE TRIGGER plan_events_append_only_u BEFORE UPDATE ON plan_events
+BEGIN SELECT RAISE(ABORT, 'plan_events is append-only'); END;
+CREATE TRIGGER plan_events_append_only_d BEFORE DELETE ON plan_events
+BEGIN SELECT RAISE(ABORT, 'plan_events is append-only'); END;
+`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);
@@ -425,6 +546,45 @@ function toEvaluation(row: Row): EvaluationRecord {
   };
 }
 
+function toPlan(row: Row, uses: Row[]): PlanRecord {
+  const roles = strOrNull(row, "decided_by_roles_json");
+  return {
+    id: str(row, "id"),
+    agentId: str(row, "agent_id"),
+    initiator: str(row, "initiator"),
+    bindingHash: str(row, "binding_hash"),
+    subjectHash: str(row, "subject_hash"),
+    jobHash: str(row, "job_hash"),
+    envelopes: json<Envelope[]>(row, "envelopes_json"),
+    redacted: json<unknown>(row, "redacted_json"),
+    requirement: json<PlanRequirement>(row, "requirement_json"),
+    ttlSeconds: num(row, "ttl_seconds"),
+    status: str(row, "status") as TaskStatus,
+    idempotencyKey: strOrNull(row, "idempotency_key"),
+    justification: strOrNull(row, "justification"),
+    policyRevision: strOrNull(row, "policy_revision"),
+    createdAt: num(row, "created_at"),
+    expiresAt: num(row, "expires_at"),
+    decidedAt: numOrNull(row, "decided_at"),
+    decidedBy: strOrNull(row, "decided_by"),
+    decidedByRoles: roles === null ? null : (parseUntrustedJson(roles) as string[]),
+    comment: strOrNull(row, "comment"),
+    approvedUntil: numOrNull(row, "approved_until"),
+    revokedAt: numOrNull(row, "revoked_at"),
+    revokedBy: strOrNull(row, "revoked_by"),
+    uses: uses.map((u) => ({
+      uses: num(u, "uses"),
+      maxUses: num(u, "max_uses"),
+      expiresAt: numOrNull(u, "expires_at"),
+    })),
+  };
+}
+
+/** An unguessable plan id: `pln_` + 128 random bits, base64url. */
+export function newPlanId(): string {
+  return `pln_${randomBytes(16).toString("base64url")}`;
+}
+
 /** An unguessable task id: `apr_` + 128 random bits, base64url. */
 export function newTaskId(): string {
   return `apr_${randomBytes(16).toString("base64url")}`;
@@ -454,6 +614,7 @@ export class ApprovalStore extends SqliteStore {
   /** On the synchronous=NORMAL connection: only the evaluations INSERT. */
   private readonly insertEvaluation: StatementSync;
   private expireAfterRollback: { taskId: string; now: number } | undefined;
+  private expirePlanAfterRollback: { planId: string; now: number } | undefined;
 
   private constructor(o: OpenedStore) {
     super(o, "approval_store_unavailable", "approval store");
@@ -877,6 +1038,292 @@ export class ApprovalStore extends SqliteStore {
     });
   }
 
+  // -- plans ------------------------------------------------------------------
+
+  /**
+   * Creates a pending plan with its envelopes' use counters (0 of max_uses
+   * each), in one transaction. A repeated `idempotencyKey` (per agent)
+   * returns the plan it created when the binding hash is the same, and
+   * throws `idempotency_conflict` otherwise. With `limit`, the initiator's
+   * plans that are not approved count against it as access requests do.
+   */
+  createPlan(input: CreatePlanInput): { plan: PlanRecord; created: boolean } {
+    const now = input.now ?? Date.now();
+    checkText("agentId", input.agentId);
+    checkText("initiator", input.initiator);
+    checkText("bindingHash", input.bindingHash);
+    checkTime("expiresAt", input.expiresAt);
+    const key = input.idempotencyKey ?? null;
+    if (key !== null) checkText("idempotencyKey", key, 255);
+    const justification = checkJustification(input.justification);
+    return this.tx("create plan", () => {
+      if (key !== null) {
+        const row = this.db
+          .prepare("SELECT id, binding_hash FROM plans WHERE agent_id = ? AND idempotency_key = ?")
+          .get(input.agentId, key) as Row | undefined;
+        if (row) {
+          if (str(row, "binding_hash") !== input.bindingHash)
+            throw toolgateError(
+              "idempotency_conflict",
+              "this Idempotency-Key was already used for another plan",
+            );
+          return { plan: this.mustGetPlan(str(row, "id")), created: false };
+        }
+      }
+      if (input.limit !== undefined) this.checkPlanLimit(input.initiator, input.limit, now);
+      const id = newPlanId();
+      this.db
+        .prepare(
+          `INSERT INTO plans (id, agent_id, initiator, binding_hash, subject_hash, job_hash,
+             envelopes_json, redacted_json, requirement_json, ttl_seconds, status, idempotency_key,
+             justification, policy_revision, created_at, expires_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          id,
+          input.agentId,
+          input.initiator,
+          input.bindingHash,
+          input.subjectHash,
+          input.jobHash,
+          JSON.stringify(input.envelopes),
+          JSON.stringify(input.redacted ?? null),
+          JSON.stringify(input.requirement),
+          input.ttlSeconds,
+          key,
+          justification,
+          input.policyRevision ?? null,
+          now,
+          input.expiresAt,
+        );
+      const insert = this.db.prepare(
+        "INSERT INTO plan_envelopes (plan_id, idx, max_uses) VALUES (?, ?, ?)",
+      );
+      input.envelopes.forEach((e, i) => insert.run(id, i, e.max_uses));
+      this.planEvent(id, now, "requested", input.agentId, { envelopes: input.envelopes.length });
+      return { plan: this.mustGetPlan(id), created: true };
+    });
+  }
+
+  getPlan(id: string): PlanRecord | undefined {
+    return this.run("read plan", () => {
+      const row = this.db.prepare("SELECT * FROM plans WHERE id = ?").get(id) as Row | undefined;
+      if (!row) return undefined;
+      const uses = this.db
+        .prepare("SELECT * FROM plan_envelopes WHERE plan_id = ? ORDER BY idx")
+        .all(id) as Row[];
+      return toPlan(row, uses);
+    });
+  }
+
+  /** Plans, oldest first (or newest first); `limit` is clamped to 1..1000. */
+  listPlans(
+    options: {
+      status?: TaskStatus;
+      agentId?: string;
+      limit?: number;
+      order?: "oldest" | "newest";
+    } = {},
+  ): PlanRecord[] {
+    const limit = Math.min(1000, Math.max(1, Math.trunc(options.limit ?? 100)));
+    if (options.status !== undefined && !TASK_STATUSES.includes(options.status)) {
+      throw toolgateError("invalid_request", `unknown task status ${String(options.status)}`);
+    }
+    return this.run("list plans", () => {
+      const where: string[] = [];
+      const args: SQLInputValue[] = [];
+      if (options.status !== undefined) {
+        where.push("status = ?");
+        args.push(options.status);
+      }
+      if (options.agentId !== undefined) {
+        where.push("agent_id = ?");
+        args.push(options.agentId);
+      }
+      const sql = `SELECT id FROM plans ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
+        ORDER BY ${options.order === "newest" ? "created_at DESC, id DESC" : "created_at, id"} LIMIT ?`;
+      return (this.db.prepare(sql).all(...args, limit) as Row[]).map((r) =>
+        this.mustGetPlan(str(r, "id")),
+      );
+    });
+  }
+
+  /** The plan's history, oldest first. */
+  listPlanEvents(planId: string): TaskEvent[] {
+    return this.run("list plan events", () =>
+      (
+        this.db
+          .prepare("SELECT * FROM plan_events WHERE plan_id = ? ORDER BY seq")
+          .all(planId) as Row[]
+      ).map((r) => ({
+        taskId: str(r, "plan_id"),
+        at: num(r, "at"),
+        event: str(r, "event"),
+        actor: str(r, "actor"),
+        details: json<Record<string, unknown>>(r, "details_json"),
+      })),
+    );
+  }
+
+  /**
+   * Approves or denies a pending plan, atomically (`WHERE status='pending'`),
+   * as `decide` does for a task. Approving sets `approved_until` and each
+   * envelope's own end (`envelopeEnds[i]`, null: the plan's).
+   */
+  decidePlan(planId: string, d: DecideInput & { envelopeEnds?: Array<number | null> }): PlanRecord {
+    const now = d.now ?? Date.now();
+    checkText("by", d.by);
+    if (!Array.isArray(d.roles) || d.roles.some((r) => typeof r !== "string")) {
+      throw toolgateError("invalid_request", "roles must be an array of strings");
+    }
+    const comment = d.comment ?? null;
+    if (comment !== null && (typeof comment !== "string" || comment.length > 4096)) {
+      throw toolgateError("invalid_request", "comment must be a string of ≤ 4096 chars");
+    }
+    let approvedUntil: number | null = null;
+    if (d.approve) {
+      approvedUntil = checkTime("approvedUntil", d.approvedUntil);
+      if (approvedUntil <= now) {
+        throw toolgateError("invalid_request", "approvedUntil must lie in the future");
+      }
+    }
+    return this.tx("decide plan", () => {
+      const status: TaskStatus = d.approve ? "approved" : "denied";
+      const res = this.db
+        .prepare(
+          `UPDATE plans SET status = ?, decided_at = ?, decided_by = ?, decided_by_roles_json = ?,
+             comment = ?, approved_until = ?
+           WHERE id = ? AND status = 'pending' AND expires_at > ?`,
+        )
+        .run(status, now, d.by, JSON.stringify(d.roles), comment, approvedUntil, planId, now);
+      if (res.changes !== 1) this.explainPlanNotPending(planId, now);
+      if (d.approve && d.envelopeEnds) {
+        const set = this.db.prepare(
+          "UPDATE plan_envelopes SET expires_at = ? WHERE plan_id = ? AND idx = ?",
+        );
+        d.envelopeEnds.forEach((end, i) => {
+          if (end !== null) set.run(end, planId, i);
+        });
+      }
+      this.planEvent(planId, now, status, d.by, {
+        roles: d.roles,
+        ...(comment !== null ? { comment } : {}),
+        ...(approvedUntil !== null ? { approved_until: approvedUntil } : {}),
+      });
+      return this.mustGetPlan(planId);
+    });
+  }
+
+  /** The agent withdraws its own pending plan. */
+  cancelPlan(planId: string, byAgent: string, now: number = Date.now()): PlanRecord {
+    return this.tx("cancel plan", () => {
+      const res = this.db
+        .prepare(
+          `UPDATE plans SET status = 'cancelled', decided_at = ?, decided_by = ?
+           WHERE id = ? AND agent_id = ? AND status = 'pending'`,
+        )
+        .run(now, byAgent, planId, byAgent);
+      if (res.changes !== 1) {
+        const p = this.getPlan(planId);
+        if (!p || p.agentId !== byAgent) throw toolgateError("approval_not_found");
+        throw toolgateError("approval_not_pending", `the plan is ${p.status}`);
+      }
+      this.planEvent(planId, now, "cancelled", byAgent, {});
+      return this.mustGetPlan(planId);
+    });
+  }
+
+  /** Revokes an approved, not yet revoked plan: no use is claimed after this commits. */
+  revokePlan(planId: string, by: string, now: number = Date.now()): PlanRecord {
+    checkText("by", by);
+    return this.tx("revoke plan", () => {
+      const res = this.db
+        .prepare(
+          `UPDATE plans SET revoked_at = ?, revoked_by = ?
+           WHERE id = ? AND status = 'approved' AND revoked_at IS NULL`,
+        )
+        .run(now, by, planId);
+      if (res.changes !== 1) {
+        const p = this.getPlan(planId);
+        if (!p) throw toolgateError("approval_not_found");
+        throw toolgateError(
+          "approval_not_approved",
+          p.revokedAt !== null ? "the plan is already revoked" : `the plan is ${p.status}`,
+        );
+      }
+      this.planEvent(planId, now, "revoked", by, {});
+      return this.mustGetPlan(planId);
+    });
+  }
+
+  /** Pending plans whose `expires_at` ≤ now become `expired`. Returns their ids. */
+  expireDuePlans(now: number = Date.now()): string[] {
+    return this.tx("expire plans", () => {
+      const rows = this.db
+        .prepare(
+          `UPDATE plans SET status = 'expired', decided_at = ?
+           WHERE status = 'pending' AND expires_at <= ? RETURNING id`,
+        )
+        .all(now, now) as Row[];
+      const ids = rows.map((r) => str(r, "id"));
+      for (const id of ids) this.planEvent(id, now, "expired", "toolgate", {});
+      return ids;
+    });
+  }
+
+  /**
+   * Claims one use of envelope `idx` of plan `planId` for a decision: one
+   * guarded UPDATE in a transaction —
+   *   `uses = uses + 1 WHERE plan_id=? AND idx=? AND uses < max_uses
+   *      AND (expires_at IS NULL OR expires_at > now) AND the plan is approved,
+   *      unrevoked and approved_until > now`
+   * — so of any number of concurrent claimers (connections, processes) no
+   * more than max_uses ever win. The use is recorded in plan_events with the
+   * decision's id.
+   */
+  claimPlanUse(
+    planId: string,
+    idx: number,
+    decisionId: string,
+    now: number = Date.now(),
+  ): PlanClaim {
+    checkText("decisionId", decisionId);
+    return this.tx("claim plan use", () => {
+      const row = this.db
+        .prepare(
+          `UPDATE plan_envelopes SET uses = uses + 1
+           WHERE plan_id = ? AND idx = ? AND uses < max_uses
+             AND (expires_at IS NULL OR expires_at > ?)
+             AND EXISTS (SELECT 1 FROM plans p WHERE p.id = plan_envelopes.plan_id
+               AND p.status = 'approved' AND p.revoked_at IS NULL AND p.approved_until > ?)
+           RETURNING uses, max_uses`,
+        )
+        .get(planId, idx, now, now) as Row | undefined;
+      if (row) {
+        const uses = num(row, "uses");
+        this.planEvent(planId, now, "used", "toolgate", {
+          decision_id: decisionId,
+          envelope: idx,
+          uses,
+        });
+        return { claimed: true as const, envelope: idx, uses, maxUses: num(row, "max_uses") };
+      }
+      const p = this.getPlan(planId);
+      const u = p?.uses[idx];
+      const reason =
+        !p || !u
+          ? "not_found"
+          : p.status !== "approved"
+            ? "not_approved"
+            : p.revokedAt !== null
+              ? "revoked"
+              : u.uses >= u.maxUses
+                ? "used_up"
+                : "expired";
+      return { claimed: false as const, reason };
+    });
+  }
+
   // -- internals --------------------------------------------------------------
 
   /** Throws access_request_rate_limited when `initiator` used up `limit` (inside createTask's transaction). */
@@ -930,6 +1377,62 @@ export class ApprovalStore extends SqliteStore {
       .run(taskId, at, event, actor, JSON.stringify(details));
   }
 
+  private planEvent(
+    planId: string,
+    at: number,
+    event: string,
+    actor: string,
+    details: Record<string, unknown>,
+  ): void {
+    this.db
+      .prepare(
+        "INSERT INTO plan_events (plan_id, at, event, actor, details_json) VALUES (?, ?, ?, ?, ?)",
+      )
+      .run(planId, at, event, actor, JSON.stringify(details));
+  }
+
+  private mustGetPlan(id: string): PlanRecord {
+    const p = this.getPlan(id);
+    if (!p) throw toolgateError("approval_not_found", `no plan ${id}`);
+    return p;
+  }
+
+  private explainPlanNotPending(planId: string, now: number): never {
+    const p = this.getPlan(planId);
+    if (!p) throw toolgateError("approval_not_found", `no plan ${planId}`);
+    if (p.status === "pending" && p.expiresAt <= now) {
+      this.expirePlanAfterRollback = { planId, now };
+      throw toolgateError("approval_expired", "the plan has expired before it was decided");
+    }
+    throw toolgateError("approval_not_pending", `the plan is ${p.status}`);
+  }
+
+  /** Plans not approved count against the initiator's access-request limit, as tasks do. */
+  private checkPlanLimit(initiator: string, limit: RequestLimit, now: number): void {
+    if (!Number.isSafeInteger(limit.max) || limit.max < 1 || !Number.isSafeInteger(limit.windowMs))
+      throw toolgateError("invalid_request", "limit must be a positive max and a window in ms");
+    const since = now - limit.windowMs;
+    const statuses = LIMITED_STATUSES.map(() => "?").join(", ");
+    const n = Number(
+      (
+        this.db
+          .prepare(
+            `SELECT COUNT(*) AS n FROM plans WHERE initiator = ? AND status IN (${statuses})
+             AND created_at > ?`,
+          )
+          .get(initiator, ...LIMITED_STATUSES, since) as Row
+      ).n,
+    );
+    if (n < limit.max) return;
+    const retryAfter = Math.max(1, Math.ceil(limit.windowMs / 1000));
+    throw toolgateError(
+      "access_request_rate_limited",
+      `${initiator} has ${n} plans that are not approved within the last ` +
+        `${Math.round(limit.windowMs / 1000)} s (limit ${limit.max})`,
+      { retry_after: retryAfter },
+    );
+  }
+
   private mustGetTask(id: string): ApprovalTask {
     const t = this.getTask(id);
     if (!t) throw toolgateError("approval_not_found");
@@ -954,6 +1457,9 @@ export class ApprovalStore extends SqliteStore {
         const expire = this.expireAfterRollback;
         this.expireAfterRollback = undefined;
         if (expire) this.expireOne(expire.taskId, expire.now);
+        const expirePlan = this.expirePlanAfterRollback;
+        this.expirePlanAfterRollback = undefined;
+        if (expirePlan) this.expireDuePlans(expirePlan.now);
         throw e;
       }
     });

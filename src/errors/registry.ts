@@ -147,6 +147,14 @@ export const ERRORS = {
     status: 429,
     message: "this initiator has too many open or refused access requests; retry later",
   },
+  plan_denied: {
+    status: 409,
+    message: "a call of the plan is denied by the policy; the plan is refused",
+  },
+  plan_unneeded: {
+    status: 409,
+    message: "no call of the plan needs an approval; the plan is refused",
+  },
   approval_store_unavailable: {
     status: 503,
     message: "the approval store cannot be opened, read or written",

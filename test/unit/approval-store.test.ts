@@ -111,12 +111,12 @@ describe("opening, schema and migrations", () => {
     const store = open(dir);
     expect(store.path).toBe(join(dir, APPROVALS_DB_FILE));
     expect(store.schemaVersion()).toBe(SCHEMA_VERSION);
-    expect(SCHEMA_VERSION).toBe(5);
+    expect(SCHEMA_VERSION).toBe(6);
     expect(statSync(store.path).mode & 0o777).toBe(0o600);
     const raw = new DatabaseSync(store.path);
     try {
       expect(raw.prepare("PRAGMA journal_mode").get()).toEqual({ journal_mode: "wal" });
-      expect(raw.prepare("PRAGMA user_version").get()).toEqual({ user_version: 5 });
+      expect(raw.prepare("PRAGMA user_version").get()).toEqual({ user_version: 6 });
       const migrations = raw.prepare("SELECT version, name FROM schema_migrations").all();
       expect(migrations).toEqual([
         { version: 1, name: "create evaluations, tasks, task_events" },
@@ -127,6 +127,7 @@ describe("opening, schema and migrations", () => {
           name: "the agent's justification on a task; reasons with their messages",
         },
         { version: 5, name: "the tool's class and stage on an evaluation" },
+        { version: 6, name: "plan approvals: plans, their envelopes' uses, plan_events" },
       ]);
       const tables = raw
         .prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
@@ -809,10 +810,11 @@ describe("pruning evaluations", () => {
     const v1 = open(dir);
     v1.recordEvaluation(evaluation("kept"));
     v1.close();
-    // back to schema 1: drop what migrations 2, 3 and 4 added
+    // back to schema 1: drop what migrations 2 to 6 added
     const raw = new DatabaseSync(join(dir, APPROVALS_DB_FILE));
     raw.exec(
-      "DROP INDEX evaluations_by_expiry; DROP TRIGGER tasks_one_per_evaluation;" +
+      "DROP TABLE plan_events; DROP TABLE plan_envelopes; DROP TABLE plans;" +
+        " DROP INDEX evaluations_by_expiry; DROP TRIGGER tasks_one_per_evaluation;" +
         " DROP INDEX tasks_by_agent_created; ALTER TABLE tasks DROP COLUMN justification;" +
         " ALTER TABLE evaluations DROP COLUMN tool_class; ALTER TABLE evaluations DROP COLUMN tool_stage;" +
         " DELETE FROM schema_migrations WHERE version >= 2;",
@@ -849,6 +851,7 @@ describe("pruning evaluations", () => {
     const raw = new DatabaseSync(join(dir, APPROVALS_DB_FILE));
     raw.exec(
       `UPDATE evaluations SET reasons_json = '["refund_needs_manager","second"]';` +
+        " DROP TABLE plan_events; DROP TABLE plan_envelopes; DROP TABLE plans;" +
         " DROP INDEX tasks_by_agent_created; ALTER TABLE tasks DROP COLUMN justification;" +
         " ALTER TABLE evaluations DROP COLUMN tool_class; ALTER TABLE evaluations DROP COLUMN tool_stage;" +
         " DELETE FROM schema_migrations WHERE version >= 4; PRAGMA user_version = 3;",
