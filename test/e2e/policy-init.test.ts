@@ -100,6 +100,19 @@ test("policy init scaffolds a deployment that passes policy test, builds, and de
   const xyz = refund(20, "XYZ");
   expect(xyz.status).toBe(3); // deny, by the scaffold's own rule
   expect(xyz.stdout).toContain("is not one this deployment refunds in");
+  // the library's session rules see the scaffold's labels: egress with no session asks a human
+  writeFileSync(
+    input,
+    JSON.stringify({
+      subject: { type: "user", id: "alice" },
+      action: { name: "web.post", properties: { arguments: {} } },
+      resource: { type: "customer", id: "cust_1" },
+      context: { job: { id: "job_1", purpose: "support", customer_id: "cust_1" } },
+    }),
+  );
+  const egress = run("eval", "--bundle", bundle, "--agent", "triage-bot", "--input", input);
+  expect(egress.status).toBe(4);
+  expect(egress.stdout).toContain("egress_without_session");
 });
 
 test("a scaffold whose data breaks one of its tests fails policy test, naming the test", () => {

@@ -1,5 +1,6 @@
 # Tests of this deployment: its data (toolgate/deployment/data.json) and its
-# rules (rules.rego) with toolgate's library. `toolgate policy test` runs them.
+# rules (rules.rego) with toolgate's library, session rules included.
+# `toolgate policy test` runs them.
 package toolgate_test
 
 import rego.v1
@@ -115,6 +116,34 @@ test_other_customer_out_of_scope if {
 	d := data.toolgate.decision with input as inp
 	d.outcome == "deny"
 	codes(d) == {"out_of_scope"}
+}
+
+# --- the session: egress after a sensitive read --------------------------------------
+
+# what toolgate tells the policy about the session so far (it keeps it; the agent cannot assert it)
+in_session(who, tool, labels) := object.union(req(who, tool, {}), {
+	"request": {"context": {"session": {"id": "s-1"}}},
+	"verified": {"session": {"id": "s-1", "tools": {}, "labels": labels}},
+})
+
+read_pii := {"customer_pii": {"count": 1, "tools": ["tickets.read"], "last_decision_id": "dec_1"}}
+
+test_egress_allowed_in_a_session_that_read_nothing_sensitive if {
+	d := data.toolgate.decision with input as in_session("alice", "web.post", {})
+	d.outcome == "allow"
+}
+
+test_egress_after_reading_customer_pii_needs_a_manager if {
+	d := data.toolgate.decision with input as in_session("alice", "web.post", read_pii)
+	d.outcome == "needs_approval"
+	codes(d) == {"egress_after_sensitive_read"}
+	d.approval.approver_roles == ["support_manager"]
+}
+
+test_egress_without_a_session_needs_approval if {
+	d := data.toolgate.decision with input as req("alice", "web.post", {})
+	d.outcome == "needs_approval"
+	codes(d) == {"egress_without_session"}
 }
 
 # --- the data itself ---------------------------------------------------------------
