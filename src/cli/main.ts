@@ -8,8 +8,15 @@ import { CONTROL_HELP, CONTROL_MIGRATE_HELP, controlCommand } from "./control";
 import { MCP_HELP, mcpCommand } from "./mcp";
 import { devTokenCommand } from "./dev-token";
 import { REPORT_HELP, reportCommand } from "./report";
-import { explainCommand, policyBuild, policyTest, replayCommand } from "./author";
-import { POLICY_CHECK_HELP, POLICY_SIGN_HELP, policyCommand } from "./policy";
+import {
+  explainCommand,
+  POLICY_BUILD_HELP,
+  POLICY_TEST_HELP,
+  policyBuild,
+  policyTest,
+  replayCommand,
+} from "./author";
+import { POLICY_CHECK_HELP, POLICY_INIT_HELP, POLICY_SIGN_HELP, policyCommand } from "./policy";
 import { compileConfig, loadConfig } from "../config";
 import { normalizeError, toolgateError } from "../errors";
 import { validateDecisionRequest } from "../shared/validate";
@@ -46,17 +53,9 @@ const USAGE = new Map<string, string>([
                                              print a DEVELOPMENT token (alice, sam, carol, maria, olga);
                                              refused unless the config trusts the committed dev key`,
   ],
-  [
-    "policy build",
-    `  toolgate policy build [DIR] [-o OUT] [--entrypoint E] [--capabilities F] [--revision R] [--json]
-                                             opa build -t wasm with the runtime's capabilities and a
-                                             content-derived revision (needs the opa CLI)`,
-  ],
-  [
-    "policy test",
-    `  toolgate policy test [DIR] [--coverage-min 90] [--json]
-                                             opa fmt --list, opa check --strict, opa test --coverage`,
-  ],
+  ["policy init", POLICY_INIT_HELP],
+  ["policy build", POLICY_BUILD_HELP],
+  ["policy test", POLICY_TEST_HELP],
   ["policy sign", POLICY_SIGN_HELP],
   ["policy check", POLICY_CHECK_HELP],
   ["report rollout", REPORT_HELP],
@@ -94,7 +93,7 @@ Configuration: docs/configuration.md (file via --config or TOOLGATE_CONFIG; TOOL
 /**
  * The help for a command's words (`["policy"]`, `["policy", "sign"]`): the
  * subcommand's usage when it names one, else every usage line that starts
- * with the command (policy: build, test, sign, check); undefined for a word
+ * with the command (policy: init, build, test, sign, check); undefined for a word
  * toolgate does not know.
  */
 export function helpFor(words: readonly string[]): string | undefined {
