@@ -110,6 +110,29 @@ export interface RequestDetail extends RequestSummary {
   revoked_at: string | null;
   revoked_by: string | null;
   policy_revision: string | null;
+  /** A plan approval (kind "plan"): its envelopes, each with its bounds, resource, uses and ttl. */
+  plan?: PlanDetail;
+}
+
+/** One envelope of a plan, as approvers read it (arguments redacted). */
+export interface PlanEnvelopeView {
+  index: number;
+  tool: string;
+  resource: string | null;
+  /** Per argument: the constraint as submitted (an exact value, {min, max} or {enum}). */
+  arguments: Record<string, unknown>;
+  other_arguments: "forbid" | "any";
+  max_uses: number;
+  uses: number;
+  ttl_seconds: number | null;
+  expires_at: string | null;
+  approver_roles: string[] | null;
+}
+
+export interface PlanDetail {
+  envelopes: PlanEnvelopeView[];
+  ttl_seconds: number;
+  binding_hash: string | null;
 }
 
 export type TimelineKind =

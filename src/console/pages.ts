@@ -10,6 +10,7 @@ import type {
   BudgetUse,
   ConsoleDeployment,
   Inbox,
+  PlanDetail,
   RequestDetail,
   RequestSummary,
   RolloutStage,
@@ -284,6 +285,71 @@ function argumentsTable(args: unknown): Html {
   </table>`;
 }
 
+/** A plan envelope's constraint on one argument, in words. */
+function constraintText(name: string, c: unknown): Html {
+  if (c !== null && typeof c === "object" && !Array.isArray(c)) {
+    const o = c as Record<string, unknown>;
+    const keys = Object.keys(o);
+    if (keys.length > 0 && keys.every((k) => k === "min" || k === "max")) {
+      const lo = typeof o.min === "number" ? `${o.min} ≤ ` : "";
+      const hi = typeof o.max === "number" ? ` ≤ ${o.max}` : "";
+      return html`<code>${lo}${name}${hi}</code>`;
+    }
+    if (keys.length === 1 && Array.isArray(o.enum))
+      return html`one of
+      ${(o.enum as unknown[]).map((x, i) => html`${i > 0 ? ", " : ""}${value(x)}`)}`;
+  }
+  return html`exactly ${value(c)}`;
+}
+
+/** A plan's envelopes: what each later call may be, how often, how long. */
+function envelopesTable(plan: PlanDetail): Html {
+  return html`<table class="args plan">
+    <caption>
+      The plan: each later call inside one of these is allowed and counted (arguments as redaction
+      allows)
+    </caption>
+    <thead>
+      <tr>
+        <th scope="col">#</th>
+        <th scope="col">Tool</th>
+        <th scope="col">Resource</th>
+        <th scope="col">Arguments</th>
+        <th scope="col">Uses</th>
+        <th scope="col">Time to live</th>
+      </tr>
+    </thead>
+    <tbody>
+      ${plan.envelopes.map(
+        (e) =>
+          html`<tr class="envelope">
+            <td>${String(e.index)}</td>
+            <td><code>${e.tool}</code></td>
+            <td>${e.resource ?? ""}</td>
+            <td>
+              <ul>
+                ${Object.entries(e.arguments).map(
+                  ([k, c]) => html`<li>${k}: ${constraintText(k, c)}</li>`,
+                )}
+                <li>
+                  ${e.other_arguments === "any" ? "other arguments: any" : "no other arguments"}
+                </li>
+              </ul>
+            </td>
+            <td>${String(e.uses)} of ${String(e.max_uses)}</td>
+            <td>
+              ${
+                e.ttl_seconds !== null
+                  ? humanDuration(Math.min(e.ttl_seconds, plan.ttl_seconds))
+                  : humanDuration(plan.ttl_seconds)
+              }
+            </td>
+          </tr>`,
+      )}
+    </tbody>
+  </table>`;
+}
+
 function traceLink(ctx: PageContext, id: string | null): Html | string {
   if (id === null) return "";
   const t = ctx.traceUrlTemplate;
@@ -371,7 +437,9 @@ export function requestPage(
       ${justification(r.justification)}
     </section>
     <section aria-labelledby="what">
-      <h2 id="what">What the agent wants to do</h2>
+      <h2 id="what">
+        ${r.plan !== undefined ? "What the agent plans to do" : "What the agent wants to do"}
+      </h2>
       ${dl([
         ["Tool", html`<code>${r.tool}</code>`],
         ["Class", r.tool_class],
@@ -395,7 +463,7 @@ export function requestPage(
             : null,
         ],
       ])}
-      ${argumentsTable(r.arguments)}
+      ${r.plan !== undefined ? envelopesTable(r.plan) : argumentsTable(r.arguments)}
     </section>
     ${
       r.status !== "pending"

@@ -7,10 +7,12 @@
  * row is outside input.
  */
 import { ineligible } from "../../approvals/rules";
+import { planIneligible, type PlanRequirement } from "../../approvals/plans";
 import type { EvaluationRecord } from "../../approvals/store";
 import type { Principal } from "../../model";
 import { isObject } from "../../shared/guards";
 import {
+  type PlanDetail,
   reasonFallback,
   type ReasonText,
   type RequestDetail,
@@ -72,6 +74,68 @@ export function evaluationOfView(v: Record<string, unknown>): EvaluationRecord {
   } as unknown as EvaluationRecord;
 }
 
+/** A plan view's envelopes (defensively read: a stored row is outside input). */
+function envelopesOfView(v: Record<string, unknown>): Array<Record<string, unknown>> {
+  const plan = isObject(v.plan) ? v.plan : {};
+  return Array.isArray(plan.envelopes) ? plan.envelopes.filter(isObject) : [];
+}
+
+/** The minimal plan `planIneligible` reads, from a plan view. */
+function planOfView(v: Record<string, unknown>): {
+  initiator: string;
+  agentId: string;
+  requirement: PlanRequirement;
+} {
+  const req = isObject(v.requirement) ? v.requirement : {};
+  return {
+    initiator: str(v.initiator) ?? "",
+    agentId: str(v.agent) ?? "",
+    requirement: {
+      approver_roles: strs(req.approver_roles),
+      exclude: strs(req.exclude),
+      ttl_seconds: 0,
+      envelopes: envelopesOfView(v).map((e) => {
+        const r = isObject(e.requirement) ? e.requirement : undefined;
+        return r === undefined
+          ? null
+          : {
+              approver_roles: strs(r.approver_roles),
+              exclude: strs(r.exclude),
+              single_use: r.single_use === true,
+              ttl_seconds: typeof r.ttl_seconds === "number" ? r.ttl_seconds : 0,
+            };
+      }),
+    },
+  };
+}
+
+/** The plan of a plan view, for the request page. */
+export function planDetailOf(v: Record<string, unknown>): PlanDetail | undefined {
+  if (v.kind !== "plan") return undefined;
+  const plan = isObject(v.plan) ? v.plan : {};
+  const num = (x: unknown): number | null => (typeof x === "number" ? x : null);
+  return {
+    envelopes: envelopesOfView(v).map((e, i) => {
+      const res = isObject(e.resource) ? e.resource : undefined;
+      const req = isObject(e.requirement) ? e.requirement : undefined;
+      return {
+        index: num(e.index) ?? i,
+        tool: str(e.tool) ?? "",
+        resource: res !== undefined ? `${str(res.type) ?? "?"}/${str(res.id) ?? "?"}` : null,
+        arguments: isObject(e.arguments) ? e.arguments : {},
+        other_arguments: e.other_arguments === "any" ? "any" : "forbid",
+        max_uses: num(e.max_uses) ?? 0,
+        uses: num(e.uses) ?? 0,
+        ttl_seconds: num(e.ttl_seconds),
+        expires_at: str(e.expires_at),
+        approver_roles: req !== undefined ? strs(req.approver_roles) : null,
+      };
+    }),
+    ttl_seconds: num(plan.ttl_seconds) ?? 0,
+    binding_hash: str(plan.binding_hash),
+  };
+}
+
 /** Why `viewer` may not decide the request now, or null (src/approvals/rules.ts, plus status). */
 export function whyNot(
   v: Record<string, unknown>,
@@ -79,7 +143,11 @@ export function whyNot(
   servedAgent: string | undefined,
   nowMs: number,
 ): string | null {
-  const why = ineligible(viewer, evaluationOfView(v), servedAgent ?? str(v.agent) ?? "");
+  const served = servedAgent ?? str(v.agent) ?? "";
+  const why =
+    v.kind === "plan"
+      ? planIneligible(viewer, planOfView(v), served)
+      : ineligible(viewer, evaluationOfView(v), served);
   if (why !== undefined) return why;
   const status = str(v.status);
   if (status !== "pending") return `the request is ${status ?? "unknown"}, not pending`;
@@ -190,6 +258,7 @@ export function detailOf(
     revoked_at: str(v.revoked_at),
     revoked_by: str(v.revoked_by),
     policy_revision: str(v.policy_revision),
+    ...(v.kind === "plan" ? { plan: planDetailOf(v) as PlanDetail } : {}),
   };
 }
 
