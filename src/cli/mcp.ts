@@ -6,18 +6,22 @@ import { loadMcpConfig, startMcpProxy, type Overrides } from "../mcp";
 import { toolgateError } from "../errors";
 import { parseCommandArgs, runUntilSignal } from "./args";
 
-export const MCP_HELP = `  toolgate mcp --config FILE [--http HOST:PORT] [--stdio] [--sidecar URL] [--console URL] [--log-level L]
+export const MCP_HELP = `  toolgate mcp --config FILE [--stdio] [--http HOST:PORT [--http-token-file FILE]] [--sidecar URL] [--console URL] [--log-level L]
                                              the MCP enforcement proxy in front of MCP servers: every
                                              tools/call is decided by the toolgate sidecar first and
                                              tools/list shows only what the policy allows or gates
-                                             (docs/mcp.md); HTTP on loopback by default; --stdio
-                                             serves one agent on stdin/stdout (logs on stderr)`;
+                                             (docs/mcp.md); --stdio (recommended) serves one agent on
+                                             stdin/stdout (logs on stderr); --http serves loopback and
+                                             requires Authorization: Bearer <secret> — read from FILE,
+                                             or generated there (0600) when FILE is missing, or in a
+                                             temp file whose path the mcp.started log line gives`;
 
 type Out = { stdout(s: string): void; stderr(s: string): void };
 
 const OPTIONS = {
   config: { type: "string", short: "c" },
   http: { type: "string" },
+  "http-token-file": { type: "string" },
   stdio: { type: "boolean" },
   sidecar: { type: "string" },
   console: { type: "string" },
@@ -32,6 +36,7 @@ export async function mcpCommand(args: string[], out: Out): Promise<number> {
   const overrides: Overrides = {};
   if (values.http !== undefined) overrides.http = values.http;
   if (values.stdio === true) overrides.stdio = true;
+  if (values["http-token-file"] !== undefined) overrides.httpTokenFile = values["http-token-file"];
   if (values.sidecar !== undefined) overrides.sidecarUrl = values.sidecar;
   if (values.console !== undefined) overrides.consoleUrl = values.console;
   if (values["log-level"] !== undefined) overrides.logLevel = values["log-level"];

@@ -34,7 +34,10 @@ export class ToolgateError extends Error {
  * code), it needs an approval the caller did not wait for (`approval_required`),
  * the approval was refused or ran out (`approval_denied`, `approval_cancelled`,
  * `approval_expired`, `approval_failed`), or the decision carries an obligation
- * this client cannot honour (`unknown_obligation`).
+ * this client cannot honour (`unknown_obligation`). One code comes after the
+ * tool ran: `redaction_not_applicable` — the decision requires redaction and
+ * the result cannot be redacted field by field (not JSON-like), so it is
+ * withheld rather than returned as is.
  */
 export class ToolDenied extends Error {
   override readonly name = "ToolDenied";

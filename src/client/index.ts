@@ -16,7 +16,7 @@ import {
   type CallOptions,
   type TokenSource,
 } from "./http";
-import { applyRedactions, unknownObligation } from "./obligations";
+import { redactResult, unknownObligation } from "./obligations";
 import type {
   AccessRequestBody,
   AccessRequestTask,
@@ -31,7 +31,14 @@ import type {
 } from "./types";
 
 export { ToolDenied, ToolgateError } from "./errors";
-export { applyRedactions, CLIENT_OBLIGATIONS, unknownObligation } from "./obligations";
+export {
+  applyRedactions,
+  CLIENT_OBLIGATIONS,
+  notRedactable,
+  redactResult,
+  requiresRedaction,
+  unknownObligation,
+} from "./obligations";
 export type { TokenSource } from "./http";
 export type * from "./types";
 
@@ -77,7 +84,11 @@ export interface CallDescription {
   subject: Entity;
   resource: Entity;
   context?: DecisionContext;
-  /** The tool's arguments as the policy should see them; default: `args` when it is a plain object. */
+  /**
+   * The tool's arguments as the policy should see them; default: `args` when it is a plain
+   * object. When given and different from `args`, these are what the guarded function runs
+   * with (a frozen copy): the call that runs is the call that was decided.
+   */
   arguments?: Record<string, unknown>;
   /** Shown to the approver when the call needs an approval. */
   justification?: string;
@@ -174,6 +185,36 @@ function transient(e: unknown): boolean {
     e instanceof ToolgateError &&
     (e.status === 0 || e.status === 429 || e.status === 502 || e.status === 503 || e.status === 504)
   );
+}
+
+/** Sorted-key JSON: equal for equal JSON-like values. */
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`;
+  if (isPlain(v))
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical(v[k])}`)
+      .join(",")}}`;
+  return JSON.stringify(v) ?? "undefined";
+}
+
+/** A frozen deep copy: what the policy decides on is what the function runs with, unchanged. */
+function frozenCopy<T>(v: T): T {
+  let copy: T;
+  try {
+    copy = structuredClone(v);
+  } catch (e) {
+    throw new TypeError(
+      `guard: the call's arguments cannot be copied (${(e as Error).message}); pass data (objects, arrays, strings, numbers), not functions or handles`,
+    );
+  }
+  const freeze = (x: unknown): void => {
+    if (typeof x !== "object" || x === null || Object.isFrozen(x)) return;
+    Object.freeze(x);
+    for (const y of Object.values(x)) freeze(y);
+  };
+  freeze(copy);
+  return copy;
 }
 
 function errorText(e: unknown): { type: string; message: string } {
@@ -318,8 +359,19 @@ export function createClient(options: ClientOptions): ToolgateClient {
         const signal = joined.signal;
         const so: SignalOptions = signal === undefined ? {} : { signal };
         try {
-          const d = describe(args);
-          const argsForPolicy = d.arguments ?? (isPlain(args) ? args : undefined);
+          // one frozen copy, taken before deciding: the caller changing its object during an
+          // approval wait changes nothing; describe's arguments, when they differ, are what runs
+          const snapshot = frozenCopy(args);
+          const d = describe(snapshot);
+          let runArgs: A = snapshot;
+          let argsForPolicy: Record<string, unknown> | undefined = isPlain(snapshot)
+            ? snapshot
+            : undefined;
+          if (d.arguments !== undefined) {
+            argsForPolicy = frozenCopy(d.arguments);
+            if (canonical(argsForPolicy) !== canonical(snapshot))
+              runArgs = argsForPolicy as unknown as A;
+          }
           const props: NonNullable<DecisionRequest["action"]["properties"]> = {};
           if (argsForPolicy !== undefined) props.arguments = argsForPolicy;
           if (d.callId !== undefined) props.call_id = d.callId;
@@ -355,7 +407,7 @@ export function createClient(options: ClientOptions): ToolgateClient {
           const withCall = d.callId === undefined ? base : { ...base, call_id: d.callId };
           let result: R;
           try {
-            result = await fn(args, call);
+            result = await fn(runArgs, call);
           } catch (e) {
             await send({
               ...withCall,
@@ -367,7 +419,7 @@ export function createClient(options: ClientOptions): ToolgateClient {
           }
           let extra: Partial<ActionReport> = {};
           try {
-            extra = gopts.report?.(result, args) ?? {};
+            extra = gopts.report?.(result, runArgs) ?? {};
           } catch (e) {
             gopts.onReportError?.(e);
           }
@@ -378,7 +430,14 @@ export function createClient(options: ClientOptions): ToolgateClient {
             ...extra,
             decision_id: decision.decision_id,
           });
-          return applyRedactions(result, decision.obligations);
+          const out = redactResult(result, decision.obligations);
+          if ("withheld" in out)
+            throw new ToolDenied(
+              "redaction_not_applicable",
+              `${toolName}: the decision requires redaction (redact obligation) but the result is ${out.withheld}, which cannot be redacted field by field; the tool ran (reported), its result is withheld`,
+              { decision },
+            );
+          return out.value;
         } finally {
           joined.dispose();
         }

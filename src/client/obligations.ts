@@ -62,3 +62,70 @@ export function applyRedactions<R>(result: R, obligations: readonly Obligation[]
   for (const f of redactFields(obligations)) out = without(out, f.split("."));
   return out as R;
 }
+
+/** Whether the decision carries a `redact` obligation (then a result must be redactable). */
+export function requiresRedaction(obligations: readonly Obligation[]): boolean {
+  return obligations.some((o) => o.type === "redact");
+}
+
+/**
+ * Why `value` cannot be redacted field by field, or undefined when it can:
+ * JSON-like data only — plain objects, arrays, strings, numbers, booleans,
+ * null (and Dates) at every level. A Map, Set, Buffer, typed array, class
+ * instance or function could hide a named field where a dotted path does
+ * not reach, so it is not redactable.
+ */
+export function notRedactable(value: unknown, seen = new Set<unknown>()): string | undefined {
+  if (value === null || value === undefined) return undefined;
+  const t = typeof value;
+  if (t === "string" || t === "number" || t === "boolean" || t === "bigint") return undefined;
+  if (t !== "object") return `a ${t}`;
+  if (value instanceof Date) return undefined;
+  if (seen.has(value)) return "a cyclic value";
+  seen.add(value);
+  if (Array.isArray(value)) {
+    for (const v of value) {
+      const why = notRedactable(v, seen);
+      if (why !== undefined) return why;
+    }
+    return undefined;
+  }
+  const proto = Object.getPrototypeOf(value) as unknown;
+  if (proto !== Object.prototype && proto !== null)
+    return `an object of class ${(value as { constructor?: { name?: string } }).constructor?.name ?? "unknown"}`;
+  for (const v of Object.values(value as Record<string, unknown>)) {
+    const why = notRedactable(v, seen);
+    if (why !== undefined) return why;
+  }
+  return undefined;
+}
+
+/**
+ * A tool result under the decision's obligations, failing closed: without a
+ * `redact` obligation, the result as is. With one, a JSON-like object or
+ * array with the fields removed; a string holding a JSON object or array is
+ * parsed, redacted and serialised again; a number, boolean, null or undefined
+ * (nothing to remove) as is. Anything else — other text, a Map, a Buffer, a
+ * class instance — cannot be redacted field by field: `{withheld: why}`.
+ */
+export function redactResult<R>(
+  result: R,
+  obligations: readonly Obligation[],
+): { value: R } | { withheld: string } {
+  if (!requiresRedaction(obligations)) return { value: result };
+  if (typeof result === "string") {
+    const t = result.trim();
+    if (t.startsWith("{") || t.startsWith("[")) {
+      try {
+        const parsed = JSON.parse(t) as unknown;
+        return { value: JSON.stringify(applyRedactions(parsed, obligations)) as R };
+      } catch {
+        // not JSON after all
+      }
+    }
+    return { withheld: "a string that is not a JSON object or array" };
+  }
+  const why = notRedactable(result);
+  if (why !== undefined) return { withheld: why };
+  return { value: applyRedactions(result, obligations) };
+}

@@ -4,7 +4,7 @@
  * Validated whole at start: every problem is listed, each naming its key and
  * the fix, as one `config_invalid` error.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { toolgateError } from "../errors";
@@ -16,7 +16,8 @@ export type Mapped = string | { arg: string };
 
 export interface ToolMapping {
   resource?: { type?: Mapped; id?: Mapped };
-  job?: { id?: Mapped; purpose?: Mapped; customer_id?: Mapped };
+  /** Literals only: the job is the session's, never the agent's pick (no `{arg}`). */
+  job?: { id?: string; purpose?: string; customer_id?: string };
 }
 
 export interface UpstreamConfig {
@@ -47,7 +48,21 @@ export interface McpProxyConfig {
   servers: UpstreamConfig[];
   /** Per-tool mappings, by the agent-facing tool name (`<server>.<tool>` with several servers). */
   tools: Map<string, ToolMapping>;
-  serve: { http?: { host: string; port: number }; stdio: boolean; path: string };
+  serve: {
+    http?: { host: string; port: number };
+    stdio: boolean;
+    path: string;
+    /**
+     * HTTP serving's bearer secret: `token` when configured (serve.token_env, or an existing
+     * serve.token_file); `tokenFile` where a generated one is written when the file is missing.
+     * Neither: the proxy generates one at start, in a fresh 0700 temp directory.
+     */
+    auth: { token?: string; tokenFile?: string };
+    /** Most HTTP sessions open at once (serve.max_sessions). */
+    maxSessions: number;
+  };
+  /** Refuse (and hide) tools whose calls map no resource id (serve the session's resource only when mapped). */
+  requireMapping: boolean;
   /** Read-only list methods passed through to the upstreams (merged); every other method is MethodNotFound. */
   passthrough: PassthroughMethod[];
   approval: { waitSeconds: number };
@@ -71,6 +86,8 @@ export type PassthroughMethod = (typeof PASSTHROUGH_METHODS)[number];
 
 /** Server names: no dots, so `<server>.<tool>` splits one way only. */
 export const SERVER_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+/** Shortest HTTP bearer secret accepted from a file or the environment. */
+const MIN_SECRET = 32;
 const ENTITY_ID = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,255}$/;
 const TOP_KEYS = [
   "sidecar",
@@ -83,6 +100,7 @@ const TOP_KEYS = [
   "approval",
   "limits",
   "log_level",
+  "require_mapping",
 ];
 
 /** Flags and environment that override the file (TOOLGATE_MCP_* env < flags). */
@@ -92,6 +110,7 @@ export interface Overrides {
   sidecarUrl?: string;
   consoleUrl?: string;
   logLevel?: string;
+  httpTokenFile?: string;
 }
 
 const DEFAULT_LIMITS = {
@@ -332,15 +351,32 @@ export function compileMcpConfig(
         const mapping: ToolMapping = {};
         if (m.resource !== undefined)
           mapping.resource = mappedFields(m.resource, `${key}.resource`, ["type", "id"], report);
-        if (m.job !== undefined)
-          mapping.job = mappedFields(m.job, `${key}.job`, ["id", "purpose", "customer_id"], report);
+        if (m.job !== undefined) {
+          const job = mappedFields(m.job, `${key}.job`, ["id", "purpose", "customer_id"], report);
+          const literal: Record<string, string> = {};
+          for (const [k, v] of Object.entries(job)) {
+            if (typeof v === "string") literal[k] = v;
+            else
+              report(
+                `${key}.job.${k}`,
+                "takes its value from the call's arguments ({arg}), so the agent would pick the job it acts in and escape the job's boundary (out_of_scope)",
+                `give a literal string, or set the job once in session.context.job; map the record the call touches with ${key}.resource.id instead`,
+              );
+          }
+          mapping.job = literal;
+        }
         tools.set(name, mapping);
       }
   }
 
   // -- serve ------------------------------------------------------------------
   const sv = section(raw, "serve", report);
-  onlyKeys(sv, "serve", ["http", "stdio", "path", "allow_non_loopback"], report);
+  onlyKeys(
+    sv,
+    "serve",
+    ["http", "stdio", "path", "allow_non_loopback", "token_file", "token_env", "max_sessions"],
+    report,
+  );
   const httpSpec = overrides.http ?? env.TOOLGATE_MCP_HTTP ?? sv.http;
   const stdio = overrides.stdio ?? sv.stdio === true;
   if (sv.stdio !== undefined && typeof sv.stdio !== "boolean")
@@ -359,8 +395,8 @@ export function compileMcpConfig(
       if (!isLoopback(host) && sv.allow_non_loopback !== true)
         report(
           "serve.http",
-          `binds ${host}, off loopback: the agent port has no authentication of its own`,
-          "bind 127.0.0.1 (the default), or set serve.allow_non_loopback: true behind your own authentication",
+          `binds ${host}, off loopback: any host that reaches it and holds the bearer secret acts as the session's subject`,
+          "bind 127.0.0.1 (the default), or set serve.allow_non_loopback: true behind TLS and your own network controls",
         );
       httpServe = { host, port };
     }
@@ -370,6 +406,67 @@ export function compileMcpConfig(
       "serve",
       "serves nothing",
       "pass --http 127.0.0.1:8190 and/or --stdio (or serve.http / serve.stdio)",
+    );
+  const auth: McpProxyConfig["serve"]["auth"] = {};
+  if (httpServe !== undefined) {
+    const tokenFile = overrides.httpTokenFile ?? env.TOOLGATE_MCP_HTTP_TOKEN_FILE ?? sv.token_file;
+    if (sv.token_env !== undefined && tokenFile !== undefined)
+      report("serve.token_env", "and serve.token_file are both set", "keep one");
+    if (sv.token_env !== undefined) {
+      const v = typeof sv.token_env === "string" ? env[sv.token_env] : undefined;
+      if (typeof sv.token_env !== "string" || !/^[A-Z_][A-Z0-9_]*$/.test(sv.token_env))
+        report("serve.token_env", "must be an environment variable name", "e.g. MCP_PROXY_TOKEN");
+      else if (v === undefined || v.trim().length < MIN_SECRET)
+        report(
+          "serve.token_env",
+          `names ${sv.token_env}, which is not set or shorter than ${MIN_SECRET} characters`,
+          "export a long random secret (openssl rand -base64 32), or remove the key: the proxy then generates one",
+        );
+      else auth.token = v.trim();
+    } else if (tokenFile !== undefined) {
+      if (typeof tokenFile !== "string" || tokenFile === "")
+        report("serve.token_file", "must be a file path", "e.g. /run/user/1000/toolgate-mcp.token");
+      else {
+        const abs = resolve(baseDir, tokenFile);
+        auth.tokenFile = abs;
+        let st: ReturnType<typeof statSync> | undefined;
+        try {
+          st = statSync(abs);
+        } catch {
+          // missing: generated and written there (0600) at start
+        }
+        if (st !== undefined) {
+          if (process.platform !== "win32" && (Number(st.mode) & 0o077) !== 0)
+            report(
+              "serve.token_file",
+              `(${abs}) can be read by other users (mode ${(Number(st.mode) & 0o777).toString(8)})`,
+              `chmod 600 ${abs}`,
+            );
+          else {
+            let v = "";
+            try {
+              v = readFileSync(abs, "utf8").trim();
+            } catch (e) {
+              report("serve.token_file", `cannot be read (${(e as Error).message})`, "check it");
+            }
+            if (v.length < MIN_SECRET)
+              report(
+                "serve.token_file",
+                `(${abs}) holds a secret shorter than ${MIN_SECRET} characters`,
+                "write a long random secret into it, or delete it: the proxy then generates one there",
+              );
+            else auth.token = v;
+          }
+        }
+      }
+    }
+  }
+  const maxSessions = intIn(sv.max_sessions, 100, 1, 10000, "serve.max_sessions", report);
+  if (raw.require_mapping !== undefined && typeof raw.require_mapping !== "boolean")
+    report(
+      "require_mapping",
+      "must be true or false",
+      "true refuses calls of tools that map no resource id",
     );
   const path = sv.path ?? "/mcp";
   if (typeof path !== "string" || !/^\/[A-Za-z0-9/_.-]{0,127}$/.test(path))
@@ -431,7 +528,14 @@ export function compileMcpConfig(
     session: { subject: subject as Entity, resource: resource as Entity, context },
     servers,
     tools,
-    serve: { ...(httpServe ? { http: httpServe } : {}), stdio, path: path as string },
+    serve: {
+      ...(httpServe ? { http: httpServe } : {}),
+      stdio,
+      path: path as string,
+      auth,
+      maxSessions,
+    },
+    requireMapping: raw.require_mapping === true,
     passthrough,
     approval: { waitSeconds },
     limits,

@@ -156,9 +156,9 @@ export function buildRequest(
   if (mapping?.resource?.id !== undefined)
     resource.id = fromMapped(mapping.resource.id, call.arguments, "resource.id");
   if (mapping?.job !== undefined) {
+    // literals only (the config refuses {arg}): the agent never picks its job
     const job = { ...(isObject(context.job) ? context.job : {}) } as Record<string, unknown>;
-    for (const [k, m] of Object.entries(mapping.job))
-      job[k] = fromMapped(m, call.arguments, `job.${k}`);
+    for (const [k, v] of Object.entries(mapping.job)) if (typeof v === "string") job[k] = v;
     context.job = job;
   }
   return {
@@ -167,4 +167,18 @@ export function buildRequest(
     resource,
     context,
   };
+}
+
+/**
+ * Whether calls of a tool name the record they touch: the proxy's mapping or
+ * the tool's COAZ mapping gives `resource.id` (from the arguments or a
+ * literal). Without one, every call is decided on the session's resource
+ * whatever record its arguments name — `require_mapping: true` refuses those.
+ */
+export function mapsResource(
+  schema: SchemaMapping | Error | undefined,
+  mapping: ToolMapping | undefined,
+): boolean {
+  if (mapping?.resource?.id !== undefined) return true;
+  return schema !== undefined && !(schema instanceof Error) && schema.resource.id !== undefined;
 }

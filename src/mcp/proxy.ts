@@ -27,12 +27,14 @@ import {
 } from "@modelcontextprotocol/sdk/types.js";
 import {
   applyRedactions,
+  requiresRedaction,
   ToolDenied,
   ToolgateError,
   unknownObligation,
   type Approval,
   type Decision,
   type DecisionRequest,
+  type Entity,
   type Reason,
   type ToolgateClient,
 } from "../client";
@@ -40,8 +42,8 @@ import { forbiddenKey, isObject } from "../shared/guards";
 import type { Logger } from "../shared/log";
 import { packageVersion } from "../shared/paths";
 import type { McpProxyConfig, PassthroughMethod } from "./config";
-import { buildRequest, MappingError } from "./mapping";
-import type { CatalogTool, Upstreams } from "./upstream";
+import { buildRequest, MappingError, mapsResource } from "./mapping";
+import { CallOutcomeUnknown, logSafe, type CatalogTool, type Upstreams } from "./upstream";
 
 /** `_meta` keys the proxy sets (docs/mcp.md). */
 export const META = {
@@ -53,6 +55,7 @@ export const META = {
   decisionId: "io.toolgate/decision_id",
   approvalUrl: "io.toolgate/approval_url",
   taskId: "io.toolgate/access_request_id",
+  withheld: "io.toolgate/withheld",
 } as const;
 
 export const NEEDS_APPROVAL_NOTE =
@@ -139,6 +142,15 @@ function errorText(e: unknown): { type: string; message: string } {
   return { type: type.slice(0, 256), message: message.slice(0, 4096) };
 }
 
+/** A name the agent sent that is no tool: a short hash and a cut, sanitised form for the log. */
+function unknownName(name: unknown): { tool: string; tool_hash: string } {
+  const s = String(name);
+  return {
+    tool: s.slice(0, 64).replace(/[^A-Za-z0-9_.-]/g, "?"),
+    tool_hash: createHash("sha256").update(s).digest("hex").slice(0, 16),
+  };
+}
+
 /** A sidecar failure as the tool error the agent sees (fail closed). */
 function sidecarFailure(e: unknown, tool: string): CallToolResult {
   if (e instanceof ToolDenied)
@@ -213,6 +225,14 @@ export class McpProxy {
     return server;
   }
 
+  /** What an operator should know: `tools.<name>` mapping keys that match no tool (see mcp.mapping_unmatched). */
+  status(): { unmatched_mappings: string[]; require_mapping: boolean } {
+    return {
+      unmatched_mappings: this.upstreams.unmatchedMappings(),
+      require_mapping: this.cfg.requireMapping,
+    };
+  }
+
   /** The tools the session may see: action search over the upstream catalog. */
   async listTools(): Promise<Tool[]> {
     const catalog = await this.upstreams.refresh();
@@ -221,6 +241,8 @@ export class McpProxy {
     for (const [name, c] of catalog) {
       const v = verdicts.get(name);
       if (v === undefined) continue; // denied (or not registered): hidden
+      // require_mapping: a tool whose calls would be refused is not offered either
+      if (this.cfg.requireMapping && !mapsResource(c.mapping, this.cfg.tools.get(name))) continue;
       const tool: Tool = { ...c.tool, name };
       if (v.needsApproval) {
         tool.description = `${c.tool.description ? `${c.tool.description}\n\n` : ""}${NEEDS_APPROVAL_NOTE}`;
@@ -288,7 +310,7 @@ export class McpProxy {
           event: "mcp.passthrough_failed",
           server: s.name,
           method,
-          error: (e as Error).message,
+          error: logSafe((e as Error).message),
         });
       }
     }
@@ -308,7 +330,7 @@ export class McpProxy {
       this.log.info("tools/call", {
         event: "mcp.call",
         session: session.key,
-        tool: name.slice(0, 256),
+        ...unknownName(name), // replaced by the catalog's name once the tool is known
         outcome,
         duration_ms: Date.now() - started,
         ...fields,
@@ -328,11 +350,21 @@ export class McpProxy {
         `no tool ${JSON.stringify(String(name).slice(0, 128))} behind this proxy.`,
       );
     }
+    const known = (outcome: string, fields: Record<string, unknown> = {}) =>
+      logCall(outcome, { tool: c.name, tool_hash: undefined, ...fields });
     if (c.mapping instanceof Error) {
-      logCall("mapping_failed");
+      known("mapping_failed");
       return toolError(
         "mcp_mapping_failed",
         `${name}: its server's x-authzen-mapping cannot be applied (${c.mapping.message}); the call was not made.`,
+      );
+    }
+    const mapping = this.cfg.tools.get(c.name);
+    if (this.cfg.requireMapping && !mapsResource(c.mapping, mapping)) {
+      known("mapping_failed");
+      return toolError(
+        "mcp_mapping_failed",
+        `${c.name}: no mapping names the record this tool's calls touch (require_mapping is on); the call was not made. Map it: tools.${c.name}.resource.id: {arg: /<argument>} in the proxy's config.`,
       );
     }
     let req: DecisionRequest;
@@ -341,11 +373,11 @@ export class McpProxy {
         this.cfg.session,
         { action: c.name, upstreamName: c.upstreamName, arguments: args },
         c.mapping,
-        this.cfg.tools.get(c.name),
+        mapping,
       );
     } catch (e) {
       if (!(e instanceof MappingError)) throw e;
-      logCall("mapping_failed");
+      known("mapping_failed");
       return toolError("mcp_mapping_failed", `${name}: ${e.message}; the call was not made.`);
     }
 
@@ -360,7 +392,7 @@ export class McpProxy {
         const status = task.task.status;
         if (status === "pending") {
           if (!urlElicitation(server)) {
-            logCall("approval_pending", { access_request: waiting.taskId });
+            known("approval_pending", { access_request: waiting.taskId });
             return this.approvalRequired(
               name,
               waiting.taskId,
@@ -371,7 +403,7 @@ export class McpProxy {
           }
           const r = await this.elicitAndWait(session, c, req, key, waiting, extra);
           if ("result" in r) {
-            logCall(r.outcome, { access_request: waiting.taskId });
+            known(r.outcome, { access_request: waiting.taskId });
             return r.result;
           }
           decision = r.decision;
@@ -386,17 +418,17 @@ export class McpProxy {
       if (decision.outcome === "needs_approval") {
         const r = await this.needsApproval(server, session, c, req, decision, extra);
         if ("result" in r) {
-          logCall(r.outcome, { decision_id: decision.decision_id });
+          known(r.outcome, { decision_id: decision.decision_id });
           return r.result;
         }
         decision = r.decision;
       }
     } catch (e) {
-      logCall("error", { error: errorText(e).message });
+      known("error", { error: logSafe(errorText(e).message) });
       return sidecarFailure(e, name);
     }
     if (decision.outcome !== "allow") {
-      logCall(decision.outcome, {
+      known(decision.outcome, {
         decision_id: decision.decision_id,
         reasons: decision.reasons.map((r) => r.code),
       });
@@ -404,14 +436,14 @@ export class McpProxy {
     }
     const odd = unknownObligation(decision.obligations);
     if (odd !== undefined) {
-      logCall("refused", { decision_id: decision.decision_id });
+      known("refused", { decision_id: decision.decision_id });
       return toolError(
         "unknown_obligation",
         `${name}: the decision carries an obligation the proxy cannot honour ("${odd.type}"); the call was not made.`,
         { [META.decisionId]: decision.decision_id },
       );
     }
-    return this.forward(c, args, decision, extra, logCall);
+    return this.forward(c, args, decision, req.resource, extra, known);
   }
 
   /** needs_approval: submit the access request, then elicit (URL mode) and wait, or return the link. */
@@ -560,12 +592,15 @@ export class McpProxy {
     c: CatalogTool,
     args: Record<string, unknown>,
     decision: Decision,
+    resource: Entity,
     extra: Extra,
     logCall: (outcome: string, fields?: Record<string, unknown>) => void,
   ): Promise<CallToolResult> {
     const started_at = new Date().toISOString();
     let result: CallToolResult;
     let failure: { type: string; message: string } | undefined;
+    /** The call failed after it reached the server: it may have run (and changed something). */
+    let mayHaveRun = false;
     try {
       const raw = await c.server.callTool(
         c.upstreamName,
@@ -576,12 +611,15 @@ export class McpProxy {
       );
       result = this.sanitiseResult(raw, decision);
       if (result.isError === true)
-        failure = { type: "tool_error", message: firstText(result).slice(0, 4096) };
+        failure = { type: "tool_error", message: logSafe(firstText(result), 4096) };
     } catch (e) {
-      failure = errorText(e);
+      mayHaveRun = e instanceof CallOutcomeUnknown;
+      failure = { type: errorText(e).type, message: logSafe(errorText(e).message, 1024) };
       result = toolError(
         "mcp_upstream_unavailable",
-        `${c.name}: the MCP server "${c.server.name}" failed: ${failure.message}`,
+        mayHaveRun
+          ? `${c.name}: the MCP server "${c.server.name}" did not answer (${failure.message}); the call may have run.`
+          : `${c.name}: the MCP server "${c.server.name}" failed: ${failure.message}; the call was not made.`,
       );
     }
     try {
@@ -589,7 +627,17 @@ export class McpProxy {
         decision_id: decision.decision_id,
         tool: c.name,
         status: failure === undefined ? "ok" : "error",
-        ...(failure !== undefined ? { error: failure } : {}),
+        ...(failure !== undefined
+          ? {
+              error: mayHaveRun
+                ? { type: "outcome_unknown", message: `the call may have run: ${failure.message}` }
+                : failure,
+            }
+          : {}),
+        // an outcome we cannot know counts as a change: the budget reservation is kept, not released
+        ...(mayHaveRun
+          ? { changed: [{ resource: { type: resource.type, id: resource.id } }] }
+          : {}),
         started_at,
         ended_at: new Date().toISOString(),
       });
@@ -598,10 +646,16 @@ export class McpProxy {
         event: "mcp.report_failed",
         tool: c.name,
         decision_id: decision.decision_id,
-        error: errorText(e).message,
+        error: logSafe(errorText(e).message),
       });
     }
-    logCall(failure === undefined ? "allow" : "allow_error", { decision_id: decision.decision_id });
+    logCall(
+      failure === undefined ? "allow" : mayHaveRun ? "allow_outcome_unknown" : "allow_error",
+      {
+        decision_id: decision.decision_id,
+        ...(failure !== undefined ? { error: logSafe(failure.message) } : {}),
+      },
+    );
     result._meta = {
       ...(result._meta ?? {}),
       [META.outcome]: "allow",
@@ -610,6 +664,14 @@ export class McpProxy {
     return result;
   }
 
+  /**
+   * The upstream's result as the agent gets it: capped, content blocks rebuilt
+   * from their known fields only (no block `_meta`, no `annotations`: a
+   * hostile server cannot forge `io.toolgate/*` keys), the server's `_meta`
+   * dropped. Under a `redact` obligation, fail closed: `structuredContent`
+   * and JSON text are redacted field by field; a block that cannot be (plain
+   * text, an image, audio, a link, a binary resource) is replaced by a notice.
+   */
   private sanitiseResult(raw: Record<string, unknown>, decision: Decision): CallToolResult {
     let size = 0;
     try {
@@ -624,16 +686,94 @@ export class McpProxy {
       );
     if (forbiddenKey(raw) !== undefined)
       return toolError("forbidden_key", "the tool's result holds a forbidden key; it was dropped.");
-    const content = Array.isArray(raw.content) ? (raw.content as CallToolResult["content"]) : [];
-    const out: CallToolResult = {
-      content: content.map((b) =>
-        b.type === "text" ? { ...b, text: redactText(b.text, decision) } : b,
-      ),
-    };
+    const redact = requiresRedaction(decision.obligations);
+    const blocks: unknown[] = Array.isArray(raw.content) ? raw.content : [];
+    let withheld = 0;
+    const content: CallToolResult["content"] = blocks.map((b) => {
+      const out = cleanBlock(b, redact ? decision : undefined);
+      if (typeof out === "string") {
+        withheld++;
+        return { type: "text", text: withheldNotice(out) };
+      }
+      return out;
+    });
+    const out: CallToolResult = { content };
     if (raw.isError === true) out.isError = true;
     if (isObject(raw.structuredContent))
       out.structuredContent = applyRedactions(raw.structuredContent, decision.obligations);
+    if (withheld > 0) out._meta = { [META.withheld]: withheld };
     return out;
+  }
+}
+
+type Block = CallToolResult["content"][number];
+
+function withheldNotice(what: string): string {
+  return `[toolgate] withheld: ${what} cannot be redacted field by field, and the decision requires redaction (a redact obligation) — redaction_not_applicable.`;
+}
+
+const str = (v: unknown): v is string => typeof v === "string";
+
+/** JSON text (an object or array) with the decision's redactions applied; undefined when not JSON. */
+function redactJsonText(text: string, d: Decision): string | undefined {
+  const t = text.trim();
+  if (!t.startsWith("{") && !t.startsWith("[")) return undefined;
+  try {
+    return JSON.stringify(applyRedactions(JSON.parse(t) as unknown, d.obligations));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * One content block rebuilt from its known fields; with `redact`, a block
+ * that cannot be redacted is a string naming what was withheld.
+ */
+function cleanBlock(b: unknown, redact: Decision | undefined): Block | string {
+  if (!isObject(b)) return "a malformed content block";
+  switch (b.type) {
+    case "text": {
+      if (!str(b.text)) return "a malformed text block";
+      if (redact === undefined) return { type: "text", text: b.text };
+      const r = redactJsonText(b.text, redact);
+      return r === undefined
+        ? "a text block that is not a JSON object or array"
+        : { type: "text", text: r };
+    }
+    case "image":
+    case "audio":
+      if (redact !== undefined) return `an ${b.type} block`;
+      if (!str(b.data) || !str(b.mimeType)) return `a malformed ${b.type} block`;
+      return { type: b.type, data: b.data, mimeType: b.mimeType };
+    case "resource_link": {
+      if (redact !== undefined) return "a resource link";
+      if (!str(b.uri) || !str(b.name)) return "a malformed resource link";
+      const l: Record<string, unknown> = { type: "resource_link", uri: b.uri, name: b.name };
+      for (const k of ["title", "description", "mimeType"]) if (str(b[k])) l[k] = b[k];
+      if (typeof b.size === "number") l.size = b.size;
+      return l as Block;
+    }
+    case "resource": {
+      const r = b.resource;
+      if (!isObject(r) || !str(r.uri)) return "a malformed embedded resource";
+      const res: Record<string, unknown> = { uri: r.uri };
+      if (str(r.mimeType)) res.mimeType = r.mimeType;
+      if (str(r.text)) {
+        if (redact === undefined) res.text = r.text;
+        else {
+          const t = redactJsonText(r.text, redact);
+          if (t === undefined)
+            return "an embedded resource whose text is not a JSON object or array";
+          res.text = t;
+        }
+      } else if (str(r.blob)) {
+        if (redact !== undefined) return "an embedded binary resource";
+        res.blob = r.blob;
+      } else return "a malformed embedded resource";
+      return { type: "resource", resource: res } as Block;
+    }
+    default:
+      return "a content block of an unknown type";
   }
 }
 
@@ -649,17 +789,4 @@ function withApproval(req: DecisionRequest, approval: Approval): DecisionRequest
 function firstText(r: CallToolResult): string {
   const t = r.content.find((b) => b.type === "text");
   return t !== undefined && t.type === "text" ? t.text : "the tool reported an error";
-}
-
-/** `redact` obligations on a text block that holds JSON (objects or arrays); other text as is. */
-function redactText(text: string, d: Decision): string {
-  if (!d.obligations.some((o) => o.type === "redact")) return text;
-  const t = text.trim();
-  if (!t.startsWith("{") && !t.startsWith("[")) return text;
-  try {
-    const v = JSON.parse(t) as unknown;
-    return JSON.stringify(applyRedactions(v, d.obligations));
-  } catch {
-    return text;
-  }
 }

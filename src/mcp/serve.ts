@@ -1,11 +1,16 @@
 /**
  * Serving the proxy to the agent: streamable HTTP (one SDK transport and one
  * proxy `Server` per MCP session, on loopback by default, with the SDK's DNS
- * rebinding protection — Host and Origin must be this listener's) and/or
- * stdio (one session on stdin/stdout; logs go to stderr, stdout carries only
- * the protocol).
+ * rebinding protection — Host and Origin must be this listener's — and a
+ * bearer secret on every request: whoever reaches the port acts as the
+ * session's subject, with the sidecar token the proxy holds) and/or stdio
+ * (one session on stdin/stdout; logs go to stderr, stdout carries only the
+ * protocol — the recommended mode: only the spawning host can speak).
  */
-import { randomUUID } from "node:crypto";
+import { createHash, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import {
   createServer,
   type IncomingMessage,
@@ -21,15 +26,18 @@ import { parseUntrustedJson } from "../shared/guards";
 import { createLogger, type Logger } from "../shared/log";
 import type { McpProxyConfig } from "./config";
 import { McpProxy } from "./proxy";
-import { Upstreams } from "./upstream";
+import { logSafe, Upstreams } from "./upstream";
 
-const MAX_SESSIONS = 1000;
 /** An HTTP session unused this long is closed (its pending approvals are forgotten; the tasks stay). */
 const SESSION_IDLE_MS = 3600_000;
 
 export interface RunningProxy {
   /** The HTTP endpoint (`http://host:port/mcp`) when serving HTTP. */
   url?: string;
+  /** HTTP serving's bearer secret (send `Authorization: Bearer <it>`); never logged. */
+  httpToken?: string;
+  /** The file holding it (0600), when the proxy wrote or read one; logged at start. */
+  httpTokenFile?: string;
   proxy: McpProxy;
   log: Logger;
   stop(): Promise<void>;
@@ -63,10 +71,14 @@ export async function startMcpProxy(
   const proxy = new McpProxy({ config, upstreams, sidecar, log });
   const closers: Array<() => Promise<void>> = [];
   let url: string | undefined;
+  let secret: HttpSecret | undefined;
   try {
     await upstreams.refresh();
     if (config.serve.http !== undefined) {
-      const h = await serveHttp(proxy, config, log);
+      secret = httpSecret(config);
+      const s = secret;
+      closers.push(() => Promise.resolve(s.cleanup()));
+      const h = await serveHttp(proxy, config, log, s.token);
       url = h.url;
       closers.push(h.close);
     }
@@ -87,13 +99,18 @@ export async function startMcpProxy(
   log.info("MCP proxy started", {
     event: "mcp.started",
     http: url ?? null,
+    // where the agent finds the HTTP bearer secret (never the secret itself)
+    http_token_file: secret?.file ?? null,
     stdio: config.serve.stdio,
+    unmatched_mappings: upstreams.unmatchedMappings(),
     servers: config.servers.map((s) => s.name),
     sidecar: config.sidecar.url,
   });
   let stopped: Promise<void> | undefined;
   return {
     ...(url !== undefined ? { url } : {}),
+    ...(secret !== undefined ? { httpToken: secret.token } : {}),
+    ...(secret?.file !== undefined ? { httpTokenFile: secret.file } : {}),
     proxy,
     log,
     stop: () =>
@@ -102,6 +119,46 @@ export async function startMcpProxy(
         await upstreams.close();
       })()),
   };
+}
+
+interface HttpSecret {
+  token: string;
+  file?: string;
+  cleanup(): void;
+}
+
+/**
+ * The bearer secret HTTP serving requires: configured (serve.token_env, an
+ * existing serve.token_file), or generated (32 random bytes) and written
+ * with mode 0600 — to serve.token_file when it names a missing file (kept),
+ * else into a fresh 0700 directory under the temp dir (removed at stop).
+ */
+function httpSecret(config: McpProxyConfig): HttpSecret {
+  const { token, tokenFile } = config.serve.auth;
+  if (token !== undefined)
+    return { token, ...(tokenFile !== undefined ? { file: tokenFile } : {}), cleanup: () => {} };
+  const fresh = randomBytes(32).toString("base64url");
+  if (tokenFile !== undefined) {
+    writeFileSync(tokenFile, `${fresh}\n`, { mode: 0o600, flag: "wx" });
+    return { token: fresh, file: tokenFile, cleanup: () => {} };
+  }
+  const dir = mkdtempSync(join(tmpdir(), "toolgate-mcp-")); // 0700
+  const file = join(dir, "http-token");
+  writeFileSync(file, `${fresh}\n`, { mode: 0o600, flag: "wx" });
+  return {
+    token: fresh,
+    file,
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
+/** `Authorization: Bearer <secret>`, compared in constant time (over digests: no length leak). */
+function authorized(header: string | undefined, expected: Buffer): boolean {
+  const m = typeof header === "string" ? /^Bearer +(\S+) *$/i.exec(header) : null;
+  const given = createHash("sha256")
+    .update(m?.[1] ?? "")
+    .digest();
+  return timingSafeEqual(given, expected) && m !== null;
 }
 
 function jsonRpcError(res: ServerResponse, status: number, code: number, message: string): void {
@@ -140,7 +197,10 @@ async function serveHttp(
   proxy: McpProxy,
   config: McpProxyConfig,
   log: Logger,
+  secret: string,
 ): Promise<{ url: string; close: () => Promise<void> }> {
+  const expected = createHash("sha256").update(secret).digest();
+  const maxSessions = config.serve.maxSessions;
   const sessions = new Map<
     string,
     { transport: StreamableHTTPServerTransport; server: Server; seen: number }
@@ -156,7 +216,25 @@ async function serveHttp(
   let allowedHosts: string[] = [];
   let allowedOrigins: string[] = [];
 
+  let refusedAt = 0;
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    if (!authorized(req.headers.authorization, expected)) {
+      // before anything else: no session, no body, not even the path for a caller without it
+      if (Date.now() - refusedAt > 10_000) {
+        refusedAt = Date.now();
+        log.warn("MCP HTTP request without the bearer secret refused", {
+          event: "mcp.http_unauthorized",
+        });
+      }
+      req.resume();
+      res.setHeader("www-authenticate", 'Bearer realm="toolgate-mcp"');
+      return jsonRpcError(
+        res,
+        401,
+        -32001,
+        "unauthorized: send Authorization: Bearer <the proxy's HTTP secret> (see its http_token_file)",
+      );
+    }
     const path = (req.url ?? "/").split("?")[0];
     if (path !== config.serve.path)
       return jsonRpcError(res, 404, -32601, `no MCP endpoint here; use ${config.serve.path}`);
@@ -185,7 +263,19 @@ async function serveHttp(
         "no session: initialize first (POST without Mcp-Session-Id)",
       );
     sweep(Date.now());
-    if (sessions.size >= MAX_SESSIONS) return jsonRpcError(res, 503, -32000, "too many sessions");
+    if (sessions.size >= maxSessions) {
+      log.warn("MCP HTTP session refused: the session limit is reached", {
+        event: "mcp.sessions_full",
+        limit: maxSessions,
+      });
+      res.setHeader("retry-after", "5");
+      return jsonRpcError(
+        res,
+        503,
+        -32000,
+        `too many MCP sessions open (serve.max_sessions = ${maxSessions}): close unused sessions (HTTP DELETE with Mcp-Session-Id) or raise serve.max_sessions; idle sessions close after an hour`,
+      );
+    }
     const id = randomUUID();
     const transport = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => id,
@@ -212,7 +302,7 @@ async function serveHttp(
     handle(req, res).catch((e: unknown) => {
       log.error("MCP HTTP request failed", {
         event: "mcp.http_error",
-        error: (e as Error).message,
+        error: logSafe((e as Error).message),
       });
       jsonRpcError(res, 500, -32603, "internal error");
     });

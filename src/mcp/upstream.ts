@@ -27,6 +27,13 @@ import type { Logger } from "../shared/log";
 import type { McpProxyConfig, UpstreamConfig } from "./config";
 import { readSchemaMapping, type SchemaMapping } from "./mapping";
 
+/** Text from a hostile party (an upstream's error, the agent's tool name) as a log field: short, printable. */
+export function logSafe(text: unknown, max = 200): string {
+  // eslint-disable-next-line no-control-regex
+  const s = String(text).replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, "?");
+  return s.length > max ? `${s.slice(0, max)}…(${s.length} chars)` : s;
+}
+
 /** MCP's tool name rule (SEP-986): 1-128 of A-Z a-z 0-9 _ - . */
 export const TOOL_NAME = /^[A-Za-z0-9_.-]{1,128}$/;
 const MAX_PAGES = 50;
@@ -42,6 +49,17 @@ export interface CatalogTool {
   tool: Tool;
   /** The tool's COAZ mapping, an Error when it has one the proxy cannot apply. */
   mapping: SchemaMapping | Error | undefined;
+}
+
+/**
+ * The call failed after it was handed to the server (a timeout, an abort, the
+ * connection closing, an error answer): the tool may have run.
+ */
+export class CallOutcomeUnknown extends Error {
+  override readonly name = "CallOutcomeUnknown";
+  constructor(override readonly cause: unknown) {
+    super(cause instanceof Error ? cause.message : String(cause));
+  }
 }
 
 /** The grant of the call in flight: the HTTP transport's fetch sends it as Authorization. */
@@ -106,7 +124,7 @@ export class Upstream {
       // the child's stderr goes to our log (stderr in stdio mode), a line at a time, cut
       const err = transport.stderr;
       err?.on("data", (chunk: Buffer) => {
-        const text = chunk.toString("utf8").slice(0, 2048).trim();
+        const text = logSafe(chunk.toString("utf8").trim(), 2048);
         if (text !== "")
           this.log.debug("upstream stderr", {
             event: "mcp.upstream_stderr",
@@ -143,7 +161,7 @@ export class Upstream {
       this.log.warn("upstream error", {
         event: "mcp.upstream_error",
         server: this.name,
-        error: e.message,
+        error: logSafe(e.message),
       });
   }
 
@@ -206,7 +224,7 @@ export class Upstream {
       this.log.warn("upstream tool skipped", {
         event: "mcp.tool_skipped",
         server: this.name,
-        tool: typeof t.name === "string" ? t.name.slice(0, 128) : null,
+        tool: typeof t.name === "string" ? logSafe(t.name, 128) : null,
         why,
       });
       return undefined;
@@ -232,7 +250,9 @@ export class Upstream {
     if (t.outputSchema !== undefined) {
       const text = JSON.stringify(t.outputSchema);
       const os = text.length <= this.limits.schemaBytes ? (JSON.parse(text) as unknown) : undefined;
-      if (isObject(os) && forbiddenKey(os) === undefined) tool.outputSchema = os;
+      // relaxed: a `redact` obligation removes fields from structuredContent, which must still
+      // validate in the agent's SDK against the schema it was shown
+      if (isObject(os) && forbiddenKey(os) === undefined) tool.outputSchema = relaxSchema(os);
     }
     const ann: unknown = t.annotations;
     if (isObject(ann)) {
@@ -254,14 +274,17 @@ export class Upstream {
     signal: AbortSignal | undefined,
   ): Promise<Record<string, unknown>> {
     const _meta = { ...meta, ...(grant !== undefined ? { "io.toolgate/grant": grant } : {}) };
-    const client = await this.ready();
-    const res = await currentGrant.run(grant, () =>
-      client.callTool({ name, arguments: args, _meta }, undefined, {
-        timeout: this.limits.callTimeoutMs,
-        ...(signal !== undefined ? { signal } : {}),
-      }),
-    );
-    return res;
+    const client = await this.ready(); // a failure here: nothing was sent
+    try {
+      return await currentGrant.run(grant, () =>
+        client.callTool({ name, arguments: args, _meta }, undefined, {
+          timeout: this.limits.callTimeoutMs,
+          ...(signal !== undefined ? { signal } : {}),
+        }),
+      );
+    } catch (e) {
+      throw new CallOutcomeUnknown(e);
+    }
   }
 
   /** A read-only list method passed through (resources/list …), sanitised by the caller. */
@@ -282,6 +305,24 @@ export class Upstream {
   }
 }
 
+/**
+ * The schema without what a removed field would violate (`required` lists,
+ * `minProperties`, `dependentRequired`), at every level: relaxing only, so
+ * whatever validated before still does, and so does a redacted copy.
+ */
+export function relaxSchema(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(relaxSchema);
+  if (!isObject(v)) return v;
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v)) {
+    if (k === "required" && Array.isArray(x)) continue;
+    if (k === "minProperties" && typeof x === "number") continue;
+    if (k === "dependentRequired" && isObject(x) && Object.values(x).every(Array.isArray)) continue;
+    out[k] = relaxSchema(x);
+  }
+  return out;
+}
+
 /** All upstreams and the merged tool catalog (by agent-facing name, never an object key). */
 export class Upstreams {
   readonly servers: Upstream[];
@@ -289,9 +330,12 @@ export class Upstreams {
   private readonly log: Logger;
   private refreshing: Promise<Map<string, CatalogTool>> | undefined;
   private refreshedAt = 0;
+  private readonly mappingKeys: string[];
+  private unmatched: string[] = [];
 
   constructor(cfg: McpProxyConfig, log: Logger) {
     this.log = log;
+    this.mappingKeys = [...cfg.tools.keys()];
     this.servers = cfg.servers.map((s) => new Upstream(s, cfg.limits, log));
     for (const s of this.servers)
       s.onToolsChanged = () => {
@@ -335,7 +379,7 @@ export class Upstreams {
               this.log.warn("upstream tools/list failed; its tools are not offered", {
                 event: "mcp.list_failed",
                 server: s.name,
-                error: (e as Error).message,
+                error: logSafe((e as Error).message),
               });
               return { s, tools: [] as Tool[] };
             }
@@ -350,12 +394,46 @@ export class Upstreams {
           }
         this.catalog = next;
         this.refreshedAt = Date.now();
+        this.checkMappings(next);
         return next;
       } finally {
         this.refreshing = undefined;
       }
     })();
     return this.refreshing;
+  }
+
+  /** `tools.<name>` mapping keys that name no tool of the current catalog. */
+  unmatchedMappings(): string[] {
+    return [...this.unmatched];
+  }
+
+  /**
+   * A `tools.<name>` key that matches no tool is a mapping that silently does
+   * nothing (a server-prefixed name with one server, a renamed upstream
+   * tool): the tool it meant is then decided on the session's resource. Warned
+   * whenever the set of such keys changes (and listed by status()).
+   */
+  private checkMappings(catalog: Map<string, CatalogTool>): void {
+    const now = this.mappingKeys.filter((k) => !catalog.has(k));
+    if (now.join("\n") === this.unmatched.join("\n")) return;
+    this.unmatched = now;
+    for (const key of now) {
+      const hint =
+        this.servers.length === 1 && key.startsWith(`${this.servers[0]?.name}.`)
+          ? `with one server, tools keep their own names: write tools.${key.slice((this.servers[0]?.name.length ?? 0) + 1)}`
+          : this.servers.length > 1 && !key.includes(".")
+            ? "with several servers, tools are named <server>.<tool>"
+            : "check the tool's name in tools/list (it may have been renamed upstream)";
+      this.log.warn(
+        "a tools.<name> mapping matches no tool: the tool it meant is decided on the session's resource",
+        {
+          event: "mcp.mapping_unmatched",
+          key,
+          hint,
+        },
+      );
+    }
   }
 
   /**

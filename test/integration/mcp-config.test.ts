@@ -35,7 +35,8 @@ describe("config", () => {
     const c = compileMcpConfig(base);
     expect(c.sidecar).toEqual({ url: "http://127.0.0.1:8181", timeoutMs: 5000 });
     expect(c.consoleUrl).toBe("http://127.0.0.1:8182");
-    expect(c.serve).toEqual({ stdio: true, path: "/mcp" });
+    expect(c.serve).toEqual({ stdio: true, path: "/mcp", auth: {}, maxSessions: 100 });
+    expect(c.requireMapping).toBe(false);
     expect(c.passthrough).toEqual([]);
     expect(c.servers[0]).toMatchObject({ name: "fx", command: "node", honorSchemaMapping: true });
   });
@@ -165,11 +166,11 @@ describe("mapping", () => {
     expect(
       buildRequest(SESSION, call, schema, {
         resource: { id: { arg: "/other" } },
-        job: { customer_id: { arg: "/other" } },
+        job: { purpose: "billing_review" },
       }),
     ).toMatchObject({
       resource: { id: "c3" },
-      context: { job: { id: "job_1", customer_id: "c3" } },
+      context: { job: { id: "job_1", purpose: "billing_review", customer_id: "cust_1" } },
     });
     expect(() =>
       buildRequest(SESSION, { ...call, arguments: {} }, undefined, {

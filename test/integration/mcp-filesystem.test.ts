@@ -50,7 +50,7 @@ beforeAll(async () => {
   proxy = await startMcpProxy(
     proxyConfig(sc, { servers: [{ name: "fs", command: NODE, args: [FS_BIN, dir] }] }),
   );
-  client = await httpClient(proxy.url as string);
+  client = await httpClient(proxy);
 });
 afterAll(async () => {
   await client?.close();

@@ -63,7 +63,7 @@ describe("a streamable-HTTP upstream", () => {
         ],
       }),
     );
-    client = await httpClient(proxy.url as string);
+    client = await httpClient(proxy);
   });
   afterAll(async () => {
     await client?.close();
@@ -114,7 +114,7 @@ describe("a hostile upstream", () => {
         limits: { description_chars: 100 },
       }),
     );
-    client = await httpClient(proxy.url as string);
+    client = await httpClient(proxy);
   });
   afterAll(async () => {
     await client?.close();
@@ -166,7 +166,7 @@ describe("an upstream whose tools change", () => {
         ],
       }),
     );
-    client = await httpClient(proxy.url as string);
+    client = await httpClient(proxy);
   });
   afterAll(async () => {
     await client?.close();

@@ -46,7 +46,7 @@ async function proxyWith(
       tok !== undefined ? { MCP_TEST_TOKEN: tok } : {},
     ),
   );
-  return { proxy, client: await httpClient(proxy.url as string) };
+  return { proxy, client: await httpClient(proxy) };
 }
 
 test("with alice's token: listed and allowed, the grant for alice", async () => {

@@ -99,7 +99,7 @@ async function actionRecord(decisionId: string): Promise<Record<string, unknown>
 describe("tools/list: action search decides what the agent sees", () => {
   let client: Client;
   beforeAll(async () => {
-    client = await httpClient(proxy.url as string);
+    client = await httpClient(proxy);
   });
   afterAll(async () => {
     await client.close();
@@ -139,7 +139,7 @@ describe("tools/list: action search decides what the agent sees", () => {
 describe("tools/call", () => {
   let client: Client;
   beforeAll(async () => {
-    client = await httpClient(proxy.url as string);
+    client = await httpClient(proxy);
   });
   afterAll(async () => {
     await client.close();
@@ -287,7 +287,7 @@ describe("tools/call", () => {
 
 describe("needs_approval", () => {
   test("without elicitation: a tool error with the console link; the same call goes through once approved", async () => {
-    const client = await httpClient(proxy.url as string);
+    const client = await httpClient(proxy);
     try {
       const args = { customer_id: "cust_1", amount: 30 };
       const before = reached().filter((c) => c.tool === "refund").length;
@@ -324,7 +324,7 @@ describe("needs_approval", () => {
   });
 
   test("with URL elicitation: the client is sent the console page, the approver approves, the call completes", async () => {
-    const client = await httpClient(proxy.url as string, {
+    const client = await httpClient(proxy, {
       capabilities: { elicitation: { url: {} } },
     });
     const seen: Array<Record<string, unknown>> = [];
@@ -351,7 +351,7 @@ describe("needs_approval", () => {
   });
 
   test("with URL elicitation: a failed elicitation leaves the link; the same call again elicits the same request", async () => {
-    const client = await httpClient(proxy.url as string, {
+    const client = await httpClient(proxy, {
       capabilities: { elicitation: { url: {} } },
     });
     const ids: string[] = [];
@@ -378,7 +378,7 @@ describe("needs_approval", () => {
   });
 
   test("with URL elicitation: declined by the user → a tool error, the request is cancelled; denied by the approver → approval_denied", async () => {
-    const client = await httpClient(proxy.url as string, {
+    const client = await httpClient(proxy, {
       capabilities: { elicitation: { url: {} } },
     });
     let mode: "decline" | "deny" = "decline";
