@@ -75,29 +75,26 @@ export function requiresRedaction(obligations: readonly Obligation[]): boolean {
  * instance or function could hide a named field where a dotted path does
  * not reach, so it is not redactable.
  */
-export function notRedactable(value: unknown, seen = new Set<unknown>()): string | undefined {
+export function notRedactable(value: unknown, path = new Set<unknown>()): string | undefined {
   if (value === null || value === undefined) return undefined;
   const t = typeof value;
   if (t === "string" || t === "number" || t === "boolean" || t === "bigint") return undefined;
   if (t !== "object") return `a ${t}`;
   if (value instanceof Date) return undefined;
-  if (seen.has(value)) return "a cyclic value";
-  seen.add(value);
-  if (Array.isArray(value)) {
-    for (const v of value) {
-      const why = notRedactable(v, seen);
+  if (path.has(value)) return "a cyclic value";
+  const proto = Object.getPrototypeOf(value) as unknown;
+  if (!Array.isArray(value) && proto !== Object.prototype && proto !== null)
+    return `an object of class ${(value as { constructor?: { name?: string } }).constructor?.name ?? "unknown"}`;
+  path.add(value); // the objects above this one (a value shared by two fields is not a cycle)
+  try {
+    for (const v of Object.values(value as Record<string, unknown>)) {
+      const why = notRedactable(v, path);
       if (why !== undefined) return why;
     }
     return undefined;
+  } finally {
+    path.delete(value);
   }
-  const proto = Object.getPrototypeOf(value) as unknown;
-  if (proto !== Object.prototype && proto !== null)
-    return `an object of class ${(value as { constructor?: { name?: string } }).constructor?.name ?? "unknown"}`;
-  for (const v of Object.values(value as Record<string, unknown>)) {
-    const why = notRedactable(v, seen);
-    if (why !== undefined) return why;
-  }
-  return undefined;
 }
 
 /**

@@ -285,6 +285,115 @@ describe("guard", () => {
   });
 });
 
+describe("guard: the security review's attacks", () => {
+  const RECORD = {
+    name: "ACME",
+    payment: { card_number: "4111111111111111", card_cvc: "123", brand: "visa" },
+  };
+  /** accounts.summary.read carries a redact obligation (payment.card_number, payment.card_cvc). */
+  const summaryReturning = (result: unknown, seen: string[] = []) =>
+    client.guard(
+      "accounts.summary.read",
+      (_a: object, call) => {
+        seen.push(call.decision.decision_id);
+        return Promise.resolve(result);
+      },
+      () => alice(),
+    );
+
+  test("redact on a JSON string result: parsed, redacted, serialised again", async () => {
+    const out = await summaryReturning(JSON.stringify(RECORD))({});
+    expect(out).toBe(JSON.stringify({ name: "ACME", payment: { brand: "visa" } }));
+  });
+
+  test.each([
+    ["text around JSON", `Account summary:\n${JSON.stringify(RECORD)}`],
+    ["a Map", new Map([["payment", RECORD.payment]])],
+    ["a Buffer of JSON", Buffer.from(JSON.stringify(RECORD))],
+    [
+      "a class instance",
+      new (class Account {
+        payment = RECORD.payment;
+      })(),
+    ],
+    ["a record nesting a Map", { name: "ACME", extra: new Map([["card_number", "4111"]]) }],
+  ])(
+    "redact on %s: withheld (ToolDenied redaction_not_applicable), never returned as is; the run is reported",
+    async (_what, result) => {
+      const seen: string[] = [];
+      const e = (await rejection(summaryReturning(result, seen)({}))) as ToolDenied;
+      expect(e).toBeInstanceOf(ToolDenied);
+      expect(e.code).toBe("redaction_not_applicable");
+      expect(e.message).toMatch(/the tool ran \(reported\), its result is withheld/);
+      expect(JSON.stringify(e)).not.toContain("4111");
+      expect(seen).toHaveLength(1);
+      const again = await rejection(
+        client.reportAction({ decision_id: seen[0] as string, status: "ok" }),
+      );
+      expect((again as ToolgateError).code).toBe("action_already_reported");
+    },
+  );
+
+  test("redact on a number: nothing to remove, returned", async () => {
+    expect(await summaryReturning(42)({})).toBe(42);
+  });
+
+  test("the arguments are copied and frozen before deciding: changing them during an approval wait changes nothing", async () => {
+    const ran: Array<{ amount: number; frozen: boolean }> = [];
+    let approved = false;
+    const args = { amount: 300, currency: "EUR" };
+    const refund = client.guard(
+      "refunds.issue",
+      (a: { amount: number; currency: string }) => {
+        ran.push({ amount: a.amount, frozen: Object.isFrozen(a) });
+        return Promise.resolve("refunded");
+      },
+      () => alice(),
+      {
+        minDelayMs: 20,
+        maxDelayMs: 100,
+        onProgress: (t) => {
+          if (!approved && t.task.status === "pending") {
+            approved = true;
+            // the approver approves 300 EUR; the caller then raises the amount it passed
+            void approve(t.task.id);
+            args.amount = 30_000;
+          }
+        },
+      },
+    );
+    expect(await refund(args)).toBe("refunded");
+    expect(ran).toEqual([{ amount: 300, frozen: true }]);
+  });
+
+  test("describe's arguments differ from args: those are decided, and those run", async () => {
+    const ran: unknown[] = [];
+    const read = client.guard(
+      "tickets.read",
+      (a: Record<string, unknown>) => {
+        ran.push(a);
+        return Promise.resolve("ok");
+      },
+      () => ({ ...alice(), arguments: { customer_id: "cust_1" } }),
+    );
+    await read({ customer_id: "cust_1", hidden: "what the policy never saw" });
+    expect(ran).toEqual([{ customer_id: "cust_1" }]);
+  });
+
+  test("arguments that cannot be copied: a TypeError before anything is decided", async () => {
+    let ran = 0;
+    const read = client.guard(
+      "tickets.read",
+      () => Promise.resolve(ran++),
+      () => alice(),
+    );
+    const e = await rejection(read({ cb: () => 1 }));
+    expect(e).toBeInstanceOf(TypeError);
+    expect((e as Error).message).toMatch(/cannot be copied/);
+    expect(ran).toBe(0);
+  });
+});
+
 describe("searchActions", () => {
   test("lists the tools alice may use on her job's customer, marking those that need an approval", async () => {
     const res = await client.searchActions({

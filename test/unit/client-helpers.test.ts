@@ -3,11 +3,46 @@
  * tool's result, the obligation check, and the signal plumbing on runtimes
  * without AbortSignal.any.
  */
-import { applyRedactions, CLIENT_OBLIGATIONS, unknownObligation } from "../../src/client";
+import {
+  applyRedactions,
+  CLIENT_OBLIGATIONS,
+  notRedactable,
+  redactResult,
+  unknownObligation,
+} from "../../src/client";
 import { anySignal, sleep } from "../../src/client/http";
 import { KNOWN_OBLIGATIONS } from "../../src/decision/output";
 
 const redact = (...fields: string[]) => [{ id: "r", type: "redact", properties: { fields } }];
+
+describe("redactResult: fail closed", () => {
+  const ob = redact("payment.card_number");
+  test("without a redact obligation: anything as is", () => {
+    const m = new Map([["card_number", "4111"]]);
+    expect(redactResult(m, [])).toEqual({ value: m });
+    expect(redactResult("card 4111", [{ id: "g", type: "grant_scope" }])).toEqual({
+      value: "card 4111",
+    });
+  });
+  test("JSON-like data and JSON strings are redacted; scalars kept; the rest withheld", () => {
+    expect(redactResult({ payment: { card_number: "4111", brand: "v" } }, ob)).toEqual({
+      value: { payment: { brand: "v" } },
+    });
+    expect(redactResult(' [{"payment":{"card_number":"4111"}}] ', ob)).toEqual({
+      value: '[{"payment":{}}]',
+    });
+    for (const v of [null, undefined, 7, true, new Date(0)])
+      expect(redactResult(v, ob)).toEqual({ value: v });
+    for (const v of ["card 4111", "{not json", new Set(["4111"]), new Uint8Array([52]), () => 1])
+      expect(redactResult(v, ob)).toHaveProperty("withheld");
+    const cyclic: Record<string, unknown> = { a: 1 };
+    cyclic.self = cyclic;
+    expect(notRedactable(cyclic)).toBe("a cyclic value");
+    const shared = { brand: "v" };
+    expect(notRedactable({ a: shared, b: [shared, shared] })).toBeUndefined();
+    expect(notRedactable(Object.assign(Object.create(null), { a: [1, "x"] }))).toBeUndefined();
+  });
+});
 
 describe("applyRedactions", () => {
   test("removes each dotted path, through arrays, without mutating the result", () => {
