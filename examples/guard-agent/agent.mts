@@ -85,7 +85,10 @@ async function step(what: string, run: () => Promise<unknown>): Promise<void> {
   try {
     console.log("  ✔ ran:", JSON.stringify(await run()));
   } catch (e) {
-    if (e instanceof ToolDenied) {
+    if (e instanceof ToolDenied && e.code === "redaction_not_applicable") {
+      // the tool ran (and was reported), but its result could not be redacted: withheld
+      console.log(`  ✘ ran, result withheld: ${e.message}`);
+    } else if (e instanceof ToolDenied) {
       console.log(`  ✘ not run: ${e.code} (${e.outcome ?? "—"})`);
       for (const r of e.reasons) console.log(`    - ${r.code}: ${r.message}`);
       if (e.task) console.log(`    access request ${e.task.task.id}: ${e.task.task.status}`);

@@ -3,10 +3,13 @@
 // outcome printed. Needs the sidecar (`npm start`) and a build (`npm run build`).
 //
 //   node examples/mcp-agent/agent.mjs                 spawns the proxy over stdio (mcp.yaml)
-//   node examples/mcp-agent/agent.mjs --url http://127.0.0.1:8190/mcp
-//                                                     a proxy already serving HTTP
+//   node examples/mcp-agent/agent.mjs --url http://127.0.0.1:8190/mcp --token-file FILE
+//                                                     a proxy already serving HTTP: FILE holds its
+//                                                     bearer secret (the proxy's --http-token-file,
+//                                                     or the http_token_file of its mcp.started log line)
 //   --wait        on needs_approval, wait for the approval and retry the same call
 //   --sidecar URL --console URL   other sidecar/console (passed to the spawned proxy)
+import { readFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
@@ -23,7 +26,14 @@ const opt = (name) => {
 
 function transport() {
   const url = opt("--url");
-  if (url) return new StreamableHTTPClientTransport(new URL(url));
+  if (url) {
+    const file = opt("--token-file") ?? process.env.TOOLGATE_MCP_HTTP_TOKEN_FILE;
+    if (!file) throw new Error("--url needs --token-file FILE: the proxy's HTTP bearer secret");
+    const secret = readFileSync(file, "utf8").trim();
+    return new StreamableHTTPClientTransport(new URL(url), {
+      requestInit: { headers: { authorization: `Bearer ${secret}` } },
+    });
+  }
   const args = [path.join(root, "bin", "toolgate.js"), "mcp", "--stdio"];
   args.push("--config", path.join(here, "mcp.yaml"));
   for (const f of ["--sidecar", "--console"]) if (opt(f)) args.push(f, opt(f));

@@ -5,7 +5,10 @@
  * prints five outcomes.
  */
 import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createInterface } from "node:readline";
 import { startTestToolgate } from "../helpers/toolgate";
 import { approve, NODE, root, type Sidecar } from "../fixtures/mcp/harness";
 
@@ -73,4 +76,56 @@ test("--wait: the fifth call goes through once an approver approves", async () =
   });
   expect(code).toBe(0);
   expect(out).toMatch(/\n5\. refunds\.issue → allow: /);
+});
+
+test("over HTTP: the built proxy generates its bearer secret into --http-token-file (0600); the example passes it, a guess is refused", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "mcp-example-"));
+  const tokenFile = join(dir, "token");
+  const proxy = spawn(
+    NODE,
+    [
+      join(root, "bin", "toolgate.js"),
+      "mcp",
+      "--config",
+      join(root, "examples", "mcp-agent", "mcp.yaml"),
+      "--http",
+      "127.0.0.1:0",
+      "--http-token-file",
+      tokenFile,
+      "--sidecar",
+      sc.agent,
+      "--console",
+      sc.control,
+    ],
+    { cwd: root, env: { ...process.env, TOOLGATE_MCP_LOG_LEVEL: "info" } },
+  );
+  try {
+    const logLines: string[] = [];
+    const started = await new Promise<Record<string, unknown>>((resolve, reject) => {
+      proxy.once("exit", (c) => reject(new Error(`proxy exited ${c}: ${logLines.join("\n")}`)));
+      createInterface({ input: proxy.stderr }).on("line", (l) => {
+        logLines.push(l);
+        const rec = JSON.parse(l) as Record<string, unknown>;
+        if (rec.event === "mcp.started") resolve(rec);
+      });
+    });
+    expect(started.http_token_file).toBe(tokenFile);
+    expect(statSync(tokenFile).mode & 0o777).toBe(0o600);
+    const secret = readFileSync(tokenFile, "utf8").trim();
+    expect(secret.length).toBeGreaterThanOrEqual(32);
+    expect(logLines.join("\n")).not.toContain(secret);
+    const url = started.http as string;
+    const { code, out } = await runExample(["--url", url, "--token-file", tokenFile]);
+    expect(code).toBe(0);
+    expect(out).toMatch(/^tools offered: .*tickets\.read/);
+    expect(out).toMatch(/\n2\. accounts\.summary\.read → allow: .*"brand":"visa"/);
+    expect(out).toMatch(/\n4\. billing\.update → deny: /);
+    const guess = join(dir, "guess");
+    writeFileSync(guess, "g".repeat(43));
+    const refused = await runExample(["--url", url, "--token-file", guess]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.out).toBe("");
+  } finally {
+    proxy.kill();
+  }
 });
