@@ -409,7 +409,10 @@ export function compileMcpConfig(
     );
   const auth: McpProxyConfig["serve"]["auth"] = {};
   if (httpServe !== undefined) {
-    const tokenFile = overrides.httpTokenFile ?? env.TOOLGATE_MCP_HTTP_TOKEN_FILE ?? sv.token_file;
+    // a path from the command line or the environment is relative to the working directory,
+    // one in the file to the file
+    const fromCli = overrides.httpTokenFile ?? env.TOOLGATE_MCP_HTTP_TOKEN_FILE;
+    const tokenFile = fromCli ?? sv.token_file;
     if (sv.token_env !== undefined && tokenFile !== undefined)
       report("serve.token_env", "and serve.token_file are both set", "keep one");
     if (sv.token_env !== undefined) {
@@ -427,7 +430,7 @@ export function compileMcpConfig(
       if (typeof tokenFile !== "string" || tokenFile === "")
         report("serve.token_file", "must be a file path", "e.g. /run/user/1000/toolgate-mcp.token");
       else {
-        const abs = resolve(baseDir, tokenFile);
+        const abs = resolve(fromCli !== undefined ? process.cwd() : baseDir, tokenFile);
         auth.tokenFile = abs;
         let st: ReturnType<typeof statSync> | undefined;
         try {
