@@ -44,7 +44,16 @@ const IBAN = "DE89370400440532013000";
 
 let sc: Sidecar;
 beforeAll(async () => {
-  sc = await startSidecar(mcpBundle([{ tools: { ...TEST_TOOLS, ...SHAPES } }]));
+  sc = await startSidecar(
+    mcpBundle([{ tools: { ...TEST_TOOLS, ...SHAPES } }], "mcp-attacks", (data) => {
+      // slow's `amount` counts against a budget of 10 per job (finding 5)
+      data.limits = {
+        budgets: [
+          { tool: "slow", argument: "amount", per: "job", window_seconds: 3600, max_total: 10 },
+        ],
+      };
+    }),
+  );
 });
 afterAll(async () => {
   await sc?.tg.stop();
@@ -358,7 +367,7 @@ describe("findings 5 and 6: an upstream timeout after the call was sent; hostile
   });
 
   test("the call may have run: reported as an error that changed something (the budget is kept, not released)", async () => {
-    const r = await client.callTool({ name: "slow", arguments: { ms: 1500 } });
+    const r = await client.callTool({ name: "slow", arguments: { ms: 1500, amount: 6 } });
     expect(r.isError).toBe(true);
     expect(textOf(r)).toMatch(/may have run/);
     const id = metaOf(r)["io.toolgate/decision_id"] as string;
@@ -377,6 +386,12 @@ describe("findings 5 and 6: an upstream timeout after the call was sent; hostile
     expect(
       events(logs.lines(), "mcp.call").some((e) => e.outcome === "allow_outcome_unknown"),
     ).toBe(true);
+    // the 6 stay spent: another 6 exceeds the budget of 10 (a release would have let it through)
+    const next = await client.callTool({ name: "slow", arguments: { ms: 0, amount: 6 } });
+    expect(next.isError).toBe(true);
+    expect(textOf(next)).toMatch(/budget_exceeded/);
+    const fits = await client.callTool({ name: "slow", arguments: { ms: 0, amount: 4 } });
+    expect(fits.isError).toBeFalsy();
   });
 
   test("an unknown tool name from the agent is logged cut, sanitised and hashed — not as sent", async () => {
