@@ -98,7 +98,11 @@ const direct = await client(
     env: { ...process.env, ...fixtureEnv },
   }),
 );
-const viaHttp = await client(new StreamableHTTPClientTransport(new URL(proxy.url)));
+const viaHttp = await client(
+  new StreamableHTTPClientTransport(new URL(proxy.url), {
+    requestInit: { headers: { authorization: `Bearer ${proxy.httpToken}` } },
+  }),
+);
 const viaStdio = await client(
   new StdioClientTransport({
     command: NODE,
