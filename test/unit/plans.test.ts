@@ -16,7 +16,7 @@ import {
 } from "../../src/approvals/plans";
 import type { DecisionRequest } from "../../src/model";
 
-const base = (calls: unknown[], extra: Partial<PlanRequest> = {}): PlanRequest =>
+const base = (calls: unknown[], extra: Record<string, unknown> = {}): PlanRequest =>
   ({
     subject: { type: "user", id: "alice" },
     resource: { type: "customer", id: "cust_1" },
