@@ -143,7 +143,12 @@ export class SidecarConsoleBackend implements ConsoleBackend {
         if (typeof at === "string" && !has.has(kind))
           events.push({ at, kind, actor: str(actor), detail, trace_id: null });
       };
-      add(v.created_at, "access_request", v.initiator, "access request submitted");
+      add(
+        v.created_at,
+        "access_request",
+        v.initiator,
+        v.kind === "plan" ? "plan submitted" : "access request submitted",
+      );
       const comment = typeof v.comment === "string" && v.comment !== "" ? `: “${v.comment}”` : "";
       if (v.status === "approved")
         add(v.decided_at, "approval", v.decided_by, `approved${comment}`);
