@@ -30,6 +30,7 @@
 // (scripts/bench/inproc.mjs); then writes the report.
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -260,11 +261,13 @@ async function verify(targets) {
     const got = [];
     for (const t of targets) {
       const r = requestsFor(t)[i];
-      const res = await fetch(t.base + r.path, {
-        method: "POST",
-        headers: r.headers,
-        body: r.body,
-      });
+      const res = t.socketPath
+        ? await postOverSocket(t.socketPath, r)
+        : await fetch(t.base + r.path, {
+            method: "POST",
+            headers: r.headers,
+            body: r.body,
+          });
       const json = await res.json().catch(() => undefined);
       if (res.status !== 200)
         fail(
@@ -288,6 +291,30 @@ async function verify(targets) {
     rows.push({ name: MIX[i].name, outcome: first.outcome, codes: first.codes });
   }
   return rows;
+}
+
+/** A POST over the agent port's Unix domain socket, answered in fetch's shape ({status, json()}). */
+function postOverSocket(socketPath, r) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        socketPath,
+        method: "POST",
+        path: r.path,
+        headers: { ...r.headers, "content-length": Buffer.byteLength(r.body) },
+      },
+      (res) => {
+        let text = "";
+        res.on("data", (c) => (text += c));
+        res.on("error", reject);
+        res.on("end", () =>
+          resolve({ status: res.statusCode, json: async () => JSON.parse(text) }),
+        );
+      },
+    );
+    req.on("error", reject);
+    req.end(r.body);
+  });
 }
 
 /**
@@ -323,6 +350,7 @@ async function load(target, connections, seconds) {
     const inst = autocannon(
       {
         url: target.base,
+        ...(target.socketPath ? { socketPath: target.socketPath } : {}),
         connections,
         duration: seconds,
         requests: requestsFor(target),
@@ -494,7 +522,9 @@ async function main() {
     baseEnv,
   );
 
-  const tgOn = await startToolgate("toolgate-audit-on", true);
+  // the agent port also on a Unix domain socket (server.agent.socket): measured beside TCP
+  const udsPath = path.join(TMP, "agent-socket", "agent.sock");
+  const tgOn = await startToolgate("toolgate-audit-on", true, { TOOLGATE_AGENT_SOCKET: udsPath });
   const tgOff = await startToolgate("toolgate-audit-off", false);
 
   await waitReady(`http://127.0.0.1:${opaPort}/health?bundles`, opaProc);
@@ -522,6 +552,14 @@ async function main() {
     base: `http://127.0.0.1:${tgOn.port}`,
     pid: tgOn.child.pid,
   }));
+  const tgUds = {
+    kind: "toolgate-uds",
+    label: "toolgate /v1/decisions over UDS",
+    path: "/v1/decisions",
+    base: "http://localhost",
+    socketPath: udsPath,
+    pid: tgOn.child.pid,
+  };
   const tgOffTarget = {
     kind: "toolgate",
     label: "toolgate /v1/decisions (audit off)",
@@ -531,7 +569,7 @@ async function main() {
   };
 
   log("verifying that OPA and toolgate agree on every request of the mix");
-  const verified = await verify([opa, ...tg, tgOffTarget]);
+  const verified = await verify([opa, ...tg, tgUds, tgOffTarget]);
 
   // The platform's ceiling: a bare node:http server answering, per path, what the audit-on
   // toolgate answered for an allow of the mix (status, headers, body bytes).
@@ -564,7 +602,7 @@ async function main() {
 
   // Side by side: per concurrency, warm up each target, then rounds with alternating order.
   const sideBySide = []; // {conns, round, label, ...metrics}
-  const all = [opa, ...tg, ...ceil];
+  const all = [opa, ...tg, tgUds, ...ceil];
   for (const c of CONNS) {
     for (const t of all) await load(t, c, WARMUP);
     for (let r = 0; r < ROUNDS; r++) {
@@ -1008,7 +1046,7 @@ function renderReport(R) {
     `- **OPA**: \`opa run --server --addr 127.0.0.1:<port> --bundle <rego-bundle> --skip-version-check --log-level error\`, the bundle built by \`opa build -b rego --ignore '*_test.rego' --ignore capabilities.json\` (plain Rego, no wasm; OPA's decision logs are off by default). Requests: \`POST /v1/data/toolgate/decision\` with \`{"input": {"request": <request>, "verified": {...}}}\`, the input toolgate's policy gets.`,
   );
   p(
-    '- **toolgate**: `node bin/toolgate.js serve` from dist/ with bundles/support-triage.tar.gz (wasm). **Audit on**: spans exported over OTLP/HTTP (protobuf) to a local receiver (scripts/bench/otlp-receiver.mjs), decision logs on at level info (stdout to a file), audit trail on; the audit work runs on the audit worker thread (`audit.worker`, the default; docs/audit.md). Requests: `POST /v1/decisions` with the request, `POST /v1/data/toolgate/decision` with `{"input": <request>}`.',
+    "- **toolgate**: `node bin/toolgate.js serve` from dist/ with bundles/support-triage.tar.gz (wasm). **Audit on**: spans exported over OTLP/HTTP (protobuf) to a local receiver (scripts/bench/otlp-receiver.mjs), decision logs on at level info (stdout to a file), audit trail on; the audit work runs on the audit worker thread (`audit.worker`, the default; docs/audit.md). Requests: `POST /v1/decisions` with the request, `POST /v1/data/toolgate/decision` with `{\"input\": <request>}`; `/v1/decisions` also over its agent port's Unix domain socket (`server.agent.socket`; autocannon's `socketPath`), a target of its own in the same rounds.",
   );
   p(
     `- **Load**: autocannon (programmatic, in the bench process, one thread) cycling through a fixed mix of ${MIX.length} reference-table requests per connection; concurrency ${CONNS.join(", ")}; ${WARMUP} s warm-up per target and concurrency; ${ROUNDS} round(s) × ${DURATION} s per target; the order of targets (OPA, toolgate on both paths, the ceiling on both paths) reverses every other round so all share machine noise. Latency is measured per response (float ms, all responses). The load generator shares the ${mach.nproc} CPUs with the server under test.`,
@@ -1124,6 +1162,37 @@ function renderReport(R) {
         `| ${c} | ${tp} | ${rt.map((x) => f(x)).join(" | ")} | ${f(median(rt))} [${spread(rt)}] | ${f(med("toolgate", "cpuUsPerReq"), 0)} | ${f(med("ceiling", "cpuUsPerReq"), 0)} | ${f(med("ceiling", "loadgenCores"))} |`,
       );
     }
+  }
+  p();
+
+  p("### Unix domain socket vs TCP");
+  p();
+  p(
+    "The audit-on toolgate's `/v1/decisions` over its Unix domain socket (`server.agent.socket`) against the same process over TCP loopback, per round (same concurrency, same round). > 1 favours the socket.",
+  );
+  p();
+  p(
+    `| conns | ${Array.from({ length: ROUNDS }, (_, i) => `round ${i + 1}`).join(" | ")} | median req/s ratio [spread] | UDS p99 ms | TCP p99 ms | UDS CPU µs/req | TCP CPU µs/req |`,
+  );
+  p(`|---:|${"---:|".repeat(ROUNDS + 5)}`);
+  const udsRatios = {}; // conns -> [per round]
+  for (const c of CONNS) {
+    const at = (kind, r) =>
+      R.sideBySide.find(
+        (x) => x.conns === c && x.round === r && x.kind === kind && x.path === "/v1/decisions",
+      );
+    const rt = [];
+    for (let r = 1; r <= ROUNDS; r++) rt.push(at("toolgate-uds", r).rps / at("toolgate", r).rps);
+    udsRatios[c] = rt;
+    const med = (kind, key) =>
+      median(
+        R.sideBySide
+          .filter((x) => x.conns === c && x.kind === kind && x.path === "/v1/decisions")
+          .map((x) => x[key]),
+      );
+    p(
+      `| ${c} | ${rt.map((x) => f(x)).join(" | ")} | ${f(median(rt))} [${spread(rt)}] | ${f(med("toolgate-uds", "p99"), 3)} | ${f(med("toolgate", "p99"), 3)} | ${f(med("toolgate-uds", "cpuUsPerReq"), 0)} | ${f(med("toolgate", "cpuUsPerReq"), 0)} |`,
+    );
   }
   p();
 
@@ -1250,6 +1319,10 @@ function renderReport(R) {
           `${tp}: worst at c=${worst.c}, rounds ${worst.s}; per concurrency ${byConns.map((x) => `c=${x.c} ${f(x.v)}`).join(", ")}`,
       )
       .join("; ")})`,
+  );
+  p();
+  p(
+    `UDS/TCP throughput ratio /v1/decisions: ${CONNS.map((c) => `c=${c} ${f(median(udsRatios[c]))}`).join(", ")} (median over ${ROUNDS} round(s); the same toolgate over its Unix domain socket and over TCP loopback)`,
   );
   p();
   const ev = R.inproc.phase.fullSpeedP50;

@@ -1,13 +1,14 @@
 #!/usr/bin/env node
 // HTTP A/B of toolgate targets under load, alternating rounds in one run (issue #20).
 // A target is a toolgate build (a package root: its bin/ and dist/) reached over TCP or
-// over the agent port's Unix domain socket (server.agent.socket); targets of the same root
-// share one process. Every toolgate runs as the benchmark's audit-on toolgate (spans over
+// over the agent port's Unix domain socket (server.agent.socket), with extra environment
+// K=V,... (e.g. a switch under A/B); targets of the same root and environment share one
+// process. Every toolgate runs as the benchmark's audit-on toolgate (spans over
 // OTLP/HTTP to a local receiver, decision logs at info to a file, audit trail on), or
 // audit off with --audit off. Before measuring, every request of the mix is sent to every
 // target and must get the reference table's outcome and reason code.
 //
-//   node scripts/bench/httpab.mjs [--target label=<root>:<tcp|uds>]... [--conns 16]
+//   node scripts/bench/httpab.mjs [--target label=<root>:<tcp|uds>[:K=V,...]]... [--conns 16]
 //        [--rounds 6] [--seconds 3] [--warmup 2] [--path /v1/decisions] [--audit on|off]
 //        [--md <file>] [--json <file>] [--profile <dir>]
 //   --profile <dir>: instead of rounds, one load run (--seconds, first --conns, first target)
@@ -54,9 +55,16 @@ const log = (...a) => console.error("httpab:", ...a);
 const specs = (
   all("--target").length ? all("--target") : [`tcp=${ROOT}:tcp`, `uds=${ROOT}:uds`]
 ).map((s) => {
-  const m = /^([^=]+)=(.+):(tcp|uds)$/.exec(s);
-  if (!m) throw new Error(`--target ${s}: want label=<root>:<tcp|uds>`);
-  return { label: m[1], root: path.resolve(m[2]), transport: m[3] };
+  const m = /^([^=]+)=(.+?):(tcp|uds)(?::(.*))?$/.exec(s);
+  if (!m) throw new Error(`--target ${s}: want label=<root>:<tcp|uds>[:K=V,...]`);
+  const extra = Object.fromEntries(
+    (m[4] ? m[4].split(",") : []).map((kv) => [
+      kv.slice(0, kv.indexOf("=")),
+      kv.slice(kv.indexOf("=") + 1),
+    ]),
+  );
+  const root = path.resolve(m[2]);
+  return { label: m[1], root, transport: m[3], extra, key: `${root}|${m[4] ?? ""}` };
 });
 
 const children = [];
@@ -196,7 +204,8 @@ async function main() {
     if (receiverPort === undefined || rec.exitCode !== null) throw new Error("no OTLP receiver");
   }
   const procs = new Map();
-  for (const root of new Set(specs.map((s) => s.root))) {
+  for (const key of new Set(specs.map((s) => s.key))) {
+    const { root, extra } = specs.find((s) => s.key === key);
     const name = `tg${procs.size}`;
     const port = await freePort();
     const stateDir = path.join(TMP, `state-${name}`);
@@ -226,6 +235,7 @@ async function main() {
             TOOLGATE_AUDIT_LOG_DECISIONS: "false",
             TOOLGATE_AUDIT_WORKER: "false",
           }),
+      ...extra,
     };
     const child = start(
       name,
@@ -233,7 +243,7 @@ async function main() {
       [path.join(root, "bin", "toolgate.js"), "serve"],
       env,
     );
-    procs.set(root, { child, port, socketPath });
+    procs.set(key, { child, port, socketPath });
   }
   for (const [root, p] of procs) {
     for (let i = 0; ; i++) {
@@ -249,7 +259,7 @@ async function main() {
     }
   }
   const targets = specs.map((s) => {
-    const p = procs.get(s.root);
+    const p = procs.get(s.key);
     return {
       ...s,
       pid: p.child.pid,
@@ -279,7 +289,7 @@ async function main() {
   const out = [];
   const p = (s = "") => out.push(s);
   p(
-    `${PATH}, audit ${AUDIT ? "on" : "off"}; ${ROUNDS} rounds × ${SECONDS} s per target at each concurrency, the order reversing every round, after 2 × ${WARMUP} s warm-up; targets: ${targets.map((t) => `${t.label} (${t.transport}${procs.size > 1 ? `, ${path.relative(ROOT, t.root) || "."}` : ""})`).join(", ")}. Ratio: the target's req/s over ${targets[0].label}'s in the same round, median over rounds.`,
+    `${PATH}, audit ${AUDIT ? "on" : "off"}; ${ROUNDS} rounds × ${SECONDS} s per target at each concurrency, the order reversing every round, after 2 × ${WARMUP} s warm-up; targets: ${targets.map((t) => `${t.label} (${t.transport}${procs.size > 1 ? `, ${path.relative(ROOT, t.root) || "."}${t.key.endsWith("|") ? "" : ` ${t.key.split("|")[1]}`}` : ""})`).join(", ")}. Ratio: the target's req/s over ${targets[0].label}'s in the same round, median over rounds.`,
   );
   p();
   p(
