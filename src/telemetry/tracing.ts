@@ -20,7 +20,6 @@ import {
   W3CTraceContextPropagator,
 } from "@opentelemetry/core";
 import type { Resource } from "@opentelemetry/resources";
-import { encodeTraceRequest } from "./otlp-proto";
 import { OTLPTraceExporter as OTLPHttpJsonExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { OTLPTraceExporter as OTLPGrpcExporter } from "@opentelemetry/exporter-trace-otlp-grpc";
 import { OTLPExporterBase } from "@opentelemetry/otlp-exporter-base";
@@ -31,8 +30,6 @@ import {
 import {
   ProtobufTraceSerializer,
   TraceExporterMetricsHelper,
-  type IExportTraceServiceResponse,
-  type ISerializer,
 } from "@opentelemetry/otlp-transformer";
 import {
   AlwaysOffSampler,
@@ -155,28 +152,11 @@ export function batchSettingsFromEnv(env: Env, log: Logger, given: BatchSettings
   return out;
 }
 
-/** The transformer's protobuf serializer with toolgate's encoder for requests (same bytes, ./otlp-proto). */
-const toolgateSerializer: ISerializer<ReadableSpan[], IExportTraceServiceResponse> = {
-  serializeRequest: (spans) => encodeTraceRequest(spans),
-  deserializeResponse: (data) => ProtobufTraceSerializer.deserializeResponse(data),
-};
-
 /**
- * TEMPORARY (issue #18, the encoder A/B in scripts/bench/encoder-ab.mjs):
- * TOOLGATE_OTLP_ENCODER=stock uses the transformer's ProtobufTraceSerializer,
- * anything else toolgate's encoder. Read from the process environment (the
- * audit worker's is a copy of the main thread's).
- */
-function protobufSerializer(): ISerializer<ReadableSpan[], IExportTraceServiceResponse> {
-  return process.env.TOOLGATE_OTLP_ENCODER === "stock"
-    ? ProtobufTraceSerializer
-    : toolgateSerializer;
-}
-
-/**
- * OTLP/HTTP protobuf, as @opentelemetry/exporter-trace-otlp-proto builds it
- * (same transport, env settings, retries and compression), with the faster
- * request encoder.
+ * OTLP/HTTP protobuf, as @opentelemetry/exporter-trace-otlp-proto builds it:
+ * its transport (env headers, timeout, retries, compression) and its
+ * serializer, the transformer's ProtobufTraceSerializer (a hand-written
+ * encoder lost the A/B of issue #18; docs/audit.md, "OTLP protocols").
  */
 class OTLPHttpProtoExporter extends OTLPExporterBase<ReadableSpan[]> implements SpanExporter {
   constructor(url: string) {
@@ -185,7 +165,7 @@ class OTLPHttpProtoExporter extends OTLPExporterBase<ReadableSpan[]> implements 
         convertLegacyHttpOptions({ url }, "TRACES", "v1/traces", {
           "Content-Type": "application/x-protobuf",
         }),
-        protobufSerializer(),
+        ProtobufTraceSerializer,
         "otlp_http_span_exporter",
         TraceExporterMetricsHelper,
         undefined,
