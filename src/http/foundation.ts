@@ -90,6 +90,19 @@ export interface PortOptions {
 }
 
 const REQUEST_ID = /^[\x21-\x7e]{1,200}$/;
+
+/** The lean path: the request id as express's first middleware sets it, then the route; never rejects. */
+function leanRun(
+  run: Runner,
+  req: IncomingMessage,
+  res: ServerResponse,
+  path: string,
+  params: Record<string, unknown>,
+): void {
+  requestId(req, res, () => undefined);
+  // a route answers its own errors; should writing that answer fail, the connection goes
+  run(req, res, path, params).catch(() => res.destroy());
+}
 const PRINCIPAL = Symbol("principal");
 type Gated = IncomingMessage & { [PRINCIPAL]?: Principal };
 
@@ -110,9 +123,38 @@ function methodNotAllowed(allow: string, render: Render) {
   };
 }
 
+/** A route's handler with the request's path (and splat) given: what express and the lean path both call. */
+type Runner = (
+  req: IncomingMessage,
+  res: ServerResponse,
+  path: string,
+  params: Record<string, unknown>,
+) => Promise<void>;
+
+/** POST routes taken without express: exact paths, and `<prefix>/*name` splats. */
+interface Lean {
+  exact: Map<string, Runner>;
+  splats: Array<{ prefix: string; name: string; run: Runner }>;
+}
+
+/** A splat's rest that express would split into the same segments (no escapes, no empty or dot segments). */
+const PLAIN_REST = /^(?:[A-Za-z0-9_~-][A-Za-z0-9._~-]*)(?:\/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*$/;
+
 /** One port's express app, built route by route; `finish` closes it. */
 export class HttpPort {
   private readonly app: express.Express;
+  /**
+   * The lean path: POST routes registered before any `gate` or `mount`
+   * (nothing but the request id runs before them in express either) are
+   * dispatched by exact path before express's own routing — no prototype
+   * swap of req/res, no router walk, no promise plumbing — and run the very
+   * same steps (request id, authentication, body checks, schema, handler,
+   * errors). Anything else — another method, a query string, a trailing
+   * slash, other letter case, an escaped or unusual path — goes through
+   * express as before.
+   */
+  private readonly lean: Lean = { exact: new Map(), splats: [] };
+  private leanOpen = true;
 
   constructor(private readonly opts: PortOptions) {
     this.app = express();
@@ -120,6 +162,26 @@ export class HttpPort {
     this.app.disable("etag");
     this.app.set("query parser", opts.queryParser);
     this.app.use(requestId);
+    const lean = this.lean;
+    // express's app(req, res) is app.handle(req, res): the lean path goes first
+    type Handle = (req: IncomingMessage, res: ServerResponse, next?: unknown) => void;
+    const withHandle = this.app as unknown as { handle: Handle };
+    const viaExpress = withHandle.handle.bind(this.app);
+    withHandle.handle = (req, res, next) => {
+      if (req.method === "POST") {
+        const url = req.url ?? "";
+        const run = lean.exact.get(url);
+        if (run !== undefined) return void leanRun(run, req, res, url, {});
+        for (const s of lean.splats) {
+          if (url.length > s.prefix.length && url.startsWith(s.prefix)) {
+            const rest = url.slice(s.prefix.length);
+            if (PLAIN_REST.test(rest))
+              return void leanRun(s.run, req, res, url, { [s.name]: rest.split("/") });
+          }
+        }
+      }
+      viaExpress(req, res, next);
+    };
   }
 
   get<T>(path: string, spec: RouteSpec<T>): void {
@@ -128,18 +190,36 @@ export class HttpPort {
 
   post<T>(path: string | string[], spec: RouteSpec<T>): void {
     this.app.post(path, this.route(spec));
+    if (!this.leanOpen) return;
+    const run = this.runner(spec);
+    for (const p of Array.isArray(path) ? path : [path]) {
+      const splat = /^((?:\/[A-Za-z0-9._~-]+)+)\/\*([A-Za-z_][A-Za-z0-9_]*)$/.exec(p);
+      if (/^(?:\/[A-Za-z0-9._~-]+)+$/.test(p)) {
+        // express matches in order: a path an earlier route (or splat) takes stays express's
+        const shadowed = this.lean.splats.some((x) => p.startsWith(x.prefix));
+        if (!this.lean.exact.has(p) && !shadowed) this.lean.exact.set(p, run);
+      } else if (splat !== null) {
+        this.lean.splats.push({ prefix: `${splat[1]}/`, name: splat[2] as string, run });
+      }
+    }
   }
 
   delete<T>(path: string, spec: RouteSpec<T>): void {
     this.app.delete(path, this.route(spec));
   }
 
-  /** authenticate → guard → body → schema → handler → response; any error as the route renders it. */
+  /** The route as express calls it. */
   private route<T>(spec: RouteSpec<T>): (req: Request, res: Response) => Promise<void> {
+    const run = this.runner(spec);
+    return (req, res) => run(req, res, req.path, req.params);
+  }
+
+  /** authenticate → guard → body → schema → handler → response; any error as the route renders it. */
+  private runner<T>(spec: RouteSpec<T>): Runner {
     const { face = "native", render = errorBody, body = "none", schema, guard, handle } = spec;
     const authenticate = spec.open === true ? undefined : this.opts.authenticate;
     const { limits, traceParentOf } = this.opts;
-    return async (req, res) => {
+    return async (req, res, path, params) => {
       const startTimeMs = performance.timeOrigin + performance.now();
       try {
         const principal =
@@ -148,7 +228,7 @@ export class HttpPort {
           face,
           startTimeMs,
           requestId: res.getHeader("X-Request-ID") as string,
-          http: { method: req.method, path: req.path },
+          http: { method: req.method ?? "", path },
           ...(traceParentOf ? { traceParent: traceParentOf(req.headers) } : {}),
           ...(principal !== undefined ? { principal } : {}),
         };
@@ -159,12 +239,15 @@ export class HttpPort {
             : await readJson(req, limits);
         const value =
           parsed !== undefined && schema !== undefined ? schema(parsed.value) : parsed?.value;
-        let answer = handle(value as T, ctx, req, parsed);
+        // the handler sees express's Request; on the lean path only headers, params and the body stream exist
+        const q = req as Request;
+        if (q.params !== params) (q as { params: unknown }).params = params;
+        let answer = handle(value as T, ctx, q, parsed);
         if (answer instanceof Promise) answer = await answer;
         if (answer instanceof Reply) answer.send(res);
         else sendJson(res, 200, answer);
       } catch (e) {
-        this.fail(req, res, e, render);
+        this.fail(path, res, e, render);
       }
     };
   }
@@ -175,6 +258,7 @@ export class HttpPort {
    * token: it must authenticate its callers itself.
    */
   mount(path: string, handler: express.Router | express.Express): void {
+    this.leanOpen = false;
     this.app.use(path, handler);
   }
 
@@ -186,6 +270,7 @@ export class HttpPort {
     verify: (req: IncomingMessage) => Promise<Principal>,
     onRefused?: (req: Request, err: ToolgateError) => void,
   ): void {
+    this.leanOpen = false;
     this.app.use((req: Request, res: Response, next: NextFunction) => {
       verify(req).then(
         (p) => {
@@ -241,17 +326,17 @@ export class HttpPort {
         typeof status === "number" && status >= 400 && status < 500
           ? toolgateError("invalid_request", (e as Error).message, { cause: e })
           : e;
-      this.fail(req, res, err, this.opts.renderAt?.(req.path) ?? errorBody);
+      this.fail(req.path, res, err, this.opts.renderAt?.(req.path) ?? errorBody);
     });
     return this.app;
   }
 
-  private fail(req: Request, res: Response, e: unknown, render: Render): void {
+  private fail(path: string, res: ServerResponse, e: unknown, render: Render): void {
     const err = sendError(res, e, render);
     if (err.status >= 500 && err.code !== "policy_unavailable") {
       this.opts.log.error(this.opts.failure, {
         event: "http.error",
-        path: req.path,
+        path,
         code: err.code,
         error: err.message,
       });
