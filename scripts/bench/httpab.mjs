@@ -237,10 +237,13 @@ async function main() {
           }),
       ...extra,
     };
+    const prof = PROFILE
+      ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(PROFILE)}`, "--cpu-prof-interval=500"]
+      : [];
     const child = start(
       name,
       process.execPath,
-      [path.join(root, "bin", "toolgate.js"), "serve"],
+      [...prof, path.join(root, "bin", "toolgate.js"), "serve"],
       env,
     );
     procs.set(key, { child, port, socketPath });
