@@ -13,7 +13,8 @@
 //        [--md <file>] [--json <file>] [--profile <dir>]
 //   --profile <dir>: instead of rounds, one load run (--seconds, first --conns, first target)
 //        of a toolgate started under node --cpu-prof (interval 500 µs), after the warm-up; the
-//        profile cut to that run, summarised by area and function (profile-summary.mjs)
+//        profile cut to that run, summarised by area and function (profile-summary.mjs), and
+//        drawn as a flame graph, <dir>/flame-<pid>.svg (flamegraph.mjs)
 //   default targets: tcp=<repo>:tcp uds=<repo>:uds (TCP vs the socket, one process)
 //
 // Prints a markdown section on stdout: per round and target req/s, p50/p99 ms, server CPU
@@ -28,6 +29,7 @@ import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { MIX } from "./mix.mjs";
 import { summariseProfile } from "./profile-summary.mjs";
+import { flameGraph } from "./flamegraph.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const require = createRequire(import.meta.url);
@@ -377,10 +379,18 @@ async function profileRun(t) {
   const mainFile = files.find((x) => x.split(".")[4] === "0");
   const window = { from: Number(t0 / 1000n), to: Number(t1 / 1000n), decisions: lat.length };
   const S = summariseProfile(path.join(dir, mainFile), { top: 30, ...window });
+  const svg = path.join(dir, `flame-${t.pid}.svg`);
+  fs.writeFileSync(
+    svg,
+    flameGraph(path.join(dir, mainFile), {
+      ...window,
+      title: `toolgate ${PATH}, c=${c}, audit ${AUDIT ? "on" : "off"}, ${t.transport} — main thread`,
+    }),
+  );
   const wall = Number(t1 - t0) / 1e9;
   const out = [];
   out.push(
-    `${t.label}: ${PATH} c=${c}, ${SECONDS} s, ${lat.length} requests, ${f(lat.length / wall, 0)} req/s under the profiler (${res.errors} errors); main thread ${S.samples} samples; profile ${path.join(dir, mainFile)}`,
+    `${t.label}: ${PATH} c=${c}, ${SECONDS} s, ${lat.length} requests, ${f(lat.length / wall, 0)} req/s under the profiler (${res.errors} errors); main thread ${S.samples} samples (window --from ${window.from} --to ${window.to}); profile ${path.join(dir, mainFile)}; flame graph ${svg}`,
   );
   out.push("", "| area | µs per decision | % |", "|---|---:|---:|");
   for (const a of S.areas) out.push(`| ${a.area} | ${f(a.usPerDecision, 1)} | ${f(a.pct, 1)} |`);
