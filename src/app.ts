@@ -14,7 +14,7 @@ import { ApprovalService, type ApprovalEventName } from "./approvals/service";
 import { ApprovalStore } from "./approvals/store";
 import { notifierFromConfig, type ApprovalNotifier } from "./approvals/notify";
 import { startAgentServer, type RunningServer } from "./http/agent-server";
-import { SessionStore } from "./session";
+import { checkToolRegistry, SessionStore } from "./session";
 import { PortComponent } from "./http/listen";
 import { GrantIssuer } from "./grants";
 import { startControlServer } from "./http/control-server";
@@ -40,6 +40,7 @@ import {
   FleetClient,
   FleetContainment,
   type Credential,
+  FleetSessions,
 } from "./fleet";
 
 /** A request no sane policy allows: used to check a bundle before it serves. */
@@ -63,6 +64,7 @@ export function smokeTest(engine: PolicyEngine, agentId: string, log?: Logger): 
   const out = checkPolicyOutput(engine.evaluateJson(input, nowNs));
   if (isToolgateError(out)) throw out;
   compileLimits(engine.data); // malformed containment limits refuse the bundle
+  checkToolRegistry(engine.data); // so do labels and egress flags session state could not honour
   if (out.outcome !== "deny") {
     log?.warn("bundle does not deny an unknown tool for an unknown subject", {
       event: "bundle.smoke_warning",
@@ -87,7 +89,7 @@ export interface Parts {
   /** Kill switches, rates and budgets (undefined: built without state, e.g. `toolgate eval`, or in fleet mode). */
   containment: Containment | undefined;
   /** What each session did, for the policy (undefined: session.max_events 0). */
-  sessions: SessionStore | undefined;
+  sessions: SessionStore | FleetSessions | undefined;
   /**
    * Fleet mode (`fleet.url`): the control service's client and the ports
    * over it, in place of `containment` and `approvals` (both undefined then).
@@ -432,15 +434,21 @@ async function assemble(
         });
   const candidate = await candidatePolicy(config, log);
   const candidateSource = candidate?.source;
-  const sessions =
+  const localSessions =
     config.session.maxEvents > 0
       ? new SessionStore({
           maxEvents: config.session.maxEvents,
           maxSessions: config.session.maxSessions,
+          maxTotalEvents: config.session.maxTotalEvents,
           retentionSeconds: config.session.retentionSeconds,
           onEvict: () => metrics.sessionsEvicted.inc(),
         })
       : undefined;
+  // fleet mode: the labels a session touched are kept fleet-wide (src/fleet/sessions.ts)
+  const sessions =
+    localSessions !== undefined && fleet !== undefined
+      ? new FleetSessions(localSessions, fleet.client, config.session.retentionSeconds)
+      : localSessions;
   const decider = new Decider({
     policy: bundles,
     identity,

@@ -1,7 +1,7 @@
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { isToolgateError, normalizeError, toolgateError, type ToolgateError } from "../errors";
 import type { Identity } from "../identity";
-import type { ApprovalCheck } from "../approvals/service";
+import type { ApprovalCheck, PlanCheck } from "../approvals/service";
 import type { GrantMinter } from "../grants";
 import { switchDeny, type ContainmentDeny } from "../containment";
 import {
@@ -63,12 +63,20 @@ export interface DeciderOptions {
  * The session a request belongs to: the token's session claim when it has
  * one, else `context.session.id` (a non-empty string of at most 256).
  */
-function sessionIdOf(req: DecisionRequest, caller: Principal | undefined): string | undefined {
-  if (caller?.session !== undefined) return caller.session;
-  const s = req.context?.session;
-  if (s === null || typeof s !== "object") return undefined;
-  const id = (s as Record<string, unknown>).id;
-  return typeof id === "string" && id.length > 0 && id.length <= 256 ? id : undefined;
+function sessionIdOf(
+  req: DecisionRequest,
+  caller: Principal | undefined,
+  subjectId: string,
+): string | undefined {
+  let id: unknown = caller?.session;
+  if (id === undefined) {
+    const s = req.context?.session;
+    if (s === null || typeof s !== "object") return undefined;
+    id = (s as Record<string, unknown>).id;
+  }
+  if (typeof id !== "string" || id.length === 0 || id.length > 256) return undefined;
+  // one subject's session ids never meet another's: the key is a digest of the verified subject, then the id
+  return `${createHash("sha256").update(subjectId).digest("base64url").slice(0, 22)}:${id}`;
 }
 
 /** The deny reason of a policy that could not answer (fail closed). */
@@ -178,6 +186,14 @@ export class Decider {
     if (engine === undefined) throw toolgateError("policy_unavailable");
     const switches = this.opts.containment?.view(nowMs).killswitches ?? [];
     if (this.opts.containment !== undefined) verified.containment = { killswitches: switches };
+    // the session as decide() would see it (this sidecar's own summary: a search makes no network hop)
+    const session = this.opts.session;
+    const sessionId =
+      session === undefined ? undefined : sessionIdOf(probe, ctx.principal, verified.subject.id);
+    if (session !== undefined && sessionId !== undefined) {
+      const v = session.view(sessionId, nowMs, { ...base, action: { name: "" } }, engine);
+      if (!(v instanceof Promise)) verified.session = v;
+    }
     const verifiedJson = JSON.stringify(verified);
     const results: Preview[] = [];
     for (const name of names) {
@@ -213,6 +229,50 @@ export class Decider {
     return { policy: { bundle: engine.info.bundle, revision: engine.info.revision }, results };
   }
 
+  /**
+   * What the policy would answer for each of `requests` (plan approvals:
+   * each envelope's representative calls), nothing done — as preview(),
+   * but whole requests with their arguments. The caller is verified once,
+   * on the first request (all share subject and context).
+   */
+  previewRequests(
+    requests: readonly DecisionRequest[],
+    ctx: RequestContext,
+  ): { policy: { bundle: string; revision: string }; results: Preview[] } {
+    const first = requests[0];
+    if (first === undefined) throw toolgateError("invalid_request", "nothing to preview");
+    const nowMs = this.now();
+    const nowNs = nowMs * 1e6;
+    const verified = this.opts.identity.verify(first, nowNs, ctx.principal);
+    const engine = this.opts.policy.active();
+    if (engine === undefined) throw toolgateError("policy_unavailable");
+    const switches = this.opts.containment?.view(nowMs).killswitches ?? [];
+    if (this.opts.containment !== undefined) verified.containment = { killswitches: switches };
+    const verifiedJson = JSON.stringify(verified);
+    const results: Preview[] = requests.map((req) => {
+      const name = req.action.name;
+      const stop = switchDeny(switches, verified.agent.id, req, verified, nowMs);
+      if (stop !== undefined)
+        return { name, outcome: "deny", reasons: [{ code: stop.code, message: stop.message }] };
+      let out: PolicyOutput | ToolgateError;
+      try {
+        out = checkPolicyOutput(
+          engine.evaluateJson(
+            `{"request":${JSON.stringify(req)},"verified":${verifiedJson}}`,
+            nowNs,
+          ),
+        );
+      } catch (e) {
+        out = normalizeError(e, "policy_evaluation_failed");
+      }
+      if (isToolgateError(out)) return { name, outcome: "deny", reasons: [failClosedReason(out)] };
+      const p: Preview = { name, outcome: out.outcome, reasons: out.reasons };
+      if (out.approval !== undefined) p.approval = out.approval;
+      return p;
+    });
+    return { policy: { bundle: engine.info.bundle, revision: engine.info.revision }, results };
+  }
+
   private *steps(req: DecisionRequest, ctx: RequestContext, requestJson?: string): Steps<Decided> {
     const nowMs = this.now();
     const nowNs = nowMs * 1e6;
@@ -237,9 +297,16 @@ export class Decider {
       evaluated_at: new Date(nowMs).toISOString(),
     };
     const session = this.opts.session;
-    const sessionId = session === undefined ? undefined : sessionIdOf(req, ctx.principal);
-    if (session !== undefined && sessionId !== undefined)
-      verified.session = session.view(sessionId, nowMs);
+    const sessionId =
+      session === undefined ? undefined : sessionIdOf(req, ctx.principal, verified.subject.id);
+    let sessionDown: string | undefined;
+    if (session !== undefined && sessionId !== undefined) {
+      try {
+        verified.session = yield* wait(session.view(sessionId, nowMs, req, engine));
+      } catch (e) {
+        sessionDown = normalizeError(e).message;
+      }
+    }
     const policy: PolicyEngine = engine;
     const event: DecisionEvent = { kind: "decision", decision, request: req, verified, ctx };
     /** Every decision exit: into the session's history, then answered. */
@@ -247,6 +314,15 @@ export class Decider {
       if (sessionId !== undefined) session?.record(sessionId, e.decision, req, policy, nowMs);
       return this.finish(e);
     };
+    if (sessionDown !== undefined) {
+      decision.reasons = [
+        {
+          code: "session_unavailable",
+          message: `the session's history could not be read; denied (fail closed): ${sessionDown}`,
+        },
+      ];
+      return done(event);
+    }
     // Containment first: a kill switch or limit denies whatever the bundle says.
     const containment = this.opts.containment;
     if (containment !== undefined) {
@@ -299,6 +375,31 @@ export class Decider {
       };
     }
     yield* this.applyApproval(decision, check, nowMs);
+    // a plan (context.plan) may stand in for the approval a needs_approval answer asks for
+    let final = out;
+    if (
+      decision.outcome === "needs_approval" &&
+      check.kind !== "verified" &&
+      req.context?.plan !== undefined
+    ) {
+      const planned = yield* this.applyPlan(decision, req, verified, engine, requestJson, nowMs);
+      if (planned !== undefined) final = planned;
+    }
+    // Session state: an allowed read of labelled data is recorded (fleet-wide) before it is answered.
+    if (decision.outcome === "allow" && sessionId !== undefined && session?.touch !== undefined) {
+      try {
+        yield* wait(session.touch(sessionId, decision, req, engine, nowMs));
+      } catch (e) {
+        decision.outcome = "deny";
+        decision.reasons = [
+          {
+            code: "session_unavailable",
+            message: `the session's history could not be recorded; denied (fail closed): ${normalizeError(e).message}`,
+          },
+        ];
+        decision.obligations = [];
+      }
+    }
     // Budgets: an allow reserves its amount (on disk) before it can carry a grant or be answered.
     const reserved =
       decision.outcome === "allow" && containment !== undefined
@@ -307,9 +408,9 @@ export class Decider {
     const grant = this.grant(decision, req, verified, nowMs);
     if (reserved && decision.outcome !== "allow") containment?.unreserve(decision.decision_id);
     if (decision.access_request !== undefined) {
-      this.opts.approvals?.recordNeedsApproval(decision, req, verified, out.mask);
+      this.opts.approvals?.recordNeedsApproval(decision, req, verified, final.mask);
     }
-    if (out.mask !== undefined) event.mask = out.mask;
+    if (final.mask !== undefined) event.mask = final.mask;
     if (grant !== undefined) event.grant = grant;
     if (notes !== undefined) event.notes = notes;
     return done(event);
@@ -426,6 +527,100 @@ export class Decider {
         message: `the presented approval could not be checked; denied (fail closed): ${normalizeError(e).message}`,
       };
     }
+  }
+
+  /**
+   * A needs_approval answer to a request presenting `context.plan`: the
+   * plan is checked (ApprovalPort.checkPlan: bound, approved, unrevoked,
+   * unexpired, the call inside an envelope with uses left); the policy is
+   * asked again with the plan's approval as `verified.approval` (its own
+   * approver-role check applies); only if it then allows is one use claimed
+   * (atomically; never more than max_uses) and the decision becomes that
+   * allow — with its own grant, as any allow. Otherwise the needs_approval
+   * stands with a `plan_*` reason. Never turns a deny into an allow. Returns
+   * the policy output the decision now follows, or undefined.
+   */
+  private *applyPlan(
+    d: Decision,
+    req: DecisionRequest,
+    verified: VerifiedFacts,
+    engine: PolicyEngine,
+    requestJson: string | undefined,
+    nowMs: number,
+  ): Generator<Promise<unknown>, PolicyOutput | undefined, unknown> {
+    const approvals = this.opts.approvals;
+    const because = (code: string, message: string): undefined => {
+      delete verified.approval;
+      d.reasons = [...d.reasons, { code, message }];
+      return undefined;
+    };
+    if (approvals?.checkPlan === undefined || approvals.claimPlan === undefined)
+      return because("plan_unavailable", "plan approvals are not available on this sidecar");
+    let pc: PlanCheck;
+    try {
+      pc = yield* wait(approvals.checkPlan(req, nowMs));
+    } catch (e) {
+      return because(
+        "plan_unavailable",
+        `the presented plan could not be checked: ${normalizeError(e).message}`,
+      );
+    }
+    if (pc.kind === "none") return undefined;
+    if (pc.kind === "ignored") return because(pc.code, pc.message);
+    verified.approval = pc.approval;
+    const input = `{"request":${requestJson ?? JSON.stringify(req)},"verified":${JSON.stringify(verified)}}`;
+    let checked: PolicyOutput | ToolgateError;
+    try {
+      checked = checkPolicyOutput(engine.evaluateJson(input, nowMs * 1e6));
+    } catch (e) {
+      checked = normalizeError(e, "policy_evaluation_failed");
+    }
+    if (isToolgateError(checked))
+      return because(
+        "plan_unavailable",
+        `the policy could not be asked with the plan's approval: ${checked.message}`,
+      );
+    const out = checked;
+    if (out.outcome !== "allow") {
+      const why = out.reasons.map((r) => r.message || r.code).join("; ");
+      return because(
+        "plan_mismatch",
+        `plan ${pc.planId}'s approval does not satisfy this call${why ? `: ${why}` : ""}`,
+      );
+    }
+    let claim;
+    try {
+      claim = yield* wait(approvals.claimPlan(pc.planId, pc.envelopes, d.decision_id, nowMs));
+    } catch (e) {
+      return because(
+        "plan_unavailable",
+        `a use of plan ${pc.planId} could not be claimed: ${normalizeError(e).message}`,
+      );
+    }
+    if (!claim.claimed) {
+      const code =
+        claim.reason === "used_up"
+          ? "plan_used_up"
+          : claim.reason === "revoked"
+            ? "plan_revoked"
+            : claim.reason === "expired"
+              ? "plan_expired"
+              : "plan_unknown";
+      return because(code, `plan ${pc.planId}: no use could be claimed (${claim.reason})`);
+    }
+    d.outcome = "allow";
+    d.reasons = [
+      ...out.reasons,
+      {
+        code: "plan_use",
+        message: `allowed under plan ${pc.planId}: envelope ${claim.envelope}, use ${claim.uses} of ${claim.maxUses}`,
+      },
+    ];
+    d.obligations = out.obligations;
+    if (out.tool !== undefined) d.tool = out.tool;
+    delete d.approval;
+    delete d.access_request;
+    return out;
   }
 
   /** How a presented approval changes the policy's answer (see ApprovalService.check). */

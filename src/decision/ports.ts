@@ -4,7 +4,8 @@
  * over the control service) answer with a promise where they need a network
  * hop. The decider stays synchronous until a port hands it a promise.
  */
-import type { ApprovalCheck } from "../approvals/service";
+import type { ApprovalCheck, PlanCheck } from "../approvals/service";
+import type { PlanClaim } from "../approvals/store";
 import type { ContainmentDeny, LimitsSource } from "../containment";
 import type { Decision, DecisionRequest, VerifiedFacts } from "../model";
 import type { SwitchScope } from "../containment";
@@ -47,6 +48,20 @@ export interface ApprovalPort {
     verified: VerifiedFacts,
     mask?: readonly unknown[],
   ): void;
+  /**
+   * Plan approvals (docs/approvals.md): the plan a request presents in
+   * `context.plan`, checked — asked only when the policy answered
+   * needs_approval. A port without it answers such a request's
+   * needs_approval with reason `plan_unavailable` (fleet mode).
+   */
+  checkPlan?(req: DecisionRequest, nowMs: number): MaybePromise<PlanCheck>;
+  /** Claims one use of the plan (one of `envelopes`) for this decision: never more than max_uses. */
+  claimPlan?(
+    planId: string,
+    envelopes: readonly number[],
+    decisionId: string,
+    nowMs: number,
+  ): MaybePromise<PlanClaim>;
 }
 
 /**
@@ -56,7 +71,24 @@ export interface ApprovalPort {
  * data out.
  */
 export interface SessionPort {
-  view(sessionId: string, nowMs: number): { id: string } & Record<string, unknown>;
+  /** A promise in fleet mode when the tool sends data out (the fleet's labels are read fresh). */
+  view(
+    sessionId: string,
+    nowMs: number,
+    req: DecisionRequest,
+    engine: { readonly data: unknown },
+  ): MaybePromise<{ id: string } & Record<string, unknown>>;
+  /**
+   * Before an allow is answered: in fleet mode, a call that reads labelled
+   * data is recorded fleet-wide first (a rejection denies `session_unavailable`).
+   */
+  touch?(
+    sessionId: string,
+    decision: Decision,
+    req: DecisionRequest,
+    engine: { readonly data: unknown },
+    nowMs: number,
+  ): MaybePromise<void>;
   record(
     sessionId: string,
     decision: Decision,

@@ -7,6 +7,7 @@ export {
   type FleetContainmentOptions,
 } from "./containment";
 export { FleetApprovals, type FleetApprovalsOptions } from "./approvals";
+export { FleetSessions } from "./sessions";
 export { devCredential, fileCredential, type Credential } from "./credential";
 export { SseParser, type SseEvent } from "./sse";
 export { FLEET } from "./config";

@@ -3,7 +3,8 @@ import type { BundleManager } from "../bundles";
 import type { CompiledConfig } from "../config";
 import { boundaryFromData, recordAction, type ActionReport } from "../audit/actions";
 import { startRequestSpan, traceParentOf, type AuditService } from "../audit";
-import type { AccessRequest, Requester } from "../approvals/service";
+import type { AccessRequest, PlanPreviewer, Requester } from "../approvals/service";
+import type { PlanRequest } from "../approvals/plans";
 import {
   mapMaybe,
   type Decider,
@@ -20,7 +21,12 @@ import type { Readiness } from "../shared/lifecycle";
 import type { ParsedBody } from "./body";
 import { authzenConfiguration, authzenEvaluation, authzenEvaluations } from "./faces/authzen";
 import { nativeDecision } from "./faces/native";
-import { actionSearch, registeredTools, type ActionSearchRequest } from "./faces/search";
+import {
+  actionSearch,
+  registeredTools,
+  type ActionSearchRequest,
+  type SearchPages,
+} from "./faces/search";
 import { opaData, toOpaError } from "./faces/opa";
 import { HttpPort, Reply, errorBody } from "./foundation";
 import { serve, type RunningServer } from "./listen";
@@ -44,6 +50,16 @@ export interface AccessRequests {
     baseUrl: string,
     requester: Requester,
   ): MaybePromise<Record<string, unknown>>;
+  /** Plan approvals (the sidecar's own ApprovalService; not in fleet mode). */
+  submitPlan?(
+    request: PlanRequest,
+    preview: PlanPreviewer,
+    idempotencyKey: string | undefined,
+    baseUrl: string,
+    requester: Requester,
+  ): { created: boolean; view: Record<string, unknown> };
+  getPlan?(planId: string, baseUrl: string, requester: Requester): Record<string, unknown>;
+  cancelPlan?(planId: string, baseUrl: string, requester: Requester): Record<string, unknown>;
 }
 
 /**
@@ -84,8 +100,10 @@ export function createAgentApp(deps: AgentServerDeps): Express {
   const { config, decider, bundles, auditor, identity, approvals } = deps;
   const decisionRequest = validator<DecisionRequest>("decision-request.schema.json");
   const accessRequest = validator<AccessRequest>("access-request.schema.json");
+  const planRequest = validator<PlanRequest>("plan-request.schema.json");
   const actionReport = validator<ActionReport>("action-report.schema.json");
   const searchRequest = validator<ActionSearchRequest>("action-search.schema.json");
+  const searchPages: SearchPages = new Map();
   const port = new HttpPort({
     name: "agent",
     log: deps.log,
@@ -141,6 +159,7 @@ export function createAgentApp(deps: AgentServerDeps): Express {
           req,
           registeredTools(bundles.active()?.data),
           span?.ctx ?? ctx,
+          searchPages,
         );
       } finally {
         span?.end();
@@ -209,6 +228,59 @@ export function createAgentApp(deps: AgentServerDeps): Express {
     face: "authzen",
     handle: (_v, ctx, q) =>
       needApprovals().cancel(String(q.params.id), baseUrl(q), requesterOf(ctx.principal)),
+  });
+
+  // --- plan approvals (docs/approvals.md, Plan approvals) -------------------
+  type PlanService = Required<Pick<AccessRequests, "submitPlan" | "getPlan" | "cancelPlan">>;
+  const needPlans = (): PlanService => {
+    const service = needApprovals();
+    if (!service.submitPlan || !service.getPlan || !service.cancelPlan)
+      throw toolgateError(
+        "fleet_mode",
+        "plan approvals are not supported in fleet mode: ask for each call's approval",
+      );
+    return service as PlanService;
+  };
+  port.post("/access/v1/plans", {
+    face: "authzen",
+    body: "json",
+    schema: planRequest,
+    handle: (body, ctx, q) => {
+      const service = needPlans();
+      const probe = {
+        subject: body.subject,
+        action: { name: "" },
+        resource: body.resource ?? { type: "plan", id: "plan" },
+        context: body.context,
+      } as DecisionRequest;
+      identity.anchorAgent(probe);
+      if (ctx.principal !== undefined && ctx.principal.id !== body.subject.id) {
+        throw toolgateError("subject_mismatch", "the plan's subject is not the token's subject");
+      }
+      const key = q.headers["idempotency-key"];
+      const idempotencyKey =
+        typeof key === "string" && key.length > 0 && key.length <= 255 ? key : undefined;
+      const { created, view } = service.submitPlan(
+        body,
+        (requests) => decider.previewRequests(requests, ctx),
+        idempotencyKey,
+        baseUrl(q),
+        requesterOf(ctx.principal),
+      );
+      return Reply.json(created ? 201 : 200, view, {
+        Location: (view.task as { status_endpoint: string }).status_endpoint,
+      });
+    },
+  });
+  port.get("/access/v1/plans/:id", {
+    face: "authzen",
+    handle: (_v, ctx, q) =>
+      needPlans().getPlan(String(q.params.id), baseUrl(q), requesterOf(ctx.principal)),
+  });
+  port.post("/access/v1/plans/:id/cancel", {
+    face: "authzen",
+    handle: (_v, ctx, q) =>
+      needPlans().cancelPlan(String(q.params.id), baseUrl(q), requesterOf(ctx.principal)),
   });
 
   // --- OPA Data API ---------------------------------------------------------
@@ -293,6 +365,7 @@ export function createAgentApp(deps: AgentServerDeps): Express {
       "/access/v1/evaluations",
       "/access/v1/search/action",
       "/access/v1/requests",
+      "/access/v1/plans",
       "/v1/actions",
     ],
     "POST",

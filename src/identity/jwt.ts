@@ -163,7 +163,13 @@ export class TokenVerifier {
       Object.hasOwn(payload, this.cfg.sessionClaim)
     ) {
       const sid = payload[this.cfg.sessionClaim];
-      if (typeof sid === "string" && sid !== "" && sid.length <= 256) principal.session = sid;
+      // present but unusable: refused, never a silent fall back to the body's session id
+      if (typeof sid !== "string" || sid === "" || sid.length > 256)
+        throw toolgateError(
+          "unauthenticated",
+          `the token's session claim "${this.cfg.sessionClaim}" is not a session id (a string of 1-256 characters)`,
+        );
+      principal.session = sid;
     }
     const expMs = (payload.exp ?? 0) * 1000;
     this.cache.set(token, { principal, expMs });

@@ -22,6 +22,14 @@ export const SESSION = {
     default: 1000,
     doc: "Sessions kept at once; beyond this the least recently active is forgotten (its next decision starts a fresh summary, which is logged and counted).",
   }),
+  maxTotalEvents: int({
+    key: "session.max_total_events",
+    env: "TOOLGATE_SESSION_MAX_TOTAL_EVENTS",
+    min: 1,
+    max: 10_000_000,
+    default: 100_000,
+    doc: "Decisions kept for the windows over all sessions together (at least session.max_events); beyond this the least recently active sessions are forgotten first. Bounds memory whatever the agent does: an event takes about 160 bytes, up to about 800 with many numeric arguments (docs/sessions.md).",
+  }),
   retentionSeconds: int({
     key: "session.retention_seconds",
     env: "TOOLGATE_SESSION_RETENTION_SECONDS",

@@ -3,7 +3,10 @@ export { SESSION } from "./config";
 export {
   SESSION_WINDOWS_SECONDS,
   SessionStore,
+  checkToolRegistry,
+  LABEL_PATTERN,
   toolRegistry,
+  type RegistrySource,
   type SessionOptions,
   type SessionView,
   type ToolFacts,

@@ -13,6 +13,7 @@
  */
 import type { SessionPort } from "../decision/ports";
 import type { Decision, DecisionRequest } from "../model";
+import { toolgateError } from "../errors";
 import { isObject } from "../shared/guards";
 
 /** The windows counts and sums are kept for, in seconds (`in_window["3600"]`). */
@@ -21,12 +22,18 @@ export const SESSION_WINDOWS_SECONDS = [60, 3600, 86_400] as const;
 const MAX_SUMMED_ARGUMENTS = 8;
 /** Decisions remembered for their action report (decision id → session) at most. */
 const MAX_PENDING_REPORTS = 10_000;
-/** Labels per tool, and label names, at most. */
-const MAX_LABELS = 32;
+/** Labels one tool may declare it reads, at most (a bundle declaring more is refused). */
+export const MAX_TOOL_LABELS = 32;
+/** What a data label may look like (a bundle with another is refused). */
+export const LABEL_PATTERN = /^[A-Za-z0-9_.:/-]{1,64}$/;
+/** Label names remembered for evicted sessions, at most. */
+const MAX_KNOWN_LABELS = 4096;
 
 export interface SessionOptions {
   maxEvents: number;
   maxSessions: number;
+  /** Events kept over all sessions together; beyond, the least recently active sessions go. */
+  maxTotalEvents?: number;
   retentionSeconds: number;
   /** Told when a session is forgotten to make room (not when it retires idle). */
   onEvict?: (sessionId: string) => void;
@@ -35,22 +42,24 @@ export interface SessionOptions {
 /**
  * Sessions forgotten to make room must not come back clean: an agent that
  * opens `max_sessions` new sessions would otherwise evict the one that read
- * sensitive data, then egress from it. Per label, the ids of evicted sessions
- * that had touched it go into a Bloom filter (2^20 bits, 3 hashes: 128 KiB a
- * label); a session id found there starts with that label marked touched
- * (`forgotten: true`). A false positive (about 1.6 % after 100,000 evictions
- * of one label) fails closed: egress then needs an approval.
+ * sensitive data, then egress from it. Each (label, session) pair of an
+ * evicted session goes into one Bloom filter (2^23 bits = 1 MiB, 3 hashes);
+ * a session found there with a label starts with that label marked touched
+ * (`forgotten: true`). A false positive (about 0.004 % after 100,000 pairs)
+ * fails closed: egress then needs an approval.
  */
 class EvictedLabels {
-  private static readonly BITS = 1 << 20;
-  private readonly filters = new Map<string, Uint8Array>();
+  private static readonly BITS = 1 << 23;
+  private filter: Uint8Array | undefined;
+  private readonly labels = new Set<string>();
 
-  private static hashes(id: string): [number, number, number] {
+  private static hashes(label: string, id: string): [number, number, number] {
     // FNV-1a, three seeds: collisions only ever add false positives (fail closed)
+    const key = `${label}\u0000${id}`;
     const h = [0x811c9dc5, 0x01000193, 0x9e3779b9].map((seed) => {
       let x = seed >>> 0;
-      for (let i = 0; i < id.length; i++) {
-        x ^= id.charCodeAt(i);
+      for (let i = 0; i < key.length; i++) {
+        x ^= key.charCodeAt(i);
         x = Math.imul(x, 0x01000193) >>> 0;
       }
       return x % EvictedLabels.BITS;
@@ -59,23 +68,23 @@ class EvictedLabels {
   }
 
   add(id: string, labels: Iterable<string>): void {
-    const hs = EvictedLabels.hashes(id);
+    const f = (this.filter ??= new Uint8Array(EvictedLabels.BITS / 8));
     for (const label of labels) {
-      let f = this.filters.get(label);
-      if (f === undefined) {
-        if (this.filters.size >= MAX_LABELS) continue;
-        this.filters.set(label, (f = new Uint8Array(EvictedLabels.BITS / 8)));
-      }
-      for (const b of hs) f[b >>> 3] = (f[b >>> 3] as number) | (1 << (b & 7));
+      // beyond MAX_KNOWN_LABELS names the pair is still recorded under a catch-all name
+      const name = this.labels.has(label) || this.labels.size < MAX_KNOWN_LABELS ? label : "*";
+      this.labels.add(name);
+      for (const b of EvictedLabels.hashes(name, id))
+        f[b >>> 3] = (f[b >>> 3] as number) | (1 << (b & 7));
     }
   }
 
-  /** The labels an evicted session of this id may have touched. */
+  /** The labels an evicted session of this id may have touched ("*": some label beyond the known names). */
   of(id: string): string[] {
-    if (this.filters.size === 0) return [];
-    const hs = EvictedLabels.hashes(id);
+    const f = this.filter;
+    if (f === undefined) return [];
     const out: string[] = [];
-    for (const [label, f] of this.filters) {
+    for (const label of this.labels) {
+      const hs = EvictedLabels.hashes(label, id);
       if (hs.every((b) => ((f[b >>> 3] as number) & (1 << (b & 7))) !== 0)) out.push(label);
     }
     return out;
@@ -96,6 +105,37 @@ export interface RegistrySource {
 
 const registries = new WeakMap<RegistrySource, Map<string, ToolFacts>>();
 
+/**
+ * Checks a bundle's session facts: every `reads` is a list of at most 32
+ * labels matching LABEL_PATTERN, every `egress` a boolean. Throws
+ * `bundle_data_invalid` naming the tool: a label toolgate would have to drop
+ * would silently stop gating (fail open), so the bundle is refused instead.
+ */
+export function checkToolRegistry(data: unknown): void {
+  const d = isObject(data) && isObject(data.toolgate) ? data.toolgate.deployment : undefined;
+  const tools = isObject(d) && isObject(d.tools) ? d.tools : {};
+  for (const [name, t] of Object.entries(tools)) {
+    if (!isObject(t)) continue;
+    const bad = (why: string) =>
+      toolgateError(
+        "bundle_data_invalid",
+        `data.toolgate.deployment.tools["${name.slice(0, 64)}"]: ${why}`,
+      );
+    if (Object.hasOwn(t, "reads")) {
+      const r = t.reads;
+      if (!Array.isArray(r) || r.length > MAX_TOOL_LABELS)
+        throw bad(`reads must be a list of at most ${MAX_TOOL_LABELS} labels`);
+      for (const l of r)
+        if (typeof l !== "string" || !LABEL_PATTERN.test(l))
+          throw bad(
+            `reads: ${JSON.stringify(l).slice(0, 80)} is not a label (${LABEL_PATTERN.source})`,
+          );
+    }
+    if (Object.hasOwn(t, "egress") && typeof t.egress !== "boolean")
+      throw bad("egress must be true or false");
+  }
+}
+
 /** The tools a bundle registers, with their class, the labels they read and whether they send data out. */
 export function toolRegistry(engine: RegistrySource): Map<string, ToolFacts> {
   let reg = registries.get(engine);
@@ -106,14 +146,13 @@ export function toolRegistry(engine: RegistrySource): Map<string, ToolFacts> {
   const entries = isObject(tools) && isObject(tools.tools) ? tools.tools : {};
   for (const [name, t] of Object.entries(entries)) {
     if (!isObject(t) || name.length === 0 || name.length > 256) continue;
+    // checkToolRegistry refused the bundle otherwise; the filter is a second line
     const reads = Array.isArray(t.reads)
       ? [
           ...new Set(
-            t.reads.filter(
-              (l): l is string => typeof l === "string" && /^[A-Za-z0-9_.:-]{1,64}$/.test(l),
-            ),
+            t.reads.filter((l): l is string => typeof l === "string" && LABEL_PATTERN.test(l)),
           ),
-        ].slice(0, MAX_LABELS)
+        ]
       : [];
     reg.set(name, {
       class: typeof t.class === "string" ? t.class : null,
@@ -166,7 +205,7 @@ function enter(w: WindowTotals, e: WindowEvent): void {
   w.count.set(e.tool, (w.count.get(e.tool) ?? 0) + 1);
   if (e.sums === undefined) return;
   let per = w.sums.get(e.tool);
-  if (per === undefined) w.sums.set(e.tool, (per = new Map()));
+  if (per === undefined) w.sums.set(e.tool, (per = new Map<string, number>()));
   for (const [a, v] of e.sums) per.set(a, (per.get(a) ?? 0) + v);
 }
 
@@ -264,6 +303,8 @@ export class SessionStore implements SessionPort {
   private readonly sessions = new Map<string, Session>();
   private readonly pending = new Map<string, Pending>();
   private readonly evicted = new EvictedLabels();
+  /** Events kept in every session's ring together. */
+  private totalEvents = 0;
 
   constructor(opts: SessionOptions) {
     this.opts = opts;
@@ -281,7 +322,7 @@ export class SessionStore implements SessionPort {
     const s = this.sessions.get(id);
     if (s === undefined) return undefined;
     if (s.lastMs + this.opts.retentionSeconds * 1000 <= nowMs) {
-      this.sessions.delete(id);
+      this.forget(id, s, false);
       return undefined;
     }
     return s;
@@ -291,7 +332,8 @@ export class SessionStore implements SessionPort {
   view(id: string, nowMs: number): SessionView {
     const s = this.live(id, nowMs);
     const out: SessionView = {
-      id,
+      // the key is "<subject digest>:<id>" (the Decider's); the policy sees the id
+      id: id.slice(id.indexOf(":") + 1),
       started_ns: (s?.startedMs ?? nowMs) * 1e6,
       decisions: s?.decisions ?? 0,
       dropped: s?.dropped ?? 0,
@@ -394,7 +436,6 @@ export class SessionStore implements SessionPort {
     for (const label of facts.reads) {
       let l = s.labels.get(label);
       if (l === undefined) {
-        if (s.labels.size >= MAX_LABELS) continue;
         l = {
           count: 0,
           first_ns: nowNs,
@@ -415,6 +456,8 @@ export class SessionStore implements SessionPort {
       s.egress.last_ns = nowNs;
     }
     this.window(s, tool, req, nowMs);
+    if (this.opts.maxTotalEvents !== undefined && this.totalEvents > this.opts.maxTotalEvents)
+      this.trim();
     this.pending.set(decision.decision_id, { session: id, tool });
     if (this.pending.size > MAX_PENDING_REPORTS) {
       const oldest = this.pending.keys().next().value;
@@ -464,7 +507,10 @@ export class SessionStore implements SessionPort {
       }
       s.dropped++;
       s.ring[s.seq % cap] = e;
-    } else s.ring.push(e);
+    } else {
+      s.ring.push(e);
+      this.totalEvents++;
+    }
     s.seq++;
     for (const w of s.windows) enter(w, e);
   }
@@ -484,20 +530,32 @@ export class SessionStore implements SessionPort {
     });
   }
 
-  /** Forgets sessions idle beyond retention (oldest first), then the least active beyond maxSessions. */
+  /** Forgets sessions idle beyond retention (oldest first), then the least active beyond the caps. */
   private sweep(nowMs: number): void {
     const idle = nowMs - this.opts.retentionSeconds * 1000;
     for (const [id, s] of this.sessions) {
       if (s.lastMs > idle) break;
-      this.sessions.delete(id);
+      this.forget(id, s, false);
     }
-    while (this.sessions.size > this.opts.maxSessions) {
-      const oldest = this.sessions.keys().next().value;
-      if (oldest === undefined) break;
-      const gone = this.sessions.get(oldest);
-      this.sessions.delete(oldest);
-      if (gone !== undefined && gone.labels.size > 0) this.evicted.add(oldest, gone.labels.keys());
-      this.opts.onEvict?.(oldest);
+    this.trim();
+  }
+
+  /** Beyond max_sessions, or max_total_events kept in all, the least recently active go first. */
+  private trim(): void {
+    const maxTotal = Math.max(this.opts.maxTotalEvents ?? Infinity, this.opts.maxEvents);
+    while (this.sessions.size > this.opts.maxSessions || this.totalEvents > maxTotal) {
+      const first = this.sessions.entries().next().value;
+      if (first === undefined) break;
+      this.forget(first[0], first[1], true);
     }
+  }
+
+  /** Drops a session; one evicted to make room is remembered by the labels it touched. */
+  private forget(id: string, s: Session, evicted: boolean): void {
+    this.sessions.delete(id);
+    this.totalEvents -= s.ring.length;
+    if (!evicted) return;
+    if (s.labels.size > 0) this.evicted.add(id, s.labels.keys());
+    this.opts.onEvict?.(id);
   }
 }

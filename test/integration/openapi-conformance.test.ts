@@ -573,6 +573,68 @@ describe("a sidecar answers as docs/openapi.yaml and docs/openapi-control.yaml s
     expect(limited?.json).toMatchObject({ code: "access_request_rate_limited" });
   });
 
+  test("plan approvals, from both sides", async () => {
+    const p = "/access/v1/plans";
+    const one = "/access/v1/plans/{id}";
+    const plan = (max: number) => ({
+      subject: { type: "user", id: "alice" },
+      resource: { type: "customer", id: "cust_1" },
+      context: { job: { id: "job_1", purpose: "support_triage", customer_id: "cust_1" } },
+      plan: {
+        calls: [{ tool: "refunds.issue", arguments: { amount: { min: 51, max } }, max_uses: 2 }],
+      },
+    });
+    const made = (await call(A, agent, "POST", p, p, 201, { body: plan(200), headers: alice }))
+      .json as { task: { id: string } };
+    const id = made.task.id;
+    const again = { body: plan(200), headers: { ...alice, "idempotency-key": "plan-1" } };
+    await call(A, agent, "POST", p, p, 201, again);
+    await call(A, agent, "POST", p, p, 200, again);
+    await call(A, agent, "POST", p, p, 409, { body: plan(9000), headers: alice });
+    await call(A, agent, "POST", p, p, 400, { body: { plan: {} }, headers: alice });
+    await call(A, agent, "POST", p, p, 401, { body: plan(200) });
+    await call(A, agent, "POST", p, p, 403, { body: plan(200), headers: sam });
+    await call(A, agent, "GET", one, `${p}/${id}`, 200, { headers: alice });
+    await call(A, agent, "GET", one, `${p}/${id}`, 404, { headers: sam });
+    await call(A, agent, "GET", one, `${p}/${id}`, 401);
+    // in the approvers' queue, approved there
+    const listed = await call(C, control, "GET", "/v1/approvals", "/v1/approvals", 200, {
+      headers: maria,
+    });
+    expect(
+      (listed.json as { approvals: Array<{ id: string }> }).approvals.map((a) => a.id),
+    ).toContain(id);
+    await call(C, control, "GET", "/v1/approvals/{id}", `/v1/approvals/${id}`, 200, {
+      headers: maria,
+    });
+    await call(
+      C,
+      control,
+      "POST",
+      "/v1/approvals/{id}/approve",
+      `/v1/approvals/${id}/approve`,
+      200,
+      { body: { comment: "ok" }, headers: maria },
+    );
+    await call(A, agent, "GET", one, `${p}/${id}`, 200, { headers: alice });
+    const used = await decide({
+      ...refund(120),
+      context: { ...(refund(120).context as object), plan: { id } },
+    });
+    expect(used.outcome).toBe("allow");
+    await call(C, control, "POST", "/v1/approvals/{id}/revoke", `/v1/approvals/${id}/revoke`, 200, {
+      headers: olga,
+    });
+    // cancel
+    const toCancel = (await call(A, agent, "POST", p, p, 201, { body: plan(150), headers: alice }))
+      .json as { task: { id: string } };
+    const c = "/access/v1/plans/{id}/cancel";
+    await call(A, agent, "POST", c, `${p}/${toCancel.task.id}/cancel`, 404, { headers: sam });
+    await call(A, agent, "POST", c, `${p}/${toCancel.task.id}/cancel`, 200, { headers: alice });
+    await call(A, agent, "POST", c, `${p}/${toCancel.task.id}/cancel`, 409, { headers: alice });
+    await call(A, agent, "POST", c, `${p}/${toCancel.task.id}/cancel`, 401);
+  });
+
   test("control port: health, status, metrics, grant keys, kill switches", async () => {
     await call(C, control, "GET", "/health/live", "/health/live", 200);
     await call(C, control, "GET", "/health/ready", "/health/ready", 200);
@@ -904,6 +966,26 @@ describe("a sidecar in fleet mode, and what it sends toolgate control, answer as
       `${r}/${third.task.id}/cancel`,
       200,
     );
+
+    // plan approvals are not supported in fleet mode: refused, and a presented plan is unavailable
+    const planned = await call(A, agent, "POST", "/access/v1/plans", "/access/v1/plans", 409, {
+      body: {
+        subject: { type: "user", id: "alice" },
+        resource: { type: "customer", id: "cust_1" },
+        context: { job: { id: "job_1", purpose: "support_triage", customer_id: "cust_1" } },
+        plan: { calls: [{ tool: "refunds.issue", max_uses: 1 }] },
+      },
+    });
+    expect((planned.json as { code: string }).code).toBe("fleet_mode");
+    const withPlan = await call(A, agent, "POST", "/v1/decisions", "/v1/decisions", 200, {
+      body: {
+        ...refund(120),
+        context: { ...(refund(120).context as object), plan: { id: "pln_x" } },
+      },
+    });
+    expect(withPlan.json).toMatchObject({ outcome: "needs_approval" });
+    const reasons = (withPlan.json as { reasons: Array<{ code: string }> }).reasons;
+    expect(reasons.map((x) => x.code)).toContain("plan_unavailable");
 
     // the sidecar's control port: approvals and switch writes are the control service's
     for (const [method, template, path, body] of [

@@ -109,6 +109,25 @@ describe("trusted mode (npm start's configuration)", () => {
     expect(approved.reasons.map((r) => r.code)).toContain("approved");
   });
 
+  test("sessions are per subject: sam's s-9 does not see alice's reads in her s-9", async () => {
+    await decide(inSession("accounts.summary.read", "s-9", "alice"));
+    expect((await decide(inSession("web.post", "s-9", "alice"))).outcome).toBe("needs_approval");
+    expect((await decide(inSession("web.post", "s-9", "sam"))).outcome).toBe("allow");
+  });
+
+  test("action search sees the session as a decision does", async () => {
+    const search = async (session: string) => {
+      const { subject, resource, context } = inSession("x", session);
+      const r = await postJson(agent, "/access/v1/search/action", { subject, resource, context });
+      return (
+        r.json as { results: Array<{ name: string; properties?: Record<string, unknown> }> }
+      ).results.find((x) => x.name === "web.post");
+    };
+    expect((await search("s-10"))?.properties).toBeUndefined();
+    await decide(inSession("tickets.read", "s-10"));
+    expect((await search("s-10"))?.properties).toMatchObject({ needs_approval: true });
+  });
+
   test("egress that names no session needs an approval", async () => {
     const d = await decide(inSession("web.post", undefined));
     expect(d.outcome).toBe("needs_approval");
@@ -136,6 +155,18 @@ describe("identity mode jwt: the token's sid is the session", () => {
   });
   afterAll(async () => {
     await tg.stop();
+  });
+
+  test("a token whose sid is not a session id is refused, not read as no sid", async () => {
+    for (const sid of [7, "", "x".repeat(257), ["a"]]) {
+      const t = bearer(await token("alice", { claims: { sid } }));
+      const r = await postJson(agent, "/v1/decisions", inSession("web.post", "body-a"), t);
+      expect([sid, r.status, (r.json as { code: string }).code]).toEqual([
+        sid,
+        401,
+        "unauthenticated",
+      ]);
+    }
   });
 
   test("a body that names another session cannot launder the read", async () => {

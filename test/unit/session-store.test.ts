@@ -3,7 +3,7 @@
  * real SessionStore, fed the decisions a Decider would give it.
  */
 import type { Decision, DecisionRequest } from "../../src/model";
-import { SessionStore, toolRegistry } from "../../src/session";
+import { checkToolRegistry, SessionStore, toolRegistry } from "../../src/session";
 
 const engine = {
   data: {
@@ -94,7 +94,7 @@ test("unregistered tool names are counted but never become keys", () => {
   const v = s.view("s-1", 1000);
   expect(v.decisions).toBe(4);
   expect(Object.keys(v.tools)).toEqual([]);
-  expect(JSON.parse(JSON.stringify(v)).tools).toEqual({});
+  expect((JSON.parse(JSON.stringify(v)) as { tools: unknown }).tools).toEqual({});
 });
 
 test("egress is counted on allow", () => {
@@ -216,4 +216,52 @@ test("a session evicted to make room comes back with its sensitive labels (no la
   expect(Object.keys(s.view("clean", 103).labels)).toEqual([]);
   // ids never evicted are clean (no false positive among these)
   for (let i = 0; i < 200; i++) expect(Object.keys(s.view(`new-${i}`, 104).labels)).toEqual([]);
+});
+
+test("max_total_events bounds the events of all sessions together; the oldest sessions go, remembered", () => {
+  const evicted: string[] = [];
+  const s = store({
+    maxEvents: 10,
+    maxSessions: 100,
+    maxTotalEvents: 25,
+    onEvict: (id) => evicted.push(id),
+  });
+  s.record("a", decision("allow"), req("accounts.summary.read"), engine, 0);
+  for (let i = 0; i < 9; i++)
+    s.record("a", decision("allow"), req("refunds.issue", { amount: 1 }), engine, 1);
+  for (const id of ["b", "c"])
+    for (let i = 0; i < 10; i++)
+      s.record(id, decision("allow"), req("refunds.issue", { amount: 1 }), engine, 2);
+  expect(evicted).toEqual(["a"]);
+  expect(s.view("a", 3).labels.customer_pii?.forgotten).toBe(true);
+  expect(s.size()).toBe(2);
+});
+
+test("labels past 32 per session are all kept (no silent cap)", () => {
+  const many = Array.from({ length: 40 }, (_, i) => `label_${i}`);
+  const wide = {
+    data: {
+      toolgate: {
+        deployment: {
+          tools: Object.fromEntries(many.map((l) => [`t.${l}`, { class: "read", reads: [l] }])),
+        },
+      },
+    },
+  };
+  const s = store();
+  for (const l of many) s.record("s", decision("allow"), req(`t.${l}`), wide, 0);
+  expect(Object.keys(s.view("s", 1).labels).sort()).toEqual([...many].sort());
+});
+
+test("a bundle whose registry declares labels session state could not honour is refused", () => {
+  const bad = (t: Record<string, unknown>) => ({ toolgate: { deployment: { tools: { x: t } } } });
+  expect(() => checkToolRegistry(bad({ reads: ["pii/v2"] }))).not.toThrow();
+  for (const t of [
+    { reads: "customer_pii" },
+    { reads: ["bad label!"] },
+    { reads: [7] },
+    { reads: Array.from({ length: 33 }, (_, i) => `l${i}`) },
+    { egress: "yes" },
+  ])
+    expect(() => checkToolRegistry(bad(t))).toThrow(/data\.toolgate\.deployment\.tools\["x"\]/);
 });

@@ -41,7 +41,21 @@ export const ARGUMENT_REASONS: ReadonlySet<string> = new Set([
 /** Results per page at most (and by default). */
 export const MAX_SEARCH_PAGE = 1000;
 /** Registered tools considered at most: a bundle registering more is searched over its first ones (sorted). */
-export const MAX_SEARCH_TOOLS = 10_000;
+export const MAX_SEARCH_TOOLS = 2000;
+
+/**
+ * The results of a first page, kept for its next pages (keyed by the query
+ * digest, the caller and the policy revision) for PAGE_CACHE_MS: paging
+ * through N tools costs one evaluation of each, not one per page. A first
+ * page is always evaluated afresh.
+ */
+const PAGE_CACHE_MS = 10_000;
+const PAGE_CACHE_MAX = 256;
+/** One port's first pages, for their next pages (see PAGE_CACHE_MS). */
+export type SearchPages = Map<
+  string,
+  { at: number; policy: { bundle: string; revision: string }; found: ActionSearchResult[] }
+>;
 
 /** The tools a bundle registers: the keys of data.toolgate.deployment.tools, sorted. */
 export function registeredTools(data: unknown): string[] {
@@ -92,12 +106,50 @@ export function actionSearch(
   req: ActionSearchRequest,
   tools: readonly string[],
   ctx: RequestContext,
+  pages: SearchPages,
 ): Record<string, unknown> {
   const limit = req.page?.limit;
   const digest = queryDigest(req, limit);
   const offset = req.page?.token === undefined ? 0 : tokenOffset(req.page.token, digest);
   const base: Omit<DecisionRequest, "action"> = { subject: req.subject, resource: req.resource };
   if (req.context !== undefined) base.context = req.context;
+  const cacheKey = `${digest}|${ctx.principal?.id ?? ""}`;
+  const cached = offset > 0 ? pages.get(cacheKey) : undefined;
+  const { policy, found } =
+    cached !== undefined && Date.now() - cached.at < PAGE_CACHE_MS
+      ? cached
+      : evaluate(decider, base, tools, ctx);
+  if (offset === 0) {
+    pages.delete(cacheKey);
+    pages.set(cacheKey, { at: Date.now(), policy, found });
+    if (pages.size > PAGE_CACHE_MAX) {
+      const oldest = pages.keys().next().value;
+      if (oldest !== undefined) pages.delete(oldest);
+    }
+  }
+  const size = Math.min(limit ?? MAX_SEARCH_PAGE, MAX_SEARCH_PAGE);
+  const page = found.slice(offset, offset + size);
+  const more = offset + page.length < found.length && size > 0;
+  const out: Record<string, unknown> = {};
+  if (limit !== undefined || more || offset > 0) {
+    out.page = {
+      next_token: more ? pageToken(offset + page.length, digest) : "",
+      count: page.length,
+      total: found.length,
+    };
+  }
+  out.context = { policy };
+  out.results = page;
+  return out;
+}
+
+/** Every tool previewed; the listed ones with their marks. */
+function evaluate(
+  decider: Decider,
+  base: Omit<DecisionRequest, "action">,
+  tools: readonly string[],
+  ctx: RequestContext,
+): { policy: { bundle: string; revision: string }; found: ActionSearchResult[] } {
   const { policy, results } = decider.preview(base, tools, ctx);
   const found: ActionSearchResult[] = [];
   for (const r of results) {
@@ -116,18 +168,5 @@ export function actionSearch(
       });
     }
   }
-  const size = Math.min(limit ?? MAX_SEARCH_PAGE, MAX_SEARCH_PAGE);
-  const page = found.slice(offset, offset + size);
-  const more = offset + page.length < found.length && size > 0;
-  const out: Record<string, unknown> = {};
-  if (limit !== undefined || more || offset > 0) {
-    out.page = {
-      next_token: more ? pageToken(offset + page.length, digest) : "",
-      count: page.length,
-      total: found.length,
-    };
-  }
-  out.context = { policy };
-  out.results = page;
-  return out;
+  return { policy, found };
 }

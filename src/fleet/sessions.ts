@@ -1,0 +1,163 @@
+/**
+ * FleetSessions: the decider's session port in fleet mode (docs/sessions.md).
+ * A session may span sidecars (an agent service behind a load balancer), so
+ * the data labels a session's allowed calls touched are kept fleet-wide by
+ * the control service, and the two moments that matter wait for it:
+ *
+ * - an allowed call of a tool that reads labels is recorded there before the
+ *   allow is answered (`touch`, POST /fleet/v1/sessions/touch); if it cannot
+ *   be, the decider denies `session_unavailable` (fail closed);
+ * - a call of an egress tool sees the session's fleet-wide labels, read fresh
+ *   (`view`, POST /fleet/v1/sessions/labels), merged into this sidecar's own
+ *   summary; if they cannot be read, the decision is denied
+ *   `session_unavailable`.
+ *
+ * Everything else — per-tool counts, windows and sums — is this sidecar's
+ * own SessionStore, as in single-pod mode: a call that neither reads labels
+ * nor sends data out makes no network hop.
+ */
+import type { Decision, DecisionRequest } from "../model";
+import type { SessionPort } from "../decision/ports";
+import type { SessionStore } from "../session";
+import { LABEL_PATTERN, toolRegistry, type RegistrySource, type SessionView } from "../session";
+import type { FleetClient } from "./client";
+import { int, obj, str } from "./wire";
+
+interface RemoteLabel {
+  label: string;
+  count: number;
+  first_at: number;
+  last_at: number;
+  tools: string[];
+  first_decision_id: string;
+  last_decision_id: string;
+}
+
+/** POST /fleet/v1/sessions/labels's answer, checked: at most 32 labels. */
+function labelsAnswer(v: unknown): RemoteLabel[] {
+  const what = "session labels";
+  const o = obj(v, what);
+  const list = o.labels;
+  if (!Array.isArray(list) || list.length > 32) throw new Error(`${what}: labels is not a list`);
+  return list.map((x) => {
+    const l = obj(x, what);
+    const tools = l.tools;
+    if (!Array.isArray(tools) || tools.length > 16 || !tools.every((t) => typeof t === "string"))
+      throw new Error(`${what}: tools is not a list of names`);
+    const label = str(l, "label", what, 64);
+    if (!LABEL_PATTERN.test(label)) throw new Error(`${what}: a label is malformed`);
+    return {
+      label,
+      count: int(l, "count", what, 1),
+      first_at: int(l, "first_at", what),
+      last_at: int(l, "last_at", what),
+      tools: tools,
+      first_decision_id: str(l, "first_decision_id", what, 256),
+      last_decision_id: str(l, "last_decision_id", what, 256),
+    };
+  });
+}
+
+function okAnswer(v: unknown): true {
+  const o = obj(v, "session touch");
+  if (o.ok !== true) throw new Error("session touch: not ok");
+  return true;
+}
+
+export class FleetSessions implements SessionPort {
+  constructor(
+    private readonly local: SessionStore,
+    private readonly client: FleetClient,
+    private readonly retentionSeconds: number,
+  ) {}
+
+  size(): number {
+    return this.local.size();
+  }
+
+  view(
+    sessionId: string,
+    nowMs: number,
+    req: DecisionRequest,
+    engine: RegistrySource,
+  ): SessionView | Promise<SessionView> {
+    const mine = this.local.view(sessionId, nowMs);
+    if (toolRegistry(engine).get(req.action.name)?.egress !== true) return mine;
+    return this.client
+      .call(
+        "POST",
+        "/fleet/v1/sessions/labels",
+        { session_id: sessionId, retention_seconds: this.retentionSeconds },
+        labelsAnswer,
+        "session labels",
+      )
+      .then((remote) => merge(mine, remote));
+  }
+
+  touch(
+    sessionId: string,
+    decision: Decision,
+    req: DecisionRequest,
+    engine: RegistrySource,
+  ): Promise<void> | undefined {
+    const reads = toolRegistry(engine).get(req.action.name)?.reads ?? [];
+    if (reads.length === 0 || decision.outcome !== "allow") return undefined;
+    return this.client
+      .call(
+        "POST",
+        "/fleet/v1/sessions/touch",
+        {
+          session_id: sessionId,
+          labels: reads,
+          tool: req.action.name,
+          decision_id: decision.decision_id,
+        },
+        okAnswer,
+        "session touch",
+      )
+      .then(() => undefined);
+  }
+
+  record(
+    sessionId: string,
+    decision: Decision,
+    req: DecisionRequest,
+    engine: RegistrySource,
+    nowMs: number,
+  ): void {
+    this.local.record(sessionId, decision, req, engine, nowMs);
+  }
+
+  reported(decisionId: string, status: "ok" | "error", nowMs: number): void {
+    this.local.reported(decisionId, status, nowMs);
+  }
+}
+
+/** This sidecar's summary with the fleet's labels folded in (the larger count, both tool lists). */
+function merge(mine: SessionView, remote: RemoteLabel[]): SessionView {
+  for (const r of remote) {
+    const l = mine.labels[r.label];
+    if (l === undefined) {
+      mine.labels[r.label] = {
+        count: r.count,
+        first_ns: r.first_at * 1e6,
+        last_ns: r.last_at * 1e6,
+        tools: [...r.tools],
+        first_decision_id: r.first_decision_id,
+        last_decision_id: r.last_decision_id,
+      };
+      continue;
+    }
+    if (r.count > l.count) l.count = r.count;
+    for (const t of r.tools) if (!l.tools.includes(t)) l.tools.push(t);
+    if (r.first_at * 1e6 < l.first_ns) {
+      l.first_ns = r.first_at * 1e6;
+      l.first_decision_id = r.first_decision_id;
+    }
+    if (r.last_at * 1e6 > l.last_ns) {
+      l.last_ns = r.last_at * 1e6;
+      l.last_decision_id = r.last_decision_id;
+    }
+  }
+  return mine;
+}

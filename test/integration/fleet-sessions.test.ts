@@ -1,0 +1,123 @@
+/**
+ * Session state in fleet mode (#19, docs/sessions.md): a session may span
+ * sidecars, so the labels its allowed calls read are kept by the control
+ * service (real `toolgate control` on the jest run's PostgreSQL) and an
+ * egress call reads them fresh. Two real sidecars of one agent: customer data
+ * read through A gates web.post through B; control unreachable → a labelled
+ * read and an egress call are denied session_unavailable (fail closed), and
+ * a call that neither reads labels nor sends data out goes on.
+ */
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Toolgate } from "../../src/app";
+import { compileConfig } from "../../src/config";
+import { startControlService, type ControlService } from "../../src/control";
+import { silentLogger } from "../../src/shared/log";
+import { until } from "../helpers/bundles";
+import { freePort } from "../helpers/net";
+import { freshDatabase, type FreshDatabase } from "../helpers/postgres";
+import { postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+
+jest.setTimeout(60_000);
+
+interface Decision {
+  decision_id: string;
+  outcome: string;
+  reasons: Array<{ code: string; message: string }>;
+}
+
+let db: FreshDatabase;
+let controlPort: number;
+let control: ControlService | undefined;
+const sidecars: Toolgate[] = [];
+
+async function startControl(): Promise<ControlService> {
+  const config = compileConfig(
+    {},
+    {
+      TOOLGATE_CONTROL_PORT: String(controlPort),
+      TOOLGATE_LOG_LEVEL: "silent",
+      TOOLGATE_STATE_DIR: mkdtempSync(join(tmpdir(), "toolgate-control-")),
+      TOOLGATE_AUDIT_HMAC_KEY: "test-key-0123456789abcdef",
+      TOOLGATE_POSTGRES_URL: db.url,
+    },
+  );
+  return startControlService(config, {
+    log: silentLogger,
+    env: { OTEL_SDK_DISABLED: "true" },
+    replica: "r1",
+    pingMs: 250,
+    housekeepingIntervalMs: 500,
+  });
+}
+
+async function synced(): Promise<Toolgate> {
+  const tg = await startTestToolgate({
+    TOOLGATE_FLEET_URL: `http://127.0.0.1:${controlPort}`,
+    TOOLGATE_FLEET_MAX_STALENESS_SECONDS: "2",
+  });
+  sidecars.push(tg);
+  await until(() => tg.fleet?.client.status().state === "OK");
+  return tg;
+}
+
+const inSession = (tool: string, session: string) => {
+  const r = refRequest({ tool });
+  r.context = { ...(r.context as object), session: { id: session } };
+  return r;
+};
+
+async function decide(tg: Toolgate, req: Record<string, unknown>): Promise<Decision> {
+  const r = await postJson(tg.agentServer.url, "/v1/decisions", req);
+  expect(r.status).toBe(200);
+  return r.json as Decision;
+}
+
+const codes = (d: Decision) => d.reasons.map((r) => r.code);
+
+beforeAll(async () => {
+  db = await freshDatabase();
+  controlPort = await freePort();
+  control = await startControl();
+});
+
+afterAll(async () => {
+  await Promise.all(sidecars.splice(0).map((t) => t.stop()));
+  await control?.stop();
+  await db.drop();
+});
+
+test("customer data read through sidecar A gates web.post through sidecar B, in that session only", async () => {
+  const [a, b] = await Promise.all([synced(), synced()]);
+  expect((await decide(b, inSession("web.post", "fs-1"))).outcome).toBe("allow");
+  const read = await decide(a, inSession("accounts.summary.read", "fs-1"));
+  expect(read.outcome).toBe("allow");
+  const gated = await decide(b, inSession("web.post", "fs-1"));
+  expect([gated.outcome, codes(gated)]).toEqual([
+    "needs_approval",
+    ["egress_after_sensitive_read"],
+  ]);
+  expect(gated.reasons[0]?.message).toContain(read.decision_id);
+  expect((await decide(b, inSession("web.post", "fs-2"))).outcome).toBe("allow");
+  // the row is the control service's: both sidecars see it
+  const again = await decide(a, inSession("web.post", "fs-1"));
+  expect(again.outcome).toBe("needs_approval");
+});
+
+test("control unreachable: a labelled read and an egress call are denied session_unavailable; other calls go on", async () => {
+  const a = await synced();
+  await control?.stop();
+  control = undefined;
+  try {
+    const read = await decide(a, inSession("tickets.read", "fs-3"));
+    expect([read.outcome, codes(read)]).toEqual(["deny", ["session_unavailable"]]);
+    const post = await decide(a, inSession("web.post", "fs-3"));
+    expect([post.outcome, codes(post)]).toEqual(["deny", ["session_unavailable"]]);
+    const draft = await decide(a, inSession("replies.draft", "fs-3"));
+    expect(draft.outcome).toBe("allow");
+  } finally {
+    control = await startControl();
+  }
+  await until(async () => (await decide(a, inSession("tickets.read", "fs-4"))).outcome === "allow");
+});
