@@ -228,7 +228,7 @@ export function outside(e: Envelope, req: DecisionRequest): string | undefined {
     return `resource is not ${e.resource.type}/${e.resource.id}`;
   const raw = argumentsOf(req);
   if (raw !== undefined && !isObject(raw)) return "arguments are not an object";
-  const args = (raw ?? {});
+  const args = raw ?? {};
   for (const name of Object.keys(e.arguments)) {
     const c = e.arguments[name] as Constraint;
     if (!Object.hasOwn(args, name)) return `argument '${name}' is missing`;
