@@ -5,7 +5,6 @@
  * fleet.postgres_url (TOOLGATE_POSTGRES_URL).
  */
 import { loadConfig } from "../config";
-import { migrateFleetStore, startControlService } from "../control";
 import { toolgateError } from "../errors";
 import { createLogger } from "../shared/log";
 import { parseCommandArgs, runUntilSignal } from "./args";
@@ -34,6 +33,8 @@ export async function controlCommand(args: string[], out: Out): Promise<number> 
       throw usage(`unexpected argument "${positionals[0]}"`, CONTROL_MIGRATE_HELP);
     const config = loadConfig(values.config);
     const log = createLogger(config.log.level);
+    // loaded on use: the fleet control service and pg are for these commands only
+    const { migrateFleetStore } = await import("../control");
     const applied = await migrateFleetStore(config, log);
     out.stdout(
       applied.length === 0
@@ -54,6 +55,7 @@ export async function controlCommand(args: string[], out: Out): Promise<number> 
       `${CONTROL_HELP}\n${CONTROL_MIGRATE_HELP}`,
     );
   const config = loadConfig(values.config);
+  const { startControlService } = await import("../control");
   const svc = await startControlService(config);
   return await runUntilSignal(svc, "control.stopping", (m) => out.stderr(m));
 }

@@ -2,7 +2,7 @@
  * `toolgate mcp`: the MCP enforcement proxy (docs/mcp.md) in front of one or
  * more MCP servers, serving the agent over streamable HTTP and/or stdio.
  */
-import { loadMcpConfig, startMcpProxy, type Overrides } from "../mcp";
+import type { Overrides } from "../mcp";
 import { toolgateError } from "../errors";
 import { parseCommandArgs, runUntilSignal } from "./args";
 
@@ -40,6 +40,8 @@ export async function mcpCommand(args: string[], out: Out): Promise<number> {
   if (values.sidecar !== undefined) overrides.sidecarUrl = values.sidecar;
   if (values.console !== undefined) overrides.consoleUrl = values.console;
   if (values["log-level"] !== undefined) overrides.logLevel = values["log-level"];
+  // loaded on use: the MCP SDK and zod (~13 MB resident, 300 modules) are for this command only
+  const { loadMcpConfig, startMcpProxy } = await import("../mcp");
   const config = loadMcpConfig(values.config ?? process.env.TOOLGATE_MCP_CONFIG, overrides);
   const running = await startMcpProxy(config);
   if (config.serve.stdio) {

@@ -21,7 +21,7 @@ import {
 } from "@opentelemetry/core";
 import type { Resource } from "@opentelemetry/resources";
 import { OTLPTraceExporter as OTLPHttpJsonExporter } from "@opentelemetry/exporter-trace-otlp-http";
-import { OTLPTraceExporter as OTLPGrpcExporter } from "@opentelemetry/exporter-trace-otlp-grpc";
+import type * as GrpcExporterModuleNs from "@opentelemetry/exporter-trace-otlp-grpc";
 import { OTLPExporterBase } from "@opentelemetry/otlp-exporter-base";
 import {
   convertLegacyHttpOptions,
@@ -51,6 +51,8 @@ import { buildResource } from "./resource";
 
 type Env = Record<string, string | undefined>;
 
+/** The gRPC exporter's module, loaded on use (@grpc/grpc-js: ~7.5 MB resident per thread). */
+type GrpcExporterModule = typeof GrpcExporterModuleNs;
 export interface TracingOptions {
   env: Env;
   log: Logger;
@@ -213,6 +215,10 @@ export function exporterFromEnv(env: Env): {
       firstSet(env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, env.OTEL_EXPORTER_OTLP_ENDPOINT) ??
       "http://localhost:4317";
     try {
+      // loaded on use: @grpc/grpc-js and the gRPC exporter (~7.5 MB resident per thread) only for protocol grpc
+      const { OTLPTraceExporter: OTLPGrpcExporter } =
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
+        require("@opentelemetry/exporter-trace-otlp-grpc") as GrpcExporterModule;
       return { exporter: new OTLPGrpcExporter({ url: endpoint }), endpoint, protocol };
     } catch (e) {
       throw toolgateError(
