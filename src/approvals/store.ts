@@ -161,9 +161,9 @@ export type EvaluationRecord = Required<
   toolStage: string | null;
 };
 
-export interface ApprovalTask {
+/** What an access request's task and a plan share: pending, decided, maybe revoked. */
+export interface DecidableRecord {
   id: string;
-  evaluationId: string;
   agentId: string;
   status: TaskStatus;
   idempotencyKey: string | null;
@@ -174,12 +174,16 @@ export interface ApprovalTask {
   decidedByRoles: string[] | null;
   comment: string | null;
   approvedUntil: number | null;
-  usedAt: number | null;
-  usedByDecisionId: string | null;
   revokedAt: number | null;
   revokedBy: string | null;
   /** The agent's words on why it needs this (redacted before it is stored); null if none. */
   justification: string | null;
+}
+
+export interface ApprovalTask extends DecidableRecord {
+  evaluationId: string;
+  usedAt: number | null;
+  usedByDecisionId: string | null;
 }
 
 /** Access requests of one agent for one tool within a window, and how many were approved. */
@@ -240,9 +244,7 @@ export type ConsumeResult =
     };
 
 /** A plan as kept (src/approvals/plans.ts has the rules). */
-export interface PlanRecord {
-  id: string;
-  agentId: string;
+export interface PlanRecord extends DecidableRecord {
   initiator: string;
   bindingHash: string;
   subjectHash: string;
@@ -253,37 +255,28 @@ export interface PlanRecord {
   redacted: unknown;
   requirement: PlanRequirement;
   ttlSeconds: number;
-  status: TaskStatus;
-  idempotencyKey: string | null;
-  justification: string | null;
   policyRevision: string | null;
-  createdAt: number;
-  expiresAt: number;
-  decidedAt: number | null;
-  decidedBy: string | null;
-  decidedByRoles: string[] | null;
-  comment: string | null;
-  approvedUntil: number | null;
-  revokedAt: number | null;
-  revokedBy: string | null;
   /** Per envelope, in order: uses claimed, the most, and when it stops (null: with the plan). */
   uses: Array<{ uses: number; maxUses: number; expiresAt: number | null }>;
 }
 
-export interface CreatePlanInput {
-  agentId: string;
-  initiator: string;
-  bindingHash: string;
-  subjectHash: string;
-  jobHash: string;
-  envelopes: Envelope[];
-  redacted: unknown;
-  requirement: PlanRequirement;
-  ttlSeconds: number;
+/** A new plan: the record's own fields as given, the rest optional. */
+export interface CreatePlanInput extends Pick<
+  PlanRecord,
+  | "agentId"
+  | "initiator"
+  | "bindingHash"
+  | "subjectHash"
+  | "jobHash"
+  | "envelopes"
+  | "redacted"
+  | "requirement"
+  | "ttlSeconds"
+  | "expiresAt"
+> {
   idempotencyKey?: string | null;
   justification?: string | null;
   policyRevision?: string | null;
-  expiresAt: number;
   now?: number;
   limit?: RequestLimit;
 }
@@ -503,11 +496,10 @@ function json<T>(row: Row, k: string): T {
   return parseUntrustedJson(str(row, k)) as T;
 }
 
-function toTask(row: Row): ApprovalTask {
+function toDecidable(row: Row): DecidableRecord {
   const roles = strOrNull(row, "decided_by_roles_json");
   return {
     id: str(row, "id"),
-    evaluationId: str(row, "evaluation_id"),
     agentId: str(row, "agent_id"),
     status: str(row, "status") as TaskStatus,
     idempotencyKey: strOrNull(row, "idempotency_key"),
@@ -518,11 +510,18 @@ function toTask(row: Row): ApprovalTask {
     decidedByRoles: roles === null ? null : (parseUntrustedJson(roles) as string[]),
     comment: strOrNull(row, "comment"),
     approvedUntil: numOrNull(row, "approved_until"),
-    usedAt: numOrNull(row, "used_at"),
-    usedByDecisionId: strOrNull(row, "used_by_decision_id"),
     revokedAt: numOrNull(row, "revoked_at"),
     revokedBy: strOrNull(row, "revoked_by"),
     justification: strOrNull(row, "justification"),
+  };
+}
+
+function toTask(row: Row): ApprovalTask {
+  return {
+    ...toDecidable(row),
+    evaluationId: str(row, "evaluation_id"),
+    usedAt: numOrNull(row, "used_at"),
+    usedByDecisionId: strOrNull(row, "used_by_decision_id"),
   };
 }
 
@@ -547,10 +546,8 @@ function toEvaluation(row: Row): EvaluationRecord {
 }
 
 function toPlan(row: Row, uses: Row[]): PlanRecord {
-  const roles = strOrNull(row, "decided_by_roles_json");
   return {
-    id: str(row, "id"),
-    agentId: str(row, "agent_id"),
+    ...toDecidable(row),
     initiator: str(row, "initiator"),
     bindingHash: str(row, "binding_hash"),
     subjectHash: str(row, "subject_hash"),
@@ -559,19 +556,7 @@ function toPlan(row: Row, uses: Row[]): PlanRecord {
     redacted: json<unknown>(row, "redacted_json"),
     requirement: json<PlanRequirement>(row, "requirement_json"),
     ttlSeconds: num(row, "ttl_seconds"),
-    status: str(row, "status") as TaskStatus,
-    idempotencyKey: strOrNull(row, "idempotency_key"),
-    justification: strOrNull(row, "justification"),
     policyRevision: strOrNull(row, "policy_revision"),
-    createdAt: num(row, "created_at"),
-    expiresAt: num(row, "expires_at"),
-    decidedAt: numOrNull(row, "decided_at"),
-    decidedBy: strOrNull(row, "decided_by"),
-    decidedByRoles: roles === null ? null : (parseUntrustedJson(roles) as string[]),
-    comment: strOrNull(row, "comment"),
-    approvedUntil: numOrNull(row, "approved_until"),
-    revokedAt: numOrNull(row, "revoked_at"),
-    revokedBy: strOrNull(row, "revoked_by"),
     uses: uses.map((u) => ({
       uses: num(u, "uses"),
       maxUses: num(u, "max_uses"),
@@ -608,13 +593,88 @@ function optionalText(name: string, v: unknown): string | null {
   return v === null || v === undefined ? null : checkText(name, v, 64);
 }
 
+/** Which tasks or plans to list; `limit` is clamped to 1..1000 (default 100). */
+export interface ListOptions {
+  status?: TaskStatus;
+  agentId?: string;
+  limit?: number;
+  order?: "oldest" | "newest";
+}
+
+/** A listing's `WHERE … ORDER BY … LIMIT ?` and its arguments. Checks `status`. */
+function listQuery(options: ListOptions): { clause: string; args: SQLInputValue[] } {
+  const limit = Math.min(1000, Math.max(1, Math.trunc(options.limit ?? 100)));
+  if (options.status !== undefined && !TASK_STATUSES.includes(options.status)) {
+    throw toolgateError("invalid_request", `unknown task status ${String(options.status)}`);
+  }
+  const where: string[] = [];
+  const args: SQLInputValue[] = [];
+  if (options.status !== undefined) {
+    where.push("status = ?");
+    args.push(options.status);
+  }
+  if (options.agentId !== undefined) {
+    where.push("agent_id = ?");
+    args.push(options.agentId);
+  }
+  const clause = `${where.length ? `WHERE ${where.join(" AND ")}` : ""}
+    ORDER BY ${options.order === "newest" ? "created_at DESC, id DESC" : "created_at, id"} LIMIT ?`;
+  return { clause, args: [...args, limit] };
+}
+
+/** A decision's checked input: its comment (null: none) and, when approving, its end. */
+interface CheckedDecision {
+  comment: string | null;
+  approvedUntil: number | null;
+}
+
+/** Checks an approver's decision on a task or a plan (`by`, `roles`, `comment`, `approvedUntil`). */
+function checkDecision(d: DecideInput, now: number): CheckedDecision {
+  checkText("by", d.by);
+  if (!Array.isArray(d.roles) || d.roles.some((r) => typeof r !== "string")) {
+    throw toolgateError("invalid_request", "roles must be an array of strings");
+  }
+  const comment = d.comment ?? null;
+  if (comment !== null && (typeof comment !== "string" || comment.length > 4096)) {
+    throw toolgateError("invalid_request", "comment must be a string of ≤ 4096 chars");
+  }
+  let approvedUntil: number | null = null;
+  if (d.approve) {
+    approvedUntil = checkTime("approvedUntil", d.approvedUntil);
+    if (approvedUntil <= now) {
+      throw toolgateError("invalid_request", "approvedUntil must lie in the future");
+    }
+  }
+  return { comment, approvedUntil };
+}
+
+/** What approvers decide on: an access request's task, or a plan. Its table, events and words. */
+type Decidable = "task" | "plan";
+const DECIDABLE = {
+  task: {
+    table: "tasks",
+    events: "task_events",
+    idColumn: "task_id",
+    notFound: (): string | undefined => undefined,
+    expired: "the approval task has expired",
+    alreadyRevoked: "the approval is already revoked",
+  },
+  plan: {
+    table: "plans",
+    events: "plan_events",
+    idColumn: "plan_id",
+    notFound: (id: string): string | undefined => `no plan ${id}`,
+    expired: "the plan has expired before it was decided",
+    alreadyRevoked: "the plan is already revoked",
+  },
+} as const;
+
 /** Runs `fn`, turning anything that is not already coded into approval_store_unavailable. */
 /** The approval store: `<state.dir>/approvals.db` (see the header comment). */
 export class ApprovalStore extends SqliteStore {
   /** On the synchronous=NORMAL connection: only the evaluations INSERT. */
   private readonly insertEvaluation: StatementSync;
-  private expireAfterRollback: { taskId: string; now: number } | undefined;
-  private expirePlanAfterRollback: { planId: string; now: number } | undefined;
+  private expireAfterRollback: { kind: Decidable; id: string; now: number } | undefined;
 
   private constructor(o: OpenedStore) {
     super(o, "approval_store_unavailable", "approval store");
@@ -782,7 +842,9 @@ export class ApprovalStore extends SqliteStore {
              expires_at, justification) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)`,
         )
         .run(id, input.evaluationId, input.agentId, key, now, input.expiresAt, justification);
-      this.event(id, now, "requested", input.agentId, { evaluation_id: input.evaluationId });
+      this.event("task", id, now, "requested", input.agentId, {
+        evaluation_id: input.evaluationId,
+      });
       return { task: this.mustGetTask(id), created: true };
     });
   }
@@ -796,33 +858,11 @@ export class ApprovalStore extends SqliteStore {
   }
 
   /** Tasks, oldest first (or newest first); `limit` is clamped to 1..1000. */
-  listTasks(
-    options: {
-      status?: TaskStatus;
-      agentId?: string;
-      limit?: number;
-      order?: "oldest" | "newest";
-    } = {},
-  ): ApprovalTask[] {
-    const limit = Math.min(1000, Math.max(1, Math.trunc(options.limit ?? 100)));
-    if (options.status !== undefined && !TASK_STATUSES.includes(options.status)) {
-      throw toolgateError("invalid_request", `unknown task status ${String(options.status)}`);
-    }
-    return this.run("list tasks", () => {
-      const where: string[] = [];
-      const args: SQLInputValue[] = [];
-      if (options.status !== undefined) {
-        where.push("status = ?");
-        args.push(options.status);
-      }
-      if (options.agentId !== undefined) {
-        where.push("agent_id = ?");
-        args.push(options.agentId);
-      }
-      const sql = `SELECT * FROM tasks ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
-        ORDER BY ${options.order === "newest" ? "created_at DESC, id DESC" : "created_at, id"} LIMIT ?`;
-      return (this.db.prepare(sql).all(...args, limit) as Row[]).map(toTask);
-    });
+  listTasks(options: ListOptions = {}): ApprovalTask[] {
+    const { clause, args } = listQuery(options);
+    return this.run("list tasks", () =>
+      (this.db.prepare(`SELECT * FROM tasks ${clause}`).all(...args) as Row[]).map(toTask),
+    );
   }
 
   /**
@@ -847,19 +887,7 @@ export class ApprovalStore extends SqliteStore {
 
   /** The task's history, oldest first. */
   listEvents(taskId: string): TaskEvent[] {
-    return this.run("list task events", () =>
-      (
-        this.db
-          .prepare("SELECT * FROM task_events WHERE task_id = ? ORDER BY seq")
-          .all(taskId) as Row[]
-      ).map((r) => ({
-        taskId: str(r, "task_id"),
-        at: num(r, "at"),
-        event: str(r, "event"),
-        actor: str(r, "actor"),
-        details: json<Record<string, unknown>>(r, "details_json"),
-      })),
-    );
+    return this.run("list task events", () => this.eventsOf("task", taskId));
   }
 
   /**
@@ -871,36 +899,9 @@ export class ApprovalStore extends SqliteStore {
    */
   decide(taskId: string, d: DecideInput): ApprovalTask {
     const now = d.now ?? Date.now();
-    checkText("by", d.by);
-    if (!Array.isArray(d.roles) || d.roles.some((r) => typeof r !== "string")) {
-      throw toolgateError("invalid_request", "roles must be an array of strings");
-    }
-    const comment = d.comment ?? null;
-    if (comment !== null && (typeof comment !== "string" || comment.length > 4096)) {
-      throw toolgateError("invalid_request", "comment must be a string of ≤ 4096 chars");
-    }
-    let approvedUntil: number | null = null;
-    if (d.approve) {
-      approvedUntil = checkTime("approvedUntil", d.approvedUntil);
-      if (approvedUntil <= now) {
-        throw toolgateError("invalid_request", "approvedUntil must lie in the future");
-      }
-    }
+    const checked = checkDecision(d, now);
     return this.tx("decide task", () => {
-      const status: TaskStatus = d.approve ? "approved" : "denied";
-      const res = this.db
-        .prepare(
-          `UPDATE tasks SET status = ?, decided_at = ?, decided_by = ?, decided_by_roles_json = ?,
-             comment = ?, approved_until = ?
-           WHERE id = ? AND status = 'pending' AND expires_at > ?`,
-        )
-        .run(status, now, d.by, JSON.stringify(d.roles), comment, approvedUntil, taskId, now);
-      if (res.changes !== 1) this.explainNotPending(taskId, now);
-      this.event(taskId, now, status, d.by, {
-        roles: d.roles,
-        ...(comment !== null ? { comment } : {}),
-        ...(approvedUntil !== null ? { approved_until: approvedUntil } : {}),
-      });
+      this.decideRow("task", taskId, d, checked, now);
       return this.mustGetTask(taskId);
     });
   }
@@ -908,18 +909,7 @@ export class ApprovalStore extends SqliteStore {
   /** The agent withdraws its own pending request. Another agent's task is "not found". */
   cancel(taskId: string, byAgent: string, now: number = Date.now()): ApprovalTask {
     return this.tx("cancel task", () => {
-      const res = this.db
-        .prepare(
-          `UPDATE tasks SET status = 'cancelled', decided_at = ?, decided_by = ?
-           WHERE id = ? AND agent_id = ? AND status = 'pending'`,
-        )
-        .run(now, byAgent, taskId, byAgent);
-      if (res.changes !== 1) {
-        const t = this.getTask(taskId);
-        if (!t || t.agentId !== byAgent) throw toolgateError("approval_not_found");
-        throw toolgateError("approval_not_pending", `the task is ${t.status}`);
-      }
-      this.event(taskId, now, "cancelled", byAgent, {});
+      this.cancelRow("task", taskId, byAgent, now);
       return this.mustGetTask(taskId);
     });
   }
@@ -933,25 +923,15 @@ export class ApprovalStore extends SqliteStore {
            WHERE id = ? AND status = 'pending'`,
         )
         .run(now, actor, reason, taskId);
-      if (res.changes !== 1) this.explainNotPending(taskId, null);
-      this.event(taskId, now, "failed", actor, { reason });
+      if (res.changes !== 1) this.explainNotPending("task", taskId, null);
+      this.event("task", taskId, now, "failed", actor, { reason });
       return this.mustGetTask(taskId);
     });
   }
 
   /** Pending tasks whose `expires_at` ≤ now become `expired`. Returns their ids. */
   expireDue(now: number = Date.now()): string[] {
-    return this.tx("expire tasks", () => {
-      const rows = this.db
-        .prepare(
-          `UPDATE tasks SET status = 'expired', decided_at = ?
-           WHERE status = 'pending' AND expires_at <= ? RETURNING id`,
-        )
-        .all(now, now) as Row[];
-      const ids = rows.map((r) => str(r, "id"));
-      for (const id of ids) this.event(id, now, "expired", "toolgate", {});
-      return ids;
-    });
+    return this.tx("expire tasks", () => this.expireDueRows("task", now));
   }
 
   /**
@@ -998,7 +978,7 @@ export class ApprovalStore extends SqliteStore {
         )
         .run(now, decisionId, taskId, now);
       if (res.changes === 1) {
-        this.event(taskId, now, "used", "toolgate", { decision_id: decisionId });
+        this.event("task", taskId, now, "used", "toolgate", { decision_id: decisionId });
         return { consumed: true as const, task: this.mustGetTask(taskId) };
       }
       const task = this.getTask(taskId);
@@ -1019,21 +999,7 @@ export class ApprovalStore extends SqliteStore {
   revoke(taskId: string, by: string, now: number = Date.now()): ApprovalTask {
     checkText("by", by);
     return this.tx("revoke approval", () => {
-      const res = this.db
-        .prepare(
-          `UPDATE tasks SET revoked_at = ?, revoked_by = ?
-           WHERE id = ? AND status = 'approved' AND revoked_at IS NULL`,
-        )
-        .run(now, by, taskId);
-      if (res.changes !== 1) {
-        const t = this.getTask(taskId);
-        if (!t) throw toolgateError("approval_not_found");
-        throw toolgateError(
-          "approval_not_approved",
-          t.revokedAt !== null ? "the approval is already revoked" : `the task is ${t.status}`,
-        );
-      }
-      this.event(taskId, now, "revoked", by, {});
+      this.revokeRow("task", taskId, by, now);
       return this.mustGetTask(taskId);
     });
   }
@@ -1100,7 +1066,9 @@ export class ApprovalStore extends SqliteStore {
         "INSERT INTO plan_envelopes (plan_id, idx, max_uses) VALUES (?, ?, ?)",
       );
       input.envelopes.forEach((e, i) => insert.run(id, i, e.max_uses));
-      this.planEvent(id, now, "requested", input.agentId, { envelopes: input.envelopes.length });
+      this.event("plan", id, now, "requested", input.agentId, {
+        envelopes: input.envelopes.length,
+      });
       return { plan: this.mustGetPlan(id), created: true };
     });
   }
@@ -1117,52 +1085,18 @@ export class ApprovalStore extends SqliteStore {
   }
 
   /** Plans, oldest first (or newest first); `limit` is clamped to 1..1000. */
-  listPlans(
-    options: {
-      status?: TaskStatus;
-      agentId?: string;
-      limit?: number;
-      order?: "oldest" | "newest";
-    } = {},
-  ): PlanRecord[] {
-    const limit = Math.min(1000, Math.max(1, Math.trunc(options.limit ?? 100)));
-    if (options.status !== undefined && !TASK_STATUSES.includes(options.status)) {
-      throw toolgateError("invalid_request", `unknown task status ${String(options.status)}`);
-    }
-    return this.run("list plans", () => {
-      const where: string[] = [];
-      const args: SQLInputValue[] = [];
-      if (options.status !== undefined) {
-        where.push("status = ?");
-        args.push(options.status);
-      }
-      if (options.agentId !== undefined) {
-        where.push("agent_id = ?");
-        args.push(options.agentId);
-      }
-      const sql = `SELECT id FROM plans ${where.length ? `WHERE ${where.join(" AND ")}` : ""}
-        ORDER BY ${options.order === "newest" ? "created_at DESC, id DESC" : "created_at, id"} LIMIT ?`;
-      return (this.db.prepare(sql).all(...args, limit) as Row[]).map((r) =>
+  listPlans(options: ListOptions = {}): PlanRecord[] {
+    const { clause, args } = listQuery(options);
+    return this.run("list plans", () =>
+      (this.db.prepare(`SELECT id FROM plans ${clause}`).all(...args) as Row[]).map((r) =>
         this.mustGetPlan(str(r, "id")),
-      );
-    });
+      ),
+    );
   }
 
   /** The plan's history, oldest first. */
   listPlanEvents(planId: string): TaskEvent[] {
-    return this.run("list plan events", () =>
-      (
-        this.db
-          .prepare("SELECT * FROM plan_events WHERE plan_id = ? ORDER BY seq")
-          .all(planId) as Row[]
-      ).map((r) => ({
-        taskId: str(r, "plan_id"),
-        at: num(r, "at"),
-        event: str(r, "event"),
-        actor: str(r, "actor"),
-        details: json<Record<string, unknown>>(r, "details_json"),
-      })),
-    );
+    return this.run("list plan events", () => this.eventsOf("plan", planId));
   }
 
   /**
@@ -1172,31 +1106,9 @@ export class ApprovalStore extends SqliteStore {
    */
   decidePlan(planId: string, d: DecideInput & { envelopeEnds?: Array<number | null> }): PlanRecord {
     const now = d.now ?? Date.now();
-    checkText("by", d.by);
-    if (!Array.isArray(d.roles) || d.roles.some((r) => typeof r !== "string")) {
-      throw toolgateError("invalid_request", "roles must be an array of strings");
-    }
-    const comment = d.comment ?? null;
-    if (comment !== null && (typeof comment !== "string" || comment.length > 4096)) {
-      throw toolgateError("invalid_request", "comment must be a string of ≤ 4096 chars");
-    }
-    let approvedUntil: number | null = null;
-    if (d.approve) {
-      approvedUntil = checkTime("approvedUntil", d.approvedUntil);
-      if (approvedUntil <= now) {
-        throw toolgateError("invalid_request", "approvedUntil must lie in the future");
-      }
-    }
+    const checked = checkDecision(d, now);
     return this.tx("decide plan", () => {
-      const status: TaskStatus = d.approve ? "approved" : "denied";
-      const res = this.db
-        .prepare(
-          `UPDATE plans SET status = ?, decided_at = ?, decided_by = ?, decided_by_roles_json = ?,
-             comment = ?, approved_until = ?
-           WHERE id = ? AND status = 'pending' AND expires_at > ?`,
-        )
-        .run(status, now, d.by, JSON.stringify(d.roles), comment, approvedUntil, planId, now);
-      if (res.changes !== 1) this.explainPlanNotPending(planId, now);
+      this.decideRow("plan", planId, d, checked, now);
       if (d.approve && d.envelopeEnds) {
         const set = this.db.prepare(
           "UPDATE plan_envelopes SET expires_at = ? WHERE plan_id = ? AND idx = ?",
@@ -1205,11 +1117,6 @@ export class ApprovalStore extends SqliteStore {
           if (end !== null) set.run(end, planId, i);
         });
       }
-      this.planEvent(planId, now, status, d.by, {
-        roles: d.roles,
-        ...(comment !== null ? { comment } : {}),
-        ...(approvedUntil !== null ? { approved_until: approvedUntil } : {}),
-      });
       return this.mustGetPlan(planId);
     });
   }
@@ -1217,18 +1124,7 @@ export class ApprovalStore extends SqliteStore {
   /** The agent withdraws its own pending plan. */
   cancelPlan(planId: string, byAgent: string, now: number = Date.now()): PlanRecord {
     return this.tx("cancel plan", () => {
-      const res = this.db
-        .prepare(
-          `UPDATE plans SET status = 'cancelled', decided_at = ?, decided_by = ?
-           WHERE id = ? AND agent_id = ? AND status = 'pending'`,
-        )
-        .run(now, byAgent, planId, byAgent);
-      if (res.changes !== 1) {
-        const p = this.getPlan(planId);
-        if (!p || p.agentId !== byAgent) throw toolgateError("approval_not_found");
-        throw toolgateError("approval_not_pending", `the plan is ${p.status}`);
-      }
-      this.planEvent(planId, now, "cancelled", byAgent, {});
+      this.cancelRow("plan", planId, byAgent, now);
       return this.mustGetPlan(planId);
     });
   }
@@ -1237,38 +1133,14 @@ export class ApprovalStore extends SqliteStore {
   revokePlan(planId: string, by: string, now: number = Date.now()): PlanRecord {
     checkText("by", by);
     return this.tx("revoke plan", () => {
-      const res = this.db
-        .prepare(
-          `UPDATE plans SET revoked_at = ?, revoked_by = ?
-           WHERE id = ? AND status = 'approved' AND revoked_at IS NULL`,
-        )
-        .run(now, by, planId);
-      if (res.changes !== 1) {
-        const p = this.getPlan(planId);
-        if (!p) throw toolgateError("approval_not_found");
-        throw toolgateError(
-          "approval_not_approved",
-          p.revokedAt !== null ? "the plan is already revoked" : `the plan is ${p.status}`,
-        );
-      }
-      this.planEvent(planId, now, "revoked", by, {});
+      this.revokeRow("plan", planId, by, now);
       return this.mustGetPlan(planId);
     });
   }
 
   /** Pending plans whose `expires_at` ≤ now become `expired`. Returns their ids. */
   expireDuePlans(now: number = Date.now()): string[] {
-    return this.tx("expire plans", () => {
-      const rows = this.db
-        .prepare(
-          `UPDATE plans SET status = 'expired', decided_at = ?
-           WHERE status = 'pending' AND expires_at <= ? RETURNING id`,
-        )
-        .all(now, now) as Row[];
-      const ids = rows.map((r) => str(r, "id"));
-      for (const id of ids) this.planEvent(id, now, "expired", "toolgate", {});
-      return ids;
-    });
+    return this.tx("expire plans", () => this.expireDueRows("plan", now));
   }
 
   /**
@@ -1301,7 +1173,7 @@ export class ApprovalStore extends SqliteStore {
         .get(planId, idx, now, now) as Row | undefined;
       if (row) {
         const uses = num(row, "uses");
-        this.planEvent(planId, now, "used", "toolgate", {
+        this.event("plan", planId, now, "used", "toolgate", {
           decision_id: decisionId,
           envelope: idx,
           uses,
@@ -1351,60 +1223,135 @@ export class ApprovalStore extends SqliteStore {
     );
   }
 
-  /** Throws the right error after a guarded pending-only UPDATE changed nothing. */
-  private explainNotPending(taskId: string, now: number | null): never {
-    const t = this.getTask(taskId);
-    if (!t) throw toolgateError("approval_not_found");
-    if (t.status === "pending" && now !== null && t.expiresAt <= now) {
-      // The throw rolls the transaction back; `tx` then records the expiry on its own.
-      this.expireAfterRollback = { taskId, now };
-      throw toolgateError("approval_expired", "the approval task has expired");
+  private getDecidable(kind: Decidable, id: string): DecidableRecord | undefined {
+    return kind === "task" ? this.getTask(id) : this.getPlan(id);
+  }
+
+  /**
+   * Approves or denies the pending task or plan `id` (guarded by
+   * `status='pending' AND expires_at > now`) and records the decision event.
+   */
+  private decideRow(
+    kind: Decidable,
+    id: string,
+    d: DecideInput,
+    { comment, approvedUntil }: CheckedDecision,
+    now: number,
+  ): void {
+    const status: TaskStatus = d.approve ? "approved" : "denied";
+    const res = this.db
+      .prepare(
+        `UPDATE ${DECIDABLE[kind].table} SET status = ?, decided_at = ?, decided_by = ?,
+           decided_by_roles_json = ?, comment = ?, approved_until = ?
+         WHERE id = ? AND status = 'pending' AND expires_at > ?`,
+      )
+      .run(status, now, d.by, JSON.stringify(d.roles), comment, approvedUntil, id, now);
+    if (res.changes !== 1) this.explainNotPending(kind, id, now);
+    this.event(kind, id, now, status, d.by, {
+      roles: d.roles,
+      ...(comment !== null ? { comment } : {}),
+      ...(approvedUntil !== null ? { approved_until: approvedUntil } : {}),
+    });
+  }
+
+  /** The agent `byAgent` withdraws its own pending task or plan; another agent's is "not found". */
+  private cancelRow(kind: Decidable, id: string, byAgent: string, now: number): void {
+    const res = this.db
+      .prepare(
+        `UPDATE ${DECIDABLE[kind].table} SET status = 'cancelled', decided_at = ?, decided_by = ?
+         WHERE id = ? AND agent_id = ? AND status = 'pending'`,
+      )
+      .run(now, byAgent, id, byAgent);
+    if (res.changes !== 1) {
+      const row = this.getDecidable(kind, id);
+      if (!row || row.agentId !== byAgent) throw toolgateError("approval_not_found");
+      throw toolgateError("approval_not_pending", `the ${kind} is ${row.status}`);
     }
-    throw toolgateError("approval_not_pending", `the task is ${t.status}`);
+    this.event(kind, id, now, "cancelled", byAgent, {});
   }
 
+  /** Revokes an approved, not yet revoked task or plan. */
+  private revokeRow(kind: Decidable, id: string, by: string, now: number): void {
+    const res = this.db
+      .prepare(
+        `UPDATE ${DECIDABLE[kind].table} SET revoked_at = ?, revoked_by = ?
+         WHERE id = ? AND status = 'approved' AND revoked_at IS NULL`,
+      )
+      .run(now, by, id);
+    if (res.changes !== 1) {
+      const row = this.getDecidable(kind, id);
+      if (!row) throw toolgateError("approval_not_found");
+      throw toolgateError(
+        "approval_not_approved",
+        row.revokedAt !== null ? DECIDABLE[kind].alreadyRevoked : `the ${kind} is ${row.status}`,
+      );
+    }
+    this.event(kind, id, now, "revoked", by, {});
+  }
+
+  /** Pending tasks or plans whose `expires_at` ≤ now become `expired`. Returns their ids. */
+  private expireDueRows(kind: Decidable, now: number): string[] {
+    const rows = this.db
+      .prepare(
+        `UPDATE ${DECIDABLE[kind].table} SET status = 'expired', decided_at = ?
+         WHERE status = 'pending' AND expires_at <= ? RETURNING id`,
+      )
+      .all(now, now) as Row[];
+    const ids = rows.map((r) => str(r, "id"));
+    for (const id of ids) this.event(kind, id, now, "expired", "toolgate", {});
+    return ids;
+  }
+
+  /**
+   * Throws the right error after a guarded pending-only UPDATE of a task or
+   * plan changed nothing (`now` null: expiry is not the question).
+   */
+  private explainNotPending(kind: Decidable, id: string, now: number | null): never {
+    const row = this.getDecidable(kind, id);
+    if (!row) throw toolgateError("approval_not_found", DECIDABLE[kind].notFound(id));
+    if (row.status === "pending" && now !== null && row.expiresAt <= now) {
+      // The throw rolls the transaction back; `tx` then records the expiry on its own.
+      this.expireAfterRollback = { kind, id, now };
+      throw toolgateError("approval_expired", DECIDABLE[kind].expired);
+    }
+    throw toolgateError("approval_not_pending", `the ${kind} is ${row.status}`);
+  }
+
+  /** The task's or plan's history, oldest first. */
+  private eventsOf(kind: Decidable, id: string): TaskEvent[] {
+    const { events, idColumn } = DECIDABLE[kind];
+    return (
+      this.db.prepare(`SELECT * FROM ${events} WHERE ${idColumn} = ? ORDER BY seq`).all(id) as Row[]
+    ).map((r) => ({
+      taskId: str(r, idColumn),
+      at: num(r, "at"),
+      event: str(r, "event"),
+      actor: str(r, "actor"),
+      details: json<Record<string, unknown>>(r, "details_json"),
+    }));
+  }
+
+  /** Appends to the task's or plan's history. */
   private event(
-    taskId: string,
+    kind: Decidable,
+    id: string,
     at: number,
     event: string,
     actor: string,
     details: Record<string, unknown>,
   ): void {
+    const { events, idColumn } = DECIDABLE[kind];
     this.db
       .prepare(
-        "INSERT INTO task_events (task_id, at, event, actor, details_json) VALUES (?, ?, ?, ?, ?)",
+        `INSERT INTO ${events} (${idColumn}, at, event, actor, details_json) VALUES (?, ?, ?, ?, ?)`,
       )
-      .run(taskId, at, event, actor, JSON.stringify(details));
-  }
-
-  private planEvent(
-    planId: string,
-    at: number,
-    event: string,
-    actor: string,
-    details: Record<string, unknown>,
-  ): void {
-    this.db
-      .prepare(
-        "INSERT INTO plan_events (plan_id, at, event, actor, details_json) VALUES (?, ?, ?, ?, ?)",
-      )
-      .run(planId, at, event, actor, JSON.stringify(details));
+      .run(id, at, event, actor, JSON.stringify(details));
   }
 
   private mustGetPlan(id: string): PlanRecord {
     const p = this.getPlan(id);
     if (!p) throw toolgateError("approval_not_found", `no plan ${id}`);
     return p;
-  }
-
-  private explainPlanNotPending(planId: string, now: number): never {
-    const p = this.getPlan(planId);
-    if (!p) throw toolgateError("approval_not_found", `no plan ${planId}`);
-    if (p.status === "pending" && p.expiresAt <= now) {
-      this.expirePlanAfterRollback = { planId, now };
-      throw toolgateError("approval_expired", "the plan has expired before it was decided");
-    }
-    throw toolgateError("approval_not_pending", `the plan is ${p.status}`);
   }
 
   /** Plans not approved count against the initiator's access-request limit, as tasks do. */
@@ -1456,10 +1403,8 @@ export class ApprovalStore extends SqliteStore {
         if (this.db.isTransaction) this.db.exec("ROLLBACK");
         const expire = this.expireAfterRollback;
         this.expireAfterRollback = undefined;
-        if (expire) this.expireOne(expire.taskId, expire.now);
-        const expirePlan = this.expirePlanAfterRollback;
-        this.expirePlanAfterRollback = undefined;
-        if (expirePlan) this.expireDuePlans(expirePlan.now);
+        if (expire?.kind === "task") this.expireOne(expire.id, expire.now);
+        if (expire?.kind === "plan") this.expireDuePlans(expire.now);
         throw e;
       }
     });
@@ -1474,7 +1419,7 @@ export class ApprovalStore extends SqliteStore {
            WHERE id = ? AND status = 'pending' AND expires_at <= ?`,
         )
         .run(now, taskId, now);
-      if (res.changes === 1) this.event(taskId, now, "expired", "toolgate", {});
+      if (res.changes === 1) this.event("task", taskId, now, "expired", "toolgate", {});
       this.db.exec("COMMIT");
     } catch (e) {
       if (this.db.isTransaction) this.db.exec("ROLLBACK");
