@@ -17,7 +17,7 @@ import { type Component, type ComponentStatus, notRunning } from "../shared/life
 import type { Logger } from "../shared/log";
 import { SecretsSeen } from "../redaction/redact";
 import type { ApprovalRequirement } from "../model";
-import type { PlanClaim, PlanRecord } from "./store";
+import type { DecideInput, PlanClaim, PlanRecord } from "./store";
 import {
   DEFAULT_PLAN_TTL_SECONDS,
   envelopesOf,
@@ -409,28 +409,14 @@ export class ApprovalService implements Component {
     const e = this.opts.store.getEvaluation(task.evaluationId);
     if (e === undefined)
       throw toolgateError("approval_not_found", `approval ${taskId} has no evaluation`);
-    const why = this.ineligible(principal, e);
-    if (why !== undefined) {
-      this.opts.events?.approvalEvent(
-        "refused",
-        this.eventFields(task, {
-          approver: principal.id,
-          approver_roles: principal.roles,
-          why,
-          wanted: approve ? "approve" : "deny",
-        }),
-      );
-      throw toolgateError("forbidden", `not eligible to decide ${taskId}: ${why}`);
-    }
+    this.refuseIneligible(taskId, this.ineligible(principal, e), principal, approve, (extra) =>
+      this.eventFields(task, extra),
+    );
     const now = this.now();
-    const decided = this.opts.store.decide(task.id, {
-      approve,
-      by: principal.id,
-      roles: principal.roles,
-      comment: comment ?? null,
-      approvedUntil: approve ? now + e.requirement.ttl_seconds * 1000 : null,
-      now,
-    });
+    const decided = this.opts.store.decide(
+      task.id,
+      decideInput(principal, approve, comment, now + e.requirement.ttl_seconds * 1000, now),
+    );
     this.opts.events?.approvalEvent(
       approve ? "approved" : "denied",
       this.eventFields(decided, { comment }),
@@ -733,32 +719,16 @@ export class ApprovalService implements Component {
   ): Record<string, unknown> {
     const plan = this.plan(planId);
     const why = planIneligible(principal, plan, this.opts.agentId);
-    if (why !== undefined) {
-      this.opts.events?.approvalEvent(
-        "refused",
-        planEventFields(plan, {
-          approver: principal.id,
-          approver_roles: principal.roles,
-          why,
-          wanted: approve ? "approve" : "deny",
-        }),
-      );
-      throw toolgateError("forbidden", `not eligible to decide ${planId}: ${why}`);
-    }
+    this.refuseIneligible(planId, why, principal, approve, (extra) => planEventFields(plan, extra));
     const now = this.now();
     const approvedUntil = now + plan.ttlSeconds * 1000;
     const decided = this.opts.store.decidePlan(plan.id, {
-      approve,
-      by: principal.id,
-      roles: principal.roles,
-      comment: comment ?? null,
-      approvedUntil: approve ? approvedUntil : null,
+      ...decideInput(principal, approve, comment, approvedUntil, now),
       envelopeEnds: plan.envelopes.map((e) =>
         e.ttl_seconds !== null && now + e.ttl_seconds * 1000 < approvedUntil
           ? now + e.ttl_seconds * 1000
           : null,
       ),
-      now,
     });
     this.opts.events?.approvalEvent(
       approve ? "approved" : "denied",
@@ -880,6 +850,30 @@ export class ApprovalService implements Component {
     if (e === undefined || e.initiator !== requester)
       throw toolgateError("approval_not_found", `no approval ${taskId}`);
     return t;
+  }
+
+  /**
+   * When `why` says why `principal` may not decide task or plan `id`: audits
+   * the attempt ("refused", with `fields`) and throws `forbidden`.
+   */
+  private refuseIneligible(
+    id: string,
+    why: string | undefined,
+    principal: Principal,
+    approve: boolean,
+    fields: (extra: Record<string, unknown>) => Record<string, unknown>,
+  ): void {
+    if (why === undefined) return;
+    this.opts.events?.approvalEvent(
+      "refused",
+      fields({
+        approver: principal.id,
+        approver_roles: principal.roles,
+        why,
+        wanted: approve ? "approve" : "deny",
+      }),
+    );
+    throw toolgateError("forbidden", `not eligible to decide ${id}: ${why}`);
   }
 
   private eventFields(
@@ -1198,6 +1192,24 @@ export function planAgentView(p: PlanRecord, baseUrl: string): Record<string, un
     };
   }
   return out;
+}
+
+/** The store's input for `principal`'s decision; `approvedUntil` is kept only when approving. */
+function decideInput(
+  principal: Principal,
+  approve: boolean,
+  comment: string | undefined,
+  approvedUntil: number,
+  now: number,
+): DecideInput {
+  return {
+    approve,
+    by: principal.id,
+    roles: principal.roles,
+    comment: comment ?? null,
+    approvedUntil: approve ? approvedUntil : null,
+    now,
+  };
 }
 
 /** The fields of a plan's approval audit event. */
