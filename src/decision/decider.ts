@@ -92,6 +92,39 @@ function failClosedReason(err: ToolgateError): {
 }
 
 /** One action's preview (Decider.preview): the policy's outcome, nothing done. */
+/** What a preview evaluates with (see Decider.previewScope). */
+interface PreviewScope {
+  nowMs: number;
+  nowNs: number;
+  verified: VerifiedFacts;
+  engine: PolicyEngine;
+  switches: Parameters<typeof switchDeny>[0];
+}
+
+/**
+ * What the policy answers for `req`, nothing done: a kill switch in force
+ * or a policy failure answers `deny` (the latter with the fail-closed reason).
+ */
+function previewOne(scope: PreviewScope, verifiedJson: string, req: DecisionRequest): Preview {
+  const { nowMs, nowNs, verified, engine, switches } = scope;
+  const name = req.action.name;
+  const stop = switchDeny(switches, verified.agent.id, req, verified, nowMs);
+  if (stop !== undefined)
+    return { name, outcome: "deny", reasons: [{ code: stop.code, message: stop.message }] };
+  let out: PolicyOutput | ToolgateError;
+  try {
+    out = checkPolicyOutput(
+      engine.evaluateJson(`{"request":${JSON.stringify(req)},"verified":${verifiedJson}}`, nowNs),
+    );
+  } catch (e) {
+    out = normalizeError(e, "policy_evaluation_failed");
+  }
+  if (isToolgateError(out)) return { name, outcome: "deny", reasons: [failClosedReason(out)] };
+  const p: Preview = { name, outcome: out.outcome, reasons: out.reasons };
+  if (out.approval !== undefined) p.approval = out.approval;
+  return p;
+}
+
 export interface Preview {
   name: string;
   outcome: Decision["outcome"];
@@ -178,14 +211,9 @@ export class Decider {
     names: readonly string[],
     ctx: RequestContext,
   ): { policy: { bundle: string; revision: string }; results: Preview[] } {
-    const nowMs = this.now();
-    const nowNs = nowMs * 1e6;
     const probe: DecisionRequest = { ...base, action: { name: names[0] ?? "" } };
-    const verified = this.opts.identity.verify(probe, nowNs, ctx.principal);
-    const engine = this.opts.policy.active();
-    if (engine === undefined) throw toolgateError("policy_unavailable");
-    const switches = this.opts.containment?.view(nowMs).killswitches ?? [];
-    if (this.opts.containment !== undefined) verified.containment = { killswitches: switches };
+    const scope = this.previewScope(probe, ctx);
+    const { nowMs, verified, engine } = scope;
     // the session as decide() would see it (this sidecar's own summary: a search makes no network hop)
     const session = this.opts.session;
     const sessionId =
@@ -195,37 +223,9 @@ export class Decider {
       if (!(v instanceof Promise)) verified.session = v;
     }
     const verifiedJson = JSON.stringify(verified);
-    const results: Preview[] = [];
-    for (const name of names) {
-      const req: DecisionRequest = { ...base, action: { name } };
-      const stop = switchDeny(switches, verified.agent.id, req, verified, nowMs);
-      if (stop !== undefined) {
-        results.push({
-          name,
-          outcome: "deny",
-          reasons: [{ code: stop.code, message: stop.message }],
-        });
-        continue;
-      }
-      let out: PolicyOutput | ToolgateError;
-      try {
-        out = checkPolicyOutput(
-          engine.evaluateJson(
-            `{"request":${JSON.stringify(req)},"verified":${verifiedJson}}`,
-            nowNs,
-          ),
-        );
-      } catch (e) {
-        out = normalizeError(e, "policy_evaluation_failed");
-      }
-      if (isToolgateError(out)) {
-        results.push({ name, outcome: "deny", reasons: [failClosedReason(out)] });
-        continue;
-      }
-      const p: Preview = { name, outcome: out.outcome, reasons: out.reasons };
-      if (out.approval !== undefined) p.approval = out.approval;
-      results.push(p);
-    }
+    const results = names.map((name) =>
+      previewOne(scope, verifiedJson, { ...base, action: { name } }),
+    );
     return { policy: { bundle: engine.info.bundle, revision: engine.info.revision }, results };
   }
 
@@ -241,36 +241,27 @@ export class Decider {
   ): { policy: { bundle: string; revision: string }; results: Preview[] } {
     const first = requests[0];
     if (first === undefined) throw toolgateError("invalid_request", "nothing to preview");
+    const scope = this.previewScope(first, ctx);
+    const verifiedJson = JSON.stringify(scope.verified);
+    const results = requests.map((req) => previewOne(scope, verifiedJson, req));
+    const { engine } = scope;
+    return { policy: { bundle: engine.info.bundle, revision: engine.info.revision }, results };
+  }
+
+  /**
+   * What preview() and previewRequests() evaluate with: the caller verified
+   * on `probe`, the active policy (`policy_unavailable` without one) and the
+   * kill switches in force, also put into the verified facts.
+   */
+  private previewScope(probe: DecisionRequest, ctx: RequestContext): PreviewScope {
     const nowMs = this.now();
     const nowNs = nowMs * 1e6;
-    const verified = this.opts.identity.verify(first, nowNs, ctx.principal);
+    const verified = this.opts.identity.verify(probe, nowNs, ctx.principal);
     const engine = this.opts.policy.active();
     if (engine === undefined) throw toolgateError("policy_unavailable");
     const switches = this.opts.containment?.view(nowMs).killswitches ?? [];
     if (this.opts.containment !== undefined) verified.containment = { killswitches: switches };
-    const verifiedJson = JSON.stringify(verified);
-    const results: Preview[] = requests.map((req) => {
-      const name = req.action.name;
-      const stop = switchDeny(switches, verified.agent.id, req, verified, nowMs);
-      if (stop !== undefined)
-        return { name, outcome: "deny", reasons: [{ code: stop.code, message: stop.message }] };
-      let out: PolicyOutput | ToolgateError;
-      try {
-        out = checkPolicyOutput(
-          engine.evaluateJson(
-            `{"request":${JSON.stringify(req)},"verified":${verifiedJson}}`,
-            nowNs,
-          ),
-        );
-      } catch (e) {
-        out = normalizeError(e, "policy_evaluation_failed");
-      }
-      if (isToolgateError(out)) return { name, outcome: "deny", reasons: [failClosedReason(out)] };
-      const p: Preview = { name, outcome: out.outcome, reasons: out.reasons };
-      if (out.approval !== undefined) p.approval = out.approval;
-      return p;
-    });
-    return { policy: { bundle: engine.info.bundle, revision: engine.info.revision }, results };
+    return { nowMs, nowNs, verified, engine, switches };
   }
 
   private *steps(req: DecisionRequest, ctx: RequestContext, requestJson?: string): Steps<Decided> {
