@@ -205,17 +205,12 @@ export function createAgentApp(deps: AgentServerDeps): Express {
         );
       }
       const service = needApprovals();
-      const key = q.headers["idempotency-key"];
-      const idempotencyKey =
-        typeof key === "string" && key.length > 0 && key.length <= 255 ? key : undefined;
+      const idempotencyKey = idempotencyKeyOf(q);
       const who = requesterOf(ctx.principal);
       // the denial it follows: checked last, as the service always did
       return mapMaybe(
         service.submit(accessRequest(req), idempotencyKey, baseUrl(q), who),
-        ({ created, view }) =>
-          Reply.json(created ? 201 : 200, view, {
-            Location: (view.task as { status_endpoint: string }).status_endpoint,
-          }),
+        submittedReply,
       );
     },
   });
@@ -257,19 +252,14 @@ export function createAgentApp(deps: AgentServerDeps): Express {
       if (ctx.principal !== undefined && ctx.principal.id !== body.subject.id) {
         throw toolgateError("subject_mismatch", "the plan's subject is not the token's subject");
       }
-      const key = q.headers["idempotency-key"];
-      const idempotencyKey =
-        typeof key === "string" && key.length > 0 && key.length <= 255 ? key : undefined;
-      const { created, view } = service.submitPlan(
+      const submitted = service.submitPlan(
         body,
         (requests) => decider.previewRequests(requests, ctx),
-        idempotencyKey,
+        idempotencyKeyOf(q),
         baseUrl(q),
         requesterOf(ctx.principal),
       );
-      return Reply.json(created ? 201 : 200, view, {
-        Location: (view.task as { status_endpoint: string }).status_endpoint,
-      });
+      return submittedReply(submitted);
     },
   });
   port.get("/access/v1/plans/:id", {
@@ -373,6 +363,25 @@ export function createAgentApp(deps: AgentServerDeps): Express {
   port.notAllowed(["/v1/data", "/v1/data/*path"], "POST", toOpaError);
   port.notAllowed("/.well-known/authzen-configuration", "GET");
   return port.finish();
+}
+
+/** The request's Idempotency-Key header when it has 1..255 characters; else none. */
+function idempotencyKeyOf(q: Request): string | undefined {
+  const key = q.headers["idempotency-key"];
+  return typeof key === "string" && key.length > 0 && key.length <= 255 ? key : undefined;
+}
+
+/** A submitted access request or plan: 201 if new (200: the same one again), Location: its status. */
+function submittedReply({
+  created,
+  view,
+}: {
+  created: boolean;
+  view: Record<string, unknown>;
+}): Reply {
+  return Reply.json(created ? 201 : 200, view, {
+    Location: (view.task as { status_endpoint: string }).status_endpoint,
+  });
 }
 
 /** The first component that is not OK, as `name: detail`. */
