@@ -447,7 +447,12 @@ async function assemble(
   // fleet mode: the labels a session touched are kept fleet-wide (src/fleet/sessions.ts)
   const sessions =
     localSessions !== undefined && fleet !== undefined
-      ? new FleetSessions(localSessions, fleet.client, config.session.retentionSeconds)
+      ? new FleetSessions(
+          localSessions,
+          fleet.client,
+          config.session.retentionSeconds,
+          config.session.fleetScope,
+        )
       : localSessions;
   const decider = new Decider({
     policy: bundles,

@@ -30,7 +30,7 @@ import type { Logger } from "../shared/log";
 import type { FleetApprovals, FleetSubmission } from "./approvals";
 import { isSidecar, isSidecarPath, type SidecarCredentials } from "./auth";
 import type { StoreHealth } from "./health";
-import type { FleetStore, TaskStatus } from "./store/types";
+import type { FleetStore, SessionLabelRow, TaskStatus } from "./store/types";
 import type { SwitchFeed } from "./stream";
 import type { FleetSwitches } from "./switches";
 
@@ -117,6 +117,13 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
   const labelsBody = validator<{ session_id: string; retention_seconds: number }>(
     "fleet-session-labels.schema.json",
   );
+  const recordBody = validator<{
+    session_id: string;
+    tool: string;
+    decision_id: string;
+    labels: string[];
+    sums: Record<string, number>;
+  }>("fleet-session-record.schema.json");
   const port = new HttpPort({
     name: "control",
     log,
@@ -469,14 +476,48 @@ export function createControlServiceApp(deps: ControlServiceDeps): Express {
         now() - body.retention_seconds * 1000,
       );
       return {
-        labels: rows.map((r) => ({
-          label: r.label,
-          count: r.count,
-          first_at: r.firstAt,
-          last_at: r.lastAt,
-          tools: r.tools,
-          first_decision_id: r.firstDecisionId,
-          last_decision_id: r.lastDecisionId,
+        labels: rows.map(labelToWire),
+      };
+    },
+  });
+  // session.fleet_scope full: every allowed call of a session, and the session's tools fleet-wide
+  port.post("/fleet/v1/sessions/record", {
+    guard: sidecar,
+    body: "json",
+    schema: recordBody,
+    handle: async (body, ctx) => {
+      await health.assertUp();
+      await store.recordSessionEvent({
+        agentId: agent(ctx),
+        sessionId: body.session_id,
+        tool: body.tool,
+        decisionId: body.decision_id,
+        labels: body.labels,
+        sums: body.sums,
+        now: now(),
+      });
+      return { ok: true };
+    },
+  });
+  port.post("/fleet/v1/sessions/summary", {
+    guard: sidecar,
+    body: "json",
+    schema: labelsBody,
+    handle: async (body, ctx) => {
+      await health.assertUp();
+      const at = now();
+      const since = at - body.retention_seconds * 1000;
+      const [labels, tools] = await Promise.all([
+        store.sessionLabels(agent(ctx), body.session_id, since),
+        store.sessionTools(agent(ctx), body.session_id, since, at),
+      ]);
+      return {
+        labels: labels.map(labelToWire),
+        tools: tools.map((t) => ({
+          tool: t.tool,
+          allowed: t.allowed,
+          in_window: t.windows,
+          sums: t.sums,
         })),
       };
     },
@@ -551,4 +592,17 @@ export function startControlServiceServer(deps: ControlServiceDeps): Promise<Run
     headersTimeoutMs: 10_000,
     setting: "control.port / TOOLGATE_CONTROL_PORT",
   });
+}
+
+/** A session label as the fleet wire carries it (docs/openapi-fleet.yaml). */
+function labelToWire(r: SessionLabelRow): Record<string, unknown> {
+  return {
+    label: r.label,
+    count: r.count,
+    first_at: r.firstAt,
+    last_at: r.lastAt,
+    tools: r.tools,
+    first_decision_id: r.firstDecisionId,
+    last_decision_id: r.lastDecisionId,
+  };
 }

@@ -58,6 +58,66 @@ function labelsAnswer(v: unknown): RemoteLabel[] {
   });
 }
 
+interface RemoteTool {
+  tool: string;
+  allowed: number;
+  in_window: Record<string, number>;
+  sums: Record<string, Record<string, number>>;
+}
+
+const WINDOWS = ["60", "3600", "86400"] as const;
+
+/** Three windows' numbers, checked. */
+function windows(v: unknown, what: string): Record<string, number> {
+  const o = obj(v, what);
+  const out = Object.create(null) as Record<string, number>;
+  for (const w of WINDOWS) {
+    const n = o[w];
+    if (typeof n !== "number" || !Number.isFinite(n)) throw new Error(`${what}: window ${w}`);
+    out[w] = n;
+  }
+  return out;
+}
+
+/** POST /fleet/v1/sessions/summary's answer, checked: labels as above, tools ≤ 1000. */
+function summaryAnswer(v: unknown): { labels: RemoteLabel[]; tools: RemoteTool[] } {
+  const what = "session summary";
+  const o = obj(v, what);
+  const tools = o.tools;
+  if (!Array.isArray(tools) || tools.length > 1000) throw new Error(`${what}: tools is not a list`);
+  return {
+    labels: labelsAnswer({ labels: o.labels }),
+    tools: tools.map((x) => {
+      const t = obj(x, what);
+      const sums = obj(t.sums, what);
+      const entries = Object.entries(sums);
+      if (entries.length > 64) throw new Error(`${what}: too many sums`);
+      const out = Object.create(null) as Record<string, Record<string, number>>;
+      for (const [a, w] of entries) out[a] = windows(w, what);
+      return {
+        tool: str(t, "tool", what, 256),
+        allowed: int(t, "allowed", what),
+        in_window: windows(t.in_window, what),
+        sums: out,
+      };
+    }),
+  };
+}
+
+/** Numeric top-level arguments of a call (at most 8, the first), as session state sums them. */
+function numericArguments(req: DecisionRequest): Record<string, number> {
+  const out: Record<string, number> = {};
+  const args = req.action.properties?.arguments;
+  if (args === null || typeof args !== "object" || Array.isArray(args)) return out;
+  let n = 0;
+  for (const [a, v] of Object.entries(args)) {
+    if (typeof v !== "number" || !Number.isFinite(v) || a.length === 0 || a.length > 256) continue;
+    out[a] = v;
+    if (++n === 8) break;
+  }
+  return out;
+}
+
 function okAnswer(v: unknown): true {
   const o = obj(v, "session touch");
   if (o.ok !== true) throw new Error("session touch: not ok");
@@ -69,6 +129,8 @@ export class FleetSessions implements SessionPort {
     private readonly local: SessionStore,
     private readonly client: FleetClient,
     private readonly retentionSeconds: number,
+    /** labels: only labels are fleet-wide; full: every allowed call too (session.fleet_scope). */
+    private readonly scope: "labels" | "full" = "labels",
   ) {}
 
   size(): number {
@@ -82,6 +144,17 @@ export class FleetSessions implements SessionPort {
     engine: RegistrySource,
   ): SessionView | Promise<SessionView> {
     const mine = this.local.view(sessionId, nowMs);
+    if (this.scope === "full" && req.action.name !== "") {
+      return this.client
+        .call(
+          "POST",
+          "/fleet/v1/sessions/summary",
+          { session_id: sessionId, retention_seconds: this.retentionSeconds },
+          summaryAnswer,
+          "session summary",
+        )
+        .then((fleet) => mergeTools(merge(mine, fleet.labels), fleet.tools, engine));
+    }
     if (toolRegistry(engine).get(req.action.name)?.egress !== true) return mine;
     return this.client
       .call(
@@ -100,8 +173,27 @@ export class FleetSessions implements SessionPort {
     req: DecisionRequest,
     engine: RegistrySource,
   ): Promise<void> | undefined {
-    const reads = toolRegistry(engine).get(req.action.name)?.reads ?? [];
-    if (reads.length === 0 || decision.outcome !== "allow") return undefined;
+    const facts = toolRegistry(engine).get(req.action.name);
+    const reads = facts?.reads ?? [];
+    if (decision.outcome !== "allow") return undefined;
+    if (this.scope === "full" && facts !== undefined) {
+      return this.client
+        .call(
+          "POST",
+          "/fleet/v1/sessions/record",
+          {
+            session_id: sessionId,
+            tool: req.action.name,
+            decision_id: decision.decision_id,
+            labels: reads,
+            sums: numericArguments(req),
+          },
+          okAnswer,
+          "session record",
+        )
+        .then(() => undefined);
+    }
+    if (reads.length === 0) return undefined;
     return this.client
       .call(
         "POST",
@@ -158,6 +250,40 @@ function merge(mine: SessionView, remote: RemoteLabel[]): SessionView {
       l.last_ns = r.last_at * 1e6;
       l.last_decision_id = r.last_decision_id;
     }
+  }
+  return mine;
+}
+
+/**
+ * scope full: the fleet's counts, windows and sums of allowed calls replace
+ * this sidecar's own (they include them: every allow was recorded there
+ * first); only tools the registry knows become keys.
+ */
+function mergeTools(mine: SessionView, fleet: RemoteTool[], engine: RegistrySource): SessionView {
+  const registry = toolRegistry(engine);
+  for (const f of fleet) {
+    const facts = registry.get(f.tool);
+    if (facts === undefined) continue;
+    let t = mine.tools[f.tool];
+    if (t === undefined) {
+      t = {
+        class: facts.class,
+        allowed: 0,
+        denied: 0,
+        needs_approval: 0,
+        reported_ok: 0,
+        reported_error: 0,
+        last_ns: 0,
+        last_outcome: "allow",
+        last_decision_id: "",
+        in_window: Object.create(null) as Record<string, number>,
+        sums: Object.create(null) as Record<string, Record<string, number>>,
+      };
+      mine.tools[f.tool] = t;
+    }
+    t.allowed = Math.max(t.allowed, f.allowed);
+    t.in_window = f.in_window;
+    t.sums = f.sums;
   }
   return mine;
 }

@@ -3,7 +3,7 @@
  * session for the policy (`input.verified.session`, docs/sessions.md).
  * Leaf-level: imports only the schema builder.
  */
-import { int } from "../shared/config-spec";
+import { int, oneOf } from "../shared/config-spec";
 
 export const SESSION = {
   maxEvents: int({
@@ -29,6 +29,12 @@ export const SESSION = {
     max: 10_000_000,
     default: 100_000,
     doc: "Decisions kept for the windows over all sessions together (at least session.max_events); beyond this the least recently active sessions are forgotten first. Bounds memory whatever the agent does: an event takes about 160 bytes, up to about 800 with many numeric arguments (docs/sessions.md).",
+  }),
+  fleetScope: oneOf(["labels", "full"], {
+    key: "session.fleet_scope",
+    env: "TOOLGATE_SESSION_FLEET_SCOPE",
+    default: "labels",
+    doc: "Fleet mode: what of a session is kept fleet-wide by toolgate control. `labels`: the data labels its allowed calls read (a labelled read and an egress call each wait on the control service; other calls make no hop). `full`: also every allowed call's tool and numeric arguments, so counts, windows and sums are fleet-wide — every decision in a session then waits on the control service (docs/sessions.md).",
   }),
   retentionSeconds: int({
     key: "session.retention_seconds",

@@ -7,11 +7,14 @@
  * read and an egress call are denied session_unavailable (fail closed), and
  * a call that neither reads labels nor sends data out goes on.
  */
+import { createHash } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Toolgate } from "../../src/app";
+import type { DecisionRequest } from "../../src/model";
 import { compileConfig } from "../../src/config";
+import type { FleetSessions } from "../../src/fleet";
 import { startControlService, type ControlService } from "../../src/control";
 import { silentLogger } from "../../src/shared/log";
 import { until } from "../helpers/bundles";
@@ -52,18 +55,19 @@ async function startControl(): Promise<ControlService> {
   });
 }
 
-async function synced(): Promise<Toolgate> {
+async function synced(env: Record<string, string> = {}): Promise<Toolgate> {
   const tg = await startTestToolgate({
     TOOLGATE_FLEET_URL: `http://127.0.0.1:${controlPort}`,
     TOOLGATE_FLEET_MAX_STALENESS_SECONDS: "2",
+    ...env,
   });
   sidecars.push(tg);
   await until(() => tg.fleet?.client.status().state === "OK");
   return tg;
 }
 
-const inSession = (tool: string, session: string) => {
-  const r = refRequest({ tool });
+const inSession = (tool: string, session: string, args?: Record<string, unknown>) => {
+  const r = refRequest({ tool, ...(args ? { args } : {}) });
   r.context = { ...(r.context as object), session: { id: session } };
   return r;
 };
@@ -120,4 +124,66 @@ test("control unreachable: a labelled read and an egress call are denied session
     control = await startControl();
   }
   await until(async () => (await decide(a, inSession("tickets.read", "fs-4"))).outcome === "allow");
+});
+
+describe("session.fleet_scope full: counts, windows and sums are fleet-wide too", () => {
+  const full = { TOOLGATE_SESSION_FLEET_SCOPE: "full" };
+  /** The Decider's key for alice's session `id` (a digest of the subject, then the id). */
+  const key = (id: string) =>
+    `${createHash("sha256").update("alice").digest("base64url").slice(0, 22)}:${id}`;
+
+  test("refunds through A and B are counted and summed together, on both", async () => {
+    const [a, b] = await Promise.all([synced(full), synced(full)]);
+    expect((await decide(a, inSession("refunds.issue", "ff-1", { amount: 10 }))).outcome).toBe(
+      "allow",
+    );
+    expect((await decide(b, inSession("refunds.issue", "ff-1", { amount: 20 }))).outcome).toBe(
+      "allow",
+    );
+    expect((await decide(a, inSession("refunds.issue", "ff-2", { amount: 7 }))).outcome).toBe(
+      "allow",
+    );
+    for (const tg of [a, b]) {
+      const engine = tg.bundles.active();
+      if (engine === undefined || tg.sessions === undefined) throw new Error("not ready");
+      const req = inSession("refunds.issue", "ff-1", { amount: 1 }) as unknown as DecisionRequest;
+      const sessions = tg.sessions as unknown as FleetSessions;
+      const v = (await sessions.view(key("ff-1"), Date.now(), req, engine)) as {
+        tools: Record<
+          string,
+          {
+            allowed: number;
+            in_window: Record<string, number>;
+            sums: Record<string, Record<string, number>>;
+          }
+        >;
+      };
+      expect(v.tools["refunds.issue"]).toMatchObject({
+        allowed: 2,
+        in_window: { "60": 2, "3600": 2, "86400": 2 },
+        sums: { amount: { "60": 30, "3600": 30, "86400": 30 } },
+      });
+    }
+    // labels still gate egress across sidecars in this scope
+    await decide(a, inSession("tickets.read", "ff-1"));
+    const post = await decide(b, inSession("web.post", "ff-1"));
+    expect([post.outcome, codes(post)]).toEqual([
+      "needs_approval",
+      ["egress_after_sensitive_read"],
+    ]);
+  });
+
+  test("control unreachable: every decision in a session is denied session_unavailable; without one it goes on", async () => {
+    const a = await synced(full);
+    await control?.stop();
+    control = undefined;
+    try {
+      const draft = await decide(a, inSession("replies.draft", "ff-3"));
+      expect([draft.outcome, codes(draft)]).toEqual(["deny", ["session_unavailable"]]);
+      const noSession = await decide(a, refRequest({ tool: "replies.draft" }));
+      expect(noSession.outcome).toBe("allow");
+    } finally {
+      control = await startControl();
+    }
+  });
 });

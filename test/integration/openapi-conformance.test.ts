@@ -833,6 +833,31 @@ describe("toolgate control answers as docs/openapi-control.yaml says", () => {
       body: { session_id: "s-1", retention_seconds: 3600 },
       headers: olga,
     });
+    // session.fleet_scope full: an allowed call recorded, the session summarised
+    const rec = "/fleet/v1/sessions/record";
+    await call(F, u, "POST", rec, rec, 200, {
+      body: {
+        session_id: "s-2",
+        tool: "refunds.issue",
+        decision_id: "d-10",
+        labels: [],
+        sums: { amount: 12 },
+      },
+      headers: bot,
+    });
+    await call(F, u, "POST", rec, rec, 400, {
+      body: { session_id: "s-2", tool: "t", decision_id: "d", labels: [], sums: { a: "x" } },
+      headers: bot,
+    });
+    const sum = "/fleet/v1/sessions/summary";
+    const summary = await call(F, u, "POST", sum, sum, 200, {
+      body: { session_id: "s-2", retention_seconds: 3600 },
+      headers: bot,
+    });
+    expect(summary.json).toMatchObject({
+      labels: [],
+      tools: [{ tool: "refunds.issue", allowed: 1, sums: { amount: { "3600": 12 } } }],
+    });
     const budgets = await call(C, u, "GET", "/v1/budgets", "/v1/budgets", 200, { headers: olga });
     expect((budgets.json as { budgets: unknown[] }).budgets.length).toBe(1);
     await call(C, u, "GET", "/v1/budgets", "/v1/budgets", 403, { headers: maria });

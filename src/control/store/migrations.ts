@@ -356,6 +356,22 @@ CREATE TABLE session_labels (
 CREATE INDEX session_labels_last_at ON session_labels (last_at);
 `,
   },
+  {
+    version: 8,
+    name: "create session_events",
+    sql: `
+CREATE TABLE session_events (
+  agent_id text NOT NULL,
+  session_id text NOT NULL,
+  at bigint NOT NULL,
+  tool text NOT NULL,
+  decision_id text NOT NULL,
+  sums jsonb NOT NULL
+);
+CREATE INDEX session_events_by_session ON session_events (agent_id, session_id, at);
+CREATE INDEX session_events_at ON session_events (at);
+`,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.reduce((v, m) => Math.max(v, m.version), 0);

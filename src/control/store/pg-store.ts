@@ -54,7 +54,9 @@ import type {
   ReserveInput,
   ReserveResult,
   ResolveResult,
+  SessionEventInput,
   SessionLabelRow,
+  SessionToolRow,
   SessionTouchInput,
   SidecarRow,
   SidecarUpsert,
@@ -1013,6 +1015,118 @@ export class PgFleetStore implements FleetStore {
     }));
   }
 
+  async recordSessionEvent(input: SessionEventInput): Promise<void> {
+    const now = checkTime("now", input.now);
+    const agentId = checkText("agentId", input.agentId);
+    const sessionId = checkText("sessionId", input.sessionId);
+    const tool = checkText("tool", input.tool);
+    const decisionId = checkText("decisionId", input.decisionId);
+    if (!Array.isArray(input.labels) || input.labels.length > 32)
+      throw toolgateError("invalid_request", "labels must be an array of at most 32");
+    const labels = [...new Set(input.labels.map((l, i) => checkText(`labels[${i}]`, l, 64)))];
+    if (!isObject(input.sums)) throw toolgateError("invalid_request", "sums must be an object");
+    const sums = Object.entries(input.sums);
+    if (sums.length > 8) throw toolgateError("invalid_request", "sums has more than 8 arguments");
+    for (const [k, v] of sums) {
+      checkText("sums key", k, 256);
+      if (typeof v !== "number" || !Number.isFinite(v))
+        throw toolgateError("invalid_request", "sums values must be finite numbers");
+    }
+    // the event and its labels in one statement (one round trip, one transaction)
+    const r = await this.single(
+      "record session event",
+      "toolgate_session_event",
+      `WITH ev AS (
+         INSERT INTO session_events (agent_id, session_id, at, tool, decision_id, sums)
+         VALUES ($1, $2, $3, $4, $5, $7::jsonb)
+         RETURNING 1),
+       up AS (
+         INSERT INTO session_labels AS s (agent_id, session_id, label, count, first_at, last_at,
+                                          tools, first_decision_id, last_decision_id)
+         SELECT $1, $2, l, 1, $3, $3, ARRAY[$4::text], $5, $5 FROM unnest($6::text[]) AS l
+         ON CONFLICT (agent_id, session_id, label) DO UPDATE SET
+           count = s.count + 1,
+           last_at = GREATEST(s.last_at, EXCLUDED.last_at),
+           tools = CASE WHEN $4 = ANY (s.tools) OR cardinality(s.tools) >= 16 THEN s.tools
+                        ELSE s.tools || $4::text END,
+           last_decision_id = EXCLUDED.last_decision_id
+         RETURNING 1)
+       SELECT (SELECT count(*) FROM ev)::int AS e, (SELECT count(*) FROM up)::int AS n`,
+      [agentId, sessionId, now, tool, decisionId, labels, JSON.stringify(Object.fromEntries(sums))],
+    );
+    this.row("record session event", r, (row) => {
+      if (dbl(row, "e") !== 1 || dbl(row, "n") !== labels.length)
+        throw new RowError("the event or a label was not written");
+    });
+  }
+
+  async sessionTools(
+    agentId: string,
+    sessionId: string,
+    since: number,
+    now: number,
+  ): Promise<SessionToolRow[]> {
+    checkText("agentId", agentId);
+    checkText("sessionId", sessionId);
+    checkTime("since", since);
+    checkTime("now", now);
+    const c = await this.connect("read session tools");
+    let broken: Error | undefined;
+    let counts: Row[];
+    let sums: Row[];
+    try {
+      const w = [now - 60_000, now - 3_600_000, now - 86_400_000];
+      counts = (
+        await c.query<Row>({
+          name: "toolgate_session_tools",
+          text: `SELECT tool, count(*) AS allowed,
+                   count(*) FILTER (WHERE at > $4) AS w60,
+                   count(*) FILTER (WHERE at > $5) AS w3600,
+                   count(*) FILTER (WHERE at > $6) AS w86400
+                 FROM session_events WHERE agent_id = $1 AND session_id = $2 AND at >= $3
+                 GROUP BY tool ORDER BY tool LIMIT 1000`,
+          values: [agentId, sessionId, since, ...w],
+        })
+      ).rows;
+      sums = (
+        await c.query<Row>({
+          name: "toolgate_session_sums",
+          text: `SELECT e.tool, s.key AS arg,
+                   COALESCE(sum(s.value::text::float8) FILTER (WHERE e.at > $4), 0) AS w60,
+                   COALESCE(sum(s.value::text::float8) FILTER (WHERE e.at > $5), 0) AS w3600,
+                   COALESCE(sum(s.value::text::float8) FILTER (WHERE e.at > $6), 0) AS w86400
+                 FROM session_events e, jsonb_each(e.sums) s
+                 WHERE e.agent_id = $1 AND e.session_id = $2 AND e.at >= $3
+                   AND jsonb_typeof(s.value) = 'number'
+                 GROUP BY e.tool, s.key ORDER BY e.tool, s.key LIMIT 8000`,
+          values: [agentId, sessionId, since, ...w],
+        })
+      ).rows;
+    } catch (e) {
+      broken = e as Error;
+      throw this.unavailable("read session tools", e);
+    } finally {
+      c.release(broken);
+    }
+    const out = new Map<string, SessionToolRow>();
+    for (const row of this.rows("read session tools", counts, (r) => ({
+      tool: text(r, "tool"),
+      allowed: ms(r, "allowed"),
+      windows: { "60": ms(r, "w60"), "3600": ms(r, "w3600"), "86400": ms(r, "w86400") },
+      sums: nullProto({}),
+    })))
+      out.set(row.tool, row);
+    for (const s of this.rows("read session tools", sums, (r) => ({
+      tool: text(r, "tool"),
+      arg: text(r, "arg"),
+      w: { "60": dbl(r, "w60"), "3600": dbl(r, "w3600"), "86400": dbl(r, "w86400") },
+    }))) {
+      const t = out.get(s.tool);
+      if (t !== undefined) t.sums[s.arg] = s.w;
+    }
+    return [...out.values()];
+  }
+
   // -- budgets ------------------------------------------------------------------------
 
   async reserve(input: ReserveInput): Promise<ReserveResult> {
@@ -1281,7 +1395,13 @@ export class PgFleetStore implements FleetStore {
          SELECT agent_id, session_id, label FROM session_labels WHERE last_at < $1 LIMIT $2)`,
       [now - MAX_WINDOW_MS, n],
     );
-    return { budgetRows, evaluations, rateBuckets, sidecars, sessionLabels };
+    const sessionEvents = await count(
+      "prune session events",
+      `DELETE FROM session_events WHERE ctid IN (
+         SELECT ctid FROM session_events WHERE at < $1 LIMIT $2)`,
+      [now - MAX_WINDOW_MS, n],
+    );
+    return { budgetRows, evaluations, rateBuckets, sidecars, sessionLabels, sessionEvents };
   }
 
   // -- internals ---------------------------------------------------------------------

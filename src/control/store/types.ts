@@ -244,7 +244,23 @@ export interface SessionTouchInput {
   now: number;
 }
 
+/** One allowed call of a session (session.fleet_scope full): its tool and numeric arguments. */
+export interface SessionEventInput extends SessionTouchInput {
+  /** Numeric top-level arguments (≤ 8, finite). */
+  sums: Record<string, number>;
+}
+
+/** A session's allowed calls per tool, fleet-wide: in all and within the last 60 s, 1 h, 24 h. */
+export interface SessionToolRow {
+  tool: string;
+  allowed: number;
+  windows: { "60": number; "3600": number; "86400": number };
+  /** Per numeric argument, its sum within each window. */
+  sums: Record<string, { "60": number; "3600": number; "86400": number }>;
+}
+
 export interface PruneResult {
+  sessionEvents: number;
   sessionLabels: number;
   budgetRows: number;
   evaluations: number;
@@ -409,6 +425,15 @@ export interface FleetStore {
   touchSession(input: SessionTouchInput): Promise<void>;
   /** The labels a session of `agentId` touched at or after `since`. */
   sessionLabels(agentId: string, sessionId: string, since: number): Promise<SessionLabelRow[]>;
+  /** An allowed call of a session: its event (for the windows) and its labels, in one statement. */
+  recordSessionEvent(input: SessionEventInput): Promise<void>;
+  /** A session's allowed calls per tool since `since`, counted and summed in windows ending at `now`. */
+  sessionTools(
+    agentId: string,
+    sessionId: string,
+    since: number,
+    now: number,
+  ): Promise<SessionToolRow[]>;
 
   // sidecars
   /** Registers or refreshes a sidecar (connected_at set on insert, last_seen = now). */
