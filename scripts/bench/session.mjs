@@ -6,6 +6,7 @@
 //    web.post and tickets.read in a session holding --events allowed calls, all inside the
 //    widest window (the worst case for the windows), against the same calls with no session;
 // 2. heap per session: 200 sessions of 100 events, and 20 sessions of --events events.
+import { createHash } from "node:crypto";
 import fs from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
@@ -67,7 +68,10 @@ for (let i = 0; i < EVENTS; i++) {
       : decide(request(i % 3 === 1 ? "tickets.read" : "replies.draft", "long"));
   if (d.outcome !== "allow") throw new Error(`fill: ${d.outcome} ${JSON.stringify(d.reasons)}`);
 }
-const view = parts.sessions.view("long", Date.now());
+// the Decider keys a session by a digest of the verified subject, then the id
+const sessionKey = (id) =>
+  `${createHash("sha256").update("alice").digest("base64url").slice(0, 22)}:${id}`;
+const view = parts.sessions.view(sessionKey("long"), Date.now());
 const kept = Object.values(view.tools).reduce((n, t) => n + t.in_window["86400"], 0);
 if (kept !== EVENTS) throw new Error(`the long session keeps ${kept} events, want ${EVENTS}`);
 
