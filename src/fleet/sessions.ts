@@ -19,7 +19,13 @@
 import type { Decision, DecisionRequest } from "../model";
 import type { SessionPort } from "../decision/ports";
 import type { SessionStore } from "../session";
-import { LABEL_PATTERN, toolRegistry, type RegistrySource, type SessionView } from "../session";
+import {
+  LABEL_PATTERN,
+  toolRegistry,
+  toolTotals,
+  type RegistrySource,
+  type SessionView,
+} from "../session";
 import type { FleetClient } from "./client";
 import { int, obj, str } from "./wire";
 
@@ -267,15 +273,7 @@ function mergeTools(mine: SessionView, fleet: RemoteTool[], engine: RegistrySour
     let t = mine.tools[f.tool];
     if (t === undefined) {
       t = {
-        class: facts.class,
-        allowed: 0,
-        denied: 0,
-        needs_approval: 0,
-        reported_ok: 0,
-        reported_error: 0,
-        last_ns: 0,
-        last_outcome: "allow",
-        last_decision_id: "",
+        ...toolTotals(facts.class, 0, "allow", ""),
         in_window: Object.create(null) as Record<string, number>,
         sums: Object.create(null) as Record<string, Record<string, number>>,
       };

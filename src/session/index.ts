@@ -6,6 +6,7 @@ export {
   checkToolRegistry,
   LABEL_PATTERN,
   toolRegistry,
+  toolTotals,
   type RegistrySource,
   type SessionOptions,
   type SessionView,

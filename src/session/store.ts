@@ -178,6 +178,26 @@ interface ToolTotals {
   last_decision_id: string;
 }
 
+/** A tool's totals before its first counted call (also the fleet's, src/fleet/sessions.ts). */
+export function toolTotals(
+  cls: string | null,
+  lastNs: number,
+  lastOutcome: Outcome,
+  lastDecisionId: string,
+): ToolTotals {
+  return {
+    class: cls,
+    allowed: 0,
+    denied: 0,
+    needs_approval: 0,
+    reported_ok: 0,
+    reported_error: 0,
+    last_ns: lastNs,
+    last_outcome: lastOutcome,
+    last_decision_id: lastDecisionId,
+  };
+}
+
 interface LabelTotals {
   /** Set when the session was forgotten to make room and came back: the label may have been read. */
   forgotten?: true;
@@ -408,17 +428,7 @@ export class SessionStore implements SessionPort {
     const nowNs = nowMs * 1e6;
     let t = s.tools.get(tool);
     if (t === undefined) {
-      t = {
-        class: facts.class,
-        allowed: 0,
-        denied: 0,
-        needs_approval: 0,
-        reported_ok: 0,
-        reported_error: 0,
-        last_ns: nowNs,
-        last_outcome: decision.outcome,
-        last_decision_id: decision.decision_id,
-      };
+      t = toolTotals(facts.class, nowNs, decision.outcome, decision.decision_id);
       s.tools.set(tool, t);
     }
     t.last_ns = nowNs;

@@ -285,6 +285,22 @@ function checkTime(name: string, v: unknown): number {
     throw toolgateError("invalid_request", `${name} must be epoch milliseconds (an integer)`);
   return v;
 }
+/**
+ * The labels $6 of a session's allowed call, upserted (parameters: $1 agent,
+ * $2 session, $3 now, $4 tool, $5 decision): counted, the tool remembered
+ * (at most 16), the last decision. Shared by touchSession and recordSessionEvent.
+ */
+const SESSION_LABELS_UPSERT = `INSERT INTO session_labels AS s (agent_id, session_id, label, count, first_at, last_at,
+                                          tools, first_decision_id, last_decision_id)
+         SELECT $1, $2, l, 1, $3, $3, ARRAY[$4::text], $5, $5 FROM unnest($6::text[]) AS l
+         ON CONFLICT (agent_id, session_id, label) DO UPDATE SET
+           count = s.count + 1,
+           last_at = GREATEST(s.last_at, EXCLUDED.last_at),
+           tools = CASE WHEN $4 = ANY (s.tools) OR cardinality(s.tools) >= 16 THEN s.tools
+                        ELSE s.tools || $4::text END,
+           last_decision_id = EXCLUDED.last_decision_id
+         RETURNING 1`;
+
 function checkText(name: string, v: unknown, max = 512): string {
   if (typeof v !== "string" || v === "" || v.length > max)
     throw toolgateError("invalid_request", `${name} must be a non-empty string of ≤ ${max} chars`);
@@ -960,16 +976,7 @@ export class PgFleetStore implements FleetStore {
       "touch session",
       "toolgate_session_touch",
       `WITH up AS (
-         INSERT INTO session_labels AS s (agent_id, session_id, label, count, first_at, last_at,
-                                          tools, first_decision_id, last_decision_id)
-         SELECT $1, $2, l, 1, $3, $3, ARRAY[$4::text], $5, $5 FROM unnest($6::text[]) AS l
-         ON CONFLICT (agent_id, session_id, label) DO UPDATE SET
-           count = s.count + 1,
-           last_at = GREATEST(s.last_at, EXCLUDED.last_at),
-           tools = CASE WHEN $4 = ANY (s.tools) OR cardinality(s.tools) >= 16 THEN s.tools
-                        ELSE s.tools || $4::text END,
-           last_decision_id = EXCLUDED.last_decision_id
-         RETURNING 1)
+         ${SESSION_LABELS_UPSERT})
        SELECT count(*)::int AS n FROM up`,
       [agentId, sessionId, now, tool, decisionId, labels],
     );
@@ -1041,16 +1048,7 @@ export class PgFleetStore implements FleetStore {
          VALUES ($1, $2, $3, $4, $5, $7::jsonb)
          RETURNING 1),
        up AS (
-         INSERT INTO session_labels AS s (agent_id, session_id, label, count, first_at, last_at,
-                                          tools, first_decision_id, last_decision_id)
-         SELECT $1, $2, l, 1, $3, $3, ARRAY[$4::text], $5, $5 FROM unnest($6::text[]) AS l
-         ON CONFLICT (agent_id, session_id, label) DO UPDATE SET
-           count = s.count + 1,
-           last_at = GREATEST(s.last_at, EXCLUDED.last_at),
-           tools = CASE WHEN $4 = ANY (s.tools) OR cardinality(s.tools) >= 16 THEN s.tools
-                        ELSE s.tools || $4::text END,
-           last_decision_id = EXCLUDED.last_decision_id
-         RETURNING 1)
+         ${SESSION_LABELS_UPSERT})
        SELECT (SELECT count(*) FROM ev)::int AS e, (SELECT count(*) FROM up)::int AS n`,
       [agentId, sessionId, now, tool, decisionId, labels, JSON.stringify(Object.fromEntries(sums))],
     );
