@@ -26,8 +26,6 @@ const MAX_PENDING_REPORTS = 10_000;
 export const MAX_TOOL_LABELS = 32;
 /** What a data label may look like (a bundle with another is refused). */
 export const LABEL_PATTERN = /^[A-Za-z0-9_.:/-]{1,64}$/;
-/** Label names remembered for evicted sessions, at most. */
-const MAX_KNOWN_LABELS = 4096;
 
 export interface SessionOptions {
   maxEvents: number;
@@ -70,15 +68,15 @@ class EvictedLabels {
   add(id: string, labels: Iterable<string>): void {
     const f = (this.filter ??= new Uint8Array(EvictedLabels.BITS / 8));
     for (const label of labels) {
-      // beyond MAX_KNOWN_LABELS names the pair is still recorded under a catch-all name
-      const name = this.labels.has(label) || this.labels.size < MAX_KNOWN_LABELS ? label : "*";
-      this.labels.add(name);
-      for (const b of EvictedLabels.hashes(name, id))
+      // every name is kept: labels come from checked bundles (≤ 64 characters each), and a
+      // catch-all name would be one the policy does not know as sensitive (fail open)
+      this.labels.add(label);
+      for (const b of EvictedLabels.hashes(label, id))
         f[b >>> 3] = (f[b >>> 3] as number) | (1 << (b & 7));
     }
   }
 
-  /** The labels an evicted session of this id may have touched ("*": some label beyond the known names). */
+  /** The labels an evicted session of this id may have touched. */
   of(id: string): string[] {
     const f = this.filter;
     if (f === undefined) return [];

@@ -265,3 +265,15 @@ test("a bundle whose registry declares labels session state could not honour is 
   ])
     expect(() => checkToolRegistry(bad(t))).toThrow(/data\.toolgate\.deployment\.tools\["x"\]/);
 });
+
+test("an evicted session's label is remembered by name however many labels came before", () => {
+  const n = 5000;
+  const tools = Object.fromEntries(
+    Array.from({ length: n }, (_, i) => [`t.${i}`, { class: "read", reads: [`l_${i}`] }]),
+  );
+  const wide = { data: { toolgate: { deployment: { tools } } } };
+  const s = store({ maxSessions: 1 });
+  for (let i = 0; i < n; i++) s.record(`s-${i}`, decision("allow"), req(`t.${i}`), wide, i);
+  s.record("last", decision("allow"), req("t.0"), wide, n);
+  expect(s.view(`s-${n - 1}`, n + 1).labels[`l_${n - 1}`]).toMatchObject({ forgotten: true });
+});
