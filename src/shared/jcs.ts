@@ -58,9 +58,75 @@ export function compareUtf16(a: string, b: string): number {
 
 /** The canonical (RFC 8785) JSON text of `value`. */
 export function canonicalize(value: unknown): string {
+  // The fast writer handles the common case (plain JSON, well-formed strings,
+  // shallow) with no path bookkeeping; on anything it does not accept it gives
+  // up and the full writer below decides, writing the text or naming the path
+  // it refuses. Both write the same text for every value the fast one accepts.
+  const fast = fastWrite(value, 0);
+  if (fast !== undefined) return fast;
   const out: string[] = [];
   write(value, "$", 0, new Set<object>(), out, false);
   return out.join("");
+}
+
+/** Deeper than this the fast writer gives up (cycles end here too). */
+const FAST_MAX_DEPTH = 64;
+
+// String.prototype.isWellFormed (ES2024; Node 20+), else the regular expression.
+const isWellFormed = (String.prototype as { isWellFormed?: (this: string) => boolean })
+  .isWellFormed;
+const wellFormed: (s: string) => boolean =
+  typeof isWellFormed === "function" ? (s) => isWellFormed.call(s) : (s) => !LONE_SURROGATE.test(s);
+
+/**
+ * The canonical text of `value` if it is plain JSON nested no deeper than
+ * {@link FAST_MAX_DEPTH}, else undefined (never throws on a value's shape).
+ * Object members are sorted by the default sort, which compares UTF-16 code
+ * units as {@link compareUtf16} does.
+ */
+function fastWrite(value: unknown, depth: number): string | undefined {
+  switch (typeof value) {
+    case "string":
+      return wellFormed(value) ? JSON.stringify(value) : undefined;
+    case "number":
+      return Number.isFinite(value) ? String(value) : undefined;
+    case "boolean":
+      return value ? "true" : "false";
+    case "object":
+      break;
+    default:
+      return undefined;
+  }
+  if (value === null) return "null";
+  if (depth >= FAST_MAX_DEPTH) return undefined;
+  if (Array.isArray(value)) {
+    if (Object.getPrototypeOf(value) !== Array.prototype) return undefined;
+    let text = "[";
+    for (let i = 0; i < value.length; i++) {
+      if (!(i in value)) return undefined;
+      const item = fastWrite((value as unknown[])[i], depth + 1);
+      if (item === undefined) return undefined;
+      text += i === 0 ? item : `,${item}`;
+    }
+    return `${text}]`;
+  }
+  const proto: unknown = Object.getPrototypeOf(value);
+  if (proto !== Object.prototype && proto !== null) return undefined;
+  if (Object.getOwnPropertySymbols(value).length > 0) return undefined;
+  const record = value as Record<string, unknown>;
+  const keys = Object.keys(record).sort();
+  let text = "{";
+  let first = true;
+  for (const key of keys) {
+    const member = record[key];
+    if (member === undefined) continue;
+    if (!wellFormed(key)) return undefined;
+    const m = fastWrite(member, depth + 1);
+    if (m === undefined) return undefined;
+    text += `${first ? "" : ","}${JSON.stringify(key)}:${m}`;
+    first = false;
+  }
+  return `${text}}`;
 }
 
 /** What {@link canonicalizeAny} writes for a cycle or nesting deeper than {@link ANY_MAX_DEPTH}. */

@@ -312,6 +312,98 @@ describe("toolgate's strictness decisions", () => {
   });
 });
 
+describe("the fast writer and the full writer agree", () => {
+  // canonicalize tries a fast writer first (no path bookkeeping) and falls back to
+  // the full one on anything it does not accept; canonicalizeAny always runs the full
+  // one. For JSON both must write the same text, and a lone surrogate must still be
+  // refused, at any depth, including past the fast writer's depth limit (64).
+  function rng(seed: number): () => number {
+    let x = seed >>> 0 || 1;
+    return () => {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      return (x >>> 0) / 2 ** 32;
+    };
+  }
+  const UNITS = [0x00, 0x1f, 0x22, 0x41, 0x5c, 0x7f, 0xe9, 0x2028, 0xd83d, 0xde00, 0xdbff, 0xfb33];
+  function str(r: () => number, surrogatesOk: boolean): string {
+    let s = "";
+    const n = Math.floor(r() * 6);
+    for (let i = 0; i < n; i++) {
+      const u = UNITS[Math.floor(r() * UNITS.length)] ?? 0x41;
+      if (u >= 0xd800 && u <= 0xdfff && !surrogatesOk) s += "\ud83d\ude00";
+      else s += String.fromCharCode(u);
+    }
+    return s;
+  }
+  const NUMBERS = [0, -0, 1, -1.5, 1e21, 1e-7, 123456789012345680000, 5e-324, 0.1 + 0.2];
+  function value(r: () => number, depth: number, maxDepth: number, lone: boolean): unknown {
+    const k = depth >= maxDepth ? Math.floor(r() * 4) : Math.floor(r() * 6);
+    switch (k) {
+      case 0:
+        return str(r, lone);
+      case 1:
+        return NUMBERS[Math.floor(r() * NUMBERS.length)];
+      case 2:
+        return r() < 0.5;
+      case 3:
+        return null;
+      case 4: {
+        const n = depth > 8 ? 1 : Math.floor(r() * 4);
+        return Array.from({ length: n }, () => value(r, depth + 1, maxDepth, lone));
+      }
+      default: {
+        const o = (r() < 0.2 ? Object.create(null) : {}) as Record<string, unknown>;
+        const n = depth > 8 ? 1 : Math.floor(r() * 4);
+        for (let i = 0; i < n; i++) o[str(r, lone)] = value(r, depth + 1, maxDepth, lone);
+        if (r() < 0.1) o.gone = undefined;
+        return o;
+      }
+    }
+  }
+  const hasLone = (text: string) => !isWellFormedText(text);
+  function isWellFormedText(t: string): boolean {
+    return !/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/.test(t);
+  }
+
+  test("2,000 seeded random JSON values, shallow and past depth 64", () => {
+    const r = rng(20261201);
+    let refused = 0;
+    for (let i = 0; i < 2000; i++) {
+      const lone = i % 3 === 0;
+      const v = value(r, 0, i % 10 === 0 ? 90 : 6, lone);
+      const any = canonicalizeAny(v);
+      // canonicalizeAny escapes a lone surrogate where canonicalize refuses it.
+      const c = code(() => canonicalize(v));
+      if (c === undefined) expect(canonicalize(v)).toBe(any);
+      else {
+        expect(c).toBe("json_not_canonicalizable");
+        refused++;
+        expect(strings(v).some(hasLone)).toBe(true);
+      }
+    }
+    expect(refused).toBeGreaterThan(50);
+  });
+
+  function strings(v: unknown): string[] {
+    if (typeof v === "string") return [v];
+    if (Array.isArray(v)) return v.flatMap(strings);
+    if (v !== null && typeof v === "object")
+      return Object.entries(v).flatMap(([k, x]) => (x === undefined ? [] : [k, ...strings(x)]));
+    return [];
+  }
+
+  test("a value the fast writer gives up on at depth 64 is written by the full one", () => {
+    let deep: unknown = { b: "x", a: [1] };
+    for (let i = 0; i < 70; i++) deep = { k: deep };
+    expect(canonicalize(deep)).toBe(canonicalizeAny(deep));
+    let bad: unknown = "\udc00";
+    for (let i = 0; i < 70; i++) bad = [bad];
+    rejects(bad, /lone surrogate/);
+  });
+});
+
 describe("canonicalizeAny: the same text for JSON, a text for anything else", () => {
   test("JSON values: exactly what canonicalize writes", () => {
     const values: unknown[] = [
