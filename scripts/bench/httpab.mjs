@@ -87,10 +87,17 @@ function freePort() {
     });
   });
 }
-function cpuSeconds(pid) {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+function cpuSeconds(pid, tid) {
+  const stat = fs.readFileSync(
+    tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`,
+    "utf8",
+  );
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+}
+function sysSeconds(pid, tid) {
+  const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[12]) / CLK_TCK;
 }
 function start(name, cmd, args, env) {
   const out = fs.openSync(path.join(TMP, `${name}.log`), "w");
@@ -138,6 +145,9 @@ async function load(target, connections, seconds) {
   const lat = [];
   let bad = 0;
   const cpu0 = cpuSeconds(target.pid);
+  const main0 = cpuSeconds(target.pid, target.pid);
+  const sys0 = sysSeconds(target.pid, target.pid);
+  const lg0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
   const res = await new Promise((resolve, reject) => {
     const inst = autocannon(
@@ -163,6 +173,9 @@ async function load(target, connections, seconds) {
   });
   const wall = Number(process.hrtime.bigint() - t0) / 1e9;
   const cpu = cpuSeconds(target.pid) - cpu0;
+  const mainCpu = cpuSeconds(target.pid, target.pid) - main0;
+  const mainSys = sysSeconds(target.pid, target.pid) - sys0;
+  const lg = process.cpuUsage(lg0);
   if (res.errors + res.timeouts + bad > 0)
     throw new Error(
       `${target.label}: ${res.errors} errors ${res.timeouts} timeouts ${bad} non-200`,
@@ -174,6 +187,10 @@ async function load(target, connections, seconds) {
     p50: pct(50),
     p99: pct(99),
     cpuUs: (cpu * 1e6) / s.length,
+    // the server's main thread alone, and the load generator (this process) in cores
+    mainUs: (mainCpu * 1e6) / s.length,
+    mainSysUs: (mainSys * 1e6) / s.length,
+    lgCores: (lg.user + lg.system) / 1e6 / wall,
   };
 }
 
@@ -286,7 +303,7 @@ async function main() {
         const m = await load(t, c, SECONDS);
         rows.push({ conns: c, round: r + 1, label: t.label, ...m });
         log(
-          `c=${c} round ${r + 1} ${t.label}: ${f(m.rps, 0)} req/s p99 ${f(m.p99, 3)} ms ${f(m.cpuUs, 0)} µs/req`,
+          `c=${c} round ${r + 1} ${t.label}: ${f(m.rps, 0)} req/s p99 ${f(m.p99, 3)} ms ${f(m.cpuUs, 0)} µs/req (main thread ${f(m.mainUs, 0)}, of it kernel ${f(m.mainSysUs, 0)}), load generator ${f(m.lgCores)} cores`,
         );
       }
     }
