@@ -147,6 +147,13 @@ test("the tarball holds what runs, not the sources, tests or maps", () => {
       !/^tools\/regal\/go\.(mod|sum)$/.test(p),
   );
   expect(stray).toEqual([]);
+  // no module left in dist/ by a source since deleted or renamed (prepack prunes them)
+  const orphans = packed.filter(
+    (p) =>
+      p.startsWith("dist/src/") &&
+      !existsSync(join(root, "src", p.slice("dist/src/".length).replace(/\.(d\.ts|js)$/, ".ts"))),
+  );
+  expect(orphans).toEqual([]);
 });
 
 test("toolgate/client (CommonJS) loads only the client", () => {
