@@ -66,6 +66,8 @@ export interface TracingOptions {
   maxExportBatchSize?: number;
   /** How long one export may take before its spans are counted as dropped, in ms. */
   exportTimeoutMs?: number;
+  /** Exports in flight at once (default 2). */
+  maxConcurrentExports?: number;
   /** Span and trace ids (the audit worker's ForcedIdGenerator); default random. */
   idGenerator?: IdGenerator;
 }
@@ -119,6 +121,8 @@ export interface BatchSettings {
   scheduledDelayMs: number;
   maxExportBatchSize: number;
   exportTimeoutMs: number;
+  /** Exports in flight at once, each of up to maxExportBatchSize spans. */
+  maxConcurrentExports: number;
 }
 
 const BSP_VARS: Array<[keyof BatchSettings, string, number]> = [
@@ -242,12 +246,15 @@ export function exporterFromEnv(env: Env): {
 
 /**
  * A batching span processor with a hard bound: when the queue is full a span is
- * dropped and counted, never blocking a decision. One export runs at a time; a
- * failed export counts its spans as dropped.
+ * dropped and counted, never blocking a decision. A full batch
+ * (maxExportBatchSize) leaves as soon as it is queued; what is left of one
+ * leaves when the schedule delay has passed since it started waiting (or on
+ * flush). At most maxConcurrentExports exports run at a time; a failed or
+ * timed-out export counts its spans as dropped.
  */
 export class BoundedBatchProcessor implements SpanProcessor {
   private queue: ReadableSpan[] = [];
-  private inFlight: Promise<void> | undefined;
+  private readonly inFlight = new Set<Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
   exported = 0;
@@ -258,7 +265,13 @@ export class BoundedBatchProcessor implements SpanProcessor {
     private readonly exporter: SpanExporter,
     private readonly opts: BatchSettings,
     private readonly onDrop: (count: number, why: string) => void,
-  ) {}
+  ) {
+    if (!Number.isSafeInteger(opts.maxConcurrentExports) || opts.maxConcurrentExports < 1)
+      throw toolgateError(
+        "config_invalid",
+        `maxConcurrentExports must be an integer ≥ 1, got ${opts.maxConcurrentExports}`,
+      );
+  }
 
   onStart(): void {}
 
@@ -270,41 +283,58 @@ export class BoundedBatchProcessor implements SpanProcessor {
       return;
     }
     this.queue.push(span);
-    if (this.timer === undefined) {
-      this.timer = setTimeout(() => {
-        this.timer = undefined;
-        void this.exportSome();
-      }, this.opts.scheduledDelayMs);
-      this.timer.unref();
-    }
+    if (this.queue.length >= this.opts.maxExportBatchSize) this.exportSome(false);
+    else if (this.timer === undefined) this.arm();
   }
 
   get queued(): number {
     return this.queue.length;
   }
 
-  private exportSome(): Promise<void> {
-    if (this.inFlight !== undefined || this.queue.length === 0)
-      return this.inFlight ?? Promise.resolve();
-    const batch = this.queue.splice(0, this.opts.maxExportBatchSize);
-    // resource attributes read asynchronously (host.id) are awaited before the export
-    const resource = batch[0]?.resource;
-    const ready = resource?.asyncAttributesPending
-      ? (resource.waitForAsyncAttributes?.() ?? Promise.resolve())
-      : Promise.resolve();
-    this.inFlight = ready
-      .then(() => this.exportBatch(batch))
-      .finally(() => {
-        this.inFlight = undefined;
-        if (this.queue.length > 0 && this.timer === undefined && !this.closed) {
-          this.timer = setTimeout(() => {
-            this.timer = undefined;
-            void this.exportSome();
-          }, 0);
-          this.timer.unref();
-        }
-      });
-    return this.inFlight;
+  /** Exports in flight now. */
+  get exporting(): number {
+    return this.inFlight.size;
+  }
+
+  /** The schedule delay's timer, unless it runs already or nothing waits. */
+  private arm(): void {
+    if (this.timer !== undefined || this.queue.length === 0 || this.closed) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.exportSome(true);
+    }, this.opts.scheduledDelayMs);
+    this.timer.unref();
+  }
+
+  /**
+   * Starts exports while one may start: full batches, or with `all` whatever
+   * waits; spans left behind wait for the timer or for an export to end.
+   */
+  private exportSome(all: boolean): void {
+    while (
+      this.inFlight.size < this.opts.maxConcurrentExports &&
+      (this.queue.length >= this.opts.maxExportBatchSize || (all && this.queue.length > 0))
+    ) {
+      const batch = this.queue.splice(0, this.opts.maxExportBatchSize);
+      // resource attributes read asynchronously (host.id) are awaited before the export
+      const resource = batch[0]?.resource;
+      const ready = resource?.asyncAttributesPending
+        ? (resource.waitForAsyncAttributes?.() ?? Promise.resolve())
+        : Promise.resolve();
+      const exporting: Promise<void> = ready
+        .then(
+          () => this.exportBatch(batch),
+          () => this.exportBatch(batch),
+        )
+        .then(() => {
+          this.inFlight.delete(exporting);
+          if (this.closed) return;
+          if (this.queue.length >= this.opts.maxExportBatchSize) this.exportSome(false);
+          else this.arm();
+        });
+      this.inFlight.add(exporting);
+    }
+    this.arm();
   }
 
   /** One export; it fails (spans dropped) on an error or after exportTimeoutMs, whichever first. */
@@ -341,15 +371,19 @@ export class BoundedBatchProcessor implements SpanProcessor {
     });
   }
 
+  /** Exports everything queued, up to maxConcurrentExports at a time; resolves when all ended. */
   async forceFlush(): Promise<void> {
-    while (this.inFlight !== undefined || this.queue.length > 0) {
-      await (this.inFlight ?? this.exportSome());
+    for (;;) {
+      this.exportSome(true);
+      if (this.inFlight.size === 0) return;
+      await Promise.race(this.inFlight);
     }
   }
 
   /** Flushes what it can within `timeoutMs` (a stuck collector must not hold up exit), then stops. */
   async shutdown(timeoutMs = 5000): Promise<void> {
     if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<"timeout">((resolve) => {
       timer = setTimeout(() => resolve("timeout"), timeoutMs);
@@ -360,6 +394,8 @@ export class BoundedBatchProcessor implements SpanProcessor {
     ]);
     clearTimeout(timer);
     this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
     if (outcome === "timeout" && this.queue.length > 0) {
       this.dropped += this.queue.length;
       this.onDrop(this.queue.length, "shutdown_timeout");
@@ -442,6 +478,7 @@ export class Tracing {
         scheduledDelayMs: opts.scheduledDelayMs ?? 500,
         maxExportBatchSize: opts.maxExportBatchSize ?? 512,
         exportTimeoutMs: opts.exportTimeoutMs ?? 30_000,
+        maxConcurrentExports: opts.maxConcurrentExports ?? 2,
       }),
       (count, why) => {
         // Counted always; logged at most every 10 s so a dead collector cannot flood the log.

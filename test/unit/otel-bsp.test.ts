@@ -1,7 +1,8 @@
 /**
  * OTEL_BSP_* (the spec's batch span processor variables) over toolgate's own
  * tracing settings, and the processor keeping to them: queue bound, batch
- * size, schedule delay, export timeout.
+ * size, schedule delay, export timeout; a full batch leaving at once, and the
+ * bound on exports in flight.
  */
 import { ROOT_CONTEXT, SpanKind } from "@opentelemetry/api";
 import { ExportResultCode, type ExportResult } from "@opentelemetry/core";
@@ -20,6 +21,7 @@ const given: BatchSettings = {
   scheduledDelayMs: 500,
   maxExportBatchSize: 512,
   exportTimeoutMs: 30_000,
+  maxConcurrentExports: 2,
 };
 
 describe("batchSettingsFromEnv", () => {
@@ -44,6 +46,7 @@ describe("batchSettingsFromEnv", () => {
       scheduledDelayMs: 0,
       maxExportBatchSize: 20,
       exportTimeoutMs: 1500,
+      maxConcurrentExports: 2,
     });
   });
 
@@ -88,12 +91,13 @@ describe("the processor keeps to OTEL_BSP_*", () => {
       exporter,
       maxQueueSize: 1000, // tracing.max_queue_size: OTEL_BSP_MAX_QUEUE_SIZE wins
     });
-    for (let i = 0; i < 8; i++)
+    // full batches of 2 leave at once, two exports in flight; then 5 wait and 3 are dropped
+    for (let i = 0; i < 12; i++)
       tracing.prepareSpan(`s${i}`, SpanKind.SERVER, ROOT_CONTEXT, {}).finish();
     expect(tracing.stats()).toMatchObject({ queued: 5, dropped: 3 });
     await tracing.flush();
-    expect(exporter.batches).toEqual([2, 2, 1]);
-    expect(tracing.stats()).toMatchObject({ queued: 0, exported: 5 });
+    expect(exporter.batches).toEqual([2, 2, 2, 2, 1]);
+    expect(tracing.stats()).toMatchObject({ queued: 0, exported: 9 });
     await tracing.shutdown();
   });
 
@@ -145,5 +149,114 @@ describe("the processor keeps to OTEL_BSP_*", () => {
     expect(reasons).toEqual(["export_timeout"]);
     late?.({ code: ExportResultCode.SUCCESS });
     expect(p.exported).toBe(0);
+  });
+});
+
+/** A sampled span, as Tracing.prepareSpan hands it to the processor. */
+async function oneSpan(): Promise<ReadableSpan> {
+  const probe = new InMemorySpanExporter();
+  const tr = new Tracing({ env: {}, log: silentLogger, serviceVersion: "1", exporter: probe });
+  tr.prepareSpan("s", SpanKind.SERVER, ROOT_CONTEXT, {}).finish();
+  await tr.flush();
+  return probe.getFinishedSpans()[0]!;
+}
+
+/** An exporter whose exports end when the test says so. */
+class HeldExporter extends CountingExporter {
+  readonly held: Array<(r: ExportResult) => void> = [];
+  maxOpen = 0;
+  override export(spans: ReadableSpan[], cb: (r: ExportResult) => void): void {
+    this.batches.push(spans.length);
+    this.held.push(cb);
+    this.maxOpen = Math.max(this.maxOpen, this.held.length);
+  }
+  /** Ends the oldest open export. */
+  release(code = ExportResultCode.SUCCESS): void {
+    this.held.shift()?.({ code });
+  }
+}
+
+/** Lets exports that ended call back (InMemorySpanExporter answers on a 0 ms timer). */
+const tick = (): Promise<void> => new Promise((r) => setTimeout(r, 20));
+
+describe("full batches and exports in flight", () => {
+  test("a full batch leaves at once, not when the schedule delay has passed", async () => {
+    const exporter = new CountingExporter();
+    const p = new BoundedBatchProcessor(
+      exporter,
+      { ...given, maxExportBatchSize: 4, scheduledDelayMs: 60_000 },
+      () => undefined,
+    );
+    const span = await oneSpan();
+    for (let i = 0; i < 3; i++) p.onEnd(span);
+    await tick();
+    expect(exporter.batches).toEqual([]); // less than a batch waits for the timer
+    p.onEnd(span);
+    await tick();
+    expect(exporter.batches).toEqual([4]);
+    for (let i = 0; i < 9; i++) p.onEnd(span);
+    await tick();
+    expect(exporter.batches).toEqual([4, 4, 4]);
+    expect(p.queued).toBe(1);
+    await p.shutdown();
+    expect(exporter.batches).toEqual([4, 4, 4, 1]);
+    expect(p.exported).toBe(13);
+  });
+
+  test("at most maxConcurrentExports exports run at once; the rest waits, bounded, and leaves as they end", async () => {
+    const exporter = new HeldExporter();
+    const drops: string[] = [];
+    const p = new BoundedBatchProcessor(
+      exporter,
+      { ...given, maxQueueSize: 10, maxExportBatchSize: 2, scheduledDelayMs: 60_000 },
+      (n, why) => drops.push(`${n} ${why}`),
+    );
+    const span = await oneSpan();
+    for (let i = 0; i < 16; i++) p.onEnd(span);
+    await tick();
+    // two exports of 2 in flight, 10 waiting (the queue's bound), 2 dropped
+    expect(exporter.batches).toEqual([2, 2]);
+    expect(p.exporting).toBe(2);
+    expect(p.queued).toBe(10);
+    expect(p.dropped).toBe(2);
+    expect(drops).toEqual(["1 queue_full", "1 queue_full"]);
+    exporter.release();
+    await tick();
+    expect(exporter.batches).toEqual([2, 2, 2]); // a slot freed: the next full batch leaves
+    expect(p.exporting).toBe(2);
+    const flushed = p.forceFlush();
+    for (let i = 0; i < 20 && exporter.held.length > 0; i++) {
+      exporter.release();
+      await tick();
+    }
+    await flushed;
+    expect(exporter.maxOpen).toBe(2);
+    expect(exporter.batches.reduce((a, b) => a + b, 0)).toBe(14);
+    expect(p.exported).toBe(14);
+    expect(p.exported + p.dropped).toBe(16);
+  });
+
+  test("one export at a time when maxConcurrentExports is 1; 0 is refused", async () => {
+    const exporter = new HeldExporter();
+    const p = new BoundedBatchProcessor(
+      exporter,
+      { ...given, maxExportBatchSize: 2, maxConcurrentExports: 1, scheduledDelayMs: 60_000 },
+      () => undefined,
+    );
+    const span = await oneSpan();
+    for (let i = 0; i < 6; i++) p.onEnd(span);
+    await tick();
+    expect(exporter.batches).toEqual([2]);
+    const flushed = p.forceFlush();
+    for (let i = 0; i < 10 && exporter.held.length > 0; i++) {
+      exporter.release();
+      await tick();
+    }
+    await flushed;
+    expect(exporter.batches).toEqual([2, 2, 2]);
+    expect(exporter.maxOpen).toBe(1);
+    expect(
+      () => new BoundedBatchProcessor(exporter, { ...given, maxConcurrentExports: 0 }, () => 0),
+    ).toThrow(/maxConcurrentExports/);
   });
 });
