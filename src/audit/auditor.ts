@@ -28,6 +28,7 @@ import type {
   SecurityEvent,
   SpanIds,
   SpanRef,
+  VerifiedFacts,
 } from "../model";
 import { isObject } from "../shared/guards";
 import type { Logger } from "../shared/log";
@@ -65,6 +66,21 @@ export interface AuditService extends DecisionSink {
   flush(): Promise<void>;
   close(): Promise<void>;
 }
+
+/**
+ * What audit reads of a decision event: all of it but the grant token (a
+ * bearer credential that no record, span or log line holds: `grant` has its
+ * id, audience and expiry) and, of what toolgate verified, only how the
+ * subject was established. The audit worker is handed exactly this
+ * (./client, `forWorker`), so the token never leaves the main thread.
+ */
+export type AuditedDecision = Omit<DecisionEvent, "decision" | "verified"> & {
+  decision: Omit<Decision, "grant">;
+  verified: { subject: Pick<VerifiedFacts["subject"], "method"> };
+};
+
+/** An event as the Auditor reads it: an AuditEvent, a decision as AuditedDecision. */
+export type AuditedEvent = Exclude<AuditEvent, DecisionEvent> | AuditedDecision;
 
 /** Span attributes of an approval event, from its (redacted) fields. */
 const APPROVAL_ATTRIBUTES: ReadonlyArray<readonly [string, string]> = [
@@ -146,7 +162,7 @@ export function callIdOf(req: DecisionRequest): string | undefined {
 
 /** The ledger's account of a decision whose span is `spanContext`. */
 export function ledgerEntry(
-  d: Decision,
+  d: Pick<Decision, "decision_id" | "outcome" | "tool" | "obligations">,
   req: DecisionRequest,
   agentId: string,
   spanContext: LedgerEntry["spanContext"],
@@ -181,16 +197,35 @@ function jobCustomerOf(req: DecisionRequest): string | undefined {
  */
 export class DecisionLedger {
   private readonly map = new Map<string, LedgerEntry>();
+  /** Entries in the order they were added, the oldest at `head` (slots before it are spent). */
+  private order: Array<LedgerEntry | undefined> = [];
+  private head = 0;
   constructor(
     private readonly maxEntries = 100_000,
     private readonly maxAgeMs = 60 * 60 * 1000,
   ) {}
 
+  /**
+   * Adds an entry and evicts from the oldest: entries beyond the count or
+   * past the age go; one already gone or replaced is skipped. O(1) amortised.
+   * (Not `map.keys().next()`: a Map keeps deleted slots at the front of its
+   * table until it rehashes, and finding the first live key walked them all,
+   * up to ~90 µs per decision once the ledger was full.)
+   */
   add(e: LedgerEntry): void {
     this.map.set(e.decisionId, e);
-    if (this.map.size > this.maxEntries) {
-      const oldest = this.map.keys().next().value;
-      if (oldest !== undefined) this.map.delete(oldest);
+    this.order.push(e);
+    for (;;) {
+      const old = this.order[this.head];
+      if (old === undefined) break;
+      const live = this.map.get(old.decisionId) === old;
+      if (live && this.map.size <= this.maxEntries && e.at - old.at <= this.maxAgeMs) break;
+      if (live) this.map.delete(old.decisionId);
+      this.order[this.head++] = undefined;
+    }
+    if (this.head >= 1024 && this.head * 2 >= this.order.length) {
+      this.order = this.order.slice(this.head);
+      this.head = 0;
     }
   }
 
@@ -432,14 +467,14 @@ export class Auditor implements AuditService {
    * approval event links to, when another thread keeps the ledger (the
    * audit worker's client); else this auditor's ledger names it.
    */
-  record(event: AuditEvent, link?: SpanRef): SpanIds {
-    const handle = this.handlers[event.kind] as (e: AuditEvent, l?: SpanRef) => SpanIds;
+  record(event: AuditedEvent, link?: SpanRef): SpanIds {
+    const handle = this.handlers[event.kind] as (e: AuditedEvent, l?: SpanRef) => SpanIds;
     return handle(event, link);
   }
 
   /** One handler per event kind (the compiler checks every kind has one). */
   private readonly handlers: {
-    [K in AuditEvent["kind"]]: (e: Extract<AuditEvent, { kind: K }>, link?: SpanRef) => SpanIds;
+    [K in AuditedEvent["kind"]]: (e: Extract<AuditedEvent, { kind: K }>, link?: SpanRef) => SpanIds;
   } = {
     decision: (e) => this.decision(e),
     refusal: (e) => this.refusal(e),
@@ -502,7 +537,7 @@ export class Auditor implements AuditService {
 
   // -- one handler per kind -------------------------------------------------------------
 
-  private decision(e: DecisionEvent): SpanIds {
+  private decision(e: AuditedDecision): SpanIds {
     const { decision: d, notes } = e;
     try {
       const red = new Redaction(this.opts.redactor);

@@ -2,7 +2,8 @@
  * AuditClient: audit on a worker thread. The decision path calls it exactly
  * like the in-thread Auditor; it names each event's span (ids drawn here, so
  * the ledger and action reports know them at once), keeps the ledger, and
- * queues the event, plain data, as it is. Queued messages go to the worker every few
+ * queues the event, plain data, as the Auditor reads it (forWorker: a decision
+ * without its grant token). Queued messages go to the worker every few
  * milliseconds as one JSON text, in order; the worker (./worker) runs a real Auditor and does the
  * redaction, spans, export, trail and decision log lines. The worker's log
  * lines come back in batches and are written by the main thread's logger, so
@@ -16,7 +17,13 @@ import { toolgateError } from "../errors";
 import type { Logger } from "../shared/log";
 import { packageRoot } from "../shared/paths";
 import { newSpanId, newTraceId, type SpanIds } from "../telemetry/ids";
-import { DecisionLedger, ledgerEntry, type AuditService } from "./auditor";
+import {
+  DecisionLedger,
+  ledgerEntry,
+  type AuditedDecision,
+  type AuditedEvent,
+  type AuditService,
+} from "./auditor";
 import type { AuditWorkerData, FromWorker, ToWorker, WorkerStats } from "./protocol";
 import type { MaskOp, Redactor, SecretsSeen } from "../redaction/redact";
 import type { TrailStats } from "../trail";
@@ -26,11 +33,41 @@ import type { TracingStats } from "../telemetry/tracing";
 const MAX_QUEUED = 100_000;
 const RESTART_DELAY_MS = 1000;
 const BATCH_DELAY_MS = 5;
+/** Messages per batch at most: a longer queue (a worker that was restarting) goes in several, a turn apart. */
+const MAX_BATCH = 2048;
 const CLOSE_TIMEOUT_MS = 15_000;
 const INVALID_IDS: SpanIds = {
   traceId: "00000000000000000000000000000000",
   spanId: "0000000000000000",
 };
+
+/**
+ * What the worker is sent of an event: a decision without what audit never
+ * reads (AuditedDecision: the grant token, the verified facts but the
+ * subject's method, the caller's principal); other events as they are.
+ */
+export function forWorker(event: AuditEvent): AuditedEvent {
+  if (event.kind !== "decision") return event;
+  // eslint-disable-next-line @typescript-eslint/no-unused-vars -- left out on purpose
+  const { grant: _token, ...decision } = event.decision;
+  let ctx = event.ctx;
+  if (ctx.principal !== undefined) {
+    // eslint-disable-next-line @typescript-eslint/no-unused-vars -- left out on purpose
+    const { principal: _principal, ...rest } = ctx;
+    ctx = rest;
+  }
+  const m: AuditedDecision = {
+    kind: "decision",
+    decision,
+    request: event.request,
+    verified: { subject: { method: event.verified.subject.method } },
+    ctx,
+  };
+  if (event.mask !== undefined) m.mask = event.mask;
+  if (event.grant !== undefined) m.grant = event.grant;
+  if (event.notes !== undefined) m.notes = event.notes;
+  return m;
+}
 
 /** The built worker: next to this file in dist/, or dist/ itself when running from src/ (ts-jest). */
 export function auditWorkerFile(): string {
@@ -201,13 +238,19 @@ export class AuditClient implements AuditService {
     }
   }
 
-  /** Hands the queue to the worker in one message. */
+  /** Hands the queue to the worker in one message (MAX_BATCH at most; the rest a turn later), in order. */
   private send(): void {
     this.scheduled = false;
     const worker = this.worker;
     if (worker === undefined || this.queue.length === 0) return;
-    const batch = this.queue;
-    this.queue = [];
+    let batch = this.queue;
+    if (batch.length <= MAX_BATCH) this.queue = [];
+    else {
+      // the rest in the next turn: no text of 100,000 records, no long stall on this thread
+      batch = this.queue.splice(0, MAX_BATCH);
+      this.scheduled = true;
+      setImmediate(() => this.send());
+    }
     // JSON text: serialising plain records to a string and copying it is
     // several times cheaper for this thread than structured-cloning them.
     let text: string | undefined;
@@ -268,7 +311,7 @@ export class AuditClient implements AuditService {
    */
   record(event: AuditEvent): SpanIds {
     const ids = this.idsFor(event);
-    const m: ToWorker = { t: "event", event, ids };
+    const m: ToWorker = { t: "event", event: forWorker(event), ids };
     if (event.kind === "decision") {
       const sc = { ...ids, traceFlags: 1 };
       this.ledger.add(ledgerEntry(event.decision, event.request, this.opts.data.agentId, sc));

@@ -1,4 +1,5 @@
-import type { AuditEvent, SpanIds, SpanRef } from "../model";
+import type { SpanIds, SpanRef } from "../model";
+import type { AuditedEvent } from "./auditor";
 import type { LogLevel } from "../shared/log";
 import type { TrailStats } from "../trail";
 import type { TracingStats } from "../telemetry/tracing";
@@ -10,10 +11,10 @@ import type { TracingStats } from "../telemetry/tracing";
  */
 
 export type ToWorker =
-  /** An event as recorded, with what the main thread adds to it. */
+  /** An event as recorded (a decision as the Auditor reads it), with what the main thread adds. */
   | {
       t: "event";
-      event: AuditEvent;
+      event: AuditedEvent;
       /** The ids its span takes (drawn on the main thread: the ledger and action reports use them). */
       ids: SpanIds;
       /** An approval event's decision span, from the main thread's ledger. */
