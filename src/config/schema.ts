@@ -292,7 +292,7 @@ const TRACING = {
     min: 10,
     max: 60_000,
     default: 500,
-    doc: "How often queued spans are exported.",
+    doc: "How long queued spans wait at most before they are exported; a full batch (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512) leaves at once, up to two exports in flight.",
   }),
 };
 
