@@ -23,6 +23,7 @@ import { validateDecisionRequest } from "../shared/validate";
 import { loadBundleFromPath } from "../policy/bundle";
 import { parseJsonOr } from "../shared/guards";
 import { createLogger } from "../shared/log";
+import { releaseStartupMemory } from "../metrics/memory";
 import type { Outcome } from "../model/decision";
 
 /** Each command's usage lines, by its words ("policy sign"); the general help lists them all. */
@@ -113,6 +114,8 @@ const stdio: Out = {
   stderr: (s) => process.stderr.write(s),
 };
 
+const mb = (bytes: number): number => Math.round(bytes / 104857.6) / 10;
+
 async function serve(args: string[], out: Out): Promise<number> {
   const { values } = parseArgs({
     args,
@@ -121,6 +124,15 @@ async function serve(args: string[], out: Out): Promise<number> {
   });
   const config = loadConfig(values.config);
   const tg = await startToolgate(config);
+  // start-up is done: give back the young generation it grew and its garbage (idle RSS, #20)
+  const released = releaseStartupMemory();
+  if (released !== undefined) {
+    tg.log.debug("start-up memory released", {
+      event: "server.memory_released",
+      heap_mb: [mb(released.heapBefore), mb(released.heapAfter)],
+      gc_ms: Math.round(released.ms),
+    });
+  }
   return await runUntilSignal(tg, "server.stopping", (m) => out.stderr(m));
 }
 
