@@ -32,6 +32,7 @@ import {
   type SwitchScope,
 } from "./store";
 import { isObject } from "../shared/guards";
+import { OrderedMap } from "../shared/ordered-map";
 
 export { ContainmentStore } from "./store";
 export type { ContainmentStoreOptions, KillSwitch, SwitchScope } from "./store";
@@ -451,11 +452,11 @@ export class Containment implements Component {
   private readonly metrics: Metrics | undefined;
   /** Active (not deleted) switches; expiry is checked on read. */
   private switches: SwitchRow[];
-  private readonly buckets = new Map<string, Bucket>();
+  private readonly buckets = new OrderedMap<string, Bucket>();
   /** Per budget key: spends and reservations (see Spend). */
   private readonly spent = new Map<string, Spend[]>();
   /** Per decision: reservations an action report may still resolve (oldest first). */
-  private readonly open = new Map<string, OpenReservation>();
+  private readonly open = new OrderedMap<string, OpenReservation>();
   /** Kill switch changes in force but not yet in the store, oldest first. */
   private readonly unpersisted: Unpersisted[] = [];
   private retryTimer: NodeJS.Timeout | undefined;
@@ -836,10 +837,7 @@ export class Containment implements Component {
       if (b === undefined) {
         b = { tokens: r.burst, last: nowMs };
         this.buckets.set(key, b);
-        if (this.buckets.size > MAX_BUCKETS) {
-          const oldest = this.buckets.keys().next().value;
-          if (oldest !== undefined) this.buckets.delete(oldest);
-        }
+        if (this.buckets.size > MAX_BUCKETS) this.buckets.shift();
       }
       b.tokens = Math.min(
         r.burst,
@@ -986,10 +984,7 @@ export class Containment implements Component {
       o = { until, items: [] };
       this.open.set(decisionId, o);
       // bounded: the oldest can no longer be resolved by a report, and so keep counting
-      if (this.open.size > MAX_OPEN) {
-        const oldest = this.open.keys().next().value;
-        if (oldest !== undefined) this.open.delete(oldest);
-      }
+      if (this.open.size > MAX_OPEN) this.open.shift();
     }
     o.items.push({ key, spend });
   }

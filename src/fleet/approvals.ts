@@ -51,6 +51,7 @@ import {
   taskFromWire,
   type FleetTask,
 } from "./wire";
+import { OrderedMap } from "../shared/ordered-map";
 
 export interface FleetApprovalsOptions {
   client: FleetClient;
@@ -75,7 +76,7 @@ export class FleetApprovals implements Component {
   private readonly opts: FleetApprovalsOptions;
   private readonly client: FleetClient;
   private readonly now: () => number;
-  private readonly seen = new Map<string, EvaluationRecord>();
+  private readonly seen = new OrderedMap<string, EvaluationRecord>();
   private housekeeping: NodeJS.Timeout | undefined;
   private started = false;
   private stopped = false;
@@ -329,10 +330,7 @@ export class FleetApprovals implements Component {
   private remember(taskId: string, e: EvaluationRecord): void {
     this.seen.delete(taskId);
     this.seen.set(taskId, e);
-    if (this.seen.size > MAX_SEEN) {
-      const oldest = this.seen.keys().next().value;
-      if (oldest !== undefined) this.seen.delete(oldest);
-    }
+    if (this.seen.size > MAX_SEEN) this.seen.shift();
   }
 
   private event(

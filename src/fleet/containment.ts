@@ -40,6 +40,7 @@ import { hasOwn, isObject } from "../shared/guards";
 import type { Logger } from "../shared/log";
 import type { FleetClient } from "./client";
 import { bool, int, member, num, obj, str } from "./wire";
+import { OrderedMap } from "../shared/ordered-map";
 
 /** Tool classes that go on while the switch cache is stale. */
 const SAFE_WHEN_STALE: ReadonlySet<string> = new Set(["read", "draft"]);
@@ -94,9 +95,9 @@ export class FleetContainment {
   private readonly log: Logger;
   private readonly ttlSeconds: (tool: string) => number;
   private readonly now: () => number;
-  private readonly leases = new Map<string, Lease>();
+  private readonly leases = new OrderedMap<string, Lease>();
   /** Decisions that reserved here, until their TTL: what a report may still resolve. */
-  private readonly open = new Map<string, number>();
+  private readonly open = new OrderedMap<string, number>();
 
   constructor(opts: FleetContainmentOptions) {
     this.client = opts.client;
@@ -175,8 +176,8 @@ export class FleetContainment {
       l = { tokens: 0, expiresAt: 0, pending: undefined };
       this.leases.set(key, l);
       if (this.leases.size > MAX_LEASES) {
-        const oldest = this.leases.keys().next().value;
-        if (oldest !== undefined && oldest !== key) this.leases.delete(oldest);
+        const oldest = this.leases.oldest();
+        if (oldest !== undefined && oldest[0] !== key) this.leases.delete(oldest[0]);
       }
     }
     return l;
@@ -332,10 +333,7 @@ export class FleetContainment {
 
   private remember(decisionId: string, until: number): void {
     this.open.set(decisionId, until);
-    if (this.open.size > MAX_OPEN) {
-      const oldest = this.open.keys().next().value;
-      if (oldest !== undefined) this.open.delete(oldest);
-    }
+    if (this.open.size > MAX_OPEN) this.open.shift();
   }
 
   /** The decision that reserved became a deny after all: its reservations go (background). */

@@ -32,6 +32,7 @@ import { HttpPort, Reply, errorBody } from "./foundation";
 import { serve, type RunningServer } from "./listen";
 import { statusView } from "./status";
 import { validator } from "../shared/validate";
+import { OrderedMap } from "../shared/ordered-map";
 
 /**
  * The access-request routes' service: the sidecar's own ApprovalService, or
@@ -103,7 +104,7 @@ export function createAgentApp(deps: AgentServerDeps): Express {
   const planRequest = validator<PlanRequest>("plan-request.schema.json");
   const actionReport = validator<ActionReport>("action-report.schema.json");
   const searchRequest = validator<ActionSearchRequest>("action-search.schema.json");
-  const searchPages: SearchPages = new Map();
+  const searchPages: SearchPages = new OrderedMap();
   const port = new HttpPort({
     name: "agent",
     log: deps.log,

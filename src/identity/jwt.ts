@@ -16,6 +16,7 @@ import { toolgateError } from "../errors";
 import { parseUntrustedJson } from "../shared/guards";
 import { isDevKey, jwksHoldsDevKey } from "./devkey";
 import type { Principal } from "../model";
+import { OrderedMap } from "../shared/ordered-map";
 
 export type { Principal };
 
@@ -36,7 +37,7 @@ export function bearerToken(
  * repeated token costs a map lookup.
  */
 export class TokenVerifier {
-  private readonly cache = new Map<string, { principal: Principal; expMs: number }>();
+  private readonly cache = new OrderedMap<string, { principal: Principal; expMs: number }>();
 
   private constructor(
     private readonly cfg: JwtConfig,
@@ -173,10 +174,7 @@ export class TokenVerifier {
     }
     const expMs = (payload.exp ?? 0) * 1000;
     this.cache.set(token, { principal, expMs });
-    if (this.cache.size > 10_000) {
-      const oldest = this.cache.keys().next().value;
-      if (oldest !== undefined) this.cache.delete(oldest);
-    }
+    if (this.cache.size > 10_000) this.cache.shift();
     return principal;
   }
 }

@@ -15,6 +15,7 @@ import type { SessionPort } from "../decision/ports";
 import type { Decision, DecisionRequest } from "../model";
 import { toolgateError } from "../errors";
 import { isObject } from "../shared/guards";
+import { OrderedMap } from "../shared/ordered-map";
 
 /** The windows counts and sums are kept for, in seconds (`in_window["3600"]`). */
 export const SESSION_WINDOWS_SECONDS = [60, 3600, 86_400] as const;
@@ -318,8 +319,8 @@ export type SessionView = {
 export class SessionStore implements SessionPort {
   private readonly opts: SessionOptions;
   /** Least recently active first. */
-  private readonly sessions = new Map<string, Session>();
-  private readonly pending = new Map<string, Pending>();
+  private readonly sessions = new OrderedMap<string, Session>();
+  private readonly pending = new OrderedMap<string, Pending>();
   private readonly evicted = new EvictedLabels();
   /** Events kept in every session's ring together. */
   private totalEvents = 0;
@@ -467,10 +468,7 @@ export class SessionStore implements SessionPort {
     if (this.opts.maxTotalEvents !== undefined && this.totalEvents > this.opts.maxTotalEvents)
       this.trim();
     this.pending.set(decision.decision_id, { session: id, tool });
-    if (this.pending.size > MAX_PENDING_REPORTS) {
-      const oldest = this.pending.keys().next().value;
-      if (oldest !== undefined) this.pending.delete(oldest);
-    }
+    if (this.pending.size > MAX_PENDING_REPORTS) this.pending.shift();
   }
 
   /** An action report for an allowed decision of a session: counted on its tool. */
@@ -552,7 +550,7 @@ export class SessionStore implements SessionPort {
   private trim(): void {
     const maxTotal = Math.max(this.opts.maxTotalEvents ?? Infinity, this.opts.maxEvents);
     while (this.sessions.size > this.opts.maxSessions || this.totalEvents > maxTotal) {
-      const first = this.sessions.entries().next().value;
+      const first = this.sessions.oldest();
       if (first === undefined) break;
       this.forget(first[0], first[1], true);
     }

@@ -13,6 +13,7 @@ import type { Decider, DecisionRequest, RequestContext } from "../../decision";
 import { toolgateError } from "../../errors";
 import { isObject } from "../../shared/guards";
 import { canonicalize } from "../../shared/jcs";
+import type { OrderedMap } from "../../shared/ordered-map";
 
 export interface ActionSearchRequest {
   subject: DecisionRequest["subject"];
@@ -52,7 +53,7 @@ export const MAX_SEARCH_TOOLS = 2000;
 const PAGE_CACHE_MS = 10_000;
 const PAGE_CACHE_MAX = 256;
 /** One port's first pages, for their next pages (see PAGE_CACHE_MS). */
-export type SearchPages = Map<
+export type SearchPages = OrderedMap<
   string,
   { at: number; policy: { bundle: string; revision: string }; found: ActionSearchResult[] }
 >;
@@ -122,10 +123,7 @@ export function actionSearch(
   if (offset === 0) {
     pages.delete(cacheKey);
     pages.set(cacheKey, { at: Date.now(), policy, found });
-    if (pages.size > PAGE_CACHE_MAX) {
-      const oldest = pages.keys().next().value;
-      if (oldest !== undefined) pages.delete(oldest);
-    }
+    if (pages.size > PAGE_CACHE_MAX) pages.shift();
   }
   const size = Math.min(limit ?? MAX_SEARCH_PAGE, MAX_SEARCH_PAGE);
   const page = found.slice(offset, offset + size);
