@@ -539,9 +539,10 @@ export class SessionStore implements SessionPort {
   /** Forgets sessions idle beyond retention (oldest first), then the least active beyond the caps. */
   private sweep(nowMs: number): void {
     const idle = nowMs - this.opts.retentionSeconds * 1000;
-    for (const [id, s] of this.sessions) {
-      if (s.lastMs > idle) break;
-      this.forget(id, s, false);
+    // oldest() rather than an iterator: iterating a Map walks the slots its deletions left
+    for (let f = this.sessions.oldest(); f !== undefined && f[1].lastMs <= idle;) {
+      this.forget(f[0], f[1], false);
+      f = this.sessions.oldest();
     }
     this.trim();
   }
