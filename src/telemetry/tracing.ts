@@ -247,15 +247,18 @@ export function exporterFromEnv(env: Env): {
 /**
  * A batching span processor with a hard bound: when the queue is full a span is
  * dropped and counted, never blocking a decision. A full batch
- * (maxExportBatchSize) leaves as soon as it is queued; what is left of one
- * leaves when the schedule delay has passed since it started waiting (or on
- * flush). At most maxConcurrentExports exports run at a time; a failed or
+ * (maxExportBatchSize) leaves as soon as it is queued; less than a batch
+ * leaves on the schedule delay's timer, armed when a span waits and none is
+ * armed (or on flush). At most maxConcurrentExports exports run at a time;
+ * what the timer could not send then leaves as soon as one ends. A failed or
  * timed-out export counts its spans as dropped.
  */
 export class BoundedBatchProcessor implements SpanProcessor {
   private queue: ReadableSpan[] = [];
   private readonly inFlight = new Set<Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
+  /** The timer fired while no export could start: what waits leaves when one ends. */
+  private due = false;
   private closed = false;
   exported = 0;
   dropped = 0;
@@ -301,6 +304,7 @@ export class BoundedBatchProcessor implements SpanProcessor {
     if (this.timer !== undefined || this.queue.length === 0 || this.closed) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
+      this.due = true;
       this.exportSome(true);
     }, this.opts.scheduledDelayMs);
     this.timer.unref();
@@ -329,11 +333,13 @@ export class BoundedBatchProcessor implements SpanProcessor {
         .then(() => {
           this.inFlight.delete(exporting);
           if (this.closed) return;
-          if (this.queue.length >= this.opts.maxExportBatchSize) this.exportSome(false);
+          if (this.due || this.queue.length >= this.opts.maxExportBatchSize)
+            this.exportSome(this.due);
           else this.arm();
         });
       this.inFlight.add(exporting);
     }
+    if (this.queue.length === 0) this.due = false;
     this.arm();
   }
 

@@ -236,6 +236,26 @@ describe("full batches and exports in flight", () => {
     expect(p.exported + p.dropped).toBe(16);
   });
 
+  test("less than a batch whose timer fired while every export ran leaves as soon as one ends", async () => {
+    const exporter = new HeldExporter();
+    const p = new BoundedBatchProcessor(
+      exporter,
+      { ...given, maxExportBatchSize: 2, maxConcurrentExports: 1, scheduledDelayMs: 200 },
+      () => undefined,
+    );
+    const span = await oneSpan();
+    for (let i = 0; i < 3; i++) p.onEnd(span); // a full batch leaves; one span waits
+    await new Promise((r) => setTimeout(r, 300)); // its timer fired: no export could start
+    expect(exporter.batches).toEqual([2]);
+    exporter.release();
+    await tick(); // not another 200 ms
+    expect(exporter.batches).toEqual([2, 1]);
+    exporter.release();
+    await tick();
+    expect(p.exported).toBe(3);
+    await p.shutdown();
+  });
+
   test("one export at a time when maxConcurrentExports is 1; 0 is refused", async () => {
     const exporter = new HeldExporter();
     const p = new BoundedBatchProcessor(
