@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { loadPolicy, type LoadedPolicy } from "@open-policy-agent/opa-wasm";
+import { loadPolicySync, type LoadedPolicy } from "@open-policy-agent/opa-wasm";
 import { normalizeError, toolgateError, rethrowAs } from "../errors";
 import { describeForbiddenKey, forbiddenKey } from "../shared/guards";
 import type { Bundle } from "./bundle";
@@ -13,6 +13,9 @@ import { hostBuiltins, TIME_BUILTINS } from "./builtins";
  * policy needing anything else fails at `opa build`.
  */
 export const TOOLGATE_BUILTINS = ["time.now_ns", ...TIME_BUILTINS] as const;
+
+/** WebAssembly as node offers it (./wasm.d.ts declares only what the engine reads). */
+const wasmApi: unknown = WebAssembly;
 
 let supported: Set<string> | undefined;
 /** Every builtin name a bundle may need at run time. */
@@ -129,8 +132,15 @@ export class PolicyEngine {
     const holder: { engine?: PolicyEngine } = {};
     let policy: LoadedPolicy;
     try {
-      policy = await loadPolicy(
-        new Uint8Array(wasm),
+      // Compiled off this thread, then instantiated with loadPolicySync: opa-wasm's
+      // async loadPolicy tests its argument with `instanceof Response`, and the
+      // first touch of that global makes node load its fetch implementation
+      // (undici: up to ~15 MB resident in a bare node, which the engine never needs; #20).
+      const compiled = await (
+        wasmApi as { compile(b: Uint8Array): Promise<WebAssembly.Module> }
+      ).compile(new Uint8Array(wasm));
+      policy = loadPolicySync(
+        compiled,
         { initial: 5, maximum: opts.maxMemoryPages ?? 2048 },
         {
           ...hostBuiltins({ strict: opts.strictBuiltinErrors === true }),
