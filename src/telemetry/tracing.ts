@@ -20,17 +20,11 @@ import {
   W3CTraceContextPropagator,
 } from "@opentelemetry/core";
 import type { Resource } from "@opentelemetry/resources";
-import { OTLPTraceExporter as OTLPHttpJsonExporter } from "@opentelemetry/exporter-trace-otlp-http";
+import type * as HttpJsonExporterModuleNs from "@opentelemetry/exporter-trace-otlp-http";
 import type * as GrpcExporterModuleNs from "@opentelemetry/exporter-trace-otlp-grpc";
-import { OTLPExporterBase } from "@opentelemetry/otlp-exporter-base";
-import {
-  convertLegacyHttpOptions,
-  createOtlpHttpExportDelegate,
-} from "@opentelemetry/otlp-exporter-base/node-http";
-import {
-  ProtobufTraceSerializer,
-  TraceExporterMetricsHelper,
-} from "@opentelemetry/otlp-transformer";
+import type * as ExporterBaseModuleNs from "@opentelemetry/otlp-exporter-base";
+import type * as NodeHttpModuleNs from "@opentelemetry/otlp-exporter-base/node-http";
+import type * as TransformerModuleNs from "@opentelemetry/otlp-transformer";
 import {
   AlwaysOffSampler,
   AlwaysOnSampler,
@@ -47,12 +41,20 @@ import {
 } from "@opentelemetry/sdk-trace";
 import { toolgateError } from "../errors";
 import type { Logger } from "../shared/log";
-import { buildResource } from "./resource";
+import type * as ResourceModuleNs from "./resource";
 
 type Env = Record<string, string | undefined>;
 
 /** The gRPC exporter's module, loaded on use (@grpc/grpc-js: ~7.5 MB resident per thread). */
 type GrpcExporterModule = typeof GrpcExporterModuleNs;
+// Loaded on use too, when a Tracing or an exporter is built: the OTLP/HTTP exporters, the
+// transformer (with the sdk-metrics it pulls in) and the resource detectors. The main thread
+// only needs this module's trace-context helpers while the audit worker exports (#20).
+type HttpJsonExporterModule = typeof HttpJsonExporterModuleNs;
+type ExporterBaseModule = typeof ExporterBaseModuleNs;
+type NodeHttpModule = typeof NodeHttpModuleNs;
+type TransformerModule = typeof TransformerModuleNs;
+type ResourceModule = typeof ResourceModuleNs;
 export interface TracingOptions {
   env: Env;
   log: Logger;
@@ -164,20 +166,30 @@ export function batchSettingsFromEnv(env: Env, log: Logger, given: BatchSettings
  * serializer, the transformer's ProtobufTraceSerializer (a hand-written
  * encoder lost the A/B of issue #18; docs/audit.md, "OTLP protocols").
  */
-class OTLPHttpProtoExporter extends OTLPExporterBase<ReadableSpan[]> implements SpanExporter {
-  constructor(url: string) {
-    super(
-      createOtlpHttpExportDelegate(
-        convertLegacyHttpOptions({ url }, "TRACES", "v1/traces", {
-          "Content-Type": "application/x-protobuf",
-        }),
-        ProtobufTraceSerializer,
-        "otlp_http_span_exporter",
-        TraceExporterMetricsHelper,
-        undefined,
-      ),
-    );
+function otlpHttpProtoExporter(url: string): SpanExporter {
+  /* eslint-disable @typescript-eslint/no-require-imports */
+  const { OTLPExporterBase } = require("@opentelemetry/otlp-exporter-base") as ExporterBaseModule;
+  const { convertLegacyHttpOptions, createOtlpHttpExportDelegate } =
+    require("@opentelemetry/otlp-exporter-base/node-http") as NodeHttpModule;
+  const { ProtobufTraceSerializer, TraceExporterMetricsHelper } =
+    require("@opentelemetry/otlp-transformer") as TransformerModule;
+  /* eslint-enable @typescript-eslint/no-require-imports */
+  class OTLPHttpProtoExporter extends OTLPExporterBase<ReadableSpan[]> implements SpanExporter {
+    constructor() {
+      super(
+        createOtlpHttpExportDelegate(
+          convertLegacyHttpOptions({ url }, "TRACES", "v1/traces", {
+            "Content-Type": "application/x-protobuf",
+          }),
+          ProtobufTraceSerializer,
+          "otlp_http_span_exporter",
+          TraceExporterMetricsHelper,
+          undefined,
+        ),
+      );
+    }
   }
+  return new OTLPHttpProtoExporter();
 }
 
 /** The first of the variables set to something other than blanks, trimmed. */
@@ -234,10 +246,14 @@ export function exporterFromEnv(env: Env): {
   const endpoint =
     firstSet(env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) ??
     `${(firstSet(env.OTEL_EXPORTER_OTLP_ENDPOINT) ?? "http://localhost:4318").replace(/\/+$/, "")}/v1/traces`;
-  if (protocol === "http/json")
+  if (protocol === "http/json") {
+    const { OTLPTraceExporter: OTLPHttpJsonExporter } =
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      require("@opentelemetry/exporter-trace-otlp-http") as HttpJsonExporterModule;
     return { exporter: new OTLPHttpJsonExporter({ url: endpoint }), endpoint, protocol };
+  }
   if (protocol === "http/protobuf")
-    return { exporter: new OTLPHttpProtoExporter(endpoint), endpoint, protocol };
+    return { exporter: otlpHttpProtoExporter(endpoint), endpoint, protocol };
   throw toolgateError(
     "config_invalid",
     `OTEL_EXPORTER_OTLP_PROTOCOL "${protocol}" is not supported. Fix: use http/protobuf (default), http/json or grpc`,
@@ -503,6 +519,8 @@ export class Tracing {
         }
       },
     );
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { buildResource } = require("./resource") as ResourceModule;
     const resource = buildResource(opts.env, opts.log, opts.serviceVersion);
     this.resource = resource;
     this.sampler = samplerFromEnv(opts.env);
