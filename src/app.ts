@@ -226,6 +226,7 @@ async function buildAuditor(
         tracing: {
           maxQueueSize: config.tracing.maxQueueSize,
           scheduledDelayMs: config.tracing.scheduledDelayMs,
+          maxConcurrentExports: config.tracing.maxConcurrentExports,
         },
         statsIntervalMs: 250,
       },
@@ -239,6 +240,7 @@ async function buildAuditor(
     ...(opts.spanExporter ? { exporter: opts.spanExporter } : {}),
     maxQueueSize: config.tracing.maxQueueSize,
     scheduledDelayMs: config.tracing.scheduledDelayMs,
+    maxConcurrentExports: config.tracing.maxConcurrentExports,
   });
   const trail = config.audit.trail.enabled
     ? AuditTrail.open({

@@ -49,6 +49,6 @@ export interface AuditWorkerData {
   logDecisions: boolean;
   redaction: { key: Uint8Array; keyId: string; mode: "hash" | "erase" };
   trail: { dir: string; maxFileBytes: number } | null;
-  tracing: { maxQueueSize: number; scheduledDelayMs: number };
+  tracing: { maxQueueSize: number; scheduledDelayMs: number; maxConcurrentExports?: number };
   statsIntervalMs: number;
 }

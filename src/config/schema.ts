@@ -292,7 +292,15 @@ const TRACING = {
     min: 10,
     max: 60_000,
     default: 500,
-    doc: "How long queued spans wait at most before they are exported; a full batch (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512) leaves at once, up to two exports in flight.",
+    doc: "How long queued spans wait at most before they are exported; a full batch (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, 512) leaves at once.",
+  }),
+  maxConcurrentExports: int({
+    key: "tracing.max_concurrent_exports",
+    env: "TOOLGATE_TRACING_MAX_CONCURRENT_EXPORTS",
+    min: 1,
+    max: 8,
+    default: 2,
+    doc: "Span exports in flight at once, each of up to OTEL_BSP_MAX_EXPORT_BATCH_SIZE spans: spans held stay bounded by max_queue_size plus this many batches.",
   }),
 };
 

@@ -124,6 +124,7 @@ function buildAuditor(
     ...(opts.spanExporter ? { exporter: opts.spanExporter } : {}),
     maxQueueSize: config.tracing.maxQueueSize,
     scheduledDelayMs: config.tracing.scheduledDelayMs,
+    maxConcurrentExports: config.tracing.maxConcurrentExports,
   });
   const trail = config.audit.trail.enabled
     ? AuditTrail.open({

@@ -4,14 +4,19 @@
  * batches leaves without waiting for the schedule delay and every span
  * arrives; sustained load faster than one batch per schedule delay loses
  * nothing; with the receiver stopped the queue stays bounded and every span
- * that cannot be delivered is counted as dropped and logged.
+ * that cannot be delivered is counted as dropped and logged;
+ * tracing.max_concurrent_exports bounds the exports in flight of a toolgate's
+ * audit worker.
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { ROOT_CONTEXT, SpanKind } from "@opentelemetry/api";
 import { Tracing } from "../../src/telemetry/tracing";
 import { silentLogger, type Logger } from "../../src/shared/log";
 import { captureLogger } from "../helpers/capture";
+import { postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
 
 const RECEIVER = path.join(__dirname, "..", "..", "scripts", "bench", "otlp-receiver.mjs");
 
@@ -171,3 +176,43 @@ test("receiver stopped: the queue stays bounded, every undelivered span is count
     await receiver.stop();
   }
 }, 60_000);
+
+test("tracing.max_concurrent_exports reaches the audit worker: exports in flight to a collector that never answers", async () => {
+  // a collector that accepts and never answers: each export stays in flight until its timeout
+  let open = 0;
+  const server = createServer((req) => {
+    open++;
+    req.resume();
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const tg = await startTestToolgate(
+    { TOOLGATE_TRACING_MAX_CONCURRENT_EXPORTS: "3", TOOLGATE_TRACING_SCHEDULED_DELAY_MS: "10" },
+    {
+      otelEnv: {
+        OTEL_EXPORTER_OTLP_ENDPOINT: url,
+        OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
+        OTEL_BSP_MAX_EXPORT_BATCH_SIZE: "2",
+        OTEL_BSP_EXPORT_TIMEOUT: "2000", // the hung exports fail, so stop() need not wait long
+      },
+    },
+  );
+  try {
+    // 8 decisions: 4 batches of 2, three of them in flight
+    for (let i = 0; i < 8; i++) {
+      const r = await postJson(
+        tg.agentServer.url,
+        "/v1/decisions",
+        refRequest({ tool: "tickets.read" }),
+      );
+      expect(r.status).toBe(200);
+    }
+    for (let i = 0; i < 100 && open < 3; i++) await sleep(20);
+    await sleep(300); // and no fourth
+    expect(open).toBe(3);
+  } finally {
+    await tg.stop();
+    server.closeAllConnections();
+    await new Promise<void>((r) => server.close(() => r()));
+  }
+}, 30_000);

@@ -14,6 +14,7 @@ import {
   type BatchSettings,
 } from "../../src/telemetry/tracing";
 import { silentLogger } from "../../src/shared/log";
+import { compileConfig } from "../../src/config";
 import { captureLogger } from "../helpers/capture";
 
 const given: BatchSettings = {
@@ -278,5 +279,19 @@ describe("full batches and exports in flight", () => {
     expect(
       () => new BoundedBatchProcessor(exporter, { ...given, maxConcurrentExports: 0 }, () => 0),
     ).toThrow(/maxConcurrentExports/);
+  });
+});
+
+describe("tracing.max_concurrent_exports", () => {
+  test("default 2; 1 to 8; anything else refused naming the key", () => {
+    expect(compileConfig({}, {}).tracing.maxConcurrentExports).toBe(2);
+    expect(
+      compileConfig({}, { TOOLGATE_TRACING_MAX_CONCURRENT_EXPORTS: "1" }).tracing
+        .maxConcurrentExports,
+    ).toBe(1);
+    for (const bad of [0, 9, "two"])
+      expect(() => compileConfig({ tracing: { max_concurrent_exports: bad } }, {})).toThrow(
+        /tracing\.max_concurrent_exports/,
+      );
   });
 });
