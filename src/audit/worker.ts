@@ -16,6 +16,7 @@ import type { AuditWorkerData, FromWorker, ToWorker, WorkerStats } from "./proto
 import { Redactor } from "../redaction/redact";
 import { AuditTrail } from "../trail";
 import { Tracing } from "../telemetry/tracing";
+import { releaseStartupMemory } from "../metrics/memory";
 
 if (parentPort === null) throw new Error("src/audit/worker is a worker_threads entry point");
 // Defence in depth, as bin/toolgate.js does for the main thread (a worker has
@@ -50,6 +51,9 @@ function start(): void {
       serviceVersion: data.serviceVersion,
       maxQueueSize: data.tracing.maxQueueSize,
       scheduledDelayMs: data.tracing.scheduledDelayMs,
+      ...(data.tracing.maxConcurrentExports !== undefined
+        ? { maxConcurrentExports: data.tracing.maxConcurrentExports }
+        : {}),
       idGenerator: ids,
     });
     trail = data.trail
@@ -149,6 +153,8 @@ function start(): void {
   });
   const timer = setInterval(() => send({ t: "stats", stats: stats() }), data.statsIntervalMs);
   timer.unref();
+  // start-up is done: give back the young generation it grew and its garbage (idle RSS, #20)
+  releaseStartupMemory();
   send({ t: "ready", tracingEnabled: tracing.enabled, stats: stats() });
 }
 
