@@ -361,6 +361,18 @@ export class AuditClient implements AuditService {
     return this.request((id) => ({ t: "flush", id }));
   }
 
+  /**
+   * Asks the worker to run one memory-reducing collection of its heap (the
+   * sidecar went idle after activity; ../metrics/memory IdleMemoryRelease),
+   * after what is queued. No reply: the worker logs it at debug
+   * (audit.memory_released). Nothing while no worker runs or when closing.
+   */
+  releaseMemory(): void {
+    if (this.worker === undefined || this.closing !== undefined) return;
+    this.queue.push({ t: "release_memory" });
+    this.send();
+  }
+
   /** Flushes and stops the worker; later calls are ignored. */
   close(): Promise<void> {
     this.closing ??= this.doClose();

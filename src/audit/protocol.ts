@@ -21,7 +21,13 @@ export type ToWorker =
       link?: SpanRef;
     }
   | { t: "flush"; id: number }
-  | { t: "close"; id: number };
+  | { t: "close"; id: number }
+  /**
+   * The sidecar went idle after activity: run one memory-reducing collection
+   * (../metrics/memory releaseMemory). No reply; the worker logs it (debug,
+   * audit.memory_released).
+   */
+  | { t: "release_memory" };
 
 export interface WorkerStats {
   tracing: TracingStats;

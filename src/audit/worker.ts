@@ -16,7 +16,7 @@ import type { AuditWorkerData, FromWorker, ToWorker, WorkerStats } from "./proto
 import { Redactor } from "../redaction/redact";
 import { AuditTrail } from "../trail";
 import { Tracing } from "../telemetry/tracing";
-import { releaseStartupMemory } from "../metrics/memory";
+import { releaseMemory } from "../metrics/memory";
 
 if (parentPort === null) throw new Error("src/audit/worker is a worker_threads entry point");
 // Defence in depth, as bin/toolgate.js does for the main thread (a worker has
@@ -28,6 +28,7 @@ if (hasOwn(Object.prototype, "__proto__")) {
 const port = parentPort;
 const data = workerData as AuditWorkerData;
 const send = (m: FromWorker): void => port.postMessage(m);
+const mb = (bytes: number): number => Math.round(bytes / 104857.6) / 10;
 
 function start(): void {
   // Lines go to the main thread's logger in batches (one message per write).
@@ -109,6 +110,16 @@ function start(): void {
             send({ t: "flushed", id: m.id, stats: stats(), error: (e as Error).message }),
         );
         return;
+      case "release_memory": {
+        const r = releaseMemory();
+        if (r !== undefined)
+          log.debug("audit worker memory released", {
+            event: "audit.memory_released",
+            heap_mb: [mb(r.heapBefore), mb(r.heapAfter)],
+            gc_ms: Math.round(r.ms),
+          });
+        return;
+      }
       case "close": {
         clearInterval(timer);
         auditor.close().then(
@@ -154,7 +165,7 @@ function start(): void {
   const timer = setInterval(() => send({ t: "stats", stats: stats() }), data.statsIntervalMs);
   timer.unref();
   // start-up is done: give back the young generation it grew and its garbage (idle RSS, #20)
-  releaseStartupMemory();
+  releaseMemory();
   send({ t: "ready", tracingEnabled: tracing.enabled, stats: stats() });
 }
 

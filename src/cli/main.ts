@@ -23,7 +23,13 @@ import { validateDecisionRequest } from "../shared/validate";
 import { loadBundleFromPath } from "../policy/bundle";
 import { parseJsonOr } from "../shared/guards";
 import { createLogger } from "../shared/log";
-import { releaseStartupMemory } from "../metrics/memory";
+import {
+  ACTIVITY_MICROS,
+  IDLE_FRACTION,
+  IdleMemoryRelease,
+  releaseMemory,
+} from "../metrics/memory";
+import { AuditClient } from "../audit/client";
 import type { Outcome } from "../model/decision";
 
 /** Each command's usage lines, by its words ("policy sign"); the general help lists them all. */
@@ -124,16 +130,44 @@ async function serve(args: string[], out: Out): Promise<number> {
   });
   const config = loadConfig(values.config);
   const tg = await startToolgate(config);
+  const release = (reason: "startup" | "idle"): void => {
+    const released = releaseMemory();
+    if (released !== undefined) {
+      tg.log.debug(`${reason === "startup" ? "start-up" : "idle"} memory released`, {
+        event: "server.memory_released",
+        reason,
+        heap_mb: [mb(released.heapBefore), mb(released.heapAfter)],
+        gc_ms: Math.round(released.ms),
+      });
+    }
+  };
   // start-up is done: give back the young generation it grew and its garbage (idle RSS, #20)
-  const released = releaseStartupMemory();
-  if (released !== undefined) {
-    tg.log.debug("start-up memory released", {
-      event: "server.memory_released",
-      heap_mb: [mb(released.heapBefore), mb(released.heapAfter)],
-      gc_ms: Math.round(released.ms),
-    });
-  }
-  return await runUntilSignal(tg, "server.stopping", (m) => out.stderr(m));
+  release("startup");
+  // and again whenever the sidecar goes idle after load: the worker after this thread, never
+  // both at once (each takes its gc with the process-wide --expose-gc flag on for a moment)
+  const seconds = config.server.idleMemoryReleaseSeconds;
+  const idle =
+    seconds > 0
+      ? new IdleMemoryRelease(
+          () => {
+            release("idle");
+            if (tg.auditor instanceof AuditClient) tg.auditor.releaseMemory();
+          },
+          {
+            windowMs: seconds * 1000,
+            idleFraction: IDLE_FRACTION,
+            activityMicros: ACTIVITY_MICROS,
+          },
+        )
+      : undefined;
+  const service = {
+    log: tg.log,
+    stop: (): Promise<void> => {
+      idle?.stop();
+      return tg.stop();
+    },
+  };
+  return await runUntilSignal(service, "server.stopping", (m) => out.stderr(m));
 }
 
 async function evalCommand(args: string[], out: Out): Promise<number> {

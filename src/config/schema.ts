@@ -131,6 +131,14 @@ const SERVER = {
     default: 10000,
     doc: "A request whose body has not arrived in full by then is answered 408 and closed.",
   }),
+  idleMemoryReleaseSeconds: int({
+    key: "server.idle_memory_release_seconds",
+    env: "TOOLGATE_SERVER_IDLE_MEMORY_RELEASE_SECONDS",
+    min: 0,
+    max: 3600,
+    default: 30,
+    doc: "Once the sidecar has been idle this long after activity (under 2 % of a core over the whole time, after at least 1 s of CPU time since the last release), `toolgate serve` runs one memory-reducing garbage collection on the main thread and the audit worker, so the memory load grew goes back to the OS; once per idle period. 0 turns it off.",
+  }),
 };
 
 const CONTROL = section(
