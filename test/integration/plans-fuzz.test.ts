@@ -19,24 +19,13 @@ import type { DecisionRequest, RequestContext } from "../../src/model";
 import { tempDir } from "../helpers/opa";
 import { bearer, token } from "../helpers/tokens";
 import { http, postJson, startTestToolgate } from "../helpers/toolgate";
+import { seededRandom as rng } from "../helpers/rng";
 
 /** A fresh connection per call: the long in-process part outlives the server's keep-alive. */
 const CLOSE = { connection: "close" };
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x5eed19);
 const CALLS = 10_000;
-
-/** mulberry32: a small seeded PRNG. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const JOB = { id: "job_1", purpose: "support_triage", customer_id: "cust_1" };
 const SUBJECT = { type: "user", id: "alice" };

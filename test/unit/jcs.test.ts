@@ -24,6 +24,7 @@ import {
   MAX_DEPTH,
 } from "../../src/shared/jcs";
 import { isToolgateError } from "../../src/errors";
+import { seededRandom } from "../helpers/rng";
 
 function code(fn: () => unknown): string | undefined {
   try {
@@ -317,15 +318,6 @@ describe("the fast writer and the full writer agree", () => {
   // the full one on anything it does not accept; canonicalizeAny always runs the full
   // one. For JSON both must write the same text, and a lone surrogate must still be
   // refused, at any depth, including past the fast writer's depth limit (64).
-  function rng(seed: number): () => number {
-    let x = seed >>> 0 || 1;
-    return () => {
-      x ^= x << 13;
-      x ^= x >>> 17;
-      x ^= x << 5;
-      return (x >>> 0) / 2 ** 32;
-    };
-  }
   const UNITS = [0x00, 0x1f, 0x22, 0x41, 0x5c, 0x7f, 0xe9, 0x2028, 0xd83d, 0xde00, 0xdbff, 0xfb33];
   function str(r: () => number, surrogatesOk: boolean): string {
     let s = "";
@@ -368,7 +360,7 @@ describe("the fast writer and the full writer agree", () => {
   }
 
   test("2,000 seeded random JSON values, shallow and past depth 64", () => {
-    const r = rng(20261201);
+    const r = seededRandom(20261201);
     let refused = 0;
     for (let i = 0; i < 2000; i++) {
       const lone = i % 3 === 0;

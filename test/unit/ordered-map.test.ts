@@ -5,16 +5,7 @@
  * on the decision path evict with it (their cost: scripts/bench/ordered-map.mjs).
  */
 import { OrderedMap } from "../../src/shared/ordered-map";
-
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
-}
+import { seededRandom } from "../helpers/rng";
 
 function firstOf<K, V>(m: Map<K, V>): [K, V] | undefined {
   for (const e of m) return e;
@@ -22,7 +13,7 @@ function firstOf<K, V>(m: Map<K, V>): [K, V] | undefined {
 }
 
 test("behaves as a Map, in the Map's order, through 60,000 seeded random operations", () => {
-  const r = rng(7);
+  const r = seededRandom(7);
   const model = new Map<number, number>();
   const om = new OrderedMap<number, number>();
   for (let i = 0; i < 60_000; i++) {
