@@ -63,6 +63,8 @@ export interface AuditService extends DecisionSink {
   backlog(): number;
   /** Why the audit worker thread is gone (stopped, or cannot be restarted); undefined while it runs or without one. */
   workerDown(): string | undefined;
+  /** Asks the audit worker thread, if there is one, to give back memory it no longer needs (idle). */
+  releaseMemory?(): void;
   flush(): Promise<void>;
   close(): Promise<void>;
 }

@@ -29,7 +29,6 @@ import {
   IdleMemoryRelease,
   releaseMemory,
 } from "../metrics/memory";
-import { AuditClient } from "../audit/client";
 import type { Outcome } from "../model/decision";
 
 /** Each command's usage lines, by its words ("policy sign"); the general help lists them all. */
@@ -151,7 +150,7 @@ async function serve(args: string[], out: Out): Promise<number> {
       ? new IdleMemoryRelease(
           () => {
             release("idle");
-            if (tg.auditor instanceof AuditClient) tg.auditor.releaseMemory();
+            tg.auditor?.releaseMemory?.();
           },
           {
             windowMs: seconds * 1000,
