@@ -146,6 +146,23 @@ export const FAIL_CLOSED_REASONS = {
     "the policy asked for an obligation toolgate cannot honour; denied (fail closed)",
 } as const;
 
+/** An allow under a plan that waits for its use to be claimed (Decider.claimPlanUse). */
+interface PendingPlanUse {
+  planId: string;
+  envelopes: readonly number[];
+  /** The policy's answer with the plan's approval. */
+  out: PolicyOutput;
+  /** The needs_approval decision as it was, to go back to when no use can be claimed. */
+  before: {
+    outcome: Decision["outcome"];
+    reasons: Decision["reasons"];
+    obligations: Decision["obligations"];
+    tool: Decision["tool"] | undefined;
+    approval: Decision["approval"] | undefined;
+    access_request: Decision["access_request"] | undefined;
+  };
+}
+
 /**
  * The one decision path every face calls: identity → policy → checked
  * Decision. Synchronous (the wasm evaluation is), unless a port answers with
@@ -368,13 +385,14 @@ export class Decider {
     yield* this.applyApproval(decision, check, nowMs);
     // a plan (context.plan) may stand in for the approval a needs_approval answer asks for
     let final = out;
+    let planUse: PendingPlanUse | undefined;
     if (
       decision.outcome === "needs_approval" &&
       check.kind !== "verified" &&
       req.context?.plan !== undefined
     ) {
-      const planned = yield* this.applyPlan(decision, req, verified, engine, requestJson, nowMs);
-      if (planned !== undefined) final = planned;
+      planUse = yield* this.applyPlan(decision, req, verified, engine, requestJson, nowMs);
+      if (planUse !== undefined) final = planUse.out;
     }
     // Session state: an allowed read of labelled data is recorded (fleet-wide) before it is answered.
     if (decision.outcome === "allow" && sessionId !== undefined && session?.touch !== undefined) {
@@ -396,6 +414,11 @@ export class Decider {
       decision.outcome === "allow" && containment !== undefined
         ? yield* this.reserve(containment, decision, req, verified, engine, nowMs)
         : false;
+    // A plan's use is claimed last, once nothing but the grant can deny the call: a call
+    // denied by its session or its budget spends no use. Without a use it is not allowed.
+    if (planUse !== undefined && decision.outcome === "allow") {
+      if (!(yield* this.claimPlanUse(decision, planUse, verified, nowMs))) final = out;
+    }
     const grant = this.grant(decision, req, verified, nowMs);
     if (reserved && decision.outcome !== "allow") containment?.unreserve(decision.decision_id);
     if (decision.access_request !== undefined) {
@@ -525,11 +548,13 @@ export class Decider {
    * plan is checked (ApprovalPort.checkPlan: bound, approved, unrevoked,
    * unexpired, the call inside an envelope with uses left); the policy is
    * asked again with the plan's approval as `verified.approval` (its own
-   * approver-role check applies); only if it then allows is one use claimed
-   * (atomically; never more than max_uses) and the decision becomes that
-   * allow — with its own grant, as any allow. Otherwise the needs_approval
-   * stands with a `plan_*` reason. Never turns a deny into an allow. Returns
-   * the policy output the decision now follows, or undefined.
+   * approver-role check applies); only if it then allows does the decision
+   * become that allow, pending one use of the plan: steps() claims it
+   * (claimPlanUse) after the session and the budget had their say, so a call
+   * they deny spends no use, and only a claimed use keeps the allow — with
+   * its own grant, as any allow. Otherwise the needs_approval stands with a
+   * `plan_*` reason. Never turns a deny into an allow. Returns the pending
+   * use (with the policy output the decision now follows), or undefined.
    */
   private *applyPlan(
     d: Decision,
@@ -538,7 +563,7 @@ export class Decider {
     engine: PolicyEngine,
     requestJson: string | undefined,
     nowMs: number,
-  ): Generator<Promise<unknown>, PolicyOutput | undefined, unknown> {
+  ): Generator<Promise<unknown>, PendingPlanUse | undefined, unknown> {
     const approvals = this.opts.approvals;
     const because = (code: string, message: string): undefined => {
       delete verified.approval;
@@ -579,13 +604,57 @@ export class Decider {
         `plan ${pc.planId}'s approval does not satisfy this call${why ? `: ${why}` : ""}`,
       );
     }
+    // allowed under the plan, pending its use (claimPlanUse, after the budget reservation)
+    const before: PendingPlanUse["before"] = {
+      outcome: d.outcome,
+      reasons: d.reasons,
+      obligations: d.obligations,
+      tool: d.tool,
+      approval: d.approval,
+      access_request: d.access_request,
+    };
+    d.outcome = "allow";
+    d.reasons = out.reasons;
+    d.obligations = out.obligations;
+    if (out.tool !== undefined) d.tool = out.tool;
+    delete d.approval;
+    delete d.access_request;
+    return { planId: pc.planId, envelopes: pc.envelopes, out, before };
+  }
+
+  /**
+   * Claims the use a plan's allow is pending on (atomically; never more than
+   * max_uses). Claimed: the allow stands, its reasons naming the use.
+   * Otherwise the decision goes back to the needs_approval it was, with a
+   * `plan_*` reason. Returns whether a use was claimed.
+   */
+  private *claimPlanUse(
+    d: Decision,
+    p: PendingPlanUse,
+    verified: VerifiedFacts,
+    nowMs: number,
+  ): Generator<Promise<unknown>, boolean, unknown> {
+    const back = (code: string, message: string): false => {
+      delete verified.approval;
+      d.outcome = p.before.outcome;
+      d.reasons = [...p.before.reasons, { code, message }];
+      d.obligations = p.before.obligations;
+      if (p.before.tool !== undefined) d.tool = p.before.tool;
+      else delete d.tool;
+      if (p.before.approval !== undefined) d.approval = p.before.approval;
+      if (p.before.access_request !== undefined) d.access_request = p.before.access_request;
+      return false;
+    };
+    const approvals = this.opts.approvals;
+    if (approvals?.claimPlan === undefined)
+      return back("plan_unavailable", "plan approvals are not available on this sidecar");
     let claim;
     try {
-      claim = yield* wait(approvals.claimPlan(pc.planId, pc.envelopes, d.decision_id, nowMs));
+      claim = yield* wait(approvals.claimPlan(p.planId, p.envelopes, d.decision_id, nowMs));
     } catch (e) {
-      return because(
+      return back(
         "plan_unavailable",
-        `a use of plan ${pc.planId} could not be claimed: ${normalizeError(e).message}`,
+        `a use of plan ${p.planId} could not be claimed: ${normalizeError(e).message}`,
       );
     }
     if (!claim.claimed) {
@@ -597,21 +666,16 @@ export class Decider {
             : claim.reason === "expired"
               ? "plan_expired"
               : "plan_unknown";
-      return because(code, `plan ${pc.planId}: no use could be claimed (${claim.reason})`);
+      return back(code, `plan ${p.planId}: no use could be claimed (${claim.reason})`);
     }
-    d.outcome = "allow";
     d.reasons = [
-      ...out.reasons,
+      ...p.out.reasons,
       {
         code: "plan_use",
-        message: `allowed under plan ${pc.planId}: envelope ${claim.envelope}, use ${claim.uses} of ${claim.maxUses}`,
+        message: `allowed under plan ${p.planId}: envelope ${claim.envelope}, use ${claim.uses} of ${claim.maxUses}`,
       },
     ];
-    d.obligations = out.obligations;
-    if (out.tool !== undefined) d.tool = out.tool;
-    delete d.approval;
-    delete d.access_request;
-    return out;
+    return true;
   }
 
   /** How a presented approval changes the policy's answer (see ApprovalService.check). */

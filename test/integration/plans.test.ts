@@ -10,6 +10,7 @@
 import { DatabaseSync } from "node:sqlite";
 import { join } from "node:path";
 import type { Toolgate } from "../../src/app";
+import { fillContainmentDb, freeContainmentDb, limitsBundle } from "../helpers/containment";
 import { tempDir } from "../helpers/opa";
 import { bearer, token } from "../helpers/tokens";
 import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
@@ -409,5 +410,66 @@ describe("plan approvals in identity mode jwt: only the initiator", () => {
     expect(codes(d)).toContain("plan_mismatch");
     const mine = await decide(withPlan(refund(100), id), alice);
     expect(mine.outcome).toBe("allow");
+  });
+});
+
+describe("plan approvals with a budget: a call denied after the policy allowed it spends no use", () => {
+  // refunds are budgeted, so an allow reserves its amount in containment.db before it is answered
+  const bundle = limitsBundle({
+    budgets: [
+      {
+        tool: "refunds.issue",
+        argument: "amount",
+        per: "job",
+        window_seconds: 3600,
+        max_total: 10_000,
+      },
+    ],
+  });
+  beforeAll(async () => {
+    stateDir = tempDir();
+    await start({ TOOLGATE_BUNDLE: bundle });
+  });
+  afterAll(async () => {
+    await tg.stop();
+  });
+
+  test("use 1; the reservation cannot be written: denied, still use 1; then use 2", async () => {
+    const { task } = await submitted();
+    expect((await approve(task.id)).status).toBe(200);
+    const uses = async () =>
+      ((await http(agent, "GET", `/access/v1/plans/${task.id}`)).json as PlanView).result?.plan
+        .envelopes[0]?.uses;
+
+    const first = await decide(withPlan(refund(150), task.id));
+    expect(first.outcome).toBe("allow");
+    expect(first.reasons.find((r) => r.code === "plan_use")?.message).toMatch(/use 1 of 3/);
+    expect(await uses()).toBe(1);
+
+    // containment.db is full (real SQLITE_FULL): the plan and the policy allow the call, the
+    // budget reservation fails, the call is denied (fail closed) — and no use is spent on it
+    fillContainmentDb(tg);
+    const denied = await decide(withPlan(refund(150), task.id));
+    expect(denied.outcome).toBe("deny");
+    expect(codes(denied)).toEqual(["budget_unavailable"]);
+    expect(denied.grant).toBeUndefined();
+    expect(await uses()).toBe(1);
+    freeContainmentDb(tg);
+
+    const second = await decide(withPlan(refund(60), task.id));
+    expect(second.outcome).toBe("allow");
+    expect(second.reasons.find((r) => r.code === "plan_use")?.message).toMatch(/use 2 of 3/);
+    expect(await uses()).toBe(2);
+
+    const db = new DatabaseSync(join(stateDir, "approvals.db"), { readOnly: true });
+    try {
+      const events = db
+        .prepare("SELECT event FROM plan_events WHERE plan_id = ? ORDER BY seq")
+        .all(task.id)
+        .map((r) => r.event);
+      expect(events).toEqual(["requested", "approved", "used", "used"]);
+    } finally {
+      db.close();
+    }
   });
 });
