@@ -382,7 +382,7 @@ export class Decider {
         expires_at: new Date(nowMs + this.opts.requestTtlSeconds * 1000).toISOString(),
       };
     }
-    this.applyApproval(decision, check);
+    yield* this.applyApproval(decision, check, nowMs);
     // a plan (context.plan) may stand in for the approval a needs_approval answer asks for
     let final = out;
     let planUse: PendingPlanUse | undefined;
@@ -414,11 +414,8 @@ export class Decider {
       decision.outcome === "allow" && containment !== undefined
         ? yield* this.reserve(containment, decision, req, verified, engine, nowMs)
         : false;
-    // An approval's or a plan's use is claimed last, once nothing but the grant can deny the
-    // call: a call denied by its session or its budget spends no use. Without it, no allow.
-    if (check.kind === "verified" && decision.outcome === "allow") {
-      yield* this.consumeApproval(decision, check, nowMs);
-    }
+    // A plan's use is claimed last, once nothing but the grant can deny the call: a call
+    // denied by its session or its budget spends no use. Without a use it is not allowed.
     if (planUse !== undefined && decision.outcome === "allow") {
       if (!(yield* this.claimPlanUse(decision, planUse, verified, nowMs))) final = out;
     }
@@ -681,61 +678,51 @@ export class Decider {
     return true;
   }
 
-  /** How an ignored or expired approval changes a needs_approval (a verified one is used later: consumeApproval). */
-  private applyApproval(d: Decision, check: ApprovalCheck): void {
-    if (this.opts.approvals === undefined || check.kind === "none" || check.kind === "deny") return;
+  /** How a presented approval changes the policy's answer (see ApprovalService.check). */
+  private *applyApproval(
+    d: Decision,
+    check: ApprovalCheck,
+    nowMs: number,
+  ): Generator<Promise<unknown>, void, unknown> {
+    const approvals = this.opts.approvals;
+    if (approvals === undefined || check.kind === "none" || check.kind === "deny") return;
     if (check.kind === "ignored" && d.outcome === "needs_approval") {
       d.reasons = [...d.reasons, { code: check.code, message: check.message }];
     } else if (check.kind === "expired" && d.outcome === "needs_approval") {
       // denied, but with a fresh access request the agent may submit
       d.outcome = "deny";
       d.reasons = [{ code: "approval_expired", message: check.message }, ...d.reasons];
-    }
-  }
-
-  /**
-   * Records the use of a verified approval by an allow — a single-use one
-   * claimed atomically — once nothing but the grant can deny the call
-   * (steps() runs it after the session and the budget reservation): a call
-   * they deny leaves the approval unused. Fails closed: a use that cannot
-   * be recorded or was already claimed denies.
-   */
-  private *consumeApproval(
-    d: Decision,
-    check: Extract<ApprovalCheck, { kind: "verified" }>,
-    nowMs: number,
-  ): Generator<Promise<unknown>, void, unknown> {
-    const approvals = this.opts.approvals;
-    if (approvals === undefined) return;
-    let consumed: boolean;
-    if (!check.singleUse) {
-      approvals.used(check.taskId, d.decision_id);
-      consumed = true;
-    } else {
-      try {
-        consumed = yield* wait(approvals.consume(check.taskId, d.decision_id, nowMs));
-      } catch (e) {
-        // the use could not be recorded: the approval is not honoured (fail closed)
+    } else if (check.kind === "verified" && d.outcome === "allow") {
+      let consumed: boolean;
+      if (!check.singleUse) {
+        approvals.used(check.taskId, d.decision_id);
+        consumed = true;
+      } else {
+        try {
+          consumed = yield* wait(approvals.consume(check.taskId, d.decision_id, nowMs));
+        } catch (e) {
+          // the use could not be recorded: the approval is not honoured (fail closed)
+          d.outcome = "deny";
+          d.reasons = [
+            {
+              code: "approval_unavailable",
+              message: `approval ${check.taskId} could not be claimed; denied (fail closed): ${normalizeError(e).message}`,
+            },
+          ];
+          d.obligations = [];
+          return;
+        }
+      }
+      if (!consumed) {
         d.outcome = "deny";
         d.reasons = [
           {
-            code: "approval_unavailable",
-            message: `approval ${check.taskId} could not be claimed; denied (fail closed): ${normalizeError(e).message}`,
+            code: "approval_used",
+            message: `approval ${check.taskId} was already used (single use)`,
           },
         ];
         d.obligations = [];
-        return;
       }
-    }
-    if (!consumed) {
-      d.outcome = "deny";
-      d.reasons = [
-        {
-          code: "approval_used",
-          message: `approval ${check.taskId} was already used (single use)`,
-        },
-      ];
-      d.obligations = [];
     }
   }
 }

@@ -413,7 +413,7 @@ describe("plan approvals in identity mode jwt: only the initiator", () => {
   });
 });
 
-describe("with a budget: a call denied after the policy allowed it spends no plan or approval use", () => {
+describe("plan approvals with a budget: a call denied after the policy allowed it spends no use", () => {
   // refunds are budgeted, so an allow reserves its amount in containment.db before it is answered
   const bundle = limitsBundle({
     budgets: [
@@ -471,40 +471,5 @@ describe("with a budget: a call denied after the policy allowed it spends no pla
     } finally {
       db.close();
     }
-  });
-
-  test("a single-use approval: the reservation cannot be written, denied, the approval unused; then one allow", async () => {
-    const req = refund(120);
-    const first = await decide(req);
-    expect(first.outcome).toBe("needs_approval");
-    const ar = first.access_request as { evaluation_id: string; expires_at: string };
-    const submittedReq = await postJson(agent, "/access/v1/requests", {
-      ...req,
-      denial: { evaluation_id: ar.evaluation_id, expires_at: ar.expires_at },
-    });
-    expect(submittedReq.status).toBe(201);
-    const id = (submittedReq.json as { task: { id: string } }).task.id;
-    expect((await approve(id)).status).toBe(200);
-    const view = (await http(agent, "GET", `/access/v1/requests/${id}`)).json as {
-      result?: { approval: unknown };
-    };
-    const approved = {
-      ...req,
-      context: { ...(req.context as object), approval: view.result?.approval },
-    };
-
-    fillContainmentDb(tg);
-    const denied = await decide(approved);
-    expect(denied.outcome).toBe("deny");
-    expect(codes(denied)).toEqual(["budget_unavailable"]);
-    freeContainmentDb(tg);
-
-    // the approval was not used by the denied call: it allows once, and only once
-    const ok = await decide(approved);
-    expect(ok.outcome).toBe("allow");
-    expect(typeof ok.grant).toBe("string");
-    const again = await decide(approved);
-    expect(again.outcome).toBe("deny");
-    expect(codes(again)).toEqual(["approval_used"]);
   });
 });
