@@ -8,9 +8,8 @@
 //   node scripts/bench/flamegraph.mjs <file.cpuprofile> <out.svg> [--from µs --to µs]
 //        [--decisions N] [--title "..."]
 import fs from "node:fs";
-import { AREAS, frameArea, shortUrl } from "./profile-summary.mjs";
+import { AREAS, loadProfile, shortUrl, windowSamples } from "./profile-summary.mjs";
 
-const LOOP = /^node:internal\/(process\/task_queues|timers)|^node:timers/;
 const COLORS = {
   framework: "#8c564b",
   platform: "#1f77b4",
@@ -45,37 +44,12 @@ export function flameGraph(
   file,
   { from = -Infinity, to = Infinity, decisions, title = file } = {},
 ) {
-  const prof = JSON.parse(fs.readFileSync(file, "utf8"));
-  const byId = new Map(prof.nodes.map((n) => [n.id, n]));
-  const parent = new Map();
-  for (const n of prof.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
-  const areaCache = new Map();
-  const areaOf = (id) => {
-    if (areaCache.has(id)) return areaCache.get(id);
-    let area;
-    let loop = false;
-    for (let k = id; k !== undefined && area === undefined; k = parent.get(k)) {
-      const cf = byId.get(k).callFrame;
-      area = frameArea(cf);
-      if (LOOP.test(cf.url) || cf.functionName === "runMicrotasks") loop = true;
-    }
-    area ??= loop ? "loop" : "other";
-    areaCache.set(id, area);
-    return area;
-  };
+  const { prof, byId, areaOf } = loadProfile(file);
   // samples per node in the window, then inclusive counts
+  const { ids, windowUs } = windowSamples(prof, from, to);
+  const total = ids.length;
   const self = new Map();
-  let t = prof.startTime;
-  let total = 0;
-  let windowUs = 0;
-  for (let i = 0; i < prof.samples.length; i++) {
-    const dt = prof.timeDeltas[i] ?? 0;
-    t += dt;
-    if (t < from || t > to) continue;
-    total++;
-    windowUs += dt;
-    self.set(prof.samples[i], (self.get(prof.samples[i]) ?? 0) + 1);
-  }
+  for (const id of ids) self.set(id, (self.get(id) ?? 0) + 1);
   const incl = new Map();
   const inclusive = (id) => {
     if (incl.has(id)) return incl.get(id);

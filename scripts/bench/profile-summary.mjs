@@ -114,23 +114,17 @@ export function frameArea(callFrame) {
 }
 
 /**
- * Reads a .cpuprofile; keeps the samples in [from, to] (µs, the profile's
- * clock; all when not given). Returns the window's sampled time, the top
- * self-time functions (with the area most of their samples fell in) and the
- * self time per area, each as % of the window's samples (idle included, so
- * the rows add up to 100 %) and in µs (that share of the window's sampled
- * time). With `decisions`, also µs per decision.
+ * A .cpuprofile read once: its nodes by id, and each node's area (the first
+ * frame up its stack that belongs to one, see frameArea; else "loop" under the
+ * event loop, or "other"), memoised. Shared with flamegraph.mjs.
  */
-export function summariseProfile(
-  file,
-  { top = 25, from = -Infinity, to = Infinity, decisions } = {},
-) {
+export function loadProfile(file) {
   const prof = JSON.parse(fs.readFileSync(file, "utf8"));
   const byId = new Map(prof.nodes.map((n) => [n.id, n]));
   const parent = new Map();
   for (const n of prof.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
   const areaCache = new Map();
-  const areaOfNode = (id) => {
+  const areaOf = (id) => {
     if (areaCache.has(id)) return areaCache.get(id);
     let area;
     let loop = false;
@@ -143,19 +137,45 @@ export function summariseProfile(
     areaCache.set(id, area);
     return area;
   };
+  return { prof, byId, areaOf };
+}
 
-  const fns = new Map(); // key -> {fn, where, us, areas: Map}
-  const areas = new Map();
+/** The node ids sampled between `from` and `to` (µs, the profile's clock), and the time they span. */
+export function windowSamples(prof, from, to) {
+  const ids = [];
   let t = prof.startTime;
-  let total = 0;
-  let samples = 0;
+  let windowUs = 0;
   for (let i = 0; i < prof.samples.length; i++) {
     const dt = prof.timeDeltas[i] ?? 0;
     t += dt;
     if (t < from || t > to) continue;
-    samples++;
-    total += dt;
-    const n = byId.get(prof.samples[i]);
+    windowUs += dt;
+    ids.push(prof.samples[i]);
+  }
+  return { ids, windowUs };
+}
+
+/**
+ * Reads a .cpuprofile; keeps the samples in [from, to] (µs, the profile's
+ * clock; all when not given). Returns the window's sampled time, the top
+ * self-time functions (with the area most of their samples fell in) and the
+ * self time per area, each as % of the window's samples (idle included, so
+ * the rows add up to 100 %) and in µs (that share of the window's sampled
+ * time). With `decisions`, also µs per decision.
+ */
+export function summariseProfile(
+  file,
+  { top = 25, from = -Infinity, to = Infinity, decisions } = {},
+) {
+  const { prof, byId, areaOf: areaOfNode } = loadProfile(file);
+
+  const fns = new Map(); // key -> {fn, where, us, areas: Map}
+  const areas = new Map();
+  const inWindow = windowSamples(prof, from, to);
+  const total = inWindow.windowUs;
+  const samples = inWindow.ids.length;
+  for (const id of inWindow.ids) {
+    const n = byId.get(id);
     const cf = n.callFrame;
     const area = areaOfNode(n.id);
     areas.set(area, (areas.get(area) ?? 0) + 1);
