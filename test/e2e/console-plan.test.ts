@@ -19,11 +19,11 @@ import {
   type Person,
 } from "../helpers/browser";
 import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { PLAN_JOB, refundPlan } from "../helpers/plans";
 
 jest.setTimeout(180_000);
 
 const JUSTIFICATION = "Three damaged parcels for this customer";
-const JOB = { id: "job_1", purpose: "support_triage", customer_id: "cust_1" };
 
 let tg: Toolgate;
 let agent: string;
@@ -62,22 +62,11 @@ beforeAll(async () => {
   agent = tg.agentServer.url;
   control = (tg.controlServer?.url ?? "").replace(/\/$/, "");
   browser = await launchBrowser();
-  const res = await postJson(agent, "/access/v1/plans", {
-    subject: { type: "user", id: "alice" },
-    resource: { type: "customer", id: "cust_1" },
-    context: { job: JOB },
-    plan: {
-      calls: [
-        {
-          tool: "refunds.issue",
-          arguments: { amount: { min: 51, max: 200 }, currency: "EUR" },
-          max_uses: 3,
-        },
-      ],
-      ttl_seconds: 600,
-    },
-    justification: JUSTIFICATION,
-  });
+  const res = await postJson(
+    agent,
+    "/access/v1/plans",
+    refundPlan({ justification: JUSTIFICATION }),
+  );
   expect(res.status).toBe(201);
   planId = (res.json as { task: { id: string } }).task.id;
 }, 900_000); // scripts/chromium.sh may install chromium first
@@ -151,7 +140,7 @@ test("a forged approve without the session's CSRF token changes nothing", async 
   const other = await postJson(agent, "/access/v1/plans", {
     subject: { type: "user", id: "alice" },
     resource: { type: "customer", id: "cust_1" },
-    context: { job: JOB },
+    context: { job: PLAN_JOB },
     plan: { calls: [{ tool: "refunds.issue", arguments: { amount: 99 }, max_uses: 1 }] },
   });
   expect(other.status).toBe(201);

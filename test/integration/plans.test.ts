@@ -14,6 +14,7 @@ import { fillContainmentDb, freeContainmentDb, limitsBundle } from "../helpers/c
 import { tempDir } from "../helpers/opa";
 import { bearer, token } from "../helpers/tokens";
 import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { refundPlan } from "../helpers/plans";
 
 interface Decision {
   decision_id: string;
@@ -31,29 +32,6 @@ interface PlanView {
       approved_until: string;
       envelopes: Array<{ uses: number; max_uses: number }>;
     };
-  };
-}
-
-const JOB = { id: "job_1", purpose: "support_triage", customer_id: "cust_1" };
-
-/** Refunds of 51..200 EUR to cust_1, three times at most. */
-function refundPlan(extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    subject: { type: "user", id: "alice" },
-    resource: { type: "customer", id: "cust_1" },
-    context: { job: JOB },
-    plan: {
-      calls: [
-        {
-          tool: "refunds.issue",
-          arguments: { amount: { min: 51, max: 200 }, currency: "EUR" },
-          max_uses: 3,
-        },
-      ],
-      ttl_seconds: 600,
-    },
-    justification: "refund the three damaged orders of this customer",
-    ...extra,
   };
 }
 
