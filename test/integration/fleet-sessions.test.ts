@@ -8,19 +8,15 @@
  * a call that neither reads labels nor sends data out goes on.
  */
 import { createHash } from "node:crypto";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import type { Toolgate } from "../../src/app";
 import type { DecisionRequest } from "../../src/model";
-import { compileConfig } from "../../src/config";
 import type { FleetSessions } from "../../src/fleet";
-import { startControlService, type ControlService } from "../../src/control";
-import { silentLogger } from "../../src/shared/log";
+import type { ControlService } from "../../src/control";
 import { until } from "../helpers/bundles";
 import { freePort } from "../helpers/net";
 import { freshDatabase, type FreshDatabase } from "../helpers/postgres";
 import { postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { startTestControl } from "../helpers/control";
 
 jest.setTimeout(60_000);
 
@@ -35,25 +31,7 @@ let controlPort: number;
 let control: ControlService | undefined;
 const sidecars: Toolgate[] = [];
 
-async function startControl(): Promise<ControlService> {
-  const config = compileConfig(
-    {},
-    {
-      TOOLGATE_CONTROL_PORT: String(controlPort),
-      TOOLGATE_LOG_LEVEL: "silent",
-      TOOLGATE_STATE_DIR: mkdtempSync(join(tmpdir(), "toolgate-control-")),
-      TOOLGATE_AUDIT_HMAC_KEY: "test-key-0123456789abcdef",
-      TOOLGATE_POSTGRES_URL: db.url,
-    },
-  );
-  return startControlService(config, {
-    log: silentLogger,
-    env: { OTEL_SDK_DISABLED: "true" },
-    replica: "r1",
-    pingMs: 250,
-    housekeepingIntervalMs: 500,
-  });
-}
+const startControl = (): Promise<ControlService> => startTestControl(controlPort, db.url);
 
 async function synced(env: Record<string, string> = {}): Promise<Toolgate> {
   const tg = await startTestToolgate({

@@ -15,15 +15,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Toolgate } from "../../src/app";
 import { devTokenCommand } from "../../src/cli/dev-token";
-import { compileConfig } from "../../src/config";
-import { startControlService, type ControlService } from "../../src/control";
-import { silentLogger } from "../../src/shared/log";
+import type { ControlService } from "../../src/control";
 import { keyPair, until } from "../helpers/bundles";
 import { limitsBundle } from "../helpers/containment";
 import { freePort } from "../helpers/net";
 import { freshDatabase, type FreshDatabase } from "../helpers/postgres";
 import { token } from "../helpers/tokens";
 import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { startTestControl } from "../helpers/control";
 
 jest.setTimeout(60_000);
 
@@ -42,25 +41,7 @@ let controlPort: number;
 let control: ControlService | undefined;
 const sidecars: Toolgate[] = [];
 
-async function startControl(): Promise<ControlService> {
-  const config = compileConfig(
-    {},
-    {
-      TOOLGATE_CONTROL_PORT: String(controlPort),
-      TOOLGATE_LOG_LEVEL: "silent",
-      TOOLGATE_STATE_DIR: mkdtempSync(join(tmpdir(), "toolgate-control-")),
-      TOOLGATE_AUDIT_HMAC_KEY: HMAC,
-      TOOLGATE_POSTGRES_URL: db.url,
-    },
-  );
-  return startControlService(config, {
-    log: silentLogger,
-    env: { OTEL_SDK_DISABLED: "true" },
-    replica: "r1",
-    pingMs: 250,
-    housekeepingIntervalMs: 500,
-  });
-}
+const startControl = (): Promise<ControlService> => startTestControl(controlPort, db.url, HMAC);
 
 async function sidecar(env: Record<string, string> = {}): Promise<Toolgate> {
   const tg = await startTestToolgate({
