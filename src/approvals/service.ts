@@ -240,7 +240,7 @@ export class ApprovalService implements Component {
     mask?: readonly unknown[],
   ): void {
     const e = evaluationOf(d, req, verified, this.opts.redact, mask);
-    if (e !== undefined) this.opts.store.recordEvaluation(e);
+    if (e !== undefined) this.opts.store.addEvaluation(e);
   }
 
   /** Checks the approval a request presents in `context.approval`. */

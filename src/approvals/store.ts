@@ -10,7 +10,8 @@
  *
  * Durability: two connections to that file. Tasks, decisions, consumption,
  * revocation and events go through the main one, `synchronous=FULL` (each
- * commit fsyncs the WAL). `recordEvaluation` alone — run synchronously on the
+ * commit fsyncs the WAL). The evaluation insert alone (`addEvaluation`, and
+ * `recordEvaluation`, which reads the row back) — run synchronously on the
  * decision path for every needs_approval answer — uses a second connection
  * with `synchronous=NORMAL`: its commit is not fsynced (an fsync per
  * needs_approval decision blocked the event loop for ~0.3–1 ms). In WAL mode
@@ -682,8 +683,7 @@ export class ApprovalStore extends SqliteStore {
       `INSERT INTO evaluations (evaluation_id, decision_id, binding_hash,
          binding_context_members_json, redacted_request_json, requirement_json, reasons_json,
          initiator, agent_id, tool, policy_revision, created_at, expires_at, tool_class, tool_stage)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-       RETURNING *`,
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     );
   }
 
@@ -722,13 +722,13 @@ export class ApprovalStore extends SqliteStore {
   // -- evaluations ------------------------------------------------------------
 
   /**
-   * Records a needs_approval evaluation. Recording the same id twice is
-   * refused (the coded 503, as any SQLite failure). Committed on the
-   * synchronous=NORMAL connection (no fsync; see "Durability" above); the
-   * record returned is the row as stored (`RETURNING *`), and every connection,
-   * the main one `createTask` reads with included, sees it once this returns.
+   * Records a needs_approval evaluation: the decision path's write (no
+   * read-back). Recording the same id twice is refused (the coded 503, as any
+   * SQLite failure). Committed on the synchronous=NORMAL connection (no fsync;
+   * see "Durability" above); every connection, the main one `createTask`
+   * reads with included, sees it once this returns.
    */
-  recordEvaluation(e: EvaluationInput): EvaluationRecord {
+  addEvaluation(e: EvaluationInput): void {
     checkText("evaluationId", e.evaluationId);
     checkText("decisionId", e.decisionId);
     checkText("bindingHash", e.bindingHash);
@@ -737,10 +737,9 @@ export class ApprovalStore extends SqliteStore {
     checkText("tool", e.tool);
     checkTime("createdAt", e.createdAt);
     checkTime("expiresAt", e.expiresAt);
-    return this.run("record evaluation", () => {
-      // Autocommit, stepped to completion by all(): committed (visible to every
-      // connection) when it returns. RETURNING is the read-back: the row as stored.
-      const rows = this.insertEvaluation.all(
+    this.run("record evaluation", () => {
+      // Autocommit: committed (visible to every connection) when run() returns.
+      const res = this.insertEvaluation.run(
         e.evaluationId,
         e.decisionId,
         e.bindingHash,
@@ -756,11 +755,21 @@ export class ApprovalStore extends SqliteStore {
         e.expiresAt,
         optionalText("toolClass", e.toolClass),
         optionalText("toolStage", e.toolStage),
-      ) as Row[];
-      const row = rows[0];
-      if (rows.length !== 1 || !row) throw toolgateError("approval_not_found");
-      return toEvaluation(row);
+      );
+      if (Number(res.changes) !== 1) throw toolgateError("approval_not_found");
     });
+  }
+
+  /**
+   * `addEvaluation`, then the row as stored (read back). The decision path
+   * uses addEvaluation: the read-back (every column, its JSON parsed again)
+   * was about a third of a needs_approval's insert and nothing used it.
+   */
+  recordEvaluation(e: EvaluationInput): EvaluationRecord {
+    this.addEvaluation(e);
+    const rec = this.getEvaluation(e.evaluationId);
+    if (rec === undefined) throw toolgateError("approval_not_found");
+    return rec;
   }
 
   getEvaluation(evaluationId: string): EvaluationRecord | undefined {

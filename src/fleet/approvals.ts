@@ -101,7 +101,7 @@ export class FleetApprovals implements Component {
     mask?: readonly unknown[],
   ): void {
     const e = evaluationOf(d, req, verified, this.opts.redact, mask);
-    if (e !== undefined) this.opts.store.recordEvaluation(e);
+    if (e !== undefined) this.opts.store.addEvaluation(e);
   }
 
   /** The presented approval, judged on the control service's task (a promise when there is one). */

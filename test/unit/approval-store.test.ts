@@ -238,6 +238,22 @@ describe("evaluations", () => {
     expect(store.recordEvaluation(evaluation("ev2")).evaluationId).toBe("ev2");
   });
 
+  test("addEvaluation (the decision path's write) stores the same row, without reading it back", () => {
+    const store = open(tmp());
+    expect(store.addEvaluation(evaluation("ev1"))).toBeUndefined();
+    const readBack = store.recordEvaluation(evaluation("ev2"));
+    expect(store.getEvaluation("ev1")).toEqual({
+      ...readBack,
+      evaluationId: "ev1",
+      decisionId: "dec_ev1",
+    });
+    expect(code(() => store.addEvaluation(evaluation("ev1", { tool: "other" })))).toBe(
+      "approval_store_unavailable",
+    );
+    expect(code(() => store.addEvaluation(evaluation("")))).toBe("invalid_request");
+    expect(store.getEvaluation("ev1")?.tool).toBe(readBack.tool);
+  });
+
   test("a closed store refuses to record", () => {
     const store = open(tmp());
     store.close();
