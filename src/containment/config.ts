@@ -18,6 +18,6 @@ export const CONTAINMENT = {
     key: "containment.reservation_fsync",
     env: "TOOLGATE_RESERVATION_FSYNC",
     default: true,
-    doc: "Fsync each budget reservation before its allow is answered (it then survives power loss). False: no fsync (`synchronous=NORMAL`): it survives a crash or restart of toolgate, but a power loss or OS crash may lose the reservations made since the last fsync of containment.db, reopening their budgets.",
+    doc: "Make each budget reservation durable before its allow is answered (it then survives power loss): the allow waits for an fdatasync of containment.db's WAL, run off the event loop and shared by every reservation written meanwhile (group commit), so other decisions never wait for the disk. False: no wait: a reservation survives a crash or restart of toolgate, but a power loss or OS crash may lose the reservations made since the last fsync of containment.db, reopening their budgets.",
   }),
 };

@@ -871,7 +871,7 @@ export class Containment implements Component {
     verified: VerifiedFacts,
     engine: LimitsSource,
     nowMs: number,
-  ): ContainmentDeny | undefined {
+  ): ContainmentDeny | undefined | Promise<ContainmentDeny | undefined> {
     const tool = req.action.name;
     const limits = limitsOf(engine);
     const items = new Map<string, number>();
@@ -906,7 +906,27 @@ export class Containment implements Component {
       this.pushSpend(r.key, spend);
       this.openItem(decisionId, until, r.key, spend);
     }
-    return undefined;
+    // counted above (so decisions made meanwhile see it); answered once on disk
+    const durable = this.store.syncReservations();
+    return durable === undefined
+      ? undefined
+      : durable.then(
+          () => undefined,
+          (e: unknown) => {
+            const error = this.storeFailure("budget_reserve", e);
+            this.log?.error("a budget reservation could not be made durable; the allow is denied", {
+              event: "containment.budget_reserve_failed",
+              decision_id: decisionId,
+              tool,
+              error,
+            });
+            this.release(decisionId);
+            return {
+              code: "budget_unavailable",
+              message: `the budget reservation could not be made durable; denied (fail closed): ${error}`,
+            };
+          },
+        );
   }
 
   /**

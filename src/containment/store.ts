@@ -21,14 +21,18 @@
  *   at `expires_at` after that. A restart reloads both tables, so it cannot
  *   reopen a budget.
  *
- * Reservations are written on the decision path. By default on the main
- * connection (`synchronous=FULL`, one fsync per budgeted allow: a reservation
- * survives power loss like the spend it stands for); with
- * `containment.reservation_fsync: false` on a second
- * `synchronous=NORMAL` connection (no fsync: it survives a process crash, and
- * the next fsynced commit on either connection makes it durable, but a power
- * loss or OS crash may lose the reservations written since; see
- * docs/containment.md).
+ * Reservations are written on the decision path, on a second
+ * `synchronous=NORMAL` connection (the commit does not fsync, so the event
+ * loop never waits for the disk). By default (`containment.reservation_fsync`)
+ * the allow then waits for `syncReservations()`: a group fdatasync of the WAL
+ * on libuv's thread pool (src/shared/wal-sync.ts), shared by every
+ * reservation written meanwhile, after which the reservation survives power
+ * loss like the spend it stands for — the durability of a `synchronous=FULL`
+ * commit, without its fsync on the event loop. With
+ * `containment.reservation_fsync: false` there is no such wait: a reservation
+ * survives a process crash, and the next fsynced commit on either connection
+ * makes it durable, but a power loss or OS crash may lose the reservations
+ * written since (see docs/containment.md).
  *
  * Errors: any SQLite failure becomes `containment_store_unavailable` (503).
  * Times are epoch milliseconds.
@@ -36,6 +40,8 @@
 import { randomBytes } from "node:crypto";
 import { type SQLInputValue } from "node:sqlite";
 import { synchronousOf, type Migration, SqliteStore, type OpenedStore } from "../shared/sqlite";
+import { WalSync } from "../shared/wal-sync";
+import { normalizeError, toolgateError } from "../errors";
 import { nullProto, parseUntrustedJson } from "../shared/guards";
 
 export const CONTAINMENT_DB_FILE = "containment.db";
@@ -185,15 +191,20 @@ export function newSwitchId(): string {
 
 export interface ContainmentStoreOptions {
   /**
-   * Fsync each budget reservation (default true). False: reservations go
-   * through a `synchronous=NORMAL` connection (see the header comment).
+   * Make each budget reservation durable before its allow is answered
+   * (default true): `syncReservations()` then waits for a group fdatasync of
+   * the WAL. False: it resolves at once (see the header comment).
    */
   reservationFsync?: boolean;
 }
 
 export class ContainmentStore extends SqliteStore {
-  private constructor(o: OpenedStore) {
+  /** The reservations' group fdatasync; undefined when reservation_fsync is off. */
+  private readonly walSync: WalSync | undefined;
+
+  private constructor(o: OpenedStore, reservationFsync: boolean) {
     super(o, "containment_store_unavailable", "containment store");
+    this.walSync = reservationFsync ? new WalSync(`${o.path}-wal`) : undefined;
   }
 
   /** Opens (creating and migrating as needed) `<dir>/containment.db`. */
@@ -206,18 +217,53 @@ export class ContainmentStore extends SqliteStore {
         label: "containment store",
         busyTimeoutMs: BUSY_TIMEOUT_MS,
         migrations: MIGRATIONS,
-        // reservations go through `normal`: the main connection itself unless fsync is off
-        normal: opts.reservationFsync === false,
+        // reservations go through `normal`; their durability is syncReservations()
+        normal: true,
       }),
+      opts.reservationFsync !== false,
     );
   }
 
-  /** `PRAGMA synchronous` of the main connection and of the one reservations use. */
-  synchronousModes(): { main: string; reservations: string } {
+  /**
+   * `PRAGMA synchronous` of the main connection and of the one reservations
+   * use, and how a reservation is made durable before its allow is answered.
+   */
+  synchronousModes(): { main: string; reservations: string; reservationSync: string } {
     return this.run("read synchronous", () => ({
       main: synchronousOf(this.db),
       reservations: synchronousOf(this.normal),
+      reservationSync: this.walSync === undefined ? "none" : "group fdatasync of the WAL",
     }));
+  }
+
+  /**
+   * Resolves once every reservation written before the call is on disk (a
+   * group fdatasync of the WAL, off the event loop); at once when
+   * reservation_fsync is off. Rejects with `containment_store_unavailable`
+   * when that cannot be known (the caller fails closed).
+   */
+  syncReservations(): Promise<void> | undefined {
+    if (this.walSync === undefined) return undefined;
+    if (this.closed)
+      return Promise.reject(
+        toolgateError("containment_store_unavailable", "containment store is closed"),
+      );
+    return this.walSync.sync().catch((e: unknown) => {
+      throw toolgateError(
+        "containment_store_unavailable",
+        `containment store: the budget reservation could not be made durable (fdatasync of ${this.walSync?.walPath ?? "the WAL"}): ${normalizeError(e).message}`,
+      );
+    });
+  }
+
+  /** fdatasyncs of the WAL completed for reservations (0 when reservation_fsync is off). */
+  reservationSyncs(): number {
+    return this.walSync?.syncs ?? 0;
+  }
+
+  override close(): void {
+    this.walSync?.close();
+    super.close();
   }
 
   insertSwitch(s: SwitchRow): void {

@@ -229,13 +229,19 @@ describe("reservations outlive the process and their TTL", () => {
     const modes = () =>
       (
         tg.containment as unknown as {
-          store: { synchronousModes(): { main: string; reservations: string } };
+          store: {
+            synchronousModes(): { main: string; reservations: string; reservationSync: string };
+          };
         }
       ).store.synchronousModes();
-    expect(modes()).toEqual({ main: "FULL", reservations: "FULL" });
+    expect(modes()).toEqual({
+      main: "FULL",
+      reservations: "NORMAL",
+      reservationSync: "group fdatasync of the WAL",
+    });
     await tg.stop();
     await start({ TOOLGATE_RESERVATION_FSYNC: "false" });
-    expect(modes()).toEqual({ main: "FULL", reservations: "NORMAL" });
+    expect(modes()).toEqual({ main: "FULL", reservations: "NORMAL", reservationSync: "none" });
     // and it still reserves, and a restart still keeps what it reserved
     const job = "job_normal";
     expect(allows(await burst(20, job)).length).toBe(FIT);

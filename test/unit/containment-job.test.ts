@@ -77,7 +77,7 @@ describe("the job containment keys on", () => {
     );
   });
 
-  test("per-job rates and budgets count against the verified job", () => {
+  test("per-job rates and budgets count against the verified job", async () => {
     expect(
       c.check(request("tickets.read", "job_a"), verified("job_real"), engine, now),
     ).toBeUndefined();
@@ -87,7 +87,7 @@ describe("the job containment keys on", () => {
     );
     const refund = request("refunds.issue", "job_a", 10);
     expect(c.check(refund, verified("job_real"), engine, now)).toBeUndefined();
-    expect(c.reserve("d1", refund, verified("job_real"), engine, now)).toBeUndefined();
+    expect(await c.reserve("d1", refund, verified("job_real"), engine, now)).toBeUndefined();
     // the budget of job_real is held, whatever job the request names
     const other = request("refunds.issue", "job_b", 1);
     expect(c.check(other, verified("job_real"), engine, now)?.code).toBe("budget_exceeded");

@@ -7,6 +7,7 @@
  * refuses a change. Job scoping by the verified job is in
  * containment-job.test.ts.
  */
+import { rmSync } from "node:fs";
 import {
   Containment,
   ContainmentStore,
@@ -38,11 +39,16 @@ interface Unit {
 }
 
 const open: Containment[] = [];
-function unit(opts: { dir?: string; clock?: FakeClock; ttlSeconds?: number } = {}): Unit {
+function unit(
+  opts: { dir?: string; clock?: FakeClock; ttlSeconds?: number; reservationFsync?: boolean } = {},
+): Unit {
   const dir = opts.dir ?? tempDir("toolgate-containment-");
   const clock = opts.clock ?? new FakeClock(T0);
   const events = new CollectingEvents();
-  const store = ContainmentStore.open(dir);
+  const store = ContainmentStore.open(
+    dir,
+    opts.reservationFsync === undefined ? {} : { reservationFsync: opts.reservationFsync },
+  );
   const ttl = opts.ttlSeconds;
   const c = new Containment({
     store,
@@ -305,13 +311,13 @@ describe("budgets: reservations on the decision path", () => {
     ],
   });
   const refund = (amount: number) => unitRequest({ tool: "refunds.issue", args: { amount } });
-  const reserve = (u: Unit, id: string, amount: number) =>
-    u.c.reserve(id, refund(amount), verified(), engine, u.clock.ms);
+  const reserve = async (u: Unit, id: string, amount: number) =>
+    await u.c.reserve(id, refund(amount), verified(), engine, u.clock.ms);
 
-  test("a reservation counts while pending; released, it frees the budget", () => {
+  test("a reservation counts while pending; released, it frees the budget", async () => {
     const u = unit();
     expect(code(u, refund(60), verified(), engine)).toBeUndefined();
-    expect(reserve(u, "d1", 60)).toBeUndefined();
+    expect(await reserve(u, "d1", 60)).toBeUndefined();
     expect(u.c.check(refund(50), verified(), engine, u.clock.ms)).toEqual({
       code: "budget_exceeded",
       message:
@@ -319,17 +325,17 @@ describe("budgets: reservations on the decision path", () => {
       // pending until its TTL (360 s), then spent for a window
       retry_after: 360 + 60,
     });
-    expect(reserve(u, "d2", 50)?.code).toBe("budget_exceeded");
+    expect((await reserve(u, "d2", 50))?.code).toBe("budget_exceeded");
     expect(code(u, refund(40), verified(), engine)).toBeUndefined();
     u.clock.advance(S);
     expect(u.c.reported("d1", "error", false)).toBe("released");
     expect(u.c.reported("d1", "error", false)).toBe("none");
-    expect(reserve(u, "d3", 100)).toBeUndefined();
+    expect(await reserve(u, "d3", 100)).toBeUndefined();
   });
 
-  test("committed, it is spent now and slides out of the window", () => {
+  test("committed, it is spent now and slides out of the window", async () => {
     const u = unit();
-    expect(reserve(u, "d1", 70)).toBeUndefined();
+    expect(await reserve(u, "d1", 70)).toBeUndefined();
     u.clock.advance(10 * S);
     expect(u.c.reported("d1", "ok", false)).toBe("committed");
     expect(u.c.check(refund(50), verified(), engine, u.clock.ms)?.retry_after).toBe(60);
@@ -338,13 +344,13 @@ describe("budgets: reservations on the decision path", () => {
     u.clock.advance(1);
     expect(code(u, refund(50), verified(), engine)).toBeUndefined();
     // an error that still changed something commits too
-    expect(reserve(u, "d2", 30)).toBeUndefined();
+    expect(await reserve(u, "d2", 30)).toBeUndefined();
     expect(u.c.reported("d2", "error", true)).toBe("committed");
   });
 
-  test("a reservation never reported counts as spent from its TTL, and a late report resolves nothing", () => {
+  test("a reservation never reported counts as spent from its TTL, and a late report resolves nothing", async () => {
     const u = unit({ ttlSeconds: 10 });
-    expect(reserve(u, "d1", 100)).toBeUndefined();
+    expect(await reserve(u, "d1", 100)).toBeUndefined();
     u.clock.advance(11 * S);
     expect(u.c.reported("d1", "error", false)).toBe("expired");
     // spent at T0 + 10 s: counted until T0 + 70 s
@@ -355,9 +361,9 @@ describe("budgets: reservations on the decision path", () => {
 
   test("what is reserved survives a restart; nothing without an amount is reserved", async () => {
     const u = unit();
-    expect(reserve(u, "d1", 90)).toBeUndefined();
+    expect(await reserve(u, "d1", 90)).toBeUndefined();
     expect(
-      u.c.reserve("d0", unitRequest({ tool: "refunds.issue" }), verified(), engine, T0),
+      await u.c.reserve("d0", unitRequest({ tool: "refunds.issue" }), verified(), engine, T0),
     ).toBeUndefined();
     await u.c.stop();
     const again = unit({ dir: u.dir, clock: u.clock });
@@ -367,16 +373,59 @@ describe("budgets: reservations on the decision path", () => {
     expect(code(again, refund(100), verified(), engine)).toBeUndefined();
   });
 
-  test("a reservation SQLite refuses denies (budget_unavailable) and counts nothing", () => {
+  test("a reservation SQLite refuses denies (budget_unavailable) and counts nothing", async () => {
     const u = unit();
     refuseWrites(u.store, true);
-    const held = reserve(u, "d1", 10);
+    const held = await reserve(u, "d1", 10);
     expect(held?.code).toBe("budget_unavailable");
     expect(held?.message).toMatch(
       /^the budget reservation could not be recorded; denied \(fail closed\): /,
     );
     refuseWrites(u.store, false);
-    expect(reserve(u, "d2", 100)).toBeUndefined();
+    expect(await reserve(u, "d2", 100)).toBeUndefined();
+  });
+
+  test("by default an allow waits for a group fdatasync of the WAL; the budget counts at once", async () => {
+    const u = unit();
+    expect(u.store.synchronousModes()).toEqual({
+      main: "FULL",
+      reservations: "NORMAL",
+      reservationSync: "group fdatasync of the WAL",
+    });
+    // 10 allows in one turn of the event loop: each counted before any is on disk
+    const pending = Array.from({ length: 10 }, (_, i) =>
+      u.c.reserve(`d${i}`, refund(10), verified(), engine, u.clock.ms),
+    );
+    for (const p of pending) expect(p).toBeInstanceOf(Promise);
+    expect(code(u, refund(1), verified(), engine)).toBe("budget_exceeded");
+    expect(await Promise.all(pending.map(async (p) => await p))).toEqual(Array(10).fill(undefined));
+    // one fdatasync began with the first; the other nine share the next one
+    expect(u.store.reservationSyncs()).toBeGreaterThanOrEqual(1);
+    expect(u.store.reservationSyncs()).toBeLessThanOrEqual(2);
+    // on disk: a restart still counts all ten
+    await u.c.stop();
+    const again = unit({ dir: u.dir, clock: u.clock });
+    expect(code(again, refund(1), verified(), engine)).toBe("budget_exceeded");
+  });
+
+  test("reservation_fsync off: no wait, no fdatasync", () => {
+    const u = unit({ reservationFsync: false });
+    expect(u.store.synchronousModes().reservationSync).toBe("none");
+    expect(u.c.reserve("d1", refund(10), verified(), engine, u.clock.ms)).toBeUndefined();
+    expect(u.store.reservationSyncs()).toBe(0);
+  });
+
+  test("a reservation that cannot be made durable denies (budget_unavailable) and is released", async () => {
+    const u = unit();
+    // the WAL file gone before the first fdatasync: there is nothing to make durable with
+    rmSync(`${u.store.path}-wal`);
+    const held = await reserve(u, "d1", 60);
+    expect(held?.code).toBe("budget_unavailable");
+    expect(held?.message).toMatch(
+      /^the budget reservation could not be made durable; denied \(fail closed\): .*ENOENT/,
+    );
+    // released: the 60 do not count
+    expect(code(u, refund(100), verified(), engine)).toBeUndefined();
   });
 });
 

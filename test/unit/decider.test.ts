@@ -340,7 +340,7 @@ describe("containment comes first", () => {
     expect(broken.sink.events).toHaveLength(1);
   });
 
-  test("a budget: an allow reserves; an allow that turns into a deny gives its reservation back", () => {
+  test("a budget: an allow reserves; an allow that turns into a deny gives its reservation back", async () => {
     const clock = new FakeClock(T0);
     const budgets = [{ tool: "tickets.read", per: "subject", window_seconds: 60, max_total: 1 }];
     const engine = fakeEngine(answer("allow"), {
@@ -355,11 +355,13 @@ describe("containment comes first", () => {
       now: clock.now,
     });
     // the grant cannot be signed: denied, and the budget is not spent
-    expect(decider.decideSync(unitRequest(), ctx).decision.reasons[0]?.code).toBe("grant_failed");
+    expect((await decider.decide(unitRequest(), ctx)).decision.reasons[0]?.code).toBe(
+      "grant_failed",
+    );
     minter.fail = undefined;
-    expect(decider.decideSync(unitRequest(), ctx).decision.outcome).toBe("allow");
+    expect((await decider.decide(unitRequest(), ctx)).decision.outcome).toBe("allow");
     // the one allowed call holds the budget (pending)
-    const over = decider.decideSync(unitRequest(), ctx).decision;
+    const over = (await decider.decide(unitRequest(), ctx)).decision;
     expect(over.outcome).toBe("deny");
     expect(over.reasons[0]?.code).toBe("budget_exceeded");
     expect(over.grant).toBeUndefined();
