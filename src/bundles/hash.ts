@@ -1,5 +1,5 @@
 import { createHash, type Hash } from "node:crypto";
-import { parse as parseYaml } from "yaml";
+import { parseYaml } from "../shared/yaml";
 import { toolgateError, rethrowAs } from "../errors";
 
 /**

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { dirname, resolve } from "node:path";
-import { parse as parseYaml } from "yaml";
+import { parseYaml } from "../shared/yaml";
 import { toolgateError } from "../errors";
 import { describeForbiddenKey, forbiddenKey, isObject, parseUntrustedJson } from "../shared/guards";
 import { FIELDS, SPEC, type CompiledConfig } from "./schema";

@@ -6,7 +6,7 @@
  */
 import { readFileSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { parse as parseYaml } from "yaml";
+import { parseYaml } from "../shared/yaml";
 import { toolgateError } from "../errors";
 import { describeForbiddenKey, forbiddenKey, isObject } from "../shared/guards";
 import type { LogLevel } from "../shared/log";

@@ -1,6 +1,6 @@
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import { basename, join, relative, sep } from "node:path";
-import { parse as parseYaml } from "yaml";
+import { parseYaml } from "../shared/yaml";
 import { toolgateError, rethrowAs } from "../errors";
 import {
   describeForbiddenKey,
