@@ -1,8 +1,9 @@
 /**
- * The log: one message key per line (`msg`; winston would append a `message`
- * field to it, doubling a security event's message) and one destination,
- * stdout, as docs/audit.md, docs/operators.md and log.level's doc say —
- * checked on the raw bytes, since JSON.parse hides a duplicated key.
+ * The log: one message key per line (`msg`; the winston logger this writer
+ * replaced appended a `message` field to it, doubling a security event's
+ * message) and one destination, stdout, as docs/audit.md, docs/operators.md
+ * and log.level's doc say — checked on the raw bytes, since JSON.parse hides
+ * a duplicated key.
  */
 import { createLogger } from "../../src/shared/log";
 import { captureLogger } from "../helpers/capture";
