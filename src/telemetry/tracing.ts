@@ -42,6 +42,7 @@ import {
 import { toolgateError } from "../errors";
 import type { Logger } from "../shared/log";
 import type * as ResourceModuleNs from "./resource";
+import type * as OtlpHttpTransportModuleNs from "./otlp-http-transport";
 
 type Env = Record<string, string | undefined>;
 
@@ -55,6 +56,7 @@ type ExporterBaseModule = typeof ExporterBaseModuleNs;
 type NodeHttpModule = typeof NodeHttpModuleNs;
 type TransformerModule = typeof TransformerModuleNs;
 type ResourceModule = typeof ResourceModuleNs;
+type OtlpHttpTransportModule = typeof OtlpHttpTransportModuleNs;
 export interface TracingOptions {
   env: Env;
   log: Logger;
@@ -162,34 +164,64 @@ export function batchSettingsFromEnv(env: Env, log: Logger, given: BatchSettings
 
 /**
  * OTLP/HTTP protobuf, as @opentelemetry/exporter-trace-otlp-proto builds it:
- * its transport (env headers, timeout, retries, compression) and its
- * serializer, the transformer's ProtobufTraceSerializer (a hand-written
+ * OTel's configuration (env headers, timeout, compression, certificates) and
+ * its serializer, the transformer's ProtobufTraceSerializer (a hand-written
  * encoder lost the A/B of issue #18; docs/audit.md, "OTLP protocols").
+ * - `http://` endpoints: OTel's public network delegate over toolgate's
+ *   node:http transport with OTel's retry policy (./otlp-http-transport: OTel's
+ *   own transport loads http with `import()`, which loads undici, ~3 MB per
+ *   exporting thread, #20).
+ * - `https://` endpoints: OTel's stock node delegate, which builds the TLS agent
+ *   from OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE / _CLIENT_KEY /
+ *   _CLIENT_CERTIFICATE; that is OTel's job, and costs the undici load.
  */
 function otlpHttpProtoExporter(url: string): SpanExporter {
   /* eslint-disable @typescript-eslint/no-require-imports */
-  const { OTLPExporterBase } = require("@opentelemetry/otlp-exporter-base") as ExporterBaseModule;
-  const { convertLegacyHttpOptions, createOtlpHttpExportDelegate } =
+  const { OTLPExporterBase, createOtlpNetworkExportDelegate } =
+    require("@opentelemetry/otlp-exporter-base") as ExporterBaseModule;
+  const { convertLegacyHttpOptions, createOtlpHttpExportDelegate, createOtlpHttpExporterMetrics } =
     require("@opentelemetry/otlp-exporter-base/node-http") as NodeHttpModule;
   const { ProtobufTraceSerializer, TraceExporterMetricsHelper } =
     require("@opentelemetry/otlp-transformer") as TransformerModule;
   /* eslint-enable @typescript-eslint/no-require-imports */
-  class OTLPHttpProtoExporter extends OTLPExporterBase<ReadableSpan[]> implements SpanExporter {
-    constructor() {
-      super(
-        createOtlpHttpExportDelegate(
-          convertLegacyHttpOptions({ url }, "TRACES", "v1/traces", {
-            "Content-Type": "application/x-protobuf",
-          }),
-          ProtobufTraceSerializer,
-          "otlp_http_span_exporter",
-          TraceExporterMetricsHelper,
-          undefined,
-        ),
-      );
-    }
+  const options = convertLegacyHttpOptions({ url }, "TRACES", "v1/traces", {
+    "Content-Type": "application/x-protobuf",
+  });
+  const componentType = "otlp_http_span_exporter";
+  let delegate;
+  if (new URL(options.url).protocol === "http:") {
+    const { createNodeHttpTransport, retryingTransport } =
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      require("./otlp-http-transport") as OtlpHttpTransportModule;
+    delegate = createOtlpNetworkExportDelegate(
+      options,
+      ProtobufTraceSerializer,
+      createOtlpHttpExporterMetrics(
+        componentType,
+        TraceExporterMetricsHelper,
+        options.url,
+        undefined,
+      ),
+      retryingTransport(
+        createNodeHttpTransport({
+          url: options.url,
+          headers: options.headers,
+          compression: options.compression,
+          userAgent: options.userAgent,
+        }),
+      ),
+    );
+  } else {
+    delegate = createOtlpHttpExportDelegate(
+      options,
+      ProtobufTraceSerializer,
+      componentType,
+      TraceExporterMetricsHelper,
+      undefined,
+    );
   }
-  return new OTLPHttpProtoExporter();
+  class OTLPHttpProtoExporter extends OTLPExporterBase<ReadableSpan[]> implements SpanExporter {}
+  return new OTLPHttpProtoExporter(delegate);
 }
 
 /** The first of the variables set to something other than blanks, trimmed. */
