@@ -910,8 +910,9 @@ export class Auditor implements AuditService {
 
   /**
    * One JSON log line for a record already serialised: written straight to
-   * the log stream (winston's per-line format pipeline cost more than the
-   * decision itself), in the same shape as every other line.
+   * the log stream (a per-line field serialiser — winston's format pipeline
+   * when this was written — cost more than the decision itself), in the same
+   * shape as every other line.
    */
   private logRecord(event: string, recordJson: string, trailSeq: number | undefined): void {
     const head = `{"level":"info","msg":"${event}","event":"${event}"${trailSeq === undefined ? "" : `,"trail_seq":${trailSeq}`}`;

@@ -1,7 +1,7 @@
 import { Writable } from "node:stream";
 import { createLogger, type Logger } from "../../src/shared/log";
 
-/** A real winston logger writing into memory: each entry one parsed JSON line. */
+/** A real logger (src/shared/log.ts) writing into memory: each entry one parsed JSON line. */
 export function captureLogger(level: "debug" | "info" = "info"): {
   log: Logger;
   lines: () => Array<Record<string, unknown>>;

@@ -1,6 +1,6 @@
 /**
  * Audit through a real sidecar: every decision and action leaves a span (real
- * OTel SDK, in-memory exporter), a winston log line and a hash-chained trail
+ * OTel SDK, in-memory exporter), a JSON log line and a hash-chained trail
  * record, all redacted.
  */
 import { readFileSync, readdirSync } from "node:fs";
