@@ -1,5 +1,6 @@
 import type { SpanExporter } from "@opentelemetry/sdk-trace";
-import { Auditor, Tracing, type AuditService } from "./audit";
+import { Auditor, type AuditService } from "./audit";
+import type * as TracingModule from "./telemetry/tracing";
 import { AuditClient } from "./audit/client";
 import { Redactor, type MaskOp, type SecretsSeen } from "./redaction/redact";
 import { AuditTrail } from "./trail";
@@ -233,6 +234,9 @@ async function buildAuditor(
     });
     return { auditor: client, component: new AuditComponent(client) };
   }
+  // loaded here, not at start-up: with the audit worker (above) the OTel SDK lives on that thread only
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { Tracing } = require("./telemetry/tracing") as typeof TracingModule;
   const tracing = new Tracing({
     env,
     log,

@@ -8,7 +8,7 @@ import {
   type Span,
   type SpanContext,
 } from "@opentelemetry/api";
-import { TraceState } from "@opentelemetry/core";
+import type * as OtelCore from "@opentelemetry/core";
 import type {
   ActionEvent,
   ApprovalEvent,
@@ -34,9 +34,9 @@ import { isObject } from "../shared/guards";
 import type { Logger } from "../shared/log";
 import { SecretsSeen, type MaskOp, type Redactor } from "../redaction/redact";
 import type { AuditTrail, TrailStats } from "../trail";
-import { extractTraceContext, type Tracing, type TracingStats } from "../telemetry/tracing";
+import type { Tracing, TracingStats } from "../telemetry/tracing";
 
-export { Tracing } from "../telemetry/tracing";
+export { traceParentOf } from "../telemetry/trace-context";
 export type { SpanIds } from "../model";
 
 /**
@@ -104,16 +104,6 @@ const startTime = (ms: number | undefined): { startTime?: number } =>
 
 /** Where a record landed in the trail. */
 type Trailed = { seq: number; hash: string };
-
-/** The caller's trace context (W3C traceparent and tracestate headers), when valid. */
-export function traceParentOf(
-  headers: Record<string, string | string[] | undefined>,
-): SpanRef | undefined {
-  if (headers.traceparent === undefined) return undefined;
-  const sc = trace.getSpanContext(extractTraceContext(headers));
-  if (sc === undefined || !trace.isSpanContextValid(sc)) return undefined;
-  return refOf(sc);
-}
 
 /** A span that spans several decisions (an AuthZEN batch request): ended by the face. */
 export interface RequestSpan {
@@ -369,11 +359,19 @@ function refOf(sc: SpanContext): SpanRef {
   return ref;
 }
 
+let core: typeof OtelCore | undefined;
+/** @opentelemetry/core, loaded where spans are made (not on a main thread that hands audit to its worker). */
+function otelCore(): typeof OtelCore {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  core ??= require("@opentelemetry/core") as typeof OtelCore;
+  return core;
+}
+
 /** The OpenTelemetry span context of a plain one (`isRemote` for a caller's trace parent). */
 function spanContextOf(ref: SpanRef, isRemote?: boolean): SpanContext {
   const sc: SpanContext = { traceId: ref.traceId, spanId: ref.spanId, traceFlags: ref.traceFlags };
   if (isRemote !== undefined) sc.isRemote = isRemote;
-  if (ref.traceState !== undefined) sc.traceState = new TraceState(ref.traceState);
+  if (ref.traceState !== undefined) sc.traceState = new (otelCore().TraceState)(ref.traceState);
   return sc;
 }
 
