@@ -13,13 +13,12 @@
  * (while OTel's stock transport, the control, loads it).
  */
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
-import { dirname, join, relative, resolve } from "node:path";
+import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
-import ts from "typescript";
 import { ROOT_CONTEXT, SpanKind } from "@opentelemetry/api";
 import { ExportResultCode, type ExportResult } from "@opentelemetry/core";
 import { OTLPExporterBase, OTLPExporterError } from "@opentelemetry/otlp-exporter-base";
@@ -40,6 +39,7 @@ import { exporterFromEnv, Tracing } from "../../src/telemetry/tracing";
 import { MAX_RESPONSE_BYTES, retryAfterMs } from "../../src/telemetry/otlp-http-transport";
 import { silentLogger } from "../../src/shared/log";
 import { tempDir } from "../helpers/opa";
+import { transpileSrc } from "../helpers/transpile";
 
 jest.setTimeout(60_000);
 
@@ -480,33 +480,6 @@ test("https:// keeps OTel's stock transport: it trusts OTEL_EXPORTER_OTLP_TRACES
   }
 });
 
-/** Transpiles `entry` and the src/ modules it imports or requires into `out`. */
-function transpile(entry: string, out: string): string {
-  const todo = [join(root, entry)];
-  const done = new Set<string>();
-  while (todo.length > 0) {
-    const file = todo.pop() as string;
-    if (done.has(file)) continue;
-    done.add(file);
-    const text = readFileSync(file, "utf8");
-    for (const m of text.matchAll(/(?:from |require\()"(\.{1,2}\/[^"]+)"/g)) {
-      const base = resolve(dirname(file), m[1] as string);
-      todo.push(existsSync(`${base}.ts`) ? `${base}.ts` : join(base, "index.ts"));
-    }
-    const js = ts.transpileModule(text, {
-      compilerOptions: {
-        module: ts.ModuleKind.CommonJS,
-        target: ts.ScriptTarget.ES2022,
-        esModuleInterop: true,
-      },
-    }).outputText;
-    const target = join(out, relative(root, file).replace(/\.ts$/, ".js"));
-    mkdirSync(dirname(target), { recursive: true });
-    writeFileSync(target, js);
-  }
-  return join(out, entry.replace(/\.ts$/, ".js"));
-}
-
 /**
  * The child: a Tracing (the real src/ code) exports one span to the receiver;
  * then, as the control, OTel's stock delegate exports one. Prints whether
@@ -540,7 +513,7 @@ const log = { level: "error", error() {}, warn() {}, info() {}, debug() {} };
 test("an export leaves undici unloaded (a child process running src/; OTel's stock transport loads it)", async () => {
   const rx = await startReceiver();
   try {
-    const tracingJs = transpile("src/telemetry/tracing.ts", tempDir("toolgate-otlp-js-"));
+    const tracingJs = transpileSrc("src/telemetry/tracing.ts", tempDir("toolgate-otlp-js-"));
     const script = join(tempDir("toolgate-otlp-child-"), "child.js");
     writeFileSync(script, CHILD);
     const env: Record<string, string> = {

@@ -8,39 +8,14 @@
  * freed. The child runs the real trail code (transpiled from src/).
  */
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { dirname, join, relative, resolve } from "node:path";
+import { readdirSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
-import ts from "typescript";
 import { verifyTrail } from "../../src/trail";
 import { tempDir } from "../helpers/opa";
+import { transpileSrc } from "../helpers/transpile";
 
 jest.setTimeout(60_000);
-
-const root = join(__dirname, "..", "..");
-
-/** Transpiles src/trail/writer.ts and the src/ modules it imports into `out`; returns the writer's path. */
-function transpileTrail(out: string): string {
-  const todo = [join(root, "src", "trail", "writer.ts")];
-  const done = new Set<string>();
-  while (todo.length > 0) {
-    const file = todo.pop() as string;
-    if (done.has(file)) continue;
-    done.add(file);
-    const text = readFileSync(file, "utf8");
-    for (const m of text.matchAll(/from "(\.{1,2}\/[^"]+)"/g)) {
-      const base = resolve(dirname(file), m[1] as string);
-      todo.push(existsSync(`${base}.ts`) ? `${base}.ts` : join(base, "index.ts"));
-    }
-    const js = ts.transpileModule(text, {
-      compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 },
-    }).outputText;
-    const target = join(out, relative(root, file).replace(/\.ts$/, ".js"));
-    mkdirSync(dirname(target), { recursive: true });
-    writeFileSync(target, js);
-  }
-  return join(out, "src", "trail", "writer.js");
-}
 
 /** The child: opens a trail, then follows commands from stdin; prints one JSON line per command. */
 const CHILD = `
@@ -106,7 +81,7 @@ class Child {
 }
 
 function start(dir: string, fsizeZero: boolean): Child {
-  const trailJs = transpileTrail(tempDir("toolgate-trail-js-"));
+  const trailJs = transpileSrc("src/trail/writer.ts", tempDir("toolgate-trail-js-"));
   const script = join(tempDir("toolgate-trail-child-"), "child.js");
   writeFileSync(script, CHILD);
   // stdout is a pipe, so the limit never touches the replies
