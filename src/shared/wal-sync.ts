@@ -13,11 +13,11 @@
  *
  * The WAL file (`<db>-wal`) is opened on first use and kept open. SQLite
  * deletes it only when the last connection to the database closes, which the
- * owning store's open connections prevent; should it still be unlinked or
- * replaced (an operator, another tool), the file behind the descriptor is no
- * longer the database's WAL: the sync then reopens the path and syncs again,
- * and fails (rejects) when it cannot. A rejection means "not known to be
- * durable": callers fail closed.
+ * owning store's open connections prevent; should it still be unlinked (an
+ * operator, another tool), SQLite goes on writing to the unlinked file, which
+ * no sync can make durable, and whatever is at the path now is not what
+ * SQLite writes: from then on every sync rejects. A rejection means "not
+ * known to be durable": callers fail closed.
  */
 import { close, fdatasync, fstatSync, open, constants } from "node:fs";
 
@@ -26,6 +26,8 @@ export class WalSync {
   private running: Promise<void> | undefined;
   private queued: Promise<void> | undefined;
   private closed = false;
+  /** Why no sync can succeed any more (the WAL file was unlinked under SQLite). */
+  private broken: Error | undefined;
   /** fdatasyncs completed (for metrics and tests). */
   syncs = 0;
 
@@ -35,6 +37,7 @@ export class WalSync {
   /** Resolves when everything written to the WAL before this call is on disk. */
   sync(): Promise<void> {
     if (this.closed) return Promise.reject(new Error(`${this.walPath}: closed`));
+    if (this.broken !== undefined) return Promise.reject(this.broken);
     // a running fdatasync may have begun before the caller's write: wait for the next one
     if (this.queued !== undefined) return this.queued;
     if (this.running === undefined) return this.start();
@@ -69,7 +72,8 @@ export class WalSync {
 
   private start(): Promise<void> {
     if (this.closed) return Promise.reject(new Error(`${this.walPath}: closed`));
-    const p = this.syncOnce(true);
+    if (this.broken !== undefined) return Promise.reject(this.broken);
+    const p = this.syncOnce();
     this.running = p;
     const clear = (): void => {
       if (this.running === p) this.running = undefined;
@@ -79,7 +83,7 @@ export class WalSync {
     return p;
   }
 
-  private async syncOnce(retry: boolean): Promise<void> {
+  private async syncOnce(): Promise<void> {
     const fd = await this.descriptor();
     await new Promise<void>((resolve, reject) => fdatasync(fd, (e) => (e ? reject(e) : resolve())));
     // an inode lookup, no disk I/O: cheaper inline than another trip to the thread pool
@@ -87,13 +91,10 @@ export class WalSync {
       this.syncs++;
       return;
     }
-    // unlinked under us: what we synced is not the database's WAL any more
-    if (this.fd === fd) {
-      this.fd = undefined;
-      close(fd, () => undefined);
-    }
-    if (!retry) throw new Error(`${this.walPath}: the WAL file was removed`);
-    return this.syncOnce(false);
+    this.broken ??= new Error(
+      `${this.walPath}: the WAL file was removed while the database is open`,
+    );
+    throw this.broken;
   }
 
   private async descriptor(): Promise<number> {

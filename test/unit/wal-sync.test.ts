@@ -25,19 +25,22 @@ describe("WalSync (group fdatasync of a WAL file)", () => {
     w.close();
   });
 
-  test("a WAL file replaced under it is reopened; a removed one fails the sync", async () => {
+  test("a WAL file unlinked under it fails that sync and every later one (fail closed)", async () => {
     const path = walFile();
     const w = new WalSync(path);
     await w.sync();
     rmSync(path);
-    writeFileSync(path, "new frames");
-    // the old descriptor's file is unlinked: synced again through the path
-    await w.sync();
-    expect(w.syncs).toBe(2);
-    rmSync(path);
-    await expect(w.sync()).rejects.toThrow(/ENOENT/);
-    expect(w.syncs).toBe(2);
+    writeFileSync(path, "someone else's file"); // not what SQLite writes to: never synced instead
+    await expect(w.sync()).rejects.toThrow(/WAL file was removed/);
+    await expect(w.sync()).rejects.toThrow(/WAL file was removed/);
+    expect(w.syncs).toBe(1);
     w.close();
+  });
+
+  test("a WAL file missing at the first sync fails it", async () => {
+    const path = walFile();
+    rmSync(path);
+    await expect(new WalSync(path).sync()).rejects.toThrow(/ENOENT/);
   });
 
   test("closed: queued and later syncs reject; a running one never claims a sync it did not make", async () => {
