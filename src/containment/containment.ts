@@ -863,7 +863,10 @@ export class Containment implements Component {
    * budget of the tool, on disk, before the allow leaves toolgate. Checks the
    * budgets again first (so allowed + pending never exceeds a max, whoever
    * calls). Returns a deny when a budget would be exceeded, or when the
-   * reservation cannot be written (`budget_unavailable`: fail closed).
+   * reservation cannot be written (`budget_unavailable`: fail closed); with
+   * reservation_fsync, a promise of the answer that settles once the
+   * reservation is on disk (store.syncReservations) or could not be made so
+   * (`budget_unavailable`, the reservation released).
    */
   reserve(
     decisionId: string,
