@@ -4,11 +4,12 @@ import type { AddressInfo } from "node:net";
 /**
  * A real OTLP/HTTP JSON receiver on loopback (POST /v1/traces), keeping what
  * it receives. `mode: "hang"` accepts requests and never answers, like a stuck
- * collector.
+ * collector. `requests()`: how many requests have arrived (answered or not).
  */
 export async function startOtlpReceiver(mode: "ok" | "hang" = "ok"): Promise<{
   url: string;
   bodies: unknown[];
+  requests(): number;
   spans(): Array<{
     name: string;
     traceId: string;
@@ -17,7 +18,9 @@ export async function startOtlpReceiver(mode: "ok" | "hang" = "ok"): Promise<{
   close(): Promise<void>;
 }> {
   const bodies: unknown[] = [];
+  let requests = 0;
   const server: Server = createServer((req, res) => {
+    requests++;
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", () => {
@@ -36,6 +39,7 @@ export async function startOtlpReceiver(mode: "ok" | "hang" = "ok"): Promise<{
   return {
     url: `http://127.0.0.1:${port}`,
     bodies,
+    requests: () => requests,
     spans: () =>
       bodies.flatMap((b) =>
         (

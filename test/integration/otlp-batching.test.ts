@@ -9,13 +9,12 @@
  * audit worker.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { ROOT_CONTEXT, SpanKind } from "@opentelemetry/api";
 import { Tracing } from "../../src/telemetry/tracing";
 import { silentLogger, type Logger } from "../../src/shared/log";
 import { captureLogger } from "../helpers/capture";
+import { startOtlpReceiver } from "../helpers/otlp";
 import { postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
 
 const RECEIVER = path.join(__dirname, "..", "..", "scripts", "bench", "otlp-receiver.mjs");
@@ -179,18 +178,12 @@ test("receiver stopped: the queue stays bounded, every undelivered span is count
 
 test("tracing.max_concurrent_exports reaches the audit worker: exports in flight to a collector that never answers", async () => {
   // a collector that accepts and never answers: each export stays in flight until its timeout
-  let open = 0;
-  const server = createServer((req) => {
-    open++;
-    req.resume();
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const stuck = await startOtlpReceiver("hang");
   const tg = await startTestToolgate(
     { TOOLGATE_TRACING_MAX_CONCURRENT_EXPORTS: "3", TOOLGATE_TRACING_SCHEDULED_DELAY_MS: "10" },
     {
       otelEnv: {
-        OTEL_EXPORTER_OTLP_ENDPOINT: url,
+        OTEL_EXPORTER_OTLP_ENDPOINT: stuck.url,
         OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
         OTEL_BSP_MAX_EXPORT_BATCH_SIZE: "2",
         OTEL_BSP_EXPORT_TIMEOUT: "2000", // the hung exports fail, so stop() need not wait long
@@ -207,12 +200,11 @@ test("tracing.max_concurrent_exports reaches the audit worker: exports in flight
       );
       expect(r.status).toBe(200);
     }
-    for (let i = 0; i < 100 && open < 3; i++) await sleep(20);
+    for (let i = 0; i < 100 && stuck.requests() < 3; i++) await sleep(20);
     await sleep(300); // and no fourth
-    expect(open).toBe(3);
+    expect(stuck.requests()).toBe(3);
   } finally {
     await tg.stop();
-    server.closeAllConnections();
-    await new Promise<void>((r) => server.close(() => r()));
+    await stuck.close();
   }
 }, 30_000);
