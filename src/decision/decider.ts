@@ -382,7 +382,7 @@ export class Decider {
         expires_at: new Date(nowMs + this.opts.requestTtlSeconds * 1000).toISOString(),
       };
     }
-    yield* this.applyApproval(decision, check, nowMs);
+    this.applyApproval(decision, check);
     // a plan (context.plan) may stand in for the approval a needs_approval answer asks for
     let final = out;
     let planUse: PendingPlanUse | undefined;
@@ -414,10 +414,14 @@ export class Decider {
       decision.outcome === "allow" && containment !== undefined
         ? yield* this.reserve(containment, decision, req, verified, engine, nowMs)
         : false;
-    // A plan's use is claimed last, once nothing but the grant can deny the call: a call
-    // denied by its session or its budget spends no use. Without a use it is not allowed.
+    // A plan's use, or a presented approval's, is claimed last, once nothing but the grant
+    // can deny the call: a call denied by its session or its budget spends no use. Without
+    // its use it is not allowed (and its reservation goes, below).
     if (planUse !== undefined && decision.outcome === "allow") {
       if (!(yield* this.claimPlanUse(decision, planUse, verified, nowMs))) final = out;
+    }
+    if (check.kind === "verified" && decision.outcome === "allow") {
+      yield* this.useApproval(decision, check, nowMs);
     }
     const grant = this.grant(decision, req, verified, nowMs);
     if (reserved && decision.outcome !== "allow") containment?.unreserve(decision.decision_id);
@@ -678,51 +682,65 @@ export class Decider {
     return true;
   }
 
-  /** How a presented approval changes the policy's answer (see ApprovalService.check). */
-  private *applyApproval(
-    d: Decision,
-    check: ApprovalCheck,
-    nowMs: number,
-  ): Generator<Promise<unknown>, void, unknown> {
-    const approvals = this.opts.approvals;
-    if (approvals === undefined || check.kind === "none" || check.kind === "deny") return;
+  /**
+   * How a presented approval that was not verified changes the policy's
+   * answer (see ApprovalService.check); a verified one is used by
+   * useApproval, once the call is allowed by everything else.
+   */
+  private applyApproval(d: Decision, check: ApprovalCheck): void {
+    if (this.opts.approvals === undefined) return;
     if (check.kind === "ignored" && d.outcome === "needs_approval") {
       d.reasons = [...d.reasons, { code: check.code, message: check.message }];
     } else if (check.kind === "expired" && d.outcome === "needs_approval") {
       // denied, but with a fresh access request the agent may submit
       d.outcome = "deny";
       d.reasons = [{ code: "approval_expired", message: check.message }, ...d.reasons];
-    } else if (check.kind === "verified" && d.outcome === "allow") {
-      let consumed: boolean;
-      if (!check.singleUse) {
-        approvals.used(check.taskId, d.decision_id);
-        consumed = true;
-      } else {
-        try {
-          consumed = yield* wait(approvals.consume(check.taskId, d.decision_id, nowMs));
-        } catch (e) {
-          // the use could not be recorded: the approval is not honoured (fail closed)
-          d.outcome = "deny";
-          d.reasons = [
-            {
-              code: "approval_unavailable",
-              message: `approval ${check.taskId} could not be claimed; denied (fail closed): ${normalizeError(e).message}`,
-            },
-          ];
-          d.obligations = [];
-          return;
-        }
-      }
-      if (!consumed) {
+    }
+  }
+
+  /**
+   * Uses the verified approval an allow rests on: a single-use approval is
+   * claimed (atomically: once), a multi-use one recorded. Unclaimed — used
+   * already, or the claim could not be written — the allow becomes a deny.
+   * Called last (after the session and the budget reservation), so a call
+   * they deny spends no use.
+   */
+  private *useApproval(
+    d: Decision,
+    check: Extract<ApprovalCheck, { kind: "verified" }>,
+    nowMs: number,
+  ): Generator<Promise<unknown>, void, unknown> {
+    const approvals = this.opts.approvals;
+    if (approvals === undefined) return;
+    let consumed: boolean;
+    if (!check.singleUse) {
+      approvals.used(check.taskId, d.decision_id);
+      consumed = true;
+    } else {
+      try {
+        consumed = yield* wait(approvals.consume(check.taskId, d.decision_id, nowMs));
+      } catch (e) {
+        // the use could not be recorded: the approval is not honoured (fail closed)
         d.outcome = "deny";
         d.reasons = [
           {
-            code: "approval_used",
-            message: `approval ${check.taskId} was already used (single use)`,
+            code: "approval_unavailable",
+            message: `approval ${check.taskId} could not be claimed; denied (fail closed): ${normalizeError(e).message}`,
           },
         ];
         d.obligations = [];
+        return;
       }
+    }
+    if (!consumed) {
+      d.outcome = "deny";
+      d.reasons = [
+        {
+          code: "approval_used",
+          message: `approval ${check.taskId} was already used (single use)`,
+        },
+      ];
+      d.obligations = [];
     }
   }
 }
