@@ -4,7 +4,6 @@
  * real `openssl`, trusted through policy.http.ca_file), a real toolgate
  * polling them with a bearer token from a file.
  */
-import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import {
   createServer,
@@ -23,6 +22,7 @@ import { ToolgateError } from "../../src/errors";
 import { fixtureBundle, until } from "../helpers/bundles";
 import { tempDir } from "../helpers/opa";
 import { startTestToolgate } from "../helpers/toolgate";
+import { selfSigned } from "../helpers/tls";
 
 jest.setTimeout(60_000);
 
@@ -76,39 +76,6 @@ function env(url: string, extra: Record<string, string> = {}): Record<string, st
     TOOLGATE_POLICY_HTTP_MAX_DELAY_SECONDS: "1",
     TOOLGATE_POLICY_HTTP_TIMEOUT_MS: "3000",
     ...extra,
-  };
-}
-
-/** A self-signed certificate for 127.0.0.1, made by the real openssl. */
-function selfSigned(): { key: Buffer; cert: Buffer; caFile: string } {
-  const dir = tempDir("toolgate-tls-");
-  execFileSync(
-    "openssl",
-    [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-days",
-      "1",
-      "-subj",
-      "/CN=127.0.0.1",
-      "-addext",
-      "subjectAltName=IP:127.0.0.1",
-      "-keyout",
-      join(dir, "key.pem"),
-      "-out",
-      join(dir, "cert.pem"),
-    ],
-    { stdio: "pipe" },
-  );
-  return {
-    key: readFileSync(join(dir, "key.pem")),
-    cert: readFileSync(join(dir, "cert.pem")),
-    caFile: join(dir, "cert.pem"),
   };
 }
 
