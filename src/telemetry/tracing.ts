@@ -164,62 +164,63 @@ export function batchSettingsFromEnv(env: Env, log: Logger, given: BatchSettings
 
 /**
  * OTLP/HTTP protobuf, as @opentelemetry/exporter-trace-otlp-proto builds it:
- * OTel's configuration (env headers, timeout, compression, certificates) and
- * its serializer, the transformer's ProtobufTraceSerializer (a hand-written
- * encoder lost the A/B of issue #18; docs/audit.md, "OTLP protocols").
- * - `http://` endpoints: OTel's public network delegate over toolgate's
- *   node:http transport with OTel's retry policy (./otlp-http-transport: OTel's
- *   own transport loads http with `import()`, which loads undici, ~3 MB per
- *   exporting thread, #20).
- * - `https://` endpoints: OTel's stock node delegate, which builds the TLS agent
- *   from OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE / _CLIENT_KEY /
- *   _CLIENT_CERTIFICATE; that is OTel's job, and costs the undici load.
+ * OTel's configuration (env headers, timeout, compression) and its
+ * serializer, the transformer's ProtobufTraceSerializer (a hand-written
+ * encoder lost the A/B of issue #18; docs/audit.md, "OTLP protocols"), through
+ * OTel's public network delegate over toolgate's node:http / node:https
+ * transport with OTel's retry policy (./otlp-http-transport: the timeout bounds
+ * the whole request, response bodies are capped, and unlike OTel's transport
+ * it does not load undici for http://, ~3 MB per exporting thread, #20).
+ * For `https://`, the TLS settings OTel reads
+ * (OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE / _CLIENT_KEY / _CLIENT_CERTIFICATE,
+ * tlsFromEnv) are read here, at start-up: a file that cannot be read is
+ * config_invalid. Any other scheme is config_invalid too.
  */
 function otlpHttpProtoExporter(url: string): SpanExporter {
   /* eslint-disable @typescript-eslint/no-require-imports */
   const { OTLPExporterBase, createOtlpNetworkExportDelegate } =
     require("@opentelemetry/otlp-exporter-base") as ExporterBaseModule;
-  const { convertLegacyHttpOptions, createOtlpHttpExportDelegate, createOtlpHttpExporterMetrics } =
+  const { convertLegacyHttpOptions, createOtlpHttpExporterMetrics } =
     require("@opentelemetry/otlp-exporter-base/node-http") as NodeHttpModule;
   const { ProtobufTraceSerializer, TraceExporterMetricsHelper } =
     require("@opentelemetry/otlp-transformer") as TransformerModule;
+  const { createNodeHttpTransport, retryingTransport, tlsFromEnv } =
+    require("./otlp-http-transport") as OtlpHttpTransportModule;
   /* eslint-enable @typescript-eslint/no-require-imports */
   const options = convertLegacyHttpOptions({ url }, "TRACES", "v1/traces", {
     "Content-Type": "application/x-protobuf",
   });
-  const componentType = "otlp_http_span_exporter";
-  let delegate;
-  if (new URL(options.url).protocol === "http:") {
-    const { createNodeHttpTransport, retryingTransport } =
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      require("./otlp-http-transport") as OtlpHttpTransportModule;
-    delegate = createOtlpNetworkExportDelegate(
-      options,
-      ProtobufTraceSerializer,
-      createOtlpHttpExporterMetrics(
-        componentType,
-        TraceExporterMetricsHelper,
-        options.url,
-        undefined,
-      ),
-      retryingTransport(
-        createNodeHttpTransport({
-          url: options.url,
-          headers: options.headers,
-          compression: options.compression,
-          userAgent: options.userAgent,
-        }),
-      ),
+  let protocol: string;
+  try {
+    protocol = new URL(options.url).protocol;
+  } catch {
+    protocol = "";
+  }
+  if (protocol !== "http:" && protocol !== "https:")
+    throw toolgateError(
+      "config_invalid",
+      `the OTLP endpoint "${options.url}" (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT) is not an http:// or https:// URL. Fix: set it to http://host:4318 or https://host:4318`,
     );
-  } else {
-    delegate = createOtlpHttpExportDelegate(
-      options,
-      ProtobufTraceSerializer,
+  const componentType = "otlp_http_span_exporter";
+  const delegate = createOtlpNetworkExportDelegate(
+    options,
+    ProtobufTraceSerializer,
+    createOtlpHttpExporterMetrics(
       componentType,
       TraceExporterMetricsHelper,
+      options.url,
       undefined,
-    );
-  }
+    ),
+    retryingTransport(
+      createNodeHttpTransport({
+        url: options.url,
+        headers: options.headers,
+        compression: options.compression,
+        userAgent: options.userAgent,
+        ...(protocol === "https:" ? { tls: tlsFromEnv("TRACES") } : {}),
+      }),
+    ),
+  );
   class OTLPHttpProtoExporter extends OTLPExporterBase<ReadableSpan[]> implements SpanExporter {}
   return new OTLPHttpProtoExporter(delegate);
 }

@@ -1,22 +1,30 @@
 /**
- * Issue #20: the http/protobuf exporter for an `http://` endpoint sends over
- * toolgate's node:http transport (src/telemetry/otlp-http-transport.ts), not
- * OTel's, whose `import("http")` loads undici (~3 MB per exporting thread).
+ * Issue #20: the http/protobuf exporter sends over toolgate's node:http /
+ * node:https transport (src/telemetry/otlp-http-transport.ts), not OTel's,
+ * whose timeout is the socket's idle time and whose `import("http")` loads
+ * undici (~3 MB per exporting thread).
  * Against a real node:http OTLP receiver on loopback: the spans arrive and
  * decode; method, path, headers and body equal what OTel's stock transport
  * sends for the same env (OTEL_EXPORTER_OTLP_(TRACES_)HEADERS, Content-Type,
  * User-Agent); gzip when configured; OTel's retry policy (a 503 is retried
  * after ~1 s and delivered once, a Retry-After is waited, a 400 is not
  * retried); the timeout bounds the whole request (a silent or trickling
- * collector fails the export); a huge response body is cut off; and in a
- * child process running the real src/ code, an export leaves undici unloaded
- * (while OTel's stock transport, the control, loads it).
+ * collector, http or https, fails the export); a huge response body is cut
+ * off. Against real node:https receivers with certificates made by the real
+ * openssl: the CA of OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE is trusted (and
+ * the TRACES_ one wins), no CA or another CA fails the export undelivered,
+ * mTLS sends OTEL_EXPORTER_OTLP_(TRACES_)CLIENT_CERTIFICATE / _CLIENT_KEY (and
+ * a collector that requires one refuses without), unusable TLS files stop the
+ * start-up with config_invalid. In a child process running the real src/
+ * code, an export (http and https) leaves undici unloaded (while OTel's stock
+ * transport to http://, the control, loads it).
  */
-import { execFileSync, spawn } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
-import { createServer as createHttpsServer } from "node:https";
+import { createServer as createHttpsServer, type ServerOptions } from "node:https";
 import type { AddressInfo } from "node:net";
+import type { TLSSocket } from "node:tls";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
 import { ROOT_CONTEXT, SpanKind } from "@opentelemetry/api";
@@ -38,7 +46,9 @@ import {
 import { exporterFromEnv, Tracing } from "../../src/telemetry/tracing";
 import { MAX_RESPONSE_BYTES, retryAfterMs } from "../../src/telemetry/otlp-http-transport";
 import { silentLogger } from "../../src/shared/log";
+import { ToolgateError } from "../../src/errors";
 import { tempDir } from "../helpers/opa";
+import { selfSigned, testCa } from "../helpers/tls";
 import { transpileSrc } from "../helpers/transpile";
 
 jest.setTimeout(60_000);
@@ -53,6 +63,8 @@ interface Received {
   raw: Buffer;
   /** The body, gunzipped when Content-Encoding says gzip. */
   body: Buffer;
+  /** Over TLS: the CN of the client certificate the receiver verified, if one was sent. */
+  peer?: string;
 }
 
 type Answer = (res: ServerResponse, req: IncomingMessage) => void;
@@ -62,16 +74,19 @@ const ok: Answer = (res) => {
 };
 
 /**
- * A real OTLP/HTTP receiver on loopback. Each request takes the next of
- * `answers` (then `ok`); it records every request it got in full.
+ * A real OTLP/HTTP receiver on loopback (node:https with `tls`, else
+ * node:http). Each request takes the next of `answers` (then `ok`); it records
+ * every request it got in full. `handshakes` counts TLS connections
+ * established (a client that failed verification never makes one).
  */
-async function startReceiver(answers: Answer[] = []) {
+async function startReceiver(answers: Answer[] = [], tls?: ServerOptions) {
   const got: Received[] = [];
-  const server = createServer((req, res) => {
+  const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", () => {
       const raw = Buffer.concat(chunks);
+      const peer = tls ? (req.socket as TLSSocket).getPeerCertificate().subject?.CN : undefined;
       got.push({
         at: Date.now(),
         method: req.method,
@@ -79,13 +94,18 @@ async function startReceiver(answers: Answer[] = []) {
         headers: req.headers,
         raw,
         body: req.headers["content-encoding"] === "gzip" ? gunzipSync(raw) : raw,
+        ...(typeof peer === "string" ? { peer } : {}),
       });
       (answers.shift() ?? ok)(res, req);
     });
-  });
+  };
+  const server = tls ? createHttpsServer(tls, onRequest) : createServer(onRequest);
+  const tlsErrors: Error[] = [];
+  server.on("tlsClientError", (e: Error) => tlsErrors.push(e));
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
   return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    url: `${tls ? "https" : "http"}://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    tlsErrors,
     got,
     close: () =>
       new Promise<void>((r) => {
@@ -124,7 +144,7 @@ function toolgateExporter(url: string): SpanExporter {
   return exporter;
 }
 
-/** OTel's stock delegate, built as tracing.ts builds it for https:// (the reference). */
+/** OTel's stock delegate with its own node transport (the reference). */
 function stockExporter(url: string): SpanExporter {
   const delegate = createOtlpHttpExportDelegate(
     convertLegacyHttpOptions({ url: `${url}/v1/traces` }, "TRACES", "v1/traces", {
@@ -342,22 +362,29 @@ test("a 400 is a failure, not retried; the error carries the status", async () =
 });
 
 test.each([
-  ["never answers", "silent"],
-  ["answers a byte every 100 ms, for ever", "trickle"],
+  ["never answers", "silent", "http"],
+  ["answers a byte every 100 ms, for ever", "trickle", "http"],
+  ["answers a byte every 100 ms over https, for ever", "trickle", "https"],
 ] as const)(
   "a collector that %s: the export fails at OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, it does not hang",
-  async (_name, mode) => {
+  async (_name, mode, scheme) => {
     const spans = await someSpans(1);
     const timers: NodeJS.Timeout[] = [];
-    const rx = await startReceiver([
-      (res) => {
-        if (mode === "silent") return;
-        res.writeHead(200, { "content-type": "application/x-protobuf" });
-        timers.push(setInterval(() => res.write("\0"), 100));
-      },
-    ]);
+    const server = scheme === "https" ? selfSigned() : undefined;
+    const rx = await startReceiver(
+      [
+        (res) => {
+          if (mode === "silent") return;
+          res.writeHead(200, { "content-type": "application/x-protobuf" });
+          timers.push(setInterval(() => res.write("\0"), 100));
+        },
+      ],
+      server && { key: server.key, cert: server.cert },
+    );
     try {
-      await withEnv({ OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: "600" }, async () => {
+      const env: Record<string, string> = { OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: "600" };
+      if (server) env.OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE = server.caFile;
+      await withEnv(env, async () => {
         const ours = toolgateExporter(rx.url);
         const r = await exportOnce(ours, spans);
         await ours.shutdown();
@@ -435,49 +462,224 @@ test("Retry-After as OTel reads it: seconds, an HTTP date, else the backoff", ()
   expect(retryAfterMs("soon")).toBeUndefined();
 });
 
-test("https:// keeps OTel's stock transport: it trusts OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", async () => {
-  const dir = tempDir("toolgate-otlp-tls-");
-  // a self-signed certificate for 127.0.0.1, made by the real openssl
-  execFileSync(
-    "openssl",
-    ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"]
-      .concat(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
-      .concat(["-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem")]),
-    { stdio: "pipe" },
-  );
-  const got: Buffer[] = [];
-  const server = createHttpsServer(
-    { key: readFileSync(join(dir, "key.pem")), cert: readFileSync(join(dir, "cert.pem")) },
-    (req, res) => {
-      const chunks: Buffer[] = [];
-      req.on("data", (c: Buffer) => chunks.push(c));
-      req.on("end", () => {
-        got.push(Buffer.concat(chunks));
-        res.writeHead(200, { "content-type": "application/x-protobuf" }).end();
-      });
-    },
-  );
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+/** Who the https tests' receivers are: a self-signed 127.0.0.1, and a CA that issues server and client certificates. */
+const tls = {
+  self: undefined as ReturnType<typeof selfSigned> | undefined,
+  ca: undefined as ReturnType<typeof testCa> | undefined,
+  other: undefined as ReturnType<typeof testCa> | undefined,
+};
+beforeAll(() => {
+  tls.self = selfSigned();
+  tls.ca = testCa("toolgate test CA");
+  tls.other = testCa("another CA");
+});
+const self = (): ReturnType<typeof selfSigned> => tls.self as ReturnType<typeof selfSigned>;
+const ca = (): ReturnType<typeof testCa> => tls.ca as ReturnType<typeof testCa>;
+const other = (): ReturnType<typeof testCa> => tls.other as ReturnType<typeof testCa>;
+
+test("https://: spans arrive over TLS to a self-signed collector trusted through OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE, as OTel's transport sends them", async () => {
   const spans = await someSpans(2);
+  const rx = await startReceiver([], { key: self().key, cert: self().cert });
   try {
-    const untrusted = toolgateExporter(url);
-    expect((await exportOnce(untrusted, spans)).code).toBe(ExportResultCode.FAILED);
-    await untrusted.shutdown();
-    expect(got).toHaveLength(0);
-    await withEnv({ OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: join(dir, "cert.pem") }, async () => {
-      const trusted = toolgateExporter(url);
-      const r = await exportOnce(trusted, spans);
-      expect(r.error).toBeUndefined();
-      expect(r.code).toBe(ExportResultCode.SUCCESS);
-      await trusted.shutdown();
-    });
-    expect(got).toHaveLength(1);
-    expect((got[0] as Buffer).equals(reference(spans))).toBe(true);
+    await withEnv(
+      { ...ENV_HEADERS, OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: self().caFile },
+      async () => {
+        const ours = toolgateExporter(rx.url);
+        const r = await exportOnce(ours, spans);
+        expect(r.error).toBeUndefined();
+        expect(r.code).toBe(ExportResultCode.SUCCESS);
+        // a second export reuses the kept-alive TLS connection
+        expect((await exportOnce(ours, spans)).code).toBe(ExportResultCode.SUCCESS);
+        await ours.shutdown();
+        const stock = stockExporter(rx.url);
+        expect((await exportOnce(stock, spans)).code).toBe(ExportResultCode.SUCCESS);
+        await stock.shutdown();
+      },
+    );
+    expect(rx.got).toHaveLength(3);
+    const [mine, again, theirs] = rx.got as [Received, Received, Received];
+    expect(spanNames(mine.body)).toEqual(["authorize tool-0", "authorize tool-1"]);
+    expect(mine.body.equals(reference(spans))).toBe(true);
+    expect(again.body.equals(mine.body)).toBe(true);
+    expect(mine.headers["x-tenant"]).toBe("traces-only");
+    expect(mine.headers.connection).toBe("keep-alive");
+    expect(comparable(mine)).toEqual(comparable(theirs));
+    expect(mine.peer).toBeUndefined(); // no client certificate configured, none sent
   } finally {
-    server.closeAllConnections();
-    await new Promise<void>((r) => server.close(() => r()));
+    await rx.close();
   }
+});
+
+test.each([
+  ["no CA configured (node's default roots)", {}],
+  [
+    "another CA in OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE (it wins over the right one in OTEL_EXPORTER_OTLP_CERTIFICATE)",
+    { OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: "other", OTEL_EXPORTER_OTLP_CERTIFICATE: "right" },
+  ],
+] as const)(
+  "https://: an untrusted collector certificate fails the export, nothing is delivered: %s",
+  async (_name, vars) => {
+    const spans = await someSpans(1);
+    const server = ca().issue({ cn: "collector", ips: ["127.0.0.1"] });
+    const rx = await startReceiver([], { key: server.key, cert: server.cert });
+    try {
+      const env = Object.fromEntries(
+        Object.entries(vars).map(([k, v]) => [k, v === "right" ? ca().caFile : other().caFile]),
+      );
+      await withEnv(env, async () => {
+        const ours = toolgateExporter(rx.url);
+        const r = await exportOnce(ours, spans);
+        await ours.shutdown();
+        expect(r.code).toBe(ExportResultCode.FAILED);
+        expect(r.error?.message).toMatch(/certificate/i);
+        expect(r.ms).toBeLessThan(1000); // a verification failure is not retried
+      });
+      expect(rx.got).toHaveLength(0);
+      // the control: the same collector is reached with the right CA (the generic variable)
+      await withEnv({ OTEL_EXPORTER_OTLP_CERTIFICATE: ca().caFile }, async () => {
+        const ours = toolgateExporter(rx.url);
+        expect((await exportOnce(ours, spans)).code).toBe(ExportResultCode.SUCCESS);
+        await ours.shutdown();
+      });
+      expect(rx.got).toHaveLength(1);
+    } finally {
+      await rx.close();
+    }
+  },
+);
+
+test("https:// with mTLS: a collector that requires a client certificate gets the one of _CLIENT_CERTIFICATE / _CLIENT_KEY, and refuses an exporter without one", async () => {
+  const spans = await someSpans(1);
+  const server = ca().issue({ cn: "collector", ips: ["127.0.0.1"] });
+  const client = ca().issue({ cn: "toolgate-sidecar", client: true });
+  const rx = await startReceiver([], {
+    key: server.key,
+    cert: server.cert,
+    ca: ca().cert,
+    requestCert: true,
+    rejectUnauthorized: true,
+  });
+  try {
+    await withEnv({ OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: ca().caFile }, async () => {
+      const without = toolgateExporter(rx.url);
+      const r = await exportOnce(without, spans);
+      await without.shutdown();
+      expect(r.code).toBe(ExportResultCode.FAILED);
+    });
+    expect(rx.got).toHaveLength(0);
+    // a client certificate from another CA is refused too
+    const stranger = other().issue({ cn: "stranger", client: true });
+    await withEnv(
+      {
+        OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: ca().caFile,
+        OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE: stranger.certFile,
+        OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY: stranger.keyFile,
+        OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: "1500",
+      },
+      async () => {
+        const wrong = toolgateExporter(rx.url);
+        // the server drops the connection (ECONNRESET, retryable as in OTel): retried within the timeout
+        expect((await exportOnce(wrong, spans)).code).toBe(ExportResultCode.FAILED);
+        await wrong.shutdown();
+      },
+    );
+    expect(rx.got).toHaveLength(0);
+    // the generic variables for the client pair, the signal's one for the CA
+    await withEnv(
+      {
+        OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: ca().caFile,
+        OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: client.certFile,
+        OTEL_EXPORTER_OTLP_CLIENT_KEY: client.keyFile,
+      },
+      async () => {
+        const ours = toolgateExporter(rx.url);
+        const r = await exportOnce(ours, spans);
+        await ours.shutdown();
+        expect(r.error).toBeUndefined();
+        expect(r.code).toBe(ExportResultCode.SUCCESS);
+      },
+    );
+    expect(rx.got).toHaveLength(1);
+    expect((rx.got[0] as Received).peer).toBe("toolgate-sidecar");
+    expect(spanNames((rx.got[0] as Received).body)).toEqual(["authorize tool-0"]);
+  } finally {
+    await rx.close();
+  }
+});
+
+test("https://: TLS files that cannot be used stop the start-up with config_invalid; an http:// endpoint ignores them, as OTel's agent does", () => {
+  const url = "https://127.0.0.1:4318";
+  const dir = tempDir("toolgate-otlp-badtls-");
+  const notPem = join(dir, "not.pem");
+  writeFileSync(notPem, "hello\n");
+  const client = ca().issue({ cn: "c", client: true });
+  const strangerKey = other().issue({ cn: "s", client: true }).keyFile;
+  const cases: Array<[Record<string, string>, RegExp]> = [
+    [
+      { OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: join(dir, "missing.pem") },
+      /OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE ".*missing\.pem" cannot be read \(ENOENT\)/,
+    ],
+    [
+      // the signal's variable, set but unreadable, does not fall back to the generic one
+      {
+        OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE: dir,
+        OTEL_EXPORTER_OTLP_CERTIFICATE: ca().caFile,
+      },
+      /OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE ".*" cannot be read \(EISDIR\)/,
+    ],
+    [{ OTEL_EXPORTER_OTLP_CERTIFICATE: notPem }, /OTEL_EXPORTER_OTLP_CERTIFICATE holds no PEM/],
+    [
+      { OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY: client.keyFile },
+      /OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY is set without OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE/,
+    ],
+    [
+      { OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: client.certFile },
+      /OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE is set without OTEL_EXPORTER_OTLP_CLIENT_KEY/,
+    ],
+    [
+      {
+        OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: client.certFile,
+        OTEL_EXPORTER_OTLP_CLIENT_KEY: strangerKey,
+      },
+      /are not a usable client certificate and key \(.*key values mismatch/,
+    ],
+    [
+      {
+        OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: client.certFile,
+        OTEL_EXPORTER_OTLP_CLIENT_KEY: notPem,
+      },
+      /are not a usable client certificate and key/,
+    ],
+  ];
+  for (const [vars, message] of cases) {
+    const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+    Object.assign(process.env, vars);
+    try {
+      let thrown: unknown;
+      try {
+        exporterFromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: url });
+      } catch (e) {
+        thrown = e;
+      }
+      expect(thrown).toBeInstanceOf(ToolgateError);
+      expect(thrown).toMatchObject({ code: "config_invalid" });
+      expect((thrown as Error).message).toMatch(message);
+      expect((thrown as Error).message).not.toContain("PRIVATE KEY"); // names files, never their content
+      // http:// never uses them (OTel's agent factory drops ca/cert/key for http:)
+      expect(() =>
+        exporterFromEnv({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://127.0.0.1:4318" }),
+      ).not.toThrow();
+    } finally {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  }
+  // and an endpoint that is neither http:// nor https://
+  expect(() =>
+    exporterFromEnv({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "ftp://127.0.0.1/x" }),
+  ).toThrow(/not an http:\/\/ or https:\/\/ URL/);
 });
 
 /**
@@ -510,44 +712,53 @@ const log = { level: "error", error() {}, warn() {}, info() {}, debug() {} };
 })();
 `;
 
-test("an export leaves undici unloaded (a child process running src/; OTel's stock transport loads it)", async () => {
-  const rx = await startReceiver();
-  try {
-    const tracingJs = transpileSrc("src/telemetry/tracing.ts", tempDir("toolgate-otlp-js-"));
-    const script = join(tempDir("toolgate-otlp-child-"), "child.js");
-    writeFileSync(script, CHILD);
-    const env: Record<string, string> = {
-      PATH: process.env.PATH ?? "",
-      NODE_PATH: join(root, "node_modules"),
-      OTEL_EXPORTER_OTLP_ENDPOINT: rx.url,
-      OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
-    };
-    const child = spawn(process.execPath, [script, tracingJs], {
-      env,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    let err = "";
-    child.stdout.on("data", (d: Buffer) => (out += d.toString("utf8")));
-    child.stderr.on("data", (d: Buffer) => (err += d.toString("utf8")));
-    const code = await new Promise<number | null>((r) => child.once("exit", r));
-    expect(err).toBe("");
-    expect(code).toBe(0); // and it exited by itself: no socket or timer kept it alive
-    const res = JSON.parse(out) as {
-      before: boolean;
-      afterOurs: boolean;
-      stats: { exported: number; dropped: number };
-      stockCode: number;
-      afterStock: boolean;
-    };
-    expect(res.stats).toMatchObject({ exported: 1, dropped: 0 });
-    expect(rx.got.length).toBeGreaterThanOrEqual(1);
-    expect(spanNames((rx.got[0] as Received).body)).toEqual(["authorize tickets.read"]);
-    expect(res.before).toBe(false);
-    expect(res.afterOurs).toBe(false);
-    // the control: the detector sees the load the stock transport causes
-    expect(res.afterStock).toBe(true);
-  } finally {
-    await rx.close();
-  }
-});
+test.each(["http", "https"] as const)(
+  "an export to %s:// leaves undici unloaded (a child process running src/; OTel's stock transport to http:// loads it)",
+  async (scheme) => {
+    const rx = await startReceiver(
+      [],
+      scheme === "https" ? { key: self().key, cert: self().cert } : undefined,
+    );
+    try {
+      const tracingJs = transpileSrc("src/telemetry/tracing.ts", tempDir("toolgate-otlp-js-"));
+      const script = join(tempDir("toolgate-otlp-child-"), "child.js");
+      writeFileSync(script, CHILD);
+      const env: Record<string, string> = {
+        PATH: process.env.PATH ?? "",
+        NODE_PATH: join(root, "node_modules"),
+        OTEL_EXPORTER_OTLP_ENDPOINT: rx.url,
+        OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
+      };
+      if (scheme === "https") env.OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE = self().caFile;
+      const child = spawn(process.execPath, [script, tracingJs], {
+        env,
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let out = "";
+      let err = "";
+      child.stdout.on("data", (d: Buffer) => (out += d.toString("utf8")));
+      child.stderr.on("data", (d: Buffer) => (err += d.toString("utf8")));
+      const code = await new Promise<number | null>((r) => child.once("exit", r));
+      expect(err).toBe("");
+      expect(code).toBe(0); // and it exited by itself: no socket or timer kept it alive
+      const res = JSON.parse(out) as {
+        before: boolean;
+        afterOurs: boolean;
+        stats: { exported: number; dropped: number };
+        stockCode: number;
+        afterStock: boolean;
+      };
+      expect(res.stats).toMatchObject({ exported: 1, dropped: 0 });
+      expect(rx.got.length).toBeGreaterThanOrEqual(1);
+      expect(spanNames((rx.got[0] as Received).body)).toEqual(["authorize tickets.read"]);
+      expect(res.stockCode).toBe(ExportResultCode.SUCCESS);
+      expect(res.before).toBe(false);
+      expect(res.afterOurs).toBe(false);
+      // the control: the detector sees the load the stock transport causes with import("http")
+      // (its import("https") does not load undici: node:https has no lazy fetch exports)
+      if (scheme === "http") expect(res.afterStock).toBe(true);
+    } finally {
+      await rx.close();
+    }
+  },
+);
