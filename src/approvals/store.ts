@@ -22,9 +22,11 @@
  * evaluation") and it asks again. A task never outlives its evaluation: the
  * task's FULL commit is appended to the WAL after the evaluation's frames and
  * its fsync covers them (WAL recovery keeps only an unbroken prefix of
- * commits). The WAL auto-checkpoint, when the evaluation connection runs it,
- * fsyncs the WAL it has accumulated (a rarer, longer pause: ~10–20 ms every
- * few hundred evaluations on the benchmark disk).
+ * commits). WAL checkpoints (which fsync the WAL, then the database) run on
+ * a worker thread (`Checkpointer`, src/shared/sqlite.ts): SQLite's
+ * auto-checkpoint inside an evaluation's commit stalled the event loop
+ * ~5–18 ms every ~250 evaluations; it remains only as a safety net at 4000
+ * pages.
  *
  * What is stored — the database is NOT a copy of the tool arguments:
  * - `evaluations` keeps, per needs_approval decision, the binding hash (and
@@ -758,6 +760,7 @@ export class ApprovalStore extends SqliteStore {
       );
       if (Number(res.changes) !== 1) throw toolgateError("approval_not_found");
     });
+    this.wrote();
   }
 
   /**

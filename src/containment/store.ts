@@ -32,7 +32,9 @@
  * `containment.reservation_fsync: false` there is no such wait: a reservation
  * survives a process crash, and the next fsynced commit on either connection
  * makes it durable, but a power loss or OS crash may lose the reservations
- * written since (see docs/containment.md).
+ * written since (see docs/containment.md). WAL checkpoints run on a worker
+ * thread (`Checkpointer`, src/shared/sqlite.ts; `wrote()` after each
+ * reservation or report lets it see when one is due).
  *
  * Errors: any SQLite failure becomes `containment_store_unavailable` (503).
  * Times are epoch milliseconds.
@@ -370,6 +372,7 @@ export class ContainmentStore extends SqliteStore {
         throw e;
       }
     });
+    this.wrote();
   }
 
   /**
@@ -391,6 +394,7 @@ export class ContainmentStore extends SqliteStore {
           .prepare("DELETE FROM budget_reservations WHERE decision_id = ?")
           .run(decisionId);
         this.db.exec("COMMIT");
+        this.wrote();
         return Number(res.changes);
       } catch (e) {
         if (this.db.isTransaction) this.db.exec("ROLLBACK");

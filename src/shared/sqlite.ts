@@ -5,10 +5,12 @@ import {
   constants,
   existsSync,
   openSync,
+  readSync,
   statSync,
 } from "node:fs";
 import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
+import { Worker } from "node:worker_threads";
 import { isToolgateError, toolgateError, type ErrorCode } from "../errors";
 import { ensurePrivateDir, PRIVATE_FILE_MODE } from "./paths";
 
@@ -208,6 +210,8 @@ export interface OpenedStore {
   db: DatabaseSync;
   /** synchronous=NORMAL (writes whose loss is harmless), or `db` itself. */
   normal: DatabaseSync;
+  /** The connections' busy timeout (the checkpointer's connection uses it too). */
+  busyTimeoutMs?: number;
 }
 
 export interface StoreSpec {
@@ -228,6 +232,11 @@ export interface StoreSpec {
  * every access through `run` (a closed store, or any SQLite failure, is the
  * store's coded error), `problem()` for health checks, `close()` for both
  * connections (the NORMAL one first: the FULL one checkpoints the WAL last).
+ *
+ * WAL checkpoints: the connections auto-checkpoint only past
+ * `HARD_CAP_FRAMES` (the safety net); before that a worker thread does it
+ * (`Checkpointer` below), started once the decision-path writes a
+ * subclass reports with `wrote()` have grown the WAL to a checkpoint's worth.
  */
 export abstract class SqliteStore {
   readonly path: string;
@@ -237,6 +246,8 @@ export abstract class SqliteStore {
   /** The file opened at `path` (to notice it removed or replaced). */
   private readonly opened: FileIdentity;
   private readonly guard: <T>(what: string, fn: () => T) => T;
+  /** Runs the WAL checkpoints off the event loop (see `Checkpointer` below). */
+  protected readonly checkpointer: Checkpointer;
 
   protected constructor(
     o: OpenedStore,
@@ -248,6 +259,7 @@ export abstract class SqliteStore {
     this.normal = o.normal;
     this.opened = fileIdentity(o.path);
     this.guard = storeGuard(code, label);
+    this.checkpointer = new Checkpointer({ path: o.path, busyTimeoutMs: o.busyTimeoutMs ?? 5000 });
   }
 
   /** Opens `<dir>/<file>` (creating and migrating it as needed) with the connections `spec` asks for. */
@@ -265,14 +277,25 @@ export abstract class SqliteStore {
             `${spec.file} has schema version ${v}; this toolgate knows up to ${known}`,
           ),
       });
-      if (!spec.normal) return { path, db, normal: db };
+      const busyTimeoutMs = spec.busyTimeoutMs;
+      // the checkpointer's worker checkpoints before that; this is the safety net
+      const cap = `PRAGMA wal_autocheckpoint = ${HARD_CAP_FRAMES}`;
       try {
-        const normal = openConnection({
-          path,
-          busyTimeoutMs: spec.busyTimeoutMs,
-          synchronous: "NORMAL",
-        });
-        return { path, db, normal };
+        db.exec(cap);
+        if (!spec.normal) return { path, db, normal: db, busyTimeoutMs };
+      } catch (e) {
+        db.close();
+        throw e;
+      }
+      try {
+        const normal = openConnection({ path, busyTimeoutMs, synchronous: "NORMAL" });
+        try {
+          normal.exec(cap);
+        } catch (e) {
+          normal.close();
+          throw e;
+        }
+        return { path, db, normal, busyTimeoutMs };
       } catch (e) {
         db.close();
         throw e;
@@ -291,10 +314,14 @@ export abstract class SqliteStore {
     return databaseProblem(this.db, this.path, this.opened);
   }
 
-  /** Closes the connections (the NORMAL one first: the FULL one checkpoints the WAL last). */
+  /**
+   * Closes the connections (the checkpointer's first, waiting for a running
+   * checkpoint; then the NORMAL one: the FULL one checkpoints the WAL last).
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.checkpointer.close();
     try {
       if (this.normal !== this.db) this.normal.close();
     } finally {
@@ -302,9 +329,281 @@ export abstract class SqliteStore {
     }
   }
 
+  /** A decision-path write was committed: lets the checkpointer see whether a checkpoint is due. */
+  protected wrote(): void {
+    this.checkpointer.noteWrite();
+  }
+
   /** Runs `fn` on an open store; SQLite failures become the store's coded error. */
   protected run<T>(what: string, fn: () => T): T {
     if (this.closed) throw toolgateError(this.code, `${this.label} is closed`);
     return this.guard(what, fn);
+  }
+}
+
+// ---------------------------------------------------------------------------
+/**
+ * WAL checkpoints off the event loop.
+ *
+ * In WAL mode every commit appends pages to `<db>-wal`; a checkpoint copies
+ * them into the database file and fsyncs it (after an fsync of the WAL), so
+ * that the WAL can start over. SQLite's auto-checkpoint does this inside the
+ * commit that takes the WAL past 1000 pages, on the committing thread: with
+ * node:sqlite that is the event loop, and on the decision path (an evaluation
+ * per needs_approval, a reservation per budgeted allow) every in-flight
+ * decision then waited ~5-18 ms, once every few hundred writes (~250
+ * evaluations).
+ *
+ * A `Checkpointer` moves that to a worker thread with its own connection:
+ * - The store's connections keep SQLite's auto-checkpoint, raised to
+ *   `HARD_CAP_FRAMES` (4x the default): the safety net. Should the worker
+ *   not run (not started, failed, gone) or fall behind, the committing
+ *   connection checkpoints itself as before, so the WAL stays bounded.
+ * - Every `CHECK_EVERY` decision-path writes (`noteWrite()`) the store reads
+ *   the WAL's size from the wal-index header in `<db>-shm` (mxFrame and
+ *   nBackfill, https://www.sqlite.org/walformat.html; one 104-byte pread, no
+ *   lock: a torn read only misjudges when to wake the worker). When at least
+ *   `CHECKPOINT_FRAMES` pages wait, it wakes the worker (an Atomics.notify),
+ *   starting it first if it is not running: at idle there is no worker.
+ * - The worker runs `PRAGMA wal_checkpoint(PASSIVE)` (it never waits for
+ *   or blocks a writer or reader) on a `synchronous=FULL` connection, so
+ *   SQLite keeps its own fsync ordering (WAL synced before the copy, the
+ *   database synced after), then again while frames written meanwhile are
+ *   left, pausing briefly when only a few are, until the WAL has started
+ *   over (the first commit after a checkpoint that copied every frame
+ *   restarts it; under a steady stream of commits that takes a few tries,
+ *   and while the WAL has not, the store wakes the worker again from
+ *   2 x `CHECKPOINT_FRAMES` on). It exits after `IDLE_EXIT_MS` without work.
+ * - Durability is SQLite's: a checkpoint never loses a commit, whichever
+ *   connection runs it. `close()` stops the worker and waits (blocking, at
+ *   most one checkpoint) until it has closed its connection, so the store's
+ *   own last close still checkpoints and removes the WAL as before.
+ *
+ * The worker is a few lines of plain JavaScript evaluated in the thread (no
+ * file to find in dist/ or src/); it reads nothing from outside but the path.
+ * (Here rather than in a module of its own: the store tests transpile
+ * exactly the modules the store needs into a worker's tree.)
+ */
+
+/** Pages in the WAL that wake the worker: SQLite's default auto-checkpoint. */
+export const CHECKPOINT_FRAMES = 1000;
+/** The connections' own auto-checkpoint (the safety net). */
+export const HARD_CAP_FRAMES = 4 * CHECKPOINT_FRAMES;
+/** Decision-path writes between two reads of the WAL's size. */
+export const CHECK_EVERY = 32;
+/** A worker without work for this long closes its connection and exits. */
+export const IDLE_EXIT_MS = 30_000;
+
+/** Checkpoints per wake-up at most, and the pause before one that would copy only a few frames. */
+const CATCH_UP_RUNS = 64;
+const CATCH_UP_PAUSE_MS = 2;
+
+// Int32 slots of the shared control block
+const KICK = 0; // incremented by the main thread to wake the worker
+const STOP = 1; // 1: the worker must close and exit
+const STATE = 2; // NEW (not begun), OPEN (may hold a connection), DONE
+const RUNS = 3; // checkpoints the worker has run
+const RESTARTS = 4; // times the worker saw the WAL started over after its checkpoints
+const FAILED = 5; // 1: the worker failed (it is not restarted)
+const SLOTS = 6;
+const NEW = 0;
+const OPEN = 1;
+const DONE = 2;
+
+const WORKER_SOURCE = `
+"use strict";
+const { workerData } = require("node:worker_threads");
+const { DatabaseSync } = require("node:sqlite");
+const c = new Int32Array(workerData.control);
+const [KICK, STOP, STATE, RUNS, RESTARTS, FAILED, NEW, OPEN, DONE] = workerData.slots;
+let db;
+try {
+  if (Atomics.compareExchange(c, STATE, NEW, OPEN) === NEW) {
+    db = new DatabaseSync(workerData.path, { timeout: workerData.busyTimeoutMs });
+    db.exec("PRAGMA synchronous = FULL");
+    const ckpt = db.prepare("PRAGMA wal_checkpoint(PASSIVE)");
+    let seen = Atomics.load(c, KICK) - 1;
+    while (Atomics.load(c, STOP) === 0) {
+      if (Atomics.load(c, KICK) === seen && Atomics.wait(c, KICK, seen, workerData.idleMs) === "timed-out") break;
+      if (Atomics.load(c, STOP) !== 0) break;
+      seen = Atomics.load(c, KICK);
+      // Copy, then copy what was committed meanwhile, until the WAL has
+      // started over (the first commit after a checkpoint that copied every
+      // frame restarts it): its frame count then drops.
+      let last = -1;
+      for (let i = 0; i < workerData.catchUp && Atomics.load(c, STOP) === 0; i++) {
+        const r = ckpt.get();
+        Atomics.add(c, RUNS, 1);
+        if (r.log < last || r.log === 0) {
+          Atomics.add(c, RESTARTS, 1);
+          break;
+        }
+        last = r.log;
+        if (r.busy !== 0 || r.log - r.checkpointed < 64) Atomics.wait(c, STOP, 0, workerData.pauseMs);
+      }
+    }
+  }
+} catch (e) {
+  Atomics.store(c, FAILED, 1);
+} finally {
+  try { if (db !== undefined) db.close(); } catch { Atomics.store(c, FAILED, 1); }
+  Atomics.store(c, STATE, DONE);
+  Atomics.notify(c, STATE);
+}
+`;
+
+/** The WAL's size from the wal-index header: pages written, pages already checkpointed. */
+export interface WalFrames {
+  mxFrame: number;
+  nBackfill: number;
+}
+
+/** Reads the wal-index header (walformat.html, 2.2); undefined when it is not a known one. */
+export function readWalFrames(shmFd: number, buf: Buffer): WalFrames | undefined {
+  if (readSync(shmFd, buf, 0, 104, 0) < 104) return undefined;
+  const u = new Uint32Array(buf.buffer, buf.byteOffset, 26); // native byte order, as SQLite writes it
+  if (u[0] !== 3007000 || u[12] !== 3007000) return undefined; // iVersion of both header copies
+  return { mxFrame: u[4] ?? 0, nBackfill: u[24] ?? 0 };
+}
+
+export interface CheckpointerOptions {
+  /** The database file (`<path>-wal`, `<path>-shm` beside it). */
+  path: string;
+  busyTimeoutMs: number;
+  /** Overrides for tests. */
+  checkpointFrames?: number;
+  checkEvery?: number;
+  idleExitMs?: number;
+}
+
+export class Checkpointer {
+  private readonly control = new SharedArrayBuffer(SLOTS * 4);
+  private readonly c = new Int32Array(this.control);
+  private worker: Worker | undefined;
+  private shmFd: number | undefined;
+  private readonly buf = Buffer.alloc(104);
+  private writes = 0;
+  private failed = false;
+  private closed = false;
+  /** Workers started (for tests and metrics). */
+  started = 0;
+  private readonly frames: number;
+  private readonly every: number;
+  private readonly idleMs: number;
+
+  constructor(private readonly opts: CheckpointerOptions) {
+    this.frames = opts.checkpointFrames ?? CHECKPOINT_FRAMES;
+    this.every = opts.checkEvery ?? CHECK_EVERY;
+    this.idleMs = opts.idleExitMs ?? IDLE_EXIT_MS;
+    this.c[STATE] = DONE; // no worker yet
+  }
+
+  /** A decision-path write was committed: now and then, see whether a checkpoint is due. */
+  noteWrite(): void {
+    if (++this.writes % this.every !== 0 || this.closed || this.failed) return;
+    let due: boolean;
+    try {
+      this.shmFd ??= openSync(`${this.opts.path}-shm`, constants.O_RDONLY);
+      const f = readWalFrames(this.shmFd, this.buf);
+      // a checkpoint's worth to copy, or copied but not yet started over
+      due =
+        f === undefined || f.mxFrame - f.nBackfill >= this.frames || f.mxFrame >= 2 * this.frames;
+    } catch {
+      due = true; // cannot tell: let the worker look (the safety net bounds the WAL anyway)
+    }
+    if (due) this.kick();
+  }
+
+  /** Wakes the worker, starting one when none runs. */
+  kick(): void {
+    if (this.closed || this.failed) return;
+    if (Atomics.load(this.c, FAILED) !== 0) {
+      this.failed = true;
+      return;
+    }
+    if (Atomics.load(this.c, STATE) === DONE) this.start();
+    Atomics.add(this.c, KICK, 1);
+    Atomics.notify(this.c, KICK);
+  }
+
+  /** Whether a worker thread is running (or starting). */
+  running(): boolean {
+    return this.worker !== undefined && Atomics.load(this.c, STATE) !== DONE;
+  }
+
+  /** Checkpoints the worker has run, and how often it saw the WAL start over after them. */
+  stats(): { runs: number; restarts: number; failed: boolean } {
+    return {
+      runs: Atomics.load(this.c, RUNS),
+      restarts: Atomics.load(this.c, RESTARTS),
+      failed: this.failed || Atomics.load(this.c, FAILED) !== 0,
+    };
+  }
+
+  /**
+   * Stops the worker and waits until it has closed its connection (at most
+   * one checkpoint; 5 s at worst); idempotent. After this the caller's close
+   * of its own connections is the last one, which checkpoints the WAL.
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    Atomics.store(this.c, STOP, 1);
+    Atomics.notify(this.c, STOP); // a catch-up pause
+    Atomics.add(this.c, KICK, 1);
+    Atomics.notify(this.c, KICK);
+    // a worker that has not begun never will; one that has is waited for
+    if (Atomics.compareExchange(this.c, STATE, NEW, DONE) === OPEN)
+      Atomics.wait(this.c, STATE, OPEN, 5000);
+    const w = this.worker;
+    this.worker = undefined;
+    if (w !== undefined) void w.terminate().catch(() => undefined);
+    if (this.shmFd !== undefined) {
+      try {
+        closeSync(this.shmFd);
+      } catch {
+        // nothing to do
+      }
+      this.shmFd = undefined;
+    }
+  }
+
+  private start(): void {
+    Atomics.store(this.c, STATE, NEW);
+    try {
+      const w = new Worker(WORKER_SOURCE, {
+        eval: true,
+        workerData: {
+          control: this.control,
+          slots: [KICK, STOP, STATE, RUNS, RESTARTS, FAILED, NEW, OPEN, DONE],
+          path: this.opts.path,
+          busyTimeoutMs: Math.trunc(this.opts.busyTimeoutMs),
+          idleMs: this.idleMs,
+          catchUp: CATCH_UP_RUNS,
+          pauseMs: CATCH_UP_PAUSE_MS,
+        },
+        resourceLimits: { maxOldGenerationSizeMb: 16, maxYoungGenerationSizeMb: 2, stackSizeMb: 1 },
+        stdout: true,
+        stderr: true,
+        env: {},
+      });
+      w.on("error", () => {
+        // a worker that died without its finally (out of memory, a bug): no more workers
+        this.failed = true;
+        Atomics.store(this.c, FAILED, 1);
+      });
+      w.on("exit", () => {
+        // the thread is gone, and its connection with it (an older worker's exit is not news)
+        if (this.worker !== w) return;
+        this.worker = undefined;
+        Atomics.store(this.c, STATE, DONE);
+      });
+      w.unref();
+      this.worker = w;
+      this.started++;
+    } catch {
+      this.failed = true;
+      Atomics.store(this.c, STATE, DONE);
+    }
   }
 }

@@ -1,0 +1,175 @@
+import { closeSync, existsSync, openSync, statSync } from "node:fs";
+import { DatabaseSync } from "node:sqlite";
+import { ApprovalStore, type EvaluationInput } from "../../src/approvals/store";
+import { ContainmentStore } from "../../src/containment/store";
+import {
+  CHECKPOINT_FRAMES,
+  HARD_CAP_FRAMES,
+  readWalFrames,
+  type Checkpointer,
+  type WalFrames,
+} from "../../src/shared/sqlite";
+import { tempDir } from "../helpers/opa";
+
+/** The WAL's frame counts as SQLite's wal-index header has them. */
+function walFrames(dbPath: string): WalFrames {
+  const fd = openSync(`${dbPath}-shm`, "r");
+  try {
+    const f = readWalFrames(fd, Buffer.alloc(104));
+    if (f === undefined) throw new Error("no wal-index header");
+    return f;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function checkpointerOf(store: ApprovalStore | ContainmentStore): Checkpointer {
+  return (store as unknown as { checkpointer: Checkpointer }).checkpointer;
+}
+
+let n = 0;
+function evaluation(): EvaluationInput {
+  n++;
+  return {
+    evaluationId: `ev_${n}`,
+    decisionId: `dec_${n}`,
+    bindingHash: `hash_${n}`,
+    bindingContextMembers: ["subject"],
+    redactedRequest: { tool: "payments.refund", arguments: { note: "x".repeat(300), n } },
+    requirement: { approvers: ["finance"] } as unknown as EvaluationInput["requirement"],
+    initiator: "user:alice",
+    agentId: "agent-1",
+    tool: "payments.refund",
+    createdAt: 1_000,
+    expiresAt: 2_000_000_000_000,
+  };
+}
+
+async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe("WAL checkpoints off the event loop (src/shared/sqlite.ts, Checkpointer)", () => {
+  test("the wal-index header read agrees with SQLite's own count of WAL frames", () => {
+    const store = ApprovalStore.open(tempDir("toolgate-ckpt-"));
+    for (let i = 0; i < 20; i++) store.addEvaluation(evaluation());
+    const f = walFrames(store.path);
+    const other = new DatabaseSync(store.path);
+    const r = other.prepare("PRAGMA wal_checkpoint(PASSIVE)").get() as { log: number };
+    other.close();
+    expect(f.mxFrame).toBeGreaterThan(0);
+    expect(r.log).toBe(f.mxFrame);
+    store.close();
+  });
+
+  test("no worker at idle or for a few writes", () => {
+    const store = ApprovalStore.open(tempDir("toolgate-ckpt-"));
+    for (let i = 0; i < 100; i++) store.addEvaluation(evaluation());
+    expect(walFrames(store.path).mxFrame).toBeLessThan(CHECKPOINT_FRAMES);
+    expect(checkpointerOf(store).started).toBe(0);
+    expect(checkpointerOf(store).running()).toBe(false);
+    store.close();
+  });
+
+  test("a worker checkpoints the WAL the evaluations grew, the main connection does not; close still removes the WAL", async () => {
+    const dir = tempDir("toolgate-ckpt-");
+    const store = ApprovalStore.open(dir);
+    const dbSize = statSync(store.path).size;
+    const ids: string[] = [];
+    while (walFrames(store.path).mxFrame < CHECKPOINT_FRAMES + 200) {
+      const e = evaluation();
+      ids.push(e.evaluationId);
+      store.addEvaluation(e);
+    }
+    const ck = checkpointerOf(store);
+    expect(ck.started).toBe(1);
+    // nothing more is written: only the worker can copy the WAL (the store's
+    // connections auto-checkpoint at HARD_CAP_FRAMES, far above this WAL)
+    const grown = walFrames(store.path).mxFrame;
+    expect(grown).toBeLessThan(HARD_CAP_FRAMES);
+    await until("the worker's checkpoint", () => {
+      const f = walFrames(store.path);
+      return f.nBackfill === f.mxFrame;
+    });
+    expect(walFrames(store.path).mxFrame).toBe(grown);
+    expect(ck.stats().runs).toBeGreaterThan(0);
+    expect(statSync(store.path).size).toBeGreaterThan(dbSize); // the rows are in the database file now
+    // the WAL, copied entirely, starts over at the next commit
+    store.addEvaluation(evaluation());
+    expect(walFrames(store.path).mxFrame).toBeLessThan(20);
+    expect(ck.running()).toBe(true);
+    store.close();
+    expect(ck.running()).toBe(false);
+    expect(existsSync(`${store.path}-wal`)).toBe(false); // the last close checkpointed as before
+    const again = ApprovalStore.open(dir);
+    for (const id of ids) expect(again.getEvaluation(id)?.evaluationId).toBe(id);
+    again.close();
+  });
+
+  test("without the worker (stopped) the store checkpoints itself: the WAL stays bounded", () => {
+    const store = ApprovalStore.open(tempDir("toolgate-ckpt-"));
+    checkpointerOf(store).close(); // the worker is gone and never starts again
+    let max = 0;
+    let restarts = 0;
+    let last = 0;
+    for (let i = 0; i < 5_000; i++) {
+      store.addEvaluation(evaluation());
+      const m = walFrames(store.path).mxFrame;
+      if (m < last) restarts++;
+      last = m;
+      max = Math.max(max, m);
+    }
+    expect(checkpointerOf(store).started).toBe(0);
+    expect(restarts).toBeGreaterThan(0);
+    expect(max).toBeGreaterThanOrEqual(HARD_CAP_FRAMES); // it did wait for the cap...
+    expect(max).toBeLessThan(HARD_CAP_FRAMES + 50); // ...and no further
+    store.close();
+  });
+
+  test("a killed worker is replaced by the next one due", async () => {
+    const store = ApprovalStore.open(tempDir("toolgate-ckpt-"));
+    const ck = checkpointerOf(store);
+    while (ck.started === 0) store.addEvaluation(evaluation());
+    const w = (ck as unknown as { worker: { terminate(): Promise<number> } }).worker;
+    await w.terminate();
+    await until("the exit to be seen", () => !ck.running());
+    while (walFrames(store.path).mxFrame < 2 * CHECKPOINT_FRAMES + 100)
+      store.addEvaluation(evaluation());
+    expect(ck.started).toBe(2);
+    await until("the new worker's checkpoint", () => {
+      const f = walFrames(store.path);
+      return f.nBackfill === f.mxFrame;
+    });
+    store.close();
+    expect(existsSync(`${store.path}-wal`)).toBe(false);
+  });
+
+  test("budget reservations wake the worker too, and syncReservations still resolves", async () => {
+    const store = ContainmentStore.open(tempDir("toolgate-ckpt-"));
+    let i = 0;
+    while (walFrames(store.path).mxFrame < CHECKPOINT_FRAMES + 100) {
+      i++;
+      store.addReservations([
+        { decisionId: `d${i}`, key: "budget:a", at: 1_000, expiresAt: 2_000, amount: 1 },
+      ]);
+      if (i % 50 === 0) await store.syncReservations();
+    }
+    await store.syncReservations();
+    expect(checkpointerOf(store).started).toBe(1);
+    await until("the worker's checkpoint", () => {
+      const f = walFrames(store.path);
+      return f.nBackfill === f.mxFrame;
+    });
+    store.addReservations([
+      { decisionId: "last", key: "budget:a", at: 1_000, expiresAt: 2_000, amount: 1 },
+    ]);
+    await store.syncReservations(); // the WAL started over under WalSync's open descriptor
+    expect(walFrames(store.path).mxFrame).toBeLessThan(20);
+    store.close();
+    expect(existsSync(`${store.path}-wal`)).toBe(false);
+  });
+});
