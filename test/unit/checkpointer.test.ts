@@ -4,6 +4,8 @@ import { ApprovalStore, type EvaluationInput } from "../../src/approvals/store";
 import { ContainmentStore } from "../../src/containment/store";
 import {
   CHECKPOINT_FRAMES,
+  checkpointWorker,
+  checkpointWorkerThread,
   HARD_CAP_FRAMES,
   readWalFrames,
   type Checkpointer,
@@ -67,26 +69,29 @@ describe("WAL checkpoints off the event loop (src/shared/sqlite.ts, Checkpointer
   });
 
   test("no worker at idle or for a few writes", () => {
+    const started = checkpointWorker().started;
     const store = ApprovalStore.open(tempDir("toolgate-ckpt-"));
     for (let i = 0; i < 100; i++) store.addEvaluation(evaluation());
     expect(walFrames(store.path).mxFrame).toBeLessThan(CHECKPOINT_FRAMES);
-    expect(checkpointerOf(store).started).toBe(0);
-    expect(checkpointerOf(store).running()).toBe(false);
+    expect(checkpointerOf(store).kicked).toBe(false);
+    expect(checkpointWorker().running).toBe(false);
     store.close();
+    expect(checkpointWorker().started).toBe(started);
   });
 
   test("a worker checkpoints the WAL the evaluations grew, the main connection does not; close still removes the WAL", async () => {
     const dir = tempDir("toolgate-ckpt-");
     const store = ApprovalStore.open(dir);
     const dbSize = statSync(store.path).size;
+    const { started, runs } = checkpointWorker();
     const ids: string[] = [];
     while (walFrames(store.path).mxFrame < CHECKPOINT_FRAMES + 200) {
       const e = evaluation();
       ids.push(e.evaluationId);
       store.addEvaluation(e);
     }
-    const ck = checkpointerOf(store);
-    expect(ck.started).toBe(1);
+    expect(checkpointerOf(store).kicked).toBe(true);
+    expect(checkpointWorker().started).toBe(started + 1);
     // nothing more is written: only the worker can copy the WAL (the store's
     // connections auto-checkpoint at HARD_CAP_FRAMES, far above this WAL)
     const grown = walFrames(store.path).mxFrame;
@@ -96,14 +101,14 @@ describe("WAL checkpoints off the event loop (src/shared/sqlite.ts, Checkpointer
       return f.nBackfill === f.mxFrame;
     });
     expect(walFrames(store.path).mxFrame).toBe(grown);
-    expect(ck.stats().runs).toBeGreaterThan(0);
+    expect(checkpointWorker().runs).toBeGreaterThan(runs);
     expect(statSync(store.path).size).toBeGreaterThan(dbSize); // the rows are in the database file now
     // the WAL, copied entirely, starts over at the next commit
     store.addEvaluation(evaluation());
     expect(walFrames(store.path).mxFrame).toBeLessThan(20);
-    expect(ck.running()).toBe(true);
-    store.close();
-    expect(ck.running()).toBe(false);
+    expect(checkpointWorker().running).toBe(true);
+    store.close(); // the last store: the worker stops
+    expect(checkpointWorker().running).toBe(false);
     expect(existsSync(`${store.path}-wal`)).toBe(false); // the last close checkpointed as before
     const again = ApprovalStore.open(dir);
     for (const id of ids) expect(again.getEvaluation(id)?.evaluationId).toBe(id);
@@ -112,7 +117,8 @@ describe("WAL checkpoints off the event loop (src/shared/sqlite.ts, Checkpointer
 
   test("without the worker (stopped) the store checkpoints itself: the WAL stays bounded", () => {
     const store = ApprovalStore.open(tempDir("toolgate-ckpt-"));
-    checkpointerOf(store).close(); // the worker is gone and never starts again
+    const started = checkpointWorker().started;
+    checkpointerOf(store).close(); // no worker for this store, ever
     let max = 0;
     let restarts = 0;
     let last = 0;
@@ -123,7 +129,7 @@ describe("WAL checkpoints off the event loop (src/shared/sqlite.ts, Checkpointer
       last = m;
       max = Math.max(max, m);
     }
-    expect(checkpointerOf(store).started).toBe(0);
+    expect(checkpointWorker().started).toBe(started);
     expect(restarts).toBeGreaterThan(0);
     expect(max).toBeGreaterThanOrEqual(HARD_CAP_FRAMES); // it did wait for the cap...
     expect(max).toBeLessThan(HARD_CAP_FRAMES + 50); // ...and no further
@@ -132,20 +138,46 @@ describe("WAL checkpoints off the event loop (src/shared/sqlite.ts, Checkpointer
 
   test("a killed worker is replaced by the next one due", async () => {
     const store = ApprovalStore.open(tempDir("toolgate-ckpt-"));
-    const ck = checkpointerOf(store);
-    while (ck.started === 0) store.addEvaluation(evaluation());
-    const w = (ck as unknown as { worker: { terminate(): Promise<number> } }).worker;
-    await w.terminate();
-    await until("the exit to be seen", () => !ck.running());
+    const started = checkpointWorker().started;
+    while (checkpointWorker().started === started) store.addEvaluation(evaluation());
+    await checkpointWorkerThread()?.terminate();
+    await until("the exit to be seen", () => !checkpointWorker().running);
     while (walFrames(store.path).mxFrame < 2 * CHECKPOINT_FRAMES + 100)
       store.addEvaluation(evaluation());
-    expect(ck.started).toBe(2);
+    expect(checkpointWorker().started).toBe(started + 2);
     await until("the new worker's checkpoint", () => {
       const f = walFrames(store.path);
       return f.nBackfill === f.mxFrame;
     });
     store.close();
     expect(existsSync(`${store.path}-wal`)).toBe(false);
+  });
+
+  test("one worker serves every store; closing one leaves the other's checkpoints running", async () => {
+    const approvals = ApprovalStore.open(tempDir("toolgate-ckpt-"));
+    const containment = ContainmentStore.open(tempDir("toolgate-ckpt-"));
+    const started = checkpointWorker().started;
+    while (walFrames(approvals.path).mxFrame < CHECKPOINT_FRAMES + 100)
+      approvals.addEvaluation(evaluation());
+    let i = 0;
+    while (walFrames(containment.path).mxFrame < CHECKPOINT_FRAMES + 100) {
+      i++;
+      containment.addReservations([
+        { decisionId: `x${i}`, key: "budget:a", at: 1_000, expiresAt: 2_000, amount: 1 },
+      ]);
+    }
+    expect(checkpointerOf(approvals).kicked && checkpointerOf(containment).kicked).toBe(true);
+    expect(checkpointWorker().started).toBe(started + 1);
+    approvals.close();
+    expect(existsSync(`${approvals.path}-wal`)).toBe(false); // the worker had let go of it
+    expect(checkpointWorker().running).toBe(true);
+    await until("the containment checkpoint", () => {
+      const f = walFrames(containment.path);
+      return f.nBackfill === f.mxFrame;
+    });
+    containment.close();
+    expect(checkpointWorker().running).toBe(false);
+    expect(existsSync(`${containment.path}-wal`)).toBe(false);
   });
 
   test("budget reservations wake the worker too, and syncReservations still resolves", async () => {
@@ -159,7 +191,7 @@ describe("WAL checkpoints off the event loop (src/shared/sqlite.ts, Checkpointer
       if (i % 50 === 0) await store.syncReservations();
     }
     await store.syncReservations();
-    expect(checkpointerOf(store).started).toBe(1);
+    expect(checkpointerOf(store).kicked).toBe(true);
     await until("the worker's checkpoint", () => {
       const f = walFrames(store.path);
       return f.nBackfill === f.mxFrame;
