@@ -9,7 +9,12 @@ import { createServer } from "node:net";
 import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { Auditor } from "../../src/audit";
-import { AuditClient } from "../../src/audit/client";
+import { getHeapStatistics } from "node:v8";
+import {
+  AuditClient,
+  WORKER_YOUNG_GENERATION_MB,
+  workerResourceLimits,
+} from "../../src/audit/client";
 import { verifyTrail } from "../../src/trail";
 import { captureLogger } from "../helpers/capture";
 import { freePort } from "../helpers/net";
@@ -175,6 +180,30 @@ describe.each([
 });
 
 describe("audit worker start-up", () => {
+  test("the worker's young generation is capped only where V8 would size it from a large host", async () => {
+    const GiB = 1024 * 1024 * 1024;
+    expect(workerResourceLimits(4 * GiB)).toEqual({
+      maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB,
+    });
+    // a memory limit (a container's cgroup, --max-old-space-size) already makes V8 choose smaller
+    expect(workerResourceLimits(GiB)).toBeUndefined();
+    expect(workerResourceLimits(256 * 1024 * 1024)).toBeUndefined();
+
+    // the real worker, as V8 applied its limits
+    const tg = await startTestToolgate({
+      TOOLGATE_AUDIT_WORKER: "true",
+      TOOLGATE_CONTROL_ENABLED: "false",
+    });
+    try {
+      expect(tg.auditor).toBeInstanceOf(AuditClient);
+      const young = (tg.auditor as AuditClient).workerLimits()?.maxYoungGenerationSizeMb;
+      if (getHeapStatistics().heap_size_limit > GiB) expect(young).toBe(WORKER_YOUNG_GENERATION_MB);
+      else expect(young).toBeLessThanOrEqual(WORKER_YOUNG_GENERATION_MB);
+    } finally {
+      await tg.stop();
+    }
+  });
+
   test("a bad OTEL_* setting fails the start with the worker's own error", async () => {
     await expect(
       startTestToolgate(
