@@ -8,6 +8,7 @@ import { normalizeError, toolgateError, rethrowAs } from "../errors";
 import { bundleNameOf, readBundleFiles } from "../policy/bundle";
 import { parseUntrustedJson } from "../shared/guards";
 import { readTarGz } from "../shared/tar";
+import { redactUrl } from "../shared/url";
 
 /** What one poll of a source produced. */
 export type Fetched =
@@ -45,18 +46,7 @@ export interface BundleSource {
   reset(): void;
 }
 
-/** A URL for display: no user info, no query string (tokens hide there). */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    u.username = "";
-    u.password = "";
-    u.search = u.search ? "?…" : "";
-    return u.toString();
-  } catch {
-    return "(invalid URL)";
-  }
-}
+export { redactUrl } from "../shared/url";
 
 /** OPA-style exponential backoff with ±20 % jitter: 0.5 s · 2^(n-1), capped at `maxMs`. */
 export function backoffMs(failures: number, maxMs: number, random: () => number = Math.random): number {

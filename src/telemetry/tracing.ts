@@ -41,6 +41,7 @@ import {
 } from "@opentelemetry/sdk-trace";
 import { toolgateError } from "../errors";
 import type { Logger } from "../shared/log";
+import { redactUrl } from "../shared/url";
 import type * as ResourceModuleNs from "./resource";
 import type * as OtlpHttpTransportModuleNs from "./otlp-http-transport";
 
@@ -199,7 +200,7 @@ function otlpHttpProtoExporter(url: string): SpanExporter {
   if (protocol !== "http:" && protocol !== "https:")
     throw toolgateError(
       "config_invalid",
-      `the OTLP endpoint "${options.url}" (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT) is not an http:// or https:// URL. Fix: set it to http://host:4318 or https://host:4318`,
+      `the OTLP endpoint "${redactUrl(options.url)}" (OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT) is not an http:// or https:// URL. Fix: set it to http://host:4318 or https://host:4318`,
     );
   const componentType = "otlp_http_span_exporter";
   const delegate = createOtlpNetworkExportDelegate(
@@ -223,6 +224,19 @@ function otlpHttpProtoExporter(url: string): SpanExporter {
   );
   class OTLPHttpProtoExporter extends OTLPExporterBase<ReadableSpan[]> implements SpanExporter {}
   return new OTLPHttpProtoExporter(delegate);
+}
+
+/**
+ * An exporter's error about `endpoint`, fit for a message: the endpoint as
+ * redactUrl shows it, and no user info or query string of any URL left in it.
+ */
+function redactedReason(e: unknown, endpoint: string): string {
+  const msg = e instanceof Error ? e.message : String(e);
+  return msg
+    .split(endpoint)
+    .join(redactUrl(endpoint))
+    .replace(/(\/\/)[^/@\s"']*@/g, "$1")
+    .replace(/([a-z][a-z0-9+.-]*:\/\/[^\s"'?]*)\?[^\s"']*/gi, "$1?…");
 }
 
 /** The first of the variables set to something other than blanks, trimmed. */
@@ -272,7 +286,7 @@ export function exporterFromEnv(env: Env): {
     } catch (e) {
       throw toolgateError(
         "config_invalid",
-        `OTEL_EXPORTER_OTLP_ENDPOINT "${endpoint}" is not a usable gRPC endpoint (${(e as Error).message}). Fix: set it to http://host:4317 (plaintext) or https://host:4317 (TLS)`,
+        `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT "${redactUrl(endpoint)}" is not a usable gRPC endpoint (${redactedReason(e, endpoint)}). Fix: set it to http://host:4317 (plaintext) or https://host:4317 (TLS)`,
       );
     }
   }

@@ -192,6 +192,38 @@ describe("exporterFromEnv: OTLP protocols", () => {
     });
     expect(badUrl.code).toBe("config_invalid");
   });
+
+  test("an endpoint's credentials never reach the error message", () => {
+    const thrown = (env: Record<string, string>): { code?: unknown; message?: unknown } => {
+      try {
+        exporterFromEnv(env);
+      } catch (e) {
+        return e as { code?: unknown; message?: unknown };
+      }
+      throw new Error("no error");
+    };
+    // http/protobuf to a scheme it cannot speak; gRPC to an endpoint it cannot use
+    const cases = [
+      {
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT:
+          "ftp://otel:s3cret-pw@collector:21/v1/traces?token=s3cret-q",
+      },
+      {
+        OTEL_EXPORTER_OTLP_PROTOCOL: "grpc",
+        OTEL_EXPORTER_OTLP_ENDPOINT: "http://otel:s3cret-pw@[not a host?token=s3cret-q",
+      },
+      {
+        OTEL_EXPORTER_OTLP_PROTOCOL: "grpc",
+        OTEL_EXPORTER_OTLP_ENDPOINT: "unix://otel:s3cret-pw@/x?token=s3cret-q",
+      },
+    ];
+    for (const env of cases) {
+      const e = thrown(env);
+      expect(e.code).toBe("config_invalid");
+      expect(String(e.message)).toMatch(/OTEL_EXPORTER_OTLP_/);
+      expect(String(e.message)).not.toContain("s3cret");
+    }
+  });
 });
 
 describe("OTLP/gRPC through toolgate's batch processor", () => {
