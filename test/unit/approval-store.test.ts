@@ -644,6 +644,8 @@ describe("single-use consumption and revocation", () => {
       "src/errors/index.ts",
       "src/errors/registry.ts",
       "src/shared/sqlite.ts",
+      "src/shared/checkpointer.ts",
+      "src/shared/checkpoint-worker.ts",
       "src/shared/guards.ts",
       "src/shared/paths.ts",
     ]) {

@@ -1,10 +1,13 @@
 import { closeSync, existsSync, openSync, statSync } from "node:fs";
+import { join } from "node:path";
 import { DatabaseSync } from "node:sqlite";
+import { MessageChannel, Worker } from "node:worker_threads";
 import { ApprovalStore, type EvaluationInput } from "../../src/approvals/store";
 import { ContainmentStore } from "../../src/containment/store";
 import {
   CHECKPOINT_FRAMES,
   checkpointWorker,
+  checkpointWorkerFile,
   checkpointWorkerThread,
   HARD_CAP_FRAMES,
   readWalFrames,
@@ -12,6 +15,7 @@ import {
   type WalFrames,
 } from "../../src/shared/sqlite";
 import { tempDir } from "../helpers/opa";
+import { transpileSrc } from "../helpers/transpile";
 
 /** The WAL's frame counts as SQLite's wal-index header has them. */
 function walFrames(dbPath: string): WalFrames {
@@ -55,7 +59,7 @@ async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void
   }
 }
 
-describe("WAL checkpoints off the event loop (src/shared/sqlite.ts, Checkpointer)", () => {
+describe("WAL checkpoints off the event loop (src/shared/checkpointer.ts, Checkpointer)", () => {
   test("the wal-index header read agrees with SQLite's own count of WAL frames", () => {
     const store = ApprovalStore.open(tempDir("toolgate-ckpt-"));
     for (let i = 0; i < 20; i++) store.addEvaluation(evaluation());
@@ -203,5 +207,102 @@ describe("WAL checkpoints off the event loop (src/shared/sqlite.ts, Checkpointer
     expect(walFrames(store.path).mxFrame).toBeLessThan(20);
     store.close();
     expect(existsSync(`${store.path}-wal`)).toBe(false);
+  });
+
+  test("the worker runs from its built file (dist/, built before the tests)", () => {
+    expect(checkpointWorkerFile()).toBe(
+      join(__dirname, "..", "..", "dist", "src", "shared", "checkpoint-worker.js"),
+    );
+  });
+
+  test("settings of the wrong shape stop the worker before it opens anything", async () => {
+    const file = checkpointWorkerFile();
+    if (file === undefined) throw new Error("no built checkpoint worker");
+    const control = new SharedArrayBuffer(6 * 4);
+    const good = {
+      control,
+      slots: [0, 1, 2, 3, 4, 5, 0, 1, 2],
+      busyTimeoutMs: 5000,
+      idleMs: 30_000,
+      catchUp: 32,
+      pauseMs: 10,
+    };
+    const bad: Array<[Record<string, unknown>, RegExp]> = [
+      [{ ...good, control: new ArrayBuffer(24) }, /control is not a SharedArrayBuffer/],
+      [{ ...good, port: "port" }, /port is not a port/],
+      [{ ...good, slots: [0, 1, 2, 3, 4, 5, 0, 1] }, /slots is not nine indices/],
+      [{ ...good, slots: [0, 1, 2, 3, 4, 6, 0, 1, 2] }, /outside the control block/],
+      [{ ...good, idleMs: -1 }, /idleMs is not a non-negative integer/],
+      [{ ...good, pauseMs: "10" }, /pauseMs is not a non-negative integer/],
+    ];
+    for (const [data, message] of bad) {
+      const { port1, port2 } = new MessageChannel();
+      const w = new Worker(file, {
+        workerData: { port: port2, ...data },
+        transferList: [port2],
+        env: {},
+      });
+      const err = await new Promise<unknown>((resolve) => {
+        w.once("error", resolve);
+        w.once("exit", () => resolve(undefined));
+      });
+      port1.close();
+      expect(String(err)).toMatch(message);
+    }
+    expect(Array.from(new Int32Array(control))).toEqual([0, 0, 0, 0, 0, 0]); // nothing began
+  });
+
+  test("without the built worker no worker starts: failed is reported, the store works and its WAL stays bounded", async () => {
+    // a tree with the store and what it imports, but no checkpoint-worker.js and no package root above it
+    const out = tempDir("toolgate-ckpt-tree-");
+    const storeJs = transpileSrc("src/approvals/store.ts", out);
+    const sqliteJs = join(out, "src", "shared", "sqlite.js");
+    expect(existsSync(join(out, "src", "shared", "checkpoint-worker.js"))).toBe(false);
+    const source = `
+      const { workerData, parentPort } = require("node:worker_threads");
+      const { ApprovalStore } = require(workerData.storeJs);
+      const s = require(workerData.sqliteJs);
+      const store = ApprovalStore.open(workerData.dir);
+      const fd = require("node:fs").openSync(store.path + "-shm", "r");
+      const buf = Buffer.alloc(104);
+      let max = 0, restarts = 0, last = 0;
+      for (let n = 1; n <= 5000; n++) {
+        store.addEvaluation({
+          evaluationId: "ev_" + n, decisionId: "dec_" + n, bindingHash: "h" + n,
+          bindingContextMembers: ["subject"],
+          redactedRequest: { tool: "t", arguments: { note: "x".repeat(300), n } },
+          requirement: { approvers: ["finance"] }, initiator: "user:alice", agentId: "a",
+          tool: "t", createdAt: 1000, expiresAt: 2000000000000,
+        });
+        const m = s.readWalFrames(fd, buf).mxFrame;
+        if (m < last) restarts++;
+        last = m;
+        max = Math.max(max, m);
+      }
+      require("node:fs").closeSync(fd);
+      const w = s.checkpointWorker();
+      const found = store.getEvaluation("ev_5000") !== undefined;
+      store.close();
+      parentPort.postMessage({ file: s.checkpointWorkerFile() ?? null, worker: w, max, restarts, found,
+        wal: require("node:fs").existsSync(store.path + "-wal") });
+    `;
+    const w = new Worker(source, {
+      eval: true,
+      workerData: { storeJs, sqliteJs, dir: tempDir("toolgate-ckpt-") },
+    });
+    const got = await new Promise<Record<string, unknown>>((resolve, reject) => {
+      w.once("message", resolve);
+      w.once("error", reject);
+    });
+    expect(got).toEqual({
+      file: null,
+      worker: { started: 0, running: false, runs: 0, restarts: 0, failed: true },
+      max: expect.any(Number) as number,
+      restarts: expect.any(Number) as number,
+      found: true,
+      wal: false,
+    });
+    expect(got["restarts"]).toBeGreaterThan(0); // the store's own auto-checkpoint...
+    expect(got["max"]).toBeLessThan(HARD_CAP_FRAMES + 50); // ...at the cap, as the safety net
   });
 });
