@@ -23,7 +23,7 @@
  * task's FULL commit is appended to the WAL after the evaluation's frames and
  * its fsync covers them (WAL recovery keeps only an unbroken prefix of
  * commits). WAL checkpoints (which fsync the WAL, then the database) run on
- * a worker thread (`Checkpointer`, src/shared/sqlite.ts): SQLite's
+ * a worker thread (`Checkpointer`, src/shared/checkpointer.ts): SQLite's
  * auto-checkpoint inside an evaluation's commit stalled the event loop
  * ~5–18 ms every ~250 evaluations; it remains only as a safety net at 4000
  * pages.

@@ -33,7 +33,7 @@
  * survives a process crash, and the next fsynced commit on either connection
  * makes it durable, but a power loss or OS crash may lose the reservations
  * written since (see docs/containment.md). WAL checkpoints run on a worker
- * thread (`Checkpointer`, src/shared/sqlite.ts; `wrote()` after each
+ * thread (`Checkpointer`, src/shared/checkpointer.ts; `wrote()` after each
  * reservation or report lets it see when one is due).
  *
  * Errors: any SQLite failure becomes `containment_store_unavailable` (503).
