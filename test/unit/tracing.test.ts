@@ -174,15 +174,17 @@ describe("exporterFromEnv: OTLP protocols", () => {
     expect(json.endpoint).toBe("http://c:4318/custom");
   });
 
+  /** The error exporterFromEnv throws for `env` (a test failure if it throws none). */
+  const thrown = (env: Record<string, string>): { code?: unknown; message?: unknown } => {
+    try {
+      exporterFromEnv(env);
+    } catch (e) {
+      return e as { code?: unknown; message?: unknown };
+    }
+    throw new Error("no error");
+  };
+
   test("an unknown protocol or an unusable gRPC endpoint is config_invalid", () => {
-    const thrown = (env: Record<string, string>): { code?: unknown; message?: unknown } => {
-      try {
-        exporterFromEnv(env);
-      } catch (e) {
-        return e as { code?: unknown; message?: unknown };
-      }
-      throw new Error("no error");
-    };
     const unknown = thrown({ OTEL_EXPORTER_OTLP_PROTOCOL: "thrift" });
     expect(unknown.code).toBe("config_invalid");
     expect(unknown.message).toContain("http/protobuf (default), http/json or grpc");
@@ -194,14 +196,6 @@ describe("exporterFromEnv: OTLP protocols", () => {
   });
 
   test("an endpoint's credentials never reach the error message", () => {
-    const thrown = (env: Record<string, string>): { code?: unknown; message?: unknown } => {
-      try {
-        exporterFromEnv(env);
-      } catch (e) {
-        return e as { code?: unknown; message?: unknown };
-      }
-      throw new Error("no error");
-    };
     // http/protobuf to a scheme it cannot speak; gRPC to an endpoint it cannot use
     const cases = [
       {
