@@ -1495,25 +1495,37 @@ function renderProfile(P, p, auditRuns) {
     ),
   );
   p();
-  const workersBusy = P.workers.reduce(
-    (acc, w) =>
-      acc +
-      sum(
-        w.areas.filter((a) => a.key !== "idle"),
-        "usPerDecision",
-      ),
-    0,
-  );
+  // which worker is which: the audit worker (dist/audit/worker.js) or the WAL checkpoint
+  // worker (dist/shared/checkpoint-worker.js), by where its samples are
+  const isCheckpointer = (w) => w.functions.some((r) => /checkpoint-worker\.js/.test(r.where));
+  const workersBusy = P.workers
+    .filter((w) => !isCheckpointer(w))
+    .reduce(
+      (acc, w) =>
+        acc +
+        sum(
+          w.areas.filter((a) => a.key !== "idle"),
+          "usPerDecision",
+        ),
+      0,
+    );
   p(
-    `Samples are taken on a wall-clock timer: time the main thread is runnable but not running (on a 2-CPU machine shared with the load generator, typically right after a socket write wakes it) counts in the function it resumes in, mostly \`writeUtf8String\`. Cross-check: by the samples the main thread was busy ${f(sum(busy, "usPerDecision"), 1)} µs per decision and the worker thread(s) ${f(workersBusy, 1)} µs; by /proc the process used ${f(P.load.cpuUsPerReq, 0)} CPU µs per request, all threads (any excess of the samples over that is waiting for a CPU).`,
+    `Samples are taken on a wall-clock timer: time the main thread is runnable but not running (on a 2-CPU machine shared with the load generator, typically right after a socket write wakes it) counts in the function it resumes in, mostly \`writeUtf8String\`. Cross-check: by the samples the main thread was busy ${f(sum(busy, "usPerDecision"), 1)} µs per decision and the audit worker thread ${f(workersBusy, 1)} µs; by /proc the process used ${f(P.load.cpuUsPerReq, 0)} CPU µs per request, all threads (any excess of the samples over that is waiting for a CPU).`,
   );
   p();
   for (const w of P.workers) {
     const wb = w.areas.filter((a) => a.key !== "idle");
     const top = w.functions.filter((r) => r.fn !== "(idle)").slice(0, 4);
-    p(
-      `Worker thread ${w.tid} (the audit worker runs on a worker thread): busy ${f(sum(wb, "usPerDecision"), 1)} µs per decision (${f(sum(wb, "pct"), 1)} % of its ${w.samples} samples); its top functions: ${top.map((r) => `${code(r.fn)} ${r.where} ${f(r.usPerDecision, 1)} µs`).join(", ")}.`,
-    );
+    const tops = top.map((r) => `${code(r.fn)} ${r.where} ${f(r.usPerDecision, 1)} µs`).join(", ");
+    if (isCheckpointer(w)) {
+      p(
+        `Worker thread ${w.tid} is the WAL checkpoint worker (src/shared/checkpointer.ts; started under load, it checkpoints approvals.db and containment.db off the event loop). Nearly all its ${w.samples} samples are its wait for work: \`Atomics.wait\` inside \`run\` blocks the thread in a JavaScript frame, which the wall-clock profiler samples as running; it is not CPU time (the /proc figure above has the process's CPU). Its samples by function: ${tops}.`,
+      );
+    } else {
+      p(
+        `Worker thread ${w.tid} (the audit worker): busy ${f(sum(wb, "usPerDecision"), 1)} µs per decision (${f(sum(wb, "pct"), 1)} % of its ${w.samples} samples); its top functions: ${tops}.`,
+      );
+    }
     p();
   }
 }
