@@ -144,6 +144,19 @@ function toolgateExporter(url: string): SpanExporter {
   return exporter;
 }
 
+/** One export through toolgate's exporter for `url`, then its shutdown (idle sockets closed). */
+async function exportThenShutdown(
+  url: string,
+  spans: ReadableSpan[],
+): Promise<Awaited<ReturnType<typeof exportOnce>>> {
+  const ours = toolgateExporter(url);
+  try {
+    return await exportOnce(ours, spans);
+  } finally {
+    await ours.shutdown();
+  }
+}
+
 /** OTel's stock delegate with its own node transport (the reference). */
 function stockExporter(url: string): SpanExporter {
   const delegate = createOtlpHttpExportDelegate(
@@ -269,9 +282,7 @@ test("gzip when OTEL_EXPORTER_OTLP_TRACES_COMPRESSION=gzip (and not otherwise)",
   const rx = await startReceiver();
   try {
     await withEnv({ OTEL_EXPORTER_OTLP_TRACES_COMPRESSION: "gzip" }, async () => {
-      const ours = toolgateExporter(rx.url);
-      expect((await exportOnce(ours, spans)).code).toBe(ExportResultCode.SUCCESS);
-      await ours.shutdown();
+      expect((await exportThenShutdown(rx.url, spans)).code).toBe(ExportResultCode.SUCCESS);
       const stock = stockExporter(rx.url);
       expect((await exportOnce(stock, spans)).code).toBe(ExportResultCode.SUCCESS);
       await stock.shutdown();
@@ -292,9 +303,7 @@ test("a 503 is retried after OTel's backoff (1 s ± 20 %) and the spans are deli
   const spans = await someSpans(2);
   const rx = await startReceiver([(res) => res.writeHead(503).end("busy")]);
   try {
-    const ours = toolgateExporter(rx.url);
-    const r = await exportOnce(ours, spans);
-    await ours.shutdown();
+    const r = await exportThenShutdown(rx.url, spans);
     expect(r.code).toBe(ExportResultCode.SUCCESS);
     expect(rx.got).toHaveLength(2);
     const [first, second] = rx.got as [Received, Received];
@@ -313,9 +322,7 @@ test("a Retry-After is waited instead of the backoff", async () => {
   const spans = await someSpans(1);
   const rx = await startReceiver([(res) => res.writeHead(429, { "retry-after": "2" }).end()]);
   try {
-    const ours = toolgateExporter(rx.url);
-    const r = await exportOnce(ours, spans);
-    await ours.shutdown();
+    const r = await exportThenShutdown(rx.url, spans);
     expect(r.code).toBe(ExportResultCode.SUCCESS);
     expect(rx.got).toHaveLength(2);
     const [first, second] = rx.got as [Received, Received];
@@ -331,9 +338,7 @@ test("a Retry-After past the timeout ends the export instead of waiting", async 
   const rx = await startReceiver([(res) => res.writeHead(503, { "retry-after": "30" }).end()]);
   try {
     await withEnv({ OTEL_EXPORTER_OTLP_TIMEOUT: "2000" }, async () => {
-      const ours = toolgateExporter(rx.url);
-      const r = await exportOnce(ours, spans);
-      await ours.shutdown();
+      const r = await exportThenShutdown(rx.url, spans);
       expect(r.code).toBe(ExportResultCode.FAILED);
       expect(r.ms).toBeLessThan(1000);
     });
@@ -385,9 +390,7 @@ test.each([
       const env: Record<string, string> = { OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: "600" };
       if (server) env.OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE = server.caFile;
       await withEnv(env, async () => {
-        const ours = toolgateExporter(rx.url);
-        const r = await exportOnce(ours, spans);
-        await ours.shutdown();
+        const r = await exportThenShutdown(rx.url, spans);
         expect(r.code).toBe(ExportResultCode.FAILED);
         expect(r.error?.message).toBe("Request timed out");
         expect(r.ms).toBeGreaterThanOrEqual(590);
@@ -527,9 +530,7 @@ test.each([
         Object.entries(vars).map(([k, v]) => [k, v === "right" ? ca().caFile : other().caFile]),
       );
       await withEnv(env, async () => {
-        const ours = toolgateExporter(rx.url);
-        const r = await exportOnce(ours, spans);
-        await ours.shutdown();
+        const r = await exportThenShutdown(rx.url, spans);
         expect(r.code).toBe(ExportResultCode.FAILED);
         expect(r.error?.message).toMatch(/certificate/i);
         expect(r.ms).toBeLessThan(1000); // a verification failure is not retried
@@ -537,9 +538,7 @@ test.each([
       expect(rx.got).toHaveLength(0);
       // the control: the same collector is reached with the right CA (the generic variable)
       await withEnv({ OTEL_EXPORTER_OTLP_CERTIFICATE: ca().caFile }, async () => {
-        const ours = toolgateExporter(rx.url);
-        expect((await exportOnce(ours, spans)).code).toBe(ExportResultCode.SUCCESS);
-        await ours.shutdown();
+        expect((await exportThenShutdown(rx.url, spans)).code).toBe(ExportResultCode.SUCCESS);
       });
       expect(rx.got).toHaveLength(1);
     } finally {
@@ -592,9 +591,7 @@ test("https:// with mTLS: a collector that requires a client certificate gets th
         OTEL_EXPORTER_OTLP_CLIENT_KEY: client.keyFile,
       },
       async () => {
-        const ours = toolgateExporter(rx.url);
-        const r = await exportOnce(ours, spans);
-        await ours.shutdown();
+        const r = await exportThenShutdown(rx.url, spans);
         expect(r.error).toBeUndefined();
         expect(r.code).toBe(ExportResultCode.SUCCESS);
       },
