@@ -3,12 +3,15 @@
 // A target is a toolgate build (a package root: its bin/ and dist/) reached over TCP or
 // over the agent port's Unix domain socket (server.agent.socket), with extra environment
 // K=V,... (e.g. a switch under A/B); targets of the same root and environment share one
-// process. Every toolgate runs as the benchmark's audit-on toolgate (spans over
+// process. A transport with *N (tcp*2) is N such processes, each with its own state, the
+// load's connections split between them: the shared-nothing upper bound of spreading
+// decisions over N cores (no state is shared, so sessions, budgets and rates are not
+// consistent across them; a measurement, not a deployment). Every toolgate runs as the benchmark's audit-on toolgate (spans over
 // OTLP/HTTP to a local receiver, decision logs at info to a file, audit trail on), or
 // audit off with --audit off. Before measuring, every request of the mix is sent to every
 // target and must get the reference table's outcome and reason code.
 //
-//   node scripts/bench/httpab.mjs [--target label=<root>:<tcp|uds>[:K=V,...]]... [--conns 16]
+//   node scripts/bench/httpab.mjs [--target label=<root>:<tcp|uds>[*N][:K=V,...]]... [--conns 16]
 //        [--rounds 6] [--seconds 3] [--warmup 2] [--path /v1/decisions] [--audit on|off]
 //        [--md <file>] [--json <file>] [--profile <dir>]
 //   --profile <dir>: instead of rounds, one load run (--seconds, first --conns, first target)
@@ -57,16 +60,24 @@ const log = (...a) => console.error("httpab:", ...a);
 const specs = (
   all("--target").length ? all("--target") : [`tcp=${ROOT}:tcp`, `uds=${ROOT}:uds`]
 ).map((s) => {
-  const m = /^([^=]+)=(.+?):(tcp|uds)(?::(.*))?$/.exec(s);
-  if (!m) throw new Error(`--target ${s}: want label=<root>:<tcp|uds>[:K=V,...]`);
+  const m = /^([^=]+)=(.+?):(tcp|uds)(?:\*([1-9]\d*))?(?::(.*))?$/.exec(s);
+  if (!m) throw new Error(`--target ${s}: want label=<root>:<tcp|uds>[*N][:K=V,...]`);
+  const shards = Number(m[4] ?? 1);
   const extra = Object.fromEntries(
-    (m[4] ? m[4].split(",") : []).map((kv) => [
+    (m[5] ? m[5].split(",") : []).map((kv) => [
       kv.slice(0, kv.indexOf("=")),
       kv.slice(kv.indexOf("=") + 1),
     ]),
   );
   const root = path.resolve(m[2]);
-  return { label: m[1], root, transport: m[3], extra, key: `${root}|${m[4] ?? ""}` };
+  return {
+    label: m[1],
+    root,
+    transport: m[3],
+    shards,
+    extra,
+    key: `${root}|${m[5] ?? ""}|${shards}`,
+  };
 });
 
 const children = [];
@@ -87,7 +98,10 @@ function freePort() {
     });
   });
 }
+/** CPU seconds of a process (or of one thread, tid); of several processes summed (pid an array, tid: their main threads). */
 function cpuSeconds(pid, tid) {
+  if (Array.isArray(pid))
+    return pid.reduce((a, p) => a + cpuSeconds(p, tid === undefined ? undefined : p), 0);
   const stat = fs.readFileSync(
     tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`,
     "utf8",
@@ -96,6 +110,7 @@ function cpuSeconds(pid, tid) {
   return (Number(f[11]) + Number(f[12])) / CLK_TCK;
 }
 function sysSeconds(pid, tid) {
+  if (Array.isArray(pid)) return pid.reduce((a, p) => a + sysSeconds(p, p), 0);
   const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
   return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[12]) / CLK_TCK;
 }
@@ -132,49 +147,71 @@ function post(target, body) {
 const bodyOf = (m) => JSON.stringify(PATH === "/v1/decisions" ? m.req : { input: m.req });
 
 async function verify(target) {
-  for (const m of MIX) {
-    const r = await post(target, bodyOf(m));
-    const d = PATH === "/v1/decisions" ? r.json : r.json.result;
-    const codes = (d?.reasons ?? []).map((x) => x.code);
-    if (r.status !== 200 || d?.outcome !== m.outcome || !codes.includes(m.code))
-      throw new Error(`${target.label}: "${m.name}" got ${r.status} ${d?.outcome} [${codes}]`);
-  }
+  for (const shard of target.shards)
+    for (const m of MIX) {
+      const r = await post(shard, bodyOf(m));
+      const d = PATH === "/v1/decisions" ? r.json : r.json.result;
+      const codes = (d?.reasons ?? []).map((x) => x.code);
+      if (r.status !== 200 || d?.outcome !== m.outcome || !codes.includes(m.code))
+        throw new Error(
+          `${target.label} (${shard.pid}): "${m.name}" got ${r.status} ${d?.outcome} [${codes}]`,
+        );
+    }
 }
 
 async function load(target, connections, seconds) {
   const lat = [];
   let bad = 0;
-  const cpu0 = cpuSeconds(target.pid);
-  const main0 = cpuSeconds(target.pid, target.pid);
-  const sys0 = sysSeconds(target.pid, target.pid);
+  const pids = target.shards.map((x) => x.pid);
+  const cpu0 = cpuSeconds(pids);
+  const main0 = cpuSeconds(pids, pids);
+  const sys0 = sysSeconds(pids, pids);
   const lg0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
-  const res = await new Promise((resolve, reject) => {
-    const inst = autocannon(
-      {
-        url: target.socketPath ? "http://localhost" : `http://127.0.0.1:${target.port}`,
-        ...(target.socketPath ? { socketPath: target.socketPath } : {}),
-        connections,
-        duration: seconds,
-        timeout: 10,
-        requests: MIX.map((m) => ({
-          method: "POST",
-          path: PATH,
-          headers: { "content-type": "application/json" },
-          body: bodyOf(m),
-        })),
-      },
-      (err, r) => (err ? reject(err) : resolve(r)),
-    );
-    inst.on("response", (_c, status, _b, rt) => {
-      lat.push(rt);
-      if (status !== 200) bad++;
-    });
-  });
+  // the connections split between the shards (one autocannon each, concurrently)
+  const split = target.shards
+    .map((x, i) => ({
+      ...x,
+      conns:
+        Math.floor(connections / target.shards.length) +
+        (i < connections % target.shards.length ? 1 : 0),
+    }))
+    .filter((x) => x.conns > 0);
+  const results = await Promise.all(
+    split.map(
+      (x) =>
+        new Promise((resolve, reject) => {
+          const inst = autocannon(
+            {
+              url: x.socketPath ? "http://localhost" : `http://127.0.0.1:${x.port}`,
+              ...(x.socketPath ? { socketPath: x.socketPath } : {}),
+              connections: x.conns,
+              duration: seconds,
+              timeout: 10,
+              requests: MIX.map((m) => ({
+                method: "POST",
+                path: PATH,
+                headers: { "content-type": "application/json" },
+                body: bodyOf(m),
+              })),
+            },
+            (err, r) => (err ? reject(err) : resolve(r)),
+          );
+          inst.on("response", (_c, status, _b, rt) => {
+            lat.push(rt);
+            if (status !== 200) bad++;
+          });
+        }),
+    ),
+  );
+  const res = {
+    errors: results.reduce((a, r) => a + r.errors, 0),
+    timeouts: results.reduce((a, r) => a + r.timeouts, 0),
+  };
   const wall = Number(process.hrtime.bigint() - t0) / 1e9;
-  const cpu = cpuSeconds(target.pid) - cpu0;
-  const mainCpu = cpuSeconds(target.pid, target.pid) - main0;
-  const mainSys = sysSeconds(target.pid, target.pid) - sys0;
+  const cpu = cpuSeconds(pids) - cpu0;
+  const mainCpu = cpuSeconds(pids, pids) - main0;
+  const mainSys = sysSeconds(pids, pids) - sys0;
   const lg = process.cpuUsage(lg0);
   if (res.errors + res.timeouts + bad > 0)
     throw new Error(
@@ -223,51 +260,55 @@ async function main() {
     if (receiverPort === undefined || rec.exitCode !== null) throw new Error("no OTLP receiver");
   }
   const procs = new Map();
+  let started = 0;
   for (const key of new Set(specs.map((s) => s.key))) {
-    const { root, extra } = specs.find((s) => s.key === key);
-    const name = `tg${procs.size}`;
-    const port = await freePort();
-    const stateDir = path.join(TMP, `state-${name}`);
-    fs.mkdirSync(stateDir);
-    const socketPath = path.join(TMP, `${name}-sock`, "agent.sock");
-    const env = {
-      ...baseEnv,
-      TOOLGATE_AGENT_PORT: String(port),
-      TOOLGATE_AGENT_SOCKET: socketPath,
-      TOOLGATE_CONTROL_PORT: "0",
-      TOOLGATE_STATE_DIR: stateDir,
-      TOOLGATE_BUNDLE: path.join(ROOT, "bundles", "support-triage.tar.gz"),
-      TOOLGATE_AUDIT_HMAC_KEY: "bench-key-0123456789abcdef",
-      ...(AUDIT
-        ? {
-            TOOLGATE_LOG_LEVEL: "info",
-            TOOLGATE_AUDIT_TRAIL_ENABLED: "true",
-            TOOLGATE_AUDIT_LOG_DECISIONS: "true",
-            OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiverPort}`,
-            OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
-            OTEL_SERVICE_NAME: "toolgate-bench",
-          }
-        : {
-            TOOLGATE_LOG_LEVEL: "error",
-            OTEL_SDK_DISABLED: "true",
-            TOOLGATE_AUDIT_TRAIL_ENABLED: "false",
-            TOOLGATE_AUDIT_LOG_DECISIONS: "false",
-            TOOLGATE_AUDIT_WORKER: "false",
-          }),
-      ...extra,
-    };
-    const prof = PROFILE
-      ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(PROFILE)}`, "--cpu-prof-interval=500"]
-      : [];
-    const child = start(
-      name,
-      process.execPath,
-      [...prof, path.join(root, "bin", "toolgate.js"), "serve"],
-      env,
-    );
-    procs.set(key, { child, port, socketPath });
+    const { root, extra, shards } = specs.find((s) => s.key === key);
+    procs.set(key, []);
+    for (let k = 0; k < shards; k++) {
+      const name = `tg${started++}`;
+      const port = await freePort();
+      const stateDir = path.join(TMP, `state-${name}`);
+      fs.mkdirSync(stateDir);
+      const socketPath = path.join(TMP, `${name}-sock`, "agent.sock");
+      const env = {
+        ...baseEnv,
+        TOOLGATE_AGENT_PORT: String(port),
+        TOOLGATE_AGENT_SOCKET: socketPath,
+        TOOLGATE_CONTROL_PORT: "0",
+        TOOLGATE_STATE_DIR: stateDir,
+        TOOLGATE_BUNDLE: path.join(ROOT, "bundles", "support-triage.tar.gz"),
+        TOOLGATE_AUDIT_HMAC_KEY: "bench-key-0123456789abcdef",
+        ...(AUDIT
+          ? {
+              TOOLGATE_LOG_LEVEL: "info",
+              TOOLGATE_AUDIT_TRAIL_ENABLED: "true",
+              TOOLGATE_AUDIT_LOG_DECISIONS: "true",
+              OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiverPort}`,
+              OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
+              OTEL_SERVICE_NAME: "toolgate-bench",
+            }
+          : {
+              TOOLGATE_LOG_LEVEL: "error",
+              OTEL_SDK_DISABLED: "true",
+              TOOLGATE_AUDIT_TRAIL_ENABLED: "false",
+              TOOLGATE_AUDIT_LOG_DECISIONS: "false",
+              TOOLGATE_AUDIT_WORKER: "false",
+            }),
+        ...extra,
+      };
+      const prof = PROFILE
+        ? ["--cpu-prof", `--cpu-prof-dir=${path.resolve(PROFILE)}`, "--cpu-prof-interval=500"]
+        : [];
+      const child = start(
+        name,
+        process.execPath,
+        [...prof, path.join(root, "bin", "toolgate.js"), "serve"],
+        env,
+      );
+      procs.get(key).push({ child, port, socketPath });
+    }
   }
-  for (const [root, p] of procs) {
+  for (const [root, p] of [...procs].flatMap(([k, list]) => list.map((x) => [k, x]))) {
     for (let i = 0; ; i++) {
       if (p.child.exitCode !== null) throw new Error(`toolgate from ${root} exited; see ${TMP}`);
       try {
@@ -281,13 +322,13 @@ async function main() {
     }
   }
   const targets = specs.map((s) => {
-    const p = procs.get(s.key);
-    return {
-      ...s,
+    const shards = procs.get(s.key).map((p) => ({
       pid: p.child.pid,
       port: p.port,
       ...(s.transport === "uds" ? { socketPath: p.socketPath } : {}),
-    };
+    }));
+    // pid, port and socketPath: the first shard's (the only one unless *N)
+    return { ...s, ...shards[0], shards };
   });
   for (const t of targets) await verify(t);
   log(
@@ -311,7 +352,7 @@ async function main() {
   const out = [];
   const p = (s = "") => out.push(s);
   p(
-    `${PATH}, audit ${AUDIT ? "on" : "off"}; ${ROUNDS} rounds × ${SECONDS} s per target at each concurrency, the order reversing every round, after 2 × ${WARMUP} s warm-up; targets: ${targets.map((t) => `${t.label} (${t.transport}${procs.size > 1 ? `, ${path.relative(ROOT, t.root) || "."}${t.key.endsWith("|") ? "" : ` ${t.key.split("|")[1]}`}` : ""})`).join(", ")}. Ratio: the target's req/s over ${targets[0].label}'s in the same round, median over rounds.`,
+    `${PATH}, audit ${AUDIT ? "on" : "off"}; ${ROUNDS} rounds × ${SECONDS} s per target at each concurrency, the order reversing every round, after 2 × ${WARMUP} s warm-up; targets: ${targets.map((t) => `${t.label} (${t.transport}${t.shards.length > 1 ? ` ×${t.shards.length} processes, the connections split` : ""}${procs.size > 1 ? `, ${path.relative(ROOT, t.root) || "."}${t.key.split("|")[1] ? ` ${t.key.split("|")[1]}` : ""}` : ""})`).join(", ")}. Ratio: the target's req/s over ${targets[0].label}'s in the same round, median over rounds.`,
   );
   p();
   p(
