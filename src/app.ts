@@ -214,6 +214,7 @@ async function buildAuditor(
     const client = await AuditClient.start({
       log,
       redactor,
+      maxBacklogBytes: config.audit.maxBacklogBytes,
       data: {
         env: otelEnv(env),
         serviceVersion: packageVersion(),
@@ -263,6 +264,7 @@ async function buildAuditor(
     trail,
     agentId: config.agent.id,
     logDecisions: config.audit.logDecisions,
+    maxBacklogBytes: config.audit.maxBacklogBytes,
   });
   return { auditor, component: new AuditComponent(auditor) };
 }
@@ -306,6 +308,11 @@ function registerGauges(
       name: "toolgate_audit_backlog",
       help: "Audit records handed to the audit worker thread and not yet handled by it (0 with audit.worker false).",
       read: () => [{ value: auditor.backlog() }],
+    });
+    metrics.addGauge({
+      name: "toolgate_audit_backlog_bytes",
+      help: "Audit records not yet written (parked for a restarting audit worker, handed to it and not yet handled, or in the trail's buffer), in characters of JSON text. Past audit.max_backlog_bytes decisions are denied audit_unavailable.",
+      read: () => [{ value: auditor.backlogBytes() }],
     });
     metrics.addGauge({
       name: "toolgate_audit_trail_write_errors",

@@ -31,6 +31,7 @@ import type {
   VerifiedFacts,
 } from "../model";
 import { isObject } from "../shared/guards";
+import { BacklogGate, isUnrecorded } from "./backlog";
 import type { Logger } from "../shared/log";
 import { SecretsSeen, type MaskOp, type Redactor } from "../redaction/redact";
 import type { AuditTrail, TrailStats } from "../trail";
@@ -61,6 +62,10 @@ export interface AuditService extends DecisionSink {
   trailStats(): TrailStats | undefined;
   /** Audit records waiting for another thread (0 when audit runs on the calling thread). */
   backlog(): number;
+  /** Audit records not yet written (parked, in flight, in the trail's buffer), in characters of JSON text. */
+  backlogBytes(): number;
+  /** Why decisions cannot be recorded now (backlog past audit.max_backlog_bytes; ./backlog), or undefined. */
+  overloaded(): string | undefined;
   /** Why the audit worker thread is gone (stopped, or cannot be restarted); undefined while it runs or without one. */
   workerDown(): string | undefined;
   /** Asks the audit worker thread, if there is one, to give back memory it no longer needs (idle). */
@@ -244,6 +249,12 @@ export interface AuditorOptions {
   ledger?: DecisionLedger;
   /** Write a log line per decision (default true). */
   logDecisions?: boolean;
+  /**
+   * audit.max_backlog_bytes, for an Auditor on the decision path's thread:
+   * the trail's unwritten lines past it deny decisions (./backlog). None in
+   * the audit worker, whose client keeps the bound.
+   */
+  maxBacklogBytes?: number;
 }
 
 /**
@@ -453,9 +464,16 @@ export class Auditor implements AuditService {
   /** Request spans of AuthZEN batches, open until the face ends them, by span id. */
   private readonly open = new Map<string, Span>();
 
+  /** The backlog's bound, when this Auditor is on the decision path's thread (maxBacklogBytes). */
+  private readonly gate: BacklogGate | undefined;
+
   constructor(private readonly opts: AuditorOptions) {
     this.ledger = opts.ledger ?? new DecisionLedger();
     this.logDecisions = opts.logDecisions ?? true;
+    this.gate =
+      opts.maxBacklogBytes === undefined
+        ? undefined
+        : new BacklogGate(opts.maxBacklogBytes, () => this.backlogBytes(), opts.log);
   }
 
   tracingStats(): TracingStats {
@@ -468,6 +486,17 @@ export class Auditor implements AuditService {
    * audit worker's client); else this auditor's ledger names it.
    */
   record(event: AuditedEvent, link?: SpanRef): SpanIds {
+    if (this.gate !== undefined) {
+      if (isUnrecorded(event)) {
+        this.gate.countRefused();
+        return INVALID_IDS;
+      }
+      // past twice the bound, all but decisions go (a decision checked the bound before it was made)
+      if (event.kind !== "decision" && this.gate.overflowing()) {
+        this.gate.countDropped();
+        return INVALID_IDS;
+      }
+    }
     const handle = this.handlers[event.kind] as (e: AuditedEvent, l?: SpanRef) => SpanIds;
     return handle(event, link);
   }
@@ -932,6 +961,15 @@ export class Auditor implements AuditService {
     return 0;
   }
 
+  /** The trail's lines not yet written (this thread has no other backlog). */
+  backlogBytes(): number {
+    return this.opts.trail?.backlogBytes() ?? 0;
+  }
+
+  overloaded(): string | undefined {
+    return this.gate?.overloaded();
+  }
+
   /** Redacts with the shared redactor (for action reports, approvals, ...). */
   redact<T>(value: T, mask?: readonly MaskOp[], seen?: SecretsSeen): T {
     return this.opts.redactor.redact(value, mask, seen);
@@ -943,6 +981,7 @@ export class Auditor implements AuditService {
 
   /** Ends the request spans still open, then flushes and closes tracing, trail and log. */
   async close(): Promise<void> {
+    this.gate?.recovered();
     for (const span of this.open.values()) span.end();
     this.open.clear();
     await this.opts.tracing.shutdown();

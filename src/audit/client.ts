@@ -25,12 +25,21 @@ import {
   type AuditedEvent,
   type AuditService,
 } from "./auditor";
-import type { AuditWorkerData, FromWorker, ToWorker, WorkerStats } from "./protocol";
+import { BacklogGate, isUnrecorded } from "./backlog";
+import {
+  BACKLOG_IN_FLIGHT,
+  BACKLOG_SLOTS,
+  BACKLOG_TRAIL,
+  type AuditWorkerData,
+  type FromWorker,
+  type ToWorker,
+  type WorkerStats,
+} from "./protocol";
 import type { MaskOp, Redactor, SecretsSeen } from "../redaction/redact";
 import type { TrailStats } from "../trail";
 import type { TracingStats } from "../telemetry/tracing";
 
-/** Messages kept for a worker that is (re)starting; beyond this they are dropped and counted. */
+/** Messages waiting for the next batch at most (a few ms' worth); beyond this they are dropped and counted. */
 const MAX_QUEUED = 100_000;
 const RESTART_DELAY_MS = 1000;
 const BATCH_DELAY_MS = 5;
@@ -113,6 +122,8 @@ export interface AuditClientOptions {
   log: Logger;
   /** Redacts on the main thread (action reports, approval display copies): same key as the worker's. */
   redactor: Redactor;
+  /** audit.max_backlog_bytes: records not yet written past it deny decisions (./backlog). */
+  maxBacklogBytes: number;
 }
 
 export class AuditClient implements AuditService {
@@ -126,12 +137,20 @@ export class AuditClient implements AuditService {
   private readonly waiters = new Map<number, Waiter>();
   private closing: Promise<void> | undefined;
   private posted = 0;
+  /** The running worker's backlog counters (protocol BACKLOG_*), shared with it. */
+  private counters: Int32Array | undefined;
+  /** Batches serialised while no worker runs, in order, for the next one; their messages and characters. */
+  private parked: string[] = [];
+  private parkedCount = 0;
+  private parkedBytes = 0;
+  private readonly gate: BacklogGate;
   private dropped = 0;
   private restarts = 0;
   /** Why the worker is gone, from its exit (or a failed restart) until a new one is ready. */
   private down: string | undefined;
 
   private constructor(private readonly opts: AuditClientOptions) {
+    this.gate = new BacklogGate(opts.maxBacklogBytes, () => this.backlogBytes(), opts.log);
     this.stats = {
       tracing: {
         enabled: false,
@@ -156,8 +175,10 @@ export class AuditClient implements AuditService {
   private spawn(): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const resourceLimits = workerResourceLimits();
+      const counters = new Int32Array(new SharedArrayBuffer(BACKLOG_SLOTS * 4));
+      const workerData: AuditWorkerData = { ...this.opts.data, backlog: counters.buffer };
       const worker = new Worker(auditWorkerFile(), {
-        workerData: this.opts.data,
+        workerData,
         ...(resourceLimits !== undefined ? { resourceLimits } : {}),
       });
       let ready = false;
@@ -166,6 +187,7 @@ export class AuditClient implements AuditService {
           case "ready":
             ready = true;
             this.worker = worker;
+            this.counters = counters;
             this.down = undefined;
             this.tracingEnabled = m.tracingEnabled;
             this.stats = m.stats;
@@ -253,6 +275,11 @@ export class AuditClient implements AuditService {
   }
 
   private post(m: ToWorker): void {
+    // past twice the bound, all but decisions go (a decision checked the bound before it was made)
+    if (m.t === "event" && m.event.kind !== "decision" && this.gate.overflowing()) {
+      this.gate.countDropped();
+      return;
+    }
     if (this.queue.length >= MAX_QUEUED) {
       if (this.dropped++ === 0)
         this.opts.log.error("the audit worker is not keeping up; audit records are dropped", {
@@ -269,11 +296,24 @@ export class AuditClient implements AuditService {
     }
   }
 
-  /** Hands the queue to the worker in one message (MAX_BATCH at most; the rest a turn later), in order. */
+  /**
+   * Hands the queue to the worker in one message (MAX_BATCH at most; the
+   * rest a turn later), in order; what was parked first. With no worker
+   * running, the batch is serialised all the same and parked for the next
+   * one: compact text whose size the backlog's bound counts.
+   */
   private send(): void {
     this.scheduled = false;
     const worker = this.worker;
-    if (worker === undefined || this.queue.length === 0) return;
+    if (worker !== undefined && this.parked.length > 0) {
+      for (const text of this.parked) worker.postMessage(text);
+      if (this.counters !== undefined)
+        Atomics.add(this.counters, BACKLOG_IN_FLIGHT, this.parkedBytes);
+      this.posted += this.parkedCount;
+      this.parked = [];
+      this.parkedCount = this.parkedBytes = 0;
+    }
+    if (this.queue.length === 0) return;
     let batch = this.queue;
     if (batch.length <= MAX_BATCH) this.queue = [];
     else {
@@ -290,11 +330,20 @@ export class AuditClient implements AuditService {
     } catch {
       text = undefined; // e.g. a BigInt somewhere: send one by one, skipping what cannot go
     }
-    if (text !== undefined) worker.postMessage(text);
+    const hand = (t: string): void => {
+      if (worker === undefined) {
+        this.parked.push(t);
+        this.parkedBytes += t.length;
+      } else {
+        if (this.counters !== undefined) Atomics.add(this.counters, BACKLOG_IN_FLIGHT, t.length);
+        worker.postMessage(t);
+      }
+    };
+    if (text !== undefined) hand(text);
     else {
       for (const m of batch) {
         try {
-          worker.postMessage(JSON.stringify([m]));
+          hand(JSON.stringify([m]));
         } catch (e) {
           this.opts.log.error("an audit record could not be handed to the audit worker", {
             event: "audit.error",
@@ -304,7 +353,8 @@ export class AuditClient implements AuditService {
         }
       }
     }
-    this.posted += batch.length;
+    if (worker === undefined) this.parkedCount += batch.length;
+    else this.posted += batch.length;
     if (this.dropped > 0) {
       this.opts.log.error("audit records were dropped while the audit worker was behind", {
         event: "audit.worker_backlog",
@@ -341,6 +391,10 @@ export class AuditClient implements AuditService {
    * decision span it links to (the ledger is on this thread).
    */
   record(event: AuditEvent): SpanIds {
+    if (isUnrecorded(event)) {
+      this.gate.countRefused();
+      return INVALID_IDS;
+    }
     const ids = this.idsFor(event);
     const m: ToWorker = { t: "event", event: forWorker(event), ids };
     if (event.kind === "decision") {
@@ -375,7 +429,27 @@ export class AuditClient implements AuditService {
 
   /** Audit messages not yet handled by the worker (as of its last report, every 250 ms). */
   backlog(): number {
-    return Math.max(0, this.posted - this.stats.handled) + this.queue.length;
+    return Math.max(0, this.posted - this.stats.handled) + this.queue.length + this.parkedCount;
+  }
+
+  /**
+   * Records not yet written, in characters of JSON text: parked for the
+   * next worker; and, while one runs, posted to it and not yet handled plus
+   * its trail's unwritten lines (shared counters the worker keeps current
+   * after each batch; the trail's writes are seen within its report
+   * interval). What the queue holds between batches (a few ms) is not counted.
+   */
+  backlogBytes(): number {
+    const c = this.worker === undefined ? undefined : this.counters;
+    const running =
+      c === undefined
+        ? 0
+        : Math.max(0, Atomics.load(c, BACKLOG_IN_FLIGHT)) + Atomics.load(c, BACKLOG_TRAIL);
+    return this.parkedBytes + running;
+  }
+
+  overloaded(): string | undefined {
+    return this.gate.overloaded();
   }
 
   /** The worker's tracing counters, as of its last report (every 250 ms, and on flush). */
@@ -411,6 +485,7 @@ export class AuditClient implements AuditService {
   }
 
   private async doClose(): Promise<void> {
+    this.gate.recovered();
     const worker = this.worker;
     if (worker === undefined) return;
     const exited = new Promise<void>((resolve) => worker.once("exit", () => resolve()));

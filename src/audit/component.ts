@@ -5,8 +5,9 @@
  *
  * Status:
  * - ERROR while the audit worker is gone (it stopped and no new one is ready
- *   yet, or it cannot be restarted: AuditClient.workerDown), or while the trail cannot be written
- *   (write errors, and no line written since);
+ *   yet, or it cannot be restarted: AuditClient.workerDown), while the trail cannot be written
+ *   (write errors, and no line written since), or while the records not yet
+ *   written are past audit.max_backlog_bytes (decisions are denied audit_unavailable);
  * - OK otherwise, with dropped spans in the detail: spans are best effort and
  *   a collector outage never blocks a decision (docs/audit.md), so drops do
  *   not make the sidecar unready;
@@ -69,6 +70,8 @@ export class AuditComponent implements Component {
     if (down !== undefined) problems.push(`audit worker: ${down}`);
     const trail = this.trail.observe(this.audit.trailStats());
     if (trail !== undefined) problems.push(trail);
+    const full = this.audit.overloaded();
+    if (full !== undefined) problems.push(`${full}; decisions are denied audit_unavailable`);
     if (problems.length > 0) return { state: "ERROR", detail: problems.join("; ") };
     const dropped = this.audit.tracingStats().dropped;
     return dropped > 0

@@ -57,4 +57,15 @@ export interface AuditWorkerData {
   trail: { dir: string; maxFileBytes: number } | null;
   tracing: { maxQueueSize: number; scheduledDelayMs: number; maxConcurrentExports?: number };
   statsIntervalMs: number;
+  /**
+   * The backlog's counters, shared with the client (BACKLOG_*; set by the
+   * client per worker): read at every decision, so kept current without a
+   * message.
+   */
+  backlog?: SharedArrayBuffer;
 }
+
+/** Int32 slots of AuditWorkerData.backlog. */
+export const BACKLOG_IN_FLIGHT = 0; // characters posted and not yet handled: the client adds, the worker subtracts
+export const BACKLOG_TRAIL = 1; // the worker's trail: characters of lines not yet written (the worker stores)
+export const BACKLOG_SLOTS = 2;

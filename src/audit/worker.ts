@@ -12,7 +12,14 @@ import { hasOwn } from "../shared/guards";
 import { createLogger } from "../shared/log";
 import { ForcedIdGenerator } from "../telemetry/ids";
 import { Auditor, DecisionLedger } from "./auditor";
-import type { AuditWorkerData, FromWorker, ToWorker, WorkerStats } from "./protocol";
+import {
+  BACKLOG_IN_FLIGHT,
+  BACKLOG_TRAIL,
+  type AuditWorkerData,
+  type FromWorker,
+  type ToWorker,
+  type WorkerStats,
+} from "./protocol";
 import { Redactor } from "../redaction/redact";
 import { AuditTrail } from "../trail";
 import { Tracing } from "../telemetry/tracing";
@@ -98,6 +105,13 @@ function start(): void {
     handled,
   });
 
+  const backlog = data.backlog === undefined ? undefined : new Int32Array(data.backlog);
+  /** The trail's unwritten lines, for the client's bound (after each batch, each flush and each report). */
+  const trailBacklog = (): void => {
+    if (backlog !== undefined)
+      Atomics.store(backlog, BACKLOG_TRAIL, Math.min(trail?.backlogBytes() ?? 0, 0x7fffffff));
+  };
+
   const handle = (m: ToWorker): void => {
     switch (m.t) {
       case "event":
@@ -105,7 +119,10 @@ function start(): void {
         return;
       case "flush":
         auditor.flush().then(
-          () => send({ t: "flushed", id: m.id, stats: stats() }),
+          () => {
+            trailBacklog();
+            send({ t: "flushed", id: m.id, stats: stats() });
+          },
           (e: unknown) =>
             send({ t: "flushed", id: m.id, stats: stats(), error: (e as Error).message }),
         );
@@ -161,8 +178,15 @@ function start(): void {
         });
       }
     }
+    if (backlog !== undefined) {
+      trailBacklog(); // what this batch added to the trail's buffer, before it leaves the in-flight count
+      Atomics.sub(backlog, BACKLOG_IN_FLIGHT, text.length);
+    }
   });
-  const timer = setInterval(() => send({ t: "stats", stats: stats() }), data.statsIntervalMs);
+  const timer = setInterval(() => {
+    trailBacklog();
+    send({ t: "stats", stats: stats() });
+  }, data.statsIntervalMs);
   timer.unref();
   // start-up is done: give back the young generation it grew and its garbage (idle RSS, #20)
   releaseMemory();

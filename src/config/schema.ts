@@ -254,6 +254,15 @@ const AUDIT = section(
       default: true,
       doc: "Write one JSON log line per decision and per action report (stdout, level info).",
     }),
+    /** Audit records not yet written that may wait in memory; past it, decisions are denied audit_unavailable. */
+    maxBacklogBytes: int({
+      key: "audit.max_backlog_bytes",
+      env: "TOOLGATE_AUDIT_MAX_BACKLOG_BYTES",
+      min: 65536,
+      max: 1024 * 1024 * 1024,
+      default: 16 * 1024 * 1024,
+      doc: "Audit records that cannot be written yet (a full or failing disk under the trail, an audit worker that stopped) wait in memory up to this many bytes of JSON. Past it, decisions are denied with reason `audit_unavailable` (fail closed: no action goes unrecorded) and counted instead of recorded, until the backlog is written; the episode is logged (audit.backlog_full, audit.backlog_recovered). Keep it well inside the container's memory limit. See docs/audit.md.",
+    }),
     /** Audit on a worker thread (AuditClient) instead of the main thread. */
     worker: bool({
       key: "audit.worker",

@@ -304,6 +304,17 @@ export class Decider {
       policy: { bundle: engine.info.bundle, revision: engine.info.revision },
       evaluated_at: new Date(nowMs).toISOString(),
     };
+    // Audit cannot keep a record now (its backlog is past its bound): deny before anything is done.
+    const auditFull = this.opts.sink?.overloaded?.();
+    if (auditFull !== undefined) {
+      decision.reasons = [
+        {
+          code: "audit_unavailable",
+          message: `the decision could not be recorded; denied (fail closed): ${auditFull}`,
+        },
+      ];
+      return this.finish({ kind: "decision", decision, request: req, verified, ctx });
+    }
     const session = this.opts.session;
     const sessionId =
       session === undefined ? undefined : sessionIdOf(req, ctx.principal, verified.subject.id);

@@ -209,6 +209,7 @@ export function meteredSink(metrics: Metrics, next: DecisionSink | undefined): D
       else if (event.kind === "refusal") metrics.refusalTally.one(event.error.code).n++;
       next?.record(event);
     },
+    overloaded: () => next?.overloaded?.(),
   };
 }
 

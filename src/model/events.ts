@@ -23,6 +23,12 @@ export type AuditEvent =
 /** Where events go: audit implements it, metrics decorates it (src/metrics meteredSink). */
 export interface DecisionSink {
   record(event: AuditEvent): void;
+  /**
+   * Why a decision's record could not be kept now (audit's backlog is past
+   * audit.max_backlog_bytes), or undefined: the Decider then denies
+   * `audit_unavailable` (fail closed).
+   */
+  overloaded?(): string | undefined;
 }
 
 /**

@@ -67,6 +67,8 @@ export interface TrailStats {
   writeErrors: number;
   /** Lines buffered in memory, not yet written. */
   pending: number;
+  /** Their size (characters of JSON text: bytes for ASCII), what audit.max_backlog_bytes counts. */
+  pendingBytes: number;
   /** Hash of the newest appended record: anchor it elsewhere (spans, logs). */
   lastHash: string;
   /** The file being written (or to be written next). */
@@ -107,6 +109,8 @@ export class AuditTrail {
   /** seq of the newest line handed to the OS. */
   private writtenSeq: number;
   private pending: string[] = [];
+  /** The characters of `pending`'s lines. */
+  private pendingBytes = 0;
   /** Lines written to the current file since its last successful fsync. */
   private unconfirmed: string[] = [];
 
@@ -272,7 +276,9 @@ export class AuditTrail {
     const prev = this.head;
     const body = lineBody(seq, time, kindJson, prev, recJson);
     const hash = sha256Hex(body);
-    this.pending.push(`${body},"hash":"${hash}"}\n`);
+    const line = `${body},"hash":"${hash}"}\n`;
+    this.pending.push(line);
+    this.pendingBytes += line.length;
     this.seq = seq;
     this.head = hash;
     this.appended++;
@@ -312,12 +318,18 @@ export class AuditTrail {
     return this.closing;
   }
 
+  /** `stats().pendingBytes`, without building the rest (read once per decision). */
+  backlogBytes(): number {
+    return this.pendingBytes;
+  }
+
   stats(): TrailStats {
     return {
       appended: this.appended,
       written: this.written,
       writeErrors: this.writeErrors,
       pending: this.pending.length,
+      pendingBytes: this.pendingBytes,
       lastHash: this.head,
       file: join(this.dir, trailFileName(this.fileIndex)),
     };
@@ -413,7 +425,10 @@ export class AuditTrail {
         throw e;
       }
       this.pending.splice(0, count);
-      for (const line of lines) this.unconfirmed.push(line);
+      for (const line of lines) {
+        this.unconfirmed.push(line);
+        this.pendingBytes -= line.length;
+      }
       this.fileBytes += bytes;
       this.writtenSeq += count;
       this.written += count;
@@ -485,6 +500,7 @@ export class AuditTrail {
     const st = await p<{ nlink: number }>((cb) => fstat(fd, cb));
     if (st.nlink === 0) {
       const lost = this.unconfirmed.length;
+      for (const line of this.unconfirmed) this.pendingBytes += line.length;
       this.pending = this.unconfirmed.concat(this.pending);
       this.writtenSeq -= lost;
       this.written -= lost;

@@ -93,6 +93,7 @@ describe("alerting rules (promtool)", () => {
       "ToolgateBundleRejected",
       "ToolgateDenyRateSpike",
       "ToolgateAuditBacklogGrowing",
+      "ToolgateAuditUnavailable",
       "ToolgateSpansDropped",
       "ToolgateFleetStreamStale",
       "ToolgateEventLoopLagHigh",
@@ -181,8 +182,33 @@ describe("alerting rules (promtool)", () => {
           input_series: [
             { series: sel("toolgate_audit_backlog"), values: "500+100x30" },
             { series: sel("toolgate_spans_dropped"), values: "0x10 5x20" },
+            {
+              series: sel("toolgate_decisions_total", {
+                outcome: "deny",
+                tool: "a",
+                reason: "audit_unavailable",
+              }),
+              values: "0x10 0+5x10",
+            },
           ],
           alert_rule_test: [
+            { eval_time: "9m", alertname: "ToolgateAuditUnavailable", exp_alerts: [] },
+            {
+              eval_time: "15m",
+              alertname: "ToolgateAuditUnavailable",
+              exp_alerts: [
+                {
+                  // summed per pod: the job label goes
+                  exp_labels: { namespace: "agents", pod: "tg-0", severity: "critical" },
+                  exp_annotations: {
+                    summary:
+                      "toolgate agents/tg-0 denies decisions it cannot record (audit_unavailable)",
+                    description: allRules.find((r) => r.alert === "ToolgateAuditUnavailable")
+                      ?.annotations?.description,
+                  },
+                },
+              ],
+            },
             { eval_time: "5m", alertname: "ToolgateAuditBacklogGrowing", exp_alerts: [] },
             {
               eval_time: "25m",

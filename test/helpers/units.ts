@@ -114,8 +114,13 @@ export function answer(
 /** A DecisionSink that keeps every event it is given. */
 export class CollectingSink implements DecisionSink {
   readonly events: AuditEvent[] = [];
+  /** What overloaded() answers: set it to play audit past its backlog's bound. */
+  full: string | undefined;
   record(event: AuditEvent): void {
     this.events.push(event);
+  }
+  overloaded(): string | undefined {
+    return this.full;
   }
   decisions(): DecisionEvent[] {
     return this.events.filter((e): e is DecisionEvent => e.kind === "decision");

@@ -16,6 +16,7 @@ class FakeAudit {
     written: 0,
     writeErrors: 0,
     pending: 0,
+    pendingBytes: 0,
     lastHash: "",
     file: "/state/audit/trail-000001.jsonl",
   };
@@ -28,7 +29,11 @@ class FakeAudit {
     endpoint: null,
   };
   down: string | undefined;
+  full: string | undefined;
   closed = false;
+  overloaded(): string | undefined {
+    return this.full;
+  }
   workerDown(): string | undefined {
     return this.down;
   }
@@ -96,6 +101,19 @@ test("a failing trail: ERROR from new write errors until a line is written", asy
   expect(c.status().state).toBe("OK");
   Object.assign(t, { writeErrors: 1 });
   expect(c.status().state).toBe("ERROR");
+});
+
+test("a backlog past audit.max_backlog_bytes: ERROR, saying decisions are denied, until it is written", async () => {
+  const { audit, c } = build();
+  await c.start();
+  audit.full = "1.2 MB of audit records wait to be written, past audit.max_backlog_bytes (1.0 MB)";
+  expect(c.status()).toEqual({
+    state: "ERROR",
+    detail:
+      "1.2 MB of audit records wait to be written, past audit.max_backlog_bytes (1.0 MB); decisions are denied audit_unavailable",
+  });
+  audit.full = undefined;
+  expect(c.status()).toEqual({ state: "OK" });
 });
 
 test("dropped spans are a detail on OK: spans are best effort", async () => {

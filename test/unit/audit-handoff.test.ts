@@ -183,6 +183,7 @@ describe("AuditClient hand-off", () => {
     const client = await AuditClient.start({
       log: logs.log,
       redactor: new Redactor({ hmacKey: key, keyId: "k1" }),
+      maxBacklogBytes: 16 * 1024 * 1024,
       data: {
         env: { OTEL_SDK_DISABLED: "true" },
         serviceVersion: "0.0.0-test",

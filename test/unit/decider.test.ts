@@ -290,6 +290,43 @@ describe("fail closed: what the policy cannot answer is a deny", () => {
   });
 });
 
+describe("audit past its backlog's bound: deny before anything is done", () => {
+  test("audit_unavailable without evaluating, reserving or counting; decided again once audit takes records", () => {
+    const engine = fakeEngine(answer("allow"));
+    const clock = new FakeClock(T0);
+    const limits = { rates: [{ per: "subject", rate_per_second: 1, burst: 1 }] };
+    const limited = fakeEngine(answer("allow"), { data: { toolgate: { deployment: { limits } } } });
+    for (const e of [engine, limited]) {
+      const { decider, sink } = setup({
+        engine: e,
+        containment: containment(clock),
+        now: clock.now,
+      });
+      sink.full =
+        "1.2 MB of audit records wait to be written, past audit.max_backlog_bytes (1.0 MB)";
+      const { decision } = decider.decideSync(unitRequest(), ctx);
+      expect(decision).toMatchObject({ outcome: "deny", obligations: [] });
+      expect(decision.reasons).toEqual([
+        {
+          code: "audit_unavailable",
+          message:
+            "the decision could not be recorded; denied (fail closed): 1.2 MB of audit records wait to be written, past audit.max_backlog_bytes (1.0 MB)",
+        },
+      ]);
+      expect(decision.grant).toBeUndefined();
+      expect(e.inputs).toHaveLength(0);
+      // handed to the sink (which counts it instead of recording it)
+      expect(sink.decisions().map((d) => d.decision.reasons[0]?.code)).toEqual([
+        "audit_unavailable",
+      ]);
+      sink.full = undefined;
+      // the rate's one token was not taken by the refused decision
+      expect(decider.decideSync(unitRequest(), ctx).decision.outcome).toBe("allow");
+      expect(e.inputs).toHaveLength(1);
+    }
+  });
+});
+
 describe("containment comes first", () => {
   test("a kill switch denies whatever the policy says; recorded once, with the switch", () => {
     const engine = fakeEngine(answer("allow"));
