@@ -33,7 +33,7 @@ import {
   type Receiver,
 } from "../helpers/browser";
 import { startTestOidc, type TestOidc } from "../helpers/oidc";
-import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { decideAt, http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
 
 jest.setTimeout(180_000);
 
@@ -105,11 +105,7 @@ async function mainText(page: Page): Promise<string> {
 }
 
 /** Asks for a decision as alice's agent would. */
-async function decide(body: Record<string, unknown>): Promise<Decision> {
-  const res = await postJson(agent, "/v1/decisions", body);
-  expect(res.status).toBe(200);
-  return res.json as Decision;
-}
+const decide = (body: Record<string, unknown>): Promise<Decision> => decideAt(agent, body);
 
 /** The axe check: no serious or critical violation on this page. */
 async function expectAccessible(page: Page): Promise<void> {

@@ -13,7 +13,7 @@ import { createInterface } from "node:readline";
 import type { Toolgate } from "../../src/app";
 import { tempDir } from "../helpers/opa";
 import { bearer, token } from "../helpers/tokens";
-import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { decideAt, http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
 
 const root = join(__dirname, "..", "..");
 
@@ -94,11 +94,8 @@ afterAll(async () => {
   await Promise.all([tg?.stop(), shortLived?.stop()]);
 });
 
-async function decide(req: Record<string, unknown>, on: Toolgate = tg): Promise<Decision> {
-  const res = await postJson(on.agentServer.url, "/v1/decisions", req);
-  expect(res.status).toBe(200);
-  return res.json as Decision;
-}
+const decide = (req: Record<string, unknown>, on: Toolgate = tg): Promise<Decision> =>
+  decideAt(on.agentServer.url, req);
 
 async function allowedGrant(req: Record<string, unknown>, on: Toolgate = tg): Promise<string> {
   const d = await decide(req, on);

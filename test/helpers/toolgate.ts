@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { SpanExporter } from "@opentelemetry/sdk-trace";
 import { startToolgate, type BuildOptions, type Toolgate } from "../../src/app";
+import type { Decision } from "../../src/model";
 import { compileConfig } from "../../src/config";
 import { silentLogger, type Logger } from "../../src/shared/log";
 
@@ -98,6 +99,17 @@ export function postJson(
     "content-type": "application/json",
     ...headers,
   });
+}
+
+/** POST /v1/decisions at `baseUrl` (an agent port): the decision, once the answer is checked to be a 200. */
+export async function decideAt(
+  baseUrl: string,
+  req: unknown,
+  headers: Record<string, string> = {},
+): Promise<Decision> {
+  const res = await postJson(baseUrl, "/v1/decisions", req, headers);
+  expect(res.status).toBe(200);
+  return res.json as Decision;
 }
 
 /** A decision request in the reference deployment's shape. */

@@ -12,7 +12,7 @@ import type { Toolgate } from "../../src/app";
 import { fillContainmentDb, freeContainmentDb, limitsBundle } from "../helpers/containment";
 import { tempDir } from "../helpers/opa";
 import { bearer, token } from "../helpers/tokens";
-import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { decideAt, http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
 
 interface Decision {
   outcome: string;
@@ -63,11 +63,7 @@ afterAll(async () => {
   await tg.stop();
 });
 
-async function decide(req: Record<string, unknown>): Promise<Decision> {
-  const res = await postJson(agent, "/v1/decisions", req);
-  expect(res.status).toBe(200);
-  return res.json as Decision;
-}
+const decide = (req: Record<string, unknown>): Promise<Decision> => decideAt(agent, req);
 
 /** needs_approval → access request → maria approves: the approval the agent presents. */
 async function approved(req: Record<string, unknown>): Promise<{ id: string; approval: unknown }> {

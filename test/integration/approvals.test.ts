@@ -8,7 +8,7 @@ import { join } from "node:path";
 import type { Toolgate } from "../../src/app";
 import { tempDir } from "../helpers/opa";
 import { bearer, token } from "../helpers/tokens";
-import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { decideAt, http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
 
 interface Decision {
   decision_id: string;
@@ -43,11 +43,7 @@ afterAll(async () => {
   await tg.stop();
 });
 
-async function decide(req: Record<string, unknown>): Promise<Decision> {
-  const res = await postJson(agent, "/v1/decisions", req);
-  expect(res.status).toBe(200);
-  return res.json as Decision;
-}
+const decide = (req: Record<string, unknown>): Promise<Decision> => decideAt(agent, req);
 
 /** alice's agent asks, gets needs_approval, and submits the access request. */
 async function requestApproval(

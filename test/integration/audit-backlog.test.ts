@@ -14,7 +14,7 @@ import type { Toolgate } from "../../src/app";
 import { listTrailFiles, readTrail, verifyTrail } from "../../src/trail";
 import { until } from "../helpers/bundles";
 import { captureLogger } from "../helpers/capture";
-import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { decideAt, http, refRequest, startTestToolgate } from "../helpers/toolgate";
 
 jest.setTimeout(60_000);
 
@@ -25,14 +25,13 @@ function auditWorker(tg: Toolgate): Worker | undefined {
   return (tg.auditor as unknown as { worker?: Worker }).worker;
 }
 
+/** A decision over real HTTP (a 200): its outcome, first reason code and id. */
 async function decide(
   tg: Toolgate,
   body: unknown,
 ): Promise<{ outcome: string; code: string | undefined; id: string }> {
-  const r = await postJson(tg.agentServer.url, "/v1/decisions", body);
-  expect(r.status).toBe(200);
-  const j = r.json as { outcome: string; decision_id: string; reasons: Array<{ code: string }> };
-  return { outcome: j.outcome, code: j.reasons[0]?.code, id: j.decision_id };
+  const d = await decideAt(tg.agentServer.url, body);
+  return { outcome: d.outcome, code: d.reasons[0]?.code, id: d.decision_id };
 }
 
 test("the worker gone: records kept as text up to the bound, then audit_unavailable; all kept ones written by the next worker", async () => {

@@ -8,7 +8,7 @@
 import type { Toolgate } from "../../src/app";
 import { limitsBundle, readContainmentDb, startWithClock } from "../helpers/containment";
 import { tempDir } from "../helpers/opa";
-import { http, postJson, refRequest } from "../helpers/toolgate";
+import { decideAt, http, postJson, refRequest } from "../helpers/toolgate";
 
 interface Decision {
   decision_id: string;
@@ -57,11 +57,8 @@ const start = async (env: Record<string, string | null> = {}): Promise<void> => 
   tg = await startWithClock(set, { now: () => now });
 };
 
-async function decide(req: Record<string, unknown>): Promise<Decision> {
-  const res = await postJson(tg.agentServer.url, "/v1/decisions", req);
-  expect(res.status).toBe(200);
-  return res.json as Decision;
-}
+const decide = (req: Record<string, unknown>): Promise<Decision> =>
+  decideAt(tg.agentServer.url, req);
 
 async function report(
   id: string,

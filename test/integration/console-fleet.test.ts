@@ -23,7 +23,7 @@ import { until } from "../helpers/bundles";
 import { limitsBundle } from "../helpers/containment";
 import { freePort } from "../helpers/net";
 import { freshDatabase, type FreshDatabase } from "../helpers/postgres";
-import { httpExact, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { decideAt, httpExact, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
 
 jest.setTimeout(60_000);
 
@@ -117,11 +117,8 @@ interface Decision {
   access_request?: { evaluation_id: string };
 }
 
-async function decide(req: Record<string, unknown>): Promise<Decision> {
-  const r = await postJson(sidecar?.agentServer.url ?? "", "/v1/decisions", req);
-  expect(r.status).toBe(200);
-  return r.json as Decision;
-}
+const decide = (req: Record<string, unknown>): Promise<Decision> =>
+  decideAt(sidecar?.agentServer.url ?? "", req);
 
 const refund = (amount: number) => refRequest({ tool: "refunds.issue", args: { amount } });
 const escape = (s: string): string =>

@@ -8,7 +8,7 @@ import type { Toolgate } from "../../src/app";
 import { libraryBundle, startWithClock } from "../helpers/containment";
 import { tempDir } from "../helpers/opa";
 import { bearer, token } from "../helpers/tokens";
-import { http, postJson, refRequest } from "../helpers/toolgate";
+import { decideAt, http, postJson, refRequest } from "../helpers/toolgate";
 
 interface Decision {
   decision_id: string;
@@ -22,11 +22,8 @@ beforeAll(async () => {
   olga = bearer(await token("olga", { roles: ["admin"] }));
 });
 
-async function decide(tg: Toolgate, req: Record<string, unknown>): Promise<Decision> {
-  const res = await postJson(tg.agentServer.url, "/v1/decisions", req);
-  expect(res.status).toBe(200);
-  return res.json as Decision;
-}
+const decide = (tg: Toolgate, req: Record<string, unknown>): Promise<Decision> =>
+  decideAt(tg.agentServer.url, req);
 const codes = (d: Decision): string[] => d.reasons.map((r) => r.code);
 const ctl = (tg: Toolgate): string => tg.controlServer?.url ?? "";
 

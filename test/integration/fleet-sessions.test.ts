@@ -15,7 +15,7 @@ import type { ControlService } from "../../src/control";
 import { until } from "../helpers/bundles";
 import { freePort } from "../helpers/net";
 import { freshDatabase, type FreshDatabase } from "../helpers/postgres";
-import { postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { decideAt, refRequest, startTestToolgate } from "../helpers/toolgate";
 import { startTestControl } from "../helpers/control";
 
 jest.setTimeout(60_000);
@@ -50,11 +50,8 @@ const inSession = (tool: string, session: string, args?: Record<string, unknown>
   return r;
 };
 
-async function decide(tg: Toolgate, req: Record<string, unknown>): Promise<Decision> {
-  const r = await postJson(tg.agentServer.url, "/v1/decisions", req);
-  expect(r.status).toBe(200);
-  return r.json as Decision;
-}
+const decide = (tg: Toolgate, req: Record<string, unknown>): Promise<Decision> =>
+  decideAt(tg.agentServer.url, req);
 
 const codes = (d: Decision) => d.reasons.map((r) => r.code);
 

@@ -21,7 +21,7 @@ import { limitsBundle } from "../helpers/containment";
 import { freePort } from "../helpers/net";
 import { freshDatabase, type FreshDatabase } from "../helpers/postgres";
 import { token } from "../helpers/tokens";
-import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { decideAt, http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
 import { startTestControl } from "../helpers/control";
 
 jest.setTimeout(60_000);
@@ -87,11 +87,8 @@ async function human(
   };
 }
 
-async function decide(tg: Toolgate, req: Record<string, unknown>): Promise<Decision> {
-  const r = await postJson(tg.agentServer.url, "/v1/decisions", req);
-  expect(r.status).toBe(200);
-  return r.json as Decision;
-}
+const decide = (tg: Toolgate, req: Record<string, unknown>): Promise<Decision> =>
+  decideAt(tg.agentServer.url, req);
 
 const code = (d: Decision): string => d.reasons[0]?.code ?? "";
 const refund = (amount: number) => refRequest({ tool: "refunds.issue", args: { amount } });

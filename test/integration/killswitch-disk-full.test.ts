@@ -17,7 +17,7 @@ import {
 } from "../helpers/containment";
 import { tempDir } from "../helpers/opa";
 import { bearer, token } from "../helpers/tokens";
-import { http, postJson, refRequest } from "../helpers/toolgate";
+import { decideAt, http, postJson, refRequest } from "../helpers/toolgate";
 
 interface Decision {
   decision_id: string;
@@ -57,11 +57,8 @@ afterAll(async () => {
 });
 
 const ctl = (): string => tg.controlServer?.url ?? "";
-async function decide(req: Record<string, unknown>): Promise<Decision> {
-  const res = await postJson(tg.agentServer.url, "/v1/decisions", req);
-  expect(res.status).toBe(200);
-  return res.json as Decision;
-}
+const decide = (req: Record<string, unknown>): Promise<Decision> =>
+  decideAt(tg.agentServer.url, req);
 const codeOf = (d: Decision): string | undefined => d.reasons[0]?.code;
 async function metricsText(): Promise<string> {
   return (await http(ctl(), "GET", "/metrics")).text;

@@ -13,7 +13,7 @@ import type { Toolgate } from "../../src/app";
 import { fillContainmentDb, freeContainmentDb, limitsBundle } from "../helpers/containment";
 import { tempDir } from "../helpers/opa";
 import { bearer, token } from "../helpers/tokens";
-import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { decideAt, http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
 import { refundPlan } from "../helpers/plans";
 
 interface Decision {
@@ -55,11 +55,8 @@ async function start(env: Record<string, string> = {}): Promise<void> {
   control = tg.controlServer?.url ?? "";
 }
 
-async function decide(req: Record<string, unknown>, headers: Record<string, string> = {}) {
-  const res = await postJson(agent, "/v1/decisions", req, headers);
-  expect(res.status).toBe(200);
-  return res.json as Decision;
-}
+const decide = (req: Record<string, unknown>, headers: Record<string, string> = {}) =>
+  decideAt(agent, req, headers);
 
 async function submit(body: Record<string, unknown>, headers: Record<string, string> = {}) {
   return postJson(agent, "/access/v1/plans", body, headers);

@@ -11,7 +11,7 @@ import { listTrailFiles } from "../../src/trail";
 import { captureLogger } from "../helpers/capture";
 import { libraryBundle, startWithClock } from "../helpers/containment";
 import { bearer, token } from "../helpers/tokens";
-import { http, postJson, refRequest } from "../helpers/toolgate";
+import { decideAt, http, postJson, refRequest } from "../helpers/toolgate";
 
 interface Decision {
   decision_id: string;
@@ -32,11 +32,8 @@ const stagesBundle = libraryBundle((data) => {
 }, "rollout-1");
 
 let tg: Toolgate;
-async function decide(req: Record<string, unknown>): Promise<Decision> {
-  const res = await postJson(tg.agentServer.url, "/v1/decisions", req);
-  expect(res.status).toBe(200);
-  return res.json as Decision;
-}
+const decide = (req: Record<string, unknown>): Promise<Decision> =>
+  decideAt(tg.agentServer.url, req);
 
 describe("rollout stages", () => {
   beforeAll(async () => {

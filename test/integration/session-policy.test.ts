@@ -8,7 +8,7 @@
 import type { Toolgate } from "../../src/app";
 import { tempDir } from "../helpers/opa";
 import { bearer, token } from "../helpers/tokens";
-import { http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
+import { decideAt, http, postJson, refRequest, startTestToolgate } from "../helpers/toolgate";
 
 interface Decision {
   decision_id: string;
@@ -37,11 +37,8 @@ describe("trusted mode (npm start's configuration)", () => {
     await tg.stop();
   });
 
-  async function decide(req: Record<string, unknown>, headers: Record<string, string> = {}) {
-    const r = await postJson(agent, "/v1/decisions", req, headers);
-    expect(r.status).toBe(200);
-    return r.json as Decision;
-  }
+  const decide = (req: Record<string, unknown>, headers: Record<string, string> = {}) =>
+    decideAt(agent, req, headers);
 
   test("web.post: allowed in s-1 until s-1 reads customer_pii; then a manager must approve; s-2 unaffected", async () => {
     expect((await decide(inSession("web.post", "s-1"))).outcome).toBe("allow");
