@@ -38,6 +38,7 @@ import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
 import { captureResponse } from "./bench/ceiling.mjs";
 import { MIX, policyInput } from "./bench/mix.mjs";
+import { auditEnv } from "./bench/toolgate-env.mjs";
 import { summariseProfile } from "./bench/profile-summary.mjs";
 import {
   makeRevisions,
@@ -470,23 +471,7 @@ async function main() {
       TOOLGATE_STATE_DIR: stateDir,
       TOOLGATE_BUNDLE: wasmBundle,
       TOOLGATE_AUDIT_HMAC_KEY: HMAC_KEY,
-      ...(audit
-        ? {
-            TOOLGATE_LOG_LEVEL: "info",
-            TOOLGATE_AUDIT_TRAIL_ENABLED: "true",
-            TOOLGATE_AUDIT_LOG_DECISIONS: "true",
-            OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiverPort}`,
-            OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
-            OTEL_SERVICE_NAME: "toolgate-bench",
-          }
-        : {
-            TOOLGATE_LOG_LEVEL: "error",
-            OTEL_SDK_DISABLED: "true",
-            TOOLGATE_AUDIT_TRAIL_ENABLED: "false",
-            TOOLGATE_AUDIT_LOG_DECISIONS: "false",
-            // every sink off and no audit thread (the Auditor runs on the main thread, idle)
-            TOOLGATE_AUDIT_WORKER: "false",
-          }),
+      ...auditEnv(audit, receiverPort),
       ...extraEnv,
     };
     nodeArgs ??=

@@ -31,6 +31,7 @@ import path from "node:path";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { MIX } from "./mix.mjs";
+import { auditEnv } from "./toolgate-env.mjs";
 import { summariseProfile } from "./profile-summary.mjs";
 import { flameGraph } from "./flamegraph.mjs";
 
@@ -159,6 +160,22 @@ async function verify(target) {
     }
 }
 
+/** autocannon's options for the mix at `connections` for `seconds`, to one toolgate (TCP or its socket). */
+function mixLoad(to, connections, seconds) {
+  return {
+    url: to.socketPath ? "http://localhost" : `http://127.0.0.1:${to.port}`,
+    ...(to.socketPath ? { socketPath: to.socketPath } : {}),
+    connections,
+    duration: seconds,
+    requests: MIX.map((m) => ({
+      method: "POST",
+      path: PATH,
+      headers: { "content-type": "application/json" },
+      body: bodyOf(m),
+    })),
+  };
+}
+
 async function load(target, connections, seconds) {
   const lat = [];
   let bad = 0;
@@ -181,21 +198,8 @@ async function load(target, connections, seconds) {
     split.map(
       (x) =>
         new Promise((resolve, reject) => {
-          const inst = autocannon(
-            {
-              url: x.socketPath ? "http://localhost" : `http://127.0.0.1:${x.port}`,
-              ...(x.socketPath ? { socketPath: x.socketPath } : {}),
-              connections: x.conns,
-              duration: seconds,
-              timeout: 10,
-              requests: MIX.map((m) => ({
-                method: "POST",
-                path: PATH,
-                headers: { "content-type": "application/json" },
-                body: bodyOf(m),
-              })),
-            },
-            (err, r) => (err ? reject(err) : resolve(r)),
+          const inst = autocannon({ ...mixLoad(x, x.conns, seconds), timeout: 10 }, (err, r) =>
+            err ? reject(err) : resolve(r),
           );
           inst.on("response", (_c, status, _b, rt) => {
             lat.push(rt);
@@ -278,22 +282,7 @@ async function main() {
         TOOLGATE_STATE_DIR: stateDir,
         TOOLGATE_BUNDLE: path.join(ROOT, "bundles", "support-triage.tar.gz"),
         TOOLGATE_AUDIT_HMAC_KEY: "bench-key-0123456789abcdef",
-        ...(AUDIT
-          ? {
-              TOOLGATE_LOG_LEVEL: "info",
-              TOOLGATE_AUDIT_TRAIL_ENABLED: "true",
-              TOOLGATE_AUDIT_LOG_DECISIONS: "true",
-              OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiverPort}`,
-              OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
-              OTEL_SERVICE_NAME: "toolgate-bench",
-            }
-          : {
-              TOOLGATE_LOG_LEVEL: "error",
-              OTEL_SDK_DISABLED: "true",
-              TOOLGATE_AUDIT_TRAIL_ENABLED: "false",
-              TOOLGATE_AUDIT_LOG_DECISIONS: "false",
-              TOOLGATE_AUDIT_WORKER: "false",
-            }),
+        ...auditEnv(AUDIT, receiverPort),
         ...extra,
       };
       const prof = PROFILE
@@ -406,21 +395,7 @@ async function profileRun(t) {
   const t0 = process.hrtime.bigint();
   const lat = [];
   const res = await new Promise((resolve, reject) => {
-    const inst = autocannon(
-      {
-        url: t.socketPath ? "http://localhost" : `http://127.0.0.1:${t.port}`,
-        ...(t.socketPath ? { socketPath: t.socketPath } : {}),
-        connections: c,
-        duration: SECONDS,
-        requests: MIX.map((m) => ({
-          method: "POST",
-          path: PATH,
-          headers: { "content-type": "application/json" },
-          body: bodyOf(m),
-        })),
-      },
-      (err, r) => (err ? reject(err) : resolve(r)),
-    );
+    const inst = autocannon(mixLoad(t, c, SECONDS), (err, r) => (err ? reject(err) : resolve(r)));
     inst.on("response", (_c, _s, _b, rt) => lat.push(rt));
   });
   const t1 = process.hrtime.bigint();

@@ -19,6 +19,7 @@ import { createRequire } from "node:module";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
 import { MIX } from "./mix.mjs";
+import { auditEnv } from "./toolgate-env.mjs";
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const require = createRequire(import.meta.url);
 const autocannon = require("autocannon");
@@ -81,12 +82,7 @@ const env = {
   TOOLGATE_STATE_DIR: stateDir,
   TOOLGATE_BUNDLE: path.join(REPO, "bundles", "support-triage.tar.gz"),
   TOOLGATE_AUDIT_HMAC_KEY: "bench-key-0123456789abcdef",
-  TOOLGATE_LOG_LEVEL: "info",
-  TOOLGATE_AUDIT_TRAIL_ENABLED: "true",
-  TOOLGATE_AUDIT_LOG_DECISIONS: "true",
-  OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${recvPort}`,
-  OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
-  OTEL_SERVICE_NAME: "toolgate-bench",
+  ...auditEnv(true, recvPort),
   ...extra,
 };
 let cgdir,
