@@ -5,9 +5,11 @@
  * the Decider denies new decisions `audit_unavailable` (fail closed: no
  * action goes unrecorded, and memory stays bounded), and those denials are
  * counted here instead of recorded; past twice the bound, any event that is
- * not a decision is dropped and counted. (A decision made before the bound was
- * reached — one that waited on the control service meanwhile — is recorded.) One log line starts an episode (audit.backlog_full),
- * one ends it with the counts (audit.backlog_recovered).
+ * not a decision is dropped and counted. (A decision made before the bound
+ * was reached — one that waited on the control service meanwhile — is
+ * recorded.) One log line starts an episode (audit.backlog_full), one ends it
+ * with the counts (audit.backlog_recovered): when the backlog is back under
+ * RESUME_AT of the bound, or at close.
  */
 import type { Logger } from "../shared/log";
 
@@ -86,7 +88,7 @@ export class BacklogGate {
     if (!this.full && this.refused === 0 && this.dropped === 0) return;
     this.full = false;
     this.log.warn(
-      "the audit backlog is below its limit again; decisions denied audit_unavailable meanwhile have no record of their own",
+      "the audit backlog episode is over; the decisions denied audit_unavailable in it have no record of their own",
       {
         event: "audit.backlog_recovered",
         decisions: this.refused,
