@@ -31,7 +31,7 @@ import type {
   VerifiedFacts,
 } from "../model";
 import { isObject } from "../shared/guards";
-import { BacklogGate, isUnrecorded } from "./backlog";
+import { BacklogGate } from "./backlog";
 import type { Logger } from "../shared/log";
 import { SecretsSeen, type MaskOp, type Redactor } from "../redaction/redact";
 import type { AuditTrail, TrailStats } from "../trail";
@@ -486,17 +486,7 @@ export class Auditor implements AuditService {
    * audit worker's client); else this auditor's ledger names it.
    */
   record(event: AuditedEvent, link?: SpanRef): SpanIds {
-    if (this.gate !== undefined) {
-      if (isUnrecorded(event)) {
-        this.gate.countRefused();
-        return INVALID_IDS;
-      }
-      // past twice the bound, all but decisions go (a decision checked the bound before it was made)
-      if (event.kind !== "decision" && this.gate.overflowing()) {
-        this.gate.countDropped();
-        return INVALID_IDS;
-      }
-    }
+    if (this.gate !== undefined && !this.gate.admit(event)) return INVALID_IDS;
     const handle = this.handlers[event.kind] as (e: AuditedEvent, l?: SpanRef) => SpanIds;
     return handle(event, link);
   }

@@ -16,14 +16,6 @@ import type { Logger } from "../shared/log";
 /** The reason code of a decision the Decider denies because audit cannot keep its record. */
 export const AUDIT_UNAVAILABLE = "audit_unavailable";
 
-/** Whether `event` is a decision denied `audit_unavailable`: counted by the gate, not recorded. */
-export function isUnrecorded(event: {
-  kind: string;
-  decision?: { reasons: readonly { code: string }[] };
-}): boolean {
-  return event.kind === "decision" && event.decision?.reasons[0]?.code === AUDIT_UNAVAILABLE;
-}
-
 const MB = 1024 * 1024;
 /**
  * An episode ends once the backlog is back under this fraction of the bound,
@@ -68,19 +60,21 @@ export class BacklogGate {
     return `${mb(bytes)} MB of audit records wait to be written, past audit.max_backlog_bytes (${mb(this.maxBytes)} MB)`;
   }
 
-  /** Past twice the bound: an event that is not a decision is dropped (and counted) rather than kept. */
-  overflowing(): boolean {
-    return this.bytes() > 2 * this.maxBytes;
-  }
-
-  /** A decision denied audit_unavailable, counted instead of recorded. */
-  countRefused(): void {
-    this.refused++;
-  }
-
-  /** An event dropped past twice the bound. */
-  countDropped(): void {
+  /**
+   * Whether `event` is to be recorded. Not, and counted instead: a decision
+   * denied `audit_unavailable` (the Decider's refusal past the bound); past
+   * twice the bound, any event that is not a decision (a decision checked the
+   * bound before it was made, and is always recorded).
+   */
+  admit(event: { kind: string; decision?: { reasons: readonly { code: string }[] } }): boolean {
+    if (event.kind === "decision") {
+      if (event.decision?.reasons[0]?.code !== AUDIT_UNAVAILABLE) return true;
+      this.refused++;
+      return false;
+    }
+    if (this.bytes() <= 2 * this.maxBytes) return true;
     this.dropped++;
+    return false;
   }
 
   /** Logs the end of an episode (also at close, if one is open or anything was counted). */

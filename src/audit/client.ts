@@ -25,7 +25,7 @@ import {
   type AuditedEvent,
   type AuditService,
 } from "./auditor";
-import { BacklogGate, isUnrecorded } from "./backlog";
+import { BacklogGate } from "./backlog";
 import {
   BACKLOG_IN_FLIGHT,
   BACKLOG_SLOTS,
@@ -275,11 +275,6 @@ export class AuditClient implements AuditService {
   }
 
   private post(m: ToWorker): void {
-    // past twice the bound, all but decisions go (a decision checked the bound before it was made)
-    if (m.t === "event" && m.event.kind !== "decision" && this.gate.overflowing()) {
-      this.gate.countDropped();
-      return;
-    }
     if (this.queue.length >= MAX_QUEUED) {
       if (this.dropped++ === 0)
         this.opts.log.error("the audit worker is not keeping up; audit records are dropped", {
@@ -391,10 +386,7 @@ export class AuditClient implements AuditService {
    * decision span it links to (the ledger is on this thread).
    */
   record(event: AuditEvent): SpanIds {
-    if (isUnrecorded(event)) {
-      this.gate.countRefused();
-      return INVALID_IDS;
-    }
+    if (!this.gate.admit(event)) return INVALID_IDS;
     const ids = this.idsFor(event);
     const m: ToWorker = { t: "event", event: forWorker(event), ids };
     if (event.kind === "decision") {

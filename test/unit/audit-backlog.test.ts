@@ -5,10 +5,13 @@
  * line at each end (a real logger into memory), the refused and dropped
  * counts in the second.
  */
-import { BacklogGate, isUnrecorded } from "../../src/audit/backlog";
+import { BacklogGate } from "../../src/audit/backlog";
 import { captureLogger } from "../helpers/capture";
 
 const MB = 1024 * 1024;
+const decision = (code: string) => ({ kind: "decision", decision: { reasons: [{ code }] } });
+const refused = decision("audit_unavailable");
+const refusal = { kind: "refusal" };
 
 function gate(): {
   g: BacklogGate;
@@ -26,7 +29,7 @@ test("under the bound: nothing to say, nothing logged", async () => {
   const { g, set, lines, flush } = gate();
   set(MB); // at the bound is still under it
   expect(g.overloaded()).toBeUndefined();
-  expect(g.overflowing()).toBe(false);
+  expect(g.admit(refusal)).toBe(true); // not past twice the bound
   g.recovered(); // nothing counted, no episode: no line
   await flush();
   expect(lines()).toEqual([]);
@@ -38,14 +41,14 @@ test("an episode: past the bound until under 3/4 of it, one line at each end wit
   expect(g.overloaded()).toBe(
     "1.0 MB of audit records wait to be written, past audit.max_backlog_bytes (1.0 MB)",
   );
-  g.countRefused();
+  expect(g.admit(refused)).toBe(false);
   // back under the bound but not under 3/4 of it: still refused (no flapping at the edge)
   set(0.8 * MB);
   expect(g.overloaded()).toMatch(/^0\.8 MB of audit records wait/);
-  g.countRefused();
+  expect(g.admit(refused)).toBe(false);
   set(2 * MB + 1);
-  expect(g.overflowing()).toBe(true);
-  g.countDropped();
+  expect(g.admit(refusal)).toBe(false); // past twice the bound: dropped
+  expect(g.admit(decision("granted"))).toBe(true); // a decision never is
   set(0.75 * MB);
   expect(g.overloaded()).toBeUndefined();
   expect(g.overloaded()).toBeUndefined();
@@ -63,7 +66,7 @@ test("an episode: past the bound until under 3/4 of it, one line at each end wit
   // a second episode starts a new count
   set(MB + 10);
   expect(g.overloaded()).toBeDefined();
-  g.countRefused();
+  expect(g.admit(refused)).toBe(false);
   g.recovered(); // at close, with the episode open: its counts are logged
   await flush();
   expect(
@@ -76,10 +79,16 @@ test("an episode: past the bound until under 3/4 of it, one line at each end wit
   ]);
 });
 
-test("isUnrecorded: only a decision whose first reason is audit_unavailable", () => {
-  const d = (code: string) => ({ kind: "decision", decision: { reasons: [{ code }] } });
-  expect(isUnrecorded(d("audit_unavailable"))).toBe(true);
-  expect(isUnrecorded(d("budget_unavailable"))).toBe(false);
-  expect(isUnrecorded({ kind: "decision", decision: { reasons: [] } })).toBe(false);
-  expect(isUnrecorded({ kind: "refusal" })).toBe(false);
+test("admit: all but a decision denied audit_unavailable, up to twice the bound; what it refuses is counted", async () => {
+  const { g, set, lines, flush } = gate();
+  set(2 * MB); // at twice the bound is still under it
+  expect(g.admit(refused)).toBe(false);
+  expect(g.admit(decision("budget_unavailable"))).toBe(true);
+  expect(g.admit({ kind: "decision", decision: { reasons: [] } })).toBe(true);
+  expect(g.admit(refusal)).toBe(true);
+  g.recovered();
+  await flush();
+  expect(lines().map((x) => [x.event, x.decisions, x.events_dropped])).toEqual([
+    ["audit.backlog_recovered", 1, 0],
+  ]);
 });
